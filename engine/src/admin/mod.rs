@@ -1,0 +1,413 @@
+//! The admin API: HTTP/JSON on a Unix socket in the data directory (trusted: file
+//! permissions guard it) and, optionally, on a TCP address that requires a bearer token.
+//!
+//! Routes (all JSON; errors are `{"error": {"code", "message"}}` with a fitting status):
+//!
+//! | method | path            | does                                                      |
+//! |--------|-----------------|-----------------------------------------------------------|
+//! | GET    | /healthz        | liveness: the process answers                             |
+//! | GET    | /readyz         | readiness: listeners up and storage open                  |
+//! | GET    | /metrics        | Prometheus text format                                    |
+//! | GET    | /v1/status      | identity, role, seqnos per stream, versions, uptime       |
+//! | POST   | /v1/instance    | confirm creation of this instance (name, supplementary)   |
+//! | GET    | /v1/journal     | journal records `from..=to` (at most 1000)                |
+//! | POST   | /v1/backup      | consistent backup to an absolute path on the server       |
+//! | GET    | /v1/verify      | full journal/data consistency check                       |
+//!
+//! `/healthz`, `/readyz` and `/metrics` need no token, so probes and scrapers can reach them.
+
+pub mod client;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+
+use crate::limits::{ADMIN_BODY_BYTES_MAX, JOURNAL_READ_RECORDS_MAX};
+use crate::server::{Engine, ServerError};
+use crate::shutdown::Shutdown;
+use crate::storage::journal::Record;
+use crate::storage::meta::HistoryRecord;
+use crate::storage::writer::error_chain;
+use crate::storage::{StoreError, backup};
+
+/// File name of the admin socket inside the data directory.
+pub const SOCKET_FILE: &str = "admin.sock";
+
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(SOCKET_FILE)
+}
+
+/// An admin error: HTTP status, a stable code, and a message saying what to do.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ApiError {
+    #[serde(skip)]
+    pub status: u16,
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ApiError,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+        ApiError { status: status.as_u16(), code: code.to_owned(), message: message.into() }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(ErrorBody { error: self })).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        let status = match &e {
+            StoreError::Invalid { .. } => StatusCode::BAD_REQUEST,
+            StoreError::NameMismatch { .. } => StatusCode::CONFLICT,
+            StoreError::DiskFull { .. } | StoreError::Recovering | StoreError::WriterGone => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = %error_chain(&e), "admin request failed");
+        }
+        ApiError::new(status, e.code(), error_chain(&e))
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("invalid JSON body: {}", r.body_text()))
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("invalid query: {}", r.body_text()))
+    }
+}
+
+/// Running admin listeners.
+pub struct Admin {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Admin {
+    pub async fn wait(self) {
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+pub fn router(engine: Arc<Engine>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/status", get(status))
+        .route("/v1/instance", post(create_instance))
+        .route("/v1/journal", get(journal))
+        .route("/v1/backup", post(backup_handler))
+        .route("/v1/verify", get(verify))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint; see GET /v1/status") })
+        .layer(DefaultBodyLimit::max(ADMIN_BODY_BYTES_MAX))
+        .with_state(engine)
+}
+
+/// Binds the Unix socket (and the TCP listener if configured) and starts serving.
+pub async fn start(engine: Arc<Engine>, shutdown: Shutdown) -> Result<Admin, ServerError> {
+    let mut tasks = Vec::new();
+    let path = socket_path(engine.store.data_dir());
+    // A socket file left by a killed server would make bind fail; nobody can be serving on it
+    // because the database lock is already ours.
+    let _ = std::fs::remove_file(&path);
+    let unix = tokio::net::UnixListener::bind(&path).map_err(|source| ServerError::Bind {
+        what: "the admin socket",
+        addr: path.display().to_string(),
+        source,
+    })?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+    }
+    let app = router(engine.clone());
+    let mut stop = shutdown.clone();
+    tasks.push(tokio::spawn(async move {
+        let served = axum::serve(unix, app).with_graceful_shutdown(async move { stop.recv().await }).await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "admin socket server failed");
+        }
+    }));
+    if let Some(addr) = engine.config.admin_addr {
+        let tcp = tokio::net::TcpListener::bind(addr).await.map_err(|source| ServerError::Bind {
+            what: "the admin port",
+            addr: addr.to_string(),
+            source,
+        })?;
+        let protected = Router::new()
+            .merge(router(engine.clone()))
+            .layer(middleware::from_fn_with_state(engine.clone(), require_token));
+        let mut stop = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            let served = axum::serve(tcp, protected).with_graceful_shutdown(async move { stop.recv().await }).await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "admin TCP server failed");
+            }
+        }));
+    }
+    Ok(Admin { tasks })
+}
+
+async fn require_token(State(engine): State<Arc<Engine>>, request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    if matches!(path, "/healthz" | "/readyz" | "/metrics") {
+        return next.run(request).await;
+    }
+    let Some(expected) = engine.config.admin_token.as_deref() else {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "no_token_configured",
+            "the TCP admin API is disabled until --admin-token-file is given; use the admin socket",
+        )
+        .into_response();
+    };
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(token) if crate::resp::connection::constant_time_eq(token.as_bytes(), expected.as_bytes()) => {
+            next.run(request).await
+        }
+        _ => {
+            tracing::warn!(path, "admin request with a missing or wrong bearer token");
+            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong bearer token").into_response()
+        }
+    }
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn readyz(State(engine): State<Arc<Engine>>) -> Response {
+    let ready = engine.ready.load(Ordering::Acquire) && engine.store.db().is_ok();
+    if ready {
+        Json(serde_json::json!({"status": "ready"})).into_response()
+    } else {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the engine is starting, stopping or reopening its storage")
+            .into_response()
+    }
+}
+
+async fn metrics(State(engine): State<Arc<Engine>>) -> Response {
+    let m = &engine.metrics;
+    m.storage_bytes.set(i64::try_from(engine.store.file_bytes()).unwrap_or(i64::MAX));
+    m.storage_free_bytes.set(engine.store.free_bytes().map_or(0, |b| i64::try_from(b).unwrap_or(i64::MAX)));
+    m.storage_degraded.set(i64::from(engine.store.is_degraded()));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.render()).into_response()
+}
+
+/// Per-stream position, as `status` reports it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StreamStatus {
+    pub stream: u8,
+    /// Root primary of the family that generated the stream, if known.
+    pub source_family: Option<String>,
+    pub seqno: u64,
+}
+
+/// The answer of `GET /v1/status` (and `ctl status --json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub name: String,
+    pub creation_id: String,
+    pub supplementary: bool,
+    pub role: String,
+    pub journal_seqno: u64,
+    pub streams: Vec<StreamStatus>,
+    pub history: Vec<HistoryRecord>,
+    pub format_version: u32,
+    pub binary_version: String,
+    pub uptime_seconds: u64,
+    pub keys: u64,
+    pub storage_bytes: u64,
+    pub storage_degraded: bool,
+    pub resp_port: u16,
+}
+
+async fn status(State(engine): State<Arc<Engine>>) -> Result<Json<Status>, ApiError> {
+    let store = &engine.store;
+    let meta = store.meta();
+    let seqno = store.committed_seqno();
+    let keys = store.snapshot()?.len()?;
+    Ok(Json(Status {
+        streams: vec![StreamStatus { stream: 0, source_family: Some(meta.name.clone()), seqno }],
+        name: meta.name,
+        creation_id: meta.creation_id,
+        supplementary: meta.supplementary,
+        role: meta.role.as_str().to_owned(),
+        journal_seqno: seqno,
+        history: meta.history,
+        format_version: meta.format_version,
+        binary_version: crate::VERSION.to_owned(),
+        uptime_seconds: engine.started.elapsed().as_secs(),
+        keys,
+        storage_bytes: store.file_bytes(),
+        storage_degraded: store.is_degraded(),
+        resp_port: engine.config.resp_port,
+    }))
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRequest {
+    pub name: String,
+    #[serde(default)]
+    pub supplementary: bool,
+}
+
+/// The server creates its instance at first start (`run --name`). This call lets a caller
+/// confirm the identity it expects: 200 when it matches, 409 when the data directory holds a
+/// different instance — never a silent second identity.
+async fn create_instance(
+    State(engine): State<Arc<Engine>>,
+    body: Result<Json<CreateRequest>, JsonRejection>,
+) -> Result<Json<Status>, ApiError> {
+    let Json(request) = body?;
+    crate::storage::meta::validate_name(&request.name)
+        .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "invalid_name", m))?;
+    let meta = engine.store.meta();
+    if meta.name != request.name || meta.supplementary != request.supplementary {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "instance_exists",
+            format!(
+                "this data directory already holds instance {:?} (supplementary: {}); restore or create into a new data directory instead",
+                meta.name, meta.supplementary
+            ),
+        ));
+    }
+    status(State(engine)).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalQuery {
+    pub from: u64,
+    pub to: Option<u64>,
+}
+
+/// One journal record in JSON. Keys and values are hex so that any bytes survive.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JournalEntry {
+    pub seqno: u64,
+    pub kind: crate::storage::journal::RecordKind,
+    pub stream: u8,
+    pub stream_seqno: u64,
+    pub commit_time_micros: u64,
+    pub changes: Vec<ChangeEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChangeEntry {
+    pub key_hex: String,
+    pub before_hex: Option<String>,
+    pub after_hex: Option<String>,
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl From<Record> for JournalEntry {
+    fn from(r: Record) -> Self {
+        JournalEntry {
+            seqno: r.seqno,
+            kind: r.kind,
+            stream: r.stream,
+            stream_seqno: r.stream_seqno,
+            commit_time_micros: r.commit_time_micros,
+            changes: r
+                .changes
+                .into_iter()
+                .map(|c| ChangeEntry {
+                    key_hex: hex(&c.key),
+                    before_hex: c.before.as_deref().map(hex),
+                    after_hex: c.after.as_deref().map(hex),
+                })
+                .collect(),
+        }
+    }
+}
+
+async fn journal(
+    State(engine): State<Arc<Engine>>,
+    query: Result<Query<JournalQuery>, QueryRejection>,
+) -> Result<Json<Vec<JournalEntry>>, ApiError> {
+    let Query(q) = query?;
+    let to = q.to.unwrap_or(q.from.saturating_add(JOURNAL_READ_RECORDS_MAX - 1));
+    if q.from == 0 || to < q.from {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_range", "need 1 <= from <= to"));
+    }
+    if to - q.from >= JOURNAL_READ_RECORDS_MAX {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "range_too_large",
+            format!("at most {JOURNAL_READ_RECORDS_MAX} records per call; page with from/to"),
+        ));
+    }
+    let snapshot = engine.store.snapshot()?;
+    let records = tokio::task::block_in_place(|| snapshot.journal(q.from, to))?;
+    Ok(Json(records.into_iter().map(JournalEntry::from).collect()))
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupRequest {
+    pub path: PathBuf,
+}
+
+async fn backup_handler(
+    State(engine): State<Arc<Engine>>,
+    body: Result<Json<BackupRequest>, JsonRejection>,
+) -> Result<Json<backup::BackupInfo>, ApiError> {
+    let Json(request) = body?;
+    let store = engine.store.clone();
+    let info = tokio::task::spawn_blocking(move || backup::backup(&store, &request.path))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+    Ok(Json(info))
+}
+
+async fn verify(State(engine): State<Arc<Engine>>) -> Result<Json<crate::storage::VerifyReport>, ApiError> {
+    let store = engine.store.clone();
+    let report = tokio::task::spawn_blocking(move || store.snapshot()?.verify())
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(|e| match e {
+            e @ (StoreError::JournalCorrupt { .. } | StoreError::RecordDecode { .. }) => {
+                ApiError::new(StatusCode::CONFLICT, e.code(), error_chain(&e))
+            }
+            e => ApiError::from(e),
+        })?;
+    Ok(Json(report))
+}

@@ -1,0 +1,293 @@
+//! Command line: `strand-engine run …` starts a server; `strand-engine ctl …` talks to one
+//! through the admin API (or, for offline operations, works on a data directory directly).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::admin::client::Target;
+use crate::admin::{BackupRequest, CreateRequest, JournalEntry, Status};
+use crate::limits::{CLIENTS_MAX_DEFAULT, DISK_RESERVE_BYTES_DEFAULT};
+use crate::server::Config;
+use crate::storage::backup;
+use crate::storage::writer::error_chain;
+
+#[derive(Debug, Parser)]
+#[command(name = "strand-engine", version = crate::VERSION, about = "Strand: a replicated, journaled key-value engine speaking RESP")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Top,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Top {
+    /// Run a server for the instance in --data-dir.
+    Run(RunArgs),
+    /// Administer an instance: through its admin API, or offline for restore.
+    Ctl(CtlArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Directory holding the instance's database and admin socket.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Instance name; creates the instance on first start, must match afterwards.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Create the instance as a supplementary instance (first start only).
+    #[arg(long)]
+    pub supplementary: bool,
+    /// Address of the RESP data port.
+    #[arg(long, default_value = "127.0.0.1:6379")]
+    pub resp_addr: SocketAddr,
+    /// Address of the TCP admin API (the Unix socket in --data-dir is always served).
+    #[arg(long)]
+    pub admin_addr: Option<SocketAddr>,
+    /// File holding the bearer token required on --admin-addr.
+    #[arg(long)]
+    pub admin_token_file: Option<PathBuf>,
+    /// File holding the password clients must give with AUTH.
+    #[arg(long)]
+    pub password_file: Option<PathBuf>,
+    /// Most concurrent client connections.
+    #[arg(long, default_value_t = CLIENTS_MAX_DEFAULT)]
+    pub max_clients: usize,
+    /// Commits are refused while the data volume has less free space than this.
+    #[arg(long, default_value_t = DISK_RESERVE_BYTES_DEFAULT)]
+    pub disk_reserve_bytes: u64,
+    /// Log filter (tracing syntax), overridden by RUST_LOG.
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+}
+
+#[derive(Debug, Args)]
+pub struct CtlArgs {
+    /// Data directory of the instance (its admin socket is used).
+    #[arg(long, global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// TCP admin address instead of the socket.
+    #[arg(long, global = true)]
+    pub admin_addr: Option<String>,
+    /// File holding the bearer token for --admin-addr.
+    #[arg(long, global = true)]
+    pub admin_token_file: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CtlCommand {
+    /// Identity, role, seqnos, versions.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Confirm the instance's identity (the server creates it at first start).
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        supplementary: bool,
+    },
+    /// Print journal records as JSON lines.
+    Journal {
+        #[arg(long)]
+        from: u64,
+        #[arg(long)]
+        to: Option<u64>,
+    },
+    /// Write a consistent backup to an absolute path on the server's machine.
+    Backup {
+        #[arg(long)]
+        to: PathBuf,
+    },
+    /// Describe a backup file (offline).
+    BackupInfo { file: PathBuf },
+    /// Create a new instance in --data-dir from a backup, with a new identity (offline).
+    Restore {
+        #[arg(long)]
+        from: PathBuf,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        supplementary: bool,
+    },
+    /// Check the whole journal against the data.
+    Verify,
+    /// Liveness.
+    Health,
+    /// Readiness.
+    Ready,
+}
+
+/// Entry point shared by `main`; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    match cli.command {
+        Top::Run(args) => runtime.block_on(run(args)),
+        Top::Ctl(args) => runtime.block_on(ctl(args)),
+    }
+}
+
+fn read_secret(path: &PathBuf, what: &str) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {what} file {}: {e}", path.display()))?;
+    let secret = text.trim().to_owned();
+    if secret.is_empty() {
+        return Err(format!("{what} file {} is empty", path.display()));
+    }
+    Ok(secret)
+}
+
+async fn run(args: RunArgs) -> i32 {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&args.log_level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let admin_token = match args.admin_token_file.as_ref().map(|p| read_secret(p, "admin token")).transpose() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    let password = match args.password_file.as_ref().map(|p| read_secret(p, "password")).transpose() {
+        Ok(p) => p.map(String::into_bytes),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    if args.max_clients == 0 {
+        eprintln!("error: --max-clients must be at least 1");
+        return 2;
+    }
+    let config = Config {
+        data_dir: args.data_dir,
+        name: args.name,
+        supplementary: args.supplementary,
+        resp_addr: args.resp_addr,
+        admin_addr: args.admin_addr,
+        admin_token,
+        password,
+        max_clients: args.max_clients,
+        disk_reserve_bytes: args.disk_reserve_bytes,
+        resp_port: 0,
+    };
+    match crate::server::run(config).await {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!(error = %error_chain(&e), "server failed");
+            eprintln!("error: {}", error_chain(&e));
+            1
+        }
+    }
+}
+
+async fn ctl(args: CtlArgs) -> i32 {
+    match ctl_inner(args).await {
+        Ok(()) => 0,
+        Err(message) => {
+            eprintln!("error: {message}");
+            1
+        }
+    }
+}
+
+fn target(args: &CtlArgs) -> Result<Target, String> {
+    if let Some(addr) = &args.admin_addr {
+        let token = args.admin_token_file.as_ref().map(|p| read_secret(p, "admin token")).transpose()?;
+        return Ok(Target::Tcp { addr: addr.clone(), token });
+    }
+    let dir = args.data_dir.as_ref().ok_or("give --data-dir (admin socket) or --admin-addr")?;
+    Ok(Target::Unix(crate::admin::socket_path(dir)))
+}
+
+fn print_json(value: &impl serde::Serialize) -> Result<(), String> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;
+    println!("{text}");
+    Ok(())
+}
+
+async fn ctl_inner(args: CtlArgs) -> Result<(), String> {
+    let e = |err: crate::admin::client::ClientError| error_chain(&err);
+    match &args.command {
+        CtlCommand::Restore { from, name, supplementary } => {
+            let dir = args.data_dir.as_ref().ok_or("restore needs --data-dir for the new instance")?;
+            let meta = backup::restore(from, dir, name, *supplementary).map_err(|err| error_chain(&err))?;
+            return print_json(&meta);
+        }
+        CtlCommand::BackupInfo { file } => {
+            return print_json(&backup::describe(file).map_err(|err| error_chain(&err))?);
+        }
+        _ => {}
+    }
+    let target = target(&args)?;
+    match args.command {
+        CtlCommand::Status { json } => {
+            let status: Status = target.call_json("GET", "/v1/status", None).await.map_err(e)?;
+            if json {
+                print_json(&status)?;
+            } else {
+                println!("name:           {}", status.name);
+                println!("creation id:    {}", status.creation_id);
+                println!("role:           {}", status.role);
+                println!("supplementary:  {}", status.supplementary);
+                println!("journal seqno:  {}", status.journal_seqno);
+                for s in &status.streams {
+                    println!("stream {:>2}:      seqno {} from {}", s.stream, s.seqno, s.source_family.as_deref().unwrap_or("?"));
+                }
+                println!("keys:           {}", status.keys);
+                println!("format/binary:  {} / {}", status.format_version, status.binary_version);
+                println!("uptime:         {}s", status.uptime_seconds);
+            }
+        }
+        CtlCommand::Create { name, supplementary } => {
+            let body = serde_json::to_value(CreateRequest { name, supplementary }).map_err(|err| err.to_string())?;
+            let status: Status = target.call_json("POST", "/v1/instance", Some(body)).await.map_err(e)?;
+            print_json(&status)?;
+        }
+        CtlCommand::Journal { from, to } => {
+            let path = match to {
+                Some(to) => format!("/v1/journal?from={from}&to={to}"),
+                None => format!("/v1/journal?from={from}"),
+            };
+            let entries: Vec<JournalEntry> = target.call_json("GET", &path, None).await.map_err(e)?;
+            for entry in entries {
+                println!("{}", serde_json::to_string(&entry).map_err(|err| err.to_string())?);
+            }
+        }
+        CtlCommand::Backup { to } => {
+            let to = if to.is_absolute() {
+                to
+            } else {
+                std::env::current_dir().map_err(|err| err.to_string())?.join(to)
+            };
+            let body = serde_json::to_value(BackupRequest { path: to }).map_err(|err| err.to_string())?;
+            let info: backup::BackupInfo = target.call_json("POST", "/v1/backup", Some(body)).await.map_err(e)?;
+            print_json(&info)?;
+        }
+        CtlCommand::Verify => {
+            let report: serde_json::Value = target.call_json("GET", "/v1/verify", None).await.map_err(e)?;
+            print_json(&report)?;
+        }
+        CtlCommand::Health => {
+            let v: serde_json::Value = target.call_json("GET", "/healthz", None).await.map_err(e)?;
+            print_json(&v)?;
+        }
+        CtlCommand::Ready => {
+            let v: serde_json::Value = target.call_json("GET", "/readyz", None).await.map_err(e)?;
+            print_json(&v)?;
+        }
+        CtlCommand::Restore { .. } | CtlCommand::BackupInfo { .. } => unreachable!("handled above"),
+    }
+    Ok(())
+}

@@ -1,0 +1,47 @@
+//! Every bound the engine enforces, in one place, named with the unit last.
+//!
+//! Each limit is checked before the memory it guards is allocated. A client that crosses one
+//! gets a Redis-style `-ERR` naming the limit; a protocol-level violation also closes the
+//! connection because the byte stream can no longer be trusted.
+
+/// Largest key accepted on the data port.
+pub const KEY_BYTES_MAX: usize = 16 * 1024;
+/// Largest string value, including one grown by APPEND.
+pub const VALUE_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// Largest single bulk string in a request; anything longer is a protocol error.
+pub const RESP_BULK_BYTES_MAX: usize = VALUE_BYTES_MAX;
+/// Most arguments in one request (MSET of many keys, for instance).
+pub const RESP_ARGS_MAX: usize = 64 * 1024;
+/// Longest inline (telnet-style) command line.
+pub const RESP_INLINE_BYTES_MAX: usize = 64 * 1024;
+/// Most bytes one connection may have buffered but not yet parsed into complete requests.
+pub const RESP_REQUEST_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Most requests parsed from one read before their replies are written (pipelining window).
+pub const PIPELINE_COMMANDS_MAX: usize = 1024;
+/// Most commands queued between MULTI and EXEC.
+pub const MULTI_COMMANDS_MAX: usize = 10_000;
+/// Most keys one WATCH session may watch.
+pub const WATCH_KEYS_MAX: usize = 10_000;
+/// Default for `--max-clients`: concurrent data-port connections.
+pub const CLIENTS_MAX_DEFAULT: usize = 10_000;
+/// Most transactions the writer folds into one redb commit (one fsync).
+pub const GROUP_COMMIT_TXNS_MAX: usize = 1024;
+/// Transactions waiting for the writer before submitters are made to wait.
+pub const WRITER_QUEUE_TXNS_MAX: usize = 4096;
+/// Most journal records one admin journal read returns.
+pub const JOURNAL_READ_RECORDS_MAX: u64 = 1000;
+/// Most keys one SCAN call may be asked to visit.
+pub const SCAN_COUNT_MAX: usize = 100_000;
+/// Open SCAN cursors remembered per connection; the oldest is forgotten first.
+pub const SCAN_CURSORS_MAX: usize = 64;
+/// Largest admin request body.
+pub const ADMIN_BODY_BYTES_MAX: usize = 64 * 1024;
+/// Default free space kept on the data volume: commits are refused below it.
+pub const DISK_RESERVE_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+
+// A value must fit in one bulk string, or a legal SET could never be sent.
+const _: () = assert!(VALUE_BYTES_MAX <= RESP_BULK_BYTES_MAX);
+// A request must be able to hold a maximal key and value together (SET key value).
+const _: () = assert!(KEY_BYTES_MAX + VALUE_BYTES_MAX < RESP_REQUEST_BYTES_MAX);
+// Journal image lengths are u32 on disk.
+const _: () = assert!(VALUE_BYTES_MAX < u32::MAX as usize);

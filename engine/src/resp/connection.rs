@@ -1,0 +1,433 @@
+//! One client connection: read requests, execute them in order, write replies.
+//!
+//! Pipelining: every complete request in the input buffer (up to
+//! [`PIPELINE_COMMANDS_MAX`]) is taken at once. Writes are queued to the writer without
+//! waiting, so a pipeline of N writes shares group commits instead of paying N fsyncs in a
+//! row; a read that follows queued writes first waits for them, so a client always reads its
+//! own writes. Replies go out in request order, each only after what it reports is durable.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+
+use super::cmd::{self, Class, Command, server};
+use super::frame::{Frame, parse_request};
+use crate::limits::{
+    MULTI_COMMANDS_MAX, PIPELINE_COMMANDS_MAX, RESP_REQUEST_BYTES_MAX, SCAN_CURSORS_MAX, WATCH_KEYS_MAX,
+};
+use crate::server::Engine;
+use crate::shutdown::Shutdown;
+use crate::storage::writer::{Abort, Committed, TxnFailure, TxnProgram, error_chain};
+
+type Outcome = Result<Committed<Frame>, TxnFailure>;
+
+/// How a writer outcome becomes a reply.
+#[derive(Clone, Copy)]
+enum Mode {
+    Single,
+    Exec,
+}
+
+/// A reply in request order: ready now, or waiting for the writer. Each remembers the
+/// protocol version in force when its request was read (HELLO can change it mid-pipeline).
+enum Slot {
+    Ready(Frame, u8),
+    Pending(oneshot::Receiver<Outcome>, Mode, u8),
+}
+
+/// What the connection does after a request.
+#[derive(PartialEq, Eq)]
+enum Next {
+    Continue,
+    Close,
+}
+
+struct State {
+    id: u64,
+    proto: u8,
+    authenticated: bool,
+    name: Option<Vec<u8>>,
+    /// Commands queued since MULTI; `None` outside a transaction.
+    multi: Option<Vec<Command>>,
+    /// A command failed to queue: EXEC must refuse the transaction.
+    multi_dirty: bool,
+    /// Watched keys with the committed seqno at the time each was watched.
+    watch: Vec<(Vec<u8>, u64)>,
+    /// SCAN cursors: id → last key returned. Oldest first.
+    cursors: VecDeque<(u64, Vec<u8>)>,
+    next_cursor: u64,
+}
+
+pub async fn serve(engine: Arc<Engine>, mut stream: TcpStream, id: u64, mut shutdown: Shutdown) {
+    let _ = stream.set_nodelay(true);
+    let mut state = State {
+        id,
+        proto: 2,
+        authenticated: engine.config.password.is_none(),
+        name: None,
+        multi: None,
+        multi_dirty: false,
+        watch: Vec::new(),
+        cursors: VecDeque::new(),
+        next_cursor: 1,
+    };
+    let mut input: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut output: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut slots: Vec<Slot> = Vec::new();
+    loop {
+        let mut consumed = 0;
+        let mut next = Next::Continue;
+        while slots.len() < PIPELINE_COMMANDS_MAX && next == Next::Continue {
+            match parse_request(input.get(consumed..).unwrap_or_default()) {
+                Ok(None) => break,
+                Ok(Some((args, used))) => {
+                    consumed += used;
+                    if !args.is_empty() {
+                        next = state.handle(&engine, args, &mut slots).await;
+                    }
+                }
+                Err(e) => {
+                    engine.metrics.resp_protocol_errors_total.inc();
+                    tracing::debug!(client = id, error = %e, "closing connection on malformed input");
+                    slots.push(Slot::Ready(Frame::error(format!("ERR {e}")), state.proto));
+                    next = Next::Close;
+                }
+            }
+        }
+        input.drain(..consumed);
+        if !slots.is_empty() {
+            output.clear();
+            for slot in slots.drain(..) {
+                let (frame, proto) = resolve(slot).await;
+                frame.encode(proto, &mut output);
+            }
+            if stream.write_all(&output).await.is_err() {
+                return;
+            }
+        }
+        if next == Next::Close {
+            let _ = stream.shutdown().await;
+            return;
+        }
+        if consumed > 0 && parse_request(&input).ok().flatten().is_some() {
+            continue; // more complete requests are already buffered (pipeline window was full)
+        }
+        if input.len() >= RESP_REQUEST_BYTES_MAX {
+            let mut out = Vec::new();
+            Frame::error(format!("ERR request exceeds {RESP_REQUEST_BYTES_MAX} bytes")).encode(state.proto, &mut out);
+            let _ = stream.write_all(&out).await;
+            engine.metrics.resp_protocol_errors_total.inc();
+            return;
+        }
+        tokio::select! {
+            read = stream.read_buf(&mut input) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            },
+            _ = shutdown.recv() => return,
+        }
+    }
+}
+
+async fn resolve(slot: Slot) -> (Frame, u8) {
+    match slot {
+        Slot::Ready(frame, proto) => (frame, proto),
+        Slot::Pending(rx, mode, proto) => {
+            let outcome = rx.await.unwrap_or_else(|_| {
+                Err(TxnFailure::Store { code: "shutting_down", message: "server is shutting down".into() })
+            });
+            (outcome_frame(outcome, mode), proto)
+        }
+    }
+}
+
+fn outcome_frame(outcome: Outcome, mode: Mode) -> Frame {
+    match (outcome, mode) {
+        (Ok(Committed::Done { output, .. }), _) => output,
+        (Ok(Committed::WatchConflict), _) => Frame::NullArray,
+        (Err(TxnFailure::Aborted(message)), Mode::Single) => Frame::Error(message),
+        (Err(TxnFailure::Aborted(message)), Mode::Exec) => {
+            Frame::error(format!("EXECABORT Transaction rolled back because of: {message}"))
+        }
+        (Err(TxnFailure::Store { message, .. }), _) => Frame::error(format!("ERR {message}")),
+    }
+}
+
+/// Waits for every queued write so that what follows sees it.
+async fn settle(slots: &mut [Slot]) {
+    for slot in slots.iter_mut() {
+        if let Slot::Pending(..) = slot {
+            let taken = std::mem::replace(slot, Slot::Ready(Frame::Null, 2));
+            let (frame, proto) = resolve(taken).await;
+            *slot = Slot::Ready(frame, proto);
+        }
+    }
+}
+
+fn abort_frame(abort: Abort) -> Frame {
+    match abort {
+        Abort::Command(message) => Frame::Error(message),
+        Abort::Store(e) => Frame::error(format!("ERR {}", error_chain(&e))),
+    }
+}
+
+impl State {
+    async fn handle(&mut self, engine: &Arc<Engine>, args: Vec<Vec<u8>>, slots: &mut Vec<Slot>) -> Next {
+        let proto = self.proto;
+        let parsed = Command::parse(args);
+        let (command, name) = match parsed {
+            Ok(ok) => ok,
+            Err(reply) => {
+                if self.multi.is_some() {
+                    self.multi_dirty = true;
+                }
+                slots.push(Slot::Ready(reply, proto));
+                return Next::Continue;
+            }
+        };
+        engine.metrics.resp_commands_total.with_label_values(&[name]).inc();
+        if !self.authenticated && !matches!(command, Command::Auth { .. } | Command::Hello { .. } | Command::Quit) {
+            slots.push(Slot::Ready(Frame::error("NOAUTH Authentication required."), proto));
+            return Next::Continue;
+        }
+        if let Some(queue) = self.multi.as_mut()
+            && !matches!(command, Command::Exec | Command::Discard | Command::Multi | Command::Watch(_) | Command::Quit)
+        {
+            let reply = if command.class() == Class::Connection || matches!(command, Command::Scan { .. }) {
+                self.multi_dirty = true;
+                Frame::error(format!("ERR {} is not allowed inside MULTI", name.to_ascii_uppercase()))
+            } else if queue.len() >= MULTI_COMMANDS_MAX {
+                self.multi_dirty = true;
+                Frame::error(format!("ERR MULTI queue is full ({MULTI_COMMANDS_MAX} commands)"))
+            } else {
+                queue.push(command);
+                Frame::Simple("QUEUED".into())
+            };
+            slots.push(Slot::Ready(reply, proto));
+            return Next::Continue;
+        }
+        match command.class() {
+            Class::Write => {
+                let program: TxnProgram<Frame> = Box::new(move |view| cmd::strings::execute_write(&command, view));
+                self.submit(engine, Vec::new(), program, Mode::Single, slots).await;
+                Next::Continue
+            }
+            Class::Read => {
+                settle(slots).await;
+                let reply = self.read(engine, command);
+                slots.push(Slot::Ready(reply, proto));
+                Next::Continue
+            }
+            Class::Connection => {
+                settle(slots).await;
+                self.connection_command(engine, command, slots).await
+            }
+        }
+    }
+
+    async fn submit(
+        &mut self,
+        engine: &Arc<Engine>,
+        watch: Vec<(Vec<u8>, u64)>,
+        program: TxnProgram<Frame>,
+        mode: Mode,
+        slots: &mut Vec<Slot>,
+    ) {
+        match engine.writer.enqueue(watch, program).await {
+            Ok(rx) => slots.push(Slot::Pending(rx, mode, self.proto)),
+            Err(failure) => slots.push(Slot::Ready(outcome_frame(Err(failure), mode), self.proto)),
+        }
+    }
+
+    fn read(&mut self, engine: &Engine, command: Command) -> Frame {
+        let snapshot = match engine.store.snapshot() {
+            Ok(s) => s,
+            Err(e) => return Frame::error(format!("ERR {}", error_chain(&e))),
+        };
+        if let Command::Scan { cursor, pattern, count } = command {
+            return self.scan(&snapshot, cursor, pattern.as_deref(), count);
+        }
+        command.execute_read(&snapshot).unwrap_or_else(abort_frame)
+    }
+
+    fn scan(&mut self, snapshot: &crate::storage::Snapshot, cursor: u64, pattern: Option<&[u8]>, count: usize) -> Frame {
+        let after = if cursor == 0 {
+            None
+        } else {
+            match self.cursors.iter().position(|(id, _)| *id == cursor) {
+                Some(i) => self.cursors.remove(i).map(|(_, key)| key),
+                None => return Frame::error("ERR invalid cursor"),
+            }
+        };
+        let page = match snapshot.scan(after.as_deref(), count) {
+            Ok(page) => page,
+            Err(e) => return Frame::error(format!("ERR {}", error_chain(&e))),
+        };
+        let next = match (page.more, page.keys.last()) {
+            (true, Some(last)) => {
+                let id = self.next_cursor;
+                self.next_cursor += 1;
+                if self.cursors.len() == SCAN_CURSORS_MAX {
+                    self.cursors.pop_front();
+                }
+                self.cursors.push_back((id, last.clone()));
+                id
+            }
+            _ => 0,
+        };
+        let keys = page
+            .keys
+            .into_iter()
+            .filter(|k| pattern.is_none_or(|p| cmd::keys::glob_match(p, k)))
+            .map(Frame::Bulk)
+            .collect();
+        Frame::Array(vec![Frame::bulk(next.to_string()), Frame::Array(keys)])
+    }
+
+    async fn connection_command(&mut self, engine: &Arc<Engine>, command: Command, slots: &mut Vec<Slot>) -> Next {
+        let proto = self.proto;
+        let reply = match command {
+            Command::Ping(None) => Frame::Simple("PONG".into()),
+            Command::Ping(Some(message)) | Command::Echo(message) => Frame::Bulk(message),
+            Command::Quit => {
+                slots.push(Slot::Ready(Frame::ok(), proto));
+                return Next::Close;
+            }
+            Command::Auth { user, password } => self.auth(engine, user.as_deref(), &password),
+            Command::Hello { proto: requested, auth, setname } => {
+                if let Some((user, password)) = auth {
+                    let reply = self.auth(engine, Some(&user), &password);
+                    if matches!(reply, Frame::Error(_)) {
+                        slots.push(Slot::Ready(reply, proto));
+                        return Next::Continue;
+                    }
+                }
+                if !self.authenticated {
+                    Frame::error("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time")
+                } else {
+                    if let Some(p) = requested {
+                        self.proto = p;
+                    }
+                    if let Some(name) = setname {
+                        self.name = Some(name);
+                    }
+                    self.hello(engine)
+                }
+            }
+            Command::Select(0) => Frame::ok(),
+            Command::Select(_) => Frame::error("ERR DB index is out of range (Strand has one database, 0)"),
+            Command::ClientSetName(name) => {
+                self.name = (!name.is_empty()).then_some(name);
+                Frame::ok()
+            }
+            Command::ClientGetName => Frame::from_option(self.name.clone()),
+            Command::ClientId => Frame::Integer(i64::try_from(self.id).unwrap_or(i64::MAX)),
+            Command::ClientSetInfo => Frame::ok(),
+            Command::Multi => {
+                if self.multi.is_some() {
+                    Frame::error("ERR MULTI calls can not be nested")
+                } else {
+                    self.multi = Some(Vec::new());
+                    self.multi_dirty = false;
+                    Frame::ok()
+                }
+            }
+            Command::Discard => match self.multi.take() {
+                None => Frame::error("ERR DISCARD without MULTI"),
+                Some(_) => {
+                    self.watch.clear();
+                    Frame::ok()
+                }
+            },
+            Command::Exec => {
+                let Some(queue) = self.multi.take() else {
+                    slots.push(Slot::Ready(Frame::error("ERR EXEC without MULTI"), proto));
+                    return Next::Continue;
+                };
+                let watch = std::mem::take(&mut self.watch);
+                if std::mem::take(&mut self.multi_dirty) {
+                    Frame::error("EXECABORT Transaction discarded because of previous errors.")
+                } else {
+                    let program: TxnProgram<Frame> = Box::new(move |view| {
+                        let mut replies = Vec::with_capacity(queue.len());
+                        for command in &queue {
+                            replies.push(command.execute_in_txn(view)?);
+                        }
+                        Ok(Frame::Array(replies))
+                    });
+                    self.submit(engine, watch, program, Mode::Exec, slots).await;
+                    return Next::Continue;
+                }
+            }
+            Command::Watch(keys) => {
+                if self.multi.is_some() {
+                    Frame::error("ERR WATCH inside MULTI is not allowed")
+                } else if self.watch.len() + keys.len() > WATCH_KEYS_MAX {
+                    Frame::error(format!("ERR too many watched keys (max {WATCH_KEYS_MAX})"))
+                } else {
+                    let seqno = engine.store.committed_seqno();
+                    self.watch.extend(keys.into_iter().map(|k| (k, seqno)));
+                    Frame::ok()
+                }
+            }
+            Command::Unwatch => {
+                self.watch.clear();
+                Frame::ok()
+            }
+            Command::Info(sections) => server::info(engine, &sections),
+            Command::Role => server::role(engine),
+            Command::CommandList => server::command_list(),
+            Command::CommandCount => server::command_count(),
+            Command::CommandInfo(names) => server::command_info(&names),
+            Command::CommandDocs => Frame::Map(Vec::new()),
+            Command::ConfigGet(patterns) => server::config_get(engine, &patterns),
+            other => unreachable!("{other:?} is not a connection command"),
+        };
+        slots.push(Slot::Ready(reply, proto));
+        Next::Continue
+    }
+
+    fn auth(&mut self, engine: &Engine, user: Option<&[u8]>, password: &[u8]) -> Frame {
+        let Some(expected) = engine.config.password.as_deref() else {
+            return Frame::error(
+                "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
+            );
+        };
+        let user_ok = user.is_none_or(|u| u == b"default");
+        if user_ok && constant_time_eq(expected, password) {
+            self.authenticated = true;
+            Frame::ok()
+        } else {
+            tracing::info!(client = self.id, "authentication failed");
+            Frame::error("WRONGPASS invalid username-password pair or user is disabled.")
+        }
+    }
+
+    fn hello(&self, engine: &Engine) -> Frame {
+        let role = match engine.store.meta().role {
+            crate::storage::meta::Role::Secondary => "replica",
+            _ => "master",
+        };
+        Frame::Map(vec![
+            (Frame::bulk("server"), Frame::bulk("strand")),
+            (Frame::bulk("version"), Frame::bulk(server::REDIS_COMPAT_VERSION)),
+            (Frame::bulk("strand_version"), Frame::bulk(crate::VERSION)),
+            (Frame::bulk("proto"), Frame::Integer(i64::from(self.proto))),
+            (Frame::bulk("id"), Frame::Integer(i64::try_from(self.id).unwrap_or(i64::MAX))),
+            (Frame::bulk("mode"), Frame::bulk("standalone")),
+            (Frame::bulk("role"), Frame::bulk(role)),
+            (Frame::bulk("modules"), Frame::Array(Vec::new())),
+        ])
+    }
+}
+
+/// Compares secrets without an early exit that would leak how much of a guess was right.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

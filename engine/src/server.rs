@@ -1,0 +1,185 @@
+//! The running server: opens the store, starts the writer, the data port and the admin API,
+//! and shuts them down in order.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::metrics::Metrics;
+use crate::resp::frame::Frame;
+use crate::shutdown::{self, Shutdown};
+use crate::storage::writer::{Writer, error_chain};
+use crate::storage::{CreateSpec, Store, StoreError};
+
+/// Everything `strand-engine run` was told.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    /// Creates the instance on first start; must match the stored name afterwards.
+    pub name: Option<String>,
+    pub supplementary: bool,
+    pub resp_addr: SocketAddr,
+    pub admin_addr: Option<SocketAddr>,
+    /// Bearer token required on the TCP admin listener.
+    pub admin_token: Option<String>,
+    /// Password required by AUTH on the data port.
+    pub password: Option<Vec<u8>>,
+    pub max_clients: usize,
+    pub disk_reserve_bytes: u64,
+    /// Filled in once the data port is bound (the configured port may be 0).
+    pub resp_port: u16,
+}
+
+#[derive(Debug, Error)]
+pub enum ServerError {
+    #[error("failed to open the instance")]
+    Store(#[from] StoreError),
+    #[error("failed to bind {what} on {addr}")]
+    Bind { what: &'static str, addr: String, source: std::io::Error },
+    #[error("failed to start the writer thread")]
+    Writer { source: std::io::Error },
+    #[error("failed to set up metrics")]
+    Metrics { source: prometheus::Error },
+    #[error("failed to serve the admin API")]
+    Admin { source: std::io::Error },
+}
+
+/// State shared by every connection and admin request.
+pub struct Engine {
+    pub store: Arc<Store>,
+    pub writer: Writer<Frame>,
+    pub metrics: Arc<Metrics>,
+    pub config: Config,
+    pub started: Instant,
+    pub ready: AtomicBool,
+    next_client_id: AtomicU64,
+}
+
+/// Runs the server until SIGINT/SIGTERM.
+pub async fn run(config: Config) -> Result<(), ServerError> {
+    run_until(config, shutdown::signal()).await
+}
+
+/// Runs the server until `stop` completes.
+pub async fn run_until(mut config: Config, stop: impl std::future::Future<Output = ()>) -> Result<(), ServerError> {
+    let create = config.name.clone().map(|name| CreateSpec { name, supplementary: config.supplementary });
+    let data_dir = config.data_dir.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&data_dir, create.as_ref()))
+        .await
+        .map_err(|e| ServerError::Admin { source: std::io::Error::other(e) })??;
+    let store = Arc::new(store);
+    let metrics = Arc::new(Metrics::new().map_err(|source| ServerError::Metrics { source })?);
+    metrics.journal_seqno.set(i64::try_from(store.committed_seqno()).unwrap_or(i64::MAX));
+    let (writer, writer_thread) = Writer::spawn(store.clone(), config.disk_reserve_bytes, metrics.clone())
+        .map_err(|source| ServerError::Writer { source })?;
+
+    let resp = TcpListener::bind(config.resp_addr).await.map_err(|source| ServerError::Bind {
+        what: "the data port",
+        addr: config.resp_addr.to_string(),
+        source,
+    })?;
+    config.resp_port = resp.local_addr().map(|a| a.port()).unwrap_or(0);
+    let resp_local = resp.local_addr().ok();
+
+    let engine = Arc::new(Engine {
+        store,
+        writer,
+        metrics,
+        config,
+        started: Instant::now(),
+        ready: AtomicBool::new(false),
+        next_client_id: AtomicU64::new(1),
+    });
+    let (trigger, shutdown) = shutdown::channel();
+    let admin = crate::admin::start(engine.clone(), shutdown.clone()).await?;
+
+    let accept = tokio::spawn(accept_loop(engine.clone(), resp, shutdown.clone()));
+    engine.ready.store(true, Ordering::Release);
+    tracing::info!(
+        instance = %engine.store.meta().name,
+        resp = ?resp_local,
+        admin_socket = %crate::admin::socket_path(engine.store.data_dir()).display(),
+        admin_tcp = ?engine.config.admin_addr,
+        "ready"
+    );
+
+    stop.await;
+    tracing::info!("shutting down");
+    engine.ready.store(false, Ordering::Release);
+    trigger.fire();
+    // Connections finish the requests they have read; admin servers finish in-flight calls.
+    if let Ok(connections) = accept.await {
+        connections.wait().await;
+    }
+    admin.wait().await;
+    match Arc::try_unwrap(engine) {
+        Ok(engine) => {
+            drop(engine); // drops the last writer handle: the writer drains and stops
+            if writer_thread.join().is_err() {
+                tracing::error!("writer thread panicked");
+            }
+        }
+        Err(_) => tracing::warn!("some tasks still hold the engine; exiting without waiting for the writer"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Tracks live connection tasks so shutdown can wait for them.
+pub struct Connections(tokio::task::JoinSet<()>);
+
+impl Connections {
+    async fn wait(mut self) {
+        while self.0.join_next().await.is_some() {}
+    }
+}
+
+async fn accept_loop(engine: Arc<Engine>, listener: TcpListener, mut shutdown: Shutdown) -> Connections {
+    let limit = Arc::new(Semaphore::new(engine.config.max_clients));
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.recv() => break,
+        };
+        // Reap finished tasks so the set does not grow with every connection ever made.
+        while tasks.try_join_next().is_some() {}
+        let (mut stream, _peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Out of file descriptors and similar: log, and keep accepting.
+                tracing::warn!(error = %e, "accept failed");
+                continue;
+            }
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            engine.metrics.rejected_clients_total.inc();
+            tasks.spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let _ = stream.write_all(b"-ERR max number of clients reached\r\n").await;
+            });
+            continue;
+        };
+        let id = engine.next_client_id.fetch_add(1, Ordering::Relaxed);
+        let engine = engine.clone();
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            engine.metrics.connected_clients.inc();
+            crate::resp::connection::serve(engine.clone(), stream, id, shutdown).await;
+            engine.metrics.connected_clients.dec();
+            drop(permit);
+        });
+    }
+    Connections(tasks)
+}
+
+/// Logs an error with its chain of causes.
+pub fn log_error(context: &str, e: &dyn std::error::Error) {
+    tracing::error!(error = %error_chain(e), "{context}");
+}

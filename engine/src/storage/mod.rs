@@ -1,0 +1,453 @@
+//! Storage: one redb file per instance holding the data, the journal and the instance
+//! metadata, changed together in one atomic commit.
+//!
+//! - [`Store`] opens or creates the file, checks it (format version, journal without holes),
+//!   and hands out consistent read snapshots.
+//! - [`writer`] is the only code that writes: a thread that folds concurrent transactions into
+//!   one redb commit (group commit, one fsync) and acknowledges each only once it is durable.
+//! - [`journal`] is the byte format of a journal record; [`meta`] the instance metadata.
+//! - [`backup`] writes consistent snapshots and restores them under a new identity.
+
+pub mod backup;
+pub mod journal;
+pub mod meta;
+pub mod writer;
+
+use std::collections::HashMap;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use thiserror::Error;
+
+use journal::{DecodeError, Record};
+use meta::{FORMAT_VERSIONS_SUPPORTED, InstanceMeta};
+
+/// Application keys and values, ordered by key bytes.
+pub(crate) const DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("data");
+/// Journal records by journal seqno.
+pub(crate) const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
+/// Instance metadata documents by name.
+pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// The metadata key holding the [`InstanceMeta`] JSON document.
+pub(crate) const META_INSTANCE: &str = "instance";
+
+/// File name of the database inside the data directory.
+pub const DB_FILE: &str = "strand.redb";
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("failed to create data directory {path}")]
+    CreateDir { path: PathBuf, source: std::io::Error },
+    #[error("failed to open database {path}")]
+    Open { path: PathBuf, source: redb::DatabaseError },
+    #[error("storage failed while trying to {step}")]
+    Redb { step: &'static str, source: redb::Error },
+    #[error(
+        "data directory {path} holds no instance; start with --name to create one, or restore a backup"
+    )]
+    NotCreated { path: PathBuf },
+    #[error(
+        "data directory holds instance {existing:?}, not {requested:?}; use the right --data-dir or --name"
+    )]
+    NameMismatch { existing: String, requested: String },
+    #[error(
+        "instance format version {found} is not supported by this binary (supports {supported:?}); run a binary that supports it"
+    )]
+    FormatVersion { found: u32, supported: &'static [u32] },
+    #[error("instance metadata is unreadable")]
+    MetaDecode { source: serde_json::Error },
+    #[error(
+        "journal is corrupt: {reason}; the instance refuses to start rather than serve inconsistent data — restore from a backup or a replica"
+    )]
+    JournalCorrupt { reason: String },
+    #[error("journal record {seqno} is unreadable")]
+    RecordDecode { seqno: u64, source: DecodeError },
+    #[error(
+        "disk full: {free_bytes} bytes free on the data volume, below the reserve of {reserve_bytes}; free space or grow the volume (reads are still served)"
+    )]
+    DiskFull { free_bytes: u64, reserve_bytes: u64 },
+    #[error("storage is recovering from an I/O error; retry shortly")]
+    Recovering,
+    #[error("failed to measure free space on {path}")]
+    Statvfs { path: PathBuf, source: std::io::Error },
+    #[error("failed to draw a random creation id")]
+    Random { source: getrandom::Error },
+    #[error("invalid instance: {reason}")]
+    Invalid { reason: String },
+    #[error("writer has stopped; the server is shutting down")]
+    WriterGone,
+}
+
+impl StoreError {
+    /// A stable, bounded label for metrics and admin error codes.
+    pub fn code(&self) -> &'static str {
+        match self {
+            StoreError::CreateDir { .. } | StoreError::Open { .. } => "open",
+            StoreError::Redb { .. } | StoreError::Statvfs { .. } | StoreError::Random { .. } => "io",
+            StoreError::NotCreated { .. } => "not_created",
+            StoreError::NameMismatch { .. } => "name_mismatch",
+            StoreError::FormatVersion { .. } => "format_version",
+            StoreError::MetaDecode { .. } => "meta_corrupt",
+            StoreError::JournalCorrupt { .. } | StoreError::RecordDecode { .. } => "journal_corrupt",
+            StoreError::DiskFull { .. } => "disk_full",
+            StoreError::Recovering => "recovering",
+            StoreError::Invalid { .. } => "invalid",
+            StoreError::WriterGone => "shutting_down",
+        }
+    }
+}
+
+/// Shorthand to wrap any redb error with the step that failed.
+pub(crate) fn redb_err<E: Into<redb::Error>>(step: &'static str) -> impl FnOnce(E) -> StoreError {
+    move |e| StoreError::Redb { step, source: e.into() }
+}
+
+/// How to bring an instance into existence when its data directory is empty.
+#[derive(Debug, Clone)]
+pub struct CreateSpec {
+    pub name: String,
+    pub supplementary: bool,
+}
+
+/// An open instance database, shared by readers and the writer thread.
+#[derive(Debug)]
+pub struct Store {
+    data_dir: PathBuf,
+    db_path: PathBuf,
+    /// `None` while the writer reopens the file after an I/O error.
+    db: RwLock<Option<Arc<Database>>>,
+    /// Highest journal seqno whose commit is durable. Readers see at least this much.
+    committed_seqno: AtomicU64,
+    /// Cached copy of the metadata document, replaced after each commit that changes it.
+    meta: RwLock<InstanceMeta>,
+    /// Set when the last commit failed on I/O; cleared by a successful commit.
+    degraded: AtomicBool,
+}
+
+/// Microseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+impl Store {
+    /// Opens the instance in `data_dir`, creating it from `create` if the directory is empty.
+    pub fn open(data_dir: &Path, create: Option<&CreateSpec>) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|source| StoreError::CreateDir { path: data_dir.to_owned(), source })?;
+        let db_path = data_dir.join(DB_FILE);
+        let db = Database::create(&db_path)
+            .map_err(|source| StoreError::Open { path: db_path.clone(), source })?;
+        let meta = load_or_create_meta(&db, data_dir, create)?;
+        let committed = check_journal(&db)?;
+        tracing::info!(
+            instance = %meta.name, journal_seqno = committed, role = meta.role.as_str(),
+            "opened instance"
+        );
+        Ok(Store {
+            data_dir: data_dir.to_owned(),
+            db_path,
+            db: RwLock::new(Some(Arc::new(db))),
+            committed_seqno: AtomicU64::new(committed),
+            meta: RwLock::new(meta),
+            degraded: AtomicBool::new(false),
+        })
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    pub fn db_path(&self) -> &Path {
+        &self.db_path
+    }
+
+    pub fn committed_seqno(&self) -> u64 {
+        self.committed_seqno.load(Ordering::Acquire)
+    }
+
+    pub fn meta(&self) -> InstanceMeta {
+        self.meta.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Whether the last commit failed on I/O (disk full, or the file being reopened).
+    pub fn is_degraded(&self) -> bool {
+        self.degraded.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn db(&self) -> Result<Arc<Database>, StoreError> {
+        self.db
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .ok_or(StoreError::Recovering)
+    }
+
+    /// A consistent read-only view of everything committed so far.
+    pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(redb_err("begin a read transaction"))?;
+        let data = txn.open_table(DATA).map_err(redb_err("open the data table"))?;
+        Ok(Snapshot { txn, data })
+    }
+
+    /// Size of the database file in bytes.
+    pub fn file_bytes(&self) -> u64 {
+        std::fs::metadata(&self.db_path).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Free bytes on the volume holding the data directory.
+    pub fn free_bytes(&self) -> Result<u64, StoreError> {
+        free_bytes(&self.data_dir)
+    }
+}
+
+fn load_or_create_meta(
+    db: &Database,
+    data_dir: &Path,
+    create: Option<&CreateSpec>,
+) -> Result<InstanceMeta, StoreError> {
+    let existing = read_meta(db)?;
+    let meta = match (existing, create) {
+        (Some(meta), Some(spec)) if meta.name != spec.name => {
+            return Err(StoreError::NameMismatch { existing: meta.name, requested: spec.name.clone() });
+        }
+        (Some(meta), _) => meta,
+        (None, None) => return Err(StoreError::NotCreated { path: data_dir.to_owned() }),
+        (None, Some(spec)) => {
+            meta::validate_name(&spec.name).map_err(|reason| StoreError::Invalid { reason })?;
+            let id = meta::new_creation_id().map_err(|source| StoreError::Random { source })?;
+            let meta = InstanceMeta::new(spec.name.clone(), spec.supplementary, id, now_micros());
+            write_meta_now(db, &meta)?;
+            tracing::info!(instance = %meta.name, supplementary = meta.supplementary, "created instance");
+            meta
+        }
+    };
+    if !FORMAT_VERSIONS_SUPPORTED.contains(&meta.format_version) {
+        return Err(StoreError::FormatVersion {
+            found: meta.format_version,
+            supported: FORMAT_VERSIONS_SUPPORTED,
+        });
+    }
+    Ok(meta)
+}
+
+pub(crate) fn read_meta(db: &Database) -> Result<Option<InstanceMeta>, StoreError> {
+    let txn = db.begin_read().map_err(redb_err("begin a read transaction"))?;
+    let table = match txn.open_table(META) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(redb_err("open the metadata table")(e)),
+    };
+    let Some(bytes) = table.get(META_INSTANCE).map_err(redb_err("read instance metadata"))? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(bytes.value())
+        .map(Some)
+        .map_err(|source| StoreError::MetaDecode { source })
+}
+
+/// Writes the metadata in its own durable commit, creating all tables (used at creation and
+/// by offline restore, never while a writer thread runs).
+pub(crate) fn write_meta_now(db: &Database, meta: &InstanceMeta) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(redb_err("begin a write transaction"))?;
+    {
+        let mut table = txn.open_table(META).map_err(redb_err("open the metadata table"))?;
+        let bytes = serde_json::to_vec(meta).map_err(|source| StoreError::MetaDecode { source })?;
+        table.insert(META_INSTANCE, bytes.as_slice()).map_err(redb_err("write instance metadata"))?;
+        txn.open_table(DATA).map_err(redb_err("create the data table"))?;
+        txn.open_table(JOURNAL).map_err(redb_err("create the journal table"))?;
+    }
+    txn.commit().map_err(redb_err("commit instance metadata"))
+}
+
+/// Checks that the journal's seqnos run without holes and returns the last one (0 if empty).
+pub(crate) fn check_journal(db: &Database) -> Result<u64, StoreError> {
+    let txn = db.begin_read().map_err(redb_err("begin a read transaction"))?;
+    let journal = txn.open_table(JOURNAL).map_err(redb_err("open the journal table"))?;
+    let len = journal.len().map_err(redb_err("count journal records"))?;
+    let first = journal.first().map_err(redb_err("read the first journal record"))?;
+    let last = journal.last().map_err(redb_err("read the last journal record"))?;
+    match (first, last) {
+        (None, None) => Ok(0),
+        (Some((first, _)), Some((last, last_bytes))) => {
+            let (first, last) = (first.value(), last.value());
+            if first != 1 {
+                return Err(StoreError::JournalCorrupt {
+                    reason: format!("first record is {first}, not 1"),
+                });
+            }
+            if last - first + 1 != len {
+                return Err(StoreError::JournalCorrupt {
+                    reason: format!("{len} records for seqnos {first}..={last}: there is a hole"),
+                });
+            }
+            let record = Record::decode(last_bytes.value())
+                .map_err(|source| StoreError::RecordDecode { seqno: last, source })?;
+            if record.seqno != last {
+                return Err(StoreError::JournalCorrupt {
+                    reason: format!("record stored under {last} says it is {}", record.seqno),
+                });
+            }
+            Ok(last)
+        }
+        _ => Err(StoreError::JournalCorrupt { reason: "journal table is inconsistent".into() }),
+    }
+}
+
+pub(crate) fn free_bytes(path: &Path) -> Result<u64, StoreError> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| {
+        StoreError::Invalid { reason: format!("data directory path {} contains a NUL byte", path.display()) }
+    })?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c_path` is a valid NUL-terminated string and `stat` points to writable memory of
+    // the right type; statvfs only writes into it.
+    let rc = unsafe { libc::statvfs(c_path.as_ptr(), stat.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(StoreError::Statvfs { path: path.to_owned(), source: std::io::Error::last_os_error() });
+    }
+    // SAFETY: statvfs returned 0, so it initialised the struct.
+    let stat = unsafe { stat.assume_init() };
+    #[allow(clippy::unnecessary_cast)] // field widths differ between platforms
+    Ok((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
+}
+
+/// A consistent, read-only view of the committed state.
+pub struct Snapshot {
+    txn: redb::ReadTransaction,
+    data: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+}
+
+/// One step of a SCAN: the keys visited and whether any key remains after the last of them.
+#[derive(Debug, Default)]
+pub struct ScanPage {
+    pub keys: Vec<Vec<u8>>,
+    pub more: bool,
+}
+
+impl Snapshot {
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.data.get(key).map_err(redb_err("read a key"))?.map(|v| v.value().to_vec()))
+    }
+
+    pub fn len(&self) -> Result<u64, StoreError> {
+        self.data.len().map_err(redb_err("count keys"))
+    }
+
+    pub fn is_empty(&self) -> Result<bool, StoreError> {
+        Ok(self.len()? == 0)
+    }
+
+    pub fn scan(&self, after: Option<&[u8]>, count: usize) -> Result<ScanPage, StoreError> {
+        scan_table(&self.data, after, count)
+    }
+
+    /// Journal records with seqnos in `from..=to`, decoded and checked.
+    pub fn journal(&self, from: u64, to: u64) -> Result<Vec<Record>, StoreError> {
+        let table = self.txn.open_table(JOURNAL).map_err(redb_err("open the journal table"))?;
+        let mut out = Vec::new();
+        for entry in table.range(from..=to).map_err(redb_err("read the journal"))? {
+            let (seqno, bytes) = entry.map_err(redb_err("read the journal"))?;
+            let seqno = seqno.value();
+            let record = Record::decode(bytes.value())
+                .map_err(|source| StoreError::RecordDecode { seqno, source })?;
+            out.push(record);
+        }
+        Ok(out)
+    }
+
+    /// Full check of the journal against the data: seqnos contiguous from 1, each record's
+    /// checksum, each before-image equal to the previous after-image of its key, and the last
+    /// after-image of every key equal to the stored data (and no stored key the journal never
+    /// wrote).
+    pub fn verify(&self) -> Result<VerifyReport, StoreError> {
+        let table = self.txn.open_table(JOURNAL).map_err(redb_err("open the journal table"))?;
+        let mut latest: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
+        let mut expected = 1u64;
+        for entry in table.iter().map_err(redb_err("read the journal"))? {
+            let (seqno, bytes) = entry.map_err(redb_err("read the journal"))?;
+            let seqno = seqno.value();
+            if seqno != expected {
+                return Err(StoreError::JournalCorrupt {
+                    reason: format!("expected seqno {expected}, found {seqno}"),
+                });
+            }
+            let record = Record::decode(bytes.value())
+                .map_err(|source| StoreError::RecordDecode { seqno, source })?;
+            if record.seqno != seqno {
+                return Err(StoreError::JournalCorrupt {
+                    reason: format!("record stored under {seqno} says it is {}", record.seqno),
+                });
+            }
+            for change in record.changes {
+                let previous = latest.get(&change.key).cloned().unwrap_or(None);
+                if previous != change.before {
+                    return Err(StoreError::JournalCorrupt {
+                        reason: format!(
+                            "record {seqno}: before-image of key {} differs from the value the journal last wrote",
+                            String::from_utf8_lossy(&change.key)
+                        ),
+                    });
+                }
+                latest.insert(change.key, change.after);
+            }
+            expected += 1;
+        }
+        let mut keys = 0u64;
+        for (key, value) in &latest {
+            let stored = self.get(key)?;
+            if &stored != value {
+                return Err(StoreError::JournalCorrupt {
+                    reason: format!(
+                        "key {}: data differs from the journal's last after-image",
+                        String::from_utf8_lossy(key)
+                    ),
+                });
+            }
+            if value.is_some() {
+                keys += 1;
+            }
+        }
+        let stored_keys = self.len()?;
+        if stored_keys != keys {
+            return Err(StoreError::JournalCorrupt {
+                reason: format!("data holds {stored_keys} keys but the journal accounts for {keys}"),
+            });
+        }
+        Ok(VerifyReport { journal_seqno: expected - 1, keys })
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct VerifyReport {
+    pub journal_seqno: u64,
+    pub keys: u64,
+}
+
+/// Visits up to `count` keys strictly after `after`, in key order.
+pub(crate) fn scan_table<T>(table: &T, after: Option<&[u8]>, count: usize) -> Result<ScanPage, StoreError>
+where
+    T: ReadableTable<&'static [u8], &'static [u8]>,
+{
+    let lower: Bound<&[u8]> = match after {
+        Some(key) => Bound::Excluded(key),
+        None => Bound::Unbounded,
+    };
+    let mut page = ScanPage::default();
+    let range = table.range::<&[u8]>((lower, Bound::Unbounded)).map_err(redb_err("scan keys"))?;
+    for entry in range {
+        let (key, _) = entry.map_err(redb_err("scan keys"))?;
+        if page.keys.len() == count {
+            page.more = true;
+            break;
+        }
+        page.keys.push(key.value().to_vec());
+    }
+    Ok(page)
+}

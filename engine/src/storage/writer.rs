@@ -1,0 +1,419 @@
+//! The writer: the single thread that changes the database, with group commit.
+//!
+//! Connections submit transactions as closures over a [`TxnView`]. The writer takes every
+//! transaction waiting in its queue (up to [`GROUP_COMMIT_TXNS_MAX`]), runs them one after
+//! another inside one redb write transaction — each with its own journal seqno and journal
+//! record — and commits once with `Durability::Immediate` (one fsync for the whole batch).
+//! Only then does any submitter hear back, so an acknowledged transaction is always durable.
+//!
+//! A transaction that aborts (a command error inside EXEC) is undone from its before-images
+//! before the next one runs and consumes no seqno. A failed commit fails every transaction
+//! in the batch; nothing of it is visible, and the seqnos are handed out again.
+//!
+//! Disk full: before each batch the writer checks the free space of the data volume and
+//! refuses the batch with [`StoreError::DiskFull`] when it is below the reserve, so redb never
+//! meets ENOSPC in the common case and reads go on. If an I/O error does reach redb (redb then
+//! refuses all further access), the writer closes and reopens the file, failing writes with
+//! [`StoreError::Recovering`] until that succeeds.
+
+use std::collections::BTreeMap;
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use redb::{Database, ReadableTable, ReadableTableMetadata, Table};
+use tokio::sync::{mpsc, oneshot};
+
+use super::journal::{KeyChange, Record, RecordKind};
+use super::{DATA, JOURNAL, ScanPage, Store, StoreError, now_micros, redb_err, scan_table};
+use crate::limits::{GROUP_COMMIT_TXNS_MAX, WRITER_QUEUE_TXNS_MAX};
+use crate::metrics::Metrics;
+
+/// Hash buckets recording the last seqno that wrote any key hashing to them; WATCH compares
+/// against them. Collisions can only cause a spurious abort, never a missed conflict.
+const WATCH_BUCKETS: usize = 1 << 16;
+/// How often a writer with a closed database retries opening it.
+const REOPEN_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Why a transaction program gave up.
+#[derive(Debug)]
+pub enum Abort {
+    /// A command error to report to the client, e.g. "ERR value is not an integer".
+    Command(String),
+    /// The storage failed underneath the transaction.
+    Store(StoreError),
+}
+
+impl From<StoreError> for Abort {
+    fn from(e: StoreError) -> Self {
+        Abort::Store(e)
+    }
+}
+
+/// A transaction's body: runs inside the writer against the current state.
+pub type TxnProgram<T> = Box<dyn FnOnce(&mut TxnView<'_, '_>) -> Result<T, Abort> + Send>;
+
+/// A transaction that committed (or, for `WatchConflict`, was skipped as WATCH demands).
+#[derive(Debug)]
+pub enum Committed<T> {
+    /// `seqno` is `None` when the transaction changed nothing and so wrote no journal record.
+    Done { output: T, seqno: Option<u64> },
+    WatchConflict,
+}
+
+/// Why a transaction did not commit. Cloneable because a failed commit fails a whole batch.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TxnFailure {
+    #[error("{0}")]
+    Aborted(String),
+    #[error("{message}")]
+    Store { code: &'static str, message: String },
+}
+
+impl TxnFailure {
+    fn store(e: &StoreError) -> Self {
+        TxnFailure::Store { code: e.code(), message: error_chain(e) }
+    }
+}
+
+/// Renders an error and its sources as one line: "a: b: c".
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+struct TxnRequest<T> {
+    /// Keys watched by the client, each with the committed seqno at the time it was watched.
+    watch: Vec<(Vec<u8>, u64)>,
+    program: TxnProgram<T>,
+    reply: oneshot::Sender<Result<Committed<T>, TxnFailure>>,
+    enqueued: Instant,
+}
+
+/// Handle used to submit transactions; cheap to clone. The writer stops when all are dropped.
+pub struct Writer<T> {
+    tx: mpsc::Sender<TxnRequest<T>>,
+}
+
+impl<T> Clone for Writer<T> {
+    fn clone(&self) -> Self {
+        Writer { tx: self.tx.clone() }
+    }
+}
+
+impl<T: Send + 'static> Writer<T> {
+    /// Starts the writer thread for `store`.
+    pub fn spawn(
+        store: Arc<Store>,
+        disk_reserve_bytes: u64,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<(Writer<T>, std::thread::JoinHandle<()>)> {
+        let (tx, rx) = mpsc::channel(WRITER_QUEUE_TXNS_MAX);
+        let state = WriterThread {
+            store,
+            disk_reserve_bytes,
+            metrics,
+            buckets: vec![0; WATCH_BUCKETS],
+            hasher: BuildHasherDefault::default(),
+        };
+        let handle = std::thread::Builder::new().name("strand-writer".into()).spawn(move || state.run(rx))?;
+        Ok((Writer { tx }, handle))
+    }
+
+    /// Submits a transaction and waits until it is durable (or failed).
+    pub async fn submit(
+        &self,
+        watch: Vec<(Vec<u8>, u64)>,
+        program: TxnProgram<T>,
+    ) -> Result<Committed<T>, TxnFailure> {
+        let rx = self.enqueue(watch, program).await?;
+        rx.await.unwrap_or_else(|_| Err(TxnFailure::store(&StoreError::WriterGone)))
+    }
+
+    /// Queues a transaction and returns where its outcome will arrive, so a pipelining
+    /// connection can queue several before waiting for the first.
+    pub async fn enqueue(
+        &self,
+        watch: Vec<(Vec<u8>, u64)>,
+        program: TxnProgram<T>,
+    ) -> Result<oneshot::Receiver<Result<Committed<T>, TxnFailure>>, TxnFailure> {
+        let (reply, rx) = oneshot::channel();
+        let request = TxnRequest { watch, program, reply, enqueued: Instant::now() };
+        self.tx.send(request).await.map_err(|_| TxnFailure::store(&StoreError::WriterGone))?;
+        Ok(rx)
+    }
+}
+
+/// The state of a transaction's own changes inside a batch.
+struct Change {
+    before: Option<Vec<u8>>,
+    after: Option<Vec<u8>>,
+}
+
+/// What a transaction program sees: the data as of every earlier transaction in its batch,
+/// plus its own changes, with before-images captured on first touch.
+pub struct TxnView<'a, 't> {
+    table: &'a mut Table<'t, &'static [u8], &'static [u8]>,
+    changes: BTreeMap<Vec<u8>, Change>,
+}
+
+impl TxnView<'_, '_> {
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Abort> {
+        Ok(self.table.get(key).map_err(redb_err("read a key"))?.map(|v| v.value().to_vec()))
+    }
+
+    pub fn set(&mut self, key: &[u8], value: &[u8]) -> Result<(), Abort> {
+        let previous = self
+            .table
+            .insert(key, value)
+            .map_err(redb_err("write a key"))?
+            .map(|v| v.value().to_vec());
+        self.note(key, previous, Some(value.to_vec()));
+        Ok(())
+    }
+
+    /// Removes `key`; returns whether it existed.
+    pub fn delete(&mut self, key: &[u8]) -> Result<bool, Abort> {
+        let previous =
+            self.table.remove(key).map_err(redb_err("delete a key"))?.map(|v| v.value().to_vec());
+        let existed = previous.is_some();
+        if existed || self.changes.contains_key(key) {
+            self.note(key, previous, None);
+        }
+        Ok(existed)
+    }
+
+    pub fn len(&self) -> Result<u64, Abort> {
+        Ok(self.table.len().map_err(redb_err("count keys"))?)
+    }
+
+    pub fn is_empty(&self) -> Result<bool, Abort> {
+        Ok(self.len()? == 0)
+    }
+
+    pub fn scan(&self, after: Option<&[u8]>, count: usize) -> Result<ScanPage, Abort> {
+        Ok(scan_table(&*self.table, after, count)?)
+    }
+
+    fn note(&mut self, key: &[u8], previous: Option<Vec<u8>>, after: Option<Vec<u8>>) {
+        match self.changes.get_mut(key) {
+            Some(change) => change.after = after,
+            None => {
+                self.changes.insert(key.to_vec(), Change { before: previous, after });
+            }
+        }
+    }
+
+    /// Puts every touched key back to its before-image (used when the program aborts).
+    fn undo(&mut self) -> Result<(), StoreError> {
+        for (key, change) in std::mem::take(&mut self.changes) {
+            match change.before {
+                Some(value) => {
+                    self.table.insert(key.as_slice(), value.as_slice()).map_err(redb_err("undo a write"))?;
+                }
+                None => {
+                    self.table.remove(key.as_slice()).map_err(redb_err("undo a write"))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+struct WriterThread {
+    store: Arc<Store>,
+    disk_reserve_bytes: u64,
+    metrics: Arc<Metrics>,
+    buckets: Vec<u64>,
+    hasher: BuildHasherDefault<DefaultHasher>,
+}
+
+type Reply<T> = (oneshot::Sender<Result<Committed<T>, TxnFailure>>, Result<Committed<T>, TxnFailure>);
+
+impl WriterThread {
+    fn run<T: Send + 'static>(mut self, mut rx: mpsc::Receiver<TxnRequest<T>>) {
+        let mut batch = Vec::with_capacity(GROUP_COMMIT_TXNS_MAX);
+        loop {
+            if self.store.db().is_err() {
+                // The file is closed after an I/O error: fail writes fast and retry the open.
+                self.reopen();
+                loop {
+                    match rx.try_recv() {
+                        Ok(request) => {
+                            let _ = request.reply.send(Err(TxnFailure::store(&StoreError::Recovering)));
+                        }
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Disconnected) => return,
+                    }
+                }
+                if self.store.db().is_err() {
+                    std::thread::sleep(REOPEN_INTERVAL);
+                }
+                continue;
+            }
+            let Some(first) = rx.blocking_recv() else {
+                tracing::debug!("writer queue closed; writer stops");
+                return;
+            };
+            batch.push(first);
+            while batch.len() < GROUP_COMMIT_TXNS_MAX {
+                match rx.try_recv() {
+                    Ok(request) => batch.push(request),
+                    Err(_) => break,
+                }
+            }
+            self.commit_batch(&mut batch);
+        }
+    }
+
+    fn bucket(&self, key: &[u8]) -> usize {
+        // Truncation is the point: any bits serve as a bucket index.
+        (self.hasher.hash_one(key) as usize) % WATCH_BUCKETS
+    }
+
+    fn commit_batch<T>(&mut self, batch: &mut Vec<TxnRequest<T>>) {
+        let size = batch.len();
+        let replies = match self.try_commit_batch(batch) {
+            Ok(replies) => replies,
+            Err(e) => {
+                tracing::error!(error = %error_chain(&e), transactions = size, "commit failed");
+                self.metrics.commit_failures_total.with_label_values(&[e.code()]).inc();
+                if matches!(e, StoreError::Redb { .. }) {
+                    self.close_after_io_error();
+                }
+                let failure = TxnFailure::store(&e);
+                batch.drain(..).map(|r| (r.reply, Err(failure.clone()))).collect()
+            }
+        };
+        batch.clear();
+        for (reply, outcome) in replies {
+            // A client that went away no longer needs its answer.
+            let _ = reply.send(outcome);
+        }
+    }
+
+    fn try_commit_batch<T>(&mut self, batch: &mut Vec<TxnRequest<T>>) -> Result<Vec<Reply<T>>, StoreError> {
+        let free = self.store.free_bytes()?;
+        if free < self.disk_reserve_bytes {
+            self.store.degraded.store(true, Ordering::Release);
+            return Err(StoreError::DiskFull { free_bytes: free, reserve_bytes: self.disk_reserve_bytes });
+        }
+        let db = self.store.db()?;
+        let committed = self.store.committed_seqno();
+        let mut next = committed + 1;
+        let mut replies = Vec::with_capacity(batch.len());
+        let mut enqueued = Vec::with_capacity(batch.len());
+        let txn = db.begin_write().map_err(redb_err("begin a write transaction"))?;
+        {
+            let mut data = txn.open_table(DATA).map_err(redb_err("open the data table"))?;
+            let mut journal = txn.open_table(JOURNAL).map_err(redb_err("open the journal table"))?;
+            for request in batch.drain(..) {
+                enqueued.push(request.enqueued);
+                if request.watch.iter().any(|(key, seqno)| self.buckets.get(self.bucket(key)).is_some_and(|b| b > seqno)) {
+                    replies.push((request.reply, Ok(Committed::WatchConflict)));
+                    continue;
+                }
+                let mut view = TxnView { table: &mut data, changes: BTreeMap::new() };
+                match (request.program)(&mut view) {
+                    Ok(output) if view.changes.is_empty() => {
+                        replies.push((request.reply, Ok(Committed::Done { output, seqno: None })));
+                    }
+                    Ok(output) => {
+                        let seqno = next;
+                        next += 1;
+                        let changes: Vec<KeyChange> = std::mem::take(&mut view.changes)
+                            .into_iter()
+                            .map(|(key, c)| KeyChange { key, before: c.before, after: c.after })
+                            .collect();
+                        for change in &changes {
+                            let bucket = self.bucket(&change.key);
+                            if let Some(b) = self.buckets.get_mut(bucket) {
+                                *b = seqno;
+                            }
+                        }
+                        let record = Record {
+                            kind: RecordKind::Update,
+                            seqno,
+                            stream: 0,
+                            stream_seqno: seqno,
+                            commit_time_micros: now_micros(),
+                            changes,
+                        };
+                        journal
+                            .insert(seqno, record.encode().as_slice())
+                            .map_err(redb_err("append a journal record"))?;
+                        replies.push((request.reply, Ok(Committed::Done { output, seqno: Some(seqno) })));
+                    }
+                    Err(abort) => {
+                        view.undo()?;
+                        let failure = match abort {
+                            Abort::Command(message) => TxnFailure::Aborted(message),
+                            Abort::Store(e) => return Err(e),
+                        };
+                        replies.push((request.reply, Err(failure)));
+                    }
+                }
+            }
+        }
+        let started = Instant::now();
+        txn.commit().map_err(redb_err("commit"))?;
+        let fsync = started.elapsed();
+        self.store.committed_seqno.store(next - 1, Ordering::Release);
+        self.store.degraded.store(false, Ordering::Release);
+        let m = &self.metrics;
+        m.journal_fsync_duration_seconds.observe(fsync.as_secs_f64());
+        m.group_commit_transactions.observe(replies.len() as f64);
+        m.commits_total.inc_by(next - 1 - committed);
+        m.journal_seqno.set(i64::try_from(next - 1).unwrap_or(i64::MAX));
+        for at in enqueued {
+            m.commit_duration_seconds.observe(at.elapsed().as_secs_f64());
+        }
+        Ok(replies)
+    }
+
+    /// redb refuses all access after an I/O error: close the file so it can be reopened.
+    fn close_after_io_error(&mut self) {
+        self.store.degraded.store(true, Ordering::Release);
+        let taken = self.store.db.write().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some(mut db) = taken {
+            // Readers hold clones only for the span of one command; wait for them to finish.
+            let db = loop {
+                match Arc::try_unwrap(db) {
+                    Ok(db) => break db,
+                    Err(shared) => {
+                        db = shared;
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+            };
+            drop(db);
+        }
+        tracing::warn!("database closed after an I/O error; reopening");
+    }
+
+    fn reopen(&mut self) {
+        match Database::create(self.store.db_path()) {
+            Ok(db) => {
+                // A commit that reported an error may still have reached the disk (the error can
+                // come from the last fsync): take the seqno from the file, not from memory.
+                match super::check_journal(&db) {
+                    Ok(seqno) => {
+                        self.store.committed_seqno.store(seqno, Ordering::Release);
+                        *self.store.db.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                            Some(Arc::new(db));
+                        tracing::info!(journal_seqno = seqno, "database reopened after an I/O error");
+                    }
+                    Err(e) => tracing::error!(error = %error_chain(&e), "reopened database fails its check"),
+                }
+            }
+            Err(e) => tracing::warn!(error = %error_chain(&e), "database still cannot be reopened"),
+        }
+    }
+}

@@ -386,7 +386,8 @@ impl State {
             Command::ConfigGet(patterns) => server::config_get(engine, &patterns),
             other => unreachable!("{other:?} is not a connection command"),
         };
-        slots.push(Slot::Ready(reply, proto));
+        // `self.proto`, not `proto`: a HELLO answers in the protocol it just selected.
+        slots.push(Slot::Ready(reply, self.proto));
         Next::Continue
     }
 

@@ -1,0 +1,198 @@
+//! Test harness: real `strand-engine` processes on ephemeral ports, talked to over real TCP
+//! with real clients, and over the real admin socket.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a server may take to become ready after start (a debug build replaying a large
+/// file on a loaded 2-core machine included).
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_strand-engine")
+}
+
+/// A running engine process. Killed (SIGKILL) on drop if still running.
+pub struct Server {
+    pub data_dir: PathBuf,
+    pub name: String,
+    pub child: Child,
+    pub resp_port: u16,
+    pub log: PathBuf,
+    extra: Vec<String>,
+}
+
+impl Server {
+    /// Starts a server for instance `name` in `data_dir` with extra `run` flags.
+    pub fn start(data_dir: &Path, name: &str, extra: &[&str]) -> Server {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Self::spawn(data_dir, name, extra)
+    }
+
+    fn spawn(data_dir: &Path, name: &str, extra: Vec<String>) -> Server {
+        std::fs::create_dir_all(data_dir).expect("create data dir");
+        let log = data_dir.with_extension("log");
+        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("open log");
+        let child = Command::new(binary())
+            .arg("run")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--name")
+            .arg(name)
+            .arg("--resp-addr")
+            .arg("127.0.0.1:0")
+            .arg("--disk-reserve-bytes")
+            .arg("0")
+            .args(&extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn strand-engine");
+        let mut server =
+            Server { data_dir: data_dir.to_owned(), name: name.to_owned(), child, resp_port: 0, log, extra };
+        server.wait_ready();
+        server
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll child") {
+                panic!("server exited during start with {status}; log:\n{}", self.log_text());
+            }
+            if let Ok((200, body)) = admin(&self.data_dir, "GET", "/readyz", None) {
+                assert!(body.contains("ready"));
+                let status = self.status();
+                self.resp_port = status["resp_port"].as_u64().expect("resp_port") as u16;
+                return;
+            }
+            assert!(Instant::now() < deadline, "server not ready in {START_TIMEOUT:?}; log:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.resp_port)
+    }
+
+    pub fn client(&self) -> redis::Connection {
+        redis::Client::open(self.url()).expect("client").get_connection().expect("connect")
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.resp_port)
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        let (code, body) = admin(&self.data_dir, "GET", "/v1/status", None).expect("status");
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).expect("status json")
+    }
+
+    pub fn verify(&self) -> serde_json::Value {
+        let (code, body) = admin(&self.data_dir, "GET", "/v1/verify", None).expect("verify");
+        assert_eq!(code, 200, "journal verification failed: {body}");
+        serde_json::from_str(&body).expect("verify json")
+    }
+
+    /// SIGKILL: no chance to flush or close anything.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").arg("-TERM").arg(&pid).status();
+        let status = self.child.wait().expect("wait");
+        assert!(status.success(), "server did not stop cleanly: {status}; log:\n{}", self.log_text());
+    }
+
+    /// Starts the same instance again with the same flags.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let mut next = Self::spawn(&self.data_dir.clone(), &self.name.clone(), self.extra.clone());
+        std::mem::swap(&mut self.child, &mut next.child);
+        self.resp_port = next.resp_port;
+        // `next` now holds the old, already reaped child; dropping it is harmless.
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One admin call over the Unix socket: (status, body).
+pub fn admin(data_dir: &Path, method: &str, path: &str, body: Option<&str>) -> std::io::Result<(u16, String)> {
+    let mut stream = UnixStream::connect(data_dir.join("admin.sock"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let body = body.unwrap_or("");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: strand\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    parse_http(&response)
+}
+
+pub fn parse_http(response: &str) -> std::io::Result<(u16, String)> {
+    let code: u16 = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad HTTP response: {response:?}")))?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((response, ""));
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_owned() };
+    Ok((code, body))
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].strip_prefix("\r\n").unwrap_or(&rest[n..]);
+    }
+    out
+}
+
+/// Sends raw bytes on a fresh connection and returns everything the server answers until it
+/// closes the connection or goes quiet.
+pub fn raw(addr: &str, bytes: &[u8]) -> (Vec<u8>, bool) {
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_millis(1500))).expect("timeout");
+    stream.write_all(bytes).expect("write");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return (out, true),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return (out, true),
+            Err(_) => return (out, false), // timed out: still open
+        }
+    }
+}
+
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("strand-test-").tempdir().expect("tempdir")
+}

@@ -1,0 +1,395 @@
+//! Every data-port command through a real Redis client (the `redis` crate) against a real
+//! server process, plus transactions, limits and malformed input over raw TCP.
+
+mod common;
+
+use common::{Server, raw, tempdir};
+use redis::{Commands, RedisResult, Value};
+
+fn server() -> (tempfile::TempDir, Server) {
+    let dir = tempdir();
+    let server = Server::start(&dir.path().join("a"), "Ardmore", &[]);
+    (dir, server)
+}
+
+#[test]
+fn string_commands() {
+    let (_dir, server) = server();
+    let mut c = server.client();
+    let pong: String = redis::cmd("PING").query(&mut c).unwrap();
+    assert_eq!(pong, "PONG");
+    let echo: String = redis::cmd("ECHO").arg("hi").query(&mut c).unwrap();
+    assert_eq!(echo, "hi");
+    let () = c.set("k", "v").unwrap();
+    assert_eq!(c.get::<_, String>("k").unwrap(), "v");
+    assert_eq!(c.get::<_, Option<String>>("missing").unwrap(), None);
+    // SET NX / XX / GET
+    let nx: Option<String> = redis::cmd("SET").arg("k").arg("x").arg("NX").query(&mut c).unwrap();
+    assert_eq!(nx, None);
+    let xx: Option<String> = redis::cmd("SET").arg("new").arg("x").arg("XX").query(&mut c).unwrap();
+    assert_eq!(xx, None);
+    assert!(!c.exists::<_, bool>("new").unwrap());
+    let old: Option<String> = redis::cmd("SET").arg("k").arg("v2").arg("GET").query(&mut c).unwrap();
+    assert_eq!(old.as_deref(), Some("v"));
+    let ok: String = redis::cmd("SET").arg("n").arg("1").arg("NX").query(&mut c).unwrap();
+    assert_eq!(ok, "OK");
+    // GETDEL
+    let got: Option<String> = redis::cmd("GETDEL").arg("k").query(&mut c).unwrap();
+    assert_eq!(got.as_deref(), Some("v2"));
+    assert_eq!(c.get::<_, Option<String>>("k").unwrap(), None);
+    // INCR family
+    assert_eq!(c.incr::<_, _, i64>("n", 1).unwrap(), 2);
+    assert_eq!(redis::cmd("INCR").arg("n").query::<i64>(&mut c).unwrap(), 3);
+    assert_eq!(redis::cmd("DECR").arg("n").query::<i64>(&mut c).unwrap(), 2);
+    assert_eq!(redis::cmd("INCRBY").arg("n").arg(10).query::<i64>(&mut c).unwrap(), 12);
+    assert_eq!(redis::cmd("DECRBY").arg("n").arg(20).query::<i64>(&mut c).unwrap(), -8);
+    assert_eq!(redis::cmd("INCR").arg("fresh").query::<i64>(&mut c).unwrap(), 1);
+    let () = c.set("big", i64::MAX).unwrap();
+    let err = redis::cmd("INCR").arg("big").query::<i64>(&mut c).unwrap_err();
+    assert!(err.to_string().contains("overflow"), "{err}");
+    let () = c.set("text", "abc").unwrap();
+    let err = redis::cmd("INCR").arg("text").query::<i64>(&mut c).unwrap_err();
+    assert!(err.to_string().contains("not an integer"), "{err}");
+    // APPEND, STRLEN
+    assert_eq!(c.append::<_, _, i64>("text", "def").unwrap(), 6);
+    assert_eq!(c.append::<_, _, i64>("fresh2", "xy").unwrap(), 2);
+    assert_eq!(redis::cmd("STRLEN").arg("text").query::<i64>(&mut c).unwrap(), 6);
+    assert_eq!(redis::cmd("STRLEN").arg("nothing").query::<i64>(&mut c).unwrap(), 0);
+    // MSET, MGET, EXISTS, DEL, DBSIZE
+    let () = redis::cmd("MSET").arg("a").arg("1").arg("b").arg("2").query(&mut c).unwrap();
+    let values: Vec<Option<String>> = redis::cmd("MGET").arg("a").arg("b").arg("zz").query(&mut c).unwrap();
+    assert_eq!(values, vec![Some("1".into()), Some("2".into()), None]);
+    assert_eq!(redis::cmd("EXISTS").arg("a").arg("b").arg("a").arg("zz").query::<i64>(&mut c).unwrap(), 3);
+    assert_eq!(c.del::<_, i64>(&["a", "zz"]).unwrap(), 1);
+    let size: i64 = redis::cmd("DBSIZE").query(&mut c).unwrap();
+    assert_eq!(size, 6, "n fresh big text fresh2 b");
+    // binary-safe keys and values
+    let key = vec![0u8, 255, b'\r', b'\n'];
+    let value = vec![1u8, 0, 2, b'\r', b'\n', 3];
+    let () = c.set(&key, &value).unwrap();
+    assert_eq!(c.get::<_, Vec<u8>>(&key).unwrap(), value);
+    // errors keep the connection usable
+    let err = redis::cmd("NOSUCH").arg("x").query::<String>(&mut c).unwrap_err();
+    assert!(err.to_string().contains("unknown command"), "{err}");
+    let err = redis::cmd("GET").query::<String>(&mut c).unwrap_err();
+    assert!(err.to_string().contains("wrong number of arguments"), "{err}");
+    let err = redis::cmd("SET").arg("k").arg("v").arg("EX").arg(10).query::<String>(&mut c).unwrap_err();
+    assert!(err.to_string().contains("expiry is not supported"), "{err}");
+    assert_eq!(redis::cmd("PING").query::<String>(&mut c).unwrap(), "PONG");
+}
+
+#[test]
+fn connection_and_server_commands() {
+    let (_dir, server) = server();
+    let mut c = server.client();
+    let () = redis::cmd("SELECT").arg(0).query(&mut c).unwrap();
+    let err = redis::cmd("SELECT").arg(1).query::<()>(&mut c).unwrap_err();
+    assert!(err.to_string().contains("out of range"), "{err}");
+    let () = redis::cmd("CLIENT").arg("SETNAME").arg("tester").query(&mut c).unwrap();
+    let name: String = redis::cmd("CLIENT").arg("GETNAME").query(&mut c).unwrap();
+    assert_eq!(name, "tester");
+    let info: String = redis::cmd("INFO").query(&mut c).unwrap();
+    for needle in ["# Server", "# Clients", "# Persistence", "# Replication", "# Keyspace", "role:master", "instance_name:Ardmore"] {
+        assert!(info.contains(needle), "INFO lacks {needle}: {info}");
+    }
+    let replication: String = redis::cmd("INFO").arg("replication").query(&mut c).unwrap();
+    assert!(replication.contains("strand_role:standalone") && !replication.contains("# Server"), "{replication}");
+    let () = c.set("x", "1").unwrap();
+    let keyspace: String = redis::cmd("INFO").arg("keyspace").query(&mut c).unwrap();
+    assert!(keyspace.contains("db0:keys=1"), "{keyspace}");
+    let role: Value = redis::cmd("ROLE").query(&mut c).unwrap();
+    let Value::Array(items) = role else { panic!("ROLE is an array") };
+    assert_eq!(items[0], Value::BulkString(b"master".to_vec()));
+    assert_eq!(items[1], Value::Int(1));
+    let count: i64 = redis::cmd("COMMAND").arg("COUNT").query(&mut c).unwrap();
+    assert!(count >= 30);
+    let commands: Vec<Value> = redis::cmd("COMMAND").query(&mut c).unwrap();
+    assert_eq!(commands.len() as i64, count);
+    let info: Vec<Value> = redis::cmd("COMMAND").arg("INFO").arg("get").arg("nope").query(&mut c).unwrap();
+    assert_eq!(info.len(), 2);
+    assert_eq!(info[1], Value::Nil);
+    let config: Vec<String> = redis::cmd("CONFIG").arg("GET").arg("append*").query(&mut c).unwrap();
+    assert_eq!(config, vec!["appendonly", "yes", "appendfsync", "always"]);
+    let err = redis::cmd("CONFIG").arg("SET").arg("x").arg("y").query::<()>(&mut c).unwrap_err();
+    assert!(err.to_string().contains("not supported"), "{err}");
+}
+
+#[test]
+fn resp3_hello() {
+    let (_dir, server) = server();
+    let (out, _) = raw(&server.addr(), b"HELLO 3\r\nGET missing\r\nHELLO 2\r\nGET missing\r\nHELLO 4\r\n");
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("%8\r\n"), "RESP3 map expected: {text}");
+    assert!(text.contains("$5\r\nproto\r\n:3\r\n"), "{text}");
+    assert!(text.contains("_\r\n"), "RESP3 null: {text}");
+    assert!(text.contains("*16\r\n"), "RESP2 flattened map: {text}");
+    assert!(text.contains("$-1\r\n"), "RESP2 null: {text}");
+    assert!(text.ends_with("-NOPROTO unsupported protocol version\r\n"), "{text}");
+}
+
+#[test]
+fn scan_visits_every_key_once_in_order() {
+    let (_dir, server) = server();
+    let mut c = server.client();
+    let mut pipe = redis::pipe();
+    for i in 0..250 {
+        pipe.set(format!("user:{i:03}"), i).ignore();
+        pipe.set(format!("item:{i:03}"), i).ignore();
+    }
+    let () = pipe.query(&mut c).unwrap();
+    let mut seen = Vec::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, keys): (u64, Vec<String>) =
+            redis::cmd("SCAN").arg(cursor).arg("MATCH").arg("user:*").arg("COUNT").arg(37).query(&mut c).unwrap();
+        seen.extend(keys);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    let expected: Vec<String> = (0..250).map(|i| format!("user:{i:03}")).collect();
+    assert_eq!(seen, expected);
+    // The client library's own iterator works too.
+    let all: Vec<String> = c.scan_match("item:1*").unwrap().collect();
+    assert_eq!(all.len(), 100);
+    let err = redis::cmd("SCAN").arg(987654).query::<Value>(&mut c).unwrap_err();
+    assert!(err.to_string().contains("invalid cursor"), "{err}");
+    let err = redis::cmd("SCAN").arg(0).arg("COUNT").arg(0).query::<Value>(&mut c).unwrap_err();
+    assert!(err.to_string().contains("COUNT"), "{err}");
+}
+
+#[test]
+fn multi_exec_is_one_transaction_with_one_seqno() {
+    let (_dir, server) = server();
+    let mut c = server.client();
+    let before = server.status()["journal_seqno"].as_u64().unwrap();
+    let (a, b, n): (String, String, i64) = redis::pipe()
+        .atomic()
+        .set("a", "1")
+        .set("b", "2")
+        .incr("n", 5)
+        .get("a")
+        .get("b")
+        .get("n")
+        .query(&mut c)
+        .map(|(_, _, _, a, b, n): ((), (), i64, String, String, i64)| (a, b, n))
+        .unwrap();
+    assert_eq!((a.as_str(), b.as_str(), n), ("1", "2", 5));
+    let after = server.status()["journal_seqno"].as_u64().unwrap();
+    assert_eq!(after, before + 1, "one EXEC, one journal record");
+    let (code, body) =
+        common::admin(&server.data_dir, "GET", &format!("/v1/journal?from={after}&to={after}"), None).unwrap();
+    assert_eq!(code, 200);
+    let records: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(records[0]["changes"].as_array().unwrap().len(), 3, "{body}");
+}
+
+#[test]
+fn exec_runtime_error_rolls_back_everything() {
+    let (_dir, server) = server();
+    let mut c = server.client();
+    let () = c.set("text", "abc").unwrap();
+    let seqno = server.status()["journal_seqno"].as_u64().unwrap();
+    let result: RedisResult<Value> = redis::pipe().atomic().set("a", "1").incr("text", 1).set("b", "2").query(&mut c);
+    assert!(result.is_err(), "the client sees the transaction fail");
+    // On the wire the reason is spelled out.
+    let (out, _) = raw(&server.addr(), b"MULTI\r\nSET a 1\r\nINCR text\r\nEXEC\r\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "+OK\r\n+QUEUED\r\n+QUEUED\r\n-EXECABORT Transaction rolled back because of: ERR value is not an integer or out of range\r\n"
+    );
+    assert_eq!(c.get::<_, Option<String>>("a").unwrap(), None, "nothing of the transaction applied");
+    assert_eq!(c.get::<_, Option<String>>("b").unwrap(), None);
+    assert_eq!(server.status()["journal_seqno"].as_u64().unwrap(), seqno, "no seqno consumed");
+}
+
+#[test]
+fn exec_queue_errors_discard_the_transaction() {
+    let (_dir, server) = server();
+    let (out, _) = raw(&server.addr(), b"MULTI\r\nSET a 1\r\nGET\r\nEXEC\r\nGET a\r\nEXEC\r\nDISCARD\r\nMULTI\r\nMULTI\r\nDISCARD\r\n");
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(
+        text,
+        "+OK\r\n+QUEUED\r\n-ERR wrong number of arguments for 'get' command\r\n-EXECABORT Transaction discarded because of previous errors.\r\n$-1\r\n-ERR EXEC without MULTI\r\n-ERR DISCARD without MULTI\r\n+OK\r\n-ERR MULTI calls can not be nested\r\n+OK\r\n"
+    );
+}
+
+#[test]
+fn watch_aborts_on_concurrent_change_only() {
+    let (_dir, server) = server();
+    let mut c1 = server.client();
+    let mut c2 = server.client();
+    let () = c1.set("balance", 100).unwrap();
+    // Untouched watched key: EXEC applies.
+    let () = redis::cmd("WATCH").arg("balance").query(&mut c1).unwrap();
+    let r: Option<(i64,)> = redis::pipe().atomic().incr("balance", -10).query(&mut c1).unwrap();
+    assert_eq!(r, Some((90,)));
+    // Watched key changed by another client: EXEC returns nil and applies nothing.
+    let () = redis::cmd("WATCH").arg("balance").query(&mut c1).unwrap();
+    let () = c2.set("balance", 500).unwrap();
+    let r: Option<(i64,)> = redis::pipe().atomic().incr("balance", -10).query(&mut c1).unwrap();
+    assert_eq!(r, None, "EXEC must abort");
+    assert_eq!(c1.get::<_, i64>("balance").unwrap(), 500);
+    // UNWATCH forgets.
+    let () = redis::cmd("WATCH").arg("balance").query(&mut c1).unwrap();
+    let () = c2.set("balance", 7).unwrap();
+    let () = redis::cmd("UNWATCH").query(&mut c1).unwrap();
+    let r: Option<(i64,)> = redis::pipe().atomic().incr("balance", 1).query(&mut c1).unwrap();
+    assert_eq!(r, Some((8,)));
+    // The client library's optimistic-locking helper converges under contention.
+    let mut handles = Vec::new();
+    for _ in 0..4 {
+        let url = server.url();
+        handles.push(std::thread::spawn(move || {
+            let mut c = redis::Client::open(url).unwrap().get_connection().unwrap();
+            for _ in 0..25 {
+                let _: () = redis::transaction(&mut c, &["counter"], |con, pipe| {
+                    let v: Option<i64> = con.get("counter")?;
+                    pipe.set("counter", v.unwrap_or(0) + 1).ignore().query(con)
+                })
+                .unwrap();
+            }
+        }));
+    }
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert_eq!(c1.get::<_, i64>("counter").unwrap(), 100, "no lost update");
+}
+
+#[test]
+fn pipelined_writes_are_all_durable_and_ordered() {
+    let (_dir, mut server) = server();
+    let mut c = server.client();
+    let mut pipe = redis::pipe();
+    for i in 0..2000 {
+        pipe.set("p", i).ignore();
+        pipe.incr("ctr", 1).ignore();
+    }
+    pipe.get("p").get("ctr");
+    let (p, ctr): (i64, i64) = pipe.query(&mut c).unwrap();
+    assert_eq!((p, ctr), (1999, 2000));
+    drop(c);
+    server.kill9();
+    server.restart();
+    let mut c = server.client();
+    assert_eq!(c.get::<_, i64>("ctr").unwrap(), 2000);
+    assert_eq!(server.status()["journal_seqno"].as_u64().unwrap(), 4000);
+    server.verify();
+}
+
+#[test]
+fn limits_give_clear_errors() {
+    let (_dir, server) = server();
+    let mut c = server.client();
+    let big_key = vec![b'k'; strand_engine::limits::KEY_BYTES_MAX + 1];
+    let err = c.set::<_, _, ()>(&big_key, "v").unwrap_err();
+    assert!(err.to_string().contains("key is too large"), "{err}");
+    let value = vec![b'v'; strand_engine::limits::VALUE_BYTES_MAX];
+    let () = c.set("max", &value).unwrap();
+    let err = c.append::<_, _, i64>("max", "x").unwrap_err();
+    assert!(err.to_string().contains("exceeds maximum allowed size"), "{err}");
+    assert_eq!(redis::cmd("STRLEN").arg("max").query::<usize>(&mut c).unwrap(), value.len());
+    // A bulk string over the limit is a protocol error: the connection is answered and closed.
+    let header = format!("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n${}\r\n", strand_engine::limits::RESP_BULK_BYTES_MAX + 1);
+    let (out, closed) = raw(&server.addr(), header.as_bytes());
+    assert_eq!(String::from_utf8_lossy(&out), "-ERR Protocol error: invalid bulk length\r\n");
+    assert!(closed);
+    // MULTI queue bound.
+    let mut req = b"MULTI\r\n".to_vec();
+    for _ in 0..=strand_engine::limits::MULTI_COMMANDS_MAX {
+        req.extend_from_slice(b"INCR q\r\n");
+    }
+    req.extend_from_slice(b"EXEC\r\nGET q\r\n");
+    let (out, _) = raw(&server.addr(), &req);
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.contains("-ERR MULTI queue is full"), "queue limit error missing");
+    assert!(text.ends_with("-EXECABORT Transaction discarded because of previous errors.\r\n$-1\r\n"), "tail: {}", &text[text.len() - 120..]);
+}
+
+#[test]
+fn client_limit_is_enforced_with_a_clear_error() {
+    let dir = tempdir();
+    let server = Server::start(&dir.path().join("a"), "Ardmore", &["--max-clients", "2"]);
+    let _c1 = server.client();
+    let _c2 = server.client();
+    let (out, closed) = raw(&server.addr(), b"PING\r\n");
+    assert_eq!(String::from_utf8_lossy(&out), "-ERR max number of clients reached\r\n");
+    assert!(closed);
+    drop(_c1);
+    // The slot is freed once the server notices the close; a new client then gets in.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (out, _) = raw(&server.addr(), b"PING\r\n");
+        if out == b"+PONG\r\n" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "slot never freed");
+    }
+}
+
+#[test]
+fn malformed_input_is_refused_and_the_server_survives() {
+    let (_dir, server) = server();
+    let cases: &[(&[u8], &str)] = &[
+        (b"*2\r\n$3\r\nGET\r\n:1\r\n", "-ERR Protocol error: expected '$', got ':'\r\n"),
+        (b"*x\r\n", "-ERR Protocol error: invalid multibulk length\r\n"),
+        (b"*1\r\n$-2\r\n", "-ERR Protocol error: invalid bulk length\r\n"),
+        (b"*1\r\n$3\r\nGETXX\r\n", "-ERR Protocol error: bulk string not terminated by CRLF\r\n"),
+        (b"*99999999\r\n", "-ERR Protocol error: invalid multibulk length (max 65536)\r\n"),
+        (b"SET \"unterminated\r\n", "-ERR Protocol error: unbalanced quotes in request\r\n"),
+    ];
+    for (input, expected) in cases {
+        let (out, closed) = raw(&server.addr(), input);
+        assert_eq!(String::from_utf8_lossy(&out), *expected, "input {:?}", String::from_utf8_lossy(input));
+        assert!(closed, "connection must be closed after a protocol error");
+    }
+    // Random garbage never kills the server.
+    let mut seed = 0x2545F4914F6CDD1Du64;
+    for _ in 0..200 {
+        let mut junk = Vec::new();
+        for _ in 0..64 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let alphabet = b"*$\r\n0123456789-:+abcGETSET \xff";
+            junk.push(alphabet[(seed % alphabet.len() as u64) as usize]);
+        }
+        let mut s = std::net::TcpStream::connect(server.addr()).unwrap();
+        use std::io::Write;
+        let _ = s.write_all(&junk);
+    }
+    let mut c = server.client();
+    assert_eq!(redis::cmd("PING").query::<String>(&mut c).unwrap(), "PONG");
+    let metrics = common::admin(&server.data_dir, "GET", "/metrics", None).unwrap().1;
+    assert!(metrics.contains("strand_resp_protocol_errors_total"), "{metrics}");
+}
+
+#[test]
+fn auth_is_required_when_a_password_is_set() {
+    let dir = tempdir();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "s3cret\n").unwrap();
+    let server = Server::start(&dir.path().join("a"), "Ardmore", &["--password-file", pw.to_str().unwrap()]);
+    let (out, _) = raw(&server.addr(), b"GET k\r\nAUTH nope\r\nAUTH s3cret\r\nGET k\r\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "-NOAUTH Authentication required.\r\n-WRONGPASS invalid username-password pair or user is disabled.\r\n+OK\r\n$-1\r\n"
+    );
+    let (out, _) = raw(&server.addr(), b"HELLO 3 AUTH default s3cret\r\n");
+    assert!(out.starts_with(b"%8"), "{}", String::from_utf8_lossy(&out));
+    let url = format!("redis://:s3cret@127.0.0.1:{}/", server.resp_port);
+    let mut c = redis::Client::open(url).unwrap().get_connection().unwrap();
+    let () = c.set("k", "v").unwrap();
+    let wrong = format!("redis://:bad@127.0.0.1:{}/", server.resp_port);
+    assert!(redis::Client::open(wrong).unwrap().get_connection().is_err());
+}
+
+#[test]
+fn quit_and_inline_commands() {
+    let (_dir, server) = server();
+    let (out, closed) = raw(&server.addr(), b"SET greeting \"hello world\"\r\nGET greeting\r\n\r\nQUIT\r\nPING\r\n");
+    assert_eq!(String::from_utf8_lossy(&out), "+OK\r\n$11\r\nhello world\r\n+OK\r\n");
+    assert!(closed);
+}

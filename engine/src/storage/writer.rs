@@ -280,18 +280,27 @@ impl WriterThread {
 
     fn commit_batch<T>(&mut self, batch: &mut Vec<TxnRequest<T>>) {
         let size = batch.len();
-        let replies = match self.try_commit_batch(batch) {
-            Ok(replies) => replies,
-            Err(e) => {
+        let mut replies = Vec::with_capacity(size);
+        if let Err(e) = self.try_commit_batch(batch, &mut replies) {
+            if matches!(e, StoreError::DiskFull { .. }) {
+                tracing::warn!(error = %error_chain(&e), transactions = size, "commit refused");
+            } else {
                 tracing::error!(error = %error_chain(&e), transactions = size, "commit failed");
-                self.metrics.commit_failures_total.with_label_values(&[e.code()]).inc();
-                if matches!(e, StoreError::Redb { .. }) {
-                    self.close_after_io_error();
-                }
-                let failure = TxnFailure::store(&e);
-                batch.drain(..).map(|r| (r.reply, Err(failure.clone()))).collect()
             }
-        };
+            self.metrics.commit_failures_total.with_label_values(&[e.code()]).inc();
+            if matches!(e, StoreError::Redb { .. }) {
+                self.close_after_io_error();
+            }
+            // Nothing of the batch committed: every transaction in it, whether it already ran
+            // or not, fails with the same error.
+            let failure = TxnFailure::store(&e);
+            replies = replies
+                .into_iter()
+                .map(|(reply, _)| reply)
+                .chain(batch.drain(..).map(|r| r.reply))
+                .map(|reply| (reply, Err(failure.clone())))
+                .collect();
+        }
         batch.clear();
         for (reply, outcome) in replies {
             // A client that went away no longer needs its answer.
@@ -299,7 +308,13 @@ impl WriterThread {
         }
     }
 
-    fn try_commit_batch<T>(&mut self, batch: &mut Vec<TxnRequest<T>>) -> Result<Vec<Reply<T>>, StoreError> {
+    /// Runs and commits the batch, pushing each transaction's outcome to `replies`. On error,
+    /// `replies` and what is left of `batch` together hold every transaction's reply handle.
+    fn try_commit_batch<T>(
+        &mut self,
+        batch: &mut Vec<TxnRequest<T>>,
+        replies: &mut Vec<Reply<T>>,
+    ) -> Result<(), StoreError> {
         let free = self.store.free_bytes()?;
         if free < self.disk_reserve_bytes {
             self.store.degraded.store(true, Ordering::Release);
@@ -308,7 +323,6 @@ impl WriterThread {
         let db = self.store.db()?;
         let committed = self.store.committed_seqno();
         let mut next = committed + 1;
-        let mut replies = Vec::with_capacity(batch.len());
         let mut enqueued = Vec::with_capacity(batch.len());
         let txn = db.begin_write().map_err(redb_err("begin a write transaction"))?;
         {
@@ -351,13 +365,13 @@ impl WriterThread {
                             .map_err(redb_err("append a journal record"))?;
                         replies.push((request.reply, Ok(Committed::Done { output, seqno: Some(seqno) })));
                     }
-                    Err(abort) => {
+                    Err(Abort::Command(message)) => {
                         view.undo()?;
-                        let failure = match abort {
-                            Abort::Command(message) => TxnFailure::Aborted(message),
-                            Abort::Store(e) => return Err(e),
-                        };
-                        replies.push((request.reply, Err(failure)));
+                        replies.push((request.reply, Err(TxnFailure::Aborted(message))));
+                    }
+                    Err(Abort::Store(e)) => {
+                        replies.push((request.reply, Err(TxnFailure::store(&e))));
+                        return Err(e);
                     }
                 }
             }
@@ -375,7 +389,7 @@ impl WriterThread {
         for at in enqueued {
             m.commit_duration_seconds.observe(at.elapsed().as_secs_f64());
         }
-        Ok(replies)
+        Ok(())
     }
 
     /// redb refuses all access after an I/O error: close the file so it can be reopened.

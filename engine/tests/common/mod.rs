@@ -37,6 +37,9 @@ impl Server {
         std::fs::create_dir_all(data_dir).expect("create data dir");
         let log = data_dir.with_extension("log");
         let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("open log");
+        // Tests run on shared disks that may be fuller than the production default reserve.
+        let reserve: &[&str] =
+            if extra.iter().any(|a| a == "--disk-reserve-bytes") { &[] } else { &["--disk-reserve-bytes", "0"] };
         let child = Command::new(binary())
             .arg("run")
             .arg("--data-dir")
@@ -45,8 +48,7 @@ impl Server {
             .arg(name)
             .arg("--resp-addr")
             .arg("127.0.0.1:0")
-            .arg("--disk-reserve-bytes")
-            .arg("0")
+            .args(reserve)
             .args(&extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())

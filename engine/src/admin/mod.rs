@@ -93,6 +93,13 @@ impl From<StoreError> for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("request body exceeds {ADMIN_BODY_BYTES_MAX} bytes"),
+            );
+        }
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("invalid JSON body: {}", r.body_text()))
     }
 }

@@ -139,7 +139,8 @@ pub fn main() -> i32 {
 }
 
 fn read_secret(path: &PathBuf, what: &str) -> Result<String, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {what} file {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {what} file {}: {e}", path.display()))?;
     let secret = text.trim().to_owned();
     if secret.is_empty() {
         return Err(format!("{what} file {} is empty", path.display()));
@@ -152,7 +153,8 @@ async fn run(args: RunArgs) -> i32 {
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&args.log_level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    let admin_token = match args.admin_token_file.as_ref().map(|p| read_secret(p, "admin token")).transpose() {
+    let admin_token = match args.admin_token_file.as_ref().map(|p| read_secret(p, "admin token")).transpose()
+    {
         Ok(t) => t,
         Err(e) => {
             eprintln!("error: {e}");
@@ -243,7 +245,12 @@ async fn ctl_inner(args: CtlArgs) -> Result<(), String> {
                 println!("supplementary:  {}", status.supplementary);
                 println!("journal seqno:  {}", status.journal_seqno);
                 for s in &status.streams {
-                    println!("stream {:>2}:      seqno {} from {}", s.stream, s.seqno, s.source_family.as_deref().unwrap_or("?"));
+                    println!(
+                        "stream {:>2}:      seqno {} from {}",
+                        s.stream,
+                        s.seqno,
+                        s.source_family.as_deref().unwrap_or("?")
+                    );
                 }
                 println!("keys:           {}", status.keys);
                 println!("format/binary:  {} / {}", status.format_version, status.binary_version);
@@ -251,7 +258,8 @@ async fn ctl_inner(args: CtlArgs) -> Result<(), String> {
             }
         }
         CtlCommand::Create { name, supplementary } => {
-            let body = serde_json::to_value(CreateRequest { name, supplementary }).map_err(|err| err.to_string())?;
+            let body =
+                serde_json::to_value(CreateRequest { name, supplementary }).map_err(|err| err.to_string())?;
             let status: Status = target.call_json("POST", "/v1/instance", Some(body)).await.map_err(e)?;
             print_json(&status)?;
         }
@@ -272,7 +280,8 @@ async fn ctl_inner(args: CtlArgs) -> Result<(), String> {
                 std::env::current_dir().map_err(|err| err.to_string())?.join(to)
             };
             let body = serde_json::to_value(BackupRequest { path: to }).map_err(|err| err.to_string())?;
-            let info: backup::BackupInfo = target.call_json("POST", "/v1/backup", Some(body)).await.map_err(e)?;
+            let info: backup::BackupInfo =
+                target.call_json("POST", "/v1/backup", Some(body)).await.map_err(e)?;
             print_json(&info)?;
         }
         CtlCommand::Verify => {

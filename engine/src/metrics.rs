@@ -32,7 +32,10 @@ impl Metrics {
             0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
         ];
         let m = Metrics {
-            commits_total: IntCounter::new("strand_commits_total", "Transactions committed (journal records written).")?,
+            commits_total: IntCounter::new(
+                "strand_commits_total",
+                "Transactions committed (journal records written).",
+            )?,
             commit_failures_total: IntCounterVec::new(
                 Opts::new("strand_commit_failures_total", "Group commits that failed, by error code."),
                 &["error"],

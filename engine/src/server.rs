@@ -67,7 +67,10 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
 }
 
 /// Runs the server until `stop` completes.
-pub async fn run_until(mut config: Config, stop: impl std::future::Future<Output = ()>) -> Result<(), ServerError> {
+pub async fn run_until(
+    mut config: Config,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), ServerError> {
     let create = config.name.clone().map(|name| CreateSpec { name, supplementary: config.supplementary });
     let data_dir = config.data_dir.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(&data_dir, create.as_ref()))

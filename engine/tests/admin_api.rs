@@ -1,6 +1,7 @@
 //! The admin API and the `ctl` CLI against a real server: status, identity, journal reads,
 //! backup and restore under a new identity, verification, bad requests, and the
 //! token-protected TCP listener.
+#![allow(clippy::unwrap_used, clippy::indexing_slicing)] // tests fail loudly by design
 
 mod common;
 
@@ -87,7 +88,8 @@ fn bad_requests_get_json_errors() {
     for (method, path, body, status, code) in cases {
         let (got, text) = admin(&data, method, path, *body).unwrap();
         assert_eq!(got, *status, "{method} {path}: {text}");
-        let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
+        let json: serde_json::Value =
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
         assert_eq!(json["error"]["code"], *code, "{method} {path}: {text}");
         assert!(!json["error"]["message"].as_str().unwrap().is_empty());
     }
@@ -121,8 +123,16 @@ fn backup_and_restore_with_a_new_identity() {
     assert!(out.contains("\"name\": \"Ardmore\""), "{out}");
     // Restore as a new, supplementary instance.
     let restored = dir.path().join("m");
-    let (ok, out, err) =
-        ctl(&["--data-dir", restored.to_str().unwrap(), "restore", "--from", b, "--name", "Malvern", "--supplementary"]);
+    let (ok, out, err) = ctl(&[
+        "--data-dir",
+        restored.to_str().unwrap(),
+        "restore",
+        "--from",
+        b,
+        "--name",
+        "Malvern",
+        "--supplementary",
+    ]);
     assert!(ok, "{err}");
     let meta: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(meta["name"], "Malvern");
@@ -132,7 +142,8 @@ fn backup_and_restore_with_a_new_identity() {
     let original = server.status();
     assert_ne!(meta["creation_id"], original["creation_id"], "a restored copy has a new identity");
     // Restoring over an existing instance is refused.
-    let (ok, _, err) = ctl(&["--data-dir", restored.to_str().unwrap(), "restore", "--from", b, "--name", "X"]);
+    let (ok, _, err) =
+        ctl(&["--data-dir", restored.to_str().unwrap(), "restore", "--from", b, "--name", "X"]);
     assert!(!ok && err.contains("already holds an instance"), "{err}");
     let copy = Server::start(&restored, "Malvern", &[]);
     let status = copy.status();
@@ -161,7 +172,8 @@ fn tcp_admin_requires_the_bearer_token() {
         "Ardmore",
         &["--admin-addr", &addr, "--admin-token-file", token.to_str().unwrap()],
     );
-    let (ok, out, err) = ctl(&["--admin-addr", &addr, "--admin-token-file", token.to_str().unwrap(), "status", "--json"]);
+    let (ok, out, err) =
+        ctl(&["--admin-addr", &addr, "--admin-token-file", token.to_str().unwrap(), "status", "--json"]);
     assert!(ok, "{err}");
     assert!(out.contains("\"name\": \"Ardmore\""));
     let wrong = dir.path().join("wrong");
@@ -200,7 +212,12 @@ fn ctl_without_a_server_explains_itself() {
     let (ok, _, err) = ctl(&["--data-dir", dir.path().to_str().unwrap(), "status"]);
     assert!(!ok);
     assert!(err.contains("is the server running"), "{err}");
-    let out = Command::new(binary()).args(["run", "--data-dir", dir.path().to_str().unwrap()]).output().unwrap();
+    let out =
+        Command::new(binary()).args(["run", "--data-dir", dir.path().to_str().unwrap()]).output().unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("holds no instance"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("holds no instance"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

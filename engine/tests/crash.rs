@@ -6,6 +6,7 @@
 //! operation a MULTI/EXEC pair of keys that must appear together or not at all. Repeated over
 //! many kill/restart cycles on the same data directory. The seed is printed; set
 //! STRAND_CRASH_SEED to replay a run, STRAND_CRASH_ROUNDS to change the number of cycles.
+#![allow(clippy::unwrap_used, clippy::indexing_slicing)] // tests fail loudly by design
 
 mod common;
 
@@ -30,10 +31,10 @@ impl Rng {
 
 #[test]
 fn acknowledged_writes_survive_sigkill() {
-    let seed: u64 = std::env::var("STRAND_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1);
+    let seed: u64 =
+        std::env::var("STRAND_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
+        });
     let rounds: usize = std::env::var("STRAND_CRASH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(15);
     println!("crash test seed {seed} ({rounds} rounds); replay with STRAND_CRASH_SEED={seed}");
     let mut rng = Rng(seed);
@@ -41,7 +42,7 @@ fn acknowledged_writes_survive_sigkill() {
     let mut server = Server::start(&dir.path().join("crash"), "Crash", &[]);
     // Highest acknowledged op index per thread, across all rounds (each round continues).
     let acked: Arc<Mutex<Vec<Option<u64>>>> = Arc::new(Mutex::new(vec![None; THREADS]));
-    let mut next_op = vec![0u64; THREADS];
+    let mut next_op = [0u64; THREADS];
     // Per thread, the ops in flight when the server died: their outcome is unknown.
     let mut in_doubt: Vec<Vec<u64>> = vec![Vec::new(); THREADS];
     let mut total_acked_before = 0;
@@ -94,7 +95,11 @@ fn acknowledged_writes_survive_sigkill() {
                 if i % 3 == 2 {
                     let a: Option<u64> = c.get(format!("t{t}:{i}:a")).unwrap();
                     let b: Option<u64> = c.get(format!("t{t}:{i}:b")).unwrap();
-                    assert_eq!((a, b), (Some(i), Some(i)), "seed {seed} round {round}: acknowledged transaction t{t}:{i} lost");
+                    assert_eq!(
+                        (a, b),
+                        (Some(i), Some(i)),
+                        "seed {seed} round {round}: acknowledged transaction t{t}:{i} lost"
+                    );
                 } else {
                     let v: Option<u64> = c.get(format!("t{t}:{i}")).unwrap();
                     assert_eq!(v, Some(i), "seed {seed} round {round}: acknowledged write t{t}:{i} lost");
@@ -108,7 +113,11 @@ fn acknowledged_writes_survive_sigkill() {
                 let present = if i % 3 == 2 {
                     let a: Option<u64> = c.get(format!("t{t}:{i}:a")).unwrap();
                     let b: Option<u64> = c.get(format!("t{t}:{i}:b")).unwrap();
-                    assert_eq!(a.is_some(), b.is_some(), "seed {seed} round {round}: half a transaction survived");
+                    assert_eq!(
+                        a.is_some(),
+                        b.is_some(),
+                        "seed {seed} round {round}: half a transaction survived"
+                    );
                     a.is_some()
                 } else {
                     c.get::<_, Option<u64>>(format!("t{t}:{i}")).unwrap().is_some()
@@ -128,7 +137,10 @@ fn acknowledged_writes_survive_sigkill() {
             committed,
             "seed {seed} round {round}: one journal record per committed op, none duplicated or missing"
         );
-        println!("round {round}: killed after {delay} ms, {total} ops committed in all (journal {})", report["journal_seqno"]);
+        println!(
+            "round {round}: killed after {delay} ms, {total} ops committed in all (journal {})",
+            report["journal_seqno"]
+        );
         total_acked_before = total;
     }
     assert!(total_acked_before > 0, "no write was ever acknowledged; the test proved nothing");

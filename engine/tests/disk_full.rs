@@ -7,6 +7,7 @@
 //!   meet ENOSPC, so the file is never touched and reads are served throughout;
 //! - with no reserve: redb itself meets ENOSPC mid-commit; the engine closes and reopens the
 //!   file, answers writes with a clear error meanwhile, and resumes when space is back.
+#![allow(clippy::unwrap_used, clippy::indexing_slicing)] // tests fail loudly by design
 
 mod common;
 
@@ -140,7 +141,11 @@ fn enospc_inside_the_database_is_survived() {
                     text.contains("recovering") || text.contains("storage failed"),
                     "unexpected error while recovering: {text}"
                 );
-                assert!(std::time::Instant::now() < deadline, "writes never resumed; log:\n{}", server.log_text());
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "writes never resumed; log:\n{}",
+                    server.log_text()
+                );
             }
         }
     }

@@ -1,6 +1,7 @@
 //! The stock Redis tools work unchanged: `redis-cli` (interactive-style commands, MULTI
 //! through a pipe) and `redis-benchmark` (SET/GET, pipelined), and a SIGTERM during a write
 //! load stops the server cleanly without losing an acknowledged write.
+#![allow(clippy::unwrap_used, clippy::indexing_slicing)] // tests fail loudly by design
 
 mod common;
 
@@ -10,7 +11,8 @@ use common::{Server, tempdir};
 use redis::Commands;
 
 fn tool(name: &str) -> Command {
-    let found = Command::new("sh").arg("-c").arg(format!("command -v {name}")).output().map(|o| o.status.success());
+    let found =
+        Command::new("sh").arg("-c").arg(format!("command -v {name}")).output().map(|o| o.status.success());
     assert!(
         found.unwrap_or(false),
         "{name} is not installed; install Debian's redis-tools (.ci/run does this)"
@@ -19,7 +21,8 @@ fn tool(name: &str) -> Command {
 }
 
 fn cli(server: &Server, args: &[&str]) -> String {
-    let out = tool("redis-cli").args(["-p", &server.resp_port.to_string()]).args(args).output().expect("redis-cli");
+    let out =
+        tool("redis-cli").args(["-p", &server.resp_port.to_string()]).args(args).output().expect("redis-cli");
     assert!(out.status.success(), "redis-cli {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim_end().to_owned()
 }
@@ -53,7 +56,9 @@ fn redis_cli_works() {
     let mut payload = Vec::new();
     for i in 0..1000 {
         let (k, v) = (format!("bulk:{i}"), i.to_string());
-        payload.extend_from_slice(format!("*3\r\n$3\r\nSET\r\n${}\r\n{k}\r\n${}\r\n{v}\r\n", k.len(), v.len()).as_bytes());
+        payload.extend_from_slice(
+            format!("*3\r\n$3\r\nSET\r\n${}\r\n{k}\r\n${}\r\n{v}\r\n", k.len(), v.len()).as_bytes(),
+        );
     }
     let mut child = tool("redis-cli")
         .args(["-p", &server.resp_port.to_string(), "--pipe"])
@@ -75,19 +80,38 @@ fn redis_benchmark_runs_unchanged() {
     let server = Server::start(&dir.path().join("a"), "Bench", &[]);
     for extra in [&[][..], &["-P", "16"][..]] {
         let out = tool("redis-benchmark")
-            .args(["-p", &server.resp_port.to_string(), "-t", "set,get", "-n", "2000", "-c", "20", "-r", "500", "-q"])
+            .args([
+                "-p",
+                &server.resp_port.to_string(),
+                "-t",
+                "set,get",
+                "-n",
+                "2000",
+                "-c",
+                "20",
+                "-r",
+                "500",
+                "-q",
+            ])
             .args(extra)
             .output()
             .expect("redis-benchmark");
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "redis-benchmark failed: {text} {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "redis-benchmark failed: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(text.contains("SET:") && text.contains("GET:"), "{text}");
         assert!(!text.to_lowercase().contains("error"), "{text}");
     }
     let mut c = server.client();
     let keys: i64 = redis::cmd("DBSIZE").query(&mut c).unwrap();
     assert!(keys > 0 && keys <= 500, "random keys within -r 500: {keys}");
-    assert!(server.status()["journal_seqno"].as_u64().unwrap() >= 4000, "every SET is a journaled transaction");
+    assert!(
+        server.status()["journal_seqno"].as_u64().unwrap() >= 4000,
+        "every SET is a journaled transaction"
+    );
     server.verify();
 }
 

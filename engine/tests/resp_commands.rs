@@ -1,5 +1,6 @@
 //! Every data-port command through a real Redis client (the `redis` crate) against a real
 //! server process, plus transactions, limits and malformed input over raw TCP.
+#![allow(clippy::unwrap_used, clippy::indexing_slicing)] // tests fail loudly by design
 
 mod common;
 
@@ -89,11 +90,22 @@ fn connection_and_server_commands() {
     let name: String = redis::cmd("CLIENT").arg("GETNAME").query(&mut c).unwrap();
     assert_eq!(name, "tester");
     let info: String = redis::cmd("INFO").query(&mut c).unwrap();
-    for needle in ["# Server", "# Clients", "# Persistence", "# Replication", "# Keyspace", "role:master", "instance_name:Ardmore"] {
+    for needle in [
+        "# Server",
+        "# Clients",
+        "# Persistence",
+        "# Replication",
+        "# Keyspace",
+        "role:master",
+        "instance_name:Ardmore",
+    ] {
         assert!(info.contains(needle), "INFO lacks {needle}: {info}");
     }
     let replication: String = redis::cmd("INFO").arg("replication").query(&mut c).unwrap();
-    assert!(replication.contains("strand_role:standalone") && !replication.contains("# Server"), "{replication}");
+    assert!(
+        replication.contains("strand_role:standalone") && !replication.contains("# Server"),
+        "{replication}"
+    );
     let () = c.set("x", "1").unwrap();
     let keyspace: String = redis::cmd("INFO").arg("keyspace").query(&mut c).unwrap();
     assert!(keyspace.contains("db0:keys=1"), "{keyspace}");
@@ -140,8 +152,14 @@ fn scan_visits_every_key_once_in_order() {
     let mut seen = Vec::new();
     let mut cursor = 0u64;
     loop {
-        let (next, keys): (u64, Vec<String>) =
-            redis::cmd("SCAN").arg(cursor).arg("MATCH").arg("user:*").arg("COUNT").arg(37).query(&mut c).unwrap();
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg("user:*")
+            .arg("COUNT")
+            .arg(37)
+            .query(&mut c)
+            .unwrap();
         seen.extend(keys);
         if next == 0 {
             break;
@@ -179,7 +197,8 @@ fn multi_exec_is_one_transaction_with_one_seqno() {
     let after = server.status()["journal_seqno"].as_u64().unwrap();
     assert_eq!(after, before + 1, "one EXEC, one journal record");
     let (code, body) =
-        common::admin(&server.data_dir, "GET", &format!("/v1/journal?from={after}&to={after}"), None).unwrap();
+        common::admin(&server.data_dir, "GET", &format!("/v1/journal?from={after}&to={after}"), None)
+            .unwrap();
     assert_eq!(code, 200);
     let records: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(records[0]["changes"].as_array().unwrap().len(), 3, "{body}");
@@ -191,7 +210,8 @@ fn exec_runtime_error_rolls_back_everything() {
     let mut c = server.client();
     let () = c.set("text", "abc").unwrap();
     let seqno = server.status()["journal_seqno"].as_u64().unwrap();
-    let result: RedisResult<Value> = redis::pipe().atomic().set("a", "1").incr("text", 1).set("b", "2").query(&mut c);
+    let result: RedisResult<Value> =
+        redis::pipe().atomic().set("a", "1").incr("text", 1).set("b", "2").query(&mut c);
     assert!(result.is_err(), "the client sees the transaction fail");
     // On the wire the reason is spelled out.
     let (out, _) = raw(&server.addr(), b"MULTI\r\nSET a 1\r\nINCR text\r\nEXEC\r\n");
@@ -207,7 +227,10 @@ fn exec_runtime_error_rolls_back_everything() {
 #[test]
 fn exec_queue_errors_discard_the_transaction() {
     let (_dir, server) = server();
-    let (out, _) = raw(&server.addr(), b"MULTI\r\nSET a 1\r\nGET\r\nEXEC\r\nGET a\r\nEXEC\r\nDISCARD\r\nMULTI\r\nMULTI\r\nDISCARD\r\n");
+    let (out, _) = raw(
+        &server.addr(),
+        b"MULTI\r\nSET a 1\r\nGET\r\nEXEC\r\nGET a\r\nEXEC\r\nDISCARD\r\nMULTI\r\nMULTI\r\nDISCARD\r\n",
+    );
     let text = String::from_utf8_lossy(&out);
     assert_eq!(
         text,
@@ -292,7 +315,8 @@ fn limits_give_clear_errors() {
     assert!(err.to_string().contains("exceeds maximum allowed size"), "{err}");
     assert_eq!(redis::cmd("STRLEN").arg("max").query::<usize>(&mut c).unwrap(), value.len());
     // A bulk string over the limit is a protocol error: the connection is answered and closed.
-    let header = format!("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n${}\r\n", strand_engine::limits::RESP_BULK_BYTES_MAX + 1);
+    let header =
+        format!("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n${}\r\n", strand_engine::limits::RESP_BULK_BYTES_MAX + 1);
     let (out, closed) = raw(&server.addr(), header.as_bytes());
     assert_eq!(String::from_utf8_lossy(&out), "-ERR Protocol error: invalid bulk length\r\n");
     assert!(closed);
@@ -305,7 +329,11 @@ fn limits_give_clear_errors() {
     let (out, _) = raw(&server.addr(), &req);
     let text = String::from_utf8_lossy(&out);
     assert!(text.contains("-ERR MULTI queue is full"), "queue limit error missing");
-    assert!(text.ends_with("-EXECABORT Transaction discarded because of previous errors.\r\n$-1\r\n"), "tail: {}", &text[text.len() - 120..]);
+    assert!(
+        text.ends_with("-EXECABORT Transaction discarded because of previous errors.\r\n$-1\r\n"),
+        "tail: {}",
+        &text[text.len() - 120..]
+    );
 }
 
 #[test]
@@ -389,7 +417,8 @@ fn auth_is_required_when_a_password_is_set() {
 #[test]
 fn quit_and_inline_commands() {
     let (_dir, server) = server();
-    let (out, closed) = raw(&server.addr(), b"SET greeting \"hello world\"\r\nGET greeting\r\n\r\nQUIT\r\nPING\r\n");
+    let (out, closed) =
+        raw(&server.addr(), b"SET greeting \"hello world\"\r\nGET greeting\r\n\r\nQUIT\r\nPING\r\n");
     assert_eq!(String::from_utf8_lossy(&out), "+OK\r\n$11\r\nhello world\r\n+OK\r\n");
     assert!(closed);
 }

@@ -40,7 +40,12 @@ impl Target {
     }
 
     /// Sends a request and returns the raw body of a successful (2xx) answer.
-    pub async fn call(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> Result<Vec<u8>, ClientError> {
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<Vec<u8>, ClientError> {
         let connect_err = |source| ClientError::Connect { target: self.describe(), source };
         let mut builder = Request::builder().method(method).uri(path).header("host", "strand-admin");
         if let Target::Tcp { token: Some(token), .. } = self {
@@ -75,7 +80,8 @@ impl Target {
         if (200..300).contains(&status) {
             return Ok(bytes);
         }
-        let body: ErrorBody = serde_json::from_slice(&bytes).map_err(|source| ClientError::Decode { status, source })?;
+        let body: ErrorBody =
+            serde_json::from_slice(&bytes).map_err(|source| ClientError::Decode { status, source })?;
         Err(ClientError::Api(ApiError { status, ..body.error }))
     }
 
@@ -91,7 +97,10 @@ impl Target {
     }
 }
 
-async fn send<IO>(io: IO, request: Request<Full<Bytes>>) -> Result<hyper::Response<hyper::body::Incoming>, ClientError>
+async fn send<IO>(
+    io: IO,
+    request: Request<Full<Bytes>>,
+) -> Result<hyper::Response<hyper::body::Incoming>, ClientError>
 where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {

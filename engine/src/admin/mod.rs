@@ -133,7 +133,9 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/v1/journal", get(journal))
         .route("/v1/backup", post(backup_handler))
         .route("/v1/verify", get(verify))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint; see GET /v1/status") })
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint; see GET /v1/status")
+        })
         .layer(DefaultBodyLimit::max(ADMIN_BODY_BYTES_MAX))
         .with_state(engine)
 }
@@ -173,7 +175,8 @@ pub async fn start(engine: Arc<Engine>, shutdown: Shutdown) -> Result<Admin, Ser
             .layer(middleware::from_fn_with_state(engine.clone(), require_token));
         let mut stop = shutdown.clone();
         tasks.push(tokio::spawn(async move {
-            let served = axum::serve(tcp, protected).with_graceful_shutdown(async move { stop.recv().await }).await;
+            let served =
+                axum::serve(tcp, protected).with_graceful_shutdown(async move { stop.recv().await }).await;
             if let Err(e) = served {
                 tracing::error!(error = %e, "admin TCP server failed");
             }
@@ -206,7 +209,8 @@ async fn require_token(State(engine): State<Arc<Engine>>, request: Request, next
         }
         _ => {
             tracing::warn!(path, "admin request with a missing or wrong bearer token");
-            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong bearer token").into_response()
+            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong bearer token")
+                .into_response()
         }
     }
 }
@@ -220,8 +224,12 @@ async fn readyz(State(engine): State<Arc<Engine>>) -> Response {
     if ready {
         Json(serde_json::json!({"status": "ready"})).into_response()
     } else {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the engine is starting, stopping or reopening its storage")
-            .into_response()
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "the engine is starting, stopping or reopening its storage",
+        )
+        .into_response()
     }
 }
 

@@ -117,7 +117,8 @@ pub async fn serve(engine: Arc<Engine>, mut stream: TcpStream, id: u64, mut shut
         }
         if input.len() >= RESP_REQUEST_BYTES_MAX {
             let mut out = Vec::new();
-            Frame::error(format!("ERR request exceeds {RESP_REQUEST_BYTES_MAX} bytes")).encode(state.proto, &mut out);
+            Frame::error(format!("ERR request exceeds {RESP_REQUEST_BYTES_MAX} bytes"))
+                .encode(state.proto, &mut out);
             let _ = stream.write_all(&out).await;
             engine.metrics.resp_protocol_errors_total.inc();
             return;
@@ -189,12 +190,17 @@ impl State {
             }
         };
         engine.metrics.resp_commands_total.with_label_values(&[name]).inc();
-        if !self.authenticated && !matches!(command, Command::Auth { .. } | Command::Hello { .. } | Command::Quit) {
+        if !self.authenticated
+            && !matches!(command, Command::Auth { .. } | Command::Hello { .. } | Command::Quit)
+        {
             slots.push(Slot::Ready(Frame::error("NOAUTH Authentication required."), proto));
             return Next::Continue;
         }
         if let Some(queue) = self.multi.as_mut()
-            && !matches!(command, Command::Exec | Command::Discard | Command::Multi | Command::Watch(_) | Command::Quit)
+            && !matches!(
+                command,
+                Command::Exec | Command::Discard | Command::Multi | Command::Watch(_) | Command::Quit
+            )
         {
             let reply = if command.class() == Class::Connection || matches!(command, Command::Scan { .. }) {
                 self.multi_dirty = true;
@@ -211,7 +217,8 @@ impl State {
         }
         match command.class() {
             Class::Write => {
-                let program: TxnProgram<Frame> = Box::new(move |view| cmd::strings::execute_write(&command, view));
+                let program: TxnProgram<Frame> =
+                    Box::new(move |view| cmd::strings::execute_write(&command, view));
                 self.submit(engine, Vec::new(), program, Mode::Single, slots).await;
                 Next::Continue
             }
@@ -253,7 +260,13 @@ impl State {
         command.execute_read(&snapshot).unwrap_or_else(abort_frame)
     }
 
-    fn scan(&mut self, snapshot: &crate::storage::Snapshot, cursor: u64, pattern: Option<&[u8]>, count: usize) -> Frame {
+    fn scan(
+        &mut self,
+        snapshot: &crate::storage::Snapshot,
+        cursor: u64,
+        pattern: Option<&[u8]>,
+        count: usize,
+    ) -> Frame {
         let after = if cursor == 0 {
             None
         } else {
@@ -287,7 +300,12 @@ impl State {
         Frame::Array(vec![Frame::bulk(next.to_string()), Frame::Array(keys)])
     }
 
-    async fn connection_command(&mut self, engine: &Arc<Engine>, command: Command, slots: &mut Vec<Slot>) -> Next {
+    async fn connection_command(
+        &mut self,
+        engine: &Arc<Engine>,
+        command: Command,
+        slots: &mut Vec<Slot>,
+    ) -> Next {
         let proto = self.proto;
         let reply = match command {
             Command::Ping(None) => Frame::Simple("PONG".into()),
@@ -306,7 +324,9 @@ impl State {
                     }
                 }
                 if !self.authenticated {
-                    Frame::error("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time")
+                    Frame::error(
+                        "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time",
+                    )
                 } else {
                     if let Some(p) = requested {
                         self.proto = p;

@@ -124,7 +124,10 @@ fn parse_multibulk(buf: &[u8]) -> Result<Option<Parsed>, ProtocolError> {
     for _ in 0..count {
         let Some(&prefix) = buf.get(pos) else { return Ok(None) };
         if prefix != b'$' {
-            return Err(ProtocolError(format!("expected '$', got '{}'", char::from(prefix).escape_default())));
+            return Err(ProtocolError(format!(
+                "expected '$', got '{}'",
+                char::from(prefix).escape_default()
+            )));
         }
         let Some((len, after)) = header(buf, pos, b'$', "bulk length")? else {
             return Ok(None);
@@ -149,7 +152,7 @@ fn parse_multibulk(buf: &[u8]) -> Result<Option<Parsed>, ProtocolError> {
 fn header(buf: &[u8], at: usize, prefix: u8, what: &str) -> Result<Option<(i64, usize)>, ProtocolError> {
     debug_assert_eq!(buf.get(at), Some(&prefix));
     let rest = buf.get(at + 1..).unwrap_or_default();
-    let window = &rest[..rest.len().min(HEADER_LINE_BYTES_MAX + 2)];
+    let window = rest.get(..rest.len().min(HEADER_LINE_BYTES_MAX + 2)).unwrap_or(rest);
     let Some(cr) = window.iter().position(|&b| b == b'\r') else {
         if window.len() > HEADER_LINE_BYTES_MAX {
             return Err(ProtocolError(format!("invalid {what}")));
@@ -161,7 +164,10 @@ fn header(buf: &[u8], at: usize, prefix: u8, what: &str) -> Result<Option<(i64, 
         Some(b'\n') => {}
         Some(_) => return Err(ProtocolError(format!("invalid {what}"))),
     }
-    let digits = std::str::from_utf8(&window[..cr]).map_err(|_| ProtocolError(format!("invalid {what}")))?;
+    let digits = window
+        .get(..cr)
+        .and_then(|d| std::str::from_utf8(d).ok())
+        .ok_or_else(|| ProtocolError(format!("invalid {what}")))?;
     let value: i64 = digits.parse().map_err(|_| ProtocolError(format!("invalid {what}")))?;
     Ok(Some((value, at + 1 + cr + 2)))
 }
@@ -173,7 +179,7 @@ fn parse_inline(buf: &[u8]) -> Result<Option<Parsed>, ProtocolError> {
         }
         return Ok(None);
     };
-    let line = &buf[..newline];
+    let line = buf.get(..newline).unwrap_or_default();
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let args = split_inline(line)?;
     Ok(Some((args, newline + 1)))
@@ -255,10 +261,7 @@ mod tests {
 
     #[test]
     fn inline_with_quotes() {
-        assert_eq!(
-            parse_request(b"SET k \"a b\\n\"\r\n"),
-            Ok(Some((args(&["SET", "k", "a b\n"]), 15)))
-        );
+        assert_eq!(parse_request(b"SET k \"a b\\n\"\r\n"), Ok(Some((args(&["SET", "k", "a b\n"]), 15))));
         assert!(parse_request(b"SET \"k\r\n").is_err());
     }
 

@@ -15,7 +15,9 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 
 use super::meta::{InstanceMeta, RestoredFrom, Role};
-use super::{DATA, DB_FILE, JOURNAL, META, META_INSTANCE, Store, StoreError, now_micros, read_meta, redb_err};
+use super::{
+    DATA, DB_FILE, JOURNAL, META, META_INSTANCE, Store, StoreError, now_micros, read_meta, redb_err,
+};
 
 /// The metadata key that marks a file as a backup and says of what.
 const META_BACKUP: &str = "backup";
@@ -35,7 +37,9 @@ pub struct BackupInfo {
 /// Writes a consistent backup of `store` to `path`, which must not exist yet.
 pub fn backup(store: &Store, path: &Path) -> Result<BackupInfo, StoreError> {
     if !path.is_absolute() {
-        return Err(StoreError::Invalid { reason: format!("backup path {} must be absolute", path.display()) });
+        return Err(StoreError::Invalid {
+            reason: format!("backup path {} must be absolute", path.display()),
+        });
     }
     if path.exists() {
         return Err(StoreError::Invalid {
@@ -59,7 +63,9 @@ fn write_backup(store: &Store, path: &Path, tmp: &Path) -> Result<BackupInfo, St
     let meta_bytes = {
         let table = snapshot.open_table(META).map_err(redb_err("open the metadata table"))?;
         let bytes = table.get(META_INSTANCE).map_err(redb_err("read instance metadata"))?;
-        bytes.map(|b| b.value().to_vec()).ok_or_else(|| StoreError::Invalid { reason: "instance has no metadata".into() })?
+        bytes
+            .map(|b| b.value().to_vec())
+            .ok_or_else(|| StoreError::Invalid { reason: "instance has no metadata".into() })?
     };
     let meta: InstanceMeta =
         serde_json::from_slice(&meta_bytes).map_err(|source| StoreError::MetaDecode { source })?;
@@ -176,13 +182,17 @@ pub fn restore(
     let final_path = data_dir.join(DB_FILE);
     if final_path.exists() {
         return Err(StoreError::Invalid {
-            reason: format!("{} already holds an instance; restore into an empty data directory", data_dir.display()),
+            reason: format!(
+                "{} already holds an instance; restore into an empty data directory",
+                data_dir.display()
+            ),
         });
     }
     let tmp = data_dir.join(format!("{DB_FILE}.restoring"));
     std::fs::copy(backup_path, &tmp).map_err(|source| StoreError::CreateDir { path: tmp.clone(), source })?;
     let db = Database::create(&tmp).map_err(|source| StoreError::Open { path: tmp.clone(), source })?;
-    let mut meta = read_meta(&db)?.ok_or_else(|| StoreError::Invalid { reason: "backup has no instance metadata".into() })?;
+    let mut meta = read_meta(&db)?
+        .ok_or_else(|| StoreError::Invalid { reason: "backup has no instance metadata".into() })?;
     meta.restored_from = Some(RestoredFrom {
         name: info.name,
         creation_id: info.creation_id,
@@ -202,7 +212,8 @@ pub fn restore(
     }
     txn.commit().map_err(redb_err("commit the restored metadata"))?;
     drop(db);
-    std::fs::rename(&tmp, &final_path).map_err(|source| StoreError::CreateDir { path: final_path.clone(), source })?;
+    std::fs::rename(&tmp, &final_path)
+        .map_err(|source| StoreError::CreateDir { path: final_path.clone(), source })?;
     sync_parent(&final_path);
     tracing::info!(instance = %meta.name, from = %backup_path.display(), "restored instance from backup");
     Ok(meta)

@@ -142,10 +142,11 @@ impl Record {
             .checked_sub(TRAILER_BYTES)
             .ok_or_else(|| DecodeError::Truncated { offset: 0, needed: TRAILER_BYTES - bytes.len() })?;
         let (body, trailer) = bytes.split_at(body_len);
-        let stored = u32::from_le_bytes(trailer.try_into().map_err(|_| DecodeError::Truncated {
-            offset: body_len,
-            needed: TRAILER_BYTES,
-        })?);
+        let stored = u32::from_le_bytes(
+            trailer
+                .try_into()
+                .map_err(|_| DecodeError::Truncated { offset: body_len, needed: TRAILER_BYTES })?,
+        );
         let computed = crc32fast::hash(body);
         if stored != computed {
             return Err(DecodeError::Checksum { stored, computed });
@@ -168,7 +169,10 @@ impl Record {
         // is left, or a corrupt count would make us allocate without bound.
         let count = usize::try_from(count).unwrap_or(usize::MAX);
         if count > r.remaining() / KEY_BYTES_MIN {
-            return Err(DecodeError::Truncated { offset: r.offset, needed: count.saturating_mul(KEY_BYTES_MIN) });
+            return Err(DecodeError::Truncated {
+                offset: r.offset,
+                needed: count.saturating_mul(KEY_BYTES_MIN),
+            });
         }
         let mut changes = Vec::with_capacity(count);
         for _ in 0..count {
@@ -214,10 +218,10 @@ impl<'a> Reader<'a> {
         let end = self.offset.checked_add(n).filter(|end| *end <= self.bytes.len()).ok_or_else(|| {
             DecodeError::Truncated { offset: self.offset, needed: n.saturating_sub(self.remaining()) }
         })?;
-        let slice = self.bytes.get(self.offset..end).ok_or(DecodeError::Truncated {
-            offset: self.offset,
-            needed: n,
-        })?;
+        let slice = self
+            .bytes
+            .get(self.offset..end)
+            .ok_or(DecodeError::Truncated { offset: self.offset, needed: n })?;
         self.offset = end;
         Ok(slice)
     }

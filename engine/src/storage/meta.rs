@@ -100,9 +100,7 @@ pub fn validate_name(name: &str) -> Result<(), String> {
         return Err(format!("instance name must be 1 to {NAME_BYTES_MAX} characters, got {}", name.len()));
     }
     if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-        return Err(format!(
-            "instance name {name:?} may contain only ASCII letters, digits, '-' and '_'"
-        ));
+        return Err(format!("instance name {name:?} may contain only ASCII letters, digits, '-' and '_'"));
     }
     Ok(())
 }

@@ -45,9 +45,7 @@ pub enum StoreError {
     Open { path: PathBuf, source: redb::DatabaseError },
     #[error("storage failed while trying to {step}")]
     Redb { step: &'static str, source: redb::Error },
-    #[error(
-        "data directory {path} holds no instance; start with --name to create one, or restore a backup"
-    )]
+    #[error("data directory {path} holds no instance; start with --name to create one, or restore a backup")]
     NotCreated { path: PathBuf },
     #[error(
         "data directory holds instance {existing:?}, not {requested:?}; use the right --data-dir or --name"
@@ -247,9 +245,7 @@ pub(crate) fn read_meta(db: &Database) -> Result<Option<InstanceMeta>, StoreErro
     let Some(bytes) = table.get(META_INSTANCE).map_err(redb_err("read instance metadata"))? else {
         return Ok(None);
     };
-    serde_json::from_slice(bytes.value())
-        .map(Some)
-        .map_err(|source| StoreError::MetaDecode { source })
+    serde_json::from_slice(bytes.value()).map(Some).map_err(|source| StoreError::MetaDecode { source })
 }
 
 /// Writes the metadata in its own durable commit, creating all tables (used at creation and
@@ -278,9 +274,7 @@ pub(crate) fn check_journal(db: &Database) -> Result<u64, StoreError> {
         (Some((first, _)), Some((last, last_bytes))) => {
             let (first, last) = (first.value(), last.value());
             if first != 1 {
-                return Err(StoreError::JournalCorrupt {
-                    reason: format!("first record is {first}, not 1"),
-                });
+                return Err(StoreError::JournalCorrupt { reason: format!("first record is {first}, not 1") });
             }
             if last - first + 1 != len {
                 return Err(StoreError::JournalCorrupt {
@@ -302,8 +296,8 @@ pub(crate) fn check_journal(db: &Database) -> Result<u64, StoreError> {
 
 pub(crate) fn free_bytes(path: &Path) -> Result<u64, StoreError> {
     use std::os::unix::ffi::OsStrExt;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| {
-        StoreError::Invalid { reason: format!("data directory path {} contains a NUL byte", path.display()) }
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| StoreError::Invalid {
+        reason: format!("data directory path {} contains a NUL byte", path.display()),
     })?;
     let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
     // SAFETY: `c_path` is a valid NUL-terminated string and `stat` points to writable memory of
@@ -355,8 +349,8 @@ impl Snapshot {
         for entry in table.range(from..=to).map_err(redb_err("read the journal"))? {
             let (seqno, bytes) = entry.map_err(redb_err("read the journal"))?;
             let seqno = seqno.value();
-            let record = Record::decode(bytes.value())
-                .map_err(|source| StoreError::RecordDecode { seqno, source })?;
+            let record =
+                Record::decode(bytes.value()).map_err(|source| StoreError::RecordDecode { seqno, source })?;
             out.push(record);
         }
         Ok(out)
@@ -378,8 +372,8 @@ impl Snapshot {
                     reason: format!("expected seqno {expected}, found {seqno}"),
                 });
             }
-            let record = Record::decode(bytes.value())
-                .map_err(|source| StoreError::RecordDecode { seqno, source })?;
+            let record =
+                Record::decode(bytes.value()).map_err(|source| StoreError::RecordDecode { seqno, source })?;
             if record.seqno != seqno {
                 return Err(StoreError::JournalCorrupt {
                     reason: format!("record stored under {seqno} says it is {}", record.seqno),

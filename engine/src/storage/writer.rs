@@ -58,7 +58,10 @@ pub type TxnProgram<T> = Box<dyn FnOnce(&mut TxnView<'_, '_>) -> Result<T, Abort
 #[derive(Debug)]
 pub enum Committed<T> {
     /// `seqno` is `None` when the transaction changed nothing and so wrote no journal record.
-    Done { output: T, seqno: Option<u64> },
+    Done {
+        output: T,
+        seqno: Option<u64>,
+    },
     WatchConflict,
 }
 
@@ -170,19 +173,15 @@ impl TxnView<'_, '_> {
     }
 
     pub fn set(&mut self, key: &[u8], value: &[u8]) -> Result<(), Abort> {
-        let previous = self
-            .table
-            .insert(key, value)
-            .map_err(redb_err("write a key"))?
-            .map(|v| v.value().to_vec());
+        let previous =
+            self.table.insert(key, value).map_err(redb_err("write a key"))?.map(|v| v.value().to_vec());
         self.note(key, previous, Some(value.to_vec()));
         Ok(())
     }
 
     /// Removes `key`; returns whether it existed.
     pub fn delete(&mut self, key: &[u8]) -> Result<bool, Abort> {
-        let previous =
-            self.table.remove(key).map_err(redb_err("delete a key"))?.map(|v| v.value().to_vec());
+        let previous = self.table.remove(key).map_err(redb_err("delete a key"))?.map(|v| v.value().to_vec());
         let existed = previous.is_some();
         if existed || self.changes.contains_key(key) {
             self.note(key, previous, None);
@@ -330,7 +329,11 @@ impl WriterThread {
             let mut journal = txn.open_table(JOURNAL).map_err(redb_err("open the journal table"))?;
             for request in batch.drain(..) {
                 enqueued.push(request.enqueued);
-                if request.watch.iter().any(|(key, seqno)| self.buckets.get(self.bucket(key)).is_some_and(|b| b > seqno)) {
+                if request
+                    .watch
+                    .iter()
+                    .any(|(key, seqno)| self.buckets.get(self.bucket(key)).is_some_and(|b| b > seqno))
+                {
                     replies.push((request.reply, Ok(Committed::WatchConflict)));
                     continue;
                 }

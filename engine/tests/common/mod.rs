@@ -1,5 +1,6 @@
 //! Test harness: real `strand-engine` processes on ephemeral ports, talked to over real TCP
 //! with real clients, and over the real admin socket.
+#![allow(clippy::unwrap_used, clippy::indexing_slicing)] // tests fail loudly by design
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 use std::io::{Read, Write};
@@ -38,8 +39,11 @@ impl Server {
         let log = data_dir.with_extension("log");
         let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("open log");
         // Tests run on shared disks that may be fuller than the production default reserve.
-        let reserve: &[&str] =
-            if extra.iter().any(|a| a == "--disk-reserve-bytes") { &[] } else { &["--disk-reserve-bytes", "0"] };
+        let reserve: &[&str] = if extra.iter().any(|a| a == "--disk-reserve-bytes") {
+            &[]
+        } else {
+            &["--disk-reserve-bytes", "0"]
+        };
         let child = Command::new(binary())
             .arg("run")
             .arg("--data-dir")
@@ -73,7 +77,11 @@ impl Server {
                 self.resp_port = status["resp_port"].as_u64().expect("resp_port") as u16;
                 return;
             }
-            assert!(Instant::now() < deadline, "server not ready in {START_TIMEOUT:?}; log:\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "server not ready in {START_TIMEOUT:?}; log:\n{}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -139,7 +147,12 @@ impl Drop for Server {
 }
 
 /// One admin call over the Unix socket: (status, body).
-pub fn admin(data_dir: &Path, method: &str, path: &str, body: Option<&str>) -> std::io::Result<(u16, String)> {
+pub fn admin(
+    data_dir: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> std::io::Result<(u16, String)> {
     let mut stream = UnixStream::connect(data_dir.join("admin.sock"))?;
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
     let body = body.unwrap_or("");
@@ -160,7 +173,11 @@ pub fn parse_http(response: &str) -> std::io::Result<(u16, String)> {
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("bad HTTP response: {response:?}")))?;
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((response, ""));
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_owned() };
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
     Ok((code, body))
 }
 

@@ -12,7 +12,7 @@ use crate::resp::frame::Frame;
 const SCAN_COUNT_DEFAULT: usize = 10;
 
 pub fn parse_scan(a: &mut Args) -> Result<Command, Frame> {
-    let cursor_bytes = a.next()?;
+    let cursor_bytes = a.next_arg()?;
     let cursor = std::str::from_utf8(&cursor_bytes)
         .ok()
         .and_then(|s| s.parse::<u64>().ok())
@@ -20,17 +20,16 @@ pub fn parse_scan(a: &mut Args) -> Result<Command, Frame> {
     let (mut pattern, mut count) = (None, SCAN_COUNT_DEFAULT);
     while let Some(option) = a.optional() {
         match option.to_ascii_uppercase().as_slice() {
-            b"MATCH" => pattern = Some(a.next()?),
+            b"MATCH" => pattern = Some(a.next_arg()?),
             b"COUNT" => {
                 let n = a.integer()?;
-                count = usize::try_from(n)
-                    .ok()
-                    .filter(|n| (1..=SCAN_COUNT_MAX).contains(n))
-                    .ok_or_else(|| Frame::error(format!("ERR COUNT must be between 1 and {SCAN_COUNT_MAX}")))?;
+                count = usize::try_from(n).ok().filter(|n| (1..=SCAN_COUNT_MAX).contains(n)).ok_or_else(
+                    || Frame::error(format!("ERR COUNT must be between 1 and {SCAN_COUNT_MAX}")),
+                )?;
             }
             b"TYPE" => {
                 // Every Strand value is a string; any other type matches nothing.
-                let kind = a.next()?;
+                let kind = a.next_arg()?;
                 if !kind.eq_ignore_ascii_case(b"string") {
                     pattern = Some(b"\x00strand-no-match\x00".to_vec());
                 }
@@ -94,7 +93,9 @@ fn match_class(pattern: &[u8], open: usize, c: u8) -> Option<usize> {
                 }
                 i += 2;
             }
-            Some(&lo) if pattern.get(i + 1) == Some(&b'-') && pattern.get(i + 2).is_some_and(|&h| h != b']') => {
+            Some(&lo)
+                if pattern.get(i + 1) == Some(&b'-') && pattern.get(i + 2).is_some_and(|&h| h != b']') =>
+            {
                 let hi = pattern.get(i + 2).copied().unwrap_or(lo);
                 let (lo, hi) = if lo <= hi { (lo, hi) } else { (hi, lo) };
                 if (lo..=hi).contains(&c) {

@@ -25,6 +25,9 @@ pub trait KvRead {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Abort>;
     fn len(&self) -> Result<u64, Abort>;
     fn scan(&self, after: Option<&[u8]>, count: usize) -> Result<ScanPage, Abort>;
+    fn is_empty(&self) -> Result<bool, Abort> {
+        Ok(self.len()? == 0)
+    }
 }
 
 impl KvRead for Snapshot {
@@ -213,10 +216,10 @@ impl Command {
         let mut a = Args { name: spec.name, items: rest.into_iter() };
         let command = match spec.name {
             "ping" => Command::Ping(a.optional()),
-            "echo" => Command::Echo(a.next()?),
+            "echo" => Command::Echo(a.next_arg()?),
             "hello" => parse_hello(&mut a)?,
             "auth" => {
-                let first = a.next()?;
+                let first = a.next_arg()?;
                 match a.optional() {
                     Some(password) => Command::Auth { user: Some(first), password },
                     None => Command::Auth { user: None, password: first },
@@ -261,12 +264,11 @@ impl Command {
             "incrby" => Command::IncrBy { key: a.key()?, by: a.integer()? },
             "decrby" => {
                 let key = a.key()?;
-                let by = a.integer()?.checked_neg().ok_or_else(|| {
-                    Frame::error("ERR decrement would overflow")
-                })?;
+                let by =
+                    a.integer()?.checked_neg().ok_or_else(|| Frame::error("ERR decrement would overflow"))?;
                 Command::IncrBy { key, by }
             }
-            "append" => Command::Append { key: a.key()?, value: a.next()? },
+            "append" => Command::Append { key: a.key()?, value: a.next_arg()? },
             "mset" => strings::parse_mset(&mut a)?,
             other => unreachable!("command {other} has a spec but no parser"),
         };
@@ -278,9 +280,11 @@ impl Command {
     pub fn execute_read(&self, kv: &impl KvRead) -> Result<Frame, Abort> {
         match self {
             Command::Get(key) => Ok(Frame::from_option(kv.get(key)?)),
-            Command::MGet(keys) => {
-                keys.iter().map(|k| kv.get(k).map(Frame::from_option)).collect::<Result<_, _>>().map(Frame::Array)
-            }
+            Command::MGet(keys) => keys
+                .iter()
+                .map(|k| kv.get(k).map(Frame::from_option))
+                .collect::<Result<_, _>>()
+                .map(Frame::Array),
             Command::Exists(keys) => {
                 let mut n = 0;
                 for key in keys {
@@ -319,7 +323,7 @@ impl Args {
         Frame::error(format!("ERR wrong number of arguments for '{}' command", self.name))
     }
 
-    pub fn next(&mut self) -> Result<Vec<u8>, Frame> {
+    pub fn next_arg(&mut self) -> Result<Vec<u8>, Frame> {
         let wrong = self.wrong_args();
         self.items.next().ok_or(wrong)
     }
@@ -333,15 +337,16 @@ impl Args {
     }
 
     pub fn string(&mut self) -> Result<String, Frame> {
-        Ok(String::from_utf8_lossy(&self.next()?).into_owned())
+        Ok(String::from_utf8_lossy(&self.next_arg()?).into_owned())
     }
 
     pub fn key(&mut self) -> Result<Vec<u8>, Frame> {
-        check_key(self.next()?)
+        check_key(self.next_arg()?)
     }
 
     pub fn integer(&mut self) -> Result<i64, Frame> {
-        parse_integer(&self.next()?).ok_or_else(|| Frame::error("ERR value is not an integer or out of range"))
+        parse_integer(&self.next_arg()?)
+            .ok_or_else(|| Frame::error("ERR value is not an integer or out of range"))
     }
 
     pub fn keys_rest(&mut self) -> Result<Vec<Vec<u8>>, Frame> {
@@ -389,8 +394,8 @@ fn parse_hello(a: &mut Args) -> Result<Command, Frame> {
     let (mut auth, mut setname) = (None, None);
     while let Some(option) = a.optional() {
         match option.to_ascii_lowercase().as_slice() {
-            b"auth" => auth = Some((a.next()?, a.next()?)),
-            b"setname" => setname = Some(a.next()?),
+            b"auth" => auth = Some((a.next_arg()?, a.next_arg()?)),
+            b"setname" => setname = Some(a.next_arg()?),
             _ => return Err(Frame::error("ERR syntax error in HELLO option")),
         }
     }
@@ -401,9 +406,11 @@ fn parse_client(a: &mut Args) -> Result<Command, Frame> {
     let sub = a.string()?.to_ascii_lowercase();
     match sub.as_str() {
         "setname" => {
-            let name = a.next()?;
+            let name = a.next_arg()?;
             if name.iter().any(|b| !b.is_ascii_graphic()) {
-                return Err(Frame::error("ERR Client names cannot contain spaces, newlines or special characters."));
+                return Err(Frame::error(
+                    "ERR Client names cannot contain spaces, newlines or special characters.",
+                ));
             }
             Ok(Command::ClientSetName(name))
         }
@@ -411,11 +418,13 @@ fn parse_client(a: &mut Args) -> Result<Command, Frame> {
         "id" => Ok(Command::ClientId),
         "setinfo" => {
             // Client libraries announce themselves; accepted and ignored.
-            a.next()?;
-            a.next()?;
+            a.next_arg()?;
+            a.next_arg()?;
             Ok(Command::ClientSetInfo)
         }
-        other => Err(Frame::error(format!("ERR unknown subcommand '{other}'. Try CLIENT SETNAME, GETNAME, ID."))),
+        other => {
+            Err(Frame::error(format!("ERR unknown subcommand '{other}'. Try CLIENT SETNAME, GETNAME, ID.")))
+        }
     }
 }
 
@@ -428,6 +437,8 @@ fn parse_command(a: &mut Args) -> Result<Command, Frame> {
             a.strings_rest();
             Ok(Command::CommandDocs)
         }
-        other => Err(Frame::error(format!("ERR unknown subcommand '{other}'. Try COMMAND COUNT, INFO, DOCS."))),
+        other => {
+            Err(Frame::error(format!("ERR unknown subcommand '{other}'. Try COMMAND COUNT, INFO, DOCS.")))
+        }
     }
 }

@@ -116,7 +116,10 @@ pub fn config_get(engine: &Engine, patterns: &[String]) -> Frame {
     ];
     let mut pairs = Vec::new();
     for (name, value) in &params {
-        if patterns.iter().any(|p| super::keys::glob_match(p.to_ascii_lowercase().as_bytes(), name.as_bytes())) {
+        if patterns
+            .iter()
+            .any(|p| super::keys::glob_match(p.to_ascii_lowercase().as_bytes(), name.as_bytes()))
+        {
             pairs.push((Frame::bulk(*name), Frame::bulk(value.as_bytes())));
         }
     }

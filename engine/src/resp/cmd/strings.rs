@@ -8,7 +8,7 @@ use crate::storage::writer::{Abort, TxnView};
 
 pub fn parse_set(a: &mut Args) -> Result<Command, Frame> {
     let key = a.key()?;
-    let value = a.next()?;
+    let value = a.next_arg()?;
     let (mut condition, mut get) = (SetCondition::Always, false);
     while let Some(option) = a.optional() {
         match option.to_ascii_uppercase().as_slice() {
@@ -27,7 +27,7 @@ pub fn parse_set(a: &mut Args) -> Result<Command, Frame> {
 pub fn parse_mset(a: &mut Args) -> Result<Command, Frame> {
     let mut pairs = Vec::new();
     while !a.is_empty() {
-        let key = check_key(a.next()?)?;
+        let key = check_key(a.next_arg()?)?;
         let Some(value) = a.optional() else {
             return Err(Frame::error("ERR wrong number of arguments for 'mset' command"));
         };

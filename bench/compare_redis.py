@@ -1,0 +1,154 @@
+#!/usr/bin/env python3
+"""Side-by-side durable-write benchmark: Strand vs redis-server (appendonly yes,
+appendfsync always), same machine, same run, same redis-benchmark.
+
+Runs SET and GET at 1 and 50 clients, with and without pipelining (-P 16), alternating the
+two servers in each of --rounds rounds, and reports medians and Strand/Redis ratios. It also
+measures the raw fsync rate of the disk holding the data (write 4 KiB + fdatasync in a loop),
+the physical limit for one-at-a-time durable commits.
+
+Usage: bench/compare_redis.py [--rounds 3] [--out docs/benchmarks.md]
+Needs: a release build of strand-engine (built here if missing), redis-server, redis-benchmark.
+"""
+
+import argparse
+import csv
+import io
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENGINE = os.path.join(ROOT, "target", "release", "strand-engine")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, proc, what):
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"{what} exited early")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"{what} did not start")
+
+
+def fsync_rate(directory, seconds=2.0):
+    path = os.path.join(directory, "fsync-probe")
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+    block = b"\0" * 4096
+    n, start = 0, time.time()
+    try:
+        while time.time() - start < seconds:
+            os.pwrite(fd, block, (n % 256) * 4096)
+            os.fdatasync(fd)
+            n += 1
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    return n / (time.time() - start)
+
+
+def bench(port, test, clients, pipeline, requests):
+    cmd = ["redis-benchmark", "-p", str(port), "-t", test, "-c", str(clients), "-n", str(requests),
+           "-P", str(pipeline), "-r", "100000", "-d", "64", "--csv"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    rows = list(csv.reader(io.StringIO(out)))
+    for row in rows[1:]:
+        if row and row[0].upper().startswith(test.upper()):
+            return float(row[1])
+    sys.exit(f"no result in redis-benchmark output: {out}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--out", help="write the markdown report here")
+    args = ap.parse_args()
+    for tool in ("redis-server", "redis-benchmark"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} not found: apt-get install redis-server redis-tools")
+    if not os.path.exists(ENGINE):
+        subprocess.run(["cargo", "build", "--release", "-p", "strand-engine"], cwd=ROOT, check=True)
+
+    work = tempfile.mkdtemp(prefix="strand-bench-", dir=os.environ.get("STRAND_BENCH_DIR"))
+    strand_port, redis_port = free_port(), free_port()
+    strand = subprocess.Popen(
+        [ENGINE, "run", "--data-dir", os.path.join(work, "strand"), "--name", "bench",
+         "--resp-addr", f"127.0.0.1:{strand_port}", "--disk-reserve-bytes", "0", "--log-level", "warn"],
+        stderr=subprocess.DEVNULL)
+    os.makedirs(os.path.join(work, "redis"))
+    redis = subprocess.Popen(
+        ["redis-server", "--port", str(redis_port), "--dir", os.path.join(work, "redis"),
+         "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--protected-mode", "no"],
+        stdout=subprocess.DEVNULL)
+    try:
+        wait_port(strand_port, strand, "strand-engine")
+        wait_port(redis_port, redis, "redis-server")
+        rate = fsync_rate(work)
+        cases = []
+        for test in ("set", "get"):
+            for clients in (1, 50):
+                for pipeline in (1, 16):
+                    if test == "set" and clients == 1 and pipeline == 1:
+                        requests = 2000
+                    elif test == "set":
+                        requests = 20000
+                    else:
+                        requests = 100000
+                    cases.append((test, clients, pipeline, requests))
+        results = {c: {"strand": [], "redis": []} for c in cases}
+        for r in range(args.rounds):
+            for case in cases:
+                test, clients, pipeline, requests = case
+                # Alternate which server goes first to spread any drift evenly.
+                order = [("strand", strand_port), ("redis", redis_port)]
+                if r % 2:
+                    order.reverse()
+                for name, port in order:
+                    results[case][name].append(bench(port, test, clients, pipeline, requests))
+                print(f"round {r + 1}/{args.rounds} {test.upper()} c={clients} P={pipeline}: "
+                      f"strand {results[case]['strand'][-1]:.0f}/s redis {results[case]['redis'][-1]:.0f}/s",
+                      file=sys.stderr)
+    finally:
+        for p in (strand, redis):
+            p.terminate()
+        for p in (strand, redis):
+            p.wait(timeout=30)
+        shutil.rmtree(work, ignore_errors=True)
+
+    lines = [
+        f"Raw disk fsync rate (4 KiB write + fdatasync, one at a time): **{rate:.0f}/s**",
+        "",
+        f"Medians of {args.rounds} rounds, requests per second (64-byte values, 100k random keys):",
+        "",
+        "| command | clients | pipeline | Strand | Redis (AOF always) | Strand / Redis |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for case in cases:
+        test, clients, pipeline, _ = case
+        s = statistics.median(results[case]["strand"])
+        r = statistics.median(results[case]["redis"])
+        lines.append(f"| {test.upper()} | {clients} | {pipeline} | {s:.0f} | {r:.0f} | {s / r:.2f} |")
+    report = "\n".join(lines) + "\n"
+    print(report)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(report)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,210 @@
+// process-node plays the kubelet for Strand's local test control plane: it registers a Node,
+// provisions PersistentVolumes as directories, and runs each pod bound to it as local
+// processes (no containers, no images: image names map to local binaries).
+//
+// It is test-only and deliberately small. What it emulates and what it does not is written
+// down in docs/testing.md.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"log"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/clientcmd"
+)
+
+// Config is the image map: image reference → local executable.
+type Config struct {
+	Images map[string]string `json:"images"`
+}
+
+type Node struct {
+	client   kubernetes.Interface
+	name     string
+	stateDir string
+	config   Config
+	apiHost  string
+	apiPort  string
+
+	mu     sync.Mutex
+	pods   map[string]*podRunner // by pod UID
+	ips    map[string]bool       // pod IPs in use
+	nextIP uint32
+}
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == "exec-container" {
+		execContainer(os.Args[2:]) // never returns
+	}
+	kubeconfig := flag.String("kubeconfig", "", "kubeconfig of a user allowed to act as the node")
+	name := flag.String("node-name", "strand-node", "name of the Node to register")
+	stateDir := flag.String("state-dir", "", "directory for pod state, logs and volumes")
+	images := flag.String("images", "", "JSON file mapping image references to local executables")
+	apiHost := flag.String("api-host", "127.0.0.1", "KUBERNETES_SERVICE_HOST given to pods")
+	apiPort := flag.String("api-port", "", "KUBERNETES_SERVICE_PORT given to pods")
+	flag.Parse()
+	if *kubeconfig == "" || *stateDir == "" {
+		log.Fatal("--kubeconfig and --state-dir are required")
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", *kubeconfig)
+	if err != nil {
+		log.Fatalf("load kubeconfig: %v", err)
+	}
+	cfg.QPS, cfg.Burst = 50, 100
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		log.Fatalf("client: %v", err)
+	}
+	node := &Node{
+		client: client, name: *name, stateDir: *stateDir, apiHost: *apiHost, apiPort: *apiPort,
+		pods: map[string]*podRunner{}, ips: map[string]bool{},
+	}
+	if *images != "" {
+		if err := node.loadImages(*images); err != nil {
+			log.Fatalf("images: %v", err)
+		}
+	}
+	for _, d := range []string{"pods", "pv"} {
+		if err := os.MkdirAll(filepath.Join(*stateDir, d), 0o755); err != nil {
+			log.Fatalf("state dir: %v", err)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := node.register(ctx); err != nil {
+		log.Fatalf("register node: %v", err)
+	}
+	go node.heartbeat(ctx)
+	go node.provision(ctx)
+
+	factory := informers.NewSharedInformerFactoryWithOptions(client, 0,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "spec.nodeName=" + *name }))
+	podInformer := factory.Core().V1().Pods().Informer()
+	_, err = podInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj interface{}) { node.sync(ctx, obj) },
+		UpdateFunc: func(_, obj interface{}) { node.sync(ctx, obj) },
+		DeleteFunc: func(obj interface{}) { node.forget(obj) },
+	})
+	if err != nil {
+		log.Fatalf("informer: %v", err)
+	}
+	factory.Start(ctx.Done())
+	log.Printf("node %s running; state in %s", *name, *stateDir)
+
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	<-sig
+	log.Printf("stopping: terminating all pods")
+	node.stopAll()
+}
+
+func (n *Node) loadImages(path string) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(data, &n.config); err != nil {
+		return fmt.Errorf("parse %s: %w", path, err)
+	}
+	return nil
+}
+
+// sync starts a runner for a new pod, or begins termination of a pod being deleted.
+func (n *Node) sync(ctx context.Context, obj interface{}) {
+	pod, ok := obj.(*v1.Pod)
+	if !ok {
+		return
+	}
+	n.mu.Lock()
+	runner, exists := n.pods[string(pod.UID)]
+	if !exists {
+		if pod.DeletionTimestamp != nil || pod.Status.Phase == v1.PodSucceeded || pod.Status.Phase == v1.PodFailed {
+			n.mu.Unlock()
+			if pod.DeletionTimestamp != nil {
+				go n.finalDelete(ctx, pod)
+			}
+			return
+		}
+		runner = newPodRunner(n, pod)
+		n.pods[string(pod.UID)] = runner
+		n.mu.Unlock()
+		go runner.run(ctx)
+		return
+	}
+	n.mu.Unlock()
+	runner.update(pod)
+}
+
+func (n *Node) forget(obj interface{}) {
+	pod, ok := obj.(*v1.Pod)
+	if !ok {
+		if tomb, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+			pod, _ = tomb.Obj.(*v1.Pod)
+		}
+	}
+	if pod == nil {
+		return
+	}
+	n.mu.Lock()
+	runner := n.pods[string(pod.UID)]
+	n.mu.Unlock()
+	if runner != nil {
+		runner.kill()
+	}
+}
+
+func (n *Node) remove(uid string, ip string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	delete(n.pods, uid)
+	delete(n.ips, ip)
+}
+
+// allocateIP hands out a free loopback address 127.1.x.y for a pod.
+func (n *Node) allocateIP() string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for {
+		n.nextIP++
+		if n.nextIP >= 65000 {
+			n.nextIP = 1
+		}
+		ip := fmt.Sprintf("127.1.%d.%d", (n.nextIP+1)/250, (n.nextIP+1)%250+1)
+		if !n.ips[ip] {
+			n.ips[ip] = true
+			return ip
+		}
+	}
+}
+
+func (n *Node) stopAll() {
+	n.mu.Lock()
+	runners := make([]*podRunner, 0, len(n.pods))
+	for _, r := range n.pods {
+		runners = append(runners, r)
+	}
+	n.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, r := range runners {
+		wg.Add(1)
+		go func(r *podRunner) {
+			defer wg.Done()
+			r.terminate(10 * time.Second)
+		}(r)
+	}
+	wg.Wait()
+}

@@ -412,12 +412,12 @@ func (p *podRunner) fieldValue(path string) string {
 
 func (p *podRunner) environment(ctx context.Context, c v1.Container) ([]string, error) {
 	env := map[string]string{
-		"PATH":                     "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-		"HOSTNAME":                 p.pod.Name,
-		"KUBERNETES_SERVICE_HOST":  p.node.apiHost,
-		"KUBERNETES_SERVICE_PORT":  p.node.apiPort,
-		"KUBERNETES_PORT":          "tcp://" + net.JoinHostPort(p.node.apiHost, p.node.apiPort),
-		"HOME":                     "/root",
+		"PATH":                    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+		"HOSTNAME":                p.pod.Name,
+		"KUBERNETES_SERVICE_HOST": p.node.apiHost,
+		"KUBERNETES_SERVICE_PORT": p.node.apiPort,
+		"KUBERNETES_PORT":         "tcp://" + net.JoinHostPort(p.node.apiHost, p.node.apiPort),
+		"HOME":                    "/root",
 	}
 	order := []string{}
 	for _, from := range c.EnvFrom {
@@ -592,6 +592,8 @@ func (c *containerRunner) wait() int32 {
 	cmd, exited := c.cmd, c.exited
 	c.mu.Unlock()
 	err := cmd.Wait()
+	// The pid is free for reuse from now on: nobody may signal it through this file.
+	_ = os.Remove(filepath.Join(c.pod.dir, c.spec.Name+".pid"))
 	code := int32(0)
 	reason := "Completed"
 	if err != nil {

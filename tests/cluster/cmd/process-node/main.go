@@ -39,6 +39,7 @@ type Node struct {
 	config   Config
 	apiHost  string
 	apiPort  string
+	podNet   string // first two octets of this node's pod addresses, e.g. "127.7"
 
 	mu     sync.Mutex
 	pods   map[string]*podRunner // by pod UID
@@ -56,6 +57,7 @@ func main() {
 	images := flag.String("images", "", "JSON file mapping image references to local executables")
 	apiHost := flag.String("api-host", "127.0.0.1", "KUBERNETES_SERVICE_HOST given to pods")
 	apiPort := flag.String("api-port", "", "KUBERNETES_SERVICE_PORT given to pods")
+	podNet := flag.String("pod-net", "127.1", "pods get addresses <pod-net>.x.y; give each node on a machine its own")
 	flag.Parse()
 	if *kubeconfig == "" || *stateDir == "" {
 		log.Fatal("--kubeconfig and --state-dir are required")
@@ -70,7 +72,7 @@ func main() {
 		log.Fatalf("client: %v", err)
 	}
 	node := &Node{
-		client: client, name: *name, stateDir: *stateDir, apiHost: *apiHost, apiPort: *apiPort,
+		client: client, name: *name, stateDir: *stateDir, apiHost: *apiHost, apiPort: *apiPort, podNet: *podNet,
 		pods: map[string]*podRunner{}, ips: map[string]bool{},
 	}
 	if *images != "" {
@@ -174,7 +176,7 @@ func (n *Node) remove(uid string, ip string) {
 	delete(n.ips, ip)
 }
 
-// allocateIP hands out a free loopback address 127.1.x.y for a pod.
+// allocateIP hands out a free loopback address <podNet>.x.y for a pod.
 func (n *Node) allocateIP() string {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -183,7 +185,7 @@ func (n *Node) allocateIP() string {
 		if n.nextIP >= 65000 {
 			n.nextIP = 1
 		}
-		ip := fmt.Sprintf("127.1.%d.%d", (n.nextIP+1)/250, (n.nextIP+1)%250+1)
+		ip := fmt.Sprintf("%s.%d.%d", n.podNet, (n.nextIP+1)/250, (n.nextIP+1)%250+1)
 		if !n.ips[ip] {
 			n.ips[ip] = true
 			return ip

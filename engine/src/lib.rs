@@ -17,6 +17,7 @@ pub mod admin;
 pub mod cli;
 pub mod limits;
 pub mod metrics;
+pub mod replication;
 pub mod resp;
 pub mod server;
 pub mod shutdown;

@@ -3,3 +3,4 @@
 //! - [`history`]: history records and the negotiation of the latest common transaction.
 
 pub mod history;
+pub mod lostlog;

@@ -54,7 +54,7 @@ struct State {
     multi: Option<Vec<Command>>,
     /// A command failed to queue: EXEC must refuse the transaction.
     multi_dirty: bool,
-    /// Watched keys with the committed seqno at the time each was watched.
+    /// Watched keys with the committed version at the time each was watched.
     watch: Vec<(Vec<u8>, u64)>,
     /// SCAN cursors: id → last key returned. Oldest first.
     cursors: VecDeque<(u64, Vec<u8>)>,
@@ -388,8 +388,8 @@ impl State {
                 } else if self.watch.len() + keys.len() > WATCH_KEYS_MAX {
                     Frame::error(format!("ERR too many watched keys (max {WATCH_KEYS_MAX})"))
                 } else {
-                    let seqno = engine.store.committed_seqno();
-                    self.watch.extend(keys.into_iter().map(|k| (k, seqno)));
+                    let version = engine.store.committed_version();
+                    self.watch.extend(keys.into_iter().map(|k| (k, version)));
                     Frame::ok()
                 }
             }

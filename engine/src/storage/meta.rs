@@ -27,6 +27,24 @@ pub enum Role {
 }
 
 impl Role {
+    pub fn to_u8(self) -> u8 {
+        match self {
+            Role::Standalone => 0,
+            Role::Primary => 1,
+            Role::Secondary => 2,
+            Role::SupplementaryPrimary => 3,
+        }
+    }
+
+    pub fn from_u8(v: u8) -> Role {
+        match v {
+            1 => Role::Primary,
+            2 => Role::Secondary,
+            3 => Role::SupplementaryPrimary,
+            _ => Role::Standalone,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Standalone => "standalone",
@@ -69,6 +87,40 @@ pub struct InstanceMeta {
     pub restored_from: Option<RestoredFrom>,
     #[serde(default)]
     pub history: Vec<HistoryRecord>,
+    /// The latest rollback and where its unreplicated-transaction log is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rollback: Option<LastRollback>,
+    /// Receiver settings, kept so a restarted server resumes receiving.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receiver: Option<ReceiverConfig>,
+    /// Outgoing streams, kept so a restarted server reconnects.
+    #[serde(default)]
+    pub sources: Vec<SourceLink>,
+}
+
+/// A completed rollback.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastRollback {
+    /// The unreplicated-transaction log holding every rolled-off transaction.
+    pub log_path: String,
+    /// First and last seqno rolled off.
+    pub from_seqno: u64,
+    pub to_seqno: u64,
+    pub transactions: u64,
+    pub at_micros: u64,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiverConfig {
+    pub autorollback: bool,
+}
+
+/// An outgoing replication stream to a receiver.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceLink {
+    pub receiver: String,
+    pub addr: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,6 +132,14 @@ pub struct RestoredFrom {
 
 impl InstanceMeta {
     pub fn new(name: String, supplementary: bool, creation_id: String, now_micros: u64) -> Self {
+        // A new instance is the root of its own history until it receives another's.
+        let history = vec![HistoryRecord {
+            stream: 0,
+            start_seqno: 1,
+            root_name: name.clone(),
+            root_creation_id: creation_id.clone(),
+            journal_seqno: 0,
+        }];
         InstanceMeta {
             name,
             creation_id,
@@ -88,7 +148,10 @@ impl InstanceMeta {
             role: Role::Standalone,
             created_at_micros: now_micros,
             restored_from: None,
-            history: Vec::new(),
+            history,
+            last_rollback: None,
+            receiver: None,
+            sources: Vec::new(),
         }
     }
 }

@@ -16,7 +16,7 @@ pub mod writer;
 use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -77,6 +77,8 @@ pub enum StoreError {
     Invalid { reason: String },
     #[error("writer has stopped; the server is shutting down")]
     WriterGone,
+    #[error("replication stopped: {reason}")]
+    Replication { reason: String },
 }
 
 impl StoreError {
@@ -94,6 +96,7 @@ impl StoreError {
             StoreError::Recovering => "recovering",
             StoreError::Invalid { .. } => "invalid",
             StoreError::WriterGone => "shutting_down",
+            StoreError::Replication { .. } => "replication",
         }
     }
 }
@@ -123,6 +126,15 @@ pub struct Store {
     meta: RwLock<InstanceMeta>,
     /// Set when the last commit failed on I/O; cleared by a successful commit.
     degraded: AtomicBool,
+    /// The role, mirrored from the metadata for a lock-free check on every write.
+    role: AtomicU8,
+    /// Monotonic change counter (never goes back, unlike seqnos after a rollback): WATCH
+    /// compares against it.
+    committed_version: AtomicU64,
+    /// Publishes the committed seqno to replication sources waiting for new transactions.
+    seqno_tx: tokio::sync::watch::Sender<u64>,
+    /// Name of the source this secondary currently receives from (for READONLY errors).
+    source_name: RwLock<Option<String>>,
 }
 
 /// Microseconds since the Unix epoch (0 if the clock is before it).
@@ -147,13 +159,21 @@ impl Store {
             instance = %meta.name, journal_seqno = committed, role = meta.role.as_str(),
             "opened instance"
         );
+        crate::replication::lostlog::resolve_pending(
+            data_dir,
+            meta.last_rollback.as_ref().map(|r| r.log_path.as_str()),
+        );
         Ok(Store {
             data_dir: data_dir.to_owned(),
             db_path,
             db: RwLock::new(Some(Arc::new(db))),
             committed_seqno: AtomicU64::new(committed),
+            role: AtomicU8::new(meta.role.to_u8()),
             meta: RwLock::new(meta),
             degraded: AtomicBool::new(false),
+            committed_version: AtomicU64::new(0),
+            seqno_tx: tokio::sync::watch::Sender::new(committed),
+            source_name: RwLock::new(None),
         })
     }
 
@@ -171,6 +191,38 @@ impl Store {
 
     pub fn meta(&self) -> InstanceMeta {
         self.meta.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    pub fn role(&self) -> meta::Role {
+        meta::Role::from_u8(self.role.load(Ordering::Acquire))
+    }
+
+    pub fn committed_version(&self) -> u64 {
+        self.committed_version.load(Ordering::Acquire)
+    }
+
+    /// Notifies on every change of the committed seqno.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.seqno_tx.subscribe()
+    }
+
+    pub fn source_name(&self) -> Option<String> {
+        self.source_name.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    pub fn set_source_name(&self, name: Option<String>) {
+        *self.source_name.write().unwrap_or_else(std::sync::PoisonError::into_inner) = name;
+    }
+
+    /// Publishes a committed state: seqno, metadata and version (writer only).
+    pub(crate) fn publish(&self, seqno: u64, meta: Option<InstanceMeta>, version: u64) {
+        self.committed_seqno.store(seqno, Ordering::Release);
+        self.committed_version.store(version, Ordering::Release);
+        if let Some(meta) = meta {
+            self.role.store(meta.role.to_u8(), Ordering::Release);
+            *self.meta.write().unwrap_or_else(std::sync::PoisonError::into_inner) = meta;
+        }
+        self.seqno_tx.send_replace(seqno);
     }
 
     /// Whether the last commit failed on I/O (disk full, or the file being reopened).

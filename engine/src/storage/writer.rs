@@ -26,7 +26,8 @@ use redb::{Database, ReadableTable, ReadableTableMetadata, Table};
 use tokio::sync::{mpsc, oneshot};
 
 use super::journal::{KeyChange, Record, RecordKind};
-use super::{DATA, JOURNAL, ScanPage, Store, StoreError, now_micros, redb_err, scan_table};
+use super::meta::{HistoryRecord, InstanceMeta, LastRollback, Role};
+use super::{DATA, JOURNAL, META, META_INSTANCE, ScanPage, Store, StoreError, now_micros, redb_err, scan_table};
 use crate::limits::{GROUP_COMMIT_TXNS_MAX, WRITER_QUEUE_TXNS_MAX};
 use crate::metrics::Metrics;
 
@@ -93,16 +94,43 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 struct TxnRequest<T> {
-    /// Keys watched by the client, each with the committed seqno at the time it was watched.
+    /// Keys watched by the client, each with the committed version at the time it was watched.
     watch: Vec<(Vec<u8>, u64)>,
     program: TxnProgram<T>,
     reply: oneshot::Sender<Result<Committed<T>, TxnFailure>>,
     enqueued: Instant,
 }
 
-/// Handle used to submit transactions; cheap to clone. The writer stops when all are dropped.
+/// A change to the instance metadata, optionally with a special journal record (a failover
+/// record, say) committed in the same transaction. Gets the metadata and committed seqno.
+pub type MetaUpdate = Box<dyn FnOnce(&mut InstanceMeta, u64) -> Result<Option<RecordKind>, String> + Send>;
+
+/// Everything the writer does; each kind commits atomically.
+enum Work<T> {
+    /// Application transactions: folded into group commits.
+    Txn(TxnRequest<T>),
+    /// Records received from a replication source, applied as they are (seqnos, tags, times).
+    Apply {
+        records: Vec<Record>,
+        source_history: Vec<HistoryRecord>,
+        reply: oneshot::Sender<Result<u64, TxnFailure>>,
+    },
+    /// Roll back to `to_seqno`, writing the rolled-off transactions to a log first.
+    Rollback {
+        to_seqno: u64,
+        new_epoch: bool,
+        reason: String,
+        reply: oneshot::Sender<Result<Option<LastRollback>, TxnFailure>>,
+    },
+    Meta {
+        update: MetaUpdate,
+        reply: oneshot::Sender<Result<InstanceMeta, TxnFailure>>,
+    },
+}
+
+/// Handle used to submit work; cheap to clone. The writer stops when all are dropped.
 pub struct Writer<T> {
-    tx: mpsc::Sender<TxnRequest<T>>,
+    tx: mpsc::Sender<Work<T>>,
 }
 
 impl<T> Clone for Writer<T> {
@@ -125,6 +153,8 @@ impl<T: Send + 'static> Writer<T> {
             metrics,
             buckets: vec![0; WATCH_BUCKETS],
             hasher: BuildHasherDefault::default(),
+            version: 0,
+            pending: None,
         };
         let handle = std::thread::Builder::new().name("strand-writer".into()).spawn(move || state.run(rx))?;
         Ok((Writer { tx }, handle))
@@ -149,8 +179,34 @@ impl<T: Send + 'static> Writer<T> {
     ) -> Result<oneshot::Receiver<Result<Committed<T>, TxnFailure>>, TxnFailure> {
         let (reply, rx) = oneshot::channel();
         let request = TxnRequest { watch, program, reply, enqueued: Instant::now() };
-        self.tx.send(request).await.map_err(|_| TxnFailure::store(&StoreError::WriterGone))?;
+        self.tx.send(Work::Txn(request)).await.map_err(|_| TxnFailure::store(&StoreError::WriterGone))?;
         Ok(rx)
+    }
+
+    async fn call<R>(&self, work: Work<T>, rx: oneshot::Receiver<Result<R, TxnFailure>>) -> Result<R, TxnFailure> {
+        self.tx.send(work).await.map_err(|_| TxnFailure::store(&StoreError::WriterGone))?;
+        rx.await.unwrap_or_else(|_| Err(TxnFailure::store(&StoreError::WriterGone)))
+    }
+
+    /// Applies replicated records (which must continue this instance's seqnos) and adopts the
+    /// source's history for them. Returns the last seqno applied, once durable.
+    pub async fn apply(&self, records: Vec<Record>, source_history: Vec<HistoryRecord>) -> Result<u64, TxnFailure> {
+        let (reply, rx) = oneshot::channel();
+        self.call(Work::Apply { records, source_history, reply }, rx).await
+    }
+
+    /// Rolls back to `to_seqno`. `new_epoch`: this instance stays an originating primary, so
+    /// the seqnos it reuses get a new history record (the seed's A97a). `None` if there was
+    /// nothing to roll back.
+    pub async fn rollback(&self, to_seqno: u64, new_epoch: bool, reason: String) -> Result<Option<LastRollback>, TxnFailure> {
+        let (reply, rx) = oneshot::channel();
+        self.call(Work::Rollback { to_seqno, new_epoch, reason, reply }, rx).await
+    }
+
+    /// Changes the instance metadata atomically.
+    pub async fn update_meta(&self, update: MetaUpdate) -> Result<InstanceMeta, TxnFailure> {
+        let (reply, rx) = oneshot::channel();
+        self.call(Work::Meta { update, reply }, rx).await
     }
 }
 
@@ -165,6 +221,8 @@ struct Change {
 pub struct TxnView<'a, 't> {
     table: &'a mut Table<'t, &'static [u8], &'static [u8]>,
     changes: BTreeMap<Vec<u8>, Change>,
+    /// Set on a replicating secondary: the error every write gets.
+    read_only: Option<&'a str>,
 }
 
 impl TxnView<'_, '_> {
@@ -173,6 +231,9 @@ impl TxnView<'_, '_> {
     }
 
     pub fn set(&mut self, key: &[u8], value: &[u8]) -> Result<(), Abort> {
+        if let Some(message) = self.read_only {
+            return Err(Abort::Command(message.to_owned()));
+        }
         let previous =
             self.table.insert(key, value).map_err(redb_err("write a key"))?.map(|v| v.value().to_vec());
         self.note(key, previous, Some(value.to_vec()));
@@ -181,6 +242,9 @@ impl TxnView<'_, '_> {
 
     /// Removes `key`; returns whether it existed.
     pub fn delete(&mut self, key: &[u8]) -> Result<bool, Abort> {
+        if let Some(message) = self.read_only {
+            return Err(Abort::Command(message.to_owned()));
+        }
         let previous = self.table.remove(key).map_err(redb_err("delete a key"))?.map(|v| v.value().to_vec());
         let existed = previous.is_some();
         if existed || self.changes.contains_key(key) {
@@ -226,18 +290,39 @@ impl TxnView<'_, '_> {
     }
 }
 
-struct WriterThread {
+struct WriterThread<T> {
     store: Arc<Store>,
     disk_reserve_bytes: u64,
     metrics: Arc<Metrics>,
+    /// Per hash bucket of keys: the version that last wrote a key in it.
     buckets: Vec<u64>,
     hasher: BuildHasherDefault<DefaultHasher>,
+    /// Monotonic change counter (see `Store::committed_version`).
+    version: u64,
+    /// Work taken from the queue while collecting a group that must wait for the next turn.
+    pending: Option<Work<T>>,
 }
 
 type Reply<T> = (oneshot::Sender<Result<Committed<T>, TxnFailure>>, Result<Committed<T>, TxnFailure>);
 
-impl WriterThread {
-    fn run<T: Send + 'static>(mut self, mut rx: mpsc::Receiver<TxnRequest<T>>) {
+fn fail_work<T>(work: Work<T>, failure: &TxnFailure) {
+    match work {
+        Work::Txn(r) => drop(r.reply.send(Err(failure.clone()))),
+        Work::Apply { reply, .. } => drop(reply.send(Err(failure.clone()))),
+        Work::Rollback { reply, .. } => drop(reply.send(Err(failure.clone()))),
+        Work::Meta { reply, .. } => drop(reply.send(Err(failure.clone()))),
+    }
+}
+
+fn put_meta(txn: &redb::WriteTransaction, meta: &InstanceMeta) -> Result<(), StoreError> {
+    let mut table = txn.open_table(META).map_err(redb_err("open the metadata table"))?;
+    let bytes = serde_json::to_vec(meta).map_err(|source| StoreError::MetaDecode { source })?;
+    table.insert(META_INSTANCE, bytes.as_slice()).map_err(redb_err("write instance metadata"))?;
+    Ok(())
+}
+
+impl<T: Send + 'static> WriterThread<T> {
+    fn run(mut self, mut rx: mpsc::Receiver<Work<T>>) {
         let mut batch = Vec::with_capacity(GROUP_COMMIT_TXNS_MAX);
         loop {
             if self.store.db().is_err() {
@@ -245,9 +330,7 @@ impl WriterThread {
                 self.reopen();
                 loop {
                     match rx.try_recv() {
-                        Ok(request) => {
-                            let _ = request.reply.send(Err(TxnFailure::store(&StoreError::Recovering)));
-                        }
+                        Ok(work) => fail_work(work, &TxnFailure::store(&StoreError::Recovering)),
                         Err(mpsc::error::TryRecvError::Empty) => break,
                         Err(mpsc::error::TryRecvError::Disconnected) => return,
                     }
@@ -257,18 +340,44 @@ impl WriterThread {
                 }
                 continue;
             }
-            let Some(first) = rx.blocking_recv() else {
-                tracing::debug!("writer queue closed; writer stops");
-                return;
+            let first = match self.pending.take() {
+                Some(work) => work,
+                None => match rx.blocking_recv() {
+                    Some(work) => work,
+                    None => {
+                        tracing::debug!("writer queue closed; writer stops");
+                        return;
+                    }
+                },
             };
-            batch.push(first);
-            while batch.len() < GROUP_COMMIT_TXNS_MAX {
-                match rx.try_recv() {
-                    Ok(request) => batch.push(request),
-                    Err(_) => break,
+            match first {
+                Work::Txn(request) => {
+                    batch.push(request);
+                    while batch.len() < GROUP_COMMIT_TXNS_MAX {
+                        match rx.try_recv() {
+                            Ok(Work::Txn(request)) => batch.push(request),
+                            Ok(other) => {
+                                self.pending = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.commit_batch(&mut batch);
+                }
+                Work::Apply { records, source_history, reply } => {
+                    let result = self.apply(records, source_history);
+                    let _ = reply.send(self.settle(result));
+                }
+                Work::Rollback { to_seqno, new_epoch, reason, reply } => {
+                    let result = self.rollback(to_seqno, new_epoch, &reason);
+                    let _ = reply.send(self.settle(result));
+                }
+                Work::Meta { update, reply } => {
+                    let result = self.meta(update);
+                    let _ = reply.send(self.settle(result));
                 }
             }
-            self.commit_batch(&mut batch);
         }
     }
 
@@ -277,7 +386,19 @@ impl WriterThread {
         (self.hasher.hash_one(key) as usize) % WATCH_BUCKETS
     }
 
-    fn commit_batch<T>(&mut self, batch: &mut Vec<TxnRequest<T>>) {
+    /// Logs and counts a failed commit and closes the file after an I/O error.
+    fn settle<R>(&mut self, result: Result<R, StoreError>) -> Result<R, TxnFailure> {
+        result.map_err(|e| {
+            tracing::error!(error = %error_chain(&e), "commit failed");
+            self.metrics.commit_failures_total.with_label_values(&[e.code()]).inc();
+            if matches!(e, StoreError::Redb { .. }) {
+                self.close_after_io_error();
+            }
+            TxnFailure::store(&e)
+        })
+    }
+
+    fn commit_batch(&mut self, batch: &mut Vec<TxnRequest<T>>) {
         let size = batch.len();
         let mut replies = Vec::with_capacity(size);
         if let Err(e) = self.try_commit_batch(batch, &mut replies) {
@@ -309,7 +430,7 @@ impl WriterThread {
 
     /// Runs and commits the batch, pushing each transaction's outcome to `replies`. On error,
     /// `replies` and what is left of `batch` together hold every transaction's reply handle.
-    fn try_commit_batch<T>(
+    fn try_commit_batch(
         &mut self,
         batch: &mut Vec<TxnRequest<T>>,
         replies: &mut Vec<Reply<T>>,
@@ -323,6 +444,19 @@ impl WriterThread {
         let committed = self.store.committed_seqno();
         let mut next = committed + 1;
         let mut enqueued = Vec::with_capacity(batch.len());
+        let read_only_message = (self.store.role() == Role::Secondary).then(|| {
+            let meta = self.store.meta();
+            match self.store.source_name() {
+                Some(source) => format!(
+                    "READONLY You can't write against a read only replica. {} replicates from {source}; write there",
+                    meta.name
+                ),
+                None => format!(
+                    "READONLY You can't write against a read only replica. {} is a replicating secondary; write to its primary",
+                    meta.name
+                ),
+            }
+        });
         let txn = db.begin_write().map_err(redb_err("begin a write transaction"))?;
         {
             let mut data = txn.open_table(DATA).map_err(redb_err("open the data table"))?;
@@ -337,7 +471,8 @@ impl WriterThread {
                     replies.push((request.reply, Ok(Committed::WatchConflict)));
                     continue;
                 }
-                let mut view = TxnView { table: &mut data, changes: BTreeMap::new() };
+                let mut view =
+                    TxnView { table: &mut data, changes: BTreeMap::new(), read_only: read_only_message.as_deref() };
                 match (request.program)(&mut view) {
                     Ok(output) if view.changes.is_empty() => {
                         replies.push((request.reply, Ok(Committed::Done { output, seqno: None })));
@@ -349,12 +484,7 @@ impl WriterThread {
                             .into_iter()
                             .map(|(key, c)| KeyChange { key, before: c.before, after: c.after })
                             .collect();
-                        for change in &changes {
-                            let bucket = self.bucket(&change.key);
-                            if let Some(b) = self.buckets.get_mut(bucket) {
-                                *b = seqno;
-                            }
-                        }
+                        self.touch(changes.iter().map(|c| c.key.as_slice()));
                         let record = Record {
                             kind: RecordKind::Update,
                             seqno,
@@ -382,7 +512,7 @@ impl WriterThread {
         let started = Instant::now();
         txn.commit().map_err(redb_err("commit"))?;
         let fsync = started.elapsed();
-        self.store.committed_seqno.store(next - 1, Ordering::Release);
+        self.store.publish(next - 1, None, self.version);
         self.store.degraded.store(false, Ordering::Release);
         let m = &self.metrics;
         m.journal_fsync_duration_seconds.observe(fsync.as_secs_f64());
@@ -393,6 +523,197 @@ impl WriterThread {
             m.commit_duration_seconds.observe(at.elapsed().as_secs_f64());
         }
         Ok(())
+    }
+
+    /// Marks keys as written by a new version (for WATCH).
+    fn touch<'k>(&mut self, keys: impl Iterator<Item = &'k [u8]>) {
+        self.version += 1;
+        let version = self.version;
+        for key in keys {
+            let bucket = self.bucket(key);
+            if let Some(b) = self.buckets.get_mut(bucket) {
+                *b = version;
+            }
+        }
+    }
+
+    fn check_space(&self) -> Result<(), StoreError> {
+        let free = self.store.free_bytes()?;
+        if free < self.disk_reserve_bytes {
+            self.store.degraded.store(true, Ordering::Release);
+            return Err(StoreError::DiskFull { free_bytes: free, reserve_bytes: self.disk_reserve_bytes });
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, records: Vec<Record>, source_history: Vec<HistoryRecord>) -> Result<u64, StoreError> {
+        self.check_space()?;
+        let db = self.store.db()?;
+        let committed = self.store.committed_seqno();
+        let mut next = committed + 1;
+        let mut meta = self.store.meta();
+        let txn = db.begin_write().map_err(redb_err("begin a write transaction"))?;
+        let mut touched: Vec<Vec<u8>> = Vec::new();
+        {
+            let mut data = txn.open_table(DATA).map_err(redb_err("open the data table"))?;
+            let mut journal = txn.open_table(JOURNAL).map_err(redb_err("open the journal table"))?;
+            for record in &records {
+                if record.seqno != next {
+                    return Err(StoreError::Replication {
+                        reason: format!("received seqno {} but the next expected is {next}", record.seqno),
+                    });
+                }
+                for change in &record.changes {
+                    let current =
+                        data.get(change.key.as_slice()).map_err(redb_err("read a key"))?.map(|v| v.value().to_vec());
+                    if current != change.before {
+                        return Err(StoreError::Replication {
+                            reason: format!(
+                                "record {} does not apply: key {} differs from its before-image; this instance diverged from its source",
+                                record.seqno,
+                                String::from_utf8_lossy(&change.key)
+                            ),
+                        });
+                    }
+                    match &change.after {
+                        Some(v) => {
+                            data.insert(change.key.as_slice(), v.as_slice()).map_err(redb_err("write a key"))?;
+                        }
+                        None => {
+                            data.remove(change.key.as_slice()).map_err(redb_err("delete a key"))?;
+                        }
+                    }
+                    touched.push(change.key.clone());
+                }
+                journal.insert(record.seqno, record.encode().as_slice()).map_err(redb_err("append a journal record"))?;
+                next += 1;
+            }
+            let last = next - 1;
+            meta.history = source_history.into_iter().filter(|h| h.start_seqno <= last.max(1)).collect();
+            put_meta(&txn, &meta)?;
+        }
+        let started = Instant::now();
+        txn.commit().map_err(redb_err("commit replicated records"))?;
+        self.metrics.journal_fsync_duration_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics.commits_total.inc_by(next - 1 - committed);
+        self.metrics.journal_seqno.set(i64::try_from(next - 1).unwrap_or(i64::MAX));
+        self.touch(touched.iter().map(Vec::as_slice));
+        self.store.publish(next - 1, Some(meta), self.version);
+        Ok(next - 1)
+    }
+
+    fn rollback(&mut self, to_seqno: u64, new_epoch: bool, reason: &str) -> Result<Option<LastRollback>, StoreError> {
+        let committed = self.store.committed_seqno();
+        if to_seqno >= committed {
+            return Ok(None);
+        }
+        let db = self.store.db()?;
+        let mut meta = self.store.meta();
+        let old_history = meta.history.clone();
+        let txn = db.begin_write().map_err(redb_err("begin a write transaction"))?;
+        let mut lost = Vec::new();
+        let mut touched: Vec<Vec<u8>> = Vec::new();
+        {
+            let mut data = txn.open_table(DATA).map_err(redb_err("open the data table"))?;
+            let mut journal = txn.open_table(JOURNAL).map_err(redb_err("open the journal table"))?;
+            for seqno in (to_seqno + 1..=committed).rev() {
+                let bytes = journal
+                    .remove(seqno)
+                    .map_err(redb_err("remove a journal record"))?
+                    .map(|v| v.value().to_vec())
+                    .ok_or_else(|| StoreError::JournalCorrupt { reason: format!("record {seqno} is missing") })?;
+                let record = Record::decode(&bytes).map_err(|source| StoreError::RecordDecode { seqno, source })?;
+                for change in record.changes.iter().rev() {
+                    match &change.before {
+                        Some(v) => {
+                            data.insert(change.key.as_slice(), v.as_slice()).map_err(redb_err("restore a key"))?;
+                        }
+                        None => {
+                            data.remove(change.key.as_slice()).map_err(redb_err("restore a key"))?;
+                        }
+                    }
+                    touched.push(change.key.clone());
+                }
+                lost.push(crate::replication::lostlog::LostTransaction::from_record(&record, &old_history));
+            }
+            meta.history.retain(|h| h.start_seqno <= to_seqno);
+            if new_epoch || meta.history.is_empty() {
+                meta.history.push(HistoryRecord {
+                    stream: 0,
+                    start_seqno: to_seqno + 1,
+                    root_name: meta.name.clone(),
+                    root_creation_id: meta.creation_id.clone(),
+                    journal_seqno: to_seqno,
+                });
+            }
+        }
+        let at = now_micros();
+        let path = crate::replication::lostlog::final_path(self.store.data_dir(), &meta.name, to_seqno + 1, committed, at);
+        let header = crate::replication::lostlog::Header {
+            format: crate::replication::lostlog::FORMAT.into(),
+            instance: meta.name.clone(),
+            creation_id: meta.creation_id.clone(),
+            from_seqno: to_seqno + 1,
+            to_seqno: committed,
+            transactions: committed - to_seqno,
+            rolled_back_at_micros: at,
+            reason: reason.to_owned(),
+        };
+        // The log is durable before the rollback commits: nothing is rolled off unlogged.
+        let pending = crate::replication::lostlog::write_pending(&path, &header, &lost)
+            .map_err(|e| StoreError::Invalid { reason: error_chain(&e) })?;
+        let last = LastRollback {
+            log_path: path.to_string_lossy().into_owned(),
+            from_seqno: to_seqno + 1,
+            to_seqno: committed,
+            transactions: committed - to_seqno,
+            at_micros: at,
+            reason: reason.to_owned(),
+        };
+        meta.last_rollback = Some(last.clone());
+        let committed_result = put_meta(&txn, &meta).and_then(|()| txn.commit().map_err(redb_err("commit the rollback")));
+        if let Err(e) = committed_result {
+            let _ = std::fs::remove_file(&pending);
+            return Err(e);
+        }
+        if let Err(e) = crate::replication::lostlog::finalize(&path) {
+            // The rollback is committed; the pending file is completed at the next start.
+            tracing::error!(error = %error_chain(&e), "cannot rename the rollback log into place");
+        }
+        self.metrics.journal_seqno.set(i64::try_from(to_seqno).unwrap_or(i64::MAX));
+        self.touch(touched.iter().map(Vec::as_slice));
+        self.store.publish(to_seqno, Some(meta), self.version);
+        tracing::warn!(from = to_seqno + 1, to = committed, log = %last.log_path, reason, "rolled back");
+        Ok(Some(last))
+    }
+
+    fn meta(&mut self, update: MetaUpdate) -> Result<InstanceMeta, StoreError> {
+        let db = self.store.db()?;
+        let committed = self.store.committed_seqno();
+        let mut meta = self.store.meta();
+        let special = update(&mut meta, committed).map_err(|reason| StoreError::Invalid { reason })?;
+        let txn = db.begin_write().map_err(redb_err("begin a write transaction"))?;
+        let mut seqno = committed;
+        {
+            if let Some(kind) = special {
+                seqno += 1;
+                let record = Record {
+                    kind,
+                    seqno,
+                    stream: 0,
+                    stream_seqno: seqno,
+                    commit_time_micros: now_micros(),
+                    changes: Vec::new(),
+                };
+                let mut journal = txn.open_table(JOURNAL).map_err(redb_err("open the journal table"))?;
+                journal.insert(seqno, record.encode().as_slice()).map_err(redb_err("append a journal record"))?;
+            }
+            put_meta(&txn, &meta)?;
+        }
+        txn.commit().map_err(redb_err("commit instance metadata"))?;
+        self.metrics.journal_seqno.set(i64::try_from(seqno).unwrap_or(i64::MAX));
+        self.store.publish(seqno, Some(meta.clone()), self.version);
+        Ok(meta)
     }
 
     /// redb refuses all access after an I/O error: close the file so it can be reopened.
@@ -422,7 +743,7 @@ impl WriterThread {
                 // come from the last fsync): take the seqno from the file, not from memory.
                 match super::check_journal(&db) {
                     Ok(seqno) => {
-                        self.store.committed_seqno.store(seqno, Ordering::Release);
+                        self.store.publish(seqno, None, self.version);
                         *self.store.db.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
                             Some(Arc::new(db));
                         tracing::info!(journal_seqno = seqno, "database reopened after an I/O error");

@@ -1,0 +1,193 @@
+//! The Unreplicated Transaction Log (GT.M's "lost transaction file").
+//!
+//! Every transaction a rollback takes off the database is written here first, with its seqno,
+//! stream tags, origin, commit time and before/after images, so that an application can read
+//! and reprocess it. One file per rollback, JSON lines: a header line, then one line per
+//! transaction, newest first (the order they were rolled off).
+//!
+//! Exactly-once: the file is written and fsync'd under a `.pending` name *before* the
+//! rollback commits, and renamed into place after. At startup a pending file is renamed if
+//! the instance metadata names it as the last rollback's log (the commit happened) and
+//! removed otherwise (it did not). So nothing is rolled off without landing in a log, and no
+//! log describes a rollback that did not happen.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::admin::hex;
+use crate::storage::journal::Record;
+use crate::storage::meta::HistoryRecord;
+
+pub const FORMAT: &str = "strand-unreplicated-transactions/1";
+/// Directory (inside the data directory) holding the logs.
+pub const DIR: &str = "lost-transactions";
+const PENDING: &str = ".pending";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Header {
+    pub format: String,
+    pub instance: String,
+    pub creation_id: String,
+    pub from_seqno: u64,
+    pub to_seqno: u64,
+    pub transactions: u64,
+    pub rolled_back_at_micros: u64,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LostChange {
+    /// The key as text when it is valid UTF-8 (for people), always also in hex.
+    pub key: Option<String>,
+    pub key_hex: String,
+    pub before_hex: Option<String>,
+    pub after_hex: Option<String>,
+    /// The after-image as text when it is valid UTF-8.
+    pub after: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LostTransaction {
+    pub seqno: u64,
+    pub kind: crate::storage::journal::RecordKind,
+    pub stream: u8,
+    pub stream_seqno: u64,
+    /// Root primary that generated the transaction (from the history covering its seqno).
+    pub origin: Option<String>,
+    pub commit_time_micros: u64,
+    pub changes: Vec<LostChange>,
+}
+
+impl LostTransaction {
+    pub fn from_record(record: &Record, history: &[HistoryRecord]) -> Self {
+        LostTransaction {
+            seqno: record.seqno,
+            kind: record.kind,
+            stream: record.stream,
+            stream_seqno: record.stream_seqno,
+            origin: super::history::covering(history, record.seqno).map(|h| h.root_name.clone()),
+            commit_time_micros: record.commit_time_micros,
+            changes: record
+                .changes
+                .iter()
+                .map(|c| LostChange {
+                    key: String::from_utf8(c.key.clone()).ok(),
+                    key_hex: hex(&c.key),
+                    before_hex: c.before.as_deref().map(hex),
+                    after_hex: c.after.as_deref().map(hex),
+                    after: c.after.as_ref().and_then(|a| String::from_utf8(a.clone()).ok()),
+                })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LostLogError {
+    #[error("failed to write the unreplicated-transaction log {path}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("failed to read the unreplicated-transaction log {path}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path} line {line} is not a valid unreplicated-transaction log entry")]
+    Parse { path: PathBuf, line: usize, source: serde_json::Error },
+    #[error("{path} is not an unreplicated-transaction log (format {found:?}, expected {FORMAT:?})")]
+    Format { path: PathBuf, found: String },
+}
+
+/// The final path of a log, relative names decided once per rollback.
+pub fn final_path(data_dir: &Path, instance: &str, from: u64, to: u64, at_micros: u64) -> PathBuf {
+    data_dir.join(DIR).join(format!("{instance}-{at_micros}-{from}-{to}.jsonl"))
+}
+
+pub fn pending_path(final_path: &Path) -> PathBuf {
+    let mut s = final_path.as_os_str().to_owned();
+    s.push(PENDING);
+    PathBuf::from(s)
+}
+
+/// Writes the log under its pending name and makes it durable.
+pub fn write_pending(path: &Path, header: &Header, txns: &[LostTransaction]) -> Result<PathBuf, LostLogError> {
+    let pending = pending_path(path);
+    let err = |source| LostLogError::Write { path: pending.clone(), source };
+    if let Some(dir) = pending.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&pending).map_err(err)?);
+    let line = |v: &dyn erased::Ser| -> Result<Vec<u8>, LostLogError> {
+        v.to_line().map_err(|e| LostLogError::Write { path: pending.clone(), source: std::io::Error::other(e) })
+    };
+    file.write_all(&line(header)?).map_err(err)?;
+    for t in txns {
+        file.write_all(&line(t)?).map_err(err)?;
+    }
+    let file = file.into_inner().map_err(|e| err(e.into_error()))?;
+    file.sync_all().map_err(err)?;
+    Ok(pending)
+}
+
+/// Renames a pending log into place after its rollback committed.
+pub fn finalize(path: &Path) -> Result<(), LostLogError> {
+    let pending = pending_path(path);
+    std::fs::rename(&pending, path).map_err(|source| LostLogError::Write { path: path.to_owned(), source })?;
+    if let Some(dir) = path.parent()
+        && let Ok(d) = std::fs::File::open(dir)
+    {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// At startup: keep the pending log of the committed rollback, drop any other.
+pub fn resolve_pending(data_dir: &Path, committed_log: Option<&str>) {
+    let Ok(entries) = std::fs::read_dir(data_dir.join(DIR)) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Some(name) = path.to_str() else { continue };
+        let Some(final_name) = name.strip_suffix(PENDING) else { continue };
+        if committed_log == Some(final_name) {
+            match finalize(Path::new(final_name)) {
+                Ok(()) => tracing::info!(log = final_name, "completed the log of a rollback interrupted after commit"),
+                Err(e) => tracing::error!(error = %e, "cannot finalize a rollback log"),
+            }
+        } else {
+            let _ = std::fs::remove_file(&path);
+            tracing::info!(log = name, "removed the log of a rollback that never committed");
+        }
+    }
+}
+
+/// Reads a log: its header and transactions.
+pub fn read(path: &Path) -> Result<(Header, Vec<LostTransaction>), LostLogError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LostLogError::Read { path: path.to_owned(), source })?;
+    let mut lines = text.lines().enumerate();
+    let parse_err = |line, source| LostLogError::Parse { path: path.to_owned(), line, source };
+    let (_, first) = lines.next().ok_or_else(|| LostLogError::Format { path: path.to_owned(), found: String::new() })?;
+    let header: Header = serde_json::from_str(first).map_err(|e| parse_err(1, e))?;
+    if header.format != FORMAT {
+        return Err(LostLogError::Format { path: path.to_owned(), found: header.format });
+    }
+    let mut txns = Vec::new();
+    for (i, line) in lines {
+        if line.trim().is_empty() {
+            continue;
+        }
+        txns.push(serde_json::from_str(line).map_err(|e| parse_err(i + 1, e))?);
+    }
+    Ok((header, txns))
+}
+
+mod erased {
+    /// Serialises any value as one JSON line.
+    pub trait Ser {
+        fn to_line(&self) -> Result<Vec<u8>, serde_json::Error>;
+    }
+    impl<T: serde::Serialize> Ser for T {
+        fn to_line(&self) -> Result<Vec<u8>, serde_json::Error> {
+            let mut v = serde_json::to_vec(self)?;
+            v.push(b'\n');
+            Ok(v)
+        }
+    }
+}

@@ -60,6 +60,12 @@ pub struct RunArgs {
     /// Log filter (tracing syntax), overridden by RUST_LOG.
     #[arg(long, default_value = "info")]
     pub log_level: String,
+    /// Address where this instance receives replication streams.
+    #[arg(long)]
+    pub repl_addr: Option<SocketAddr>,
+    /// File holding the replication secret both ends of a stream must know.
+    #[arg(long)]
+    pub repl_secret_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -120,6 +126,80 @@ pub enum CtlCommand {
     Health,
     /// Readiness.
     Ready,
+    /// Become the originating primary (accept updates; new history record).
+    Promote,
+    /// Become a replicating secondary (read-only), writing nothing (a crashed primary rejoining).
+    Demote,
+    /// Planned handover: stop commits, write a failover record the standby will see, turn read-only.
+    FailoverToStandby,
+    /// The receiver side of replication.
+    Receiver {
+        #[command(subcommand)]
+        action: ReceiverAction,
+    },
+    /// Outgoing replication streams.
+    Source {
+        #[command(subcommand)]
+        action: SourceAction,
+    },
+    /// Per-receiver backlog and lag.
+    Backlog {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Roll back to a seqno, or to the common point with the instance at HOST:PORT.
+    Rollback {
+        #[arg(long, conflicts_with = "fetchresync", required_unless_present = "fetchresync")]
+        to_seqno: Option<u64>,
+        /// Replication address of the instance to resynchronise with.
+        #[arg(long)]
+        fetchresync: Option<String>,
+    },
+    /// Read unreplicated-transaction logs (offline).
+    LostTransactions {
+        #[command(subcommand)]
+        action: LostAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReceiverAction {
+    /// Accept a stream on --repl-addr (makes the instance a replicating secondary).
+    Start {
+        /// Roll back automatically when this instance is ahead of its source.
+        #[arg(long)]
+        autorollback: bool,
+    },
+    /// Stop receiving.
+    Stop,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SourceAction {
+    /// Stream this instance's journal to a receiver.
+    Start {
+        /// Instance name of the receiver (it must answer as such).
+        #[arg(long)]
+        receiver: String,
+        /// The receiver's --repl-addr.
+        #[arg(long)]
+        addr: String,
+    },
+    /// Stop streaming to a receiver.
+    Stop {
+        #[arg(long)]
+        receiver: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LostAction {
+    /// Print a log's transactions.
+    Show {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Entry point shared by `main`; returns the process exit code.
@@ -168,6 +248,13 @@ async fn run(args: RunArgs) -> i32 {
             return 2;
         }
     };
+    let repl_secret = match args.repl_secret_file.as_ref().map(|p| read_secret(p, "replication secret")).transpose() {
+        Ok(s) => s.map(String::into_bytes),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
     if args.max_clients == 0 {
         eprintln!("error: --max-clients must be at least 1");
         return 2;
@@ -183,6 +270,8 @@ async fn run(args: RunArgs) -> i32 {
         max_clients: args.max_clients,
         disk_reserve_bytes: args.disk_reserve_bytes,
         resp_port: 0,
+        repl_addr: args.repl_addr,
+        repl_secret,
     };
     match crate::server::run(config).await {
         Ok(()) => 0,
@@ -229,6 +318,45 @@ async fn ctl_inner(args: CtlArgs) -> Result<(), String> {
         }
         CtlCommand::BackupInfo { file } => {
             return print_json(&backup::describe(file).map_err(|err| error_chain(&err))?);
+        }
+        CtlCommand::LostTransactions { action: LostAction::Show { file, json } } => {
+            let (header, txns) = crate::replication::lostlog::read(file).map_err(|err| error_chain(&err))?;
+            if *json {
+                return print_json(&serde_json::json!({"header": header, "transactions": txns}));
+            }
+            println!(
+                "{}: {} transactions rolled off {} (seqnos {}..={}): {}",
+                file.display(),
+                header.transactions,
+                header.instance,
+                header.from_seqno,
+                header.to_seqno,
+                header.reason
+            );
+            for t in txns {
+                let changes: Vec<String> = t
+                    .changes
+                    .iter()
+                    .map(|c| {
+                        let key = c.key.clone().unwrap_or_else(|| format!("0x{}", c.key_hex));
+                        match (&c.after, &c.after_hex) {
+                            (Some(a), _) => format!("{key}={a}"),
+                            (None, Some(h)) => format!("{key}=0x{h}"),
+                            (None, None) => format!("{key} deleted"),
+                        }
+                    })
+                    .collect();
+                println!(
+                    "seqno {} stream {} stream_seqno {} origin {} at {}: {}",
+                    t.seqno,
+                    t.stream,
+                    t.stream_seqno,
+                    t.origin.as_deref().unwrap_or("?"),
+                    t.commit_time_micros,
+                    changes.join(" ")
+                );
+            }
+            return Ok(());
         }
         _ => {}
     }
@@ -296,7 +424,59 @@ async fn ctl_inner(args: CtlArgs) -> Result<(), String> {
             let v: serde_json::Value = target.call_json("GET", "/readyz", None).await.map_err(e)?;
             print_json(&v)?;
         }
-        CtlCommand::Restore { .. } | CtlCommand::BackupInfo { .. } => unreachable!("handled above"),
+        CtlCommand::Promote => {
+            let v: serde_json::Value = target.call_json("POST", "/v1/promote", None).await.map_err(e)?;
+            print_json(&v)?;
+        }
+        CtlCommand::Demote => {
+            let v: serde_json::Value = target.call_json("POST", "/v1/demote", None).await.map_err(e)?;
+            print_json(&v)?;
+        }
+        CtlCommand::FailoverToStandby => {
+            let v: serde_json::Value = target.call_json("POST", "/v1/failover", None).await.map_err(e)?;
+            print_json(&v)?;
+        }
+        CtlCommand::Receiver { action: ReceiverAction::Start { autorollback } } => {
+            let body = serde_json::json!({ "autorollback": autorollback });
+            let v: serde_json::Value = target.call_json("POST", "/v1/receiver/start", Some(body)).await.map_err(e)?;
+            print_json(&v)?;
+        }
+        CtlCommand::Receiver { action: ReceiverAction::Stop } => {
+            let v: serde_json::Value = target.call_json("POST", "/v1/receiver/stop", None).await.map_err(e)?;
+            print_json(&v)?;
+        }
+        CtlCommand::Source { action: SourceAction::Start { receiver, addr } } => {
+            let body = serde_json::json!({ "receiver": receiver, "addr": addr });
+            let v: serde_json::Value = target.call_json("POST", "/v1/sources", Some(body)).await.map_err(e)?;
+            print_json(&v)?;
+        }
+        CtlCommand::Source { action: SourceAction::Stop { receiver } } => {
+            let v: serde_json::Value =
+                target.call_json("DELETE", &format!("/v1/sources/{receiver}"), None).await.map_err(e)?;
+            print_json(&v)?;
+        }
+        CtlCommand::Backlog { json } => {
+            let v: Vec<crate::replication::source::SourceStatus> =
+                target.call_json("GET", "/v1/backlog", None).await.map_err(e)?;
+            if json {
+                print_json(&v)?;
+            } else {
+                for s in v {
+                    println!(
+                        "{:<20} {:<22} {:<18} sent {:>10} acked {:>10} backlog {:>8} lag {:.3}s",
+                        s.receiver, s.addr, s.state, s.sent_seqno, s.acked_seqno, s.backlog, s.lag_seconds
+                    );
+                }
+            }
+        }
+        CtlCommand::Rollback { to_seqno, fetchresync } => {
+            let body = serde_json::json!({ "to_seqno": to_seqno, "fetchresync": fetchresync });
+            let v: serde_json::Value = target.call_json("POST", "/v1/rollback", Some(body)).await.map_err(e)?;
+            print_json(&v)?;
+        }
+        CtlCommand::Restore { .. } | CtlCommand::BackupInfo { .. } | CtlCommand::LostTransactions { .. } => {
+            unreachable!("handled above")
+        }
     }
     Ok(())
 }

@@ -23,6 +23,15 @@ pub struct Metrics {
     pub storage_free_bytes: IntGauge,
     pub storage_degraded: IntGauge,
     pub build_info: IntGaugeVec,
+    pub replication_errors_total: IntCounterVec,
+    pub replication_records_sent_total: IntCounter,
+    pub replication_bytes_sent_total: IntCounter,
+    pub replication_records_applied_total: IntCounter,
+    pub replication_backlog_transactions: IntGaugeVec,
+    pub replication_lag_seconds: prometheus::GaugeVec,
+    pub replication_connected: IntGaugeVec,
+    pub rollbacks_total: IntCounter,
+    pub rolled_back_transactions_total: IntCounter,
 }
 
 impl Metrics {
@@ -85,6 +94,45 @@ impl Metrics {
                 Opts::new("strand_build_info", "Binary and format versions; always 1."),
                 &["version", "format_version"],
             )?,
+            replication_errors_total: IntCounterVec::new(
+                Opts::new("strand_replication_errors_total", "Replication connections ended or refused, by cause."),
+                &["error"],
+            )?,
+            replication_records_sent_total: IntCounter::new(
+                "strand_replication_records_sent_total",
+                "Journal records sent to receivers.",
+            )?,
+            replication_bytes_sent_total: IntCounter::new(
+                "strand_replication_bytes_sent_total",
+                "Bytes of journal records sent to receivers.",
+            )?,
+            replication_records_applied_total: IntCounter::new(
+                "strand_replication_records_applied_total",
+                "Journal records received and applied.",
+            )?,
+            replication_backlog_transactions: IntGaugeVec::new(
+                Opts::new(
+                    "strand_replication_backlog_transactions",
+                    "Transactions committed here and not yet acknowledged by the receiver.",
+                ),
+                &["receiver"],
+            )?,
+            replication_lag_seconds: prometheus::GaugeVec::new(
+                Opts::new(
+                    "strand_replication_lag_seconds",
+                    "Age of the oldest transaction sent to the receiver and not yet acknowledged.",
+                ),
+                &["receiver"],
+            )?,
+            replication_connected: IntGaugeVec::new(
+                Opts::new("strand_replication_connected", "1 while the stream to the receiver is streaming."),
+                &["receiver"],
+            )?,
+            rollbacks_total: IntCounter::new("strand_rollbacks_total", "Rollbacks performed.")?,
+            rolled_back_transactions_total: IntCounter::new(
+                "strand_rolled_back_transactions_total",
+                "Transactions rolled off into unreplicated-transaction logs.",
+            )?,
             registry,
         };
         let r = &m.registry;
@@ -102,6 +150,15 @@ impl Metrics {
         r.register(Box::new(m.storage_free_bytes.clone()))?;
         r.register(Box::new(m.storage_degraded.clone()))?;
         r.register(Box::new(m.build_info.clone()))?;
+        r.register(Box::new(m.replication_errors_total.clone()))?;
+        r.register(Box::new(m.replication_records_sent_total.clone()))?;
+        r.register(Box::new(m.replication_bytes_sent_total.clone()))?;
+        r.register(Box::new(m.replication_records_applied_total.clone()))?;
+        r.register(Box::new(m.replication_backlog_transactions.clone()))?;
+        r.register(Box::new(m.replication_lag_seconds.clone()))?;
+        r.register(Box::new(m.replication_connected.clone()))?;
+        r.register(Box::new(m.rollbacks_total.clone()))?;
+        r.register(Box::new(m.rolled_back_transactions_total.clone()))?;
         m.build_info
             .with_label_values(&[crate::VERSION, &crate::storage::meta::FORMAT_VERSION.to_string()])
             .set(1);

@@ -34,6 +34,10 @@ pub struct Config {
     pub disk_reserve_bytes: u64,
     /// Filled in once the data port is bound (the configured port may be 0).
     pub resp_port: u16,
+    /// Where this instance receives replication streams.
+    pub repl_addr: Option<SocketAddr>,
+    /// Shared secret both ends of a replication stream must prove.
+    pub repl_secret: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Error)]
@@ -58,6 +62,9 @@ pub struct Engine {
     pub config: Config,
     pub started: Instant,
     pub ready: AtomicBool,
+    pub replication: crate::replication::Replication,
+    /// Bound replication address (the configured port may be 0).
+    pub repl_local: Option<SocketAddr>,
     next_client_id: AtomicU64,
 }
 
@@ -89,6 +96,16 @@ pub async fn run_until(
     })?;
     config.resp_port = resp.local_addr().map(|a| a.port()).unwrap_or(0);
     let resp_local = resp.local_addr().ok();
+    let repl = match config.repl_addr {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| ServerError::Bind {
+            what: "the replication port",
+            addr: addr.to_string(),
+            source,
+        })?),
+        None => None,
+    };
+    let repl_local = repl.as_ref().and_then(|l| l.local_addr().ok());
+    let replication = crate::replication::Replication::new(config.repl_secret.clone());
 
     let engine = Arc::new(Engine {
         store,
@@ -97,18 +114,26 @@ pub async fn run_until(
         config,
         started: Instant::now(),
         ready: AtomicBool::new(false),
+        replication,
+        repl_local,
         next_client_id: AtomicU64::new(1),
     });
     let (trigger, shutdown) = shutdown::channel();
     let admin = crate::admin::start(engine.clone(), shutdown.clone()).await?;
 
     let accept = tokio::spawn(accept_loop(engine.clone(), resp, shutdown.clone()));
+    let repl_task = repl.map(|l| tokio::spawn(crate::replication::receiver::listen(engine.clone(), l, shutdown.clone())));
+    for link in engine.store.meta().sources {
+        let handle = crate::replication::source::spawn(engine.clone(), link.clone());
+        engine.replication.sources.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(link.receiver, handle);
+    }
     engine.ready.store(true, Ordering::Release);
     tracing::info!(
         instance = %engine.store.meta().name,
         resp = ?resp_local,
         admin_socket = %crate::admin::socket_path(engine.store.data_dir()).display(),
         admin_tcp = ?engine.config.admin_addr,
+        repl = ?engine.repl_local,
         "ready"
     );
 
@@ -121,6 +146,19 @@ pub async fn run_until(
         connections.wait().await;
     }
     admin.wait().await;
+    if let Some(task) = repl_task {
+        let _ = task.await;
+    }
+    for (_, source) in engine.replication.sources.lock().unwrap_or_else(std::sync::PoisonError::into_inner).drain() {
+        source.stop();
+    }
+    // Source tasks hold the engine until they notice the stop.
+    for _ in 0..200 {
+        if Arc::strong_count(&engine) == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     match Arc::try_unwrap(engine) {
         Ok(engine) => {
             drop(engine); // drops the last writer handle: the writer drains and stops

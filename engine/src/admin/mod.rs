@@ -17,6 +17,7 @@
 //! `/healthz`, `/readyz` and `/metrics` need no token, so probes and scrapers can reach them.
 
 pub mod client;
+pub mod replication;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -133,6 +134,15 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/v1/journal", get(journal))
         .route("/v1/backup", post(backup_handler))
         .route("/v1/verify", get(verify))
+        .route("/v1/promote", post(replication::promote))
+        .route("/v1/demote", post(replication::demote))
+        .route("/v1/failover", post(replication::failover))
+        .route("/v1/receiver/start", post(replication::receiver_start))
+        .route("/v1/receiver/stop", post(replication::receiver_stop))
+        .route("/v1/sources", post(replication::source_start))
+        .route("/v1/sources/{receiver}", axum::routing::delete(replication::source_stop))
+        .route("/v1/backlog", get(replication::backlog))
+        .route("/v1/rollback", post(replication::rollback))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint; see GET /v1/status")
         })
@@ -238,6 +248,13 @@ async fn metrics(State(engine): State<Arc<Engine>>) -> Response {
     m.storage_bytes.set(i64::try_from(engine.store.file_bytes()).unwrap_or(i64::MAX));
     m.storage_free_bytes.set(engine.store.free_bytes().map_or(0, |b| i64::try_from(b).unwrap_or(i64::MAX)));
     m.storage_degraded.set(i64::from(engine.store.is_degraded()));
+    let committed = engine.store.committed_seqno();
+    for s in engine.replication.source_statuses() {
+        let s = crate::replication::source::finish_status(s, committed);
+        m.replication_backlog_transactions.with_label_values(&[&s.receiver]).set(i64::try_from(s.backlog).unwrap_or(i64::MAX));
+        m.replication_lag_seconds.with_label_values(&[&s.receiver]).set(s.lag_seconds);
+        m.replication_connected.with_label_values(&[&s.receiver]).set(i64::from(s.state == "streaming"));
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.render()).into_response()
 }
 
@@ -267,6 +284,18 @@ pub struct Status {
     pub storage_bytes: u64,
     pub storage_degraded: bool,
     pub resp_port: u16,
+    pub repl_addr: Option<String>,
+    pub last_rollback: Option<crate::storage::meta::LastRollback>,
+    pub receiver: Option<ReceiverView>,
+    pub sources: Vec<crate::replication::source::SourceStatus>,
+}
+
+/// The receiver's configuration and live state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReceiverView {
+    pub autorollback: bool,
+    #[serde(flatten)]
+    pub status: crate::replication::ReceiverStatus,
 }
 
 async fn status(State(engine): State<Arc<Engine>>) -> Result<Json<Status>, ApiError> {
@@ -289,6 +318,18 @@ async fn status(State(engine): State<Arc<Engine>>) -> Result<Json<Status>, ApiEr
         storage_bytes: store.file_bytes(),
         storage_degraded: store.is_degraded(),
         resp_port: engine.config.resp_port,
+        repl_addr: engine.repl_local.map(|a| a.to_string()),
+        last_rollback: meta.last_rollback,
+        receiver: meta.receiver.map(|r| ReceiverView { autorollback: r.autorollback, status: engine.replication.receiver_status() }),
+        sources: {
+            let committed = store.committed_seqno();
+            engine
+                .replication
+                .source_statuses()
+                .into_iter()
+                .map(|s| crate::replication::source::finish_status(s, committed))
+                .collect()
+        },
     }))
 }
 

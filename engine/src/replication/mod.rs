@@ -1,6 +1,79 @@
 //! Business Continuity (BC) replication, as GT.M does it.
 //!
 //! - [`history`]: history records and the negotiation of the latest common transaction.
+//! - [`protocol`]: the framed, checksummed, authenticated wire protocol.
+//! - [`source`]: one task per outgoing stream; connects to a receiver and streams the journal.
+//! - [`receiver`]: the listener on `--repl-addr`; negotiates, rolls back if allowed, applies.
+//! - [`lostlog`]: the Unreplicated Transaction Log written by every rollback.
+//!
+//! The receiver listens and the source connects (as in GT.M). Everything a receiver applies
+//! goes through the writer, in seqno order, with the source's seqnos, stream tags and commit
+//! times, and is acknowledged back only once durable.
 
 pub mod history;
 pub mod lostlog;
+pub mod protocol;
+pub mod receiver;
+pub mod source;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+/// Most outgoing streams one instance may source (GT.M: sixteen, BC and SI together).
+pub const SOURCES_MAX: usize = 16;
+
+/// Replication state shared by the admin API, the sources and the receiver.
+pub struct Replication {
+    pub secret: Option<Vec<u8>>,
+    pub sources: Mutex<HashMap<String, source::SourceHandle>>,
+    pub receiver: Mutex<ReceiverStatus>,
+    /// Bumped to make the active receiver connection end (receiver stop, promote).
+    pub receiver_generation: tokio::sync::watch::Sender<u64>,
+}
+
+impl Replication {
+    pub fn new(secret: Option<Vec<u8>>) -> Self {
+        Replication {
+            secret,
+            sources: Mutex::new(HashMap::new()),
+            receiver: Mutex::new(ReceiverStatus::default()),
+            receiver_generation: tokio::sync::watch::Sender::new(0),
+        }
+    }
+
+    pub fn receiver_status(&self) -> ReceiverStatus {
+        self.receiver.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    pub fn set_receiver(&self, f: impl FnOnce(&mut ReceiverStatus)) {
+        f(&mut self.receiver.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+    }
+
+    pub fn source_statuses(&self) -> Vec<source::SourceStatus> {
+        let sources = self.sources.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut out: Vec<_> = sources.values().map(|h| h.status()).collect();
+        out.sort_by(|a, b| a.receiver.cmp(&b.receiver));
+        out
+    }
+
+    /// Ends the active receiver connection, if any.
+    pub fn drop_receiver_connection(&self) {
+        self.receiver_generation.send_modify(|g| *g += 1);
+    }
+}
+
+/// What the receiver side is doing.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ReceiverStatus {
+    /// idle, streaming, rollback_required, error
+    pub state: String,
+    pub source: Option<String>,
+    pub applied_seqno: u64,
+    /// Set when the receiver is ahead of its source and autorollback is off.
+    pub common_seqno: Option<u64>,
+    pub last_error: Option<String>,
+    /// Seqno of the last failover record received (the primary handed over).
+    pub failover_seqno: Option<u64>,
+}

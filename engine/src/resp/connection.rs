@@ -216,6 +216,10 @@ impl State {
             return Next::Continue;
         }
         match command.class() {
+            Class::Write if engine.store.role() == crate::storage::meta::Role::Secondary => {
+                slots.push(Slot::Ready(Frame::Error(engine.store.readonly_message()), proto));
+                Next::Continue
+            }
             Class::Write => {
                 let program: TxnProgram<Frame> =
                     Box::new(move |view| cmd::strings::execute_write(&command, view));

@@ -135,6 +135,8 @@ pub struct Store {
     seqno_tx: tokio::sync::watch::Sender<u64>,
     /// Name of the source this secondary currently receives from (for READONLY errors).
     source_name: RwLock<Option<String>>,
+    /// Counts rollbacks since start, so a source streaming from this journal notices one.
+    rollbacks: AtomicU64,
 }
 
 /// Microseconds since the Unix epoch (0 if the clock is before it).
@@ -174,6 +176,7 @@ impl Store {
             committed_version: AtomicU64::new(0),
             seqno_tx: tokio::sync::watch::Sender::new(committed),
             source_name: RwLock::new(None),
+            rollbacks: AtomicU64::new(0),
         })
     }
 
@@ -204,6 +207,27 @@ impl Store {
     /// Notifies on every change of the committed seqno.
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.seqno_tx.subscribe()
+    }
+
+    /// The error a write gets on a replicating secondary, naming where to write instead.
+    pub fn readonly_message(&self) -> String {
+        let name = self.meta.read().unwrap_or_else(std::sync::PoisonError::into_inner).name.clone();
+        match self.source_name() {
+            Some(source) => format!(
+                "READONLY You can't write against a read only replica. {name} replicates from {source}; write there"
+            ),
+            None => format!(
+                "READONLY You can't write against a read only replica. {name} is a replicating secondary; write to its primary"
+            ),
+        }
+    }
+
+    pub fn rollbacks(&self) -> u64 {
+        self.rollbacks.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn note_rollback(&self) {
+        self.rollbacks.fetch_add(1, Ordering::AcqRel);
     }
 
     pub fn source_name(&self) -> Option<String> {
@@ -404,6 +428,20 @@ impl Snapshot {
             let record =
                 Record::decode(bytes.value()).map_err(|source| StoreError::RecordDecode { seqno, source })?;
             out.push(record);
+        }
+        Ok(out)
+    }
+
+    /// Encoded journal records `from..=to` with their seqno and commit time, checksums
+    /// verified (what a replication source sends).
+    pub fn journal_raw(&self, from: u64, to: u64) -> Result<Vec<(u64, u64, Vec<u8>)>, StoreError> {
+        let table = self.txn.open_table(JOURNAL).map_err(redb_err("open the journal table"))?;
+        let mut out = Vec::new();
+        for entry in table.range(from..=to).map_err(redb_err("read the journal"))? {
+            let (seqno, bytes) = entry.map_err(redb_err("read the journal"))?;
+            let seqno = seqno.value();
+            let record = Record::decode(bytes.value()).map_err(|source| StoreError::RecordDecode { seqno, source })?;
+            out.push((seqno, record.commit_time_micros, bytes.value().to_vec()));
         }
         Ok(out)
     }

@@ -444,19 +444,7 @@ impl<T: Send + 'static> WriterThread<T> {
         let committed = self.store.committed_seqno();
         let mut next = committed + 1;
         let mut enqueued = Vec::with_capacity(batch.len());
-        let read_only_message = (self.store.role() == Role::Secondary).then(|| {
-            let meta = self.store.meta();
-            match self.store.source_name() {
-                Some(source) => format!(
-                    "READONLY You can't write against a read only replica. {} replicates from {source}; write there",
-                    meta.name
-                ),
-                None => format!(
-                    "READONLY You can't write against a read only replica. {} is a replicating secondary; write to its primary",
-                    meta.name
-                ),
-            }
-        });
+        let read_only_message = (self.store.role() == Role::Secondary).then(|| self.store.readonly_message());
         let txn = db.begin_write().map_err(redb_err("begin a write transaction"))?;
         {
             let mut data = txn.open_table(DATA).map_err(redb_err("open the data table"))?;
@@ -682,6 +670,7 @@ impl<T: Send + 'static> WriterThread<T> {
         }
         self.metrics.journal_seqno.set(i64::try_from(to_seqno).unwrap_or(i64::MAX));
         self.touch(touched.iter().map(Vec::as_slice));
+        self.store.note_rollback();
         self.store.publish(to_seqno, Some(meta), self.version);
         tracing::warn!(from = to_seqno + 1, to = committed, log = %last.log_path, reason, "rolled back");
         Ok(Some(last))

@@ -56,10 +56,32 @@ pub fn info(engine: &Engine, sections: &[String]) -> Frame {
             _ => "master",
         };
         out.push_str(&format!(
-            "# Replication\r\nrole:{redis_role}\r\nstrand_role:{}\r\nsupplementary:{}\r\nconnected_slaves:0\r\nmaster_repl_offset:{seqno}\r\n\r\n",
+            "# Replication\r\nrole:{redis_role}\r\nstrand_role:{}\r\nsupplementary:{}\r\nmaster_repl_offset:{seqno}\r\n",
             meta.role.as_str(),
             u8::from(meta.supplementary),
         ));
+        let sources = engine.replication.source_statuses();
+        let streaming = sources.iter().filter(|s| s.state == "streaming").count();
+        out.push_str(&format!("connected_slaves:{streaming}\r\n"));
+        for (i, s) in sources.iter().enumerate() {
+            out.push_str(&format!(
+                "slave{i}:name={},addr={},state={},offset={},lag_seqnos={}\r\n",
+                s.receiver,
+                s.addr,
+                s.state,
+                s.acked_seqno,
+                seqno.saturating_sub(s.acked_seqno)
+            ));
+        }
+        if meta.role == Role::Secondary {
+            let r = engine.replication.receiver_status();
+            out.push_str(&format!(
+                "master_name:{}\r\nmaster_link_status:{}\r\n",
+                r.source.unwrap_or_default(),
+                if r.state == "streaming" { "up" } else { "down" }
+            ));
+        }
+        out.push_str("\r\n");
     }
     if wanted("keyspace") {
         out.push_str("# Keyspace\r\n");
@@ -74,7 +96,31 @@ pub fn info(engine: &Engine, sections: &[String]) -> Frame {
 
 pub fn role(engine: &Engine) -> Frame {
     let seqno = i64::try_from(engine.store.committed_seqno()).unwrap_or(i64::MAX);
-    Frame::Array(vec![Frame::bulk("master"), Frame::Integer(seqno), Frame::Array(Vec::new())])
+    if engine.store.role() == Role::Secondary {
+        let receiver = engine.replication.receiver_status();
+        let state = if receiver.state == "streaming" { "connected" } else { "connect" };
+        return Frame::Array(vec![
+            Frame::bulk("slave"),
+            Frame::bulk(receiver.source.unwrap_or_default()),
+            Frame::Integer(0),
+            Frame::bulk(state),
+            Frame::Integer(seqno),
+        ]);
+    }
+    let replicas = engine
+        .replication
+        .source_statuses()
+        .into_iter()
+        .map(|s| {
+            let (host, port) = s.addr.rsplit_once(':').unwrap_or((s.addr.as_str(), "0"));
+            Frame::Array(vec![
+                Frame::bulk(host),
+                Frame::bulk(port),
+                Frame::bulk(s.acked_seqno.to_string()),
+            ])
+        })
+        .collect();
+    Frame::Array(vec![Frame::bulk("master"), Frame::Integer(seqno), Frame::Array(replicas)])
 }
 
 fn spec_frame(spec: &Spec) -> Frame {

@@ -1,0 +1,301 @@
+//! Admin routes for replication: roles, receiver, sources, backlog, rollback.
+//!
+//! | method | path                       | GT.M equivalent                                      |
+//! |--------|----------------------------|------------------------------------------------------|
+//! | POST   | /v1/promote                | source server `-updok` / `-rootprimary`              |
+//! | POST   | /v1/demote                 | `-updnotok` / `-propagateprimary` (writes nothing)   |
+//! | POST   | /v1/failover               | GemStone failover to standby: failover record, then read-only |
+//! | POST   | /v1/receiver/start         | `mupip replicate -receiver -start [-autorollback]`   |
+//! | POST   | /v1/receiver/stop          | `mupip replicate -receiver -shutdown`                |
+//! | POST   | /v1/sources                | `mupip replicate -source -start -secondary=…`        |
+//! | DELETE | /v1/sources/{receiver}     | `mupip replicate -source -shutdown`                  |
+//! | GET    | /v1/backlog                | `mupip replicate -source -showbacklog`               |
+//! | POST   | /v1/rollback               | `mupip journal -rollback -backward [-fetchresync]`   |
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+use super::ApiError;
+use crate::replication::source::{self, SourceStatus};
+use crate::replication::{SOURCES_MAX, history};
+use crate::server::Engine;
+use crate::storage::journal::RecordKind;
+use crate::storage::meta::{HistoryRecord, LastRollback, ReceiverConfig, Role, SourceLink};
+use crate::storage::writer::TxnFailure;
+
+fn failure(e: TxnFailure) -> ApiError {
+    match e {
+        TxnFailure::Store { code: "invalid", message } => {
+            ApiError::new(StatusCode::CONFLICT, "conflict", message.trim_start_matches("invalid instance: ").to_owned())
+        }
+        TxnFailure::Store { code, message } => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message),
+        TxnFailure::Aborted(message) => ApiError::new(StatusCode::CONFLICT, "conflict", message),
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RoleAnswer {
+    pub name: String,
+    pub role: String,
+    pub journal_seqno: u64,
+}
+
+async fn role_answer(engine: &Engine) -> Json<RoleAnswer> {
+    let meta = engine.store.meta();
+    Json(RoleAnswer { name: meta.name, role: meta.role.as_str().into(), journal_seqno: engine.store.committed_seqno() })
+}
+
+/// Become an originating primary: accept updates, stop receiving, and start a new history
+/// record so the seqnos generated from here on are told apart from anyone else's.
+pub async fn promote(State(engine): State<Arc<Engine>>) -> Result<Json<RoleAnswer>, ApiError> {
+    engine
+        .writer
+        .update_meta(Box::new(|meta, seqno| {
+            let target = if meta.supplementary { Role::SupplementaryPrimary } else { Role::Primary };
+            if meta.role == target {
+                return Ok(None);
+            }
+            meta.role = target;
+            meta.receiver = None;
+            meta.history.retain(|h| h.start_seqno <= seqno);
+            meta.history.push(HistoryRecord {
+                stream: 0,
+                start_seqno: seqno + 1,
+                root_name: meta.name.clone(),
+                root_creation_id: meta.creation_id.clone(),
+                journal_seqno: seqno,
+            });
+            Ok(None)
+        }))
+        .await
+        .map_err(failure)?;
+    engine.replication.drop_receiver_connection();
+    engine.store.set_source_name(None);
+    tracing::info!("promoted to originating primary");
+    Ok(role_answer(&engine).await)
+}
+
+/// Become a replicating secondary (read-only), writing nothing: what a crashed primary does
+/// before it rejoins under the new primary.
+pub async fn demote(State(engine): State<Arc<Engine>>) -> Result<Json<RoleAnswer>, ApiError> {
+    to_secondary(&engine, false).await
+}
+
+/// The planned handover (GemStone's "failover to standby"): commits stop, a failover record
+/// is committed — and replicated, so the standby sees the primary has handed over at exactly
+/// that seqno — and the instance turns read-only.
+pub async fn failover(State(engine): State<Arc<Engine>>) -> Result<Json<RoleAnswer>, ApiError> {
+    to_secondary(&engine, true).await
+}
+
+async fn to_secondary(engine: &Arc<Engine>, record: bool) -> Result<Json<RoleAnswer>, ApiError> {
+    engine
+        .writer
+        .update_meta(Box::new(move |meta, _| {
+            if meta.supplementary {
+                return Err(format!("{} is supplementary; it cannot become a BC secondary", meta.name));
+            }
+            if meta.role == Role::Secondary {
+                return if record {
+                    Err(format!("{} is already a replicating secondary; only a primary can fail over", meta.name))
+                } else {
+                    Ok(None)
+                };
+            }
+            meta.role = Role::Secondary;
+            Ok(record.then_some(RecordKind::Failover))
+        }))
+        .await
+        .map_err(failure)?;
+    tracing::info!(failover_record = record, "now a replicating secondary");
+    Ok(role_answer(engine).await)
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiverStart {
+    #[serde(default)]
+    pub autorollback: bool,
+}
+
+pub async fn receiver_start(
+    State(engine): State<Arc<Engine>>,
+    body: Result<Json<ReceiverStart>, JsonRejection>,
+) -> Result<Json<crate::replication::ReceiverStatus>, ApiError> {
+    let Json(request) = body?;
+    if engine.repl_local.is_none() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "no_repl_addr",
+            "this server was started without --repl-addr; restart it with one to receive",
+        ));
+    }
+    let autorollback = request.autorollback;
+    engine
+        .writer
+        .update_meta(Box::new(move |meta, _| {
+            if matches!(meta.role, Role::Primary | Role::SupplementaryPrimary) {
+                return Err(format!(
+                    "{} is an originating primary; demote it first (ctl demote) to make it receive",
+                    meta.name
+                ));
+            }
+            meta.role = Role::Secondary;
+            meta.receiver = Some(ReceiverConfig { autorollback });
+            Ok(None)
+        }))
+        .await
+        .map_err(failure)?;
+    engine.replication.set_receiver(|s| {
+        if s.state.is_empty() || s.state == "stopped" {
+            s.state = "idle".into();
+        }
+    });
+    Ok(Json(engine.replication.receiver_status()))
+}
+
+pub async fn receiver_stop(State(engine): State<Arc<Engine>>) -> Result<Json<crate::replication::ReceiverStatus>, ApiError> {
+    engine
+        .writer
+        .update_meta(Box::new(|meta, _| {
+            meta.receiver = None;
+            Ok(None)
+        }))
+        .await
+        .map_err(failure)?;
+    engine.replication.drop_receiver_connection();
+    engine.replication.set_receiver(|s| s.state = "stopped".into());
+    Ok(Json(engine.replication.receiver_status()))
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceStart {
+    pub receiver: String,
+    pub addr: String,
+}
+
+pub async fn source_start(
+    State(engine): State<Arc<Engine>>,
+    body: Result<Json<SourceStart>, JsonRejection>,
+) -> Result<Json<Vec<SourceStatus>>, ApiError> {
+    let Json(request) = body?;
+    crate::storage::meta::validate_name(&request.receiver)
+        .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "invalid_name", m))?;
+    if request.addr.parse::<std::net::SocketAddr>().is_err() && !request.addr.contains(':') {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_addr", format!("{:?} is not HOST:PORT", request.addr)));
+    }
+    if engine.replication.secret.is_none() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "no_secret",
+            "this server was started without --repl-secret-file; replication needs the shared secret",
+        ));
+    }
+    let link = SourceLink { receiver: request.receiver.clone(), addr: request.addr.clone() };
+    let stored = link.clone();
+    engine
+        .writer
+        .update_meta(Box::new(move |meta, _| {
+            if stored.receiver == meta.name {
+                return Err(format!("{} cannot replicate to itself", meta.name));
+            }
+            meta.sources.retain(|s| s.receiver != stored.receiver);
+            if meta.sources.len() >= SOURCES_MAX {
+                return Err(format!("{} already sources {SOURCES_MAX} streams, the most an instance may", meta.name));
+            }
+            meta.sources.push(stored);
+            Ok(None)
+        }))
+        .await
+        .map_err(failure)?;
+    let handle = source::spawn(engine.clone(), link);
+    if let Some(old) =
+        engine.replication.sources.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(request.receiver, handle)
+    {
+        old.stop();
+    }
+    Ok(backlog_list(&engine))
+}
+
+pub async fn source_stop(
+    State(engine): State<Arc<Engine>>,
+    Path(receiver): Path<String>,
+) -> Result<Json<Vec<SourceStatus>>, ApiError> {
+    let name = receiver.clone();
+    engine
+        .writer
+        .update_meta(Box::new(move |meta, _| {
+            meta.sources.retain(|s| s.receiver != name);
+            Ok(None)
+        }))
+        .await
+        .map_err(failure)?;
+    let removed = engine.replication.sources.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&receiver);
+    match removed {
+        Some(handle) => handle.stop(),
+        None => {
+            return Err(ApiError::new(StatusCode::NOT_FOUND, "no_such_source", format!("no stream to {receiver}")));
+        }
+    }
+    Ok(backlog_list(&engine))
+}
+
+fn backlog_list(engine: &Engine) -> Json<Vec<SourceStatus>> {
+    let committed = engine.store.committed_seqno();
+    Json(engine.replication.source_statuses().into_iter().map(|s| source::finish_status(s, committed)).collect())
+}
+
+pub async fn backlog(State(engine): State<Arc<Engine>>) -> Json<Vec<SourceStatus>> {
+    backlog_list(&engine)
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    pub to_seqno: Option<u64>,
+    /// HOST:PORT of the replication listener of the instance to resynchronise with.
+    pub fetchresync: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RollbackAnswer {
+    pub journal_seqno: u64,
+    /// `None` when there was nothing to roll back.
+    pub rollback: Option<LastRollback>,
+}
+
+pub async fn rollback(
+    State(engine): State<Arc<Engine>>,
+    body: Result<Json<RollbackRequest>, JsonRejection>,
+) -> Result<Json<RollbackAnswer>, ApiError> {
+    let Json(request) = body?;
+    let (to, reason) = match (request.to_seqno, request.fetchresync) {
+        (Some(to), None) => (to, format!("rollback to seqno {to} requested by an operator")),
+        (None, Some(addr)) => {
+            let answer = source::query(&engine, &addr).await.map_err(|e| {
+                ApiError::new(StatusCode::BAD_GATEWAY, "fetchresync_failed", crate::storage::writer::error_chain(&e))
+            })?;
+            let meta = engine.store.meta();
+            let common = history::common_point(&meta.history, engine.store.committed_seqno(), &answer.history, answer.seqno);
+            (common, format!("fetchresync with {addr}: common point {common}"))
+        }
+        _ => {
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "give exactly one of to_seqno and fetchresync"));
+        }
+    };
+    // A primary rolling itself back stays a primary: the seqnos it reuses need a new history
+    // record (A97a is not A97).
+    let new_epoch = matches!(engine.store.role(), Role::Primary | Role::SupplementaryPrimary);
+    let done = engine.writer.rollback(to, new_epoch, reason).await.map_err(failure)?;
+    if let Some(done) = &done {
+        engine.metrics.rollbacks_total.inc();
+        engine.metrics.rolled_back_transactions_total.inc_by(done.transactions);
+    }
+    Ok(Json(RollbackAnswer { journal_seqno: engine.store.committed_seqno(), rollback: done }))
+}

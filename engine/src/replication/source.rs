@@ -1,0 +1,287 @@
+//! The source side: one task per outgoing stream. It connects to the receiver, proves and
+//! checks the shared secret, sends its history, and streams journal records from the seqno
+//! the receiver asks for — first what the journal already holds (catch-up), then each new
+//! commit as it happens. Acknowledgements tell it each receiver's backlog and lag. On any
+//! error it reconnects with back-off; if this instance's journal is rolled back under it, it
+//! reconnects so that the two sides negotiate again.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::protocol::{self, Ack, Auth, Challenge, Heartbeat, Hello, Kind, Mode, ProtocolError, Start};
+use crate::server::Engine;
+use crate::storage::meta::SourceLink;
+use crate::storage::now_micros;
+use crate::storage::writer::error_chain;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The receiver may roll back before answering; that can take a while for a big backlog.
+const START_TIMEOUT: Duration = Duration::from_secs(600);
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+/// Sent-but-unacknowledged records remembered for the lag computation.
+const INFLIGHT_TIMES_MAX: usize = 100_000;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SourceStatus {
+    pub receiver: String,
+    pub addr: String,
+    /// connecting, streaming, rollback_required, error
+    pub state: String,
+    pub sent_seqno: u64,
+    pub acked_seqno: u64,
+    pub backlog: u64,
+    pub lag_seconds: f64,
+    pub last_error: Option<String>,
+    pub records_sent: u64,
+    pub bytes_sent: u64,
+    /// Commit times of sent, unacknowledged records (for lag).
+    #[serde(skip)]
+    inflight: VecDeque<(u64, u64)>,
+}
+
+pub struct SourceHandle {
+    status: Arc<Mutex<SourceStatus>>,
+    stop: watch::Sender<bool>,
+    pub link: SourceLink,
+}
+
+impl SourceHandle {
+    pub fn status(&self) -> SourceStatus {
+        self.status.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    pub fn acked(&self) -> u64 {
+        self.status.lock().unwrap_or_else(std::sync::PoisonError::into_inner).acked_seqno
+    }
+
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// Starts the task for `link`; it runs until stopped.
+pub fn spawn(engine: Arc<Engine>, link: SourceLink) -> SourceHandle {
+    let status = Arc::new(Mutex::new(SourceStatus {
+        receiver: link.receiver.clone(),
+        addr: link.addr.clone(),
+        state: "connecting".into(),
+        ..Default::default()
+    }));
+    let (stop, stop_rx) = watch::channel(false);
+    tokio::spawn(run(engine, link.clone(), status.clone(), stop_rx));
+    SourceHandle { status, stop, link }
+}
+
+fn update(status: &Mutex<SourceStatus>, f: impl FnOnce(&mut SourceStatus)) {
+    f(&mut status.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+}
+
+async fn run(engine: Arc<Engine>, link: SourceLink, status: Arc<Mutex<SourceStatus>>, mut stop: watch::Receiver<bool>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        update(&status, |s| s.state = "connecting".into());
+        let outcome = tokio::select! {
+            r = stream_once(&engine, &link, &status) => r,
+            _ = stop.changed() => break,
+        };
+        match outcome {
+            Ok(()) => backoff = Duration::from_millis(100),
+            Err(e) => {
+                let message = error_chain(&e);
+                let state = match &e {
+                    ProtocolError::Refused { code, .. } if code == "rollback_required" => "rollback_required",
+                    _ => "error",
+                };
+                tracing::warn!(receiver = %link.receiver, addr = %link.addr, error = %message, "replication stream interrupted");
+                engine.metrics.replication_errors_total.with_label_values(&[state]).inc();
+                update(&status, |s| {
+                    s.state = state.into();
+                    s.last_error = Some(message);
+                });
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.changed() => break,
+        }
+        backoff = (backoff * 2).min(RETRY_MAX);
+    }
+    update(&status, |s| s.state = "stopped".into());
+}
+
+async fn timed<T>(d: Duration, f: impl std::future::Future<Output = Result<T, ProtocolError>>) -> Result<T, ProtocolError> {
+    tokio::time::timeout(d, f).await.map_err(|_| ProtocolError::Io(std::io::Error::other("timed out")))?
+}
+
+/// One connection: handshake, then stream until an error or a rollback under us.
+async fn stream_once(engine: &Arc<Engine>, link: &SourceLink, status: &Arc<Mutex<SourceStatus>>) -> Result<(), ProtocolError> {
+    let secret = engine.replication.secret.clone().ok_or(ProtocolError::Auth)?;
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&link.addr))
+        .await
+        .map_err(|_| ProtocolError::Io(std::io::Error::other(format!("connecting to {} timed out", link.addr))))??;
+    let _ = stream.set_nodelay(true);
+    let (mut rd, mut wr) = stream.into_split();
+    let meta = engine.store.meta();
+    let nonce_s = protocol::nonce();
+    let hello = Hello {
+        protocol: protocol::PROTOCOL_VERSION,
+        mode: Mode::Source,
+        name: meta.name.clone(),
+        creation_id: meta.creation_id.clone(),
+        nonce: nonce_s.clone(),
+    };
+    protocol::write_json(&mut wr, Kind::Hello, &hello).await?;
+    let challenge: Challenge = timed(HANDSHAKE_TIMEOUT, protocol::expect(&mut rd, Kind::Challenge)).await?;
+    if challenge.protocol != protocol::PROTOCOL_VERSION {
+        return Err(ProtocolError::Version(challenge.protocol));
+    }
+    if !protocol::verify(&secret, "strand-receiver", &nonce_s, &challenge.nonce, &challenge.proof) {
+        tracing::warn!(addr = %link.addr, "receiver failed to prove the replication secret; not streaming to it");
+        return Err(ProtocolError::Auth);
+    }
+    if challenge.name != link.receiver {
+        return Err(ProtocolError::Malformed {
+            kind: Kind::Challenge,
+            reason: format!("{} answers as instance {:?}, not {:?}", link.addr, challenge.name, link.receiver),
+        });
+    }
+    // Capture the journal's state before announcing it: a rollback after this point is seen
+    // by the generation check below.
+    let rollbacks = engine.store.rollbacks();
+    let seqno = engine.store.committed_seqno();
+    let auth = Auth { proof: protocol::proof(&secret, "strand-source", &challenge.nonce, &nonce_s), history: meta.history.clone(), seqno };
+    protocol::write_json(&mut wr, Kind::Auth, &auth).await?;
+    let start: Start = timed(START_TIMEOUT, protocol::expect(&mut rd, Kind::Start)).await?;
+    tracing::info!(receiver = %link.receiver, from = start.from, rolled_back_to = ?start.rolled_back_to, "streaming");
+    update(status, |s| {
+        s.state = "streaming".into();
+        s.last_error = None;
+        s.sent_seqno = start.from.saturating_sub(1);
+        s.acked_seqno = start.from.saturating_sub(1);
+        s.inflight.clear();
+    });
+
+    // Acknowledgements arrive on the read half.
+    let ack_status = status.clone();
+    let mut acks = tokio::spawn(async move {
+        loop {
+            let ack: Ack = protocol::expect(&mut rd, Kind::Ack).await?;
+            update(&ack_status, |s| {
+                s.acked_seqno = s.acked_seqno.max(ack.seqno);
+                while s.inflight.front().is_some_and(|(q, _)| *q <= ack.seqno) {
+                    s.inflight.pop_front();
+                }
+            });
+        }
+        #[allow(unreachable_code)]
+        Ok::<(), ProtocolError>(())
+    });
+
+    let mut seqno_rx = engine.store.subscribe();
+    let mut next = start.from;
+    loop {
+        let committed = *seqno_rx.borrow_and_update();
+        if engine.store.rollbacks() != rollbacks || committed + 1 < next {
+            acks.abort();
+            return Err(ProtocolError::Io(std::io::Error::other("this instance rolled back; negotiating again")));
+        }
+        if committed >= next {
+            let to = committed.min(next + protocol::BATCH_RECORDS_MAX as u64 - 1);
+            let store = engine.store.clone();
+            let raw = tokio::task::spawn_blocking(move || store.snapshot().and_then(|s| s.journal_raw(next, to)))
+                .await
+                .map_err(|e| ProtocolError::Io(std::io::Error::other(e)))?
+                .map_err(|e| ProtocolError::Io(std::io::Error::other(error_chain(&e))))?;
+            if raw.is_empty() {
+                continue;
+            }
+            let n = raw.len() as u64;
+            let times: Vec<(u64, u64)> = raw.iter().map(|(s, t, _)| (*s, *t)).collect();
+            let payload = protocol::encode_records(&raw.into_iter().map(|(_, _, b)| b).collect::<Vec<_>>());
+            protocol::write_frame(&mut wr, Kind::Records, &payload).await?;
+            engine.metrics.replication_records_sent_total.inc_by(n);
+            engine.metrics.replication_bytes_sent_total.inc_by(payload.len() as u64);
+            update(status, |s| {
+                s.sent_seqno = next + n - 1;
+                s.records_sent += n;
+                s.bytes_sent += payload.len() as u64;
+                for t in times {
+                    if s.inflight.len() < INFLIGHT_TIMES_MAX {
+                        s.inflight.push_back(t);
+                    }
+                }
+            });
+            next += n;
+            continue;
+        }
+        tokio::select! {
+            changed = seqno_rx.changed() => {
+                if changed.is_err() {
+                    acks.abort();
+                    return Ok(());
+                }
+            }
+            _ = tokio::time::sleep(HEARTBEAT_INTERVAL) => {
+                protocol::write_json(&mut wr, Kind::Heartbeat, &Heartbeat { seqno: committed, time_micros: now_micros() }).await?;
+            }
+            r = &mut acks => {
+                return match r {
+                    Ok(Err(e)) => Err(e),
+                    _ => Err(ProtocolError::Closed),
+                };
+            }
+        }
+    }
+}
+
+/// Fills in backlog and lag from the committed seqno.
+pub fn finish_status(mut s: SourceStatus, committed: u64) -> SourceStatus {
+    s.backlog = committed.saturating_sub(s.acked_seqno);
+    s.lag_seconds = s
+        .inflight
+        .front()
+        .map(|(_, t)| now_micros().saturating_sub(*t) as f64 / 1e6)
+        .unwrap_or(0.0);
+    s
+}
+
+/// Asks the instance whose replication listener is at `addr` for its history and seqno
+/// (rollback -fetchresync).
+pub async fn query(engine: &Engine, addr: &str) -> Result<protocol::HistoryAnswer, ProtocolError> {
+    let secret = engine.replication.secret.clone().ok_or(ProtocolError::Auth)?;
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| ProtocolError::Io(std::io::Error::other(format!("connecting to {addr} timed out"))))??;
+    let (mut rd, mut wr) = stream.into_split();
+    let meta = engine.store.meta();
+    let nonce_s = protocol::nonce();
+    let hello = Hello {
+        protocol: protocol::PROTOCOL_VERSION,
+        mode: Mode::Query,
+        name: meta.name.clone(),
+        creation_id: meta.creation_id.clone(),
+        nonce: nonce_s.clone(),
+    };
+    protocol::write_json(&mut wr, Kind::Hello, &hello).await?;
+    let challenge: Challenge = timed(HANDSHAKE_TIMEOUT, protocol::expect(&mut rd, Kind::Challenge)).await?;
+    if !protocol::verify(&secret, "strand-receiver", &nonce_s, &challenge.nonce, &challenge.proof) {
+        return Err(ProtocolError::Auth);
+    }
+    let auth = Auth {
+        proof: protocol::proof(&secret, "strand-source", &challenge.nonce, &nonce_s),
+        history: meta.history,
+        seqno: engine.store.committed_seqno(),
+    };
+    protocol::write_json(&mut wr, Kind::Auth, &auth).await?;
+    timed(HANDSHAKE_TIMEOUT, protocol::expect(&mut rd, Kind::History)).await
+}

@@ -248,13 +248,14 @@ async fn run(args: RunArgs) -> i32 {
             return 2;
         }
     };
-    let repl_secret = match args.repl_secret_file.as_ref().map(|p| read_secret(p, "replication secret")).transpose() {
-        Ok(s) => s.map(String::into_bytes),
-        Err(e) => {
-            eprintln!("error: {e}");
-            return 2;
-        }
-    };
+    let repl_secret =
+        match args.repl_secret_file.as_ref().map(|p| read_secret(p, "replication secret")).transpose() {
+            Ok(s) => s.map(String::into_bytes),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return 2;
+            }
+        };
     if args.max_clients == 0 {
         eprintln!("error: --max-clients must be at least 1");
         return 2;
@@ -438,16 +439,19 @@ async fn ctl_inner(args: CtlArgs) -> Result<(), String> {
         }
         CtlCommand::Receiver { action: ReceiverAction::Start { autorollback } } => {
             let body = serde_json::json!({ "autorollback": autorollback });
-            let v: serde_json::Value = target.call_json("POST", "/v1/receiver/start", Some(body)).await.map_err(e)?;
+            let v: serde_json::Value =
+                target.call_json("POST", "/v1/receiver/start", Some(body)).await.map_err(e)?;
             print_json(&v)?;
         }
         CtlCommand::Receiver { action: ReceiverAction::Stop } => {
-            let v: serde_json::Value = target.call_json("POST", "/v1/receiver/stop", None).await.map_err(e)?;
+            let v: serde_json::Value =
+                target.call_json("POST", "/v1/receiver/stop", None).await.map_err(e)?;
             print_json(&v)?;
         }
         CtlCommand::Source { action: SourceAction::Start { receiver, addr } } => {
             let body = serde_json::json!({ "receiver": receiver, "addr": addr });
-            let v: serde_json::Value = target.call_json("POST", "/v1/sources", Some(body)).await.map_err(e)?;
+            let v: serde_json::Value =
+                target.call_json("POST", "/v1/sources", Some(body)).await.map_err(e)?;
             print_json(&v)?;
         }
         CtlCommand::Source { action: SourceAction::Stop { receiver } } => {
@@ -471,7 +475,8 @@ async fn ctl_inner(args: CtlArgs) -> Result<(), String> {
         }
         CtlCommand::Rollback { to_seqno, fetchresync } => {
             let body = serde_json::json!({ "to_seqno": to_seqno, "fetchresync": fetchresync });
-            let v: serde_json::Value = target.call_json("POST", "/v1/rollback", Some(body)).await.map_err(e)?;
+            let v: serde_json::Value =
+                target.call_json("POST", "/v1/rollback", Some(body)).await.map_err(e)?;
             print_json(&v)?;
         }
         CtlCommand::Restore { .. } | CtlCommand::BackupInfo { .. } | CtlCommand::LostTransactions { .. } => {

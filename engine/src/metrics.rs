@@ -95,7 +95,10 @@ impl Metrics {
                 &["version", "format_version"],
             )?,
             replication_errors_total: IntCounterVec::new(
-                Opts::new("strand_replication_errors_total", "Replication connections ended or refused, by cause."),
+                Opts::new(
+                    "strand_replication_errors_total",
+                    "Replication connections ended or refused, by cause.",
+                ),
                 &["error"],
             )?,
             replication_records_sent_total: IntCounter::new(

@@ -122,10 +122,16 @@ pub async fn run_until(
     let admin = crate::admin::start(engine.clone(), shutdown.clone()).await?;
 
     let accept = tokio::spawn(accept_loop(engine.clone(), resp, shutdown.clone()));
-    let repl_task = repl.map(|l| tokio::spawn(crate::replication::receiver::listen(engine.clone(), l, shutdown.clone())));
+    let repl_task =
+        repl.map(|l| tokio::spawn(crate::replication::receiver::listen(engine.clone(), l, shutdown.clone())));
     for link in engine.store.meta().sources {
         let handle = crate::replication::source::spawn(engine.clone(), link.clone());
-        engine.replication.sources.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(link.receiver, handle);
+        engine
+            .replication
+            .sources
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(link.receiver, handle);
     }
     engine.ready.store(true, Ordering::Release);
     tracing::info!(
@@ -149,7 +155,9 @@ pub async fn run_until(
     if let Some(task) = repl_task {
         let _ = task.await;
     }
-    for (_, source) in engine.replication.sources.lock().unwrap_or_else(std::sync::PoisonError::into_inner).drain() {
+    for (_, source) in
+        engine.replication.sources.lock().unwrap_or_else(std::sync::PoisonError::into_inner).drain()
+    {
         source.stop();
     }
     // Source tasks hold the engine until they notice the stop.

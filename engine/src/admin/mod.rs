@@ -251,7 +251,9 @@ async fn metrics(State(engine): State<Arc<Engine>>) -> Response {
     let committed = engine.store.committed_seqno();
     for s in engine.replication.source_statuses() {
         let s = crate::replication::source::finish_status(s, committed);
-        m.replication_backlog_transactions.with_label_values(&[&s.receiver]).set(i64::try_from(s.backlog).unwrap_or(i64::MAX));
+        m.replication_backlog_transactions
+            .with_label_values(&[&s.receiver])
+            .set(i64::try_from(s.backlog).unwrap_or(i64::MAX));
         m.replication_lag_seconds.with_label_values(&[&s.receiver]).set(s.lag_seconds);
         m.replication_connected.with_label_values(&[&s.receiver]).set(i64::from(s.state == "streaming"));
     }
@@ -320,7 +322,10 @@ async fn status(State(engine): State<Arc<Engine>>) -> Result<Json<Status>, ApiEr
         resp_port: engine.config.resp_port,
         repl_addr: engine.repl_local.map(|a| a.to_string()),
         last_rollback: meta.last_rollback,
-        receiver: meta.receiver.map(|r| ReceiverView { autorollback: r.autorollback, status: engine.replication.receiver_status() }),
+        receiver: meta.receiver.map(|r| ReceiverView {
+            autorollback: r.autorollback,
+            status: engine.replication.receiver_status(),
+        }),
         sources: {
             let committed = store.committed_seqno();
             engine

@@ -30,9 +30,11 @@ use crate::storage::writer::TxnFailure;
 
 fn failure(e: TxnFailure) -> ApiError {
     match e {
-        TxnFailure::Store { code: "invalid", message } => {
-            ApiError::new(StatusCode::CONFLICT, "conflict", message.trim_start_matches("invalid instance: ").to_owned())
-        }
+        TxnFailure::Store { code: "invalid", message } => ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            message.trim_start_matches("invalid instance: ").to_owned(),
+        ),
         TxnFailure::Store { code, message } => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message),
         TxnFailure::Aborted(message) => ApiError::new(StatusCode::CONFLICT, "conflict", message),
     }
@@ -47,7 +49,11 @@ pub struct RoleAnswer {
 
 async fn role_answer(engine: &Engine) -> Json<RoleAnswer> {
     let meta = engine.store.meta();
-    Json(RoleAnswer { name: meta.name, role: meta.role.as_str().into(), journal_seqno: engine.store.committed_seqno() })
+    Json(RoleAnswer {
+        name: meta.name,
+        role: meta.role.as_str().into(),
+        journal_seqno: engine.store.committed_seqno(),
+    })
 }
 
 /// Become an originating primary: accept updates, stop receiving, and start a new history
@@ -102,7 +108,10 @@ async fn to_secondary(engine: &Arc<Engine>, record: bool) -> Result<Json<RoleAns
             }
             if meta.role == Role::Secondary {
                 return if record {
-                    Err(format!("{} is already a replicating secondary; only a primary can fail over", meta.name))
+                    Err(format!(
+                        "{} is already a replicating secondary; only a primary can fail over",
+                        meta.name
+                    ))
                 } else {
                     Ok(None)
                 };
@@ -159,7 +168,9 @@ pub async fn receiver_start(
     Ok(Json(engine.replication.receiver_status()))
 }
 
-pub async fn receiver_stop(State(engine): State<Arc<Engine>>) -> Result<Json<crate::replication::ReceiverStatus>, ApiError> {
+pub async fn receiver_stop(
+    State(engine): State<Arc<Engine>>,
+) -> Result<Json<crate::replication::ReceiverStatus>, ApiError> {
     engine
         .writer
         .update_meta(Box::new(|meta, _| {
@@ -188,7 +199,11 @@ pub async fn source_start(
     crate::storage::meta::validate_name(&request.receiver)
         .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "invalid_name", m))?;
     if request.addr.parse::<std::net::SocketAddr>().is_err() && !request.addr.contains(':') {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_addr", format!("{:?} is not HOST:PORT", request.addr)));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_addr",
+            format!("{:?} is not HOST:PORT", request.addr),
+        ));
     }
     if engine.replication.secret.is_none() {
         return Err(ApiError::new(
@@ -207,7 +222,10 @@ pub async fn source_start(
             }
             meta.sources.retain(|s| s.receiver != stored.receiver);
             if meta.sources.len() >= SOURCES_MAX {
-                return Err(format!("{} already sources {SOURCES_MAX} streams, the most an instance may", meta.name));
+                return Err(format!(
+                    "{} already sources {SOURCES_MAX} streams, the most an instance may",
+                    meta.name
+                ));
             }
             meta.sources.push(stored);
             Ok(None)
@@ -215,8 +233,12 @@ pub async fn source_start(
         .await
         .map_err(failure)?;
     let handle = source::spawn(engine.clone(), link);
-    if let Some(old) =
-        engine.replication.sources.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(request.receiver, handle)
+    if let Some(old) = engine
+        .replication
+        .sources
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(request.receiver, handle)
     {
         old.stop();
     }
@@ -236,11 +258,20 @@ pub async fn source_stop(
         }))
         .await
         .map_err(failure)?;
-    let removed = engine.replication.sources.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&receiver);
+    let removed = engine
+        .replication
+        .sources
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .remove(&receiver);
     match removed {
         Some(handle) => handle.stop(),
         None => {
-            return Err(ApiError::new(StatusCode::NOT_FOUND, "no_such_source", format!("no stream to {receiver}")));
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no_such_source",
+                format!("no stream to {receiver}"),
+            ));
         }
     }
     Ok(backlog_list(&engine))
@@ -248,7 +279,14 @@ pub async fn source_stop(
 
 fn backlog_list(engine: &Engine) -> Json<Vec<SourceStatus>> {
     let committed = engine.store.committed_seqno();
-    Json(engine.replication.source_statuses().into_iter().map(|s| source::finish_status(s, committed)).collect())
+    Json(
+        engine
+            .replication
+            .source_statuses()
+            .into_iter()
+            .map(|s| source::finish_status(s, committed))
+            .collect(),
+    )
 }
 
 pub async fn backlog(State(engine): State<Arc<Engine>>) -> Json<Vec<SourceStatus>> {
@@ -279,14 +317,27 @@ pub async fn rollback(
         (Some(to), None) => (to, format!("rollback to seqno {to} requested by an operator")),
         (None, Some(addr)) => {
             let answer = source::query(&engine, &addr).await.map_err(|e| {
-                ApiError::new(StatusCode::BAD_GATEWAY, "fetchresync_failed", crate::storage::writer::error_chain(&e))
+                ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "fetchresync_failed",
+                    crate::storage::writer::error_chain(&e),
+                )
             })?;
             let meta = engine.store.meta();
-            let common = history::common_point(&meta.history, engine.store.committed_seqno(), &answer.history, answer.seqno);
+            let common = history::common_point(
+                &meta.history,
+                engine.store.committed_seqno(),
+                &answer.history,
+                answer.seqno,
+            );
             (common, format!("fetchresync with {addr}: common point {common}"))
         }
         _ => {
-            return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "give exactly one of to_seqno and fetchresync"));
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "give exactly one of to_seqno and fetchresync",
+            ));
         }
     };
     // A primary rolling itself back stays a primary: the seqnos it reuses need a new history

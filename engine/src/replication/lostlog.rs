@@ -108,7 +108,11 @@ pub fn pending_path(final_path: &Path) -> PathBuf {
 }
 
 /// Writes the log under its pending name and makes it durable.
-pub fn write_pending(path: &Path, header: &Header, txns: &[LostTransaction]) -> Result<PathBuf, LostLogError> {
+pub fn write_pending(
+    path: &Path,
+    header: &Header,
+    txns: &[LostTransaction],
+) -> Result<PathBuf, LostLogError> {
     let pending = pending_path(path);
     let err = |source| LostLogError::Write { path: pending.clone(), source };
     if let Some(dir) = pending.parent() {
@@ -116,7 +120,8 @@ pub fn write_pending(path: &Path, header: &Header, txns: &[LostTransaction]) -> 
     }
     let mut file = std::io::BufWriter::new(std::fs::File::create(&pending).map_err(err)?);
     let line = |v: &dyn erased::Ser| -> Result<Vec<u8>, LostLogError> {
-        v.to_line().map_err(|e| LostLogError::Write { path: pending.clone(), source: std::io::Error::other(e) })
+        v.to_line()
+            .map_err(|e| LostLogError::Write { path: pending.clone(), source: std::io::Error::other(e) })
     };
     file.write_all(&line(header)?).map_err(err)?;
     for t in txns {
@@ -130,7 +135,8 @@ pub fn write_pending(path: &Path, header: &Header, txns: &[LostTransaction]) -> 
 /// Renames a pending log into place after its rollback committed.
 pub fn finalize(path: &Path) -> Result<(), LostLogError> {
     let pending = pending_path(path);
-    std::fs::rename(&pending, path).map_err(|source| LostLogError::Write { path: path.to_owned(), source })?;
+    std::fs::rename(&pending, path)
+        .map_err(|source| LostLogError::Write { path: path.to_owned(), source })?;
     if let Some(dir) = path.parent()
         && let Ok(d) = std::fs::File::open(dir)
     {
@@ -148,7 +154,10 @@ pub fn resolve_pending(data_dir: &Path, committed_log: Option<&str>) {
         let Some(final_name) = name.strip_suffix(PENDING) else { continue };
         if committed_log == Some(final_name) {
             match finalize(Path::new(final_name)) {
-                Ok(()) => tracing::info!(log = final_name, "completed the log of a rollback interrupted after commit"),
+                Ok(()) => tracing::info!(
+                    log = final_name,
+                    "completed the log of a rollback interrupted after commit"
+                ),
                 Err(e) => tracing::error!(error = %e, "cannot finalize a rollback log"),
             }
         } else {
@@ -160,10 +169,12 @@ pub fn resolve_pending(data_dir: &Path, committed_log: Option<&str>) {
 
 /// Reads a log: its header and transactions.
 pub fn read(path: &Path) -> Result<(Header, Vec<LostTransaction>), LostLogError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LostLogError::Read { path: path.to_owned(), source })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| LostLogError::Read { path: path.to_owned(), source })?;
     let mut lines = text.lines().enumerate();
     let parse_err = |line, source| LostLogError::Parse { path: path.to_owned(), line, source };
-    let (_, first) = lines.next().ok_or_else(|| LostLogError::Format { path: path.to_owned(), found: String::new() })?;
+    let (_, first) =
+        lines.next().ok_or_else(|| LostLogError::Format { path: path.to_owned(), found: String::new() })?;
     let header: Header = serde_json::from_str(first).map_err(|e| parse_err(1, e))?;
     if header.format != FORMAT {
         return Err(LostLogError::Format { path: path.to_owned(), found: header.format });

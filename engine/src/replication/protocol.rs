@@ -160,7 +160,11 @@ pub enum ProtocolError {
     Refused { code: String, message: String, common: Option<u64>, receiver_seqno: Option<u64> },
 }
 
-pub async fn write_frame<W: AsyncWriteExt + Unpin>(w: &mut W, kind: Kind, payload: &[u8]) -> Result<(), ProtocolError> {
+pub async fn write_frame<W: AsyncWriteExt + Unpin>(
+    w: &mut W,
+    kind: Kind,
+    payload: &[u8],
+) -> Result<(), ProtocolError> {
     let len = 1 + payload.len() + 4;
     if len > FRAME_BYTES_MAX {
         return Err(ProtocolError::TooLarge(len));
@@ -177,8 +181,13 @@ pub async fn write_frame<W: AsyncWriteExt + Unpin>(w: &mut W, kind: Kind, payloa
     Ok(())
 }
 
-pub async fn write_json<W: AsyncWriteExt + Unpin, T: Serialize>(w: &mut W, kind: Kind, value: &T) -> Result<(), ProtocolError> {
-    let payload = serde_json::to_vec(value).map_err(|e| ProtocolError::Malformed { kind, reason: e.to_string() })?;
+pub async fn write_json<W: AsyncWriteExt + Unpin, T: Serialize>(
+    w: &mut W,
+    kind: Kind,
+    value: &T,
+) -> Result<(), ProtocolError> {
+    let payload =
+        serde_json::to_vec(value).map_err(|e| ProtocolError::Malformed { kind, reason: e.to_string() })?;
     write_frame(w, kind, &payload).await
 }
 
@@ -194,7 +203,10 @@ pub async fn read_frame<R: AsyncReadExt + Unpin>(r: &mut R) -> Result<(Kind, Vec
         return Err(ProtocolError::TooLarge(len));
     }
     if len < 5 {
-        return Err(ProtocolError::Malformed { kind: Kind::Hello, reason: format!("frame of {len} bytes is too short") });
+        return Err(ProtocolError::Malformed {
+            kind: Kind::Hello,
+            reason: format!("frame of {len} bytes is too short"),
+        });
     }
     let mut body = vec![0u8; len];
     r.read_exact(&mut body).await.map_err(|e| {
@@ -280,7 +292,8 @@ pub fn nonce() -> String {
 
 pub fn proof(secret: &[u8], label: &str, first: &str, second: &str) -> String {
     // HMAC accepts keys of any length.
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).unwrap_or_else(|_| unreachable!("HMAC takes any key"));
+    let mut mac =
+        <Hmac<Sha256> as Mac>::new_from_slice(secret).unwrap_or_else(|_| unreachable!("HMAC takes any key"));
     mac.update(label.as_bytes());
     mac.update(first.as_bytes());
     mac.update(second.as_bytes());
@@ -288,7 +301,10 @@ pub fn proof(secret: &[u8], label: &str, first: &str, second: &str) -> String {
 }
 
 pub fn verify(secret: &[u8], label: &str, first: &str, second: &str, presented: &str) -> bool {
-    crate::resp::connection::constant_time_eq(proof(secret, label, first, second).as_bytes(), presented.as_bytes())
+    crate::resp::connection::constant_time_eq(
+        proof(secret, label, first, second).as_bytes(),
+        presented.as_bytes(),
+    )
 }
 
 #[cfg(test)]

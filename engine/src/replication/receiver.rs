@@ -12,7 +12,9 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::history::{self, Plan};
-use super::protocol::{self, Ack, Auth, Challenge, HistoryAnswer, Hello, Kind, Mode, ProtocolError, Refuse, Start};
+use super::protocol::{
+    self, Ack, Auth, Challenge, Hello, HistoryAnswer, Kind, Mode, ProtocolError, Refuse, Start,
+};
 use crate::server::Engine;
 use crate::shutdown::Shutdown;
 use crate::storage::journal::RecordKind;
@@ -39,7 +41,9 @@ pub async fn listen(engine: Arc<Engine>, listener: TcpListener, mut shutdown: Sh
             if let Err(e) = serve(&engine, stream, peer, &active, shutdown).await {
                 let message = error_chain(&e);
                 match e {
-                    ProtocolError::Auth => tracing::warn!(%peer, "refused a replication connection: wrong or missing credential"),
+                    ProtocolError::Auth => {
+                        tracing::warn!(%peer, "refused a replication connection: wrong or missing credential")
+                    }
                     ProtocolError::Closed => tracing::info!(%peer, "replication source disconnected"),
                     _ => tracing::warn!(%peer, error = %message, "replication connection ended"),
                 }
@@ -48,11 +52,25 @@ pub async fn listen(engine: Arc<Engine>, listener: TcpListener, mut shutdown: Sh
     }
 }
 
-async fn refuse(wr: &mut tokio::net::tcp::OwnedWriteHalf, code: &str, message: String, common: Option<u64>, receiver_seqno: Option<u64>) {
-    let _ = protocol::write_json(wr, Kind::Refuse, &Refuse { code: code.into(), message, common, receiver_seqno }).await;
+async fn refuse(
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    code: &str,
+    message: String,
+    common: Option<u64>,
+    receiver_seqno: Option<u64>,
+) {
+    let _ = protocol::write_json(
+        wr,
+        Kind::Refuse,
+        &Refuse { code: code.into(), message, common, receiver_seqno },
+    )
+    .await;
 }
 
-async fn timed<T>(d: Duration, f: impl std::future::Future<Output = Result<T, ProtocolError>>) -> Result<T, ProtocolError> {
+async fn timed<T>(
+    d: Duration,
+    f: impl std::future::Future<Output = Result<T, ProtocolError>>,
+) -> Result<T, ProtocolError> {
     tokio::time::timeout(d, f).await.map_err(|_| ProtocolError::Io(std::io::Error::other("timed out")))?
 }
 
@@ -75,11 +93,25 @@ async fn serve(
     let (mut rd, mut wr) = stream.into_split();
     let hello: Hello = timed(HANDSHAKE_TIMEOUT, protocol::expect(&mut rd, Kind::Hello)).await?;
     if hello.protocol != protocol::PROTOCOL_VERSION {
-        refuse(&mut wr, "protocol", format!("this receiver speaks protocol {}", protocol::PROTOCOL_VERSION), None, None).await;
+        refuse(
+            &mut wr,
+            "protocol",
+            format!("this receiver speaks protocol {}", protocol::PROTOCOL_VERSION),
+            None,
+            None,
+        )
+        .await;
         return Err(ProtocolError::Version(hello.protocol));
     }
     let Some(secret) = engine.replication.secret.clone() else {
-        refuse(&mut wr, "no_secret", "this instance has no --repl-secret-file; it accepts no replication".into(), None, None).await;
+        refuse(
+            &mut wr,
+            "no_secret",
+            "this instance has no --repl-secret-file; it accepts no replication".into(),
+            None,
+            None,
+        )
+        .await;
         return Err(ProtocolError::Auth);
     };
     let meta = engine.store.meta();
@@ -105,11 +137,25 @@ async fn serve(
     }
 
     let Some(config) = meta.receiver.clone() else {
-        refuse(&mut wr, "receiver_not_started", format!("{} has no receiver started; run `ctl receiver start` on it", meta.name), None, None).await;
+        refuse(
+            &mut wr,
+            "receiver_not_started",
+            format!("{} has no receiver started; run `ctl receiver start` on it", meta.name),
+            None,
+            None,
+        )
+        .await;
         return Ok(());
     };
     if engine.store.role() != Role::Secondary {
-        refuse(&mut wr, "not_secondary", format!("{} is {}, not a replicating secondary", meta.name, engine.store.role().as_str()), None, None).await;
+        refuse(
+            &mut wr,
+            "not_secondary",
+            format!("{} is {}, not a replicating secondary", meta.name, engine.store.role().as_str()),
+            None,
+            None,
+        )
+        .await;
         return Ok(());
     }
     if active.swap(true, Ordering::AcqRel) {
@@ -158,7 +204,8 @@ async fn serve(
                     }
                 }
                 Err(e) => {
-                    refuse(&mut wr, "rollback_failed", e.to_string(), Some(common), Some(receiver_seqno)).await;
+                    refuse(&mut wr, "rollback_failed", e.to_string(), Some(common), Some(receiver_seqno))
+                        .await;
                     return Err(ProtocolError::Io(std::io::Error::other(e.to_string())));
                 }
             }

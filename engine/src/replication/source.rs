@@ -83,7 +83,12 @@ fn update(status: &Mutex<SourceStatus>, f: impl FnOnce(&mut SourceStatus)) {
     f(&mut status.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
 }
 
-async fn run(engine: Arc<Engine>, link: SourceLink, status: Arc<Mutex<SourceStatus>>, mut stop: watch::Receiver<bool>) {
+async fn run(
+    engine: Arc<Engine>,
+    link: SourceLink,
+    status: Arc<Mutex<SourceStatus>>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut backoff = Duration::from_millis(100);
     loop {
         if *stop.borrow() {
@@ -119,16 +124,24 @@ async fn run(engine: Arc<Engine>, link: SourceLink, status: Arc<Mutex<SourceStat
     update(&status, |s| s.state = "stopped".into());
 }
 
-async fn timed<T>(d: Duration, f: impl std::future::Future<Output = Result<T, ProtocolError>>) -> Result<T, ProtocolError> {
+async fn timed<T>(
+    d: Duration,
+    f: impl std::future::Future<Output = Result<T, ProtocolError>>,
+) -> Result<T, ProtocolError> {
     tokio::time::timeout(d, f).await.map_err(|_| ProtocolError::Io(std::io::Error::other("timed out")))?
 }
 
 /// One connection: handshake, then stream until an error or a rollback under us.
-async fn stream_once(engine: &Arc<Engine>, link: &SourceLink, status: &Arc<Mutex<SourceStatus>>) -> Result<(), ProtocolError> {
+async fn stream_once(
+    engine: &Arc<Engine>,
+    link: &SourceLink,
+    status: &Arc<Mutex<SourceStatus>>,
+) -> Result<(), ProtocolError> {
     let secret = engine.replication.secret.clone().ok_or(ProtocolError::Auth)?;
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&link.addr))
-        .await
-        .map_err(|_| ProtocolError::Io(std::io::Error::other(format!("connecting to {} timed out", link.addr))))??;
+    let stream =
+        tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&link.addr)).await.map_err(|_| {
+            ProtocolError::Io(std::io::Error::other(format!("connecting to {} timed out", link.addr)))
+        })??;
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
     let meta = engine.store.meta();
@@ -152,14 +165,21 @@ async fn stream_once(engine: &Arc<Engine>, link: &SourceLink, status: &Arc<Mutex
     if challenge.name != link.receiver {
         return Err(ProtocolError::Malformed {
             kind: Kind::Challenge,
-            reason: format!("{} answers as instance {:?}, not {:?}", link.addr, challenge.name, link.receiver),
+            reason: format!(
+                "{} answers as instance {:?}, not {:?}",
+                link.addr, challenge.name, link.receiver
+            ),
         });
     }
     // Capture the journal's state before announcing it: a rollback after this point is seen
     // by the generation check below.
     let rollbacks = engine.store.rollbacks();
     let seqno = engine.store.committed_seqno();
-    let auth = Auth { proof: protocol::proof(&secret, "strand-source", &challenge.nonce, &nonce_s), history: meta.history.clone(), seqno };
+    let auth = Auth {
+        proof: protocol::proof(&secret, "strand-source", &challenge.nonce, &nonce_s),
+        history: meta.history.clone(),
+        seqno,
+    };
     protocol::write_json(&mut wr, Kind::Auth, &auth).await?;
     let start: Start = timed(START_TIMEOUT, protocol::expect(&mut rd, Kind::Start)).await?;
     tracing::info!(receiver = %link.receiver, from = start.from, rolled_back_to = ?start.rolled_back_to, "streaming");
@@ -193,15 +213,18 @@ async fn stream_once(engine: &Arc<Engine>, link: &SourceLink, status: &Arc<Mutex
         let committed = *seqno_rx.borrow_and_update();
         if engine.store.rollbacks() != rollbacks || committed + 1 < next {
             acks.abort();
-            return Err(ProtocolError::Io(std::io::Error::other("this instance rolled back; negotiating again")));
+            return Err(ProtocolError::Io(std::io::Error::other(
+                "this instance rolled back; negotiating again",
+            )));
         }
         if committed >= next {
             let to = committed.min(next + protocol::BATCH_RECORDS_MAX as u64 - 1);
             let store = engine.store.clone();
-            let raw = tokio::task::spawn_blocking(move || store.snapshot().and_then(|s| s.journal_raw(next, to)))
-                .await
-                .map_err(|e| ProtocolError::Io(std::io::Error::other(e)))?
-                .map_err(|e| ProtocolError::Io(std::io::Error::other(error_chain(&e))))?;
+            let raw =
+                tokio::task::spawn_blocking(move || store.snapshot().and_then(|s| s.journal_raw(next, to)))
+                    .await
+                    .map_err(|e| ProtocolError::Io(std::io::Error::other(e)))?
+                    .map_err(|e| ProtocolError::Io(std::io::Error::other(error_chain(&e))))?;
             if raw.is_empty() {
                 continue;
             }
@@ -247,11 +270,8 @@ async fn stream_once(engine: &Arc<Engine>, link: &SourceLink, status: &Arc<Mutex
 /// Fills in backlog and lag from the committed seqno.
 pub fn finish_status(mut s: SourceStatus, committed: u64) -> SourceStatus {
     s.backlog = committed.saturating_sub(s.acked_seqno);
-    s.lag_seconds = s
-        .inflight
-        .front()
-        .map(|(_, t)| now_micros().saturating_sub(*t) as f64 / 1e6)
-        .unwrap_or(0.0);
+    s.lag_seconds =
+        s.inflight.front().map(|(_, t)| now_micros().saturating_sub(*t) as f64 / 1e6).unwrap_or(0.0);
     s
 }
 

@@ -440,7 +440,8 @@ impl Snapshot {
         for entry in table.range(from..=to).map_err(redb_err("read the journal"))? {
             let (seqno, bytes) = entry.map_err(redb_err("read the journal"))?;
             let seqno = seqno.value();
-            let record = Record::decode(bytes.value()).map_err(|source| StoreError::RecordDecode { seqno, source })?;
+            let record =
+                Record::decode(bytes.value()).map_err(|source| StoreError::RecordDecode { seqno, source })?;
             out.push((seqno, record.commit_time_micros, bytes.value().to_vec()));
         }
         Ok(out)

@@ -27,7 +27,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::journal::{KeyChange, Record, RecordKind};
 use super::meta::{HistoryRecord, InstanceMeta, LastRollback, Role};
-use super::{DATA, JOURNAL, META, META_INSTANCE, ScanPage, Store, StoreError, now_micros, redb_err, scan_table};
+use super::{
+    DATA, JOURNAL, META, META_INSTANCE, ScanPage, Store, StoreError, now_micros, redb_err, scan_table,
+};
 use crate::limits::{GROUP_COMMIT_TXNS_MAX, WRITER_QUEUE_TXNS_MAX};
 use crate::metrics::Metrics;
 
@@ -183,14 +185,22 @@ impl<T: Send + 'static> Writer<T> {
         Ok(rx)
     }
 
-    async fn call<R>(&self, work: Work<T>, rx: oneshot::Receiver<Result<R, TxnFailure>>) -> Result<R, TxnFailure> {
+    async fn call<R>(
+        &self,
+        work: Work<T>,
+        rx: oneshot::Receiver<Result<R, TxnFailure>>,
+    ) -> Result<R, TxnFailure> {
         self.tx.send(work).await.map_err(|_| TxnFailure::store(&StoreError::WriterGone))?;
         rx.await.unwrap_or_else(|_| Err(TxnFailure::store(&StoreError::WriterGone)))
     }
 
     /// Applies replicated records (which must continue this instance's seqnos) and adopts the
     /// source's history for them. Returns the last seqno applied, once durable.
-    pub async fn apply(&self, records: Vec<Record>, source_history: Vec<HistoryRecord>) -> Result<u64, TxnFailure> {
+    pub async fn apply(
+        &self,
+        records: Vec<Record>,
+        source_history: Vec<HistoryRecord>,
+    ) -> Result<u64, TxnFailure> {
         let (reply, rx) = oneshot::channel();
         self.call(Work::Apply { records, source_history, reply }, rx).await
     }
@@ -198,7 +208,12 @@ impl<T: Send + 'static> Writer<T> {
     /// Rolls back to `to_seqno`. `new_epoch`: this instance stays an originating primary, so
     /// the seqnos it reuses get a new history record (the seed's A97a). `None` if there was
     /// nothing to roll back.
-    pub async fn rollback(&self, to_seqno: u64, new_epoch: bool, reason: String) -> Result<Option<LastRollback>, TxnFailure> {
+    pub async fn rollback(
+        &self,
+        to_seqno: u64,
+        new_epoch: bool,
+        reason: String,
+    ) -> Result<Option<LastRollback>, TxnFailure> {
         let (reply, rx) = oneshot::channel();
         self.call(Work::Rollback { to_seqno, new_epoch, reason, reply }, rx).await
     }
@@ -459,8 +474,11 @@ impl<T: Send + 'static> WriterThread<T> {
                     replies.push((request.reply, Ok(Committed::WatchConflict)));
                     continue;
                 }
-                let mut view =
-                    TxnView { table: &mut data, changes: BTreeMap::new(), read_only: read_only_message.as_deref() };
+                let mut view = TxnView {
+                    table: &mut data,
+                    changes: BTreeMap::new(),
+                    read_only: read_only_message.as_deref(),
+                };
                 match (request.program)(&mut view) {
                     Ok(output) if view.changes.is_empty() => {
                         replies.push((request.reply, Ok(Committed::Done { output, seqno: None })));
@@ -552,8 +570,10 @@ impl<T: Send + 'static> WriterThread<T> {
                     });
                 }
                 for change in &record.changes {
-                    let current =
-                        data.get(change.key.as_slice()).map_err(redb_err("read a key"))?.map(|v| v.value().to_vec());
+                    let current = data
+                        .get(change.key.as_slice())
+                        .map_err(redb_err("read a key"))?
+                        .map(|v| v.value().to_vec());
                     if current != change.before {
                         return Err(StoreError::Replication {
                             reason: format!(
@@ -565,7 +585,8 @@ impl<T: Send + 'static> WriterThread<T> {
                     }
                     match &change.after {
                         Some(v) => {
-                            data.insert(change.key.as_slice(), v.as_slice()).map_err(redb_err("write a key"))?;
+                            data.insert(change.key.as_slice(), v.as_slice())
+                                .map_err(redb_err("write a key"))?;
                         }
                         None => {
                             data.remove(change.key.as_slice()).map_err(redb_err("delete a key"))?;
@@ -573,7 +594,9 @@ impl<T: Send + 'static> WriterThread<T> {
                     }
                     touched.push(change.key.clone());
                 }
-                journal.insert(record.seqno, record.encode().as_slice()).map_err(redb_err("append a journal record"))?;
+                journal
+                    .insert(record.seqno, record.encode().as_slice())
+                    .map_err(redb_err("append a journal record"))?;
                 next += 1;
             }
             let last = next - 1;
@@ -590,7 +613,12 @@ impl<T: Send + 'static> WriterThread<T> {
         Ok(next - 1)
     }
 
-    fn rollback(&mut self, to_seqno: u64, new_epoch: bool, reason: &str) -> Result<Option<LastRollback>, StoreError> {
+    fn rollback(
+        &mut self,
+        to_seqno: u64,
+        new_epoch: bool,
+        reason: &str,
+    ) -> Result<Option<LastRollback>, StoreError> {
         let committed = self.store.committed_seqno();
         if to_seqno >= committed {
             return Ok(None);
@@ -609,12 +637,16 @@ impl<T: Send + 'static> WriterThread<T> {
                     .remove(seqno)
                     .map_err(redb_err("remove a journal record"))?
                     .map(|v| v.value().to_vec())
-                    .ok_or_else(|| StoreError::JournalCorrupt { reason: format!("record {seqno} is missing") })?;
-                let record = Record::decode(&bytes).map_err(|source| StoreError::RecordDecode { seqno, source })?;
+                    .ok_or_else(|| StoreError::JournalCorrupt {
+                        reason: format!("record {seqno} is missing"),
+                    })?;
+                let record =
+                    Record::decode(&bytes).map_err(|source| StoreError::RecordDecode { seqno, source })?;
                 for change in record.changes.iter().rev() {
                     match &change.before {
                         Some(v) => {
-                            data.insert(change.key.as_slice(), v.as_slice()).map_err(redb_err("restore a key"))?;
+                            data.insert(change.key.as_slice(), v.as_slice())
+                                .map_err(redb_err("restore a key"))?;
                         }
                         None => {
                             data.remove(change.key.as_slice()).map_err(redb_err("restore a key"))?;
@@ -636,7 +668,13 @@ impl<T: Send + 'static> WriterThread<T> {
             }
         }
         let at = now_micros();
-        let path = crate::replication::lostlog::final_path(self.store.data_dir(), &meta.name, to_seqno + 1, committed, at);
+        let path = crate::replication::lostlog::final_path(
+            self.store.data_dir(),
+            &meta.name,
+            to_seqno + 1,
+            committed,
+            at,
+        );
         let header = crate::replication::lostlog::Header {
             format: crate::replication::lostlog::FORMAT.into(),
             instance: meta.name.clone(),
@@ -659,7 +697,8 @@ impl<T: Send + 'static> WriterThread<T> {
             reason: reason.to_owned(),
         };
         meta.last_rollback = Some(last.clone());
-        let committed_result = put_meta(&txn, &meta).and_then(|()| txn.commit().map_err(redb_err("commit the rollback")));
+        let committed_result =
+            put_meta(&txn, &meta).and_then(|()| txn.commit().map_err(redb_err("commit the rollback")));
         if let Err(e) = committed_result {
             let _ = std::fs::remove_file(&pending);
             return Err(e);
@@ -695,7 +734,9 @@ impl<T: Send + 'static> WriterThread<T> {
                     changes: Vec::new(),
                 };
                 let mut journal = txn.open_table(JOURNAL).map_err(redb_err("open the journal table"))?;
-                journal.insert(seqno, record.encode().as_slice()).map_err(redb_err("append a journal record"))?;
+                journal
+                    .insert(seqno, record.encode().as_slice())
+                    .map_err(redb_err("append a journal record"))?;
             }
             put_meta(&txn, &meta)?;
         }

@@ -215,3 +215,68 @@ pub fn raw(addr: &str, bytes: &[u8]) -> (Vec<u8>, bool) {
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::Builder::new().prefix("strand-test-").tempdir().expect("tempdir")
 }
+
+/// Runs `strand-engine ctl --data-dir DIR ARGS…` and returns its JSON answer, panicking with
+/// the error text on failure.
+pub fn ctl_json(data_dir: &Path, args: &[&str]) -> serde_json::Value {
+    let (ok, out, err) = ctl(data_dir, args);
+    assert!(ok, "ctl {args:?} failed: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("ctl {args:?} printed non-JSON ({e}): {out}"))
+}
+
+/// Runs `strand-engine ctl --data-dir DIR ARGS…`: (success, stdout, stderr).
+pub fn ctl(data_dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(binary())
+        .arg("ctl")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .output()
+        .expect("run ctl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// How long replication may take to reach an expected state on a loaded 2-core machine
+/// (a source retries a failed connection within 5 s).
+pub const REPLICATION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Polls `check` until it returns true; panics after `REPLICATION_TIMEOUT` naming `what`.
+pub fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + REPLICATION_TIMEOUT;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Server {
+    /// Starts an instance that can replicate: a replication listener and the shared secret.
+    pub fn start_replicating(root: &Path, name: &str) -> Server {
+        let secret = root.join("repl-secret");
+        if !secret.exists() {
+            std::fs::write(&secret, "test-replication-secret\n").expect("write secret");
+        }
+        let data = root.join(name);
+        Server::start(
+            &data,
+            name,
+            &["--repl-addr", "127.0.0.1:0", "--repl-secret-file", secret.to_str().expect("utf8 path")],
+        )
+    }
+
+    pub fn repl_addr(&self) -> String {
+        self.status()["repl_addr"].as_str().expect("repl_addr").to_owned()
+    }
+
+    pub fn seqno(&self) -> u64 {
+        self.status()["journal_seqno"].as_u64().expect("seqno")
+    }
+
+    pub fn ctl(&self, args: &[&str]) -> serde_json::Value {
+        ctl_json(&self.data_dir, args)
+    }
+}

@@ -113,11 +113,7 @@ pub fn role(engine: &Engine) -> Frame {
         .into_iter()
         .map(|s| {
             let (host, port) = s.addr.rsplit_once(':').unwrap_or((s.addr.as_str(), "0"));
-            Frame::Array(vec![
-                Frame::bulk(host),
-                Frame::bulk(port),
-                Frame::bulk(s.acked_seqno.to_string()),
-            ])
+            Frame::Array(vec![Frame::bulk(host), Frame::bulk(port), Frame::bulk(s.acked_seqno.to_string())])
         })
         .collect();
     Frame::Array(vec![Frame::bulk("master"), Frame::Integer(seqno), Frame::Array(replicas)])

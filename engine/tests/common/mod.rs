@@ -62,6 +62,14 @@ impl Server {
         let mut server =
             Server { data_dir: data_dir.to_owned(), name: name.to_owned(), child, resp_port: 0, log, extra };
         server.wait_ready();
+        // A replication address is part of an instance's identity for its peers: keep the port
+        // first bound (from :0) across restarts, as a real deployment keeps its address.
+        if let Some(i) = server.extra.iter().position(|a| a == "--repl-addr")
+            && server.extra.get(i + 1).is_some_and(|a| a.ends_with(":0"))
+        {
+            let bound = server.status()["repl_addr"].as_str().expect("repl_addr").to_owned();
+            server.extra[i + 1] = bound;
+        }
         server
     }
 

@@ -228,3 +228,37 @@ fn planned_switchover_loses_no_acknowledged_write() {
     ardmore.verify();
     brynmawr.verify();
 }
+
+/// WAIT blocks until enough receivers acknowledged the client's last write, or times out, and
+/// answers how many did (as Redis does).
+#[test]
+fn wait_counts_receivers_that_acknowledged_the_last_write() {
+    let dir = tempdir();
+    let ardmore = Server::start_replicating(dir.path(), "Ardmore");
+    let brynmawr = Server::start_replicating(dir.path(), "BrynMawr");
+    ardmore.ctl(&["promote"]);
+    brynmawr.ctl(&["receiver", "start"]);
+    let mut c = ardmore.client();
+    // No receiver yet: nobody can acknowledge.
+    let () = c.set("k1", "v").unwrap();
+    assert_eq!(redis::cmd("WAIT").arg(1).arg(100).query::<i64>(&mut c).unwrap(), 0);
+    ardmore.ctl(&["source", "start", "--receiver", "BrynMawr", "--addr", &brynmawr.repl_addr()]);
+    let () = c.set("k2", "v").unwrap();
+    assert_eq!(
+        redis::cmd("WAIT").arg(1).arg(0).query::<i64>(&mut c).unwrap(),
+        1,
+        "blocks until acknowledged"
+    );
+    assert!(
+        brynmawr.client().exists::<_, bool>("k2").unwrap(),
+        "acknowledged means applied and durable there"
+    );
+    assert_eq!(
+        redis::cmd("WAIT").arg(2).arg(200).query::<i64>(&mut c).unwrap(),
+        1,
+        "times out with the count"
+    );
+    assert_eq!(redis::cmd("WAIT").arg(0).arg(0).query::<i64>(&mut c).unwrap(), 1);
+    let err = redis::cmd("WAIT").arg(-1).arg(0).query::<i64>(&mut c).unwrap_err();
+    assert!(err.to_string().contains("numreplicas"), "{err}");
+}

@@ -31,6 +31,8 @@ pub struct Replication {
     pub receiver: Mutex<ReceiverStatus>,
     /// Bumped to make the active receiver connection end (receiver stop, promote).
     pub receiver_generation: tokio::sync::watch::Sender<u64>,
+    /// Woken on every acknowledgement from any receiver (WAIT listens).
+    pub acks: tokio::sync::Notify,
 }
 
 impl Replication {
@@ -40,6 +42,7 @@ impl Replication {
             sources: Mutex::new(HashMap::new()),
             receiver: Mutex::new(ReceiverStatus::default()),
             receiver_generation: tokio::sync::watch::Sender::new(0),
+            acks: tokio::sync::Notify::new(),
         }
     }
 
@@ -56,6 +59,12 @@ impl Replication {
         let mut out: Vec<_> = sources.values().map(|h| h.status()).collect();
         out.sort_by(|a, b| a.receiver.cmp(&b.receiver));
         out
+    }
+
+    /// How many receivers have acknowledged `seqno` or later.
+    pub fn acknowledged(&self, seqno: u64) -> usize {
+        let sources = self.sources.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        sources.values().filter(|h| h.acked() >= seqno).count()
     }
 
     /// Ends the active receiver connection, if any.

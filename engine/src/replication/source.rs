@@ -193,6 +193,7 @@ async fn stream_once(
 
     // Acknowledgements arrive on the read half.
     let ack_status = status.clone();
+    let ack_engine = engine.clone();
     let mut acks = tokio::spawn(async move {
         loop {
             let ack: Ack = protocol::expect(&mut rd, Kind::Ack).await?;
@@ -202,6 +203,7 @@ async fn stream_once(
                     s.inflight.pop_front();
                 }
             });
+            ack_engine.replication.acks.notify_waiters();
         }
         #[allow(unreachable_code)]
         Ok::<(), ProtocolError>(())

@@ -59,6 +59,8 @@ struct State {
     /// SCAN cursors: id → last key returned. Oldest first.
     cursors: VecDeque<(u64, Vec<u8>)>,
     next_cursor: u64,
+    /// Seqno of this client's last committed write (WAIT waits for receivers to reach it).
+    last_seqno: u64,
 }
 
 pub async fn serve(engine: Arc<Engine>, mut stream: TcpStream, id: u64, mut shutdown: Shutdown) {
@@ -73,6 +75,7 @@ pub async fn serve(engine: Arc<Engine>, mut stream: TcpStream, id: u64, mut shut
         watch: Vec::new(),
         cursors: VecDeque::new(),
         next_cursor: 1,
+        last_seqno: 0,
     };
     let mut input: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut output: Vec<u8> = Vec::with_capacity(16 * 1024);
@@ -101,7 +104,8 @@ pub async fn serve(engine: Arc<Engine>, mut stream: TcpStream, id: u64, mut shut
         if !slots.is_empty() {
             output.clear();
             for slot in slots.drain(..) {
-                let (frame, proto) = resolve(slot).await;
+                let (frame, proto, seqno) = resolve(slot).await;
+                state.last_seqno = state.last_seqno.max(seqno.unwrap_or(0));
                 frame.encode(proto, &mut output);
             }
             if stream.write_all(&output).await.is_err() {
@@ -133,14 +137,19 @@ pub async fn serve(engine: Arc<Engine>, mut stream: TcpStream, id: u64, mut shut
     }
 }
 
-async fn resolve(slot: Slot) -> (Frame, u8) {
+/// The reply of a slot, with the seqno its transaction committed at (if it wrote).
+async fn resolve(slot: Slot) -> (Frame, u8, Option<u64>) {
     match slot {
-        Slot::Ready(frame, proto) => (frame, proto),
+        Slot::Ready(frame, proto) => (frame, proto, None),
         Slot::Pending(rx, mode, proto) => {
             let outcome = rx.await.unwrap_or_else(|_| {
                 Err(TxnFailure::Store { code: "shutting_down", message: "server is shutting down".into() })
             });
-            (outcome_frame(outcome, mode), proto)
+            let seqno = match &outcome {
+                Ok(Committed::Done { seqno, .. }) => *seqno,
+                _ => None,
+            };
+            (outcome_frame(outcome, mode), proto, seqno)
         }
     }
 }
@@ -157,15 +166,19 @@ fn outcome_frame(outcome: Outcome, mode: Mode) -> Frame {
     }
 }
 
-/// Waits for every queued write so that what follows sees it.
-async fn settle(slots: &mut [Slot]) {
+/// Waits for every queued write so that what follows sees it; returns the highest seqno
+/// those writes committed at.
+async fn settle(slots: &mut [Slot]) -> u64 {
+    let mut last = 0;
     for slot in slots.iter_mut() {
         if let Slot::Pending(..) = slot {
             let taken = std::mem::replace(slot, Slot::Ready(Frame::Null, 2));
-            let (frame, proto) = resolve(taken).await;
+            let (frame, proto, seqno) = resolve(taken).await;
+            last = last.max(seqno.unwrap_or(0));
             *slot = Slot::Ready(frame, proto);
         }
     }
+    last
 }
 
 fn abort_frame(abort: Abort) -> Frame {
@@ -227,13 +240,13 @@ impl State {
                 Next::Continue
             }
             Class::Read => {
-                settle(slots).await;
+                self.last_seqno = self.last_seqno.max(settle(slots).await);
                 let reply = self.read(engine, command);
                 slots.push(Slot::Ready(reply, proto));
                 Next::Continue
             }
             Class::Connection => {
-                settle(slots).await;
+                self.last_seqno = self.last_seqno.max(settle(slots).await);
                 self.connection_command(engine, command, slots).await
             }
         }
@@ -403,6 +416,7 @@ impl State {
             }
             Command::Info(sections) => server::info(engine, &sections),
             Command::Role => server::role(engine),
+            Command::Wait { replicas, timeout_ms } => self.wait(engine, replicas, timeout_ms).await,
             Command::CommandList => server::command_list(),
             Command::CommandCount => server::command_count(),
             Command::CommandInfo(names) => server::command_info(&names),
@@ -413,6 +427,30 @@ impl State {
         // `self.proto`, not `proto`: a HELLO answers in the protocol it just selected.
         slots.push(Slot::Ready(reply, self.proto));
         Next::Continue
+    }
+
+    /// WAIT: until `replicas` receivers acknowledged this client's last write, or the timeout
+    /// (0 = no timeout) passes; answers how many did.
+    async fn wait(&self, engine: &Engine, replicas: usize, timeout_ms: u64) -> Frame {
+        let target = self.last_seqno;
+        let deadline = (timeout_ms > 0)
+            .then(|| tokio::time::Instant::now() + std::time::Duration::from_millis(timeout_ms));
+        loop {
+            let notified = engine.replication.acks.notified();
+            let count = engine.replication.acknowledged(target);
+            if count >= replicas {
+                return Frame::Integer(i64::try_from(count).unwrap_or(i64::MAX));
+            }
+            match deadline {
+                Some(d) => {
+                    if tokio::time::timeout_at(d, notified).await.is_err() {
+                        let count = engine.replication.acknowledged(target);
+                        return Frame::Integer(i64::try_from(count).unwrap_or(i64::MAX));
+                    }
+                }
+                None => notified.await,
+            }
+        }
     }
 
     fn auth(&mut self, engine: &Engine, user: Option<&[u8]>, password: &[u8]) -> Frame {

@@ -112,6 +112,7 @@ pub const SPECS: &[Spec] = &[
     spec("set", -3, W, 1, 1, 1),
     spec("strlen", 2, R, 1, 1, 1),
     spec("unwatch", 1, C, 0, 0, 0),
+    spec("wait", 3, &["noscript"], 0, 0, 0),
     spec("watch", -2, C, 1, -1, 1),
 ];
 
@@ -150,6 +151,7 @@ pub enum Command {
     // Server.
     Info(Vec<String>),
     Role,
+    Wait { replicas: usize, timeout_ms: u64 },
     CommandInfo(Vec<String>),
     CommandCount,
     CommandList,
@@ -235,6 +237,13 @@ impl Command {
             "unwatch" => Command::Unwatch,
             "info" => Command::Info(a.strings_rest()),
             "role" => Command::Role,
+            "wait" => {
+                let replicas = usize::try_from(a.integer()?)
+                    .map_err(|_| Frame::error("ERR numreplicas must be a non-negative integer"))?;
+                let timeout_ms =
+                    u64::try_from(a.integer()?).map_err(|_| Frame::error("ERR timeout is negative"))?;
+                Command::Wait { replicas, timeout_ms }
+            }
             "command" => parse_command(&mut a)?,
             "config" => {
                 let sub = a.string()?.to_ascii_lowercase();

@@ -236,6 +236,9 @@ async fn serve(
     result
 }
 
+/// Most records merged into one durable apply when frames queue up (receiver behind).
+const APPLY_RECORDS_MAX: usize = 16 * 1000;
+
 async fn receive(
     engine: &Arc<Engine>,
     rd: &mut tokio::net::tcp::OwnedReadHalf,
@@ -244,17 +247,51 @@ async fn receive(
     generation: &mut tokio::sync::watch::Receiver<u64>,
     shutdown: &mut Shutdown,
 ) -> Result<(), ProtocolError> {
-    loop {
-        let frame = tokio::select! {
-            f = tokio::time::timeout(SILENCE_TIMEOUT, protocol::read_frame(rd)) => {
-                f.map_err(|_| ProtocolError::Io(std::io::Error::other("source silent for too long")))??
+    // Frames are read by their own loop into a bounded queue, so that while one apply is being
+    // made durable the next frames arrive, and a receiver that fell behind merges everything
+    // queued into one commit instead of paying one fsync per frame.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<(Kind, Vec<u8>), ProtocolError>>(64);
+    let reader = async {
+        loop {
+            let frame = tokio::time::timeout(SILENCE_TIMEOUT, protocol::read_frame(rd))
+                .await
+                .map_err(|_| ProtocolError::Io(std::io::Error::other("source silent for too long")))
+                .and_then(|r| r);
+            let failed = frame.is_err();
+            if tx.send(frame).await.is_err() {
+                return;
             }
-            _ = generation.changed() => return Ok(()),
-            _ = shutdown.recv() => return Ok(()),
-        };
-        match frame {
-            (Kind::Records, payload) => {
-                let records = protocol::decode_records(&payload)?;
+            if failed {
+                // The applier reports the error (with its cause); nothing more to read.
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    let applier = async {
+        loop {
+            let first = tokio::select! {
+                f = rx.recv() => f,
+                _ = generation.changed() => return Ok(()),
+                _ = shutdown.recv() => return Ok(()),
+            };
+            let Some(first) = first else { return Err(ProtocolError::Closed) };
+            let mut records = Vec::new();
+            let mut next = Some(first);
+            while let Some(frame) = next.take() {
+                match frame? {
+                    (Kind::Records, payload) => records.extend(protocol::decode_records(&payload)?),
+                    (Kind::Heartbeat, _) => {}
+                    (kind, _) => {
+                        return Err(ProtocolError::Unexpected { expected: Kind::Records, got: kind });
+                    }
+                }
+                if records.len() < APPLY_RECORDS_MAX {
+                    next = rx.try_recv().ok();
+                }
+            }
+            let applied = if records.is_empty() {
+                engine.store.committed_seqno()
+            } else {
                 let n = records.len() as u64;
                 let failover = records.iter().rev().find(|r| r.kind == RecordKind::Failover).map(|r| r.seqno);
                 let applied = engine
@@ -272,12 +309,13 @@ async fn receive(
                 if let Some(seqno) = failover {
                     tracing::info!(seqno, "received a failover record: the primary has handed over");
                 }
-                protocol::write_json(wr, Kind::Ack, &Ack { seqno: applied }).await?;
-            }
-            (Kind::Heartbeat, _) => {
-                protocol::write_json(wr, Kind::Ack, &Ack { seqno: engine.store.committed_seqno() }).await?;
-            }
-            (kind, _) => return Err(ProtocolError::Unexpected { expected: Kind::Records, got: kind }),
+                applied
+            };
+            protocol::write_json(wr, Kind::Ack, &Ack { seqno: applied }).await?;
         }
+    };
+    tokio::select! {
+        () = reader => Err(ProtocolError::Closed),
+        r = applier => r,
     }
 }

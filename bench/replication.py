@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Replication benchmarks for Strand (release build, real processes, loopback):
+"""Replication benchmarks, Strand and GT.M side by side in one run (release build, real
+processes, loopback, same disk):
 
 1. catch-up: a primary with a backlog of --catchup transactions (default 1,000,000) starts
    streaming to an empty standby; time until the standby holds them all.
@@ -8,7 +9,13 @@
 3. rollback: time to roll back --rollback transactions (default 100,000) into an
    unreplicated-transaction log.
 
-Usage: bench/replication.py [--catchup N] [--rollback N] [--out FILE]
+GT.M (Debian's fis-gtm) runs the same three measurements with its own tools: a passive
+source server collects the backlog, activation starts the catch-up; `mupip journal -rollback
+-backward -resync` rolls back into a lost-transaction file; a mumps process writes the load.
+Each GT.M transaction is a mini-transaction setting one 64-byte global node, as each Strand
+transaction is one 64-byte SET.
+
+Usage: bench/replication.py [--catchup N] [--rollback N] [--no-gtm] [--out FILE]
 """
 
 import argparse
@@ -56,11 +63,127 @@ class Engine:
         return json.loads(r.stdout) if r.stdout.strip() else {}
 
     def seqno(self):
-        return self.ctl("status", "--json")["journal_seqno"]
+        return self.admin("/v1/status")["journal_seqno"]
+
+    def admin(self, path):
+        """GET on the admin socket without spawning a process (cheap enough to poll)."""
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(os.path.join(self.dir, "admin.sock"))
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        head, body = data.split(b"\r\n\r\n", 1)
+        if b"chunked" in head.lower():
+            out, rest = b"", body
+            while rest:
+                size, rest = rest.split(b"\r\n", 1)
+                n = int(size, 16)
+                if n == 0:
+                    break
+                out, rest = out + rest[:n], rest[n + 2:]
+            body = out
+        return json.loads(body)
 
     def stop(self):
         self.proc.terminate()
         self.proc.wait(timeout=60)
+
+
+class Gtm:
+    """A GT.M instance made by bench/gtm_instance.sh, driven through mupip and mumps."""
+
+    def __init__(self, work, name):
+        self.dir = os.path.join(work, "gtm-" + name)
+        subprocess.run([os.path.join(ROOT, "bench", "gtm_instance.sh"), self.dir, name], check=True,
+                       capture_output=True)
+        self.env = dict(os.environ)
+        with open(os.path.join(self.dir, "env")) as f:
+            for line in f:
+                k, v = line.replace("export ", "", 1).strip().split("=", 1)
+                self.env[k] = v.strip('"')
+        self.dist = self.env["gtm_dist"]
+
+    def run(self, *args, check=True):
+        r = subprocess.run(list(args), env=self.env, capture_output=True, text=True, cwd=self.dir)
+        if check and r.returncode != 0:
+            sys.exit(f"{args} failed: {r.stdout} {r.stderr}")
+        return r.stdout + r.stderr
+
+    def mupip(self, *args, check=True):
+        return self.run(os.path.join(self.dist, "mupip"), *args, check=check)
+
+    def mumps(self, code):
+        return self.run(os.path.join(self.dist, "mumps"), "-run", "%XCMD", code)
+
+    def backlog(self):
+        out = self.mupip("replicate", "-source", "-showbacklog", check=False)
+        for line in out.splitlines():
+            if "has not acknowledged" in line:
+                return int(line.split("has not acknowledged")[1].split()[0])
+        return 0
+
+    def seqno(self):
+        out = self.mumps('write $view("JNLPOOL")')
+        return out
+
+    def shutdown(self):
+        self.mupip("replicate", "-receive", "-shutdown", "-timeout=0", check=False)
+        self.mupip("replicate", "-source", "-shutdown", "-timeout=0", check=False)
+
+
+BUFF = str(256 * 1024 * 1024)
+
+
+def gtm_round(work, catchup, rollback, lines_by_name):
+    primary, standby = Gtm(work, "Ardmore"), Gtm(work, "BrynMawr")
+    port = free_port()
+    try:
+        standby.mupip("replicate", "-source", "-start", "-passive", "-updnotok", "-instsecondary=dummy",
+                      "-buffsize=" + BUFF, "-log=" + os.path.join(standby.dir, "passive.log"))
+        standby.mupip("replicate", "-receive", "-start", f"-listenport={port}", "-buffsize=" + BUFF,
+                      "-log=" + os.path.join(standby.dir, "receive.log"))
+        primary.mupip("replicate", "-source", "-start", "-passive", "-rootprimary", "-instsecondary=BrynMawr",
+                      "-buffsize=" + BUFF, "-log=" + os.path.join(primary.dir, "source.log"))
+        t0 = time.time()
+        primary.mumps(f'for i=1:1:{catchup} set ^k(i)=$justify(i,64)')
+        build = time.time() - t0
+        t0 = time.time()
+        primary.mupip("replicate", "-source", "-activate", "-rootprimary", "-instsecondary=BrynMawr",
+                      f"-secondary=127.0.0.1:{port}")
+        while primary.backlog() > 0:
+            time.sleep(0.05)
+        took = time.time() - t0
+        print(f"gtm catch-up: {catchup} in {took:.1f} s", file=sys.stderr)
+        lines_by_name["catchup"] = (took, catchup / took, build)
+
+        # lag under a single mumps writer at full speed
+        writer = subprocess.Popen([os.path.join(primary.dist, "mumps"), "-run", "%XCMD",
+                                   f'for i=1:1:200000 set ^w(i)=$justify(i,64)'], env=primary.env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=primary.dir)
+        backlogs = []
+        t0 = time.time()
+        while writer.poll() is None:
+            backlogs.append(primary.backlog())
+            time.sleep(0.1)
+        rate = 200000 / (time.time() - t0)
+        lines_by_name["lag"] = (statistics.median(backlogs) if backlogs else 0, max(backlogs or [0]), rate)
+
+        # rollback
+        while primary.backlog() > 0:
+            time.sleep(0.05)
+        primary.shutdown()
+        standby.shutdown()
+        total = catchup + 200000
+        t0 = time.time()
+        primary.mupip("journal", "-rollback", "-backward", f"-resync={total - rollback + 1}",
+                      "-lost=" + os.path.join(primary.dir, "lost.mjl"), "*")
+        took = time.time() - t0
+        print(f"gtm rollback: {rollback} in {took:.1f} s", file=sys.stderr)
+        lines_by_name["rollback"] = (took, rollback / took)
+    finally:
+        primary.shutdown()
+        standby.shutdown()
 
 
 def load(port, n, clients=50, pipeline=64):
@@ -73,6 +196,7 @@ def main():
     ap.add_argument("--catchup", type=int, default=1_000_000)
     ap.add_argument("--rollback", type=int, default=100_000)
     ap.add_argument("--out")
+    ap.add_argument("--no-gtm", action="store_true")
     args = ap.parse_args()
     if not os.path.exists(ENGINE):
         subprocess.run(["cargo", "build", "--release", "-p", "strand-engine"], cwd=ROOT, check=True)
@@ -97,8 +221,7 @@ def main():
             time.sleep(0.05)
         catchup = time.time() - t0
         print(f"catch-up: {backlog} transactions in {catchup:.1f} s", file=sys.stderr)
-        lines.append(f"| catch-up of a {backlog:,}-transaction backlog | {catchup:.1f} s | {backlog / catchup:,.0f} transactions/s |")
-        lines.append(f"| (building that backlog with redis-benchmark -P 64, durable) | {build:.1f} s | {backlog / build:,.0f} transactions/s |")
+        strand = {"catchup": (catchup, backlog / catchup, build)}
 
         # 2. steady-state lag under a write load
         bench = subprocess.Popen(["redis-benchmark", "-p", str(primary.port), "-t", "set", "-n", "200000", "-c", "50",
@@ -106,15 +229,14 @@ def main():
         backlogs, lags = [], []
         t0 = time.time()
         while bench.poll() is None:
-            b = primary.ctl("backlog", "--json")[0]
+            b = primary.admin("/v1/backlog")[0]
             backlogs.append(b["backlog"])
             lags.append(b["lag_seconds"])
             time.sleep(0.1)
         load_time = time.time() - t0
         print(f"lag: {len(lags)} samples", file=sys.stderr)
-        lines.append(f"| backlog under 50-client SET load ({200000 / load_time:,.0f} SET/s), median / max | "
-                     f"{statistics.median(backlogs):.0f} / {max(backlogs)} transactions | |")
-        lines.append(f"| lag under the same load, median / max | {statistics.median(lags) * 1000:.1f} / {max(lags) * 1000:.1f} ms | |")
+        strand["lag"] = (statistics.median(backlogs), max(backlogs), 200000 / load_time,
+                         statistics.median(lags), max(lags))
         standby.stop()
 
         # 3. rollback
@@ -125,11 +247,27 @@ def main():
         took = time.time() - t0
         n = done["rollback"]["transactions"]
         print(f"rollback: {n} in {took:.1f} s", file=sys.stderr)
-        lines.append(f"| rollback of {n:,} transactions into the log | {took:.1f} s | {n / took:,.0f} transactions/s |")
+        strand["rollback"] = (took, n / took)
         primary.stop()
+        gtm = {}
+        if not args.no_gtm:
+            gtm_round(work, args.catchup, args.rollback, gtm)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    report = "| measurement | result | rate |\n|---|---:|---:|\n" + "\n".join(lines) + "\n"
+    c, g = strand["catchup"], gtm.get("catchup")
+    lines.append(f"| catch-up of a {args.catchup:,}-transaction backlog | {c[0]:.1f} s ({c[1]:,.0f}/s) | "
+                 + (f"{g[0]:.1f} s ({g[1]:,.0f}/s) | {c[1] / g[1]:.2f} |" if g else "n/a | |"))
+    r, g = strand["rollback"], gtm.get("rollback")
+    lines.append(f"| rollback of {args.rollback:,} transactions into the lost-transaction log | {r[0]:.1f} s ({r[1]:,.0f}/s) | "
+                 + (f"{g[0]:.1f} s ({g[1]:,.0f}/s) | {r[1] / g[1]:.2f} |" if g else "n/a | |"))
+    lag, g = strand["lag"], gtm.get("lag")
+    lines.append(f"| backlog under a write load, median / max (Strand: redis-benchmark 50 clients at {lag[2]:,.0f}/s; "
+                 + (f"GT.M: one mumps writer at {g[2]:,.0f}/s) | {lag[0]:.0f} / {lag[1]} | {g[0]:.0f} / {g[1]} | different loads: no ratio |" if g
+                    else f"GT.M not run) | {lag[0]:.0f} / {lag[1]} | n/a | |"))
+    lines.append(f"| Strand lag under its load, median / max | {lag[3] * 1000:.1f} / {lag[4] * 1000:.1f} ms | | |")
+    lines.append(f"| (building the backlog: Strand redis-benchmark -P 64 / GT.M one mumps loop) | {c[2]:.1f} s | "
+                 + (f"{gtm['catchup'][2]:.1f} s | |" if gtm else "n/a | |"))
+    report = "| measurement | Strand | GT.M 7.0-005 | Strand / GT.M (rate) |\n|---|---:|---:|---:|\n" + "\n".join(lines) + "\n"
     print(report)
     if args.out:
         with open(args.out, "w") as f:

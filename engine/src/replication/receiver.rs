@@ -276,8 +276,10 @@ async fn receive(
             };
             let Some(first) = first else { return Err(ProtocolError::Closed) };
             let mut records = Vec::new();
+            let mut frames = 0usize;
             let mut next = Some(first);
             while let Some(frame) = next.take() {
+                frames += 1;
                 match frame? {
                     (Kind::Records, payload) => records.extend(protocol::decode_records(&payload)?),
                     (Kind::Heartbeat, _) => {}
@@ -289,6 +291,7 @@ async fn receive(
                     next = rx.try_recv().ok();
                 }
             }
+            tracing::debug!(frames, records = records.len(), queued = rx.len(), "applying");
             let applied = if records.is_empty() {
                 engine.store.committed_seqno()
             } else {

@@ -27,6 +27,10 @@ const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 /// Sent-but-unacknowledged records remembered for the lag computation.
 const INFLIGHT_TIMES_MAX: usize = 100_000;
+/// Frames sent and not yet acknowledged before the source waits: while the receiver makes one
+/// frame durable the next accumulates every commit made meanwhile, so frames grow to match the
+/// receiver's pace instead of costing it one fsync per commit group.
+const FRAMES_IN_FLIGHT_MAX: usize = 2;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SourceStatus {
@@ -194,6 +198,8 @@ async fn stream_once(
     // Acknowledgements arrive on the read half.
     let ack_status = status.clone();
     let ack_engine = engine.clone();
+    let acked_notify = Arc::new(tokio::sync::Notify::new());
+    let ack_wake = acked_notify.clone();
     let mut acks = tokio::spawn(async move {
         loop {
             let ack: Ack = protocol::expect(&mut rd, Kind::Ack).await?;
@@ -204,6 +210,7 @@ async fn stream_once(
                 }
             });
             ack_engine.replication.acks.notify_waiters();
+            ack_wake.notify_one();
         }
         #[allow(unreachable_code)]
         Ok::<(), ProtocolError>(())
@@ -211,7 +218,24 @@ async fn stream_once(
 
     let mut seqno_rx = engine.store.subscribe();
     let mut next = start.from;
+    // Last seqno of each frame sent and not yet acknowledged.
+    let mut in_flight: VecDeque<u64> = VecDeque::new();
     loop {
+        let acked = status.lock().unwrap_or_else(std::sync::PoisonError::into_inner).acked_seqno;
+        while in_flight.front().is_some_and(|last| *last <= acked) {
+            in_flight.pop_front();
+        }
+        if in_flight.len() >= FRAMES_IN_FLIGHT_MAX {
+            tokio::select! {
+                _ = acked_notify.notified() => continue,
+                r = &mut acks => {
+                    return match r {
+                        Ok(Err(e)) => Err(e),
+                        _ => Err(ProtocolError::Closed),
+                    };
+                }
+            }
+        }
         let committed = *seqno_rx.borrow_and_update();
         if engine.store.rollbacks() != rollbacks || committed + 1 < next {
             acks.abort();
@@ -247,6 +271,7 @@ async fn stream_once(
                 }
             });
             next += n;
+            in_flight.push_back(next - 1);
             continue;
         }
         tokio::select! {

@@ -154,6 +154,10 @@ pub enum CtlCommand {
         /// Replication address of the instance to resynchronise with.
         #[arg(long)]
         fetchresync: Option<String>,
+        /// Work on the data directory directly, with no server running (e.g. a crashed
+        /// primary that must not accept writes before it has rolled back).
+        #[arg(long, requires = "to_seqno")]
+        offline: bool,
     },
     /// Read unreplicated-transaction logs (offline).
     LostTransactions {
@@ -294,6 +298,34 @@ async fn ctl(args: CtlArgs) -> i32 {
     }
 }
 
+/// Rolls back a stopped instance by opening its database directly.
+async fn offline_rollback(dir: &std::path::Path, to: u64) -> Result<serde_json::Value, String> {
+    use std::sync::Arc;
+    let store = crate::storage::Store::open(dir, None).map_err(|e| {
+        let text = error_chain(&e);
+        if text.contains("already open") || text.contains("lock") {
+            format!("{text}; is a server running on {}? Stop it, or roll back online without --offline", dir.display())
+        } else {
+            text
+        }
+    })?;
+    let store = Arc::new(store);
+    let metrics = Arc::new(crate::metrics::Metrics::new().map_err(|e| e.to_string())?);
+    let (writer, thread) =
+        crate::storage::writer::Writer::<()>::spawn(store.clone(), 0, metrics).map_err(|e| e.to_string())?;
+    let new_epoch = matches!(
+        store.role(),
+        crate::storage::meta::Role::Primary | crate::storage::meta::Role::SupplementaryPrimary
+    );
+    let done = writer
+        .rollback(to, new_epoch, format!("offline rollback to seqno {to} requested by an operator"))
+        .await
+        .map_err(|e| e.to_string())?;
+    drop(writer);
+    let _ = thread.join();
+    Ok(serde_json::json!({ "journal_seqno": store.committed_seqno(), "rollback": done }))
+}
+
 fn target(args: &CtlArgs) -> Result<Target, String> {
     if let Some(addr) = &args.admin_addr {
         let token = args.admin_token_file.as_ref().map(|p| read_secret(p, "admin token")).transpose()?;
@@ -319,6 +351,10 @@ async fn ctl_inner(args: CtlArgs) -> Result<(), String> {
         }
         CtlCommand::BackupInfo { file } => {
             return print_json(&backup::describe(file).map_err(|err| error_chain(&err))?);
+        }
+        CtlCommand::Rollback { to_seqno: Some(to), offline: true, .. } => {
+            let dir = args.data_dir.as_ref().ok_or("an offline rollback needs --data-dir")?;
+            return print_json(&offline_rollback(dir, *to).await?);
         }
         CtlCommand::LostTransactions { action: LostAction::Show { file, json } } => {
             let (header, txns) = crate::replication::lostlog::read(file).map_err(|err| error_chain(&err))?;
@@ -473,7 +509,7 @@ async fn ctl_inner(args: CtlArgs) -> Result<(), String> {
                 }
             }
         }
-        CtlCommand::Rollback { to_seqno, fetchresync } => {
+        CtlCommand::Rollback { to_seqno, fetchresync, .. } => {
             let body = serde_json::json!({ "to_seqno": to_seqno, "fetchresync": fetchresync });
             let v: serde_json::Value =
                 target.call_json("POST", "/v1/rollback", Some(body)).await.map_err(e)?;

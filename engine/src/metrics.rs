@@ -27,6 +27,7 @@ pub struct Metrics {
     pub replication_records_sent_total: IntCounter,
     pub replication_bytes_sent_total: IntCounter,
     pub replication_records_applied_total: IntCounter,
+    pub replication_bytes_applied_total: IntCounter,
     pub replication_backlog_transactions: IntGaugeVec,
     pub replication_lag_seconds: prometheus::GaugeVec,
     pub replication_connected: IntGaugeVec,
@@ -113,6 +114,10 @@ impl Metrics {
                 "strand_replication_records_applied_total",
                 "Journal records received and applied.",
             )?,
+            replication_bytes_applied_total: IntCounter::new(
+                "strand_replication_bytes_applied_total",
+                "Bytes of journal records received and applied.",
+            )?,
             replication_backlog_transactions: IntGaugeVec::new(
                 Opts::new(
                     "strand_replication_backlog_transactions",
@@ -157,6 +162,7 @@ impl Metrics {
         r.register(Box::new(m.replication_records_sent_total.clone()))?;
         r.register(Box::new(m.replication_bytes_sent_total.clone()))?;
         r.register(Box::new(m.replication_records_applied_total.clone()))?;
+        r.register(Box::new(m.replication_bytes_applied_total.clone()))?;
         r.register(Box::new(m.replication_backlog_transactions.clone()))?;
         r.register(Box::new(m.replication_lag_seconds.clone()))?;
         r.register(Box::new(m.replication_connected.clone()))?;

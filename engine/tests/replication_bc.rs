@@ -262,3 +262,24 @@ fn wait_counts_receivers_that_acknowledged_the_last_write() {
     let err = redis::cmd("WAIT").arg(-1).arg(0).query::<i64>(&mut c).unwrap_err();
     assert!(err.to_string().contains("numreplicas"), "{err}");
 }
+
+/// A stopped instance can be rolled back offline (so a crashed primary never takes a write
+/// before it has rolled back); the same command is refused while a server runs.
+#[test]
+fn offline_rollback_of_a_stopped_instance() {
+    let dir = tempdir();
+    let mut ardmore = Server::start_replicating(dir.path(), "Ardmore");
+    ardmore.ctl(&["promote"]);
+    write(&ardmore, labels("A", 1..=10));
+    let (ok, _, err) = common::ctl(&ardmore.data_dir, &["rollback", "--to-seqno", "7", "--offline"]);
+    assert!(!ok && err.contains("is a server running"), "{err}");
+    ardmore.stop();
+    let done = common::ctl_json(&ardmore.data_dir, &["rollback", "--to-seqno", "7", "--offline"]);
+    assert_eq!(done["journal_seqno"], 7);
+    assert_eq!(done["rollback"]["transactions"], 3);
+    ardmore.restart();
+    assert_eq!(keys(&ardmore), labels("A", 1..=7));
+    let (_, txns) = lost_log(&ardmore);
+    assert_eq!(lost_keys(&txns), vec!["A10", "A9", "A8"]);
+    ardmore.verify();
+}

@@ -276,12 +276,16 @@ async fn receive(
             };
             let Some(first) = first else { return Err(ProtocolError::Closed) };
             let mut records = Vec::new();
+            let mut bytes = 0usize;
             let mut frames = 0usize;
             let mut next = Some(first);
             while let Some(frame) = next.take() {
                 frames += 1;
                 match frame? {
-                    (Kind::Records, payload) => records.extend(protocol::decode_records(&payload)?),
+                    (Kind::Records, payload) => {
+                        bytes += payload.len();
+                        records.extend(protocol::decode_records(&payload)?);
+                    }
                     (Kind::Heartbeat, _) => {}
                     (kind, _) => {
                         return Err(ProtocolError::Unexpected { expected: Kind::Records, got: kind });
@@ -303,6 +307,7 @@ async fn receive(
                     .await
                     .map_err(|e| ProtocolError::Io(std::io::Error::other(e.to_string())))?;
                 engine.metrics.replication_records_applied_total.inc_by(n);
+                engine.metrics.replication_bytes_applied_total.inc_by(bytes as u64);
                 engine.replication.set_receiver(|s| {
                     s.applied_seqno = applied;
                     if failover.is_some() {

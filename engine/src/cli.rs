@@ -304,7 +304,10 @@ async fn offline_rollback(dir: &std::path::Path, to: u64) -> Result<serde_json::
     let store = crate::storage::Store::open(dir, None).map_err(|e| {
         let text = error_chain(&e);
         if text.contains("already open") || text.contains("lock") {
-            format!("{text}; is a server running on {}? Stop it, or roll back online without --offline", dir.display())
+            format!(
+                "{text}; is a server running on {}? Stop it, or roll back online without --offline",
+                dir.display()
+            )
         } else {
             text
         }

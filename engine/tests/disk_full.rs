@@ -67,22 +67,39 @@ fn write_until_error(c: &mut redis::Connection, prefix: &str, acked: &mut Vec<St
     panic!("the disk never filled up");
 }
 
-#[test]
-fn reserve_refuses_commits_and_keeps_serving_reads() {
+/// A server on a fresh 48 MiB tmpfs with 50 acknowledged keys, then the disk filled up
+/// until a write fails: the case both tests start from.
+struct Full {
+    _dir: tempfile::TempDir,
+    mount: Mount,
+    server: Server,
+    client: redis::Connection,
+    acked: Vec<String>,
+    filler: PathBuf,
+    error: String,
+}
+
+fn fill_up(reserve: &str) -> Full {
     let dir = tempdir();
     let mnt = dir.path().join("mnt");
-    let _mount = Mount::tmpfs(&mnt, "48m");
-    let data = mnt.join("data");
-    let mut server = Server::start(&data, "Full", &["--disk-reserve-bytes", "8388608"]);
-    let mut c = server.client();
+    let mount = Mount::tmpfs(&mnt, "48m");
+    let server = Server::start(&mnt.join("data"), "Full", &["--disk-reserve-bytes", reserve]);
+    let mut client = server.client();
     let mut acked = Vec::new();
     for i in 0..50 {
         let key = format!("before{i}");
-        let () = c.set(&key, "v").unwrap();
+        let () = client.set(&key, "v").unwrap();
         acked.push(key);
     }
-    let filler = fill(&mnt);
-    let err = write_until_error(&mut c, "during", &mut acked);
+    let filler = fill(&mount.0);
+    let error = write_until_error(&mut client, "during", &mut acked);
+    Full { _dir: dir, mount, server, client, acked, filler, error }
+}
+
+#[test]
+fn reserve_refuses_commits_and_keeps_serving_reads() {
+    let Full { _dir, mount: _mount, mut server, client: mut c, mut acked, filler, error: err } =
+        fill_up("8388608");
     assert!(err.contains("disk full") && err.contains("reserve"), "clear error expected, got: {err}");
     // Reads still work, and the storage reports the condition.
     assert_eq!(c.get::<_, String>("before0").unwrap(), "v");
@@ -112,20 +129,7 @@ fn reserve_refuses_commits_and_keeps_serving_reads() {
 
 #[test]
 fn enospc_inside_the_database_is_survived() {
-    let dir = tempdir();
-    let mnt = dir.path().join("mnt");
-    let _mount = Mount::tmpfs(&mnt, "48m");
-    let data = mnt.join("data");
-    let mut server = Server::start(&data, "Full", &["--disk-reserve-bytes", "0"]);
-    let mut c = server.client();
-    let mut acked = Vec::new();
-    for i in 0..50 {
-        let key = format!("before{i}");
-        let () = c.set(&key, "v").unwrap();
-        acked.push(key);
-    }
-    let filler = fill(&mnt);
-    let err = write_until_error(&mut c, "during", &mut acked);
+    let Full { _dir, mount: _mount, mut server, client: mut c, mut acked, filler, error: err } = fill_up("0");
     assert!(err.contains("No space left on device"), "the error must name the cause: {err}");
     println!("error seen by the client: {err}");
     std::fs::remove_file(&filler).unwrap();

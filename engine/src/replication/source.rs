@@ -141,31 +141,8 @@ async fn stream_once(
     link: &SourceLink,
     status: &Arc<Mutex<SourceStatus>>,
 ) -> Result<(), ProtocolError> {
-    let secret = engine.replication.secret.clone().ok_or(ProtocolError::Auth)?;
-    let stream =
-        tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&link.addr)).await.map_err(|_| {
-            ProtocolError::Io(std::io::Error::other(format!("connecting to {} timed out", link.addr)))
-        })??;
-    let _ = stream.set_nodelay(true);
-    let (mut rd, mut wr) = stream.into_split();
+    let (mut rd, mut wr, secret, nonce_s, challenge) = handshake(engine, &link.addr, Mode::Source).await?;
     let meta = engine.store.meta();
-    let nonce_s = protocol::nonce();
-    let hello = Hello {
-        protocol: protocol::PROTOCOL_VERSION,
-        mode: Mode::Source,
-        name: meta.name.clone(),
-        creation_id: meta.creation_id.clone(),
-        nonce: nonce_s.clone(),
-    };
-    protocol::write_json(&mut wr, Kind::Hello, &hello).await?;
-    let challenge: Challenge = timed(HANDSHAKE_TIMEOUT, protocol::expect(&mut rd, Kind::Challenge)).await?;
-    if challenge.protocol != protocol::PROTOCOL_VERSION {
-        return Err(ProtocolError::Version(challenge.protocol));
-    }
-    if !protocol::verify(&secret, "strand-receiver", &nonce_s, &challenge.nonce, &challenge.proof) {
-        tracing::warn!(addr = %link.addr, "receiver failed to prove the replication secret; not streaming to it");
-        return Err(ProtocolError::Auth);
-    }
     if challenge.name != link.receiver {
         return Err(ProtocolError::Malformed {
             kind: Kind::Challenge,
@@ -302,28 +279,44 @@ pub fn finish_status(mut s: SourceStatus, committed: u64) -> SourceStatus {
     s
 }
 
-/// Asks the instance whose replication listener is at `addr` for its history and seqno
-/// (rollback -fetchresync).
-pub async fn query(engine: &Engine, addr: &str) -> Result<protocol::HistoryAnswer, ProtocolError> {
+type Handshaken =
+    (tokio::net::tcp::OwnedReadHalf, tokio::net::tcp::OwnedWriteHalf, Vec<u8>, String, Challenge);
+
+/// Connects, says hello and checks that the receiver proves the shared secret. Returns the
+/// connection halves, the secret, our nonce and the receiver's challenge (for our proof).
+async fn handshake(engine: &Engine, addr: &str, mode: Mode) -> Result<Handshaken, ProtocolError> {
     let secret = engine.replication.secret.clone().ok_or(ProtocolError::Auth)?;
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
         .await
         .map_err(|_| ProtocolError::Io(std::io::Error::other(format!("connecting to {addr} timed out"))))??;
+    let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
     let meta = engine.store.meta();
     let nonce_s = protocol::nonce();
     let hello = Hello {
         protocol: protocol::PROTOCOL_VERSION,
-        mode: Mode::Query,
+        mode,
         name: meta.name.clone(),
         creation_id: meta.creation_id.clone(),
         nonce: nonce_s.clone(),
     };
     protocol::write_json(&mut wr, Kind::Hello, &hello).await?;
     let challenge: Challenge = timed(HANDSHAKE_TIMEOUT, protocol::expect(&mut rd, Kind::Challenge)).await?;
+    if challenge.protocol != protocol::PROTOCOL_VERSION {
+        return Err(ProtocolError::Version(challenge.protocol));
+    }
     if !protocol::verify(&secret, "strand-receiver", &nonce_s, &challenge.nonce, &challenge.proof) {
+        tracing::warn!(addr, "receiver failed to prove the replication secret; not streaming to it");
         return Err(ProtocolError::Auth);
     }
+    Ok((rd, wr, secret, nonce_s, challenge))
+}
+
+/// Asks the instance whose replication listener is at `addr` for its history and seqno
+/// (rollback -fetchresync).
+pub async fn query(engine: &Engine, addr: &str) -> Result<protocol::HistoryAnswer, ProtocolError> {
+    let (mut rd, mut wr, secret, nonce_s, challenge) = handshake(engine, addr, Mode::Query).await?;
+    let meta = engine.store.meta();
     let auth = Auth {
         proof: protocol::proof(&secret, "strand-source", &challenge.nonce, &nonce_s),
         history: meta.history,

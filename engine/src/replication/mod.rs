@@ -5,6 +5,7 @@
 //! - [`source`]: one task per outgoing stream; connects to a receiver and streams the journal.
 //! - [`receiver`]: the listener on `--repl-addr`; negotiates, rolls back if allowed, applies.
 //! - [`lostlog`]: the Unreplicated Transaction Log written by every rollback.
+//! - [`si`]: supplementary-instance negotiation and rollback planning per stream (issue 5).
 //!
 //! The receiver listens and the source connects (as in GT.M). Everything a receiver applies
 //! goes through the writer, in seqno order, with the source's seqnos, stream tags and commit
@@ -14,6 +15,7 @@ pub mod history;
 pub mod lostlog;
 pub mod protocol;
 pub mod receiver;
+pub mod si;
 pub mod source;
 
 use std::collections::HashMap;

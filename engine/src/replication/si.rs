@@ -1,0 +1,269 @@
+//! Supplementary-instance (SI) negotiation and rollback planning, per stream. Pure functions.
+//!
+//! A supplementary instance interleaves its own transactions (stream 0) with those received
+//! from one source family on stream k (1..=15). Every journal entry carries (journal seqno,
+//! stream, stream seqno); for stream k the stream seqno is the transaction's journal seqno in
+//! the source family. The instance keeps, per stream, the family's history records.
+//!
+//! When a member of the family connects (Ardmore, or BrynMawr after a failover), the common
+//! point is found in the family's seqno space (`history::common_point`). If the receiver holds
+//! stream-k transactions past it:
+//! - with autorollback it rolls back to just before the first of them — which also rolls off
+//!   every later transaction of any stream, the local ones included (database updates are
+//!   serialized: the seed's {102,0,11} goes with {101,1,18});
+//! - with noresync it keeps everything and resumes from the common point, so stream seqnos
+//!   may restart lower under a new stream history record (the seed's A97 and A97a);
+//! - otherwise it refuses and touches nothing.
+//!
+//! The engine does not use this module yet: it is the core of issue 5, tested here first.
+
+use super::history;
+use crate::storage::meta::HistoryRecord;
+
+/// One journal entry of a supplementary instance, as planning needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    pub seqno: u64,
+    pub stream: u8,
+    pub stream_seqno: u64,
+}
+
+/// What the receiver asked for when the source family's history disagrees with its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resync {
+    Refuse,
+    Autorollback,
+    NoResync,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SiPlan {
+    /// Not ahead: receive stream seqnos from `from` on.
+    Stream { from: u64 },
+    /// Ahead, autorollback: roll the journal back to `to_seqno` (every later entry goes to the
+    /// unreplicated-transaction log), then receive from `from`.
+    Rollback { to_seqno: u64, from: u64 },
+    /// Ahead, noresync: keep everything, receive from `from` (the common point + 1) under a new
+    /// stream history record.
+    NoResync { from: u64 },
+    /// Ahead and neither allowed: report and touch nothing.
+    Refuse { common: u64, receiver_stream_seqno: u64 },
+}
+
+/// The stream seqno of the receiver's latest entry of `stream` (0 if none). "Latest" is by
+/// journal order, not the largest number: after a noresync stream seqnos can go down.
+pub fn last_stream_seqno(journal: &[Entry], stream: u8) -> u64 {
+    journal.iter().rev().find(|e| e.stream == stream).map_or(0, |e| e.stream_seqno)
+}
+
+/// Plans stream `stream` of a supplementary receiver whose journal is `journal` (in journal
+/// order) and whose history of that stream's family is `family` (records in the family's seqno
+/// space), against a family member with history `source` at seqno `source_seqno`.
+pub fn plan(
+    journal: &[Entry],
+    stream: u8,
+    family: &[HistoryRecord],
+    source: &[HistoryRecord],
+    source_seqno: u64,
+    resync: Resync,
+) -> SiPlan {
+    assert!((1..16).contains(&stream), "SI streams are 1..=15");
+    let last = last_stream_seqno(journal, stream);
+    let common = history::common_point(family, last, source, source_seqno);
+    if common >= last {
+        return SiPlan::Stream { from: last + 1 };
+    }
+    match resync {
+        Resync::Refuse => SiPlan::Refuse { common, receiver_stream_seqno: last },
+        Resync::NoResync => SiPlan::NoResync { from: common + 1 },
+        Resync::Autorollback => {
+            // The first stream entry past the common point, in journal order *after the last
+            // entry the two sides agree on*: earlier entries may carry the same numbers from a
+            // previous noresync epoch and are not in question.
+            let agreed_at = journal
+                .iter()
+                .rposition(|e| {
+                    e.stream == stream
+                        && e.stream_seqno <= common
+                        && covered_alike(family, source, e.stream_seqno)
+                })
+                .map_or(0, |i| i + 1);
+            let first_bad = journal
+                .iter()
+                .skip(agreed_at)
+                .find(|e| e.stream == stream && e.stream_seqno > common)
+                .map_or(journal.last().map_or(0, |e| e.seqno + 1), |e| e.seqno);
+            SiPlan::Rollback { to_seqno: first_bad.saturating_sub(1), from: common + 1 }
+        }
+    }
+}
+
+fn covered_alike(a: &[HistoryRecord], b: &[HistoryRecord], seqno: u64) -> bool {
+    match (history::covering(a, seqno), history::covering(b, seqno)) {
+        (Some(x), Some(y)) => {
+            x.start_seqno == y.start_seqno
+                && x.root_name == y.root_name
+                && x.root_creation_id == y.root_creation_id
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn rec(start: u64, id: &str) -> HistoryRecord {
+        HistoryRecord {
+            stream: 0,
+            start_seqno: start,
+            root_name: "A".into(),
+            root_creation_id: id.into(),
+            journal_seqno: start,
+        }
+    }
+
+    fn e(seqno: u64, stream: u8, stream_seqno: u64) -> Entry {
+        Entry { seqno, stream, stream_seqno }
+    }
+
+    /// The seed's second table: Malvern holds M34,A95,M35,M36,A96,A97,M37,M38,A98,M39,M40;
+    /// BrynMawr (the family after Ardmore's crash) has A95..A97 then B61.. under its own record.
+    fn malvern() -> Vec<Entry> {
+        // Local seqnos 1..; stream 0 seqnos count locally (M34 = 34 …).
+        let labels = [
+            (0, 34),
+            (1, 95),
+            (0, 35),
+            (0, 36),
+            (1, 96),
+            (1, 97),
+            (0, 37),
+            (0, 38),
+            (1, 98),
+            (0, 39),
+            (0, 40),
+        ];
+        labels.iter().enumerate().map(|(i, (s, q))| e(i as u64 + 1, *s, *q)).collect()
+    }
+
+    #[test]
+    fn seed_malvern_ahead_rolls_off_a98_m39_m40() {
+        let family = vec![rec(1, "ardmore")];
+        let brynmawr =
+            vec![rec(1, "ardmore"), HistoryRecord { root_name: "B".into(), ..rec(98, "brynmawr") }];
+        let plan = plan(&malvern(), 1, &family, &brynmawr, 99, Resync::Autorollback);
+        // A98 is entry 9: roll back to 8 (…M38), rolling off A98, M39, M40.
+        assert_eq!(plan, SiPlan::Rollback { to_seqno: 8, from: 98 });
+    }
+
+    #[test]
+    fn seed_malvern_ahead_continues_with_noresync() {
+        let family = vec![rec(1, "ardmore")];
+        let brynmawr =
+            vec![rec(1, "ardmore"), HistoryRecord { root_name: "B".into(), ..rec(98, "brynmawr") }];
+        assert_eq!(
+            plan(&malvern(), 1, &family, &brynmawr, 99, Resync::NoResync),
+            SiPlan::NoResync { from: 98 }
+        );
+        assert_eq!(
+            plan(&malvern(), 1, &family, &brynmawr, 99, Resync::Refuse),
+            SiPlan::Refuse { common: 97, receiver_stream_seqno: 98 }
+        );
+    }
+
+    #[test]
+    fn seed_brynmawr_takes_over_without_rollback() {
+        // First table: Malvern has up to A97; BrynMawr has A98 and then B61 (seqno 99).
+        let journal: Vec<Entry> = malvern().into_iter().take(8).collect();
+        let family = vec![rec(1, "ardmore")];
+        let brynmawr =
+            vec![rec(1, "ardmore"), HistoryRecord { root_name: "B".into(), ..rec(99, "brynmawr") }];
+        assert_eq!(plan(&journal, 1, &family, &brynmawr, 100, Resync::Refuse), SiPlan::Stream { from: 98 });
+    }
+
+    /// Ground truth for the property test: each family transaction is (seqno, epoch); each
+    /// receiver entry of stream 1 remembers the epoch it came from.
+    #[derive(Debug, Clone)]
+    struct Family {
+        history: Vec<HistoryRecord>,
+        txns: Vec<(u64, usize)>,
+    }
+
+    proptest! {
+        /// After an autorollback plan, every stream-1 entry left on the receiver is a
+        /// transaction the family holds; exactly the journal suffix after `to_seqno` is rolled
+        /// off, and it starts with a stream-1 entry the family does not hold (no more than
+        /// needed). A noresync plan rolls nothing off and resumes right after the common point.
+        #[test]
+        fn si_plans_match_ground_truth(
+            ops in proptest::collection::vec((0u8..3, 1u64..8), 1..14),
+            copy_at in 0usize..14,
+            locals in proptest::collection::vec(0u8..3, 0..60),
+        ) {
+            let mut epoch = 0usize;
+            let mut fam = Family { history: vec![rec(1, "0")], txns: vec![] };
+            let mut snapshot: Option<Family> = None;
+            for (i, (op, n)) in ops.iter().enumerate() {
+                if i == copy_at { snapshot = Some(fam.clone()); }
+                match op {
+                    0 => { let s = fam.txns.len() as u64 + 1; for k in 0..*n { fam.txns.push((s + k, epoch)); } }
+                    1 => {
+                        let keep = fam.txns.len().saturating_sub(*n as usize);
+                        fam.txns.truncate(keep);
+                        epoch += 1;
+                        fam.history.retain(|r| r.start_seqno <= keep as u64);
+                        fam.history.push(rec(keep as u64 + 1, &epoch.to_string()));
+                    }
+                    _ => {
+                        epoch += 1;
+                        let next = fam.txns.len() as u64 + 1;
+                        fam.history.retain(|r| r.start_seqno < next);
+                        fam.history.push(rec(next, &epoch.to_string()));
+                    }
+                }
+            }
+            // The receiver got the family's transactions up to the snapshot, interleaved with
+            // local ones as `locals` says (0: local, else: next family transaction).
+            let seen = snapshot.unwrap_or_else(|| fam.clone());
+            let mut journal = Vec::new();
+            let mut truth = Vec::new(); // per journal entry: Some((stream seqno, epoch)) for stream 1
+            let mut local = 0u64;
+            for (i, &(q, ep)) in seen.txns.iter().enumerate() {
+                // Before each family transaction, maybe one local one.
+                if !locals.is_empty() && locals[i % locals.len()] == 0 {
+                    local += 1;
+                    journal.push(e(journal.len() as u64 + 1, 0, local));
+                    truth.push(None);
+                }
+                journal.push(e(journal.len() as u64 + 1, 1, q));
+                truth.push(Some((q, ep)));
+            }
+            for _ in 0..3 { local += 1; journal.push(e(journal.len() as u64 + 1, 0, local)); truth.push(None); }
+            let family_history = seen.history.clone();
+            let source_seqno = fam.txns.len() as u64;
+            let holds = |q: u64, ep: usize| fam.txns.get(q as usize - 1) == Some(&(q, ep));
+
+            match plan(&journal, 1, &family_history, &fam.history, source_seqno, Resync::Autorollback) {
+                SiPlan::Stream { from } => {
+                    for t in truth.iter().flatten() { prop_assert!(holds(t.0, t.1)); }
+                    prop_assert_eq!(from, last_stream_seqno(&journal, 1) + 1);
+                }
+                SiPlan::Rollback { to_seqno, from } => {
+                    let kept = &truth[..to_seqno as usize];
+                    for t in kept.iter().flatten() { prop_assert!(holds(t.0, t.1), "kept {:?} the family lacks", t); }
+                    let first_rolled = truth[to_seqno as usize];
+                    prop_assert!(matches!(first_rolled, Some((q, ep)) if !holds(q, ep)), "rolled back more than needed");
+                    let common = from - 1;
+                    prop_assert_eq!(last_stream_seqno(&journal[..to_seqno as usize], 1), common);
+                }
+                other => prop_assert!(false, "unexpected plan {:?}", other),
+            }
+            if let SiPlan::NoResync { from } = plan(&journal, 1, &family_history, &fam.history, source_seqno, Resync::NoResync) {
+                let common = history::common_point(&family_history, last_stream_seqno(&journal, 1), &fam.history, source_seqno);
+                prop_assert_eq!(from, common + 1);
+            }
+        }
+    }
+}

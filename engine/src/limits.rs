@@ -20,6 +20,9 @@ pub const RESP_REQUEST_BYTES_MAX: usize = 64 * 1024 * 1024;
 pub const PIPELINE_COMMANDS_MAX: usize = 1024;
 /// Most commands queued between MULTI and EXEC.
 pub const MULTI_COMMANDS_MAX: usize = 10_000;
+/// Most argument bytes queued between MULTI and EXEC (bounds a transaction's memory and the
+/// size of its journal record).
+pub const MULTI_BYTES_MAX: usize = 128 * 1024 * 1024;
 /// Most keys one WATCH session may watch.
 pub const WATCH_KEYS_MAX: usize = 10_000;
 /// Default for `--max-clients`: concurrent data-port connections.
@@ -43,5 +46,9 @@ pub const DISK_RESERVE_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
 const _: () = assert!(VALUE_BYTES_MAX <= RESP_BULK_BYTES_MAX);
 // A request must be able to hold a maximal key and value together (SET key value).
 const _: () = assert!(KEY_BYTES_MAX + VALUE_BYTES_MAX < RESP_REQUEST_BYTES_MAX);
+// A transaction queue must hold at least one maximal request.
+const _: () = assert!(RESP_REQUEST_BYTES_MAX <= MULTI_BYTES_MAX);
+// A journal record's key count is a u32; every queued key takes at least one byte.
+const _: () = assert!(MULTI_BYTES_MAX < u32::MAX as usize);
 // Journal image lengths are u32 on disk.
 const _: () = assert!(VALUE_BYTES_MAX < u32::MAX as usize);

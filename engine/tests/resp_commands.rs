@@ -337,6 +337,25 @@ fn limits_give_clear_errors() {
 }
 
 #[test]
+fn multi_queue_is_bounded_in_bytes() {
+    let (_dir, server) = server();
+    let mut c = server.client();
+    let value = vec![b'v'; strand_engine::limits::VALUE_BYTES_MAX];
+    let per_command = value.len() + 16; // the value plus "SET" and the key
+    let fits = strand_engine::limits::MULTI_BYTES_MAX / per_command;
+    let () = redis::cmd("MULTI").query(&mut c).unwrap();
+    for i in 0..fits {
+        let queued: String = redis::cmd("SET").arg(format!("k{i}")).arg(&value).query(&mut c).unwrap();
+        assert_eq!(queued, "QUEUED");
+    }
+    let err = redis::cmd("SET").arg("one-too-many").arg(&value).query::<String>(&mut c).unwrap_err();
+    assert!(err.to_string().contains("MULTI queue is full"), "{err}");
+    let err = redis::cmd("EXEC").query::<redis::Value>(&mut c).unwrap_err();
+    assert_eq!(err.kind(), redis::ErrorKind::ExecAbortError, "{err}");
+    assert_eq!(redis::cmd("DBSIZE").query::<i64>(&mut c).unwrap(), 0, "nothing applied");
+}
+
+#[test]
 fn client_limit_is_enforced_with_a_clear_error() {
     let dir = tempdir();
     let server = Server::start(&dir.path().join("a"), "Ardmore", &["--max-clients", "2"]);

@@ -16,7 +16,8 @@ use tokio::sync::oneshot;
 use super::cmd::{self, Class, Command, server};
 use super::frame::{Frame, parse_request};
 use crate::limits::{
-    MULTI_COMMANDS_MAX, PIPELINE_COMMANDS_MAX, RESP_REQUEST_BYTES_MAX, SCAN_CURSORS_MAX, WATCH_KEYS_MAX,
+    MULTI_BYTES_MAX, MULTI_COMMANDS_MAX, PIPELINE_COMMANDS_MAX, RESP_REQUEST_BYTES_MAX, SCAN_CURSORS_MAX,
+    WATCH_KEYS_MAX,
 };
 use crate::server::Engine;
 use crate::shutdown::Shutdown;
@@ -54,6 +55,8 @@ struct State {
     multi: Option<Vec<Command>>,
     /// A command failed to queue: EXEC must refuse the transaction.
     multi_dirty: bool,
+    /// Argument bytes queued since MULTI.
+    multi_bytes: usize,
     /// Watched keys with the committed version at the time each was watched.
     watch: Vec<(Vec<u8>, u64)>,
     /// SCAN cursors: id → last key returned. Oldest first.
@@ -72,6 +75,7 @@ pub async fn serve(engine: Arc<Engine>, mut stream: TcpStream, id: u64, mut shut
         name: None,
         multi: None,
         multi_dirty: false,
+        multi_bytes: 0,
         watch: Vec::new(),
         cursors: VecDeque::new(),
         next_cursor: 1,
@@ -191,6 +195,7 @@ fn abort_frame(abort: Abort) -> Frame {
 impl State {
     async fn handle(&mut self, engine: &Arc<Engine>, args: Vec<Vec<u8>>, slots: &mut Vec<Slot>) -> Next {
         let proto = self.proto;
+        let request_bytes: usize = args.iter().map(Vec::len).sum();
         let parsed = Command::parse(args);
         let (command, name) = match parsed {
             Ok(ok) => ok,
@@ -221,7 +226,11 @@ impl State {
             } else if queue.len() >= MULTI_COMMANDS_MAX {
                 self.multi_dirty = true;
                 Frame::error(format!("ERR MULTI queue is full ({MULTI_COMMANDS_MAX} commands)"))
+            } else if self.multi_bytes + request_bytes > MULTI_BYTES_MAX {
+                self.multi_dirty = true;
+                Frame::error(format!("ERR MULTI queue is full ({MULTI_BYTES_MAX} bytes)"))
             } else {
+                self.multi_bytes += request_bytes;
                 queue.push(command);
                 Frame::Simple("QUEUED".into())
             };
@@ -369,6 +378,7 @@ impl State {
                 } else {
                     self.multi = Some(Vec::new());
                     self.multi_dirty = false;
+                    self.multi_bytes = 0;
                     Frame::ok()
                 }
             }

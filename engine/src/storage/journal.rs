@@ -123,7 +123,8 @@ impl Record {
         out.push(self.stream);
         out.extend_from_slice(&self.stream_seqno.to_le_bytes());
         out.extend_from_slice(&self.commit_time_micros.to_le_bytes());
-        let count = u32::try_from(self.changes.len()).expect("key count is bounded by TXN_KEYS_MAX");
+        let count = u32::try_from(self.changes.len())
+            .expect("key count is bounded by MULTI_BYTES_MAX / 1 byte per key");
         out.extend_from_slice(&count.to_le_bytes());
         for change in &self.changes {
             put_bytes(&mut out, &change.key);

@@ -98,15 +98,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn rec(start: u64, root: &str, id: &str) -> HistoryRecord {
-        HistoryRecord {
-            stream: 0,
-            start_seqno: start,
-            root_name: root.into(),
-            root_creation_id: id.into(),
-            journal_seqno: start,
-        }
-    }
+    use super::testkit::rec;
 
     #[test]
     fn seed_failover_ardmore_rejoins_brynmawr() {
@@ -143,15 +135,6 @@ mod tests {
         assert_eq!(common_point(&a, 10, &p, 10), 0);
     }
 
-    /// A random family history: who generated which seqnos, built by the operations the
-    /// engine performs (commit, failover to another member, online rollback).
-    #[derive(Debug, Clone)]
-    struct Member {
-        history: Vec<HistoryRecord>,
-        /// (seqno, generating epoch) of every transaction held.
-        txns: Vec<(u64, usize)>,
-    }
-
     proptest! {
         /// The common point is exactly the longest prefix of transactions (seqno and the
         /// epoch that generated it) the two instances share.
@@ -161,35 +144,7 @@ mod tests {
             copy_at in 0usize..16,
             own in 0u64..6,
         ) {
-            let mut epoch = 0usize;
-            let mut a = Member { history: vec![rec(1, "A", "0")], txns: vec![] };
-            let mut b: Option<Member> = None;
-            for (i, (op, n)) in ops.iter().enumerate() {
-                if i == copy_at {
-                    b = Some(a.clone()); // b is a secondary that has caught up to here
-                }
-                match op {
-                    0 => {
-                        let start = a.txns.len() as u64 + 1;
-                        for k in 0..*n { a.txns.push((start + k, epoch)); }
-                    }
-                    1 => {
-                        // online rollback of n transactions, then a new epoch
-                        let keep = a.txns.len().saturating_sub(*n as usize);
-                        a.txns.truncate(keep);
-                        epoch += 1;
-                        a.history.retain(|r| r.start_seqno <= keep as u64);
-                        a.history.push(rec(keep as u64 + 1, "A", &epoch.to_string()));
-                    }
-                    _ => {
-                        // a restarts as primary: a new record at its next seqno
-                        epoch += 1;
-                        let next = a.txns.len() as u64 + 1;
-                        a.history.retain(|r| r.start_seqno < next);
-                        a.history.push(rec(next, "A", &epoch.to_string()));
-                    }
-                }
-            }
+            let (a, b, mut epoch) = testkit::evolve(&ops, copy_at);
             let mut b = b.unwrap_or_else(|| a.clone());
             // b is promoted and generates `own` transactions of its own.
             epoch += 1;
@@ -204,5 +159,66 @@ mod tests {
             let back = common_point(&a.history, a.txns.len() as u64, &b.history, b.txns.len() as u64);
             prop_assert_eq!(back, truth);
         }
+    }
+}
+
+/// Generated family histories for property tests (here and in `si`).
+#[cfg(test)]
+pub(crate) mod testkit {
+    use crate::storage::meta::HistoryRecord;
+
+    pub fn rec(start: u64, root: &str, id: &str) -> HistoryRecord {
+        HistoryRecord {
+            stream: 0,
+            start_seqno: start,
+            root_name: root.into(),
+            root_creation_id: id.into(),
+            journal_seqno: start,
+        }
+    }
+
+    /// A family member: its history and, as ground truth, the (seqno, generating epoch) of
+    /// every transaction it holds.
+    #[derive(Debug, Clone)]
+    pub struct Member {
+        pub history: Vec<HistoryRecord>,
+        pub txns: Vec<(u64, usize)>,
+    }
+
+    /// Runs the operations a primary performs — (0, n): commit n transactions; (1, n): roll
+    /// back n online and start a new epoch; (_, _): restart as primary (new epoch) — and
+    /// returns the final primary, a copy of it taken before operation `copy_at` (a secondary
+    /// that had caught up to there; `None` if `copy_at` is past the end), and the last epoch.
+    pub fn evolve(ops: &[(u8, u64)], copy_at: usize) -> (Member, Option<Member>, usize) {
+        let mut epoch = 0usize;
+        let mut a = Member { history: vec![rec(1, "A", "0")], txns: vec![] };
+        let mut copy = None;
+        for (i, (op, n)) in ops.iter().enumerate() {
+            if i == copy_at {
+                copy = Some(a.clone());
+            }
+            match op {
+                0 => {
+                    let start = a.txns.len() as u64 + 1;
+                    for k in 0..*n {
+                        a.txns.push((start + k, epoch));
+                    }
+                }
+                1 => {
+                    let keep = a.txns.len().saturating_sub(*n as usize);
+                    a.txns.truncate(keep);
+                    epoch += 1;
+                    a.history.retain(|r| r.start_seqno <= keep as u64);
+                    a.history.push(rec(keep as u64 + 1, "A", &epoch.to_string()));
+                }
+                _ => {
+                    epoch += 1;
+                    let next = a.txns.len() as u64 + 1;
+                    a.history.retain(|r| r.start_seqno < next);
+                    a.history.push(rec(next, "A", &epoch.to_string()));
+                }
+            }
+        }
+        (a, copy, epoch)
     }
 }

@@ -183,14 +183,6 @@ mod tests {
         assert_eq!(plan(&journal, 1, &family, &brynmawr, 100, Resync::Refuse), SiPlan::Stream { from: 98 });
     }
 
-    /// Ground truth for the property test: each family transaction is (seqno, epoch); each
-    /// receiver entry of stream 1 remembers the epoch it came from.
-    #[derive(Debug, Clone)]
-    struct Family {
-        history: Vec<HistoryRecord>,
-        txns: Vec<(u64, usize)>,
-    }
-
     proptest! {
         /// After an autorollback plan, every stream-1 entry left on the receiver is a
         /// transaction the family holds; exactly the journal suffix after `to_seqno` is rolled
@@ -202,28 +194,7 @@ mod tests {
             copy_at in 0usize..14,
             locals in proptest::collection::vec(0u8..3, 0..60),
         ) {
-            let mut epoch = 0usize;
-            let mut fam = Family { history: vec![rec(1, "0")], txns: vec![] };
-            let mut snapshot: Option<Family> = None;
-            for (i, (op, n)) in ops.iter().enumerate() {
-                if i == copy_at { snapshot = Some(fam.clone()); }
-                match op {
-                    0 => { let s = fam.txns.len() as u64 + 1; for k in 0..*n { fam.txns.push((s + k, epoch)); } }
-                    1 => {
-                        let keep = fam.txns.len().saturating_sub(*n as usize);
-                        fam.txns.truncate(keep);
-                        epoch += 1;
-                        fam.history.retain(|r| r.start_seqno <= keep as u64);
-                        fam.history.push(rec(keep as u64 + 1, &epoch.to_string()));
-                    }
-                    _ => {
-                        epoch += 1;
-                        let next = fam.txns.len() as u64 + 1;
-                        fam.history.retain(|r| r.start_seqno < next);
-                        fam.history.push(rec(next, &epoch.to_string()));
-                    }
-                }
-            }
+            let (fam, snapshot, _) = super::super::history::testkit::evolve(&ops, copy_at);
             // The receiver got the family's transactions up to the snapshot, interleaved with
             // local ones as `locals` says (0: local, else: next family transaction).
             let seen = snapshot.unwrap_or_else(|| fam.clone());

@@ -23,14 +23,7 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENGINE = os.path.join(ROOT, "target", "release", "strand-engine")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from benchlib import ENGINE, ROOT, ensure_engine, free_port
 
 
 def wait_port(port, proc, what):
@@ -81,8 +74,7 @@ def main():
     for tool in ("redis-server", "redis-benchmark"):
         if not shutil.which(tool):
             sys.exit(f"{tool} not found: apt-get install redis-server redis-tools")
-    if not os.path.exists(ENGINE):
-        subprocess.run(["cargo", "build", "--release", "-p", "strand-engine"], cwd=ROOT, check=True)
+    ensure_engine()
 
     work = tempfile.mkdtemp(prefix="strand-bench-", dir=os.environ.get("STRAND_BENCH_DIR"))
     strand_port, redis_port = free_port(), free_port()

@@ -29,14 +29,7 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENGINE = os.path.join(ROOT, "target", "release", "strand-engine")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from benchlib import ENGINE, ROOT, ensure_engine, free_port
 
 
 class Engine:
@@ -198,8 +191,7 @@ def main():
     ap.add_argument("--out")
     ap.add_argument("--no-gtm", action="store_true")
     args = ap.parse_args()
-    if not os.path.exists(ENGINE):
-        subprocess.run(["cargo", "build", "--release", "-p", "strand-engine"], cwd=ROOT, check=True)
+    ensure_engine()
     work = tempfile.mkdtemp(prefix="strand-repl-bench-")
     secret = os.path.join(work, "secret")
     with open(secret, "w") as f:

@@ -112,18 +112,23 @@ fn reserve_refuses_commits_and_keeps_serving_reads() {
     std::fs::remove_file(&filler).unwrap();
     let () = c.set("after", "v").unwrap();
     acked.push("after".into());
-    for key in &acked {
-        assert!(c.exists::<_, bool>(key).unwrap(), "acknowledged {key} missing");
-    }
+    assert_present(&mut c, &acked, "after space came back");
     drop(c);
     server.stop();
-    server.restart();
-    let mut c = server.client();
-    for key in &acked {
-        assert!(c.exists::<_, bool>(key).unwrap(), "acknowledged {key} missing after restart");
+    restart_and_check(&mut server, &acked);
+}
+
+fn assert_present(c: &mut redis::Connection, acked: &[String], when: &str) {
+    for key in acked {
+        assert!(c.exists::<_, bool>(key).unwrap(), "acknowledged {key} missing {when}");
     }
+}
+
+/// Restarts the (stopped or killed) server and checks every acknowledged key and the journal.
+fn restart_and_check(server: &mut Server, acked: &[String]) {
+    server.restart();
+    assert_present(&mut server.client(), acked, "after restart");
     server.verify();
-    drop(c);
     server.kill9();
 }
 
@@ -154,18 +159,9 @@ fn enospc_inside_the_database_is_survived() {
         }
     }
     acked.push("after".into());
-    for key in &acked {
-        assert!(c.exists::<_, bool>(key).unwrap(), "acknowledged {key} missing");
-    }
+    assert_present(&mut c, &acked, "after the database was reopened");
     server.verify();
     drop(c);
     server.kill9();
-    server.restart();
-    let mut c = server.client();
-    for key in &acked {
-        assert!(c.exists::<_, bool>(key).unwrap(), "acknowledged {key} missing after restart");
-    }
-    server.verify();
-    drop(c);
-    server.kill9();
+    restart_and_check(&mut server, &acked);
 }

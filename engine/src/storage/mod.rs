@@ -420,21 +420,22 @@ impl Snapshot {
 
     /// Journal records with seqnos in `from..=to`, decoded and checked.
     pub fn journal(&self, from: u64, to: u64) -> Result<Vec<Record>, StoreError> {
-        let table = self.txn.open_table(JOURNAL).map_err(redb_err("open the journal table"))?;
-        let mut out = Vec::new();
-        for entry in table.range(from..=to).map_err(redb_err("read the journal"))? {
-            let (seqno, bytes) = entry.map_err(redb_err("read the journal"))?;
-            let seqno = seqno.value();
-            let record =
-                Record::decode(bytes.value()).map_err(|source| StoreError::RecordDecode { seqno, source })?;
-            out.push(record);
-        }
-        Ok(out)
+        self.read_journal(from, to, |_, record, _| record)
     }
 
     /// Encoded journal records `from..=to` with their seqno and commit time, checksums
     /// verified (what a replication source sends).
     pub fn journal_raw(&self, from: u64, to: u64) -> Result<Vec<(u64, u64, Vec<u8>)>, StoreError> {
+        self.read_journal(from, to, |seqno, record, bytes| (seqno, record.commit_time_micros, bytes.to_vec()))
+    }
+
+    /// Reads records `from..=to`, verifying each checksum, and maps each with `f`.
+    fn read_journal<T>(
+        &self,
+        from: u64,
+        to: u64,
+        mut f: impl FnMut(u64, Record, &[u8]) -> T,
+    ) -> Result<Vec<T>, StoreError> {
         let table = self.txn.open_table(JOURNAL).map_err(redb_err("open the journal table"))?;
         let mut out = Vec::new();
         for entry in table.range(from..=to).map_err(redb_err("read the journal"))? {
@@ -442,7 +443,7 @@ impl Snapshot {
             let seqno = seqno.value();
             let record =
                 Record::decode(bytes.value()).map_err(|source| StoreError::RecordDecode { seqno, source })?;
-            out.push((seqno, record.commit_time_micros, bytes.value().to_vec()));
+            out.push(f(seqno, record, bytes.value()));
         }
         Ok(out)
     }

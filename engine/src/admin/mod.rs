@@ -266,7 +266,12 @@ pub struct StreamStatus {
     pub stream: u8,
     /// Root primary of the family that generated the stream, if known.
     pub source_family: Option<String>,
+    /// Last stream seqno this instance holds (for stream 0 of a non-supplementary instance,
+    /// the journal seqno).
     pub seqno: u64,
+    /// SI streams: the source family's history records, in its seqno space.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<HistoryRecord>,
 }
 
 /// The answer of `GET /v1/status` (and `ctl status --json`).
@@ -296,6 +301,10 @@ pub struct Status {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReceiverView {
     pub autorollback: bool,
+    #[serde(default)]
+    pub si: bool,
+    #[serde(default)]
+    pub noresync: bool,
     #[serde(flatten)]
     pub status: crate::replication::ReceiverStatus,
 }
@@ -305,8 +314,22 @@ async fn status(State(engine): State<Arc<Engine>>) -> Result<Json<Status>, ApiEr
     let meta = store.meta();
     let seqno = store.committed_seqno();
     let keys = store.snapshot()?.len()?;
+    let seqnos = store.stream_seqnos();
+    let own_family = crate::storage::meta::family_root(&meta.history).map_or(&meta.name, |r| &r.root_name);
+    let mut streams = vec![StreamStatus {
+        stream: 0,
+        source_family: Some(own_family.clone()),
+        seqno: if meta.supplementary { seqnos[0] } else { seqno },
+        history: Vec::new(),
+    }];
+    streams.extend(meta.streams.iter().map(|s| StreamStatus {
+        stream: s.stream,
+        source_family: Some(s.family.clone()),
+        seqno: seqnos.get(usize::from(s.stream)).copied().unwrap_or(0),
+        history: s.history.clone(),
+    }));
     Ok(Json(Status {
-        streams: vec![StreamStatus { stream: 0, source_family: Some(meta.name.clone()), seqno }],
+        streams,
         name: meta.name,
         creation_id: meta.creation_id,
         supplementary: meta.supplementary,
@@ -324,6 +347,8 @@ async fn status(State(engine): State<Arc<Engine>>) -> Result<Json<Status>, ApiEr
         last_rollback: meta.last_rollback,
         receiver: meta.receiver.map(|r| ReceiverView {
             autorollback: r.autorollback,
+            si: r.si,
+            noresync: r.noresync,
             status: engine.replication.receiver_status(),
         }),
         sources: {

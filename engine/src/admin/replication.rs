@@ -5,7 +5,7 @@
 //! | POST   | /v1/promote                | source server `-updok` / `-rootprimary`              |
 //! | POST   | /v1/demote                 | `-updnotok` / `-propagateprimary` (writes nothing)   |
 //! | POST   | /v1/failover               | GemStone failover to standby: failover record, then read-only |
-//! | POST   | /v1/receiver/start         | `mupip replicate -receiver -start [-autorollback]`   |
+//! | POST   | /v1/receiver/start         | `mupip replicate -receiver -start [-autorollback]`; SI: `-noresync`, `-updateresync=file`, `-reuse` |
 //! | POST   | /v1/receiver/stop          | `mupip replicate -receiver -shutdown`                |
 //! | POST   | /v1/sources                | `mupip replicate -source -start -secondary=…`        |
 //! | DELETE | /v1/sources/{receiver}     | `mupip replicate -source -shutdown`                  |
@@ -21,12 +21,14 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
 use super::ApiError;
+use crate::replication::si::{Resync, SiPlan};
 use crate::replication::source::{self, SourceStatus};
 use crate::replication::{SOURCES_MAX, history};
 use crate::server::Engine;
+use crate::storage::backup::BackupInfo;
 use crate::storage::journal::RecordKind;
-use crate::storage::meta::{HistoryRecord, LastRollback, ReceiverConfig, Role, SourceLink};
-use crate::storage::writer::TxnFailure;
+use crate::storage::meta::{HistoryRecord, LastRollback, ReceiverConfig, Role, SourceLink, StreamState};
+use crate::storage::writer::{Marker, TxnFailure};
 
 fn failure(e: TxnFailure) -> ApiError {
     match e {
@@ -103,9 +105,6 @@ async fn to_secondary(engine: &Arc<Engine>, record: bool) -> Result<Json<RoleAns
     engine
         .writer
         .update_meta(Box::new(move |meta, _| {
-            if meta.supplementary {
-                return Err(format!("{} is supplementary; it cannot become a BC secondary", meta.name));
-            }
             if meta.role == Role::Secondary {
                 return if record {
                     Err(format!(
@@ -117,7 +116,12 @@ async fn to_secondary(engine: &Arc<Engine>, record: bool) -> Result<Json<RoleAns
                 };
             }
             meta.role = Role::Secondary;
-            Ok(record.then_some(RecordKind::Failover))
+            // A supplementary instance that stops being one (Malvern after the outage) stops
+            // receiving its SI stream too.
+            if meta.receiver.as_ref().is_some_and(|r| r.si) {
+                meta.receiver = None;
+            }
+            Ok(record.then(Marker::failover))
         }))
         .await
         .map_err(failure)?;
@@ -130,6 +134,72 @@ async fn to_secondary(engine: &Arc<Engine>, record: bool) -> Result<Json<RoleAns
 pub struct ReceiverStart {
     #[serde(default)]
     pub autorollback: bool,
+    /// Receive an SI stream (supplementary instances) instead of BC.
+    #[serde(default)]
+    pub si: bool,
+    /// SI only: when ahead, resume from the common point without rolling back.
+    #[serde(default)]
+    pub noresync: bool,
+    /// SI only, first start for a family: path of a backup of a member of the source family
+    /// whose data this instance holds; seeds the stream's history and position.
+    #[serde(default)]
+    pub updateresync: Option<String>,
+    /// With `updateresync` when all 15 streams are in use: the family whose stream to reuse.
+    #[serde(default)]
+    pub reuse: Option<String>,
+}
+
+fn bad_request(code: &str, message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, code, message)
+}
+
+/// Checks the combination of receiver options (GT.M's NORESYNCSUPPLONLY and friends).
+fn check_receiver_options(r: &ReceiverStart) -> Result<(), ApiError> {
+    if r.noresync && !r.si {
+        return Err(bad_request(
+            "noresync_suppl_only",
+            "--noresync applies only to SI streams (GT.M NORESYNCSUPPLONLY); a BC receiver that is ahead rolls back (--autorollback) or refuses",
+        ));
+    }
+    if r.noresync && r.autorollback {
+        return Err(bad_request(
+            "bad_request",
+            "choose one of --autorollback (roll back when ahead) and --noresync (keep and resume)",
+        ));
+    }
+    if r.updateresync.is_some() && !r.si {
+        return Err(bad_request(
+            "updateresync_si_only",
+            "--updateresync is for SI receivers; a BC receiver negotiates from the history its backup carries",
+        ));
+    }
+    if r.reuse.is_some() && r.updateresync.is_none() {
+        return Err(bad_request(
+            "bad_request",
+            "--reuse goes with --updateresync (a first start for a new family)",
+        ));
+    }
+    Ok(())
+}
+
+/// A backup that is to seed an SI stream: its description and the history it carries.
+fn read_seed(path: &str) -> Result<(BackupInfo, Vec<HistoryRecord>), ApiError> {
+    let p = std::path::Path::new(path);
+    let info = crate::storage::backup::describe(p)?;
+    let meta = crate::storage::backup::backup_meta(p)?;
+    if meta.supplementary {
+        return Err(bad_request(
+            "bad_backup",
+            format!(
+                "{path} is a backup of the supplementary {}; SI streams come only from non-supplementary families",
+                meta.name
+            ),
+        ));
+    }
+    if crate::storage::meta::family_root(&meta.history).is_none() {
+        return Err(bad_request("bad_backup", format!("{path} carries no history records")));
+    }
+    Ok((info, meta.history))
 }
 
 pub async fn receiver_start(
@@ -144,22 +214,79 @@ pub async fn receiver_start(
             "this server was started without --repl-addr; restart it with one to receive",
         ));
     }
-    let autorollback = request.autorollback;
+    check_receiver_options(&request)?;
+    let seed = match request.updateresync.clone() {
+        Some(path) => Some(
+            tokio::task::spawn_blocking(move || read_seed(&path))
+                .await
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??,
+        ),
+        None => None,
+    };
+    let config =
+        ReceiverConfig { autorollback: request.autorollback, si: request.si, noresync: request.noresync };
+    let reuse = request.reuse.clone();
     engine
         .writer
-        .update_meta(Box::new(move |meta, _| {
-            if matches!(meta.role, Role::Primary | Role::SupplementaryPrimary) {
+        .update_meta(Box::new(move |meta, seqno| {
+            if !config.si {
+                if matches!(meta.role, Role::Primary | Role::SupplementaryPrimary) {
+                    return Err(format!(
+                        "{} is an originating primary; demote it first (ctl demote) to make it receive",
+                        meta.name
+                    ));
+                }
+                meta.role = Role::Secondary;
+                meta.receiver = Some(config);
+                return Ok(None);
+            }
+            if !meta.supplementary {
                 return Err(format!(
-                    "{} is an originating primary; demote it first (ctl demote) to make it receive",
+                    "{} is not supplementary; SI streams go only into supplementary instances (create one with --supplementary)",
                     meta.name
                 ));
             }
-            meta.role = Role::Secondary;
-            meta.receiver = Some(ReceiverConfig { autorollback });
-            Ok(None)
+            if meta.role == Role::Secondary {
+                return Err(if config.noresync {
+                    format!(
+                        "{} does not accept updates (it is a BC replicating secondary); --noresync needs an instance that does (GT.M NORESYNCUPDATERONLY): promote it first",
+                        meta.name
+                    )
+                } else {
+                    format!(
+                        "{} is a BC replicating secondary; promote it (ctl promote) before it receives an SI stream",
+                        meta.name
+                    )
+                });
+            }
+            meta.role = Role::SupplementaryPrimary;
+            meta.receiver = Some(config);
+            let Some((info, history)) = seed else { return Ok(None) };
+            let root = crate::storage::meta::family_root(&history)
+                .cloned()
+                .ok_or_else(|| "the backup carries no history records".to_owned())?;
+            let stream = crate::replication::streams::allocate(meta, &root, reuse.as_deref())?;
+            let at = seqno + 1;
+            meta.streams.retain(|s| s.stream != stream);
+            meta.streams.push(StreamState {
+                stream,
+                family: root.root_name.clone(),
+                family_id: root.root_creation_id.clone(),
+                history: history
+                    .into_iter()
+                    .filter(|h| h.stream == 0 && h.start_seqno <= info.journal_seqno.max(1))
+                    .map(|h| HistoryRecord { stream, journal_seqno: at, ..h })
+                    .collect(),
+                since_journal_seqno: at,
+            });
+            meta.streams.sort_by_key(|s| s.stream);
+            Ok(Some(Marker { kind: RecordKind::StreamBase, stream, stream_seqno: info.journal_seqno }))
         }))
         .await
         .map_err(failure)?;
+    if let Some(path) = &request.updateresync {
+        tracing::info!(backup = %path, "SI stream seeded from a backup (updateresync)");
+    }
     engine.replication.set_receiver(|s| {
         if s.state.is_empty() || s.state == "stopped" {
             s.state = "idle".into();
@@ -189,6 +316,9 @@ pub async fn receiver_stop(
 pub struct SourceStart {
     pub receiver: String,
     pub addr: String,
+    /// An SI stream (the receiver is supplementary) instead of BC.
+    #[serde(default)]
+    pub si: bool,
 }
 
 pub async fn source_start(
@@ -212,13 +342,19 @@ pub async fn source_start(
             "this server was started without --repl-secret-file; replication needs the shared secret",
         ));
     }
-    let link = SourceLink { receiver: request.receiver.clone(), addr: request.addr.clone() };
+    let link = SourceLink { receiver: request.receiver.clone(), addr: request.addr.clone(), si: request.si };
     let stored = link.clone();
     engine
         .writer
         .update_meta(Box::new(move |meta, _| {
             if stored.receiver == meta.name {
                 return Err(format!("{} cannot replicate to itself", meta.name));
+            }
+            if stored.si && meta.supplementary {
+                return Err(format!(
+                    "{} is supplementary: it cannot source an SI stream (it can source BC to supplementary instances)",
+                    meta.name
+                ));
             }
             meta.sources.retain(|s| s.receiver != stored.receiver);
             if meta.sources.len() >= SOURCES_MAX {
@@ -308,6 +444,45 @@ pub struct RollbackAnswer {
     pub rollback: Option<LastRollback>,
 }
 
+/// `rollback --fetchresync` of a supplementary instance against a member of an SI source
+/// family: roll back to just before the first transaction of that family's stream the member
+/// does not have (local transactions after it go too, as the seed explains).
+async fn fetchresync_si(
+    engine: &Engine,
+    addr: &str,
+    answer: &crate::replication::protocol::HistoryAnswer,
+) -> Result<(u64, String), ApiError> {
+    let conflict = |m: String| ApiError::new(StatusCode::CONFLICT, "conflict", m);
+    let n = crate::replication::streams::negotiate(
+        engine,
+        addr,
+        &answer.history,
+        answer.seqno,
+        Resync::Autorollback,
+    )
+    .await
+    .map_err(|e| conflict(crate::storage::writer::error_chain(&e)))?;
+    let committed = engine.store.committed_seqno();
+    match n.plan {
+        SiPlan::Rollback { to_seqno, from } => Ok((
+            to_seqno,
+            format!(
+                "fetchresync with {addr}: stream {} ({}) common point {}, rolling back to seqno {to_seqno}",
+                n.stream,
+                n.family,
+                from - 1
+            ),
+        )),
+        SiPlan::Reseed { common, base } => Err(conflict(format!(
+            "stream {} ({}) began from a backup at family seqno {base} but {addr} agrees only up to {common}; no rollback can help: re-create this instance from a newer backup",
+            n.stream, n.family
+        ))),
+        SiPlan::Stream { .. } | SiPlan::NoResync { .. } | SiPlan::Refuse { .. } => {
+            Ok((committed, format!("fetchresync with {addr}: stream {} is not ahead", n.stream)))
+        }
+    }
+}
+
 pub async fn rollback(
     State(engine): State<Arc<Engine>>,
     body: Result<Json<RollbackRequest>, JsonRejection>,
@@ -324,13 +499,17 @@ pub async fn rollback(
                 )
             })?;
             let meta = engine.store.meta();
-            let common = history::common_point(
-                &meta.history,
-                engine.store.committed_seqno(),
-                &answer.history,
-                answer.seqno,
-            );
-            (common, format!("fetchresync with {addr}: common point {common}"))
+            if meta.supplementary && !answer.supplementary {
+                fetchresync_si(&engine, &addr, &answer).await?
+            } else {
+                let common = history::common_point(
+                    &meta.history,
+                    engine.store.committed_seqno(),
+                    &answer.history,
+                    answer.seqno,
+                );
+                (common, format!("fetchresync with {addr}: common point {common}"))
+            }
         }
         _ => {
             return Err(ApiError::new(

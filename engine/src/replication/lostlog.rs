@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::admin::hex;
 use crate::storage::journal::Record;
-use crate::storage::meta::HistoryRecord;
+use crate::storage::meta::{HistoryRecord, StreamState};
 
 pub const FORMAT: &str = "strand-unreplicated-transactions/1";
 /// Directory (inside the data directory) holding the logs.
@@ -61,13 +61,22 @@ pub struct LostTransaction {
 }
 
 impl LostTransaction {
-    pub fn from_record(record: &Record, history: &[HistoryRecord]) -> Self {
+    /// `history` and `streams` as they were when the record was committed (for its origin).
+    pub fn from_record(record: &Record, history: &[HistoryRecord], streams: &[StreamState]) -> Self {
+        let origin = if record.stream == 0 {
+            super::history::covering(history, record.seqno).map(|h| h.root_name.clone())
+        } else {
+            streams.iter().find(|s| s.stream == record.stream).and_then(|s| {
+                super::history::covering(&s.family_history(), record.stream_seqno)
+                    .map(|h| h.root_name.clone())
+            })
+        };
         LostTransaction {
             seqno: record.seqno,
             kind: record.kind,
             stream: record.stream,
             stream_seqno: record.stream_seqno,
-            origin: super::history::covering(history, record.seqno).map(|h| h.root_name.clone()),
+            origin,
             commit_time_micros: record.commit_time_micros,
             changes: record
                 .changes

@@ -1,11 +1,12 @@
-//! Business Continuity (BC) replication, as GT.M does it.
+//! Replication as GT.M does it: Business Continuity (BC) and Supplementary Instance (SI).
 //!
 //! - [`history`]: history records and the negotiation of the latest common transaction.
 //! - [`protocol`]: the framed, checksummed, authenticated wire protocol.
 //! - [`source`]: one task per outgoing stream; connects to a receiver and streams the journal.
 //! - [`receiver`]: the listener on `--repl-addr`; negotiates, rolls back if allowed, applies.
 //! - [`lostlog`]: the Unreplicated Transaction Log written by every rollback.
-//! - [`si`]: supplementary-instance negotiation and rollback planning per stream (issue 5).
+//! - [`si`]: supplementary-instance negotiation and rollback planning per stream (pure).
+//! - [`streams`]: SI streams on a running instance: allocation, reuse, negotiation.
 //!
 //! The receiver listens and the source connects (as in GT.M). Everything a receiver applies
 //! goes through the writer, in seqno order, with the source's seqnos, stream tags and commit
@@ -17,6 +18,7 @@ pub mod protocol;
 pub mod receiver;
 pub mod si;
 pub mod source;
+pub mod streams;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -81,6 +83,9 @@ pub struct ReceiverStatus {
     /// idle, streaming, rollback_required, error
     pub state: String,
     pub source: Option<String>,
+    /// The SI stream being received (`None` for BC).
+    pub stream: Option<u8>,
+    /// Last seqno applied, in the source's numbering (for SI: the stream seqno).
     pub applied_seqno: u64,
     /// Set when the receiver is ahead of its source and autorollback is off.
     pub common_seqno: Option<u64>,

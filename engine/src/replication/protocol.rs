@@ -7,14 +7,15 @@
 //! allocated; a bad checksum, an unknown kind or a short frame ends the connection.
 //!
 //! Handshake (the source connects to the receiver's replication address):
-//! 1. source → `Hello` {protocol, mode, name, creation id, nonce_s}
+//! 1. source → `Hello` {protocol, mode, name, creation id, nonce_s, si, supplementary}
 //! 2. receiver → `Challenge` {protocol, name, creation id, nonce_r,
 //!    proof_r = HMAC-SHA256(secret, "strand-receiver" · nonce_s · nonce_r)}
 //! 3. source verifies proof_r, then → `Auth` {proof_s = HMAC(secret, "strand-source" ·
-//!    nonce_r · nonce_s), history, seqno}
-//! 4. receiver verifies proof_s, negotiates (history.rs), may roll back, then → `Start`
-//!    {from} or `Refuse` {code, message, common?}.
-//! 5. source → `Records` / `Heartbeat`; receiver → `Ack` {seqno applied and durable}.
+//!    nonce_r · nonce_s), history, seqno, SI stream states}
+//! 4. receiver verifies proof_s, negotiates (history.rs for BC, si.rs per stream for SI), may
+//!    roll back, then → `Start` {from} or `Refuse` {code, message, common?}.
+//! 5. source → `Records` / `Heartbeat`; receiver → `Ack` {seqno applied and durable, in the
+//!    source's numbering}.
 //!
 //! Both ends prove knowledge of the shared secret without sending it; fresh nonces on both
 //! sides make replayed proofs useless.
@@ -25,7 +26,7 @@ use sha2::Sha256;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::storage::journal::Record;
-use crate::storage::meta::HistoryRecord;
+use crate::storage::meta::{HistoryRecord, StreamState};
 
 pub const PROTOCOL_VERSION: u16 = 1;
 /// Largest frame accepted.
@@ -85,6 +86,12 @@ pub struct Hello {
     pub name: String,
     pub creation_id: String,
     pub nonce: String,
+    /// The stream offered is SI (to a supplementary instance), not BC.
+    #[serde(default)]
+    pub si: bool,
+    /// The connecting instance is supplementary.
+    #[serde(default)]
+    pub supplementary: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -101,6 +108,10 @@ pub struct Auth {
     pub proof: String,
     pub history: Vec<HistoryRecord>,
     pub seqno: u64,
+    /// The source's SI stream states (a supplementary source of a BC stream), adopted by the
+    /// receiver as far as it applies the source's journal.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub streams: Vec<StreamState>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -134,6 +145,9 @@ pub struct Ack {
 pub struct HistoryAnswer {
     pub history: Vec<HistoryRecord>,
     pub seqno: u64,
+    /// Whether the answering instance is supplementary (it then has no SI family of its own).
+    #[serde(default)]
+    pub supplementary: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -1,7 +1,9 @@
 //! The receiver side: the listener on `--repl-addr`. For each connecting source it checks the
-//! shared secret, compares histories, and then either streams (receiver not ahead), rolls back
-//! online to the common point first (receiver ahead, `autorollback`), or refuses and touches
-//! nothing (receiver ahead without `autorollback`: "rollback required"). Records are applied
+//! shared secret and whether the stream is admissible (BC or SI, supplementary or not, role),
+//! compares histories — in the journal seqno space for BC, in the source family's space for
+//! the SI stream that family feeds — and then either streams (receiver not ahead), rolls back
+//! online first (receiver ahead, `autorollback`), resumes from the common point (SI,
+//! `noresync`), or refuses and touches nothing ("rollback required"). Records are applied
 //! through the writer and acknowledged once durable. One source at a time.
 
 use std::net::SocketAddr;
@@ -15,11 +17,13 @@ use super::history::{self, Plan};
 use super::protocol::{
     self, Ack, Auth, Challenge, Hello, HistoryAnswer, Kind, Mode, ProtocolError, Refuse, Start,
 };
+use super::si::{Resync, SiPlan};
+use super::streams::{self, Negotiated, StreamError};
 use crate::server::Engine;
 use crate::shutdown::Shutdown;
 use crate::storage::journal::RecordKind;
 use crate::storage::meta::Role;
-use crate::storage::writer::error_chain;
+use crate::storage::writer::{ApplyMode, Marker, error_chain};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A source sends at least a heartbeat every second; silence this long means it is gone.
@@ -131,7 +135,11 @@ async fn serve(
         return Err(ProtocolError::Auth);
     }
     if hello.mode == Mode::Query {
-        let answer = HistoryAnswer { history: meta.history.clone(), seqno: engine.store.committed_seqno() };
+        let answer = HistoryAnswer {
+            history: meta.history.clone(),
+            seqno: engine.store.committed_seqno(),
+            supplementary: meta.supplementary,
+        };
         protocol::write_json(&mut wr, Kind::History, &answer).await?;
         return Ok(());
     }
@@ -147,83 +155,57 @@ async fn serve(
         .await;
         return Ok(());
     };
-    if engine.store.role() != Role::Secondary {
+    if let Err((code, message)) = admissible(&meta, engine.store.role(), &config, &hello) {
+        tracing::warn!(source = %hello.name, code, %message, "refused a replication stream");
+        engine.metrics.replication_errors_total.with_label_values(&[code]).inc();
+        engine.replication.set_receiver(|s| s.last_error = Some(message.clone()));
+        refuse(&mut wr, code, message, None, None).await;
+        return Ok(());
+    }
+    if active.swap(true, Ordering::AcqRel) {
+        let current = engine.replication.receiver_status().source.unwrap_or_default();
+        let what = if config.si { "an SI stream" } else { "a BC stream" };
         refuse(
             &mut wr,
-            "not_secondary",
-            format!("{} is {}, not a replicating secondary", meta.name, engine.store.role().as_str()),
+            "busy",
+            format!(
+                "{} already receives {what} from {current}; an instance receives one stream at a time",
+                meta.name
+            ),
             None,
             None,
         )
         .await;
         return Ok(());
     }
-    if active.swap(true, Ordering::AcqRel) {
-        let current = engine.replication.receiver_status().source.unwrap_or_default();
-        refuse(&mut wr, "busy", format!("{} already receives from {current}", meta.name), None, None).await;
-        return Ok(());
-    }
     let _guard = ActiveGuard(active);
     let mut generation = engine.replication.receiver_generation.subscribe();
     generation.borrow_and_update();
 
-    let seqno = engine.store.committed_seqno();
-    let plan = history::plan(&meta.history, seqno, &auth.history, auth.seqno);
-    let mut rolled_back_to = None;
-    let from = match plan {
-        Plan::Stream { from } => from,
-        Plan::RollbackRequired { common, receiver_seqno } if !config.autorollback => {
-            let message = format!(
-                "{} holds seqnos {}..={receiver_seqno} that {} does not have (common point {common}); roll back with `ctl rollback --to-seqno {common}` or start the receiver with --autorollback",
-                meta.name,
-                common + 1,
-                hello.name
-            );
-            tracing::warn!(source = %hello.name, common, receiver_seqno, "rollback required; not receiving");
-            engine.metrics.replication_errors_total.with_label_values(&["rollback_required"]).inc();
-            engine.replication.set_receiver(|s| {
-                s.state = "rollback_required".into();
-                s.source = Some(hello.name.clone());
-                s.common_seqno = Some(common);
-                s.last_error = Some(message.clone());
-            });
-            refuse(&mut wr, "rollback_required", message, Some(common), Some(receiver_seqno)).await;
-            return Ok(());
-        }
-        Plan::RollbackRequired { common, receiver_seqno } => {
-            let reason = format!(
-                "autorollback: source {} does not have seqnos {}..={receiver_seqno}",
-                hello.name,
-                common + 1
-            );
-            match engine.writer.rollback(common, false, reason).await {
-                Ok(done) => {
-                    if let Some(done) = done {
-                        engine.metrics.rollbacks_total.inc();
-                        engine.metrics.rolled_back_transactions_total.inc_by(done.transactions);
-                    }
-                }
-                Err(e) => {
-                    refuse(&mut wr, "rollback_failed", e.to_string(), Some(common), Some(receiver_seqno))
-                        .await;
-                    return Err(ProtocolError::Io(std::io::Error::other(e.to_string())));
-                }
-            }
-            rolled_back_to = Some(common);
-            common + 1
-        }
+    let negotiated = if config.si {
+        negotiate_si(engine, &mut wr, &hello, &auth, &config).await?
+    } else {
+        negotiate_bc(engine, &mut wr, &hello, &auth, &config).await?
     };
+    let Some((from, rolled_back_to, mode)) = negotiated else { return Ok(()) };
     protocol::write_json(&mut wr, Kind::Start, &Start { from, rolled_back_to }).await?;
-    tracing::info!(source = %hello.name, %peer, from, "receiving");
-    engine.store.set_source_name(Some(hello.name.clone()));
+    let stream = match &mode {
+        ApplyMode::Si { stream } => Some(*stream),
+        ApplyMode::Bc { .. } => None,
+    };
+    tracing::info!(source = %hello.name, %peer, from, ?stream, "receiving");
+    if stream.is_none() {
+        engine.store.set_source_name(Some(hello.name.clone()));
+    }
     engine.replication.set_receiver(|s| {
         s.state = "streaming".into();
         s.source = Some(hello.name.clone());
+        s.stream = stream;
         s.common_seqno = None;
         s.last_error = None;
         s.applied_seqno = from - 1;
     });
-    let result = receive(engine, &mut rd, &mut wr, &auth, &mut generation, &mut shutdown).await;
+    let result = receive(engine, &mut rd, &mut wr, &auth, mode, &mut generation, &mut shutdown).await;
     engine.replication.set_receiver(|s| {
         s.state = match &result {
             Ok(()) | Err(ProtocolError::Closed) => "idle".into(),
@@ -236,14 +218,255 @@ async fn serve(
     result
 }
 
+/// Whether this instance may receive the stream `hello` offers, given its configuration.
+/// GT.M's rules: SI only into a supplementary instance and only from a non-supplementary one;
+/// BC only between instances of the same kind; the receiver's mode must match the source's.
+fn admissible(
+    meta: &crate::storage::meta::InstanceMeta,
+    role: Role,
+    config: &crate::storage::meta::ReceiverConfig,
+    hello: &Hello,
+) -> Result<(), (&'static str, String)> {
+    let (me, src) = (&meta.name, &hello.name);
+    if hello.si && hello.supplementary {
+        return Err((
+            "supplementary_source",
+            format!(
+                "{src} is supplementary: a supplementary instance cannot source an SI stream (it can source BC)"
+            ),
+        ));
+    }
+    if hello.si && !meta.supplementary {
+        return Err((
+            "not_supplementary",
+            format!("{me} is not supplementary; SI streams go only into supplementary instances"),
+        ));
+    }
+    if hello.si != config.si {
+        return Err(if hello.si {
+            (
+                "mode_mismatch",
+                format!(
+                    "{src} offers an SI stream but {me}'s receiver was started for BC; start it with `receiver start --si`"
+                ),
+            )
+        } else {
+            (
+                "mode_mismatch",
+                format!(
+                    "{src} offers a BC stream but {me}'s receiver was started for SI (--si); start the source with --si, or restart the receiver without it"
+                ),
+            )
+        });
+    }
+    if !hello.si && meta.supplementary != hello.supplementary {
+        return Err(if meta.supplementary {
+            (
+                "supplementary_mismatch",
+                format!(
+                    "{me} is supplementary; from the non-supplementary {src} it can receive only an SI stream (source start --si)"
+                ),
+            )
+        } else {
+            (
+                "supplementary_mismatch",
+                format!(
+                    "{src} is supplementary; its BC streams go only to supplementary instances, and {me} is not"
+                ),
+            )
+        });
+    }
+    let wanted = if hello.si { Role::SupplementaryPrimary } else { Role::Secondary };
+    if role != wanted {
+        return Err((
+            "wrong_role",
+            format!("{me} is {}, but receiving this stream needs {}", role.as_str(), wanted.as_str()),
+        ));
+    }
+    Ok(())
+}
+
+type Negotiation = Option<(u64, Option<u64>, ApplyMode)>;
+
+/// BC: negotiate in this instance's journal seqno space; `None` when refused.
+async fn negotiate_bc(
+    engine: &Arc<Engine>,
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    hello: &Hello,
+    auth: &Auth,
+    config: &crate::storage::meta::ReceiverConfig,
+) -> Result<Negotiation, ProtocolError> {
+    let meta = engine.store.meta();
+    let seqno = engine.store.committed_seqno();
+    let plan = history::plan(&meta.history, seqno, &auth.history, auth.seqno);
+    let mut rolled_back_to = None;
+    let from = match plan {
+        Plan::Stream { from } => from,
+        Plan::RollbackRequired { common, receiver_seqno } if !config.autorollback => {
+            let message = format!(
+                "{} holds seqnos {}..={receiver_seqno} that {} does not have (common point {common}); roll back with `ctl rollback --to-seqno {common}` or start the receiver with --autorollback",
+                meta.name,
+                common + 1,
+                hello.name
+            );
+            rollback_required(engine, wr, hello, common, receiver_seqno, message).await;
+            return Ok(None);
+        }
+        Plan::RollbackRequired { common, receiver_seqno } => {
+            let reason = format!(
+                "autorollback: source {} does not have seqnos {}..={receiver_seqno}",
+                hello.name,
+                common + 1
+            );
+            if !roll_back(engine, wr, common, false, reason, receiver_seqno).await? {
+                return Ok(None);
+            }
+            rolled_back_to = Some(common);
+            common + 1
+        }
+    };
+    Ok(Some((from, rolled_back_to, ApplyMode::Bc { source_streams: auth.streams.clone() })))
+}
+
+/// SI: negotiate the stream the source's family feeds, in that family's seqno space.
+async fn negotiate_si(
+    engine: &Arc<Engine>,
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    hello: &Hello,
+    auth: &Auth,
+    config: &crate::storage::meta::ReceiverConfig,
+) -> Result<Negotiation, ProtocolError> {
+    let resync = match (config.autorollback, config.noresync) {
+        (true, _) => Resync::Autorollback,
+        (false, true) => Resync::NoResync,
+        (false, false) => Resync::Refuse,
+    };
+    let negotiated = match streams::negotiate(engine, &hello.name, &auth.history, auth.seqno, resync).await {
+        Ok(n) => n,
+        Err(e) => {
+            let message = error_chain(&e);
+            tracing::warn!(source = %hello.name, error = %message, "cannot negotiate the SI stream");
+            engine.replication.set_receiver(|s| s.last_error = Some(message.clone()));
+            let code = match e {
+                StreamError::NoHistory { .. } => "no_history",
+                _ => "negotiation_failed",
+            };
+            refuse(wr, code, message, None, None).await;
+            return Ok(None);
+        }
+    };
+    let Negotiated { stream, family, plan } = negotiated;
+    let name = engine.store.meta().name;
+    let mut rolled_back_to = None;
+    let from = match plan {
+        SiPlan::Stream { from } => from,
+        SiPlan::Refuse { common, receiver_stream_seqno } => {
+            let message = format!(
+                "{name} holds stream {stream} ({family}) seqnos {}..={receiver_stream_seqno} that {} does not have (common point {common}); roll back with `ctl rollback --fetchresync HOST:PORT` (the source's replication address), or start the receiver with --autorollback or --noresync",
+                common + 1,
+                hello.name
+            );
+            rollback_required(engine, wr, hello, common, receiver_stream_seqno, message).await;
+            return Ok(None);
+        }
+        SiPlan::Reseed { common, base } => {
+            let message = format!(
+                "{name}'s stream {stream} ({family}) began from a backup at family seqno {base}, but {} agrees only up to {common}: no rollback can take that backup's transactions off; re-create {name} from a newer backup, or use --noresync",
+                hello.name
+            );
+            rollback_required(engine, wr, hello, common, base, message).await;
+            return Ok(None);
+        }
+        SiPlan::Rollback { to_seqno, from } => {
+            let reason = format!(
+                "autorollback: {} does not have stream {stream} ({family}) seqnos from {from} on",
+                hello.name
+            );
+            let last = engine.store.committed_seqno();
+            if !roll_back(engine, wr, to_seqno, true, reason, last).await? {
+                return Ok(None);
+            }
+            rolled_back_to = Some(to_seqno);
+            from
+        }
+        SiPlan::NoResync { from } => {
+            let common = from - 1;
+            let result = engine
+                .writer
+                .update_meta(Box::new(move |meta, _| {
+                    let state = meta
+                        .streams
+                        .iter_mut()
+                        .find(|s| s.stream == stream)
+                        .ok_or_else(|| format!("stream {stream} vanished during negotiation"))?;
+                    state.history.retain(|h| h.start_seqno <= common);
+                    Ok(Some(Marker { kind: RecordKind::StreamResync, stream, stream_seqno: common }))
+                }))
+                .await;
+            if let Err(e) = result {
+                refuse(wr, "noresync_failed", e.to_string(), Some(common), None).await;
+                return Err(ProtocolError::Io(std::io::Error::other(e.to_string())));
+            }
+            tracing::warn!(source = %hello.name, stream, common, "noresync: resuming from the common point without rolling back");
+            from
+        }
+    };
+    Ok(Some((from, rolled_back_to, ApplyMode::Si { stream })))
+}
+
+async fn rollback_required(
+    engine: &Arc<Engine>,
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    hello: &Hello,
+    common: u64,
+    receiver_seqno: u64,
+    message: String,
+) {
+    tracing::warn!(source = %hello.name, common, receiver_seqno, "rollback required; not receiving");
+    engine.metrics.replication_errors_total.with_label_values(&["rollback_required"]).inc();
+    engine.replication.set_receiver(|s| {
+        s.state = "rollback_required".into();
+        s.source = Some(hello.name.clone());
+        s.common_seqno = Some(common);
+        s.last_error = Some(message.clone());
+    });
+    refuse(wr, "rollback_required", message, Some(common), Some(receiver_seqno)).await;
+}
+
+/// Rolls back before streaming; `false` (after telling the source) if that failed.
+async fn roll_back(
+    engine: &Arc<Engine>,
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    to: u64,
+    new_epoch: bool,
+    reason: String,
+    receiver_seqno: u64,
+) -> Result<bool, ProtocolError> {
+    match engine.writer.rollback(to, new_epoch, reason).await {
+        Ok(done) => {
+            if let Some(done) = done {
+                engine.metrics.rollbacks_total.inc();
+                engine.metrics.rolled_back_transactions_total.inc_by(done.transactions);
+            }
+            Ok(true)
+        }
+        Err(e) => {
+            refuse(wr, "rollback_failed", e.to_string(), Some(to), Some(receiver_seqno)).await;
+            Err(ProtocolError::Io(std::io::Error::other(e.to_string())))
+        }
+    }
+}
+
 /// Most records merged into one durable apply when frames queue up (receiver behind).
 const APPLY_RECORDS_MAX: usize = 16 * 1000;
 
+#[allow(clippy::too_many_arguments)]
 async fn receive(
     engine: &Arc<Engine>,
     rd: &mut tokio::net::tcp::OwnedReadHalf,
     wr: &mut tokio::net::tcp::OwnedWriteHalf,
     auth: &Auth,
+    mode: ApplyMode,
     generation: &mut tokio::sync::watch::Receiver<u64>,
     shutdown: &mut Shutdown,
 ) -> Result<(), ProtocolError> {
@@ -297,13 +520,18 @@ async fn receive(
             }
             tracing::debug!(frames, records = records.len(), queued = rx.len(), "applying");
             let applied = if records.is_empty() {
-                engine.store.committed_seqno()
+                match &mode {
+                    ApplyMode::Bc { .. } => engine.store.committed_seqno(),
+                    ApplyMode::Si { stream } => {
+                        engine.store.stream_seqnos().get(usize::from(*stream)).copied().unwrap_or(0)
+                    }
+                }
             } else {
                 let n = records.len() as u64;
                 let failover = records.iter().rev().find(|r| r.kind == RecordKind::Failover).map(|r| r.seqno);
                 let applied = engine
                     .writer
-                    .apply(records, auth.history.clone())
+                    .apply(records, auth.history.clone(), mode.clone())
                     .await
                     .map_err(|e| ProtocolError::Io(std::io::Error::other(e.to_string())))?;
                 engine.metrics.replication_records_applied_total.inc_by(n);

@@ -15,9 +15,15 @@
 //!   may restart lower under a new stream history record (the seed's A97 and A97a);
 //! - otherwise it refuses and touches nothing.
 //!
-//! The engine does not use this module yet: it is the core of issue 5, tested here first.
+//! - if the first stream-k entry past the common point is the stream's own base (it began from
+//!   a backup newer than anything the family still agrees on), no rollback can help: the
+//!   instance must be re-seeded from a newer backup.
+//!
+//! The receiver (`receiver.rs`) and `rollback --fetchresync` run these plans; only the journal
+//! suffix that can be in question is read (`Snapshot::entries_back_to`).
 
 use super::history;
+use crate::storage::journal::{Record, RecordKind};
 use crate::storage::meta::HistoryRecord;
 
 /// One journal entry of a supplementary instance, as planning needs it.
@@ -26,6 +32,20 @@ pub struct Entry {
     pub seqno: u64,
     pub stream: u8,
     pub stream_seqno: u64,
+    /// The stream's `stream_base` record: it stands for every family transaction up to
+    /// `stream_seqno`, loaded from a backup, which no rollback can take off.
+    pub base: bool,
+}
+
+impl Entry {
+    pub fn of(record: &Record) -> Entry {
+        Entry {
+            seqno: record.seqno,
+            stream: record.stream,
+            stream_seqno: record.stream_seqno,
+            base: record.kind == RecordKind::StreamBase,
+        }
+    }
 }
 
 /// What the receiver asked for when the source family's history disagrees with its own.
@@ -48,6 +68,9 @@ pub enum SiPlan {
     NoResync { from: u64 },
     /// Ahead and neither allowed: report and touch nothing.
     Refuse { common: u64, receiver_stream_seqno: u64 },
+    /// Ahead by transactions that came with the stream's base (a backup): rolling back cannot
+    /// remove them; the instance must be re-created from a newer backup (or use noresync).
+    Reseed { common: u64, base: u64 },
 }
 
 /// The stream seqno of the receiver's latest entry of `stream` (0 if none). "Latest" is by
@@ -88,12 +111,15 @@ pub fn plan(
                         && covered_alike(family, source, e.stream_seqno)
                 })
                 .map_or(0, |i| i + 1);
-            let first_bad = journal
-                .iter()
-                .skip(agreed_at)
-                .find(|e| e.stream == stream && e.stream_seqno > common)
-                .map_or(journal.last().map_or(0, |e| e.seqno + 1), |e| e.seqno);
-            SiPlan::Rollback { to_seqno: first_bad.saturating_sub(1), from: common + 1 }
+            let first_bad =
+                journal.iter().skip(agreed_at).find(|e| e.stream == stream && e.stream_seqno > common);
+            match first_bad {
+                Some(e) if e.base => SiPlan::Reseed { common, base: e.stream_seqno },
+                Some(e) => SiPlan::Rollback { to_seqno: e.seqno.saturating_sub(1), from: common + 1 },
+                None => {
+                    SiPlan::Rollback { to_seqno: journal.last().map_or(0, |e| e.seqno), from: common + 1 }
+                }
+            }
         }
     }
 }
@@ -125,7 +151,7 @@ mod tests {
     }
 
     fn e(seqno: u64, stream: u8, stream_seqno: u64) -> Entry {
-        Entry { seqno, stream, stream_seqno }
+        Entry { seqno, stream, stream_seqno, base: false }
     }
 
     /// The seed's second table: Malvern holds M34,A95,M35,M36,A96,A97,M37,M38,A98,M39,M40;

@@ -141,7 +141,8 @@ async fn stream_once(
     link: &SourceLink,
     status: &Arc<Mutex<SourceStatus>>,
 ) -> Result<(), ProtocolError> {
-    let (mut rd, mut wr, secret, nonce_s, challenge) = handshake(engine, &link.addr, Mode::Source).await?;
+    let (mut rd, mut wr, secret, nonce_s, challenge) =
+        handshake(engine, &link.addr, Mode::Source, link.si).await?;
     let meta = engine.store.meta();
     if challenge.name != link.receiver {
         return Err(ProtocolError::Malformed {
@@ -160,6 +161,7 @@ async fn stream_once(
         proof: protocol::proof(&secret, "strand-source", &challenge.nonce, &nonce_s),
         history: meta.history.clone(),
         seqno,
+        streams: if link.si { Vec::new() } else { meta.streams.clone() },
     };
     protocol::write_json(&mut wr, Kind::Auth, &auth).await?;
     let start: Start = timed(START_TIMEOUT, protocol::expect(&mut rd, Kind::Start)).await?;
@@ -284,7 +286,7 @@ type Handshaken =
 
 /// Connects, says hello and checks that the receiver proves the shared secret. Returns the
 /// connection halves, the secret, our nonce and the receiver's challenge (for our proof).
-async fn handshake(engine: &Engine, addr: &str, mode: Mode) -> Result<Handshaken, ProtocolError> {
+async fn handshake(engine: &Engine, addr: &str, mode: Mode, si: bool) -> Result<Handshaken, ProtocolError> {
     let secret = engine.replication.secret.clone().ok_or(ProtocolError::Auth)?;
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
         .await
@@ -299,6 +301,8 @@ async fn handshake(engine: &Engine, addr: &str, mode: Mode) -> Result<Handshaken
         name: meta.name.clone(),
         creation_id: meta.creation_id.clone(),
         nonce: nonce_s.clone(),
+        si,
+        supplementary: meta.supplementary,
     };
     protocol::write_json(&mut wr, Kind::Hello, &hello).await?;
     let challenge: Challenge = timed(HANDSHAKE_TIMEOUT, protocol::expect(&mut rd, Kind::Challenge)).await?;
@@ -315,12 +319,13 @@ async fn handshake(engine: &Engine, addr: &str, mode: Mode) -> Result<Handshaken
 /// Asks the instance whose replication listener is at `addr` for its history and seqno
 /// (rollback -fetchresync).
 pub async fn query(engine: &Engine, addr: &str) -> Result<protocol::HistoryAnswer, ProtocolError> {
-    let (mut rd, mut wr, secret, nonce_s, challenge) = handshake(engine, addr, Mode::Query).await?;
+    let (mut rd, mut wr, secret, nonce_s, challenge) = handshake(engine, addr, Mode::Query, false).await?;
     let meta = engine.store.meta();
     let auth = Auth {
         proof: protocol::proof(&secret, "strand-source", &challenge.nonce, &nonce_s),
         history: meta.history,
         seqno: engine.store.committed_seqno(),
+        streams: Vec::new(),
     };
     protocol::write_json(&mut wr, Kind::Auth, &auth).await?;
     timed(HANDSHAKE_TIMEOUT, protocol::expect(&mut rd, Kind::History)).await

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::meta::{InstanceMeta, RestoredFrom, Role};
 use super::{
-    DATA, DB_FILE, JOURNAL, META, META_INSTANCE, Store, StoreError, now_micros, read_meta, redb_err,
+    DATA, DB_FILE, JOURNAL, META, META_INSTANCE, STREAMS, Store, StoreError, now_micros, read_meta, redb_err,
 };
 
 /// The metadata key that marks a file as a backup and says of what.
@@ -99,6 +99,18 @@ fn write_backup(store: &Store, path: &Path, tmp: &Path) -> Result<BackupInfo, St
         }
     }
     copy_chunk(&target, &mut pending, copy_journal_entry)?;
+    let streams = match snapshot.open_table(STREAMS) {
+        Ok(table) => {
+            let mut out = Vec::new();
+            for entry in table.iter().map_err(redb_err("read the streams table"))? {
+                let (k, v) = entry.map_err(redb_err("read the streams table"))?;
+                out.push((k.value(), v.value()));
+            }
+            out
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => Vec::new(),
+        Err(e) => return Err(redb_err("open the streams table")(e)),
+    };
 
     let info = BackupInfo {
         path: path.to_owned(),
@@ -116,6 +128,10 @@ fn write_backup(store: &Store, path: &Path, tmp: &Path) -> Result<BackupInfo, St
         table.insert(META_BACKUP, backup_bytes.as_slice()).map_err(redb_err("write metadata"))?;
         txn.open_table(DATA).map_err(redb_err("create the data table"))?;
         txn.open_table(JOURNAL).map_err(redb_err("create the journal table"))?;
+        let mut table = txn.open_table(STREAMS).map_err(redb_err("create the streams table"))?;
+        for (k, v) in streams {
+            table.insert(k, v).map_err(redb_err("write the streams table"))?;
+        }
     }
     txn.commit().map_err(redb_err("commit the backup"))?;
     drop(target);
@@ -168,6 +184,13 @@ pub fn describe(path: &Path) -> Result<BackupInfo, StoreError> {
     serde_json::from_slice(bytes.value()).map_err(|source| StoreError::MetaDecode { source })
 }
 
+/// The instance metadata a backup carries (its history, above all).
+pub fn backup_meta(path: &Path) -> Result<InstanceMeta, StoreError> {
+    let db = Database::open(path).map_err(|source| StoreError::Open { path: path.to_owned(), source })?;
+    read_meta(&db)?
+        .ok_or_else(|| StoreError::Invalid { reason: format!("{} has no instance metadata", path.display()) })
+}
+
 /// Creates a new instance in `data_dir` from the backup at `backup_path`, with a new identity.
 pub fn restore(
     backup_path: &Path,
@@ -193,18 +216,42 @@ pub fn restore(
     let db = Database::create(&tmp).map_err(|source| StoreError::Open { path: tmp.clone(), source })?;
     let mut meta = read_meta(&db)?
         .ok_or_else(|| StoreError::Invalid { reason: "backup has no instance metadata".into() })?;
+    let backup_seqno = info.journal_seqno;
     meta.restored_from = Some(RestoredFrom {
         name: info.name,
         creation_id: info.creation_id,
         journal_seqno: info.journal_seqno,
     });
+    if meta.supplementary && !supplementary {
+        return Err(StoreError::Invalid {
+            reason: format!(
+                "{} is a backup of the supplementary {}; it restores only as a supplementary instance (--supplementary)",
+                backup_path.display(),
+                meta.name
+            ),
+        });
+    }
+    // A supplementary instance made from a backup of a non-supplementary one starts its own
+    // family: its transactions are its own from here on, numbered in stream 0 after what the
+    // backup holds; its SI stream is seeded later by `receiver start --updateresync`.
+    let new_family = supplementary && !meta.supplementary;
     meta.name = name.to_owned();
     meta.creation_id = super::meta::new_creation_id().map_err(|source| StoreError::Random { source })?;
     meta.supplementary = supplementary;
     meta.role = Role::Standalone;
     meta.created_at_micros = now_micros();
+    meta.receiver = None;
+    meta.sources.clear();
+    if new_family {
+        meta.history = InstanceMeta::new(meta.name.clone(), true, meta.creation_id.clone(), 0).history;
+        meta.streams.clear();
+    }
     let txn = db.begin_write().map_err(redb_err("begin a write transaction"))?;
     {
+        if new_family {
+            let mut table = txn.open_table(STREAMS).map_err(redb_err("open the streams table"))?;
+            table.insert(0, backup_seqno).map_err(redb_err("write the streams table"))?;
+        }
         let mut table = txn.open_table(META).map_err(redb_err("open the metadata table"))?;
         let bytes = serde_json::to_vec(&meta).map_err(|source| StoreError::MetaDecode { source })?;
         table.insert(META_INSTANCE, bytes.as_slice()).map_err(redb_err("write instance metadata"))?;

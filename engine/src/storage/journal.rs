@@ -35,6 +35,12 @@ pub enum RecordKind {
     Failover,
     /// The on-disk format was upgraded; secondaries upgrade by replaying it.
     Upgrade,
+    /// SI stream `stream` starts here, holding its source family's transactions up to
+    /// `stream_seqno` (from a backup: `receiver start --updateresync`). No changes.
+    StreamBase,
+    /// SI stream `stream` resumes after `stream_seqno` without rolling back what this instance
+    /// holds beyond it (`receiver start --noresync`). No changes.
+    StreamResync,
 }
 
 impl RecordKind {
@@ -43,6 +49,8 @@ impl RecordKind {
             RecordKind::Update => 0,
             RecordKind::Failover => 1,
             RecordKind::Upgrade => 2,
+            RecordKind::StreamBase => 3,
+            RecordKind::StreamResync => 4,
         }
     }
 
@@ -51,6 +59,8 @@ impl RecordKind {
             0 => Ok(RecordKind::Update),
             1 => Ok(RecordKind::Failover),
             2 => Ok(RecordKind::Upgrade),
+            3 => Ok(RecordKind::StreamBase),
+            4 => Ok(RecordKind::StreamResync),
             other => Err(DecodeError::Kind { kind: other }),
         }
     }

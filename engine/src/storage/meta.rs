@@ -96,6 +96,38 @@ pub struct InstanceMeta {
     /// Outgoing streams, kept so a restarted server reconnects.
     #[serde(default)]
     pub sources: Vec<SourceLink>,
+    /// SI streams 1..=15 this instance holds (a supplementary instance, or a BC secondary of
+    /// one). Their last stream seqnos live in the `streams` table, updated with every commit.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub streams: Vec<StreamState>,
+}
+
+/// One externally sourced SI stream: which source family feeds it and that family's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamState {
+    /// 1..=15.
+    pub stream: u8,
+    /// Root primary of the source family (its first history record): the family's identity.
+    pub family: String,
+    pub family_id: String,
+    /// The family's history records, in the family's seqno space (`stream` set to this
+    /// stream; `journal_seqno` is where each took effect in *this* instance's journal).
+    pub history: Vec<HistoryRecord>,
+    /// Journal seqno of the stream's `stream_base` record (where it began on this instance).
+    pub since_journal_seqno: u64,
+}
+
+impl StreamState {
+    /// The history as the family itself numbers it (stream 0), for negotiation.
+    pub fn family_history(&self) -> Vec<HistoryRecord> {
+        self.history.iter().map(|h| HistoryRecord { stream: 0, ..h.clone() }).collect()
+    }
+}
+
+/// The root of a family: the history record with the lowest start (the instance that began
+/// the family). Every member of the family — failovers, restores, rollbacks — shares it.
+pub fn family_root(history: &[HistoryRecord]) -> Option<&HistoryRecord> {
+    history.iter().filter(|h| h.stream == 0).min_by_key(|h| h.start_seqno)
 }
 
 /// A completed rollback.
@@ -114,6 +146,12 @@ pub struct LastRollback {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReceiverConfig {
     pub autorollback: bool,
+    /// Receives an SI stream (supplementary instances only) instead of BC.
+    #[serde(default)]
+    pub si: bool,
+    /// SI only: when ahead of the source, resume from the common point without rolling back.
+    #[serde(default)]
+    pub noresync: bool,
 }
 
 /// An outgoing replication stream to a receiver.
@@ -121,6 +159,9 @@ pub struct ReceiverConfig {
 pub struct SourceLink {
     pub receiver: String,
     pub addr: String,
+    /// An SI stream (to a supplementary instance) rather than BC.
+    #[serde(default)]
+    pub si: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,6 +193,7 @@ impl InstanceMeta {
             last_rollback: None,
             receiver: None,
             sources: Vec::new(),
+            streams: Vec::new(),
         }
     }
 }

@@ -31,6 +31,9 @@ pub(crate) const DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("dat
 pub(crate) const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
 /// Instance metadata documents by name.
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// Last stream seqno of each stream present (0..=15), kept in step with the journal: stream 0
+/// is a supplementary instance's own counter, 1..=15 its SI streams.
+pub(crate) const STREAMS: TableDefinition<u8, u64> = TableDefinition::new("streams");
 /// The metadata key holding the [`InstanceMeta`] JSON document.
 pub(crate) const META_INSTANCE: &str = "instance";
 
@@ -137,7 +140,12 @@ pub struct Store {
     source_name: RwLock<Option<String>>,
     /// Counts rollbacks since start, so a source streaming from this journal notices one.
     rollbacks: AtomicU64,
+    /// Last stream seqno per stream (see [`STREAMS`]), as of the committed seqno.
+    stream_seqnos: RwLock<StreamSeqnos>,
 }
+
+/// Last stream seqno of streams 0..=15.
+pub type StreamSeqnos = [u64; journal::STREAMS_MAX as usize];
 
 /// Microseconds since the Unix epoch (0 if the clock is before it).
 pub fn now_micros() -> u64 {
@@ -157,6 +165,7 @@ impl Store {
             .map_err(|source| StoreError::Open { path: db_path.clone(), source })?;
         let meta = load_or_create_meta(&db, data_dir, create)?;
         let committed = check_journal(&db)?;
+        let stream_seqnos = read_stream_seqnos(&db)?;
         tracing::info!(
             instance = %meta.name, journal_seqno = committed, role = meta.role.as_str(),
             "opened instance"
@@ -177,7 +186,18 @@ impl Store {
             seqno_tx: tokio::sync::watch::Sender::new(committed),
             source_name: RwLock::new(None),
             rollbacks: AtomicU64::new(0),
+            stream_seqnos: RwLock::new(stream_seqnos),
         })
+    }
+
+    /// Last stream seqno of every stream, as of the committed seqno.
+    pub fn stream_seqnos(&self) -> StreamSeqnos {
+        *self.stream_seqnos.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Publishes new stream seqnos (writer only; call before [`Store::publish`]).
+    pub(crate) fn publish_streams(&self, seqnos: StreamSeqnos) {
+        *self.stream_seqnos.write().unwrap_or_else(std::sync::PoisonError::into_inner) = seqnos;
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -309,6 +329,41 @@ fn load_or_create_meta(
         });
     }
     Ok(meta)
+}
+
+/// The stream seqno of the latest record of `stream` at or before journal seqno `seqno`
+/// (`None` if there is none): what a rollback to `seqno` leaves as the stream's position.
+pub(crate) fn last_of_stream<T>(journal: &T, stream: u8, seqno: u64) -> Result<Option<u64>, StoreError>
+where
+    T: ReadableTable<u64, &'static [u8]>,
+{
+    for entry in journal.range(..=seqno).map_err(redb_err("read the journal"))?.rev() {
+        let (at, bytes) = entry.map_err(redb_err("read the journal"))?;
+        let record = Record::decode(bytes.value())
+            .map_err(|source| StoreError::RecordDecode { seqno: at.value(), source })?;
+        if record.stream == stream {
+            return Ok(Some(record.stream_seqno));
+        }
+    }
+    Ok(None)
+}
+
+/// Reads the stream seqno table (all zero when it does not exist yet).
+pub(crate) fn read_stream_seqnos(db: &Database) -> Result<StreamSeqnos, StoreError> {
+    let mut out = [0u64; journal::STREAMS_MAX as usize];
+    let txn = db.begin_read().map_err(redb_err("begin a read transaction"))?;
+    let table = match txn.open_table(STREAMS) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(out),
+        Err(e) => return Err(redb_err("open the streams table")(e)),
+    };
+    for entry in table.iter().map_err(redb_err("read the streams table"))? {
+        let (stream, seqno) = entry.map_err(redb_err("read the streams table"))?;
+        if let Some(slot) = out.get_mut(usize::from(stream.value())) {
+            *slot = seqno.value();
+        }
+    }
+    Ok(out)
 }
 
 pub(crate) fn read_meta(db: &Database) -> Result<Option<InstanceMeta>, StoreError> {
@@ -446,6 +501,35 @@ impl Snapshot {
             out.push(f(seqno, record, bytes.value()));
         }
         Ok(out)
+    }
+
+    /// Journal entries (seqno, stream, stream seqno, kind) from the end backwards, up to and
+    /// including the first one `stop` accepts (or the start of the journal), in journal order.
+    /// What SI negotiation reads: only the suffix that can be in question.
+    pub fn entries_back_to(
+        &self,
+        mut stop: impl FnMut(&Record) -> bool,
+    ) -> Result<Vec<crate::replication::si::Entry>, StoreError> {
+        let table = self.txn.open_table(JOURNAL).map_err(redb_err("open the journal table"))?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(redb_err("read the journal"))?.rev() {
+            let (seqno, bytes) = entry.map_err(redb_err("read the journal"))?;
+            let seqno = seqno.value();
+            let record =
+                Record::decode(bytes.value()).map_err(|source| StoreError::RecordDecode { seqno, source })?;
+            out.push(crate::replication::si::Entry::of(&record));
+            if stop(&record) {
+                break;
+            }
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// The stream seqno of the latest record of `stream` at or before `seqno`.
+    pub fn last_of_stream(&self, stream: u8, seqno: u64) -> Result<Option<u64>, StoreError> {
+        let table = self.txn.open_table(JOURNAL).map_err(redb_err("open the journal table"))?;
+        last_of_stream(&table, stream, seqno)
     }
 
     /// Full check of the journal against the data: seqnos contiguous from 1, each record's

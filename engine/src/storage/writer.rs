@@ -25,10 +25,11 @@ use std::time::{Duration, Instant};
 use redb::{Database, ReadableTable, ReadableTableMetadata, Table};
 use tokio::sync::{mpsc, oneshot};
 
-use super::journal::{KeyChange, Record, RecordKind};
-use super::meta::{HistoryRecord, InstanceMeta, LastRollback, Role};
+use super::journal::{KeyChange, Record, RecordKind, STREAMS_MAX};
+use super::meta::{HistoryRecord, InstanceMeta, LastRollback, Role, StreamState};
 use super::{
-    DATA, JOURNAL, META, META_INSTANCE, ScanPage, Store, StoreError, now_micros, redb_err, scan_table,
+    DATA, JOURNAL, META, META_INSTANCE, STREAMS, ScanPage, Store, StoreError, StreamSeqnos, now_micros,
+    redb_err, scan_table,
 };
 use crate::limits::{GROUP_COMMIT_TXNS_MAX, WRITER_QUEUE_TXNS_MAX};
 use crate::metrics::Metrics;
@@ -103,9 +104,37 @@ struct TxnRequest<T> {
     enqueued: Instant,
 }
 
-/// A change to the instance metadata, optionally with a special journal record (a failover
-/// record, say) committed in the same transaction. Gets the metadata and committed seqno.
-pub type MetaUpdate = Box<dyn FnOnce(&mut InstanceMeta, u64) -> Result<Option<RecordKind>, String> + Send>;
+/// A journal record without changes that a metadata update commits with it: a failover
+/// record, or an SI stream's base or resync point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Marker {
+    pub kind: RecordKind,
+    /// 0 for a failover record; the SI stream for a base or resync record.
+    pub stream: u8,
+    /// For a base or resync record: the stream's position from here on.
+    pub stream_seqno: u64,
+}
+
+impl Marker {
+    pub fn failover() -> Self {
+        Marker { kind: RecordKind::Failover, stream: 0, stream_seqno: 0 }
+    }
+}
+
+/// A change to the instance metadata, optionally with a marker record committed in the same
+/// transaction. Gets the metadata and the committed seqno (the marker, if any, takes the next).
+pub type MetaUpdate = Box<dyn FnOnce(&mut InstanceMeta, u64) -> Result<Option<Marker>, String> + Send>;
+
+/// How received records are applied.
+#[derive(Debug, Clone)]
+pub enum ApplyMode {
+    /// BC: the records continue this instance's journal exactly (seqnos, stream tags, times),
+    /// and the source's history and SI stream states are adopted up to what was applied.
+    Bc { source_streams: Vec<StreamState> },
+    /// SI into stream `stream`: each record becomes a new local transaction tagged (stream,
+    /// the record's seqno), its before-images taken from this instance's own data.
+    Si { stream: u8 },
+}
 
 /// Everything the writer does; each kind commits atomically.
 enum Work<T> {
@@ -115,6 +144,7 @@ enum Work<T> {
     Apply {
         records: Vec<Record>,
         source_history: Vec<HistoryRecord>,
+        mode: ApplyMode,
         reply: oneshot::Sender<Result<u64, TxnFailure>>,
     },
     /// Roll back to `to_seqno`, writing the rolled-off transactions to a log first.
@@ -149,6 +179,8 @@ impl<T: Send + 'static> Writer<T> {
         metrics: Arc<Metrics>,
     ) -> std::io::Result<(Writer<T>, std::thread::JoinHandle<()>)> {
         let (tx, rx) = mpsc::channel(WRITER_QUEUE_TXNS_MAX);
+        let streams = store.stream_seqnos();
+        let supplementary = store.meta().supplementary;
         let state = WriterThread {
             store,
             disk_reserve_bytes,
@@ -157,6 +189,8 @@ impl<T: Send + 'static> Writer<T> {
             hasher: BuildHasherDefault::default(),
             version: 0,
             pending: None,
+            streams,
+            supplementary,
         };
         let handle = std::thread::Builder::new().name("strand-writer".into()).spawn(move || state.run(rx))?;
         Ok((Writer { tx }, handle))
@@ -194,15 +228,17 @@ impl<T: Send + 'static> Writer<T> {
         rx.await.unwrap_or_else(|_| Err(TxnFailure::store(&StoreError::WriterGone)))
     }
 
-    /// Applies replicated records (which must continue this instance's seqnos) and adopts the
-    /// source's history for them. Returns the last seqno applied, once durable.
+    /// Applies replicated records and adopts the source's history for them. Returns, once
+    /// durable, the last seqno applied in the source's numbering: the journal seqno for BC
+    /// (the same on both sides), the stream seqno for SI.
     pub async fn apply(
         &self,
         records: Vec<Record>,
         source_history: Vec<HistoryRecord>,
+        mode: ApplyMode,
     ) -> Result<u64, TxnFailure> {
         let (reply, rx) = oneshot::channel();
-        self.call(Work::Apply { records, source_history, reply }, rx).await
+        self.call(Work::Apply { records, source_history, mode, reply }, rx).await
     }
 
     /// Rolls back to `to_seqno`. `new_epoch`: this instance stays an originating primary, so
@@ -316,6 +352,10 @@ struct WriterThread<T> {
     version: u64,
     /// Work taken from the queue while collecting a group that must wait for the next turn.
     pending: Option<Work<T>>,
+    /// Last stream seqno per stream, as committed (mirrors the `streams` table).
+    streams: StreamSeqnos,
+    /// A supplementary instance numbers its own transactions in stream 0 separately.
+    supplementary: bool,
 }
 
 type Reply<T> = (oneshot::Sender<Result<Committed<T>, TxnFailure>>, Result<Committed<T>, TxnFailure>);
@@ -327,6 +367,25 @@ fn fail_work<T>(work: Work<T>, failure: &TxnFailure) {
         Work::Rollback { reply, .. } => drop(reply.send(Err(failure.clone()))),
         Work::Meta { reply, .. } => drop(reply.send(Err(failure.clone()))),
     }
+}
+
+/// Writes the stream seqnos that changed from `old` to `new`.
+fn save_streams(
+    txn: &redb::WriteTransaction,
+    old: &StreamSeqnos,
+    new: &StreamSeqnos,
+) -> Result<(), StoreError> {
+    if old == new {
+        return Ok(());
+    }
+    let mut table = txn.open_table(STREAMS).map_err(redb_err("open the streams table"))?;
+    for (k, (a, b)) in old.iter().zip(new).enumerate() {
+        if a != b {
+            let stream = u8::try_from(k).unwrap_or(0);
+            table.insert(stream, *b).map_err(redb_err("write the streams table"))?;
+        }
+    }
+    Ok(())
 }
 
 fn put_meta(txn: &redb::WriteTransaction, meta: &InstanceMeta) -> Result<(), StoreError> {
@@ -380,8 +439,13 @@ impl<T: Send + 'static> WriterThread<T> {
                     }
                     self.commit_batch(&mut batch);
                 }
-                Work::Apply { records, source_history, reply } => {
-                    let result = self.apply(records, source_history);
+                Work::Apply { records, source_history, mode, reply } => {
+                    let result = match mode {
+                        ApplyMode::Bc { source_streams } => {
+                            self.apply(records, source_history, source_streams)
+                        }
+                        ApplyMode::Si { stream } => self.apply_si(stream, records, source_history),
+                    };
                     let _ = reply.send(self.settle(result));
                 }
                 Work::Rollback { to_seqno, new_epoch, reason, reply } => {
@@ -460,6 +524,7 @@ impl<T: Send + 'static> WriterThread<T> {
         let mut next = committed + 1;
         let mut enqueued = Vec::with_capacity(batch.len());
         let read_only_message = (self.store.role() == Role::Secondary).then(|| self.store.readonly_message());
+        let mut local = self.streams[0];
         let txn = db.begin_write().map_err(redb_err("begin a write transaction"))?;
         {
             let mut data = txn.open_table(DATA).map_err(redb_err("open the data table"))?;
@@ -491,11 +556,19 @@ impl<T: Send + 'static> WriterThread<T> {
                             .map(|(key, c)| KeyChange { key, before: c.before, after: c.after })
                             .collect();
                         self.touch(changes.iter().map(|c| c.key.as_slice()));
+                        // A supplementary instance counts its own transactions in stream 0
+                        // apart from the journal seqno (the seed's M34, M35 …).
+                        let stream_seqno = if self.supplementary {
+                            local += 1;
+                            local
+                        } else {
+                            seqno
+                        };
                         let record = Record {
                             kind: RecordKind::Update,
                             seqno,
                             stream: 0,
-                            stream_seqno: seqno,
+                            stream_seqno,
                             commit_time_micros: now_micros(),
                             changes,
                         };
@@ -514,10 +587,16 @@ impl<T: Send + 'static> WriterThread<T> {
                     }
                 }
             }
+            let mut streams = self.streams;
+            streams[0] = local;
+            save_streams(&txn, &self.streams, &streams)?;
         }
         let started = Instant::now();
         txn.commit().map_err(redb_err("commit"))?;
         let fsync = started.elapsed();
+        let mut streams = self.streams;
+        streams[0] = local;
+        self.set_streams(streams);
         self.store.publish(next - 1, None, self.version);
         self.store.degraded.store(false, Ordering::Release);
         let m = &self.metrics;
@@ -552,12 +631,18 @@ impl<T: Send + 'static> WriterThread<T> {
         Ok(())
     }
 
-    fn apply(&mut self, records: Vec<Record>, source_history: Vec<HistoryRecord>) -> Result<u64, StoreError> {
+    fn apply(
+        &mut self,
+        records: Vec<Record>,
+        source_history: Vec<HistoryRecord>,
+        source_streams: Vec<StreamState>,
+    ) -> Result<u64, StoreError> {
         self.check_space()?;
         let db = self.store.db()?;
         let committed = self.store.committed_seqno();
         let mut next = committed + 1;
         let mut meta = self.store.meta();
+        let mut streams = self.streams;
         let txn = db.begin_write().map_err(redb_err("begin a write transaction"))?;
         let mut touched: Vec<Vec<u8>> = Vec::new();
         {
@@ -597,11 +682,29 @@ impl<T: Send + 'static> WriterThread<T> {
                 journal
                     .insert(record.seqno, record.encode().as_slice())
                     .map_err(redb_err("append a journal record"))?;
+                // Stream tags travel unchanged down a BC chain (the seed's Newtown), so that
+                // this instance can later take over the SI stream itself.
+                let marker = matches!(record.kind, RecordKind::StreamBase | RecordKind::StreamResync);
+                if (record.stream != 0 || marker || self.supplementary)
+                    && let Some(slot) = streams.get_mut(usize::from(record.stream))
+                {
+                    *slot = record.stream_seqno;
+                }
                 next += 1;
             }
             let last = next - 1;
             meta.history = source_history.into_iter().filter(|h| h.start_seqno <= last.max(1)).collect();
+            // The source's SI streams, as far as this instance has applied them.
+            meta.streams = source_streams
+                .into_iter()
+                .filter(|s| s.since_journal_seqno <= last)
+                .map(|mut s| {
+                    s.history.retain(|h| h.journal_seqno <= last);
+                    s
+                })
+                .collect();
             put_meta(&txn, &meta)?;
+            save_streams(&txn, &self.streams, &streams)?;
         }
         let started = Instant::now();
         txn.commit().map_err(redb_err("commit replicated records"))?;
@@ -609,8 +712,134 @@ impl<T: Send + 'static> WriterThread<T> {
         self.metrics.commits_total.inc_by(next - 1 - committed);
         self.metrics.journal_seqno.set(i64::try_from(next - 1).unwrap_or(i64::MAX));
         self.touch(touched.iter().map(Vec::as_slice));
+        self.set_streams(streams);
         self.store.publish(next - 1, Some(meta), self.version);
         Ok(next - 1)
+    }
+
+    /// SI apply: every received record becomes a new local transaction of `stream`, tagged
+    /// with the record's seqno in its family, its before-images read from this instance's own
+    /// data (local transactions interleave with the stream). Returns the last stream seqno.
+    fn apply_si(
+        &mut self,
+        stream: u8,
+        records: Vec<Record>,
+        source_history: Vec<HistoryRecord>,
+    ) -> Result<u64, StoreError> {
+        self.check_space()?;
+        let db = self.store.db()?;
+        let committed = self.store.committed_seqno();
+        let mut next = committed + 1;
+        let mut meta = self.store.meta();
+        let slot = usize::from(stream);
+        let mut streams = self.streams;
+        let mut last = *streams.get(slot).ok_or_else(|| StoreError::Replication {
+            reason: format!("stream {stream} is outside 1..=15"),
+        })?;
+        let state = meta.streams.iter_mut().find(|s| s.stream == stream).ok_or_else(|| {
+            StoreError::Replication { reason: format!("stream {stream} is not set up on this instance") }
+        })?;
+        let txn = db.begin_write().map_err(redb_err("begin a write transaction"))?;
+        let mut touched: Vec<Vec<u8>> = Vec::new();
+        // (stream seqno, local journal seqno) of every record applied, for the history below.
+        let mut placed: Vec<(u64, u64)> = Vec::with_capacity(records.len());
+        {
+            let mut data = txn.open_table(DATA).map_err(redb_err("open the data table"))?;
+            let mut journal = txn.open_table(JOURNAL).map_err(redb_err("open the journal table"))?;
+            for record in records {
+                if record.stream != 0 {
+                    return Err(StoreError::Replication {
+                        reason: format!(
+                            "record {} is tagged stream {}: an SI source must not be supplementary",
+                            record.seqno, record.stream
+                        ),
+                    });
+                }
+                if record.seqno != last + 1 {
+                    return Err(StoreError::Replication {
+                        reason: format!(
+                            "received family seqno {} but stream {stream} expects {}",
+                            record.seqno,
+                            last + 1
+                        ),
+                    });
+                }
+                let mut changes = Vec::with_capacity(record.changes.len());
+                for change in record.changes {
+                    let before = data
+                        .get(change.key.as_slice())
+                        .map_err(redb_err("read a key"))?
+                        .map(|v| v.value().to_vec());
+                    match &change.after {
+                        Some(v) => {
+                            data.insert(change.key.as_slice(), v.as_slice())
+                                .map_err(redb_err("write a key"))?;
+                        }
+                        None => {
+                            data.remove(change.key.as_slice()).map_err(redb_err("delete a key"))?;
+                        }
+                    }
+                    touched.push(change.key.clone());
+                    changes.push(KeyChange { key: change.key, before, after: change.after });
+                }
+                let local = Record {
+                    kind: RecordKind::Update,
+                    seqno: next,
+                    stream,
+                    stream_seqno: record.seqno,
+                    commit_time_micros: record.commit_time_micros,
+                    changes,
+                };
+                journal
+                    .insert(next, local.encode().as_slice())
+                    .map_err(redb_err("append a journal record"))?;
+                placed.push((record.seqno, next));
+                last = record.seqno;
+                next += 1;
+            }
+            // Adopt the family's history up to what this instance now holds. A record new to
+            // this instance takes effect at the first local transaction it covers.
+            let old = std::mem::take(&mut state.history);
+            state.history = source_history
+                .into_iter()
+                .filter(|h| h.stream == 0 && h.start_seqno <= last.max(1))
+                .map(|h| {
+                    let known = old.iter().find(|o| {
+                        o.start_seqno == h.start_seqno
+                            && o.root_name == h.root_name
+                            && o.root_creation_id == h.root_creation_id
+                    });
+                    let journal_seqno = match known {
+                        Some(o) => o.journal_seqno,
+                        None => {
+                            placed.iter().find(|(q, _)| *q >= h.start_seqno).map_or(committed, |(_, l)| *l)
+                        }
+                    };
+                    HistoryRecord { stream, journal_seqno, ..h }
+                })
+                .collect();
+            if let Some(s) = streams.get_mut(slot) {
+                *s = last;
+            }
+            put_meta(&txn, &meta)?;
+            save_streams(&txn, &self.streams, &streams)?;
+        }
+        let started = Instant::now();
+        txn.commit().map_err(redb_err("commit replicated records"))?;
+        self.metrics.journal_fsync_duration_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics.commits_total.inc_by(next - 1 - committed);
+        self.metrics.journal_seqno.set(i64::try_from(next - 1).unwrap_or(i64::MAX));
+        self.touch(touched.iter().map(Vec::as_slice));
+        self.set_streams(streams);
+        self.store.publish(next - 1, Some(meta), self.version);
+        Ok(last)
+    }
+
+    fn set_streams(&mut self, streams: StreamSeqnos) {
+        if streams != self.streams {
+            self.streams = streams;
+            self.store.publish_streams(streams);
+        }
     }
 
     fn rollback(
@@ -626,6 +855,9 @@ impl<T: Send + 'static> WriterThread<T> {
         let db = self.store.db()?;
         let mut meta = self.store.meta();
         let old_history = meta.history.clone();
+        let old_streams = meta.streams.clone();
+        let mut streams = self.streams;
+        let mut streams_touched = [false; STREAMS_MAX as usize];
         let txn = db.begin_write().map_err(redb_err("begin a write transaction"))?;
         let mut lost = Vec::new();
         let mut touched: Vec<Vec<u8>> = Vec::new();
@@ -654,9 +886,34 @@ impl<T: Send + 'static> WriterThread<T> {
                     }
                     touched.push(change.key.clone());
                 }
-                lost.push(crate::replication::lostlog::LostTransaction::from_record(&record, &old_history));
+                if let Some(t) = streams_touched.get_mut(usize::from(record.stream)) {
+                    *t = true;
+                }
+                lost.push(crate::replication::lostlog::LostTransaction::from_record(
+                    &record,
+                    &old_history,
+                    &old_streams,
+                ));
             }
             meta.history.retain(|h| h.start_seqno <= to_seqno);
+            // SI streams: forget those begun after the rollback point and history learnt
+            // after it; each touched stream's position is that of its last remaining record.
+            meta.streams.retain(|s| s.since_journal_seqno <= to_seqno);
+            for s in &mut meta.streams {
+                s.history.retain(|h| h.journal_seqno <= to_seqno);
+            }
+            for (k, t) in streams_touched.iter().enumerate() {
+                let stream = u8::try_from(k).unwrap_or(0);
+                let kept =
+                    stream == 0 && self.supplementary || meta.streams.iter().any(|s| s.stream == stream);
+                if *t && let Some(slot) = streams.get_mut(k) {
+                    *slot = if kept {
+                        super::last_of_stream(&journal, stream, to_seqno)?.unwrap_or(0)
+                    } else {
+                        0
+                    };
+                }
+            }
             if new_epoch || meta.history.is_empty() {
                 meta.history.push(HistoryRecord {
                     stream: 0,
@@ -697,8 +954,9 @@ impl<T: Send + 'static> WriterThread<T> {
             reason: reason.to_owned(),
         };
         meta.last_rollback = Some(last.clone());
-        let committed_result =
-            put_meta(&txn, &meta).and_then(|()| txn.commit().map_err(redb_err("commit the rollback")));
+        let committed_result = put_meta(&txn, &meta)
+            .and_then(|()| save_streams(&txn, &self.streams, &streams))
+            .and_then(|()| txn.commit().map_err(redb_err("commit the rollback")));
         if let Err(e) = committed_result {
             let _ = std::fs::remove_file(&pending);
             return Err(e);
@@ -709,6 +967,7 @@ impl<T: Send + 'static> WriterThread<T> {
         }
         self.metrics.journal_seqno.set(i64::try_from(to_seqno).unwrap_or(i64::MAX));
         self.touch(touched.iter().map(Vec::as_slice));
+        self.set_streams(streams);
         self.store.note_rollback();
         self.store.publish(to_seqno, Some(meta), self.version);
         tracing::warn!(from = to_seqno + 1, to = committed, log = %last.log_path, reason, "rolled back");
@@ -719,17 +978,32 @@ impl<T: Send + 'static> WriterThread<T> {
         let db = self.store.db()?;
         let committed = self.store.committed_seqno();
         let mut meta = self.store.meta();
-        let special = update(&mut meta, committed).map_err(|reason| StoreError::Invalid { reason })?;
+        let marker = update(&mut meta, committed).map_err(|reason| StoreError::Invalid { reason })?;
         let txn = db.begin_write().map_err(redb_err("begin a write transaction"))?;
         let mut seqno = committed;
+        let mut streams = self.streams;
         {
-            if let Some(kind) = special {
+            if let Some(marker) = marker {
                 seqno += 1;
+                let stream_seqno = match marker.kind {
+                    RecordKind::StreamBase | RecordKind::StreamResync => {
+                        let slot = streams.get_mut(usize::from(marker.stream)).ok_or_else(|| {
+                            StoreError::Invalid {
+                                reason: format!("stream {} is outside 0..=15", marker.stream),
+                            }
+                        })?;
+                        *slot = marker.stream_seqno;
+                        marker.stream_seqno
+                    }
+                    // Other markers take the stream-0 position they are committed at.
+                    _ if self.supplementary => streams[0],
+                    _ => seqno,
+                };
                 let record = Record {
-                    kind,
+                    kind: marker.kind,
                     seqno,
-                    stream: 0,
-                    stream_seqno: seqno,
+                    stream: marker.stream,
+                    stream_seqno,
                     commit_time_micros: now_micros(),
                     changes: Vec::new(),
                 };
@@ -739,9 +1013,11 @@ impl<T: Send + 'static> WriterThread<T> {
                     .map_err(redb_err("append a journal record"))?;
             }
             put_meta(&txn, &meta)?;
+            save_streams(&txn, &self.streams, &streams)?;
         }
         txn.commit().map_err(redb_err("commit instance metadata"))?;
         self.metrics.journal_seqno.set(i64::try_from(seqno).unwrap_or(i64::MAX));
+        self.set_streams(streams);
         self.store.publish(seqno, Some(meta.clone()), self.version);
         Ok(meta)
     }

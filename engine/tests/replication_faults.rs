@@ -7,82 +7,13 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::proxy::{Fault, Proxy};
 use common::{Server, tempdir, wait_until};
 use redis::Commands;
-
-/// What the proxy does to the next connection's source→receiver bytes.
-#[derive(Clone, Copy, PartialEq)]
-enum Fault {
-    None,
-    /// Close both sides after this many bytes (mid-frame, almost surely).
-    CutAfter(usize),
-    /// Flip one bit of the byte at this offset.
-    FlipAt(usize),
-}
-
-/// A TCP proxy applying one fault to the first connection, then passing everything through.
-struct Proxy {
-    addr: String,
-    faults_applied: Arc<AtomicUsize>,
-}
-
-impl Proxy {
-    fn start(target: String, fault: Fault) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let applied = Arc::new(AtomicUsize::new(0));
-        let pending = Arc::new(Mutex::new(Some(fault)));
-        let applied2 = applied.clone();
-        std::thread::spawn(move || {
-            for client in listener.incoming() {
-                let Ok(client) = client else { continue };
-                let Ok(server) = TcpStream::connect(&target) else { continue };
-                let fault = pending.lock().unwrap().take().unwrap_or(Fault::None);
-                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                let applied = applied2.clone();
-                std::thread::spawn(move || pipe(client, server, fault, applied));
-                std::thread::spawn(move || pipe(s2, c2, Fault::None, Arc::new(AtomicUsize::new(0))));
-            }
-        });
-        Proxy { addr, faults_applied: applied }
-    }
-}
-
-fn pipe(mut from: TcpStream, mut to: TcpStream, fault: Fault, applied: Arc<AtomicUsize>) {
-    let mut offset = 0usize;
-    let mut buf = [0u8; 16 * 1024];
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        let chunk = &mut buf[..n];
-        match fault {
-            Fault::CutAfter(limit) if offset + n > limit => {
-                let _ = to.write_all(&chunk[..limit - offset]);
-                applied.fetch_add(1, Ordering::AcqRel);
-                break;
-            }
-            Fault::FlipAt(at) if (offset..offset + n).contains(&at) => {
-                chunk[at - offset] ^= 0x01;
-                applied.fetch_add(1, Ordering::AcqRel);
-            }
-            _ => {}
-        }
-        offset += n;
-        if to.write_all(chunk).is_err() {
-            break;
-        }
-    }
-    let _ = from.shutdown(std::net::Shutdown::Both);
-    let _ = to.shutdown(std::net::Shutdown::Both);
-}
 
 fn pair(dir: &std::path::Path) -> (Server, Server) {
     let primary = Server::start_replicating(dir, "Ardmore");

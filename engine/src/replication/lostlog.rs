@@ -3,7 +3,7 @@
 //! Every transaction a rollback takes off the database is written here first, with its seqno,
 //! stream tags, origin, commit time and before/after images, so that an application can read
 //! and reprocess it. One file per rollback, JSON lines: a header line, then one line per
-//! transaction, newest first (the order they were rolled off).
+//! transaction, in journal order (the order an application would reapply them in).
 //!
 //! Exactly-once: the file is written and fsync'd under a `.pending` name *before* the
 //! rollback commits, and renamed into place after. At startup a pending file is renamed if

@@ -942,6 +942,8 @@ impl<T: Send + 'static> WriterThread<T> {
             rolled_back_at_micros: at,
             reason: reason.to_owned(),
         };
+        // In journal order, as they were committed (they were collected newest first).
+        lost.reverse();
         // The log is durable before the rollback commits: nothing is rolled off unlogged.
         let pending = crate::replication::lostlog::write_pending(&path, &header, &lost)
             .map_err(|e| StoreError::Invalid { reason: error_chain(&e) })?;

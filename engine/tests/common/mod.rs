@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod proxy;
+
 /// How long a server may take to become ready after start (a debug build replaying a large
 /// file on a loaded 2-core machine included).
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -264,16 +266,76 @@ pub fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
 impl Server {
     /// Starts an instance that can replicate: a replication listener and the shared secret.
     pub fn start_replicating(root: &Path, name: &str) -> Server {
+        Self::start_replicating_with(root, name, &[])
+    }
+
+    /// Starts a supplementary instance that can replicate (created as such on first start).
+    pub fn start_supplementary(root: &Path, name: &str) -> Server {
+        Self::start_replicating_with(root, name, &["--supplementary"])
+    }
+
+    fn start_replicating_with(root: &Path, name: &str, more: &[&str]) -> Server {
         let secret = root.join("repl-secret");
         if !secret.exists() {
             std::fs::write(&secret, "test-replication-secret\n").expect("write secret");
         }
         let data = root.join(name);
-        Server::start(
-            &data,
-            name,
-            &["--repl-addr", "127.0.0.1:0", "--repl-secret-file", secret.to_str().expect("utf8 path")],
-        )
+        let mut args =
+            vec!["--repl-addr", "127.0.0.1:0", "--repl-secret-file", secret.to_str().expect("utf8 path")];
+        args.extend_from_slice(more);
+        Server::start(&data, name, &args)
+    }
+
+    /// Last stream seqno of `stream` as `status` reports it (0 if the stream is absent).
+    pub fn stream_seqno(&self, stream: u64) -> u64 {
+        let status = self.status();
+        status["streams"]
+            .as_array()
+            .expect("streams")
+            .iter()
+            .find(|s| s["stream"] == stream)
+            .map_or(0, |s| s["seqno"].as_u64().expect("seqno"))
+    }
+
+    /// Runs a ctl command that must fail; returns its error text.
+    pub fn ctl_fails(&self, args: &[&str]) -> String {
+        let (ok, out, err) = ctl(&self.data_dir, args);
+        assert!(!ok, "ctl {args:?} should have failed but printed {out}");
+        err
+    }
+
+    /// Every journal entry: (seqno, kind, stream, stream seqno, keys written).
+    pub fn journal(&self) -> Vec<JournalEntry> {
+        let mut out = Vec::new();
+        let last = self.seqno();
+        let mut from = 1;
+        while from <= last {
+            let to = (from + 999).min(last);
+            let (code, body) =
+                admin(&self.data_dir, "GET", &format!("/v1/journal?from={from}&to={to}"), None)
+                    .expect("journal");
+            assert_eq!(code, 200, "{body}");
+            let entries: Vec<serde_json::Value> = serde_json::from_str(&body).expect("journal json");
+            for e in entries {
+                let keys = e["changes"]
+                    .as_array()
+                    .expect("changes")
+                    .iter()
+                    .map(|c| {
+                        String::from_utf8(from_hex(c["key_hex"].as_str().expect("key"))).expect("utf8 key")
+                    })
+                    .collect();
+                out.push(JournalEntry {
+                    seqno: e["seqno"].as_u64().expect("seqno"),
+                    kind: e["kind"].as_str().expect("kind").to_owned(),
+                    stream: e["stream"].as_u64().expect("stream"),
+                    stream_seqno: e["stream_seqno"].as_u64().expect("stream_seqno"),
+                    keys,
+                });
+            }
+            from = to + 1;
+        }
+        out
     }
 
     pub fn repl_addr(&self) -> String {
@@ -287,4 +349,18 @@ impl Server {
     pub fn ctl(&self, args: &[&str]) -> serde_json::Value {
         ctl_json(&self.data_dir, args)
     }
+}
+
+/// One journal entry as the tests look at it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalEntry {
+    pub seqno: u64,
+    pub kind: String,
+    pub stream: u64,
+    pub stream_seqno: u64,
+    pub keys: Vec<String>,
+}
+
+pub fn from_hex(s: &str) -> Vec<u8> {
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex")).collect()
 }

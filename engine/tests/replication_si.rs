@@ -335,7 +335,7 @@ fn malvern_ahead_rolls_off_a98_m39_m40() {
     expect(malvern, "M34, A95, M35, M36, A96, A97, M37, M38, B61, B62, M39a, M40a, B63");
     expect_tags(malvern, &[("B61", 1, 98), ("M39a", 0, 39), ("M40a", 0, 40), ("B63", 1, 100)]);
     let mut c = malvern.client();
-    assert_eq!(c.exists::<_, bool>("A98").unwrap(), false, "A98 is gone from Malvern");
+    assert!(!c.exists::<_, bool>("A98").unwrap(), "A98 is gone from Malvern");
     malvern.verify();
 }
 

@@ -209,6 +209,33 @@ mod tests {
         assert_eq!(plan(&journal, 1, &family, &brynmawr, 100, Resync::Refuse), SiPlan::Stream { from: 98 });
     }
 
+    #[test]
+    fn a_base_past_the_common_point_needs_a_reseed() {
+        // Stream 1 began from a backup at family seqno 94; the family now agrees only to 90.
+        let journal = vec![
+            Entry { seqno: 1, stream: 0, stream_seqno: 1, base: false },
+            Entry { seqno: 2, stream: 1, stream_seqno: 94, base: true },
+            e(3, 1, 95),
+            e(4, 0, 2),
+        ];
+        let family = vec![rec(1, "ardmore")];
+        let rolled = vec![rec(1, "ardmore"), rec(91, "ardmore-again")];
+        assert_eq!(
+            plan(&journal, 1, &family, &rolled, 93, Resync::Autorollback),
+            SiPlan::Reseed { common: 90, base: 94 }
+        );
+        // Past the base, an ordinary rollback: to just before A96 (entry 4 is local, after it).
+        let later = vec![rec(1, "ardmore"), rec(96, "ardmore-again")];
+        assert_eq!(plan(&journal, 1, &family, &later, 99, Resync::Autorollback), SiPlan::Stream { from: 96 });
+        let mut longer = journal.clone();
+        longer.push(e(5, 1, 96));
+        longer.push(e(6, 0, 3));
+        assert_eq!(
+            plan(&longer, 1, &family, &later, 99, Resync::Autorollback),
+            SiPlan::Rollback { to_seqno: 4, from: 96 }
+        );
+    }
+
     proptest! {
         /// After an autorollback plan, every stream-1 entry left on the receiver is a
         /// transaction the family holds; exactly the journal suffix after `to_seqno` is rolled
@@ -248,6 +275,16 @@ mod tests {
                     prop_assert_eq!(from, last_stream_seqno(&journal, 1) + 1);
                 }
                 SiPlan::Rollback { to_seqno, from } => {
+                    // Executing the plan: entries up to `to_seqno` stay, the rest go to the
+                    // unreplicated-transaction log — each entry exactly one of the two, and
+                    // every stream-1 transaction the family lacks in the log.
+                    let (stay, logged): (Vec<&Entry>, Vec<&Entry>) = journal.iter().partition(|e| e.seqno <= to_seqno);
+                    prop_assert_eq!(stay.len() + logged.len(), journal.len());
+                    for (entry, t) in journal.iter().zip(&truth) {
+                        if let Some((q, ep)) = t && !holds(*q, *ep) {
+                            prop_assert!(logged.contains(&entry), "{:?} is lacking in the family but not logged", entry);
+                        }
+                    }
                     let kept = &truth[..to_seqno as usize];
                     for t in kept.iter().flatten() { prop_assert!(holds(t.0, t.1), "kept {:?} the family lacks", t); }
                     let first_rolled = truth[to_seqno as usize];

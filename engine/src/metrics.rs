@@ -31,6 +31,7 @@ pub struct Metrics {
     pub replication_backlog_transactions: IntGaugeVec,
     pub replication_lag_seconds: prometheus::GaugeVec,
     pub replication_connected: IntGaugeVec,
+    pub stream_seqno: IntGaugeVec,
     pub rollbacks_total: IntCounter,
     pub rolled_back_transactions_total: IntCounter,
 }
@@ -136,6 +137,13 @@ impl Metrics {
                 Opts::new("strand_replication_connected", "1 while the stream to the receiver is streaming."),
                 &["receiver"],
             )?,
+            stream_seqno: IntGaugeVec::new(
+                Opts::new(
+                    "strand_stream_seqno",
+                    "Last stream seqno held per stream (supplementary instances and their BC secondaries).",
+                ),
+                &["stream", "source_family"],
+            )?,
             rollbacks_total: IntCounter::new("strand_rollbacks_total", "Rollbacks performed.")?,
             rolled_back_transactions_total: IntCounter::new(
                 "strand_rolled_back_transactions_total",
@@ -166,6 +174,7 @@ impl Metrics {
         r.register(Box::new(m.replication_backlog_transactions.clone()))?;
         r.register(Box::new(m.replication_lag_seconds.clone()))?;
         r.register(Box::new(m.replication_connected.clone()))?;
+        r.register(Box::new(m.stream_seqno.clone()))?;
         r.register(Box::new(m.rollbacks_total.clone()))?;
         r.register(Box::new(m.rolled_back_transactions_total.clone()))?;
         m.build_info

@@ -181,6 +181,9 @@ fn a_supplementary_instance_from_a_backup_of_a_secondary() {
     assert_eq!((m55.stream, m55.stream_seqno), (0, 55));
     assert_eq!(malvern.stream_seqno(0), 55);
     malvern.verify();
+    let metrics = common::admin(&malvern.data_dir, "GET", "/metrics", None).unwrap().1;
+    assert!(metrics.contains("strand_stream_seqno{source_family=\"Ardmore\",stream=\"1\"} 60"), "{metrics}");
+    assert!(metrics.contains("strand_stream_seqno{source_family=\"Malvern\",stream=\"0\"} 55"), "{metrics}");
 
     // A backup of a supplementary instance restores only as a supplementary instance.
     let malvern_backup = backup(&malvern, root);

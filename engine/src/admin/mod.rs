@@ -257,6 +257,21 @@ async fn metrics(State(engine): State<Arc<Engine>>) -> Response {
         m.replication_lag_seconds.with_label_values(&[&s.receiver]).set(s.lag_seconds);
         m.replication_connected.with_label_values(&[&s.receiver]).set(i64::from(s.state == "streaming"));
     }
+    let meta = engine.store.meta();
+    if meta.supplementary {
+        let seqnos = engine.store.stream_seqnos();
+        m.stream_seqno.reset();
+        let own = crate::storage::meta::family_root(&meta.history)
+            .map_or(meta.name.as_str(), |r| r.root_name.as_str());
+        let streams =
+            std::iter::once((0u8, own)).chain(meta.streams.iter().map(|s| (s.stream, s.family.as_str())));
+        for (stream, family) in streams {
+            let seqno = seqnos.get(usize::from(stream)).copied().unwrap_or(0);
+            m.stream_seqno
+                .with_label_values(&[&stream.to_string(), family])
+                .set(i64::try_from(seqno).unwrap_or(i64::MAX));
+        }
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.render()).into_response()
 }
 

@@ -233,3 +233,47 @@ fn fifteen_streams_then_reuse() {
     assert_eq!((last.stream, last.stream_seqno, last.keys), (3, 4, vec!["P4".to_owned()]));
     malvern.verify();
 }
+
+/// Newtown learns changes of the SI stream's family history (BrynMawr's promotion) while it
+/// streams from Malvern, without reconnecting, so it can take the stream over from exactly
+/// where it is.
+#[test]
+fn a_bc_secondary_of_a_supplementary_instance_follows_the_family_history_live() {
+    let dir = tempdir();
+    let root = dir.path();
+    let mut ardmore = Server::start_replicating(root, "Ardmore");
+    let brynmawr = Server::start_replicating(root, "BrynMawr");
+    let mut malvern = Server::start_supplementary(root, "Malvern");
+    let newtown = Server::start_supplementary(root, "Newtown");
+    ardmore.ctl(&["promote"]);
+    let seed = backup(&ardmore, root);
+    brynmawr.ctl(&["receiver", "start"]);
+    malvern.ctl(&["receiver", "start", "--si", "--updateresync", &seed]);
+    newtown.ctl(&["receiver", "start"]);
+    ardmore.ctl(&["source", "start", "--receiver", "BrynMawr", "--addr", &brynmawr.repl_addr()]);
+    ardmore.ctl(&["source", "start", "--receiver", "Malvern", "--addr", &malvern.repl_addr(), "--si"]);
+    malvern.ctl(&["source", "start", "--receiver", "Newtown", "--addr", &newtown.repl_addr()]);
+    write_n(&ardmore, "A", 1..=10);
+    write_n(&malvern, "M", 1..=3);
+    wait_until("BrynMawr at A10", || brynmawr.seqno() == 10);
+    wait_until("Newtown to follow Malvern", || {
+        newtown.stream_seqno(1) == 10 && newtown.seqno() == malvern.seqno()
+    });
+
+    ardmore.kill9();
+    brynmawr.ctl(&["promote"]);
+    brynmawr.ctl(&["source", "start", "--receiver", "Malvern", "--addr", &malvern.repl_addr(), "--si"]);
+    write_n(&brynmawr, "B", 1..=5);
+    wait_until("Newtown to hold B5 through Malvern", || newtown.stream_seqno(1) == 15);
+    let history = newtown.status()["streams"][1]["history"].clone();
+    assert_eq!(history.as_array().unwrap().last().unwrap()["root_name"], "BrynMawr", "{history}");
+
+    malvern.kill9();
+    newtown.ctl(&["promote"]);
+    newtown.ctl(&["receiver", "start", "--si"]);
+    brynmawr.ctl(&["source", "start", "--receiver", "Newtown", "--addr", &newtown.repl_addr(), "--si"]);
+    write_n(&brynmawr, "B", 6..=7);
+    wait_until("Newtown to take the SI stream over", || newtown.stream_seqno(1) == 17);
+    assert_eq!(newtown.status()["last_rollback"], serde_json::Value::Null);
+    newtown.verify();
+}

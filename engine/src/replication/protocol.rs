@@ -14,8 +14,9 @@
 //!    nonce_r · nonce_s), history, seqno, SI stream states}
 //! 4. receiver verifies proof_s, negotiates (history.rs for BC, si.rs per stream for SI), may
 //!    roll back, then → `Start` {from} or `Refuse` {code, message, common?}.
-//! 5. source → `Records` / `Heartbeat`; receiver → `Ack` {seqno applied and durable, in the
-//!    source's numbering}.
+//! 5. source → `Records` / `Heartbeat` / `Streams` (a supplementary source's stream states,
+//!    whenever they change, before the records that need them); receiver → `Ack` {seqno
+//!    applied and durable, in the source's numbering}.
 //!
 //! Both ends prove knowledge of the shared secret without sending it; fresh nonces on both
 //! sides make replayed proofs useless.
@@ -50,6 +51,8 @@ pub enum Kind {
     Heartbeat = 7,
     Ack = 8,
     History = 9,
+    /// The source's SI stream states changed (BC from a supplementary instance).
+    Streams = 10,
 }
 
 impl Kind {
@@ -64,6 +67,7 @@ impl Kind {
             7 => Kind::Heartbeat,
             8 => Kind::Ack,
             9 => Kind::History,
+            10 => Kind::Streams,
             _ => return None,
         })
     }
@@ -138,6 +142,13 @@ pub struct Heartbeat {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Ack {
     pub seqno: u64,
+}
+
+/// A BC source's SI stream states, sent before the records that follow a change of them, so
+/// the receiver adopts the family histories its records need without reconnecting.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StreamsUpdate {
+    pub streams: Vec<StreamState>,
 }
 
 /// The answer to a `Query` hello (sent in place of `Start`).

@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::history::{self, Plan};
 use super::protocol::{
-    self, Ack, Auth, Challenge, Hello, HistoryAnswer, Kind, Mode, ProtocolError, Refuse, Start,
+    self, Ack, Auth, Challenge, Hello, HistoryAnswer, Kind, Mode, ProtocolError, Refuse, Start, StreamsUpdate,
 };
 use super::si::{Resync, SiPlan};
 use super::streams::{self, Negotiated, StreamError};
@@ -466,7 +466,7 @@ async fn receive(
     rd: &mut tokio::net::tcp::OwnedReadHalf,
     wr: &mut tokio::net::tcp::OwnedWriteHalf,
     auth: &Auth,
-    mode: ApplyMode,
+    mut mode: ApplyMode,
     generation: &mut tokio::sync::watch::Receiver<u64>,
     shutdown: &mut Shutdown,
 ) -> Result<(), ProtocolError> {
@@ -510,6 +510,14 @@ async fn receive(
                         records.extend(protocol::decode_records(&payload)?);
                     }
                     (Kind::Heartbeat, _) => {}
+                    (Kind::Streams, payload) => {
+                        let update: StreamsUpdate = serde_json::from_slice(&payload).map_err(|e| {
+                            ProtocolError::Malformed { kind: Kind::Streams, reason: e.to_string() }
+                        })?;
+                        if let ApplyMode::Bc { source_streams } = &mut mode {
+                            *source_streams = update.streams;
+                        }
+                    }
                     (kind, _) => {
                         return Err(ProtocolError::Unexpected { expected: Kind::Records, got: kind });
                     }

@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::protocol::{self, Ack, Auth, Challenge, Heartbeat, Hello, Kind, Mode, ProtocolError, Start};
+use super::protocol::{
+    self, Ack, Auth, Challenge, Heartbeat, Hello, Kind, Mode, ProtocolError, Start, StreamsUpdate,
+};
 use crate::server::Engine;
 use crate::storage::meta::SourceLink;
 use crate::storage::now_micros;
@@ -156,6 +158,7 @@ async fn stream_once(
     // Capture the journal's state before announcing it: a rollback after this point is seen
     // by the generation check below.
     let rollbacks = engine.store.rollbacks();
+    let mut streams_version = engine.store.streams_version();
     let seqno = engine.store.committed_seqno();
     let auth = Auth {
         proof: protocol::proof(&secret, "strand-source", &challenge.nonce, &nonce_s),
@@ -216,6 +219,13 @@ async fn stream_once(
             }
         }
         let committed = *seqno_rx.borrow_and_update();
+        if !link.si && engine.store.streams_version() != streams_version {
+            // Metadata is published before the seqno: these states cover every record up
+            // to `committed`, which the receiver filters by what it has applied.
+            streams_version = engine.store.streams_version();
+            let update = StreamsUpdate { streams: engine.store.meta().streams };
+            protocol::write_json(&mut wr, Kind::Streams, &update).await?;
+        }
         if engine.store.rollbacks() != rollbacks || committed + 1 < next {
             acks.abort();
             return Err(ProtocolError::Io(std::io::Error::other(

@@ -142,6 +142,8 @@ pub struct Store {
     rollbacks: AtomicU64,
     /// Last stream seqno per stream (see [`STREAMS`]), as of the committed seqno.
     stream_seqnos: RwLock<StreamSeqnos>,
+    /// Bumped whenever `meta.streams` changes (a BC source then sends the new states).
+    streams_version: AtomicU64,
 }
 
 /// Last stream seqno of streams 0..=15.
@@ -187,6 +189,7 @@ impl Store {
             source_name: RwLock::new(None),
             rollbacks: AtomicU64::new(0),
             stream_seqnos: RwLock::new(stream_seqnos),
+            streams_version: AtomicU64::new(0),
         })
     }
 
@@ -258,15 +261,25 @@ impl Store {
         *self.source_name.write().unwrap_or_else(std::sync::PoisonError::into_inner) = name;
     }
 
-    /// Publishes a committed state: seqno, metadata and version (writer only).
+    /// Publishes a committed state: seqno, metadata and version (writer only). The metadata
+    /// goes first, so whoever sees the new seqno sees metadata at least as new.
     pub(crate) fn publish(&self, seqno: u64, meta: Option<InstanceMeta>, version: u64) {
-        self.committed_seqno.store(seqno, Ordering::Release);
-        self.committed_version.store(version, Ordering::Release);
         if let Some(meta) = meta {
             self.role.store(meta.role.to_u8(), Ordering::Release);
-            *self.meta.write().unwrap_or_else(std::sync::PoisonError::into_inner) = meta;
+            let mut current = self.meta.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if current.streams != meta.streams {
+                self.streams_version.fetch_add(1, Ordering::AcqRel);
+            }
+            *current = meta;
         }
+        self.committed_seqno.store(seqno, Ordering::Release);
+        self.committed_version.store(version, Ordering::Release);
         self.seqno_tx.send_replace(seqno);
+    }
+
+    /// Changes whenever the SI stream states in the metadata change.
+    pub fn streams_version(&self) -> u64 {
+        self.streams_version.load(Ordering::Acquire)
     }
 
     /// Whether the last commit failed on I/O (disk full, or the file being reopened).

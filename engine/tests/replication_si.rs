@@ -548,3 +548,33 @@ fn online_rollback_of_ardmore_with_malvern_on_noresync() {
         s.verify();
     }
 }
+
+/// The last table's other branch, which the seed calls straightforward: with `--autorollback`,
+/// Malvern follows Ardmore's online rollback by rolling A97 through M40 — its own M37–M40
+/// included — into its unreplicated-transaction log, then receives A97a.
+#[test]
+fn online_rollback_of_ardmore_with_malvern_on_autorollback() {
+    let mut f = family(&["--autorollback"]);
+    malvern_ahead_of_brynmawr(&f);
+    let Family { ardmore, malvern, .. } = &mut f;
+    ardmore.ctl(&["rollback", "--to-seqno", "96"]);
+    link(ardmore, malvern, true);
+    wait_until("Malvern to roll back automatically", || malvern.status()["last_rollback"].is_object());
+    assert_eq!(
+        lost(malvern),
+        vec![
+            ("A97".to_owned(), 1, 97),
+            ("M37".to_owned(), 0, 37),
+            ("M38".to_owned(), 0, 38),
+            ("A98".to_owned(), 1, 98),
+            ("M39".to_owned(), 0, 39),
+            ("M40".to_owned(), 0, 40),
+        ]
+    );
+    write(ardmore, "A97a");
+    wait_stream(malvern, 1, 97);
+    write(malvern, "M37a");
+    expect(malvern, "M34, A95, M35, M36, A96, A97a, M37a");
+    expect_tags(malvern, &[("A97a", 1, 97), ("M37a", 0, 37)]);
+    malvern.verify();
+}

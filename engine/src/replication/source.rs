@@ -38,6 +38,9 @@ const FRAMES_IN_FLIGHT_MAX: usize = 2;
 pub struct SourceStatus {
     pub receiver: String,
     pub addr: String,
+    /// An SI stream (rather than BC).
+    #[serde(default)]
+    pub si: bool,
     /// connecting, streaming, rollback_required, error
     pub state: String,
     pub sent_seqno: u64,
@@ -77,6 +80,7 @@ pub fn spawn(engine: Arc<Engine>, link: SourceLink) -> SourceHandle {
     let status = Arc::new(Mutex::new(SourceStatus {
         receiver: link.receiver.clone(),
         addr: link.addr.clone(),
+        si: link.si,
         state: "connecting".into(),
         ..Default::default()
     }));

@@ -1,0 +1,332 @@
+//! Pure reconcile decisions for an Instance: the Kubernetes objects that run it. No I/O: the
+//! controller applies these with server-side apply (field manager `strand-operator`), so
+//! applying them again is a no-op and fields owned by others are left alone.
+//!
+//! Addressing: every engine listens on fixed ports named `resp`, `admin` and `repl`. The
+//! operator reaches an engine's admin API, and engines reach each other's replication
+//! listeners, at the pod's IP (`status.podIP`) — which works the same in any cluster and on the
+//! test process node, with no DNS and no kube-proxy. The headless Service gives clients stable
+//! DNS names where a cluster has DNS.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe, SecretVolumeSource,
+    Service, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::crd::{GROUP, Instance, VERSION};
+
+pub const PORT_RESP: i32 = 6379;
+pub const PORT_ADMIN: i32 = 8080;
+pub const PORT_REPL: i32 = 7070;
+/// Label carrying the Instance name on every object the operator makes for it.
+pub const LABEL_INSTANCE: &str = "strand.dev/instance";
+/// Secret shared by every instance of a namespace: replication streams prove it.
+pub const REPLICATION_SECRET: &str = "strand-replication";
+/// Key of the replication secret in it.
+pub const REPLICATION_SECRET_KEY: &str = "secret";
+/// Key of the admin token in an instance's own Secret (`<name>-admin`).
+pub const ADMIN_TOKEN_KEY: &str = "token";
+/// Mount point of the data volume.
+pub const DATA_DIR: &str = "/data";
+
+/// The names of an Instance's objects.
+pub fn admin_secret_name(instance: &str) -> String {
+    format!("{instance}-admin")
+}
+
+pub fn labels(instance: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_INSTANCE.to_owned(), instance.to_owned()),
+        ("app.kubernetes.io/name".to_owned(), "strand-engine".to_owned()),
+        ("app.kubernetes.io/managed-by".to_owned(), "strand-operator".to_owned()),
+    ])
+}
+
+/// Makes the Instance the owner (garbage collection deletes its objects with it).
+pub fn owner(inst: &Instance) -> Option<OwnerReference> {
+    Some(OwnerReference {
+        api_version: format!("{GROUP}/{VERSION}"),
+        kind: "Instance".into(),
+        name: inst.metadata.name.clone()?,
+        uid: inst.metadata.uid.clone()?,
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    })
+}
+
+fn meta(inst: &Instance, name: String) -> ObjectMeta {
+    let instance = inst.metadata.name.clone().unwrap_or_default();
+    ObjectMeta {
+        name: Some(name),
+        namespace: inst.metadata.namespace.clone(),
+        labels: Some(labels(&instance)),
+        owner_references: owner(inst).map(|o| vec![o]),
+        ..Default::default()
+    }
+}
+
+/// The engine's command line.
+pub fn engine_args(inst: &Instance) -> Vec<String> {
+    let name = inst.metadata.name.clone().unwrap_or_default();
+    let mut args = vec![
+        "run".to_owned(),
+        "--data-dir".to_owned(),
+        format!("{DATA_DIR}/{name}"),
+        "--name".to_owned(),
+        name,
+        "--resp-addr".to_owned(),
+        format!("0.0.0.0:{PORT_RESP}"),
+        "--admin-addr".to_owned(),
+        format!("0.0.0.0:{PORT_ADMIN}"),
+        "--admin-token-file".to_owned(),
+        "/etc/strand/admin/token".to_owned(),
+        "--repl-addr".to_owned(),
+        format!("0.0.0.0:{PORT_REPL}"),
+        "--repl-secret-file".to_owned(),
+        "/etc/strand/replication/secret".to_owned(),
+    ];
+    if inst.spec.supplementary {
+        args.push("--supplementary".to_owned());
+    }
+    args
+}
+
+fn port(name: &str, port: i32) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.into()),
+        container_port: port,
+        protocol: Some("TCP".into()),
+        ..Default::default()
+    }
+}
+
+fn probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("admin".into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(2),
+        ..Default::default()
+    }
+}
+
+fn secret_volume(name: &str, secret: String) -> Volume {
+    Volume {
+        name: name.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret),
+            default_mode: Some(0o400),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// One replica, its own volume, the engine container with named ports and probes.
+pub fn statefulset(inst: &Instance) -> StatefulSet {
+    let name = inst.metadata.name.clone().unwrap_or_default();
+    let spec = &inst.spec;
+    let container = Container {
+        name: "engine".into(),
+        image: Some(spec.image.clone()),
+        args: Some(engine_args(inst)),
+        ports: Some(vec![port("resp", PORT_RESP), port("admin", PORT_ADMIN), port("repl", PORT_REPL)]),
+        env: Some(vec![EnvVar {
+            name: "POD_IP".into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "status.podIP".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }]),
+        readiness_probe: Some(probe("/readyz", 2, 3)),
+        liveness_probe: Some(probe("/healthz", 10, 6)),
+        resources: spec.resources.clone(),
+        volume_mounts: Some(vec![
+            VolumeMount { name: "data".into(), mount_path: DATA_DIR.into(), ..Default::default() },
+            VolumeMount {
+                name: "admin".into(),
+                mount_path: "/etc/strand/admin".into(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: "replication".into(),
+                mount_path: "/etc/strand/replication".into(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+        ]),
+        ..Default::default()
+    };
+    let claim = PersistentVolumeClaim {
+        metadata: ObjectMeta { name: Some("data".into()), labels: Some(labels(&name)), ..Default::default() },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: spec.storage.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([("storage".to_owned(), Quantity(spec.storage.size.clone()))])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    StatefulSet {
+        metadata: meta(inst, name.clone()),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(1),
+            service_name: Some(name.clone()),
+            selector: LabelSelector {
+                match_labels: Some(BTreeMap::from([(LABEL_INSTANCE.to_owned(), name.clone())])),
+                ..Default::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(labels(&name)), ..Default::default() }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    affinity: spec.affinity.clone(),
+                    tolerations: spec.tolerations.clone(),
+                    // The engine finishes in-flight commits on SIGTERM.
+                    termination_grace_period_seconds: Some(30),
+                    volumes: Some(vec![
+                        secret_volume("admin", admin_secret_name(&name)),
+                        secret_volume("replication", REPLICATION_SECRET.to_owned()),
+                    ]),
+                    ..Default::default()
+                }),
+            },
+            volume_claim_templates: Some(vec![claim]),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// Headless Service: stable DNS for clients where the cluster has DNS; ports by name.
+pub fn service(inst: &Instance) -> Service {
+    let name = inst.metadata.name.clone().unwrap_or_default();
+    let port = |n: &str, p: i32| ServicePort {
+        name: Some(n.into()),
+        port: p,
+        target_port: Some(IntOrString::String(n.into())),
+        ..Default::default()
+    };
+    Service {
+        metadata: meta(inst, name.clone()),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            publish_not_ready_addresses: Some(true),
+            selector: Some(BTreeMap::from([(LABEL_INSTANCE.to_owned(), name)])),
+            ports: Some(vec![port("resp", PORT_RESP), port("admin", PORT_ADMIN), port("repl", PORT_REPL)]),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// Voluntary evictions (drains) must not take an instance down behind the operator's back:
+/// a drain waits until the operator has moved the role away (switchover) and the pod may go.
+pub fn pdb(inst: &Instance) -> PodDisruptionBudget {
+    let name = inst.metadata.name.clone().unwrap_or_default();
+    PodDisruptionBudget {
+        metadata: meta(inst, name.clone()),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(0)),
+            selector: Some(LabelSelector {
+                match_labels: Some(BTreeMap::from([(LABEL_INSTANCE.to_owned(), name)])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::InstanceSpec;
+    use crate::crd::instance::StorageSpec;
+
+    fn instance(supplementary: bool) -> Instance {
+        let mut inst = Instance::new(
+            "malvern",
+            InstanceSpec {
+                image: "strand-engine:0.1.0".into(),
+                supplementary,
+                storage: StorageSpec { size: "1Gi".into(), storage_class_name: Some("standard".into()) },
+                resources: None,
+                affinity: None,
+                tolerations: None,
+                auth_secret_ref: None,
+                paused: false,
+            },
+        );
+        inst.metadata.namespace = Some("prod".into());
+        inst.metadata.uid = Some("uid-1".into());
+        inst
+    }
+
+    #[test]
+    fn statefulset_runs_one_engine_with_named_ports_probes_and_a_volume() {
+        let sts = statefulset(&instance(true));
+        assert_eq!(sts.metadata.name.as_deref(), Some("malvern"));
+        assert_eq!(sts.metadata.namespace.as_deref(), Some("prod"));
+        let owner = &sts.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+            ("Instance", "uid-1", Some(true))
+        );
+        let spec = sts.spec.unwrap();
+        assert_eq!(spec.replicas, Some(1));
+        let pod = spec.template.spec.unwrap();
+        let c = &pod.containers[0];
+        let ports: Vec<_> = c.ports.as_ref().unwrap().iter().map(|p| p.name.clone().unwrap()).collect();
+        assert_eq!(ports, ["resp", "admin", "repl"]);
+        let args = c.args.as_ref().unwrap();
+        assert!(args.windows(2).any(|w| w == ["--name", "malvern"]));
+        assert_eq!(args.last().unwrap(), "--supplementary");
+        assert_eq!(
+            c.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap().path.as_deref(),
+            Some("/readyz")
+        );
+        let claim = &spec.volume_claim_templates.unwrap()[0];
+        let claim_spec = claim.spec.as_ref().unwrap();
+        assert_eq!(claim_spec.storage_class_name.as_deref(), Some("standard"));
+        assert_eq!(claim_spec.resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"].0, "1Gi");
+        assert!(!engine_args(&instance(false)).contains(&"--supplementary".to_owned()));
+    }
+
+    #[test]
+    fn service_is_headless_and_pdb_blocks_voluntary_evictions() {
+        let svc = service(&instance(false));
+        let spec = svc.spec.unwrap();
+        assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
+        assert_eq!(spec.selector.unwrap()[LABEL_INSTANCE], "malvern");
+        let pdb = pdb(&instance(false));
+        assert_eq!(pdb.spec.unwrap().max_unavailable, Some(IntOrString::Int(0)));
+    }
+
+    #[test]
+    fn objects_are_the_same_every_time() {
+        let inst = instance(false);
+        assert_eq!(statefulset(&inst), statefulset(&inst));
+        assert_eq!(serde_json::to_string(&service(&inst)).ok(), serde_json::to_string(&service(&inst)).ok());
+    }
+}

@@ -1,0 +1,98 @@
+//! What the operator reads from an engine's `GET /v1/status` (the fields it acts on). The
+//! engine is the authority on its role, positions and replication state; the operator never
+//! guesses them. Unknown fields are ignored, so engines may add fields freely.
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct EngineStatus {
+    pub name: String,
+    pub supplementary: bool,
+    /// standalone, primary, secondary, supplementary-primary
+    pub role: String,
+    pub journal_seqno: u64,
+    #[serde(default)]
+    pub streams: Vec<Stream>,
+    #[serde(default)]
+    pub history: Vec<History>,
+    pub format_version: u32,
+    pub binary_version: String,
+    #[serde(default)]
+    pub last_rollback: Option<LastRollback>,
+    #[serde(default)]
+    pub receiver: Option<Receiver>,
+    #[serde(default)]
+    pub sources: Vec<Source>,
+}
+
+impl EngineStatus {
+    /// The root of the instance's family (the first history record's instance).
+    pub fn family(&self) -> Option<&str> {
+        self.history.iter().min_by_key(|h| h.start_seqno).map(|h| h.root_name.as_str())
+    }
+
+    pub fn source_to(&self, receiver: &str) -> Option<&Source> {
+        self.sources.iter().find(|s| s.receiver == receiver)
+    }
+
+    /// Whether the instance holds an SI stream fed by `family`.
+    pub fn has_stream_from(&self, family: &str) -> bool {
+        self.streams.iter().any(|s| s.stream > 0 && s.source_family.as_deref() == Some(family))
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct Stream {
+    pub stream: u8,
+    #[serde(default)]
+    pub source_family: Option<String>,
+    pub seqno: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct History {
+    pub start_seqno: u64,
+    pub root_name: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct LastRollback {
+    pub log_path: String,
+    pub from_seqno: u64,
+    pub to_seqno: u64,
+    pub transactions: u64,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct Receiver {
+    pub autorollback: bool,
+    #[serde(default)]
+    pub si: bool,
+    #[serde(default)]
+    pub noresync: bool,
+    /// idle, streaming, rollback_required, error, stopped
+    #[serde(default)]
+    pub state: String,
+    #[serde(default)]
+    pub source: Option<String>,
+    #[serde(default)]
+    pub stream: Option<u8>,
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct Source {
+    pub receiver: String,
+    pub addr: String,
+    #[serde(default)]
+    pub si: bool,
+    /// connecting, streaming, rollback_required, error, stopped
+    pub state: String,
+    pub acked_seqno: u64,
+    pub backlog: u64,
+    pub lag_seconds: f64,
+    #[serde(default)]
+    pub last_error: Option<String>,
+}

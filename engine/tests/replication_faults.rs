@@ -204,7 +204,7 @@ fn a_rollback_interrupted_by_sigkill_is_all_or_nothing_and_logged_once() {
                 .collect();
             assert_eq!(
                 seqnos,
-                (target + 1..=20_000).rev().collect::<Vec<_>>(),
+                (target + 1..=20_000).collect::<Vec<_>>(),
                 "every rolled-off transaction, once"
             );
         } else {

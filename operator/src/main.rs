@@ -1,0 +1,170 @@
+//! `strand-operator`: waits for the leader Lease, then runs the Instance and ReplicationLink
+//! controllers until SIGTERM (graceful: in-flight reconciles finish, the Lease is released).
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::Api;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::{Controller, watcher};
+use strand_operator::controller::{self, Ctx};
+use strand_operator::crd::{Instance, ReplicationLink};
+use strand_operator::{error_chain, leader, metrics::Metrics};
+use tokio::sync::watch;
+
+struct Args {
+    metrics_addr: SocketAddr,
+    log_format_json: bool,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args { metrics_addr: SocketAddr::from(([0, 0, 0, 0], 8081)), log_format_json: true };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--metrics-addr" => {
+                let v = it.next().ok_or("--metrics-addr needs HOST:PORT")?;
+                args.metrics_addr = v.parse().map_err(|e| format!("--metrics-addr {v:?}: {e}"))?;
+            }
+            "--log-format" => match it.next().as_deref() {
+                Some("json") => args.log_format_json = true,
+                Some("text") => args.log_format_json = false,
+                other => return Err(format!("--log-format must be json or text, not {other:?}")),
+            },
+            "--help" | "-h" => {
+                return Err("usage: strand-operator [--metrics-addr HOST:PORT] [--log-format json|text]\n\
+                     Log level from RUST_LOG (default info). Identity from POD_NAME, Lease namespace from POD_NAMESPACE."
+                    .into());
+            }
+            other => return Err(format!("unknown argument {other:?}; see --help")),
+        }
+    }
+    Ok(args)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if args.log_format_json {
+        tracing_subscriber::fmt().json().with_env_filter(filter).init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "operator stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| format!("no Kubernetes client: {}", error_chain(&e)))?;
+    let metrics = Arc::new(Metrics::new().map_err(|e| e.to_string())?);
+    let served = metrics.clone();
+    tokio::spawn(async move {
+        if let Err(e) = strand_operator::metrics::serve(args.metrics_addr, served).await {
+            tracing::error!(error = %e, "metrics endpoint failed");
+        }
+    });
+
+    let identity =
+        std::env::var("POD_NAME").unwrap_or_else(|_| format!("strand-operator-{}", std::process::id()));
+    let lease_ns = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "default".into());
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &lease_ns);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        let _ = stop_tx.send(true);
+    });
+
+    tracing::info!(%identity, namespace = %lease_ns, "waiting for the leader lease");
+    loop {
+        match leader::try_acquire(&leases, &identity).await {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %error_chain(&e), "cannot read the leader lease"),
+        }
+        let mut stop = stop_rx.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(leader::RENEW_EVERY) => {}
+            _ = stop.changed() => return Ok(()),
+        }
+    }
+    metrics.leader.set(1);
+    tracing::info!(%identity, "leading");
+
+    // Renew the Lease; losing it stops this replica (another one leads).
+    let (lost_tx, mut lost_rx) = watch::channel(false);
+    let renew_leases = leases.clone();
+    let renew_identity = identity.clone();
+    tokio::spawn(async move {
+        let mut last_ok = std::time::Instant::now();
+        loop {
+            tokio::time::sleep(leader::RENEW_EVERY).await;
+            match leader::try_acquire(&renew_leases, &renew_identity).await {
+                Ok(true) => last_ok = std::time::Instant::now(),
+                Ok(false) => {
+                    let _ = lost_tx.send(true);
+                    return;
+                }
+                Err(e) => tracing::warn!(error = %error_chain(&e), "cannot renew the leader lease"),
+            }
+            if last_ok.elapsed() > leader::LEASE_DURATION {
+                let _ = lost_tx.send(true);
+                return;
+            }
+        }
+    });
+
+    let reporter = Reporter { controller: "strand-operator".into(), instance: Some(identity.clone()) };
+    let ctx = Arc::new(Ctx::new(client.clone(), metrics.clone(), Recorder::new(client.clone(), reporter)));
+    let shutdown = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let instances = Controller::new(Api::<Instance>::all(client.clone()), watcher::Config::default())
+        .owns(Api::<StatefulSet>::all(client.clone()), watcher::Config::default())
+        .graceful_shutdown_on(shutdown(stop_rx.clone()))
+        .run(controller::instance::reconcile, controller::instance::error_policy, ctx.clone())
+        .for_each(|_| async {});
+    let links = Controller::new(Api::<ReplicationLink>::all(client.clone()), watcher::Config::default())
+        .graceful_shutdown_on(shutdown(stop_rx.clone()))
+        .run(controller::link::reconcile, controller::link::error_policy, ctx.clone())
+        .for_each(|_| async {});
+    let both = async { tokio::join!(instances, links) };
+    tokio::select! {
+        _ = both => {
+            leader::release(&leases, &identity).await;
+            tracing::info!("stopped; lease released");
+            Ok(())
+        }
+        _ = lost_rx.wait_for(|lost| *lost) => Err("lost the leader lease; stopping so that only one replica acts".into()),
+    }
+}
+
+async fn wait_for_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutting down");
+}

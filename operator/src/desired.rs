@@ -73,7 +73,8 @@ fn meta(inst: &Instance, name: String) -> ObjectMeta {
     }
 }
 
-/// The engine's command line.
+/// The engine's command line. It listens on the pod's own IP (`$(POD_IP)`, expanded by the
+/// kubelet from the downward API), which is where the operator and the other engines reach it.
 pub fn engine_args(inst: &Instance) -> Vec<String> {
     let name = inst.metadata.name.clone().unwrap_or_default();
     let mut args = vec![
@@ -83,13 +84,13 @@ pub fn engine_args(inst: &Instance) -> Vec<String> {
         "--name".to_owned(),
         name,
         "--resp-addr".to_owned(),
-        format!("0.0.0.0:{PORT_RESP}"),
+        format!("$(POD_IP):{PORT_RESP}"),
         "--admin-addr".to_owned(),
-        format!("0.0.0.0:{PORT_ADMIN}"),
+        format!("$(POD_IP):{PORT_ADMIN}"),
         "--admin-token-file".to_owned(),
         "/etc/strand/admin/token".to_owned(),
         "--repl-addr".to_owned(),
-        format!("0.0.0.0:{PORT_REPL}"),
+        format!("$(POD_IP):{PORT_REPL}"),
         "--repl-secret-file".to_owned(),
         "/etc/strand/replication/secret".to_owned(),
     ];

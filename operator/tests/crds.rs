@@ -55,7 +55,7 @@ fn committed_crds_match_the_types() {
         let body = committed.split_once('\n').unwrap().1;
         assert_eq!(
             body,
-            serde_yaml::to_string(&crd).unwrap(),
+            strand_operator::crd::to_yaml(&crd).unwrap(),
             "{file} drifted: run `cargo run -p strand-operator --bin crdgen`"
         );
     }

@@ -956,7 +956,11 @@ func (p *podRunner) pushStatus(ctx context.Context) error {
 		pod.Status.StartTime = &p.started
 		pod.Status.ContainerStatuses = statuses
 		pod.Status.InitContainerStatuses = initStatuses
-		pod.Status.QOSClass = v1.PodQOSBestEffort
+		// The API server sets the QoS class at creation from the pod's resources and it is
+		// immutable; only fill it in if it is missing.
+		if pod.Status.QOSClass == "" {
+			pod.Status.QOSClass = v1.PodQOSBestEffort
+		}
 		pod.Status.Conditions = []v1.PodCondition{
 			cond(v1.PodScheduled, true),
 			cond(v1.PodInitialized, initDone),

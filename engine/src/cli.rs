@@ -188,6 +188,10 @@ pub enum ReceiverAction {
         /// name) whose stream number to reuse.
         #[arg(long, value_name = "FAMILY")]
         reuse: Option<String>,
+        /// SI only, first start for a family, in place of --updateresync: the replication
+        /// address of a family member that holds no transactions yet.
+        #[arg(long, value_name = "HOST:PORT", conflicts_with = "updateresync")]
+        updateresync_from: Option<String>,
     },
     /// Stop receiving.
     Stop,
@@ -501,7 +505,8 @@ async fn ctl_inner(args: CtlArgs) -> Result<(), String> {
             print_json(&v)?;
         }
         CtlCommand::Receiver {
-            action: ReceiverAction::Start { autorollback, si, noresync, updateresync, reuse },
+            action:
+                ReceiverAction::Start { autorollback, si, noresync, updateresync, reuse, updateresync_from },
         } => {
             let updateresync = match updateresync {
                 Some(p) if p.is_relative() => {
@@ -515,6 +520,7 @@ async fn ctl_inner(args: CtlArgs) -> Result<(), String> {
                 "noresync": noresync,
                 "updateresync": updateresync,
                 "reuse": reuse,
+                "updateresync_from": updateresync_from,
             });
             let v: serde_json::Value =
                 target.call_json("POST", "/v1/receiver/start", Some(body)).await.map_err(e)?;

@@ -277,3 +277,30 @@ fn a_bc_secondary_of_a_supplementary_instance_follows_the_family_history_live() 
     assert_eq!(newtown.status()["last_rollback"], serde_json::Value::Null);
     newtown.verify();
 }
+
+/// A brand-new supplementary instance seeded over the network from a family member that holds
+/// nothing yet (nothing to load, so no backup needed) — and refused once it holds something.
+#[test]
+fn updateresync_from_an_empty_family_member() {
+    let dir = tempdir();
+    let root = dir.path();
+    let ardmore = Server::start_replicating(root, "Ardmore");
+    let malvern = Server::start_supplementary(root, "Malvern");
+    let pottstown = Server::start_replicating(root, "Pottstown");
+    ardmore.ctl(&["promote"]);
+    malvern.ctl(&["receiver", "start", "--si", "--updateresync-from", &ardmore.repl_addr()]);
+    let status = malvern.status();
+    assert_eq!(status["streams"][1]["source_family"], "Ardmore");
+    assert_eq!(status["streams"][1]["seqno"], 0);
+    ardmore.ctl(&["source", "start", "--receiver", "Malvern", "--addr", &malvern.repl_addr(), "--si"]);
+    write_n(&ardmore, "A", 1..=3);
+    wait_until("Malvern to hold A3", || malvern.stream_seqno(1) == 3);
+
+    write_n(&pottstown, "P", 1..=2);
+    let err =
+        malvern.ctl_fails(&["receiver", "start", "--si", "--updateresync-from", &pottstown.repl_addr()]);
+    assert!(err.contains("already holds 2 transactions; seed from a backup"), "{err}");
+    let err = malvern.ctl_fails(&["receiver", "start", "--updateresync-from", &pottstown.repl_addr()]);
+    assert!(err.contains("--updateresync-from is for SI receivers"), "{err}");
+    malvern.verify();
+}

@@ -26,6 +26,8 @@ pub enum Action {
         autorollback: bool,
         noresync: bool,
         updateresync: Option<String>,
+        /// Seed the SI stream from this family member, which holds nothing yet.
+        updateresync_from: Option<String>,
     },
     /// `POST /v1/sources`.
     SourceStart { instance: String, receiver: String, addr: String, si: bool },
@@ -51,11 +53,12 @@ impl Action {
     pub fn request(&self) -> (&'static str, String, Option<serde_json::Value>) {
         match self {
             Action::Promote { .. } => ("POST", "/v1/promote".into(), None),
-            Action::ReceiverStart { si, autorollback, noresync, updateresync, .. } => (
+            Action::ReceiverStart { si, autorollback, noresync, updateresync, updateresync_from, .. } => (
                 "POST",
                 "/v1/receiver/start".into(),
                 Some(serde_json::json!({
-                    "si": si, "autorollback": autorollback, "noresync": noresync, "updateresync": updateresync,
+                    "si": si, "autorollback": autorollback, "noresync": noresync,
+                    "updateresync": updateresync, "updateresync_from": updateresync_from,
                 })),
             ),
             Action::SourceStart { receiver, addr, si, .. } => (
@@ -190,6 +193,8 @@ pub struct LinkView<'a> {
     pub target: &'a EngineStatus,
     /// Where the target's replication listener is reachable (pod IP : repl port).
     pub target_repl_addr: &'a str,
+    /// Where the source's replication listener is reachable (to seed an SI stream from it).
+    pub source_repl_addr: &'a str,
     /// Whether the source is itself the target of a BC link (then it must not be promoted).
     pub source_receives_bc: bool,
 }
@@ -220,10 +225,12 @@ pub fn plan_link(v: &LinkView<'_>) -> LinkPlan {
     }
     let family = source.family().unwrap_or(source.name.as_str());
     let needs_seed = si && !target.has_stream_from(family);
-    if needs_seed && spec.updateresync.is_none() {
+    // Without a backup, a source that holds nothing yet can seed the stream itself.
+    let seed_from_source = needs_seed && spec.updateresync.is_none() && source.journal_seqno == 0;
+    if needs_seed && spec.updateresync.is_none() && !seed_from_source {
         return LinkPlan::blocked(format!(
-            "{} has no history for family {family}; set spec.updateresync to a backup of a member of that family loaded into it",
-            target.name
+            "{} has no history for family {family} and {} already holds transactions; set spec.updateresync to a backup of a member of that family loaded into {}",
+            target.name, source.name, target.name
         ));
     }
     if !receiver_matches || needs_seed {
@@ -233,6 +240,7 @@ pub fn plan_link(v: &LinkView<'_>) -> LinkPlan {
             autorollback: spec.autorollback,
             noresync: wants_noresync,
             updateresync: if needs_seed { spec.updateresync.clone() } else { None },
+            updateresync_from: seed_from_source.then(|| v.source_repl_addr.to_owned()),
         });
     }
 
@@ -318,7 +326,14 @@ mod tests {
         source: &'a EngineStatus,
         target: &'a EngineStatus,
     ) -> LinkView<'a> {
-        LinkView { spec, source, target, target_repl_addr: "10.0.0.2:7070", source_receives_bc: false }
+        LinkView {
+            spec,
+            source,
+            target,
+            target_repl_addr: "10.0.0.2:7070",
+            source_repl_addr: "10.0.0.1:7070",
+            source_receives_bc: false,
+        }
     }
 
     #[test]
@@ -334,7 +349,8 @@ mod tests {
                     si: false,
                     autorollback: false,
                     noresync: false,
-                    updateresync: None
+                    updateresync: None,
+                    updateresync_from: None
                 },
                 Action::Promote { instance: "ardmore".into() },
                 Action::SourceStart {
@@ -395,8 +411,15 @@ mod tests {
     #[test]
     fn si_needs_a_seed_once_then_streams() {
         let mut s = spec("ardmore", "malvern", Mode::Si);
-        let a = engine("ardmore", "primary", false);
+        let mut a = engine("ardmore", "primary", false);
         let mut m = engine("malvern", "standalone", true);
+        // A source that holds nothing yet seeds the stream itself.
+        let plan = plan_link(&view(&s, &a, &m));
+        assert!(
+            matches!(&plan.actions[0], Action::ReceiverStart { updateresync_from: Some(addr), .. } if addr == "10.0.0.1:7070"),
+            "{plan:?}"
+        );
+        a.journal_seqno = 5;
         let plan = plan_link(&view(&s, &a, &m));
         assert_eq!(plan.state, LinkState::Blocked);
         assert!(plan.reason.unwrap().contains("set spec.updateresync"));
@@ -410,7 +433,8 @@ mod tests {
                 si: true,
                 autorollback: false,
                 noresync: true,
-                updateresync: Some("/data/ardmore.backup".into())
+                updateresync: Some("/data/ardmore.backup".into()),
+                updateresync_from: None
             }
         );
         // Seeded: the receiver is restarted without the backup only if its flags differ.

@@ -147,6 +147,11 @@ pub struct ReceiverStart {
     /// With `updateresync` when all 15 streams are in use: the family whose stream to reuse.
     #[serde(default)]
     pub reuse: Option<String>,
+    /// SI only, first start for a family, instead of `updateresync`: the replication address
+    /// of a member of the family that holds no transactions yet (so there is nothing to load);
+    /// its history is fetched over the authenticated replication protocol.
+    #[serde(default)]
+    pub updateresync_from: Option<String>,
 }
 
 fn bad_request(code: &str, message: impl Into<String>) -> ApiError {
@@ -173,13 +178,50 @@ fn check_receiver_options(r: &ReceiverStart) -> Result<(), ApiError> {
             "--updateresync is for SI receivers; a BC receiver negotiates from the history its backup carries",
         ));
     }
-    if r.reuse.is_some() && r.updateresync.is_none() {
+    if r.updateresync_from.is_some() && (!r.si || r.updateresync.is_some()) {
+        return Err(bad_request(
+            "bad_request",
+            "--updateresync-from is for SI receivers, in place of --updateresync (give one of them)",
+        ));
+    }
+    if r.reuse.is_some() && r.updateresync.is_none() && r.updateresync_from.is_none() {
         return Err(bad_request(
             "bad_request",
             "--reuse goes with --updateresync (a first start for a new family)",
         ));
     }
     Ok(())
+}
+
+/// What seeds a new SI stream: the family's position and history.
+struct Seed {
+    seqno: u64,
+    history: Vec<HistoryRecord>,
+    from: String,
+}
+
+/// Seeds from a family member over the network: only while it holds nothing (there is no data
+/// to load, so its empty state trivially matches this instance's).
+async fn fetch_seed(engine: &Engine, addr: &str) -> Result<Seed, ApiError> {
+    let answer = source::query(engine, addr).await.map_err(|e| {
+        ApiError::new(StatusCode::BAD_GATEWAY, "updateresync_failed", crate::storage::writer::error_chain(&e))
+    })?;
+    if answer.supplementary {
+        return Err(bad_request(
+            "bad_seed",
+            format!("{addr} is supplementary; SI streams come only from non-supplementary families"),
+        ));
+    }
+    if answer.seqno != 0 {
+        return Err(bad_request(
+            "seed_not_empty",
+            format!(
+                "{addr} already holds {} transactions; seed from a backup of it loaded into this instance (--updateresync BACKUP)",
+                answer.seqno
+            ),
+        ));
+    }
+    Ok(Seed { seqno: 0, history: answer.history, from: addr.to_owned() })
 }
 
 /// A backup that is to seed an SI stream: its description and the history it carries.
@@ -215,13 +257,15 @@ pub async fn receiver_start(
         ));
     }
     check_receiver_options(&request)?;
-    let seed = match request.updateresync.clone() {
-        Some(path) => Some(
-            tokio::task::spawn_blocking(move || read_seed(&path))
+    let seed = match (request.updateresync.clone(), request.updateresync_from.as_deref()) {
+        (Some(path), _) => {
+            let (info, history) = tokio::task::spawn_blocking(move || read_seed(&path))
                 .await
-                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??,
-        ),
-        None => None,
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+            Some(Seed { seqno: info.journal_seqno, history, from: info.path.display().to_string() })
+        }
+        (None, Some(addr)) => Some(fetch_seed(&engine, addr).await?),
+        (None, None) => None,
     };
     let config =
         ReceiverConfig { autorollback: request.autorollback, si: request.si, noresync: request.noresync };
@@ -261,7 +305,7 @@ pub async fn receiver_start(
             }
             meta.role = Role::SupplementaryPrimary;
             meta.receiver = Some(config);
-            let Some((info, history)) = seed else { return Ok(None) };
+            let Some(Seed { seqno: base, history, from }) = seed else { return Ok(None) };
             let root = crate::storage::meta::family_root(&history)
                 .cloned()
                 .ok_or_else(|| "the backup carries no history records".to_owned())?;
@@ -274,19 +318,18 @@ pub async fn receiver_start(
                 family_id: root.root_creation_id.clone(),
                 history: history
                     .into_iter()
-                    .filter(|h| h.stream == 0 && h.start_seqno <= info.journal_seqno.max(1))
+                    .filter(|h| h.stream == 0 && h.start_seqno <= base.max(1))
                     .map(|h| HistoryRecord { stream, journal_seqno: at, ..h })
                     .collect(),
                 since_journal_seqno: at,
             });
             meta.streams.sort_by_key(|s| s.stream);
-            Ok(Some(Marker { kind: RecordKind::StreamBase, stream, stream_seqno: info.journal_seqno }))
+            tracing::info!(stream, family = %root.root_name, base, %from, "SI stream seeded (updateresync)");
+            Ok(Some(Marker { kind: RecordKind::StreamBase, stream, stream_seqno: base }))
         }))
         .await
         .map_err(failure)?;
-    if let Some(path) = &request.updateresync {
-        tracing::info!(backup = %path, "SI stream seeded from a backup (updateresync)");
-    }
+
     engine.replication.set_receiver(|s| {
         if s.state.is_empty() || s.state == "stopped" {
             s.state = "idle".into();

@@ -158,6 +158,7 @@ async fn apply(link: &ReplicationLink, ctx: &Ctx) -> Result<Action, Error> {
         source: &src_status,
         target: &tgt_status,
         target_repl_addr: &tgt.repl,
+        source_repl_addr: &src.repl,
         source_receives_bc,
     };
     let planned = plan::plan_link(&view);
@@ -209,13 +210,26 @@ fn reason_of(action: &EngineAction) -> &'static str {
 fn describe(action: &EngineAction) -> String {
     match action {
         EngineAction::Promote { instance } => format!("promoted {instance} to originating primary"),
-        EngineAction::ReceiverStart { instance, si, autorollback, noresync, updateresync } => format!(
-            "started {} receiver on {instance}{}{}{}",
-            if *si { "an SI" } else { "a BC" },
-            if *autorollback { " with autorollback" } else { "" },
-            if *noresync { " with noresync" } else { "" },
-            updateresync.as_deref().map(|u| format!(" seeded from {u}")).unwrap_or_default()
-        ),
+        EngineAction::ReceiverStart {
+            instance,
+            si,
+            autorollback,
+            noresync,
+            updateresync,
+            updateresync_from,
+        } => {
+            format!(
+                "started {} receiver on {instance}{}{}{}",
+                if *si { "an SI" } else { "a BC" },
+                if *autorollback { " with autorollback" } else { "" },
+                if *noresync { " with noresync" } else { "" },
+                updateresync
+                    .as_deref()
+                    .or(updateresync_from.as_deref())
+                    .map(|u| format!(" seeded from {u}"))
+                    .unwrap_or_default()
+            )
+        }
         EngineAction::SourceStart { instance, receiver, addr, si } => {
             format!(
                 "started {} stream from {instance} to {receiver} at {addr}",

@@ -10,6 +10,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
 use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use strand_operator::controller::{self, Ctx};
 use strand_operator::crd::{Instance, ReplicationLink};
@@ -139,6 +140,14 @@ async fn run(args: Args) -> Result<(), String> {
     };
     let instances = Controller::new(Api::<Instance>::all(client.clone()), watcher::Config::default())
         .owns(Api::<StatefulSet>::all(client.clone()), watcher::Config::default())
+        // A link's status changes right after it acted on its engines: refresh both instances.
+        .watches(Api::<ReplicationLink>::all(client.clone()), watcher::Config::default(), |link| {
+            let ns = link.metadata.namespace.clone().unwrap_or_default();
+            [&link.spec.source, &link.spec.target]
+                .into_iter()
+                .map(|name| ObjectRef::<Instance>::new(name).within(&ns))
+                .collect::<Vec<_>>()
+        })
         .graceful_shutdown_on(shutdown(stop_rx.clone()))
         .run(controller::instance::reconcile, controller::instance::error_policy, ctx.clone())
         .for_each(|_| async {});

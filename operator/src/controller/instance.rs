@@ -23,7 +23,7 @@ use crate::engine_client;
 use crate::engine_status::EngineStatus;
 
 /// How often a healthy instance's status is refreshed from its engine.
-const REFRESH: Duration = Duration::from_secs(10);
+const REFRESH: Duration = Duration::from_secs(5);
 
 pub async fn reconcile(inst: Arc<Instance>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let started = Instant::now();

@@ -97,6 +97,10 @@ pub fn engine_args(inst: &Instance) -> Vec<String> {
     if inst.spec.supplementary {
         args.push("--supplementary".to_owned());
     }
+    if inst.spec.auth_secret_ref.is_some() {
+        args.push("--password-file".to_owned());
+        args.push("/etc/strand/auth/password".to_owned());
+    }
     args
 }
 
@@ -139,6 +143,35 @@ fn secret_volume(name: &str, secret: String) -> Volume {
 pub fn statefulset(inst: &Instance) -> StatefulSet {
     let name = inst.metadata.name.clone().unwrap_or_default();
     let spec = &inst.spec;
+    let mut volumes = vec![
+        secret_volume("admin", admin_secret_name(&name)),
+        secret_volume("replication", REPLICATION_SECRET.to_owned()),
+    ];
+    let mut mounts = vec![
+        VolumeMount { name: "data".into(), mount_path: DATA_DIR.into(), ..Default::default() },
+        VolumeMount {
+            name: "admin".into(),
+            mount_path: "/etc/strand/admin".into(),
+            read_only: Some(true),
+            ..Default::default()
+        },
+        VolumeMount {
+            name: "replication".into(),
+            mount_path: "/etc/strand/replication".into(),
+            read_only: Some(true),
+            ..Default::default()
+        },
+    ];
+    if let Some(secret) = &spec.auth_secret_ref {
+        // Clients AUTH with the `password` key of this Secret (the application's own).
+        volumes.push(secret_volume("auth", secret.clone()));
+        mounts.push(VolumeMount {
+            name: "auth".into(),
+            mount_path: "/etc/strand/auth".into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
     let container = Container {
         name: "engine".into(),
         image: Some(spec.image.clone()),
@@ -158,21 +191,7 @@ pub fn statefulset(inst: &Instance) -> StatefulSet {
         readiness_probe: Some(probe("/readyz", 2, 3)),
         liveness_probe: Some(probe("/healthz", 10, 6)),
         resources: spec.resources.clone(),
-        volume_mounts: Some(vec![
-            VolumeMount { name: "data".into(), mount_path: DATA_DIR.into(), ..Default::default() },
-            VolumeMount {
-                name: "admin".into(),
-                mount_path: "/etc/strand/admin".into(),
-                read_only: Some(true),
-                ..Default::default()
-            },
-            VolumeMount {
-                name: "replication".into(),
-                mount_path: "/etc/strand/replication".into(),
-                read_only: Some(true),
-                ..Default::default()
-            },
-        ]),
+        volume_mounts: Some(mounts),
         ..Default::default()
     };
     let claim = PersistentVolumeClaim {
@@ -205,10 +224,7 @@ pub fn statefulset(inst: &Instance) -> StatefulSet {
                     tolerations: spec.tolerations.clone(),
                     // The engine finishes in-flight commits on SIGTERM.
                     termination_grace_period_seconds: Some(30),
-                    volumes: Some(vec![
-                        secret_volume("admin", admin_secret_name(&name)),
-                        secret_volume("replication", REPLICATION_SECRET.to_owned()),
-                    ]),
+                    volumes: Some(volumes),
                     ..Default::default()
                 }),
             },
@@ -312,6 +328,18 @@ mod tests {
         assert_eq!(claim_spec.storage_class_name.as_deref(), Some("standard"));
         assert_eq!(claim_spec.resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"].0, "1Gi");
         assert!(!engine_args(&instance(false)).contains(&"--supplementary".to_owned()));
+        let mut with_auth = instance(false);
+        with_auth.spec.auth_secret_ref = Some("app-auth".into());
+        assert!(
+            engine_args(&with_auth).windows(2).any(|w| w == ["--password-file", "/etc/strand/auth/password"])
+        );
+        let pod = statefulset(&with_auth).spec.unwrap().template.spec.unwrap();
+        assert!(
+            pod.volumes
+                .unwrap()
+                .iter()
+                .any(|v| v.secret.as_ref().unwrap().secret_name.as_deref() == Some("app-auth"))
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! - [`engine_client`]: the engine admin API client.
 //! - [`controller`]: the Instance and ReplicationLink controllers that carry the plans out.
 //! - [`leader`]: leader election with a Lease; [`metrics`]: the operator's own metrics.
+//! - [`webhook`]: the validating admission webhook for ReplicationLinks.
 
 pub mod controller;
 pub mod crd;
@@ -16,6 +17,7 @@ pub mod engine_status;
 pub mod leader;
 pub mod metrics;
 pub mod plan;
+pub mod webhook;
 
 /// Renders an error and its sources as one line: "a: b: c".
 pub fn error_chain(e: &dyn std::error::Error) -> String {

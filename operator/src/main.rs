@@ -14,22 +14,44 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use strand_operator::controller::{self, Ctx};
 use strand_operator::crd::{Instance, ReplicationLink};
-use strand_operator::{error_chain, leader, metrics::Metrics};
+use strand_operator::{error_chain, leader, metrics::Metrics, webhook};
 use tokio::sync::watch;
 
 struct Args {
     metrics_addr: SocketAddr,
     log_format_json: bool,
+    webhook_addr: Option<SocketAddr>,
+    webhook_service: String,
+    webhook_secret: String,
+    webhook_configuration: String,
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut args = Args { metrics_addr: SocketAddr::from(([0, 0, 0, 0], 8081)), log_format_json: true };
+    let mut args = Args {
+        metrics_addr: SocketAddr::from(([0, 0, 0, 0], 8081)),
+        log_format_json: true,
+        webhook_addr: None,
+        webhook_service: "strand-operator-webhook".into(),
+        webhook_secret: "strand-operator-webhook-tls".into(),
+        webhook_configuration: "strand-operator".into(),
+    };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--metrics-addr" => {
                 let v = it.next().ok_or("--metrics-addr needs HOST:PORT")?;
                 args.metrics_addr = v.parse().map_err(|e| format!("--metrics-addr {v:?}: {e}"))?;
+            }
+            "--webhook-addr" => {
+                let v = it.next().ok_or("--webhook-addr needs HOST:PORT")?;
+                args.webhook_addr = Some(v.parse().map_err(|e| format!("--webhook-addr {v:?}: {e}"))?);
+            }
+            "--webhook-service" => {
+                args.webhook_service = it.next().ok_or("--webhook-service needs a name")?
+            }
+            "--webhook-secret" => args.webhook_secret = it.next().ok_or("--webhook-secret needs a name")?,
+            "--webhook-configuration" => {
+                args.webhook_configuration = it.next().ok_or("--webhook-configuration needs a name")?
             }
             "--log-format" => match it.next().as_deref() {
                 Some("json") => args.log_format_json = true,
@@ -38,6 +60,7 @@ fn parse_args() -> Result<Args, String> {
             },
             "--help" | "-h" => {
                 return Err("usage: strand-operator [--metrics-addr HOST:PORT] [--log-format json|text]\n\
+                     [--webhook-addr HOST:PORT --webhook-service NAME --webhook-secret NAME --webhook-configuration NAME]\n\
                      Log level from RUST_LOG (default info). Identity from POD_NAME, Lease namespace from POD_NAMESPACE."
                     .into());
             }
@@ -77,16 +100,34 @@ async fn run(args: Args) -> Result<(), String> {
         .await
         .map_err(|e| format!("no Kubernetes client: {}", error_chain(&e)))?;
     let metrics = Arc::new(Metrics::new().map_err(|e| e.to_string())?);
+    let identity =
+        std::env::var("POD_NAME").unwrap_or_else(|_| format!("strand-operator-{}", std::process::id()));
+    let lease_ns = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "default".into());
+
+    // Every replica serves the admission webhook, set up before it reports ready.
+    if let Some(addr) = args.webhook_addr {
+        let setup = webhook::Setup {
+            namespace: lease_ns.clone(),
+            service: args.webhook_service.clone(),
+            secret: args.webhook_secret.clone(),
+            configuration: args.webhook_configuration.clone(),
+        };
+        let pem = webhook::ensure_certificate(&client, &setup)
+            .await
+            .map_err(|e| format!("webhook setup failed: {}", error_chain(&e)))?;
+        let webhook_client = client.clone();
+        tokio::spawn(async move {
+            if let Err(e) = webhook::serve(addr, webhook_client, pem).await {
+                tracing::error!(error = %error_chain(&e), "admission webhook failed");
+            }
+        });
+    }
     let served = metrics.clone();
     tokio::spawn(async move {
         if let Err(e) = strand_operator::metrics::serve(args.metrics_addr, served).await {
             tracing::error!(error = %e, "metrics endpoint failed");
         }
     });
-
-    let identity =
-        std::env::var("POD_NAME").unwrap_or_else(|_| format!("strand-operator-{}", std::process::id()));
-    let lease_ns = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "default".into());
     let leases: Api<Lease> = Api::namespaced(client.clone(), &lease_ns);
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {

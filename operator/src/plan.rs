@@ -13,6 +13,9 @@ use crate::engine_status::EngineStatus;
 
 /// Most outgoing streams one instance may source (the engine's limit, GT.M's sixteen).
 pub const OUTGOING_MAX: usize = 16;
+/// How a reason that only says an Instance is missing (yet) begins: a link may be applied
+/// before its instances, so admission lets it through and the controller waits.
+pub const MISSING_PREFIX: &str = "Instance ";
 
 /// One engine admin call.
 #[derive(Debug, Clone, PartialEq)]
@@ -141,10 +144,19 @@ pub fn check_links(
     let mut outgoing: BTreeMap<&str, usize> = BTreeMap::new();
     for link in ordered {
         let (source, target) = (link.spec.source.as_str(), link.spec.target.as_str());
+        if outgoing.get(source).copied().unwrap_or(0) >= OUTGOING_MAX {
+            blocked.insert(
+                link.name.to_owned(),
+                format!("{source} already sources {OUTGOING_MAX} links, the most an instance may"),
+            );
+            continue;
+        }
         let (Some(&src_supp), Some(&tgt_supp)) = (supplementary.get(source), supplementary.get(target))
         else {
             let missing = if supplementary.contains_key(source) { target } else { source };
-            blocked.insert(link.name.to_owned(), format!("Instance {missing} does not exist"));
+            blocked.insert(link.name.to_owned(), format!("{MISSING_PREFIX}{missing} does not exist"));
+            // It still counts against its source's sixteen (it streams once the target exists).
+            *outgoing.entry(source).or_default() += 1;
             continue;
         };
         let reason = match link.spec.mode {
@@ -166,10 +178,6 @@ pub fn check_links(
             }),
             Mode::Bc => None,
         };
-        let reason = reason.or_else(|| {
-            (outgoing.get(source).copied().unwrap_or(0) >= OUTGOING_MAX)
-                .then(|| format!("{source} already sources {OUTGOING_MAX} links, the most an instance may"))
-        });
         match reason {
             Some(reason) => {
                 blocked.insert(link.name.to_owned(), reason);

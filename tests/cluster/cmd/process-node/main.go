@@ -13,8 +13,10 @@ import (
 	"fmt"
 	"log"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -39,7 +41,7 @@ type Node struct {
 	config   Config
 	apiHost  string
 	apiPort  string
-	podNet   string // first two octets of this node's pod addresses, e.g. "127.7"
+	podNet   string // first three octets of this node's pod addresses, e.g. "198.18.7"
 
 	mu     sync.Mutex
 	pods   map[string]*podRunner // by pod UID
@@ -57,7 +59,7 @@ func main() {
 	images := flag.String("images", "", "JSON file mapping image references to local executables")
 	apiHost := flag.String("api-host", "127.0.0.1", "KUBERNETES_SERVICE_HOST given to pods")
 	apiPort := flag.String("api-port", "", "KUBERNETES_SERVICE_PORT given to pods")
-	podNet := flag.String("pod-net", "127.1", "pods get addresses <pod-net>.x.y; give each node on a machine its own")
+	podNet := flag.String("pod-net", "198.18.0", "pods get addresses <pod-net>.x on the loopback device; give each node on a machine its own")
 	flag.Parse()
 	if *kubeconfig == "" || *stateDir == "" {
 		log.Fatal("--kubeconfig and --state-dir are required")
@@ -173,24 +175,42 @@ func (n *Node) remove(uid string, ip string) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	delete(n.pods, uid)
-	delete(n.ips, ip)
+	if n.ips[ip] {
+		delete(n.ips, ip)
+		delAddress(ip)
+	}
 }
 
-// allocateIP hands out a free loopback address <podNet>.x.y for a pod.
-func (n *Node) allocateIP() string {
+// allocateIP hands out a free address <podNet>.x for a pod and puts it on the loopback
+// device: every program on this machine reaches it, and Kubernetes accepts it as an endpoint
+// (it refuses 127/8).
+func (n *Node) allocateIP() (string, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	for {
-		n.nextIP++
-		if n.nextIP >= 65000 {
-			n.nextIP = 1
-		}
-		ip := fmt.Sprintf("%s.%d.%d", n.podNet, (n.nextIP+1)/250, (n.nextIP+1)%250+1)
+	for tries := 0; tries < 254; tries++ {
+		n.nextIP = n.nextIP%254 + 1
+		ip := fmt.Sprintf("%s.%d", n.podNet, n.nextIP)
 		if !n.ips[ip] {
+			if err := addAddress(ip); err != nil {
+				return "", err
+			}
 			n.ips[ip] = true
-			return ip
+			return ip, nil
 		}
 	}
+	return "", fmt.Errorf("all 254 pod addresses of %s.0/24 are in use", n.podNet)
+}
+
+func addAddress(ip string) error {
+	out, err := exec.Command("ip", "addr", "add", ip+"/32", "dev", "lo").CombinedOutput()
+	if err != nil && !strings.Contains(string(out), "File exists") {
+		return fmt.Errorf("cannot add pod address %s to lo (the process node needs root and iproute2): %v: %s", ip, err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+func delAddress(ip string) {
+	_ = exec.Command("ip", "addr", "del", ip+"/32", "dev", "lo").Run()
 }
 
 func (n *Node) stopAll() {
@@ -209,4 +229,10 @@ func (n *Node) stopAll() {
 		}(r)
 	}
 	wg.Wait()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for ip := range n.ips {
+		delAddress(ip)
+		delete(n.ips, ip)
+	}
 }

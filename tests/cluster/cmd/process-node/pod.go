@@ -95,7 +95,12 @@ func (p *podRunner) update(pod *v1.Pod) {
 }
 
 func (p *podRunner) run(ctx context.Context) {
-	p.ip = p.node.allocateIP()
+	ip, err := p.node.allocateIP()
+	if err != nil {
+		p.logf("no pod address: %v", err)
+		return
+	}
+	p.ip = ip
 	p.started = metav1.Now()
 	if err := os.MkdirAll(p.dir, 0o755); err != nil {
 		p.logf("state dir: %v", err)

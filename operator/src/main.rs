@@ -192,7 +192,10 @@ async fn run(args: Args) -> Result<(), String> {
         .graceful_shutdown_on(shutdown(stop_rx.clone()))
         .run(controller::instance::reconcile, controller::instance::error_policy, ctx.clone())
         .for_each(|_| async {});
+    // Links are reconciled one at a time: two links of one source must not both see it
+    // standalone and both promote it.
     let links = Controller::new(Api::<ReplicationLink>::all(client.clone()), watcher::Config::default())
+        .with_config(kube::runtime::controller::Config::default().concurrency(1))
         .graceful_shutdown_on(shutdown(stop_rx.clone()))
         .run(controller::link::reconcile, controller::link::error_policy, ctx.clone())
         .for_each(|_| async {});

@@ -229,6 +229,16 @@ async fn handle(req: Request<hyper::body::Incoming>, client: &kube::Client) -> R
         }
     };
     let mut response = AdmissionResponse::from(&request);
+    // Updates that leave the spec alone (finalizers, labels, deletion) are always let through:
+    // a link admitted before must stay removable.
+    let spec_unchanged = matches!(
+        (&request.object, &request.old_object),
+        (Some(new), Some(old)) if new.spec == old.spec
+    );
+    let deleting = request.object.as_ref().is_some_and(|l| l.metadata.deletion_timestamp.is_some());
+    if spec_unchanged || deleting {
+        return json_response(200, serde_json::to_vec(&response.into_review()).unwrap_or_default());
+    }
     if let (Operation::Create | Operation::Update, Some(link)) = (&request.operation, &request.object) {
         let ns = request.namespace.clone().unwrap_or_default();
         match decide(client, &ns, &request.name, link).await {

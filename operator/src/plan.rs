@@ -8,7 +8,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::crd::{Mode, ReplicationLinkSpec};
+use kube::ResourceExt;
+
+use crate::crd::{Instance, Mode, ReplicationLink, ReplicationLinkSpec};
 use crate::engine_status::EngineStatus;
 
 /// Most outgoing streams one instance may source (the engine's limit, GT.M's sixteen).
@@ -191,6 +193,34 @@ pub fn check_links(
         }
     }
     blocked
+}
+
+/// [`check_links`] over the live links and the instances of a namespace, as stored. A
+/// `candidate` (name, spec) not stored yet — or replacing the stored link of that name — is
+/// checked as the newest link, so a conflict with an existing one is the candidate's fault.
+pub fn check_namespace(
+    links: &[ReplicationLink],
+    instances: &[Instance],
+    candidate: Option<(&str, &ReplicationLinkSpec)>,
+) -> BTreeMap<String, String> {
+    let supplementary: BTreeMap<String, bool> =
+        instances.iter().map(|i| (i.name_any(), i.spec.supplementary)).collect();
+    let replaced = candidate.map(|(name, _)| name);
+    let live: Vec<(String, String, &ReplicationLinkSpec)> = links
+        .iter()
+        .filter(|l| l.metadata.deletion_timestamp.is_none())
+        .map(|l| {
+            let created = l.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()).unwrap_or_default();
+            (l.name_any(), created, &l.spec)
+        })
+        .filter(|(name, _, _)| Some(name.as_str()) != replaced)
+        .collect();
+    let mut refs: Vec<LinkRef<'_>> =
+        live.iter().map(|(name, created, spec)| LinkRef { name, spec, created }).collect();
+    if let Some((name, spec)) = candidate {
+        refs.push(LinkRef { name, spec, created: "~" });
+    }
+    check_links(&refs, &supplementary)
 }
 
 /// The inputs for one link whose namespace-wide checks passed.

@@ -23,7 +23,7 @@ use kube::api::{Api, ListParams, PostParams};
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 
 use crate::crd::{Instance, ReplicationLink, ReplicationLinkSpec};
-use crate::plan::{self, LinkRef};
+use crate::plan;
 
 /// Largest admission request body read.
 const BODY_BYTES_MAX: usize = 4 * 1024 * 1024;
@@ -36,27 +36,7 @@ pub fn admit_link(
     links: &[ReplicationLink],
     instances: &[Instance],
 ) -> Option<String> {
-    let supplementary: BTreeMap<String, bool> =
-        instances.iter().map(|i| (i.name_any(), i.spec.supplementary)).collect();
-    let created: Vec<(String, String)> = links
-        .iter()
-        .filter(|l| l.metadata.deletion_timestamp.is_none() && l.name_any() != name)
-        .map(|l| {
-            (
-                l.name_any(),
-                l.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()).unwrap_or_default(),
-            )
-        })
-        .collect();
-    let mut refs: Vec<LinkRef<'_>> = links
-        .iter()
-        .filter(|l| l.metadata.deletion_timestamp.is_none() && l.name_any() != name)
-        .zip(&created)
-        .map(|(l, (n, c))| LinkRef { name: n, spec: &l.spec, created: c })
-        .collect();
-    // The candidate is the newest: a conflict with an existing link is the candidate's fault.
-    refs.push(LinkRef { name, spec: candidate, created: "~" });
-    plan::check_links(&refs, &supplementary)
+    plan::check_namespace(links, instances, Some((name, candidate)))
         .remove(name)
         .filter(|reason| !reason.starts_with(plan::MISSING_PREFIX))
 }

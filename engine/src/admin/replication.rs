@@ -25,7 +25,6 @@ use crate::replication::si::{Resync, SiPlan};
 use crate::replication::source::{self, SourceStatus};
 use crate::replication::{SOURCES_MAX, history};
 use crate::server::Engine;
-use crate::storage::backup::BackupInfo;
 use crate::storage::journal::RecordKind;
 use crate::storage::meta::{HistoryRecord, LastRollback, ReceiverConfig, Role, SourceLink, StreamState};
 use crate::storage::writer::{Marker, TxnFailure};
@@ -224,8 +223,8 @@ async fn fetch_seed(engine: &Engine, addr: &str) -> Result<Seed, ApiError> {
     Ok(Seed { seqno: 0, history: answer.history, from: addr.to_owned() })
 }
 
-/// A backup that is to seed an SI stream: its description and the history it carries.
-fn read_seed(path: &str) -> Result<(BackupInfo, Vec<HistoryRecord>), ApiError> {
+/// A backup that is to seed an SI stream: its seqno and the history it carries.
+fn read_seed(path: &str) -> Result<Seed, ApiError> {
     let p = std::path::Path::new(path);
     let info = crate::storage::backup::describe(p)?;
     let meta = crate::storage::backup::backup_meta(p)?;
@@ -241,7 +240,7 @@ fn read_seed(path: &str) -> Result<(BackupInfo, Vec<HistoryRecord>), ApiError> {
     if crate::storage::meta::family_root(&meta.history).is_none() {
         return Err(bad_request("bad_backup", format!("{path} carries no history records")));
     }
-    Ok((info, meta.history))
+    Ok(Seed { seqno: info.journal_seqno, history: meta.history, from: path.to_owned() })
 }
 
 pub async fn receiver_start(
@@ -258,12 +257,11 @@ pub async fn receiver_start(
     }
     check_receiver_options(&request)?;
     let seed = match (request.updateresync.clone(), request.updateresync_from.as_deref()) {
-        (Some(path), _) => {
-            let (info, history) = tokio::task::spawn_blocking(move || read_seed(&path))
+        (Some(path), _) => Some(
+            tokio::task::spawn_blocking(move || read_seed(&path))
                 .await
-                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
-            Some(Seed { seqno: info.journal_seqno, history, from: info.path.display().to_string() })
-        }
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??,
+        ),
         (None, Some(addr)) => Some(fetch_seed(&engine, addr).await?),
         (None, None) => None,
     };

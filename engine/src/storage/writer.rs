@@ -703,17 +703,8 @@ impl<T: Send + 'static> WriterThread<T> {
                     s
                 })
                 .collect();
-            put_meta(&txn, &meta)?;
-            save_streams(&txn, &self.streams, &streams)?;
         }
-        let started = Instant::now();
-        txn.commit().map_err(redb_err("commit replicated records"))?;
-        self.metrics.journal_fsync_duration_seconds.observe(started.elapsed().as_secs_f64());
-        self.metrics.commits_total.inc_by(next - 1 - committed);
-        self.metrics.journal_seqno.set(i64::try_from(next - 1).unwrap_or(i64::MAX));
-        self.touch(touched.iter().map(Vec::as_slice));
-        self.set_streams(streams);
-        self.store.publish(next - 1, Some(meta), self.version);
+        self.commit_applied(txn, committed, next - 1, &touched, streams, meta)?;
         Ok(next - 1)
     }
 
@@ -821,18 +812,33 @@ impl<T: Send + 'static> WriterThread<T> {
             if let Some(s) = streams.get_mut(slot) {
                 *s = last;
             }
-            put_meta(&txn, &meta)?;
-            save_streams(&txn, &self.streams, &streams)?;
         }
+        self.commit_applied(txn, committed, next - 1, &touched, streams, meta)?;
+        Ok(last)
+    }
+
+    /// Commits an apply (BC or SI) that took the journal from `committed` to `last`, with its
+    /// metadata and stream positions, and publishes it.
+    fn commit_applied(
+        &mut self,
+        txn: redb::WriteTransaction,
+        committed: u64,
+        last: u64,
+        touched: &[Vec<u8>],
+        streams: StreamSeqnos,
+        meta: InstanceMeta,
+    ) -> Result<(), StoreError> {
+        put_meta(&txn, &meta)?;
+        save_streams(&txn, &self.streams, &streams)?;
         let started = Instant::now();
         txn.commit().map_err(redb_err("commit replicated records"))?;
         self.metrics.journal_fsync_duration_seconds.observe(started.elapsed().as_secs_f64());
-        self.metrics.commits_total.inc_by(next - 1 - committed);
-        self.metrics.journal_seqno.set(i64::try_from(next - 1).unwrap_or(i64::MAX));
+        self.metrics.commits_total.inc_by(last - committed);
+        self.metrics.journal_seqno.set(i64::try_from(last).unwrap_or(i64::MAX));
         self.touch(touched.iter().map(Vec::as_slice));
         self.set_streams(streams);
-        self.store.publish(next - 1, Some(meta), self.version);
-        Ok(last)
+        self.store.publish(last, Some(meta), self.version);
+        Ok(())
     }
 
     fn set_streams(&mut self, streams: StreamSeqnos) {

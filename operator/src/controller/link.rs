@@ -2,7 +2,6 @@
 //! [`crate::plan`]), its status from the engines, and on deletion (finalizer) the calls that
 //! stop it.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +15,7 @@ use super::{Ctx, Endpoint, Error, condition, endpoint};
 use crate::crd::{Instance, Mode, ReplicationLink, ReplicationLinkStatus};
 use crate::engine_client;
 use crate::engine_status::EngineStatus;
-use crate::plan::{self, Action as EngineAction, LinkRef, LinkState, LinkView};
+use crate::plan::{self, Action as EngineAction, LinkState, LinkView};
 
 pub const FINALIZER: &str = "strand.dev/replication-link";
 /// How often a link's state is refreshed from the engines.
@@ -116,25 +115,7 @@ async fn apply(link: &ReplicationLink, ctx: &Ctx) -> Result<Action, Error> {
         Api::<Instance>::namespaced(ctx.client.clone(), &ns).list(&ListParams::default()).await?.items;
     let links: Vec<ReplicationLink> =
         Api::<ReplicationLink>::namespaced(ctx.client.clone(), &ns).list(&ListParams::default()).await?.items;
-    let supplementary: BTreeMap<String, bool> =
-        instances.iter().map(|i| (i.name_any(), i.spec.supplementary)).collect();
-    let created: Vec<(String, String)> = links
-        .iter()
-        .filter(|l| l.metadata.deletion_timestamp.is_none())
-        .map(|l| {
-            (
-                l.name_any(),
-                l.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()).unwrap_or_default(),
-            )
-        })
-        .collect();
-    let refs: Vec<LinkRef<'_>> = links
-        .iter()
-        .filter(|l| l.metadata.deletion_timestamp.is_none())
-        .zip(&created)
-        .map(|(l, (n, c))| LinkRef { name: n, spec: &l.spec, created: c })
-        .collect();
-    let blocked = plan::check_links(&refs, &supplementary);
+    let blocked = plan::check_namespace(&links, &instances, None);
     if let Some(reason) = blocked.get(&name) {
         set_status(ctx, link, status(link, LinkState::Blocked, Some(reason.clone()))).await?;
         return Ok(Action::requeue(REFRESH * 6));

@@ -127,11 +127,34 @@ pub enum CtlCommand {
     /// Readiness.
     Ready,
     /// Become the originating primary (accept updates; new history record).
-    Promote,
+    Promote {
+        /// The family term this promotion begins (default: one above the instance's).
+        #[arg(long)]
+        term: Option<u64>,
+        /// Take writes only while a role lease granted with `ctl lease` runs.
+        #[arg(long)]
+        lease: bool,
+    },
     /// Become a replicating secondary (read-only), writing nothing (a crashed primary rejoining).
-    Demote,
+    Demote {
+        /// The family's current term (adopted if higher).
+        #[arg(long)]
+        term: Option<u64>,
+    },
     /// Planned handover: stop commits, write a failover record the standby will see, turn read-only.
-    FailoverToStandby,
+    FailoverToStandby {
+        /// The family's current term (adopted if higher).
+        #[arg(long)]
+        term: Option<u64>,
+    },
+    /// Grant or renew the primary's role lease for TERM (what the operator does every few seconds).
+    Lease {
+        #[arg(long)]
+        term: u64,
+        /// How long writes are accepted from now.
+        #[arg(long, default_value_t = 15_000)]
+        duration_ms: u64,
+    },
     /// The receiver side of replication.
     Receiver {
         #[command(subcommand)]
@@ -192,6 +215,9 @@ pub enum ReceiverAction {
         /// address of a family member that holds no transactions yet.
         #[arg(long, value_name = "HOST:PORT", conflicts_with = "updateresync")]
         updateresync_from: Option<String>,
+        /// BC: the family's current term (adopted if higher; a source below it is refused).
+        #[arg(long)]
+        term: Option<u64>,
     },
     /// Stop receiving.
     Stop,
@@ -492,21 +518,31 @@ async fn ctl_inner(args: CtlArgs) -> Result<(), String> {
             let v: serde_json::Value = target.call_json("GET", "/readyz", None).await.map_err(e)?;
             print_json(&v)?;
         }
-        CtlCommand::Promote => {
-            let v: serde_json::Value = target.call_json("POST", "/v1/promote", None).await.map_err(e)?;
+        CtlCommand::Promote { term, lease } => {
+            let body = serde_json::json!({ "term": term, "lease": lease });
+            let v: serde_json::Value =
+                target.call_json("POST", "/v1/promote", Some(body)).await.map_err(e)?;
             print_json(&v)?;
         }
-        CtlCommand::Demote => {
-            let v: serde_json::Value = target.call_json("POST", "/v1/demote", None).await.map_err(e)?;
+        CtlCommand::Demote { term } => {
+            let body = serde_json::json!({ "term": term });
+            let v: serde_json::Value = target.call_json("POST", "/v1/demote", Some(body)).await.map_err(e)?;
             print_json(&v)?;
         }
-        CtlCommand::FailoverToStandby => {
-            let v: serde_json::Value = target.call_json("POST", "/v1/failover", None).await.map_err(e)?;
+        CtlCommand::FailoverToStandby { term } => {
+            let body = serde_json::json!({ "term": term });
+            let v: serde_json::Value =
+                target.call_json("POST", "/v1/failover", Some(body)).await.map_err(e)?;
+            print_json(&v)?;
+        }
+        CtlCommand::Lease { term, duration_ms } => {
+            let body = serde_json::json!({ "term": term, "duration_ms": duration_ms });
+            let v: serde_json::Value = target.call_json("POST", "/v1/lease", Some(body)).await.map_err(e)?;
             print_json(&v)?;
         }
         CtlCommand::Receiver {
             action:
-                ReceiverAction::Start { autorollback, si, noresync, updateresync, reuse, updateresync_from },
+                ReceiverAction::Start { autorollback, si, noresync, updateresync, reuse, updateresync_from, term },
         } => {
             let updateresync = match updateresync {
                 Some(p) if p.is_relative() => {
@@ -521,6 +557,7 @@ async fn ctl_inner(args: CtlArgs) -> Result<(), String> {
                 "updateresync": updateresync,
                 "reuse": reuse,
                 "updateresync_from": updateresync_from,
+                "term": term,
             });
             let v: serde_json::Value =
                 target.call_json("POST", "/v1/receiver/start", Some(body)).await.map_err(e)?;

@@ -39,6 +39,11 @@ pub const SCAN_COUNT_MAX: usize = 100_000;
 pub const SCAN_CURSORS_MAX: usize = 64;
 /// Largest admin request body.
 pub const ADMIN_BODY_BYTES_MAX: usize = 64 * 1024;
+/// Largest unreplicated-transaction log the admin API serves whole (bigger ones are read
+/// with `ctl lost-transactions show` on the volume).
+pub const LOST_LOG_SERVE_BYTES_MAX: u64 = 64 * 1024 * 1024;
+/// Longest role lease one grant may give (the operator renews every few seconds).
+pub const LEASE_MS_MAX: u64 = 10 * 60 * 1000;
 /// Default free space kept on the data volume: commits are refused below it.
 pub const DISK_RESERVE_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
 

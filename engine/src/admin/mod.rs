@@ -13,6 +13,8 @@
 //! | GET    | /v1/journal     | journal records `from..=to` (at most 1000)                |
 //! | POST   | /v1/backup      | consistent backup to an absolute path on the server       |
 //! | GET    | /v1/verify      | full journal/data consistency check                       |
+//! | GET    | /v1/lost-transactions | the unreplicated-transaction logs in the data directory |
+//! | GET    | /v1/lost-transactions/{file} | one log: header and transactions (as `ctl lost-transactions show --json`) |
 //!
 //! `/healthz`, `/readyz` and `/metrics` need no token, so probes and scrapers can reach them.
 
@@ -33,13 +35,17 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
-use crate::limits::{ADMIN_BODY_BYTES_MAX, JOURNAL_READ_RECORDS_MAX};
+use crate::limits::{ADMIN_BODY_BYTES_MAX, JOURNAL_READ_RECORDS_MAX, LOST_LOG_SERVE_BYTES_MAX};
 use crate::server::{Engine, ServerError};
 use crate::shutdown::Shutdown;
 use crate::storage::journal::Record;
 use crate::storage::meta::HistoryRecord;
 use crate::storage::writer::error_chain;
 use crate::storage::{StoreError, backup};
+
+/// Header carrying the admin token where `Authorization` cannot (through a proxy that
+/// authenticates with it itself).
+pub const TOKEN_HEADER: &str = "x-strand-token";
 
 /// File name of the admin socket inside the data directory.
 pub const SOCKET_FILE: &str = "admin.sock";
@@ -134,9 +140,12 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/v1/journal", get(journal))
         .route("/v1/backup", post(backup_handler))
         .route("/v1/verify", get(verify))
+        .route("/v1/lost-transactions", get(lost_logs))
+        .route("/v1/lost-transactions/{file}", get(lost_log))
         .route("/v1/promote", post(replication::promote))
         .route("/v1/demote", post(replication::demote))
         .route("/v1/failover", post(replication::failover))
+        .route("/v1/lease", post(replication::lease))
         .route("/v1/receiver/start", post(replication::receiver_start))
         .route("/v1/receiver/stop", post(replication::receiver_stop))
         .route("/v1/sources", post(replication::source_start))
@@ -208,11 +217,14 @@ async fn require_token(State(engine): State<Arc<Engine>>, request: Request, next
         )
         .into_response();
     };
-    let presented = request
-        .headers()
+    // `X-Strand-Token` as well: the Kubernetes API server's pod proxy (how `kubectl strand`
+    // reaches an engine) consumes the Authorization header itself.
+    let headers = request.headers();
+    let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| headers.get(TOKEN_HEADER).and_then(|v| v.to_str().ok()));
     match presented {
         Some(token) if crate::resp::connection::constant_time_eq(token.as_bytes(), expected.as_bytes()) => {
             next.run(request).await
@@ -308,8 +320,22 @@ pub struct Status {
     pub resp_port: u16,
     pub repl_addr: Option<String>,
     pub last_rollback: Option<crate::storage::meta::LastRollback>,
+    /// The family term this instance last learned.
+    pub term: u64,
+    /// The role lease (primaries the operator manages).
+    pub lease: LeaseView,
     pub receiver: Option<ReceiverView>,
     pub sources: Vec<crate::replication::source::SourceStatus>,
+}
+
+/// Whether a role lease is required, and how long the current one still runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaseView {
+    pub required: bool,
+    /// `None` while no lease has been granted since the engine started.
+    pub remaining_ms: Option<u64>,
+    /// Whether application writes are refused right now, and why.
+    pub writes_refused: Option<String>,
 }
 
 /// The receiver's configuration and live state.
@@ -360,6 +386,12 @@ async fn status(State(engine): State<Arc<Engine>>) -> Result<Json<Status>, ApiEr
         resp_port: engine.config.resp_port,
         repl_addr: engine.repl_local.map(|a| a.to_string()),
         last_rollback: meta.last_rollback,
+        term: meta.term,
+        lease: LeaseView {
+            required: meta.lease_required,
+            remaining_ms: store.lease_remaining().map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            writes_refused: store.write_refusal(),
+        },
         receiver: meta.receiver.map(|r| ReceiverView {
             autorollback: r.autorollback,
             si: r.si,
@@ -497,6 +529,78 @@ async fn backup_handler(
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
     Ok(Json(info))
+}
+
+/// One unreplicated-transaction log in the data directory.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LostLogEntry {
+    pub file: String,
+    pub path: String,
+    pub bytes: u64,
+}
+
+async fn lost_logs(State(engine): State<Arc<Engine>>) -> Result<Json<Vec<LostLogEntry>>, ApiError> {
+    let dir = engine.store.data_dir().join(crate::replication::lostlog::DIR);
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Json(out)),
+        Err(e) => {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "io",
+                format!("{}: {e}", dir.display()),
+            ));
+        }
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.ends_with(".jsonl") {
+            continue; // pending logs of an unfinished rollback are not logs yet
+        }
+        let bytes = entry.metadata().map(|m| m.len()).unwrap_or(0);
+        out.push(LostLogEntry { path: entry.path().display().to_string(), file: name, bytes });
+    }
+    out.sort_by(|a, b| a.file.cmp(&b.file));
+    Ok(Json(out))
+}
+
+async fn lost_log(
+    State(engine): State<Arc<Engine>>,
+    axum::extract::Path(file): axum::extract::Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if file.contains('/') || file.starts_with('.') || !file.ends_with(".jsonl") {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("{file:?} is not a log file name"),
+        ));
+    }
+    let path = engine.store.data_dir().join(crate::replication::lostlog::DIR).join(&file);
+    let size = match std::fs::metadata(&path) {
+        Ok(m) => m.len(),
+        Err(_) => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no log {file}; GET /v1/lost-transactions lists them"),
+            ));
+        }
+    };
+    if size > LOST_LOG_SERVE_BYTES_MAX {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "{file} holds {size} bytes, more than {LOST_LOG_SERVE_BYTES_MAX} served here; read it with `strand-engine ctl lost-transactions show` in the instance's volume"
+            ),
+        ));
+    }
+    let (header, txns) = tokio::task::spawn_blocking(move || crate::replication::lostlog::read(&path))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "io", error_chain(&e)))?;
+    Ok(Json(serde_json::json!({"header": header, "transactions": txns})))
 }
 
 async fn verify(State(engine): State<Arc<Engine>>) -> Result<Json<crate::storage::VerifyReport>, ApiError> {

@@ -5,6 +5,7 @@
 //! | POST   | /v1/promote                | source server `-updok` / `-rootprimary`              |
 //! | POST   | /v1/demote                 | `-updnotok` / `-propagateprimary` (writes nothing)   |
 //! | POST   | /v1/failover               | GemStone failover to standby: failover record, then read-only |
+//! | POST   | /v1/lease                  | grant/renew the primary's role lease for its term    |
 //! | POST   | /v1/receiver/start         | `mupip replicate -receiver -start [-autorollback]`; SI: `-noresync`, `-updateresync=file`, `-reuse` |
 //! | POST   | /v1/receiver/stop          | `mupip replicate -receiver -shutdown`                |
 //! | POST   | /v1/sources                | `mupip replicate -source -start -secondary=…`        |
@@ -21,6 +22,7 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
 use super::ApiError;
+use crate::limits::LEASE_MS_MAX;
 use crate::replication::si::{Resync, SiPlan};
 use crate::replication::source::{self, SourceStatus};
 use crate::replication::{SOURCES_MAX, history};
@@ -31,11 +33,13 @@ use crate::storage::writer::{Marker, TxnFailure};
 
 fn failure(e: TxnFailure) -> ApiError {
     match e {
-        TxnFailure::Store { code: "invalid", message } => ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            message.trim_start_matches("invalid instance: ").to_owned(),
-        ),
+        TxnFailure::Store { code: "invalid", message } => {
+            let message = message.trim_start_matches("invalid instance: ");
+            match message.strip_prefix(STALE_TERM) {
+                Some(m) => ApiError::new(StatusCode::CONFLICT, "stale_term", m.to_owned()),
+                None => ApiError::new(StatusCode::CONFLICT, "conflict", message.to_owned()),
+            }
+        }
         TxnFailure::Store { code, message } => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message),
         TxnFailure::Aborted(message) => ApiError::new(StatusCode::CONFLICT, "conflict", message),
     }
@@ -46,6 +50,7 @@ pub struct RoleAnswer {
     pub name: String,
     pub role: String,
     pub journal_seqno: u64,
+    pub term: u64,
 }
 
 async fn role_answer(engine: &Engine) -> Json<RoleAnswer> {
@@ -54,16 +59,87 @@ async fn role_answer(engine: &Engine) -> Json<RoleAnswer> {
         name: meta.name,
         role: meta.role.as_str().into(),
         journal_seqno: engine.store.committed_seqno(),
+        term: meta.term,
     })
+}
+
+/// Marks refusals of a stale term, so [`failure`] answers them with their own code.
+const STALE_TERM: &str = "stale term: ";
+
+/// Body of `POST /v1/promote` (optional: an empty body promotes at the next term, no lease).
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromoteRequest {
+    /// The family term this promotion begins. Must be above the instance's term — or equal to
+    /// it when the instance already is primary at that term (a repeated call). Absent: one
+    /// above the instance's term.
+    #[serde(default)]
+    pub term: Option<u64>,
+    /// Take writes only while a role lease (`POST /v1/lease`) runs; none is running until the
+    /// first grant. Without it a lease is no longer required (a person's `ctl promote`).
+    #[serde(default)]
+    pub lease: bool,
+}
+
+/// Body of `POST /v1/demote` and `POST /v1/failover` (optional).
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DemoteRequest {
+    /// The family's current term, adopted if higher than the instance's.
+    #[serde(default)]
+    pub term: Option<u64>,
+}
+
+/// Body of `POST /v1/lease`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseRequest {
+    /// The term the lease is for: the instance must be a writable primary at exactly it.
+    pub term: u64,
+    /// How long writes are accepted from the moment the engine receives this.
+    pub duration_ms: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LeaseAnswer {
+    pub name: String,
+    pub term: u64,
+    pub remaining_ms: u64,
+}
+
+/// Parses an optional JSON body: empty means the defaults.
+fn optional_body<T: Default + serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("invalid JSON body: {e}")))
 }
 
 /// Become an originating primary: accept updates, stop receiving, and start a new history
 /// record so the seqnos generated from here on are told apart from anyone else's.
-pub async fn promote(State(engine): State<Arc<Engine>>) -> Result<Json<RoleAnswer>, ApiError> {
-    engine
+pub async fn promote(
+    State(engine): State<Arc<Engine>>,
+    body: axum::body::Bytes,
+) -> Result<Json<RoleAnswer>, ApiError> {
+    let request: PromoteRequest = optional_body(&body)?;
+    let changed = engine
         .writer
-        .update_meta(Box::new(|meta, seqno| {
+        .update_meta(Box::new(move |meta, seqno| {
             let target = if meta.supplementary { Role::SupplementaryPrimary } else { Role::Primary };
+            let term = request.term.unwrap_or(meta.term + 1);
+            if meta.role == target && (request.term.is_none() || term == meta.term) {
+                meta.lease_required = request.lease;
+                return Ok(None);
+            }
+            if term <= meta.term {
+                return Err(format!(
+                    "{STALE_TERM}{} is at term {}; a promotion needs a higher term than {term}",
+                    meta.name, meta.term
+                ));
+            }
+            meta.term = term;
+            meta.lease_required = request.lease;
             if meta.role == target {
                 return Ok(None);
             }
@@ -83,27 +159,43 @@ pub async fn promote(State(engine): State<Arc<Engine>>) -> Result<Json<RoleAnswe
         .map_err(failure)?;
     engine.replication.drop_receiver_connection();
     engine.store.set_source_name(None);
-    tracing::info!("promoted to originating primary");
+    tracing::info!(term = changed.term, lease = changed.lease_required, "promoted to originating primary");
     Ok(role_answer(&engine).await)
 }
 
 /// Become a replicating secondary (read-only), writing nothing: what a crashed primary does
 /// before it rejoins under the new primary.
-pub async fn demote(State(engine): State<Arc<Engine>>) -> Result<Json<RoleAnswer>, ApiError> {
-    to_secondary(&engine, false).await
+pub async fn demote(
+    State(engine): State<Arc<Engine>>,
+    body: axum::body::Bytes,
+) -> Result<Json<RoleAnswer>, ApiError> {
+    let request: DemoteRequest = optional_body(&body)?;
+    to_secondary(&engine, false, request.term).await
 }
 
 /// The planned handover (GemStone's "failover to standby"): commits stop, a failover record
 /// is committed — and replicated, so the standby sees the primary has handed over at exactly
 /// that seqno — and the instance turns read-only.
-pub async fn failover(State(engine): State<Arc<Engine>>) -> Result<Json<RoleAnswer>, ApiError> {
-    to_secondary(&engine, true).await
+pub async fn failover(
+    State(engine): State<Arc<Engine>>,
+    body: axum::body::Bytes,
+) -> Result<Json<RoleAnswer>, ApiError> {
+    let request: DemoteRequest = optional_body(&body)?;
+    to_secondary(&engine, true, request.term).await
 }
 
-async fn to_secondary(engine: &Arc<Engine>, record: bool) -> Result<Json<RoleAnswer>, ApiError> {
-    engine
+async fn to_secondary(
+    engine: &Arc<Engine>,
+    record: bool,
+    term: Option<u64>,
+) -> Result<Json<RoleAnswer>, ApiError> {
+    let before = engine.store.meta().term;
+    let after = engine
         .writer
         .update_meta(Box::new(move |meta, _| {
+            if let Some(term) = term {
+                meta.term = meta.term.max(term);
+            }
             if meta.role == Role::Secondary {
                 return if record {
                     Err(format!(
@@ -114,18 +206,76 @@ async fn to_secondary(engine: &Arc<Engine>, record: bool) -> Result<Json<RoleAns
                     Ok(None)
                 };
             }
-            meta.role = Role::Secondary;
-            // A supplementary instance that stops being one (Malvern after the outage) stops
-            // receiving its SI stream too.
-            if meta.receiver.as_ref().is_some_and(|r| r.si) {
-                meta.receiver = None;
-            }
+            crate::storage::meta::to_secondary(meta);
             Ok(record.then(Marker::failover))
         }))
         .await
         .map_err(failure)?;
-    tracing::info!(failover_record = record, "now a replicating secondary");
+    drop_stale_stream(engine, before, after.term);
+    tracing::info!(failover_record = record, term = after.term, "now a replicating secondary");
     Ok(role_answer(engine).await)
+}
+
+/// A higher term learned through the admin API ends the stream being received: it may come
+/// from a deposed primary, which then reconnects, is refused and learns the term itself.
+fn drop_stale_stream(engine: &Engine, before: u64, after: u64) {
+    if after > before {
+        engine.replication.drop_receiver_connection();
+    }
+}
+
+/// Grants or renews the role lease of a primary at `term` (the operator's confirmation that
+/// this instance is still its family's primary). The first grant makes a lease required
+/// from then on, across restarts.
+pub async fn lease(
+    State(engine): State<Arc<Engine>>,
+    body: Result<Json<LeaseRequest>, JsonRejection>,
+) -> Result<Json<LeaseAnswer>, ApiError> {
+    let Json(request) = body?;
+    if request.duration_ms == 0 || request.duration_ms > LEASE_MS_MAX {
+        return Err(bad_request("bad_request", format!("duration_ms must be 1 to {LEASE_MS_MAX}")));
+    }
+    let meta = engine.store.meta();
+    if !matches!(meta.role, Role::Primary | Role::SupplementaryPrimary) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_primary",
+            format!("{} is {}; only a primary holds a role lease", meta.name, meta.role.as_str()),
+        ));
+    }
+    if meta.term != request.term {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "stale_term",
+            format!(
+                "{} is at term {}, not {}; the lease is for another term",
+                meta.name, meta.term, request.term
+            ),
+        ));
+    }
+    if !meta.lease_required {
+        let term = request.term;
+        engine
+            .writer
+            .update_meta(Box::new(move |meta, _| {
+                if meta.term != term || !matches!(meta.role, Role::Primary | Role::SupplementaryPrimary) {
+                    return Err(format!("{STALE_TERM}{} changed role or term meanwhile", meta.name));
+                }
+                meta.lease_required = true;
+                Ok(None)
+            }))
+            .await
+            .map_err(failure)?;
+    }
+    engine.store.grant_lease(std::time::Duration::from_millis(request.duration_ms));
+    Ok(Json(LeaseAnswer {
+        name: meta.name,
+        term: meta.term,
+        remaining_ms: engine
+            .store
+            .lease_remaining()
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+    }))
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -151,6 +301,10 @@ pub struct ReceiverStart {
     /// its history is fetched over the authenticated replication protocol.
     #[serde(default)]
     pub updateresync_from: Option<String>,
+    /// BC: the family's current term, adopted if higher (a stream from a source below it is
+    /// then refused).
+    #[serde(default)]
+    pub term: Option<u64>,
 }
 
 fn bad_request(code: &str, message: impl Into<String>) -> ApiError {
@@ -268,7 +422,9 @@ pub async fn receiver_start(
     let config =
         ReceiverConfig { autorollback: request.autorollback, si: request.si, noresync: request.noresync };
     let reuse = request.reuse.clone();
-    engine
+    let term = request.term;
+    let before = engine.store.meta().term;
+    let after = engine
         .writer
         .update_meta(Box::new(move |meta, seqno| {
             if !config.si {
@@ -280,6 +436,9 @@ pub async fn receiver_start(
                 }
                 meta.role = Role::Secondary;
                 meta.receiver = Some(config);
+                if let Some(term) = term {
+                    meta.term = meta.term.max(term);
+                }
                 return Ok(None);
             }
             if !meta.supplementary {
@@ -320,6 +479,7 @@ pub async fn receiver_start(
                     .map(|h| HistoryRecord { stream, journal_seqno: at, ..h })
                     .collect(),
                 since_journal_seqno: at,
+                term: 0,
             });
             meta.streams.sort_by_key(|s| s.stream);
             tracing::info!(stream, family = %root.root_name, base, %from, "SI stream seeded (updateresync)");
@@ -327,6 +487,7 @@ pub async fn receiver_start(
         }))
         .await
         .map_err(failure)?;
+    drop_stale_stream(&engine, before, after.term);
 
     engine.replication.set_receiver(|s| {
         if s.state.is_empty() || s.state == "stopped" {

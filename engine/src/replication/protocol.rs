@@ -7,13 +7,15 @@
 //! allocated; a bad checksum, an unknown kind or a short frame ends the connection.
 //!
 //! Handshake (the source connects to the receiver's replication address):
-//! 1. source → `Hello` {protocol, mode, name, creation id, nonce_s, si, supplementary}
+//! 1. source → `Hello` {protocol, mode, name, creation id, nonce_s, si, supplementary, term}
 //! 2. receiver → `Challenge` {protocol, name, creation id, nonce_r,
 //!    proof_r = HMAC-SHA256(secret, "strand-receiver" · nonce_s · nonce_r)}
 //! 3. source verifies proof_r, then → `Auth` {proof_s = HMAC(secret, "strand-source" ·
 //!    nonce_r · nonce_s), history, seqno, SI stream states}
 //! 4. receiver verifies proof_s, negotiates (history.rs for BC, si.rs per stream for SI), may
-//!    roll back, then → `Start` {from} or `Refuse` {code, message, common?}.
+//!    roll back, then → `Start` {from} or `Refuse` {code, message, common?, term?}. A source
+//!    whose term is below what the receiver has seen for the family is refused (`stale_term`,
+//!    with that term) before anything else, and turns read-only if it is a primary.
 //! 5. source → `Records` / `Heartbeat` / `Streams` (a supplementary source's stream states,
 //!    whenever they change, before the records that need them); receiver → `Ack` {seqno
 //!    applied and durable, in the source's numbering}.
@@ -96,6 +98,10 @@ pub struct Hello {
     /// The connecting instance is supplementary.
     #[serde(default)]
     pub supplementary: bool,
+    /// The source's family term: a receiver that has seen a higher one refuses the stream
+    /// (`stale_term`); one that has seen a lower one adopts it.
+    #[serde(default)]
+    pub term: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -131,6 +137,9 @@ pub struct Refuse {
     pub message: String,
     pub common: Option<u64>,
     pub receiver_seqno: Option<u64>,
+    /// With `stale_term`: the higher term the receiver has seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -182,7 +191,13 @@ pub enum ProtocolError {
     #[error("authentication failed: the peer does not know the replication secret")]
     Auth,
     #[error("refused by the receiver: {message} ({code})")]
-    Refused { code: String, message: String, common: Option<u64>, receiver_seqno: Option<u64> },
+    Refused {
+        code: String,
+        message: String,
+        common: Option<u64>,
+        receiver_seqno: Option<u64>,
+        term: Option<u64>,
+    },
 }
 
 pub async fn write_frame<W: AsyncWriteExt + Unpin>(
@@ -264,6 +279,7 @@ pub async fn expect<R: AsyncReadExt + Unpin, T: for<'de> Deserialize<'de>>(
             message: refuse.message,
             common: refuse.common,
             receiver_seqno: refuse.receiver_seqno,
+            term: refuse.term,
         });
     }
     if kind != expected {

@@ -22,7 +22,7 @@ use super::streams::{self, Negotiated, StreamError};
 use crate::server::Engine;
 use crate::shutdown::Shutdown;
 use crate::storage::journal::RecordKind;
-use crate::storage::meta::Role;
+use crate::storage::meta::{self, Role};
 use crate::storage::writer::{ApplyMode, Marker, error_chain};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -66,7 +66,34 @@ async fn refuse(
     let _ = protocol::write_json(
         wr,
         Kind::Refuse,
-        &Refuse { code: code.into(), message, common, receiver_seqno },
+        &Refuse { code: code.into(), message, common, receiver_seqno, term: None },
+    )
+    .await;
+}
+
+/// Refuses a source whose term is below `seen`: a deposed primary. The refusal carries the
+/// term, so the source learns it has been replaced and stops taking writes.
+async fn refuse_stale(
+    engine: &Engine,
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    hello: &Hello,
+    what: &str,
+    seen: u64,
+) {
+    let message = format!(
+        "{} offers {what} at term {}, but {} has seen term {seen}: {} is no longer its family's primary (it turns read-only); the stream must come from the current primary",
+        hello.name,
+        hello.term,
+        engine.store.meta().name,
+        hello.name
+    );
+    tracing::warn!(source = %hello.name, term = hello.term, seen, "refused a stream from a deposed primary");
+    engine.metrics.replication_errors_total.with_label_values(&["stale_term"]).inc();
+    engine.replication.set_receiver(|s| s.last_error = Some(message.clone()));
+    let _ = protocol::write_json(
+        wr,
+        Kind::Refuse,
+        &Refuse { code: "stale_term".into(), message, common: None, receiver_seqno: None, term: Some(seen) },
     )
     .await;
 }
@@ -162,6 +189,9 @@ async fn serve(
         refuse(&mut wr, code, message, None, None).await;
         return Ok(());
     }
+    if !check_term(engine, &mut wr, &hello, &auth, config.si).await? {
+        return Ok(());
+    }
     if active.swap(true, Ordering::AcqRel) {
         let current = engine.replication.receiver_status().source.unwrap_or_default();
         let what = if config.si { "an SI stream" } else { "a BC stream" };
@@ -181,7 +211,6 @@ async fn serve(
     let _guard = ActiveGuard(active);
     let mut generation = engine.replication.receiver_generation.subscribe();
     generation.borrow_and_update();
-
     let negotiated = if config.si {
         negotiate_si(engine, &mut wr, &hello, &auth, &config).await?
     } else {
@@ -412,6 +441,52 @@ async fn negotiate_si(
         }
     };
     Ok(Some((from, rolled_back_to, ApplyMode::Si { stream })))
+}
+
+/// Compares the source's term with the highest this instance has seen for the source's
+/// family — its own term for BC, the stream's for SI — before anything else happens (a busy
+/// receiver included, so a deposed primary learns at once). Lower: refused (`false`).
+/// Higher: adopted.
+async fn check_term(
+    engine: &Engine,
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    hello: &Hello,
+    auth: &Auth,
+    si: bool,
+) -> Result<bool, ProtocolError> {
+    let meta = engine.store.meta();
+    let (seen, what) = if si {
+        match streams::stream_of(&meta, &auth.history) {
+            Some(s) => (s.term, format!("stream {} ({})", s.stream, s.family)),
+            // A first connection of a family: nothing seen yet (negotiation will say more).
+            None => return Ok(true),
+        }
+    } else {
+        (meta.term, "a BC stream".to_owned())
+    };
+    if hello.term < seen {
+        refuse_stale(engine, wr, hello, &what, seen).await;
+        return Ok(false);
+    }
+    if hello.term > seen {
+        let (term, family) =
+            (hello.term, meta::family_root(&auth.history).map(|r| r.root_creation_id.clone()));
+        engine
+            .writer
+            .update_meta(Box::new(move |m, _| {
+                if si {
+                    if let Some(s) = m.streams.iter_mut().find(|s| Some(&s.family_id) == family.as_ref()) {
+                        s.term = s.term.max(term);
+                    }
+                } else {
+                    m.term = m.term.max(term);
+                }
+                Ok(None)
+            }))
+            .await
+            .map_err(|e| ProtocolError::Io(std::io::Error::other(e.to_string())))?;
+    }
+    Ok(true)
 }
 
 async fn rollback_required(

@@ -17,7 +17,7 @@ use super::protocol::{
     self, Ack, Auth, Challenge, Heartbeat, Hello, Kind, Mode, ProtocolError, Start, StreamsUpdate,
 };
 use crate::server::Engine;
-use crate::storage::meta::SourceLink;
+use crate::storage::meta::{Role, SourceLink};
 use crate::storage::now_micros;
 use crate::storage::writer::error_chain;
 
@@ -112,6 +112,11 @@ async fn run(
         match outcome {
             Ok(()) => backoff = Duration::from_millis(100),
             Err(e) => {
+                if let ProtocolError::Refused { code, term: Some(term), .. } = &e
+                    && code == "stale_term"
+                {
+                    step_down(&engine, *term).await;
+                }
                 let message = error_chain(&e);
                 let state = match &e {
                     ProtocolError::Refused { code, .. } if code == "rollback_required" => "rollback_required",
@@ -132,6 +137,32 @@ async fn run(
         backoff = (backoff * 2).min(RETRY_MAX);
     }
     update(&status, |s| s.state = "stopped".into());
+}
+
+/// A receiver has seen a higher term of this instance's family: another instance has been
+/// promoted since. Adopt the term and, if this instance still takes writes as a primary,
+/// stop (turn replicating secondary) — at most one writable primary per family.
+async fn step_down(engine: &Engine, term: u64) {
+    let result = engine
+        .writer
+        .update_meta(Box::new(move |meta, _| {
+            if meta.term >= term {
+                return Ok(None);
+            }
+            meta.term = term;
+            if matches!(meta.role, Role::Primary | Role::SupplementaryPrimary) {
+                tracing::warn!(
+                    term,
+                    "a receiver has seen a higher term: this primary was replaced; turning read-only"
+                );
+                crate::storage::meta::to_secondary(meta);
+            }
+            Ok(None)
+        }))
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "cannot record the higher term");
+    }
 }
 
 async fn timed<T>(
@@ -317,6 +348,7 @@ async fn handshake(engine: &Engine, addr: &str, mode: Mode, si: bool) -> Result<
         nonce: nonce_s.clone(),
         si,
         supplementary: meta.supplementary,
+        term: meta.term,
     };
     protocol::write_json(&mut wr, Kind::Hello, &hello).await?;
     let challenge: Challenge = timed(HANDSHAKE_TIMEOUT, protocol::expect(&mut rd, Kind::Challenge)).await?;

@@ -238,8 +238,8 @@ impl State {
             return Next::Continue;
         }
         match command.class() {
-            Class::Write if engine.store.role() == crate::storage::meta::Role::Secondary => {
-                slots.push(Slot::Ready(Frame::Error(engine.store.readonly_message()), proto));
+            Class::Write if let Some(refusal) = engine.store.write_refusal() => {
+                slots.push(Slot::Ready(Frame::Error(refusal), proto));
                 Next::Continue
             }
             Class::Write => {

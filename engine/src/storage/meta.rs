@@ -100,6 +100,18 @@ pub struct InstanceMeta {
     /// one). Their last stream seqnos live in the `streams` table, updated with every commit.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub streams: Vec<StreamState>,
+    /// The family's term (epoch) as this instance last learned it: raised by every promotion,
+    /// carried by the replication handshake. A promotion or a BC stream at a lower term is
+    /// refused; a primary that learns of a higher one stops taking writes. 0 until the first
+    /// promotion that names a term.
+    #[serde(default)]
+    pub term: u64,
+    /// Set by the first role-lease grant: from then on a writable role takes writes only
+    /// while a lease granted since this process started is running (so a deposed primary that
+    /// restarts cannot take writes). Cleared by a promotion without a lease (a person's
+    /// `ctl promote`).
+    #[serde(default)]
+    pub lease_required: bool,
 }
 
 /// One externally sourced SI stream: which source family feeds it and that family's history.
@@ -115,6 +127,10 @@ pub struct StreamState {
     pub history: Vec<HistoryRecord>,
     /// Journal seqno of the stream's `stream_base` record (where it began on this instance).
     pub since_journal_seqno: u64,
+    /// The highest term of the source family seen on this stream: a source of that family
+    /// at a lower term (a deposed primary) is refused.
+    #[serde(default)]
+    pub term: u64,
 }
 
 impl StreamState {
@@ -194,7 +210,18 @@ impl InstanceMeta {
             receiver: None,
             sources: Vec::new(),
             streams: Vec::new(),
+            term: 0,
+            lease_required: false,
         }
+    }
+}
+
+/// Turns the instance into a replicating secondary (read-only). A supplementary instance that
+/// stops being a primary (Malvern after the outage) stops receiving its SI stream too.
+pub fn to_secondary(meta: &mut InstanceMeta) {
+    meta.role = Role::Secondary;
+    if meta.receiver.as_ref().is_some_and(|r| r.si) {
+        meta.receiver = None;
     }
 }
 

@@ -144,6 +144,13 @@ pub struct Store {
     stream_seqnos: RwLock<StreamSeqnos>,
     /// Bumped whenever `meta.streams` changes (a BC source then sends the new states).
     streams_version: AtomicU64,
+    /// Mirror of `meta.lease_required` for a lock-free check on every write.
+    lease_required: AtomicBool,
+    /// When the role lease runs out, in nanoseconds of [`Store::clock`] (monotonic, this
+    /// process); 0 while no lease has been granted since start.
+    lease_until_nanos: AtomicU64,
+    /// Origin of the monotonic clock the lease is measured on.
+    clock: std::time::Instant,
 }
 
 /// Last stream seqno of streams 0..=15.
@@ -168,6 +175,7 @@ impl Store {
         let meta = load_or_create_meta(&db, data_dir, create)?;
         let committed = check_journal(&db)?;
         let stream_seqnos = read_stream_seqnos(&db)?;
+        let meta_lease_required = meta.lease_required;
         tracing::info!(
             instance = %meta.name, journal_seqno = committed, role = meta.role.as_str(),
             "opened instance"
@@ -190,7 +198,62 @@ impl Store {
             rollbacks: AtomicU64::new(0),
             stream_seqnos: RwLock::new(stream_seqnos),
             streams_version: AtomicU64::new(0),
+            lease_required: AtomicBool::new(meta_lease_required),
+            lease_until_nanos: AtomicU64::new(0),
+            clock: std::time::Instant::now(),
         })
+    }
+
+    fn clock_nanos(&self) -> u64 {
+        u64::try_from(self.clock.elapsed().as_nanos()).unwrap_or(u64::MAX).max(1)
+    }
+
+    /// Grants (or renews) the role lease for `duration` from now, by this process's monotonic
+    /// clock (which keeps running while the process is stopped, so a frozen primary wakes up
+    /// with its lease expired).
+    pub fn grant_lease(&self, duration: std::time::Duration) {
+        let until = self.clock_nanos().saturating_add(u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX));
+        self.lease_until_nanos.store(until, Ordering::Release);
+    }
+
+    /// Time left on the role lease: `None` when none was granted since start.
+    pub fn lease_remaining(&self) -> Option<std::time::Duration> {
+        let until = self.lease_until_nanos.load(Ordering::Acquire);
+        (until != 0).then(|| std::time::Duration::from_nanos(until.saturating_sub(self.clock_nanos())))
+    }
+
+    /// Why an application write is refused right now, as the RESP error to send: a replicating
+    /// secondary (`READONLY` naming its source), or a primary whose role lease is required and
+    /// not running (the operator has not confirmed it is still its family's primary).
+    pub fn write_refusal(&self) -> Option<String> {
+        match self.role() {
+            meta::Role::Secondary => Some(self.readonly_message()),
+            meta::Role::Standalone => None,
+            meta::Role::Primary | meta::Role::SupplementaryPrimary => {
+                if !self.lease_required.load(Ordering::Acquire) {
+                    return None;
+                }
+                let until = self.lease_until_nanos.load(Ordering::Acquire);
+                let now = self.clock_nanos();
+                if until > now {
+                    return None;
+                }
+                let meta = self.meta.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+                Some(if until == 0 {
+                    format!(
+                        "READONLY {} waits for its role lease (term {}): it takes writes once the operator confirms it is still its family's primary",
+                        meta.name, meta.term
+                    )
+                } else {
+                    format!(
+                        "READONLY role lease of {} (term {}) expired {:.1}s ago: it may no longer be its family's primary; writes resume if the operator renews the lease",
+                        meta.name,
+                        meta.term,
+                        std::time::Duration::from_nanos(now - until).as_secs_f64()
+                    )
+                })
+            }
+        }
     }
 
     /// Last stream seqno of every stream, as of the committed seqno.
@@ -266,6 +329,7 @@ impl Store {
     pub(crate) fn publish(&self, seqno: u64, meta: Option<InstanceMeta>, version: u64) {
         if let Some(meta) = meta {
             self.role.store(meta.role.to_u8(), Ordering::Release);
+            self.lease_required.store(meta.lease_required, Ordering::Release);
             let mut current = self.meta.write().unwrap_or_else(std::sync::PoisonError::into_inner);
             if current.streams != meta.streams {
                 self.streams_version.fetch_add(1, Ordering::AcqRel);

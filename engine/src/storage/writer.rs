@@ -26,7 +26,7 @@ use redb::{Database, ReadableTable, ReadableTableMetadata, Table};
 use tokio::sync::{mpsc, oneshot};
 
 use super::journal::{KeyChange, Record, RecordKind, STREAMS_MAX};
-use super::meta::{HistoryRecord, InstanceMeta, LastRollback, Role, StreamState};
+use super::meta::{HistoryRecord, InstanceMeta, LastRollback, StreamState};
 use super::{
     DATA, JOURNAL, META, META_INSTANCE, STREAMS, ScanPage, Store, StoreError, StreamSeqnos, now_micros,
     redb_err, scan_table,
@@ -523,7 +523,7 @@ impl<T: Send + 'static> WriterThread<T> {
         let committed = self.store.committed_seqno();
         let mut next = committed + 1;
         let mut enqueued = Vec::with_capacity(batch.len());
-        let read_only_message = (self.store.role() == Role::Secondary).then(|| self.store.readonly_message());
+        let read_only_message = self.store.write_refusal();
         let mut local = self.streams[0];
         let txn = db.begin_write().map_err(redb_err("begin a write transaction"))?;
         {

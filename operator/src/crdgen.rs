@@ -3,7 +3,7 @@
 //! regenerates and fails on any diff.
 
 use kube::CustomResourceExt;
-use strand_operator::crd::{Instance, ReplicationLink};
+use strand_operator::crd::{Family, Instance, ReplicationLink};
 
 fn main() {
     let mut dirs: Vec<String> = std::env::args().skip(1).collect();
@@ -11,6 +11,7 @@ fn main() {
         dirs.push("crds".into());
     }
     let crds = [
+        ("families.strand.dev.yaml", Family::crd()),
         ("instances.strand.dev.yaml", Instance::crd()),
         ("replicationlinks.strand.dev.yaml", ReplicationLink::crd()),
     ];

@@ -21,7 +21,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::crd::{GROUP, Instance, VERSION};
+use crate::crd::{Family, FamilySpec, GROUP, Instance, VERSION};
 
 pub const PORT_RESP: i32 = 6379;
 pub const PORT_ADMIN: i32 = 8080;
@@ -235,6 +235,31 @@ pub fn statefulset(inst: &Instance) -> StatefulSet {
     }
 }
 
+/// The Family object of `name` with `members` as owners (not controllers): the garbage
+/// collector deletes it with the last of them. Its status is the operator's.
+pub fn family(name: &str, namespace: &str, members: &[&Instance]) -> Family {
+    let mut owners: Vec<OwnerReference> = members
+        .iter()
+        .filter_map(|m| owner(m))
+        .map(|o| OwnerReference { controller: Some(false), ..o })
+        .collect();
+    owners.sort_by(|a, b| a.name.cmp(&b.name));
+    Family {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(namespace.to_owned()),
+            labels: Some(BTreeMap::from([(
+                "app.kubernetes.io/managed-by".to_owned(),
+                "strand-operator".to_owned(),
+            )])),
+            owner_references: Some(owners),
+            ..Default::default()
+        },
+        spec: FamilySpec {},
+        status: None,
+    }
+}
+
 /// Headless Service: stable DNS for clients where the cluster has DNS; ports by name.
 pub fn service(inst: &Instance) -> Service {
     let name = inst.metadata.name.clone().unwrap_or_default();
@@ -257,14 +282,15 @@ pub fn service(inst: &Instance) -> Service {
     }
 }
 
-/// Voluntary evictions (drains) must not take an instance down behind the operator's back:
-/// a drain waits until the operator has moved the role away (switchover) and the pod may go.
-pub fn pdb(inst: &Instance) -> PodDisruptionBudget {
+/// Voluntary evictions (drains): a secondary may go (one at a time, it is one pod); the
+/// family's primary may not — the eviction webhook asks for a switchover and the drain's
+/// retries get through once this instance is a secondary.
+pub fn pdb(inst: &Instance, is_primary: bool) -> PodDisruptionBudget {
     let name = inst.metadata.name.clone().unwrap_or_default();
     PodDisruptionBudget {
         metadata: meta(inst, name.clone()),
         spec: Some(PodDisruptionBudgetSpec {
-            max_unavailable: Some(IntOrString::Int(0)),
+            max_unavailable: Some(IntOrString::Int(if is_primary { 0 } else { 1 })),
             selector: Some(LabelSelector {
                 match_labels: Some(BTreeMap::from([(LABEL_INSTANCE.to_owned(), name)])),
                 ..Default::default()
@@ -343,13 +369,15 @@ mod tests {
     }
 
     #[test]
-    fn service_is_headless_and_pdb_blocks_voluntary_evictions() {
+    fn service_is_headless_and_pdb_blocks_evicting_only_the_primary() {
         let svc = service(&instance(false));
         let spec = svc.spec.unwrap();
         assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
         assert_eq!(spec.selector.unwrap()[LABEL_INSTANCE], "malvern");
-        let pdb = pdb(&instance(false));
-        assert_eq!(pdb.spec.unwrap().max_unavailable, Some(IntOrString::Int(0)));
+        let primary = pdb(&instance(false), true);
+        assert_eq!(primary.spec.unwrap().max_unavailable, Some(IntOrString::Int(0)));
+        let secondary = pdb(&instance(false), false);
+        assert_eq!(secondary.spec.unwrap().max_unavailable, Some(IntOrString::Int(1)));
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The engine admin API client: HTTP/1.1 over TCP to `podIP:8080` with the instance's bearer
-//! token. Every call has a deadline; errors say which engine and what it answered.
+//! The engine admin API client — the only code that calls it: HTTP/1.1 over TCP to
+//! `podIP:8080` with the instance's bearer token. Every call has a deadline; errors say which
+//! engine and what it answered.
 
 use std::time::Duration;
 
@@ -10,9 +11,13 @@ use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 
 use crate::engine_status::EngineStatus;
+use crate::family::Action;
 
-/// How long one admin call may take (a receiver start with a rollback behind it included).
-const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one admin call may take (a receiver start or rollback with a big log included).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a status read or a lease grant may take. A lease grant that has not answered by
+/// then may still take effect when it arrives: the lease book counts it (docs/lifecycle.md).
+pub const QUICK_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -20,8 +25,8 @@ pub enum EngineError {
     Connect { addr: String, source: std::io::Error },
     #[error("admin call to {addr} failed")]
     Http { addr: String, source: hyper::Error },
-    #[error("admin call to {addr} timed out after {CALL_TIMEOUT:?}")]
-    Timeout { addr: String },
+    #[error("admin call to {addr} timed out after {after:?}")]
+    Timeout { addr: String, after: Duration },
     #[error("{addr} answered {status}: {message} ({code})")]
     Api { addr: String, status: u16, code: String, message: String },
     #[error("{addr} answered {status} with an unreadable body")]
@@ -61,10 +66,65 @@ pub async fn call(
     method: &str,
     path: &str,
     body: Option<serde_json::Value>,
+    timeout: Duration,
 ) -> Result<serde_json::Value, EngineError> {
-    tokio::time::timeout(CALL_TIMEOUT, call_inner(addr, token, method, path, body))
+    tokio::time::timeout(timeout, call_inner(addr, token, method, path, body))
         .await
-        .map_err(|_| EngineError::Timeout { addr: addr.to_owned() })?
+        .map_err(|_| EngineError::Timeout { addr: addr.to_owned(), after: timeout })?
+}
+
+/// Method, path, body and deadline of the admin request that carries out `action`.
+pub fn request(
+    action: &Action,
+    lease: Duration,
+) -> (&'static str, String, Option<serde_json::Value>, Duration) {
+    use serde_json::json;
+    match action {
+        Action::Promote { term, lease, .. } => {
+            ("POST", "/v1/promote".into(), Some(json!({ "term": term, "lease": lease })), CALL_TIMEOUT)
+        }
+        Action::Lease { term, .. } => (
+            "POST",
+            "/v1/lease".into(),
+            Some(
+                json!({ "term": term, "duration_ms": u64::try_from(lease.as_millis()).unwrap_or(u64::MAX) }),
+            ),
+            QUICK_TIMEOUT,
+        ),
+        Action::Fence { term, .. } => {
+            ("POST", "/v1/failover".into(), Some(json!({ "term": term })), CALL_TIMEOUT)
+        }
+        Action::Demote { term, .. } => {
+            ("POST", "/v1/demote".into(), Some(json!({ "term": term })), CALL_TIMEOUT)
+        }
+        Action::ReceiverStart {
+            si, autorollback, noresync, updateresync, updateresync_from, term, ..
+        } => (
+            "POST",
+            "/v1/receiver/start".into(),
+            Some(json!({
+                "si": si, "autorollback": autorollback, "noresync": noresync,
+                "updateresync": updateresync, "updateresync_from": updateresync_from, "term": term,
+            })),
+            CALL_TIMEOUT,
+        ),
+        Action::ReceiverStop { .. } => ("POST", "/v1/receiver/stop".into(), None, CALL_TIMEOUT),
+        Action::SourceStart { receiver, addr, si, .. } => (
+            "POST",
+            "/v1/sources".into(),
+            Some(json!({ "receiver": receiver, "addr": addr, "si": si })),
+            CALL_TIMEOUT,
+        ),
+        Action::SourceStop { receiver, .. } => {
+            ("DELETE", format!("/v1/sources/{receiver}"), None, CALL_TIMEOUT)
+        }
+        Action::Rollback { fetchresync, .. } => (
+            "POST",
+            "/v1/rollback".into(),
+            Some(json!({ "fetchresync": fetchresync })),
+            Duration::from_secs(600),
+        ),
+    }
 }
 
 async fn call_inner(
@@ -126,7 +186,7 @@ async fn call_inner(
 
 /// `GET /v1/status`.
 pub async fn status(addr: &str, token: &str) -> Result<EngineStatus, EngineError> {
-    let value = call(addr, token, "GET", "/v1/status", None).await?;
+    let value = call(addr, token, "GET", "/v1/status", None, QUICK_TIMEOUT).await?;
     serde_json::from_value(value).map_err(|source| EngineError::Decode {
         addr: addr.to_owned(),
         status: 200,

@@ -23,9 +23,23 @@ pub struct EngineStatus {
     pub receiver: Option<Receiver>,
     #[serde(default)]
     pub sources: Vec<Source>,
+    /// The family term the engine last learned.
+    #[serde(default)]
+    pub term: u64,
+    #[serde(default)]
+    pub lease: Lease,
+    /// The replication listener's bound address.
+    #[serde(default)]
+    pub repl_addr: Option<String>,
 }
 
 impl EngineStatus {
+    /// Whether the engine takes application writes by its role (a primary or supplementary
+    /// primary; a lease may still hold them back).
+    pub fn writable_role(&self) -> bool {
+        matches!(self.role.as_str(), "primary" | "supplementary-primary")
+    }
+
     /// The root of the instance's family (the first history record's instance).
     pub fn family(&self) -> Option<&str> {
         self.history.iter().min_by_key(|h| h.start_seqno).map(|h| h.root_name.as_str())
@@ -39,6 +53,16 @@ impl EngineStatus {
     pub fn has_stream_from(&self, family: &str) -> bool {
         self.streams.iter().any(|s| s.stream > 0 && s.source_family.as_deref() == Some(family))
     }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct Lease {
+    #[serde(default)]
+    pub required: bool,
+    #[serde(default)]
+    pub remaining_ms: Option<u64>,
+    #[serde(default)]
+    pub writes_refused: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -80,6 +104,12 @@ pub struct Receiver {
     pub stream: Option<u8>,
     #[serde(default)]
     pub last_error: Option<String>,
+    /// Last seqno applied, in the source's numbering.
+    #[serde(default)]
+    pub applied_seqno: u64,
+    /// Seqno of the last failover record received (the primary handed over).
+    #[serde(default)]
+    pub failover_seqno: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]

@@ -1,20 +1,29 @@
-//! `strand-operator`: waits for the leader Lease, then runs the Instance and ReplicationLink
-//! controllers until SIGTERM (graceful: in-flight reconciles finish, the Lease is released).
+//! `strand-operator`: waits for the leader Lease, then runs the Instance, Family and
+//! ReplicationLink controllers over shared reflector stores until SIGTERM (graceful: in-flight
+//! reconciles finish, the Lease is released) or until it stops leading.
 
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::Api;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{Controller, watcher};
-use strand_operator::controller::{self, Ctx};
-use strand_operator::crd::{Instance, ReplicationLink};
-use strand_operator::{error_chain, leader, metrics::Metrics, webhook};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
+use strand_operator::controller::{self, Config, Ctx, Stores};
+use strand_operator::crd::{Family, Instance, ReplicationLink};
+use strand_operator::desired::LABEL_INSTANCE;
+use strand_operator::leader::{self, Leadership};
+use strand_operator::{error_chain, metrics::Metrics, webhook};
 use tokio::sync::watch;
 
 struct Args {
@@ -24,6 +33,12 @@ struct Args {
     webhook_service: String,
     webhook_secret: String,
     webhook_configuration: String,
+    config: Config,
+}
+
+fn seconds(flag: &str, v: Option<String>) -> Result<Duration, String> {
+    let v = v.ok_or(format!("{flag} needs a number of seconds"))?;
+    v.parse::<u64>().map(Duration::from_secs).map_err(|e| format!("{flag} {v:?}: {e}"))
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -34,6 +49,7 @@ fn parse_args() -> Result<Args, String> {
         webhook_service: "strand-operator-webhook".into(),
         webhook_secret: "strand-operator-webhook-tls".into(),
         webhook_configuration: "strand-operator".into(),
+        config: Config::default(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -53,6 +69,15 @@ fn parse_args() -> Result<Args, String> {
             "--webhook-configuration" => {
                 args.webhook_configuration = it.next().ok_or("--webhook-configuration needs a name")?
             }
+            "--failover-delay-seconds" => args.config.timing.failover_delay = seconds(&arg, it.next())?,
+            "--switchover-timeout-seconds" => {
+                let d = seconds(&arg, it.next())?;
+                args.config.timing.fence_deadline = d;
+                args.config.timing.catch_up_deadline = d;
+                args.config.timing.repoint_deadline = d;
+            }
+            "--role-lease-seconds" => args.config.lease = seconds(&arg, it.next())?,
+            "--refresh-seconds" => args.config.refresh = seconds(&arg, it.next())?,
             "--log-format" => match it.next().as_deref() {
                 Some("json") => args.log_format_json = true,
                 Some("text") => args.log_format_json = false,
@@ -61,11 +86,21 @@ fn parse_args() -> Result<Args, String> {
             "--help" | "-h" => {
                 return Err("usage: strand-operator [--metrics-addr HOST:PORT] [--log-format json|text]\n\
                      [--webhook-addr HOST:PORT --webhook-service NAME --webhook-secret NAME --webhook-configuration NAME]\n\
+                     [--failover-delay-seconds N (30)] [--switchover-timeout-seconds N (60)]\n\
+                     [--role-lease-seconds N (15)] [--refresh-seconds N (5)]\n\
                      Log level from RUST_LOG (default info). Identity from POD_NAME, Lease namespace from POD_NAMESPACE."
                     .into());
             }
             other => return Err(format!("unknown argument {other:?}; see --help")),
         }
+    }
+    let c = &args.config;
+    if c.lease < c.refresh * 2 {
+        return Err(format!(
+            "--role-lease-seconds ({}) must be at least twice --refresh-seconds ({}): a lease must outlive a missed renewal",
+            c.lease.as_secs(),
+            c.refresh.as_secs()
+        ));
     }
     Ok(args)
 }
@@ -93,6 +128,64 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Passes an object on only when `fingerprint` of it changed since it was last passed on:
+/// the controllers react to what they care about (spec, requests, readiness), not to the
+/// status writes they make themselves.
+fn changed<K, F>(stream: impl Stream<Item = Arc<K>>, fingerprint: F) -> impl Stream<Item = Arc<K>>
+where
+    K: Resource,
+    F: Fn(&K) -> u64,
+{
+    let seen: Mutex<HashMap<String, u64>> = Mutex::new(HashMap::new());
+    stream.filter(move |obj| {
+        let key = format!(
+            "{}/{}",
+            obj.meta().namespace.as_deref().unwrap_or(""),
+            obj.meta().name.as_deref().unwrap_or("")
+        );
+        let print = fingerprint(obj);
+        let mut seen = seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let new = seen.insert(key, print) != Some(print);
+        std::future::ready(new)
+    })
+}
+
+fn sub<T>(handle: Option<T>) -> Result<T, String> {
+    handle.ok_or_else(|| "a shared store gave no subscriber".to_owned())
+}
+
+fn hash_of(v: impl Hash) -> u64 {
+    let mut h = DefaultHasher::new();
+    v.hash(&mut h);
+    h.finish()
+}
+
+/// Spec and lifecycle of an object: its generation and whether it is being deleted.
+fn spec_print<K: Resource>(obj: &K) -> u64 {
+    hash_of((obj.meta().generation, obj.meta().deletion_timestamp.is_some()))
+}
+
+/// An Instance's spec and its `strand.dev/…` requests.
+fn request_print(inst: &Instance) -> u64 {
+    let requests: BTreeMap<&String, &String> =
+        inst.annotations().iter().filter(|(k, _)| k.starts_with("strand.dev/")).collect();
+    hash_of((spec_print(inst), requests))
+}
+
+/// Whether a pod is ready and where.
+fn pod_print(pod: &Pod) -> u64 {
+    let status = pod.status.as_ref();
+    let ready = status
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    hash_of((ready, status.and_then(|s| s.pod_ip.clone()), pod.metadata.deletion_timestamp.is_some()))
+}
+
+fn family_print(f: &Family) -> u64 {
+    let s = f.status.as_ref();
+    hash_of((s.and_then(|s| s.primary.clone()), s.map(|s| s.members.clone()), spec_print(f)))
 }
 
 async fn run(args: Args) -> Result<(), String> {
@@ -135,77 +228,220 @@ async fn run(args: Args) -> Result<(), String> {
         let _ = stop_tx.send(true);
     });
 
+    let leadership = Arc::new(Leadership::new(&identity));
     tracing::info!(%identity, namespace = %lease_ns, "waiting for the leader lease");
     loop {
-        match leader::try_acquire(&leases, &identity).await {
+        match leader::round(&leases, &identity, &leadership).await {
             Ok(true) => break,
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %error_chain(&e), "cannot read the leader lease"),
         }
         let mut stop = stop_rx.clone();
         tokio::select! {
-            _ = tokio::time::sleep(leader::RENEW_EVERY) => {}
+            _ = tokio::time::sleep(leader::RETRY) => {}
             _ = stop.changed() => return Ok(()),
         }
     }
     metrics.leader.set(1);
     tracing::info!(%identity, "leading");
 
-    // Renew the Lease; losing it stops this replica (another one leads).
+    // Renew the Lease; once the renew deadline passes without a renewal this replica stops
+    // (every action checks the deadline too, so nothing is done meanwhile).
     let (lost_tx, mut lost_rx) = watch::channel(false);
     let renew_leases = leases.clone();
     let renew_identity = identity.clone();
+    let renew_leadership = leadership.clone();
     tokio::spawn(async move {
-        let mut last_ok = std::time::Instant::now();
         loop {
-            tokio::time::sleep(leader::RENEW_EVERY).await;
-            match leader::try_acquire(&renew_leases, &renew_identity).await {
-                Ok(true) => last_ok = std::time::Instant::now(),
-                Ok(false) => {
-                    let _ = lost_tx.send(true);
-                    return;
-                }
-                Err(e) => tracing::warn!(error = %error_chain(&e), "cannot renew the leader lease"),
+            tokio::time::sleep(leader::RETRY).await;
+            if let Err(e) = leader::round(&renew_leases, &renew_identity, &renew_leadership).await {
+                tracing::warn!(error = %error_chain(&e), "cannot renew the leader lease");
             }
-            if last_ok.elapsed() > leader::LEASE_DURATION {
+            if !renew_leadership.leading(Instant::now()) {
                 let _ = lost_tx.send(true);
                 return;
             }
         }
     });
 
+    // One watch per kind, shared by every controller through the stores.
+    let (instances, inst_w) = reflector::store_shared::<Instance>(1024);
+    let (links, link_w) = reflector::store_shared::<ReplicationLink>(1024);
+    let (families, fam_w) = reflector::store_shared::<Family>(1024);
+    let (pods, pod_w) = reflector::store_shared::<Pod>(1024);
+    let (secrets, secret_w) = reflector::store::<Secret>();
+    let inst_for_ic = sub(inst_w.subscribe())?;
+    let inst_for_fc = sub(inst_w.subscribe())?;
+    let link_for_ic = sub(link_w.subscribe())?;
+    let link_for_fc = sub(link_w.subscribe())?;
+    let link_for_lc = sub(link_w.subscribe())?;
+    let fam_for_fc = sub(fam_w.subscribe())?;
+    let fam_for_ic = sub(fam_w.subscribe())?;
+    let pod_for_fc = sub(pod_w.subscribe())?;
+    let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=strand-operator");
+    let drive = {
+        let c = client.clone();
+        let i = watcher(Api::<Instance>::all(c.clone()), watcher::Config::default())
+            .default_backoff()
+            .reflect_shared(inst_w)
+            .for_each(|_| std::future::ready(()));
+        let l = watcher(Api::<ReplicationLink>::all(c.clone()), watcher::Config::default())
+            .default_backoff()
+            .reflect_shared(link_w)
+            .for_each(|_| std::future::ready(()));
+        let f = watcher(Api::<Family>::all(c.clone()), watcher::Config::default())
+            .default_backoff()
+            .reflect_shared(fam_w)
+            .for_each(|_| std::future::ready(()));
+        let p = watcher(Api::<Pod>::all(c.clone()), managed.clone())
+            .default_backoff()
+            .reflect_shared(pod_w)
+            .for_each(|_| std::future::ready(()));
+        let s = watcher(Api::<Secret>::all(c), managed)
+            .default_backoff()
+            .reflect(secret_w)
+            .for_each(|_| std::future::ready(()));
+        async move {
+            tokio::join!(i, l, f, p, s);
+        }
+    };
+    let drive = tokio::spawn(drive);
+    let stores = Stores { instances, links, families, pods, secrets };
+    // Nothing is decided on a half-filled cache.
+    let ready = async {
+        stores.instances.wait_until_ready().await?;
+        stores.links.wait_until_ready().await?;
+        stores.families.wait_until_ready().await?;
+        stores.pods.wait_until_ready().await?;
+        stores.secrets.wait_until_ready().await
+    };
+    ready.await.map_err(|e| format!("the watches did not start: {e}"))?;
+    tracing::info!("caches filled");
+
     let reporter = Reporter { controller: "strand-operator".into(), instance: Some(identity.clone()) };
-    let ctx = Arc::new(Ctx::new(client.clone(), metrics.clone(), Recorder::new(client.clone(), reporter)));
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        metrics: metrics.clone(),
+        recorder: Recorder::new(client.clone(), reporter),
+        stores: stores.clone(),
+        config: args.config.clone(),
+        leader: leadership.clone(),
+        backoff: Mutex::new(Default::default()),
+        book: Mutex::new(Default::default()),
+    });
     let shutdown = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let instances = Controller::new(Api::<Instance>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<StatefulSet>::all(client.clone()), watcher::Config::default())
-        // A link's status changes right after it acted on its engines: refresh both instances.
-        .watches(Api::<ReplicationLink>::all(client.clone()), watcher::Config::default(), |link| {
-            let ns = link.metadata.namespace.clone().unwrap_or_default();
-            [&link.spec.source, &link.spec.target]
-                .into_iter()
-                .map(|name| ObjectRef::<Instance>::new(name).within(&ns))
-                .collect::<Vec<_>>()
-        })
-        .graceful_shutdown_on(shutdown(stop_rx.clone()))
-        .run(controller::instance::reconcile, controller::instance::error_policy, ctx.clone())
-        .for_each(|_| async {});
-    // Links are reconciled one at a time: two links of one source must not both see it
-    // standalone and both promote it.
-    let links = Controller::new(Api::<ReplicationLink>::all(client.clone()), watcher::Config::default())
-        .with_config(kube::runtime::controller::Config::default().concurrency(1))
-        .graceful_shutdown_on(shutdown(stop_rx.clone()))
-        .run(controller::link::reconcile, controller::link::error_policy, ctx.clone())
-        .for_each(|_| async {});
-    let both = async { tokio::join!(instances, links) };
+
+    // Instances: their objects and their Family object. Triggered by spec changes, by links
+    // (family membership) and by a family's primary changing (the PodDisruptionBudget).
+    let instance_controller =
+        Controller::for_shared_stream(changed(inst_for_ic, spec_print::<Instance>), stores.instances.clone())
+            .owns(Api::<StatefulSet>::all(client.clone()), watcher::Config::default())
+            .watches_shared_stream(changed(link_for_ic, spec_print::<ReplicationLink>), |link| {
+                let ns = link.namespace().unwrap_or_default();
+                [&link.spec.source, &link.spec.target]
+                    .into_iter()
+                    .map(|name| ObjectRef::<Instance>::new(name).within(&ns))
+                    .collect::<Vec<_>>()
+            })
+            .watches_shared_stream(changed(fam_for_ic, family_print), move |fam| {
+                let ns = fam.namespace().unwrap_or_default();
+                fam.status
+                    .as_ref()
+                    .map(|st| st.members.clone())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|m| ObjectRef::<Instance>::new(&m).within(&ns))
+                    .collect::<Vec<_>>()
+            })
+            .graceful_shutdown_on(shutdown(stop_rx.clone()))
+            .run(controller::instance::reconcile, controller::instance::error_policy, ctx.clone())
+            .for_each(|_| async {});
+
+    // Families: each a unit of lifecycle, concurrently. Triggered by members' specs and
+    // requests, their pods' readiness, their links, and a timer.
+    let (s1, s2, s3) = (stores.clone(), stores.clone(), stores.clone());
+    let family_controller =
+        Controller::for_shared_stream(changed(fam_for_fc, spec_print::<Family>), stores.families.clone())
+            .watches_shared_stream(changed(inst_for_fc, request_print), move |inst| {
+                let ns = inst.namespace().unwrap_or_default();
+                controller::family::family_of(&s1, &ns, &inst.name_any())
+                    .map(|f| ObjectRef::<Family>::new(&f).within(&ns))
+            })
+            .watches_shared_stream(changed(link_for_fc, spec_print::<ReplicationLink>), move |link| {
+                let ns = link.namespace().unwrap_or_default();
+                let f = controller::family::families_in(&s2, &ns);
+                [&link.spec.source, &link.spec.target]
+                    .into_iter()
+                    .filter_map(|i| f.of.get(i).cloned())
+                    .map(|name| ObjectRef::<Family>::new(&name).within(&ns))
+                    .collect::<Vec<_>>()
+            })
+            .watches_shared_stream(changed(pod_for_fc, pod_print), move |pod| {
+                let ns = pod.namespace().unwrap_or_default();
+                pod.labels()
+                    .get(LABEL_INSTANCE)
+                    .and_then(|i| controller::family::family_of(&s3, &ns, i))
+                    .map(|f| ObjectRef::<Family>::new(&f).within(&ns))
+            })
+            .graceful_shutdown_on(shutdown(stop_rx.clone()))
+            .run(controller::family::reconcile, controller::family::error_policy, ctx.clone())
+            .for_each(|_| async {});
+
+    // Links none of whose Instances exist.
+    let link_controller = Controller::for_shared_stream(
+        changed(link_for_lc, spec_print::<ReplicationLink>),
+        stores.links.clone(),
+    )
+    .graceful_shutdown_on(shutdown(stop_rx.clone()))
+    .run(controller::link::reconcile, controller::link::error_policy, ctx.clone())
+    .for_each(|_| async {});
+
+    // Forget back-off and bookkeeping of objects that are gone.
+    let prune_ctx = ctx.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            let st = &prune_ctx.stores;
+            let live_families: Vec<String> = st
+                .families
+                .state()
+                .iter()
+                .map(|f| format!("{}/{}", f.namespace().unwrap_or_default(), f.name_any()))
+                .collect();
+            let live_instances: Vec<String> = st
+                .instances
+                .state()
+                .iter()
+                .map(|i| format!("{}/{}", i.namespace().unwrap_or_default(), i.name_any()))
+                .collect();
+            let live_links: Vec<String> = st
+                .links
+                .state()
+                .iter()
+                .map(|l| format!("{}/{}", l.namespace().unwrap_or_default(), l.name_any()))
+                .collect();
+            prune_ctx.backoff().retain(|k| {
+                let (kind, rest) = k.split_once('/').unwrap_or(("", k));
+                match kind {
+                    "Family" => live_families.iter().any(|f| f == rest),
+                    "Instance" => live_instances.iter().any(|i| i == rest),
+                    _ => live_links.iter().any(|l| l == rest),
+                }
+            });
+            prune_ctx.book().retain(|k| live_instances.iter().any(|i| i == k));
+        }
+    });
+
+    let all = async { tokio::join!(instance_controller, family_controller, link_controller) };
     tokio::select! {
-        _ = both => {
+        _ = all => {
             leader::release(&leases, &identity).await;
             tracing::info!("stopped; lease released");
             Ok(())
         }
+        _ = drive => Err("the watches ended".into()),
         _ = lost_rx.wait_for(|lost| *lost) => Err("lost the leader lease; stopping so that only one replica acts".into()),
     }
 }

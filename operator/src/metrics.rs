@@ -17,6 +17,8 @@ pub struct Metrics {
     /// kind (Instance, ReplicationLink), result (ok, error)
     pub reconciles: IntCounterVec,
     pub reconcile_duration: HistogramVec,
+    /// kind, error (a bounded kind of error)
+    pub reconcile_errors: IntCounterVec,
     /// action (promote, receiver_start, …), result (ok, or the error kind)
     pub engine_calls: IntCounterVec,
     pub engine_call_errors: IntCounterVec,
@@ -39,6 +41,13 @@ impl Metrics {
                 .buckets(vec![0.005, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
                 &["kind"],
             )?,
+            reconcile_errors: IntCounterVec::new(
+                Opts::new(
+                    "strand_operator_reconcile_errors_total",
+                    "Failed reconciles by kind and error kind.",
+                ),
+                &["kind", "error"],
+            )?,
             engine_calls: IntCounterVec::new(
                 Opts::new("strand_operator_engine_calls_total", "Engine admin calls by action and result."),
                 &["action", "result"],
@@ -55,6 +64,7 @@ impl Metrics {
         };
         m.registry.register(Box::new(m.reconciles.clone()))?;
         m.registry.register(Box::new(m.reconcile_duration.clone()))?;
+        m.registry.register(Box::new(m.reconcile_errors.clone()))?;
         m.registry.register(Box::new(m.engine_calls.clone()))?;
         m.registry.register(Box::new(m.engine_call_errors.clone()))?;
         m.registry.register(Box::new(m.leader.clone()))?;

@@ -1,9 +1,17 @@
-//! The validating admission webhook: refuses, at `kubectl apply`, a ReplicationLink that
-//! breaks a rule involving other objects (SI into a non-supplementary instance or from a
-//! supplementary one, BC between kinds, a second SI link into one instance, a seventeenth
-//! outgoing link) with the same message the controller would report. Every replica serves
-//! it (not only the leader) over TLS with a certificate kept in a Secret, whose PEM the
-//! operator also writes into the ValidatingWebhookConfiguration's `caBundle`.
+//! The validating admission webhook, two hooks:
+//!
+//! - `/validate` refuses, at `kubectl apply`, a ReplicationLink that breaks a rule involving
+//!   other objects (SI into a non-supplementary instance or from a supplementary one, BC
+//!   between kinds, a second SI link into one instance, a seventeenth outgoing link, BC links
+//!   that do not form a tree) with the same message the controller would report.
+//! - `/evict` sees every eviction of an engine pod (a drain): evicting its family's primary
+//!   annotates that Instance with `strand.dev/drain: <pod uid>` — the same id for every retry
+//!   — so the operator switches the family over; the eviction itself is always let through to
+//!   the PodDisruptionBudget, which refuses it (429, `kubectl drain` retries) until the
+//!   instance is a secondary.
+//!
+//! Every replica serves it (not only the leader) over TLS with a certificate kept in a Secret,
+//! whose PEM the operator also writes into the ValidatingWebhookConfiguration's `caBundle`.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -22,8 +30,10 @@ use kube::ResourceExt;
 use kube::api::{Api, ListParams, PostParams};
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 
+use crate::controller::{ANNOTATION_DRAIN, MANAGER};
 use crate::crd::{Instance, ReplicationLink, ReplicationLinkSpec};
-use crate::plan;
+use crate::desired::LABEL_INSTANCE;
+use crate::rules;
 
 /// Largest admission request body read.
 const BODY_BYTES_MAX: usize = 4 * 1024 * 1024;
@@ -36,9 +46,13 @@ pub fn admit_link(
     links: &[ReplicationLink],
     instances: &[Instance],
 ) -> Option<String> {
-    plan::check_namespace(links, instances, Some((name, candidate)))
+    // A link being deleted is on its way out: the candidate may be its replacement.
+    let live: Vec<&ReplicationLink> =
+        links.iter().filter(|l| l.metadata.deletion_timestamp.is_none()).collect();
+    let instances: Vec<&Instance> = instances.iter().collect();
+    rules::check_namespace(&live, &instances, Some((name, candidate)))
         .remove(name)
-        .filter(|reason| !reason.starts_with(plan::MISSING_PREFIX))
+        .filter(|reason| !reason.starts_with(rules::MISSING_PREFIX))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -188,13 +202,17 @@ fn json_response(status: u16, body: Vec<u8>) -> Response<Full<Bytes>> {
 }
 
 async fn handle(req: Request<hyper::body::Incoming>, client: &kube::Client) -> Response<Full<Bytes>> {
-    if req.uri().path() != "/validate" {
+    let path = req.uri().path().to_owned();
+    if path != "/validate" && path != "/evict" {
         return json_response(404, b"{\"error\":\"not found\"}".to_vec());
     }
     let body = match http_body_util::Limited::new(req.into_body(), BODY_BYTES_MAX).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => return json_response(413, b"{\"error\":\"admission request too large\"}".to_vec()),
     };
+    if path == "/evict" {
+        return evict(&body, client).await;
+    }
     let review: AdmissionReview<ReplicationLink> = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -234,6 +252,59 @@ async fn handle(req: Request<hyper::body::Incoming>, client: &kube::Client) -> R
         }
     }
     json_response(200, serde_json::to_vec(&response.into_review()).unwrap_or_default())
+}
+
+/// An eviction of an engine pod: if it is its family's primary, ask for a switchover (once per
+/// pod: the id is the pod's uid). Always allowed: the PodDisruptionBudget decides.
+async fn evict(body: &[u8], client: &kube::Client) -> Response<Full<Bytes>> {
+    let review: AdmissionReview<kube::core::DynamicObject> = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => {
+            return json_response(400, format!("{{\"error\":\"bad AdmissionReview: {e}\"}}").into_bytes());
+        }
+    };
+    let request: AdmissionRequest<kube::core::DynamicObject> = match review.try_into() {
+        Ok(r) => r,
+        Err(e) => {
+            let reply = AdmissionResponse::invalid(e.to_string()).into_review();
+            return json_response(200, serde_json::to_vec(&reply).unwrap_or_default());
+        }
+    };
+    let response = AdmissionResponse::from(&request);
+    let ns = request.namespace.clone().unwrap_or_default();
+    if request.dry_run {
+        return json_response(200, serde_json::to_vec(&response.into_review()).unwrap_or_default());
+    }
+    if let Err(e) = request_drain(client, &ns, &request.name).await {
+        tracing::warn!(pod = %request.name, namespace = %ns, error = %crate::error_chain(&e), "could not ask for a switchover before an eviction");
+    }
+    json_response(200, serde_json::to_vec(&response.into_review()).unwrap_or_default())
+}
+
+async fn request_drain(client: &kube::Client, ns: &str, pod_name: &str) -> Result<(), kube::Error> {
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), ns);
+    let Some(pod) = pods.get_opt(pod_name).await? else { return Ok(()) };
+    let Some(instance) = pod.labels().get(LABEL_INSTANCE).cloned() else { return Ok(()) };
+    let instances: Api<Instance> = Api::namespaced(client.clone(), ns);
+    let Some(inst) = instances.get_opt(&instance).await? else { return Ok(()) };
+    let status = inst.status.clone().unwrap_or_default();
+    if status.family_primary.as_deref() != Some(instance.as_str()) {
+        return Ok(()); // a secondary: its own PodDisruptionBudget lets it go
+    }
+    let id = pod.metadata.uid.clone().unwrap_or_else(|| pod_name.to_owned());
+    if inst.annotations().get(ANNOTATION_DRAIN) == Some(&id) {
+        return Ok(());
+    }
+    let patch = serde_json::json!({ "metadata": { "annotations": { ANNOTATION_DRAIN: id } } });
+    instances
+        .patch(
+            &instance,
+            &kube::api::PatchParams { field_manager: Some(MANAGER.into()), ..Default::default() },
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await?;
+    tracing::info!(%instance, pod = pod_name, "the primary's pod is being evicted: switchover requested");
+    Ok(())
 }
 
 async fn decide(
@@ -281,6 +352,7 @@ mod tests {
                 autorollback: false,
                 noresync: false,
                 updateresync: None,
+                paused: false,
             },
         )
     }

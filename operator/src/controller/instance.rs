@@ -1,9 +1,11 @@
 //! Instance → admin Secret, the namespace's replication Secret, StatefulSet, headless Service,
-//! PodDisruptionBudget (server-side apply, owned by the Instance); status from the engine.
+//! PodDisruptionBudget (server-side apply, owned by the Instance), and the Family object of the
+//! family it belongs to. It writes no status: the family controller reports every Instance of
+//! a family from what its engine says.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -12,33 +14,35 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
-use super::{Ctx, Error, MANAGER, condition, endpoint, random_token};
-use crate::crd::instance::{LastRollback, StreamStatus};
-use crate::crd::{Instance, InstanceStatus};
+use super::{Ctx, Error, MANAGER, random_token};
+use crate::crd::{Family, Instance};
 use crate::desired::{self, ADMIN_TOKEN_KEY, REPLICATION_SECRET, REPLICATION_SECRET_KEY, admin_secret_name};
-use crate::engine_client;
-use crate::engine_status::EngineStatus;
 
-/// How often a healthy instance's status is refreshed from its engine.
-const REFRESH: Duration = Duration::from_secs(5);
+/// How often an Instance's objects are re-applied when nothing triggers it (drift repair).
+const RESYNC: std::time::Duration = std::time::Duration::from_secs(300);
+
+fn key(inst: &Instance) -> String {
+    format!("Instance/{}/{}", inst.namespace().unwrap_or_default(), inst.name_any())
+}
 
 pub async fn reconcile(inst: Arc<Instance>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let started = Instant::now();
-    let key = format!("Instance/{}/{}", inst.namespace().unwrap_or_default(), inst.name_any());
     let result = reconcile_inner(&inst, &ctx).await;
     let m = &ctx.metrics;
     m.reconcile_duration.with_label_values(&["Instance"]).observe(started.elapsed().as_secs_f64());
     m.reconciles.with_label_values(&["Instance", if result.is_ok() { "ok" } else { "error" }]).inc();
-    super::after(&ctx, &key, &result);
+    if result.is_ok() {
+        ctx.backoff().succeeded(&key(&inst));
+    }
     result
 }
 
 pub fn error_policy(inst: Arc<Instance>, err: &Error, ctx: Arc<Ctx>) -> Action {
-    let key = format!("Instance/{}/{}", inst.namespace().unwrap_or_default(), inst.name_any());
-    let wait = ctx.outcome(&key, false);
+    let wait = ctx.backoff().failed(&key(&inst));
+    ctx.metrics.reconcile_errors.with_label_values(&["Instance", err.kind()]).inc();
     tracing::warn!(instance = %inst.name_any(), error = %crate::error_chain(err), ?wait, "reconcile failed");
     Action::requeue(wait)
 }
@@ -46,15 +50,19 @@ pub fn error_policy(inst: Arc<Instance>, err: &Error, ctx: Arc<Ctx>) -> Action {
 async fn reconcile_inner(inst: &Instance, ctx: &Ctx) -> Result<Action, Error> {
     let ns = inst.namespace().ok_or_else(|| Error::Invalid("Instance has no namespace".into()))?;
     let name = inst.name_any();
-    if inst.meta().deletion_timestamp.is_some() {
-        // Owner references let the garbage collector remove what the instance owned.
+    if inst.meta().deletion_timestamp.is_some() || inst.spec.paused {
+        // Owner references let the garbage collector remove what the instance owned; a paused
+        // instance is left exactly as it is.
         return Ok(Action::await_change());
     }
-    if inst.spec.paused {
-        patch_status(ctx, &ns, &name, &paused_status(inst)).await?;
-        return Ok(Action::requeue(REFRESH * 6));
-    }
+    ctx.check_leading()?;
     ensure_secrets(ctx, inst, &ns, &name).await?;
+    let family = super::family::family_of(&ctx.stores, &ns, &name);
+    let is_primary = family
+        .as_deref()
+        .and_then(|f| ctx.stores.families.get(&ObjectRef::new(f).within(&ns)))
+        .and_then(|f| f.status.as_ref().and_then(|s| s.primary.clone()))
+        .is_some_and(|p| p == name);
     let pp = PatchParams::apply(MANAGER).force();
     Api::<StatefulSet>::namespaced(ctx.client.clone(), &ns)
         .patch(&name, &pp, &Patch::Apply(desired::statefulset(inst)))
@@ -63,64 +71,38 @@ async fn reconcile_inner(inst: &Instance, ctx: &Ctx) -> Result<Action, Error> {
         .patch(&name, &pp, &Patch::Apply(desired::service(inst)))
         .await?;
     Api::<PodDisruptionBudget>::namespaced(ctx.client.clone(), &ns)
-        .patch(&name, &pp, &Patch::Apply(desired::pdb(inst)))
+        .patch(&name, &pp, &Patch::Apply(desired::pdb(inst, is_primary)))
         .await?;
-
-    let observed = match endpoint(&ctx.client, &ns, &name).await? {
-        None => Observed::Starting,
-        Some(ep) => match engine_client::status(&ep.admin, &ep.token).await {
-            Ok(status) => Observed::Running(Box::new(status)),
-            Err(e) => {
-                ctx.metrics.engine_call_errors.with_label_values(&[e.kind()]).inc();
-                Observed::Unreachable(crate::error_chain(&e))
-            }
-        },
-    };
-    let previous = inst.status.clone().unwrap_or_default();
-    let status = status_of(inst, &previous, &observed);
-    if status.role != previous.role
-        && let Some(role) = &status.role
-    {
-        let note = format!("{name} is now {role} (was {})", previous.role.as_deref().unwrap_or("unknown"));
-        publish(ctx, inst, EventType::Normal, "RoleChanged", "ObserveRole", note).await;
+    if let Some(family) = family {
+        ensure_family(ctx, &ns, &family).await?;
     }
-    if let Observed::Unreachable(e) = &observed
-        && previous.phase.as_deref() != Some("Unreachable")
-    {
-        publish(ctx, inst, EventType::Warning, "EngineUnreachable", "ObserveEngine", e.clone()).await;
-    }
-    if status != previous {
-        patch_status(ctx, &ns, &name, &status).await?;
-    }
-    Ok(Action::requeue(REFRESH))
+    Ok(Action::requeue(RESYNC))
 }
 
-enum Observed {
-    Starting,
-    Running(Box<EngineStatus>),
-    Unreachable(String),
-}
-
-async fn publish(ctx: &Ctx, inst: &Instance, type_: EventType, reason: &str, action: &str, note: String) {
-    let event =
-        Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
-    if let Err(e) = ctx.recorder.publish(&event, &inst.object_ref(&())).await {
-        tracing::warn!(error = %e, "cannot publish an event");
+/// Creates the Family object of `family` (or updates its owners when members changed). Its
+/// owners are its members, so it goes with the last of them.
+pub async fn ensure_family(ctx: &Ctx, ns: &str, family: &str) -> Result<(), Error> {
+    let members = super::family::members_of(&ctx.stores, ns, family);
+    let member_refs: Vec<&Instance> = members.iter().map(|m| m.as_ref()).collect();
+    let wanted = desired::family(family, ns, &member_refs);
+    let existing = ctx.stores.families.get(&ObjectRef::new(family).within(ns));
+    let same_owners = existing.as_ref().is_some_and(|f| {
+        let names = |refs: &Option<Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>>| {
+            let mut v: Vec<String> = refs.iter().flatten().map(|o| o.uid.clone()).collect();
+            v.sort();
+            v
+        };
+        names(&f.metadata.owner_references) == names(&wanted.metadata.owner_references)
+    });
+    if same_owners {
+        return Ok(());
     }
-}
-
-async fn patch_status(ctx: &Ctx, ns: &str, name: &str, status: &InstanceStatus) -> Result<(), Error> {
-    let api: Api<Instance> = Api::namespaced(ctx.client.clone(), ns);
-    let patch = serde_json::json!({ "status": status });
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    ctx.check_leading()?;
+    Api::<Family>::namespaced(ctx.client.clone(), ns)
+        .patch(family, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&wanted))
+        .await?;
+    tracing::info!(family, namespace = ns, members = member_refs.len(), "family object applied");
     Ok(())
-}
-
-fn paused_status(inst: &Instance) -> InstanceStatus {
-    let mut status = inst.status.clone().unwrap_or_default();
-    status.phase = Some("Paused".into());
-    status.observed_generation = inst.metadata.generation;
-    status
 }
 
 /// The admin token Secret (owned by the instance) and the namespace's replication Secret
@@ -132,7 +114,7 @@ async fn ensure_secrets(ctx: &Ctx, inst: &Instance, ns: &str, name: &str) -> Res
         (admin_secret_name(name), ADMIN_TOKEN_KEY, desired::owner(inst)),
     ];
     for (secret_name, key, owner) in wanted {
-        if secrets.get_opt(&secret_name).await?.is_some() {
+        if ctx.stores.secrets.get(&ObjectRef::new(&secret_name).within(ns)).is_some() {
             continue;
         }
         let secret = Secret {
@@ -156,114 +138,4 @@ async fn ensure_secrets(ctx: &Ctx, inst: &Instance, ns: &str, name: &str) -> Res
         }
     }
     Ok(())
-}
-
-/// The image's tag, when it names a version (`strand-engine:0.1.0` → `0.1.0`).
-fn image_version(image: &str) -> Option<&str> {
-    let tag = image.rsplit_once(':').map(|(_, t)| t)?;
-    (tag.chars().next().is_some_and(|c| c.is_ascii_digit()) && !tag.contains('/')).then_some(tag)
-}
-
-fn status_of(inst: &Instance, previous: &InstanceStatus, observed: &Observed) -> InstanceStatus {
-    let generation = inst.metadata.generation;
-    let prev = &previous.conditions;
-    let mut status = InstanceStatus { observed_generation: generation, ..previous.clone() };
-    match observed {
-        Observed::Starting => {
-            status.phase = Some("Pending".into());
-            status.conditions = vec![condition(
-                prev,
-                "Ready",
-                false,
-                "PodNotReady",
-                "the engine pod is not ready yet".into(),
-                generation,
-            )];
-        }
-        Observed::Unreachable(e) => {
-            status.phase = Some("Unreachable".into());
-            status.conditions =
-                vec![condition(prev, "Ready", false, "EngineUnreachable", e.clone(), generation)];
-        }
-        Observed::Running(engine) => {
-            status.phase = Some("Running".into());
-            status.role = Some(engine.role.clone());
-            status.journal_seqno = Some(engine.journal_seqno);
-            status.streams = engine
-                .streams
-                .iter()
-                .map(|s| StreamStatus {
-                    stream: s.stream,
-                    source_family: s.source_family.clone(),
-                    seqno: s.seqno,
-                })
-                .collect();
-            status.binary_version = Some(engine.binary_version.clone());
-            status.format_version = Some(engine.format_version);
-            status.last_rollback = engine.last_rollback.as_ref().map(|r| LastRollback {
-                log_path: r.log_path.clone(),
-                from_seqno: r.from_seqno,
-                to_seqno: r.to_seqno,
-                transactions: r.transactions,
-                reason: r.reason.clone(),
-            });
-            let receiver_state = engine.receiver.as_ref().map(|r| r.state.as_str()).unwrap_or("");
-            let rollback_message = engine
-                .receiver
-                .as_ref()
-                .and_then(|r| r.last_error.clone())
-                .unwrap_or_else(|| "not ahead of its source".into());
-            let mismatch = image_version(&inst.spec.image).filter(|v| *v != engine.binary_version);
-            status.conditions = vec![
-                condition(
-                    prev,
-                    "Ready",
-                    true,
-                    "EngineRunning",
-                    format!("{} answers as {}", engine.name, engine.role),
-                    generation,
-                ),
-                condition(
-                    prev,
-                    "Replicating",
-                    receiver_state == "streaming",
-                    if receiver_state.is_empty() { "NoReceiver" } else { "ReceiverState" },
-                    format!("receiver: {}", if receiver_state.is_empty() { "none" } else { receiver_state }),
-                    generation,
-                ),
-                condition(
-                    prev,
-                    "RollbackRequired",
-                    receiver_state == "rollback_required",
-                    "ReceiverState",
-                    rollback_message,
-                    generation,
-                ),
-                condition(
-                    prev,
-                    "VersionMismatch",
-                    mismatch.is_some(),
-                    "BinaryVersion",
-                    match mismatch {
-                        Some(v) => format!("image says {v}, engine runs {}", engine.binary_version),
-                        None => format!("engine runs {}", engine.binary_version),
-                    },
-                    generation,
-                ),
-            ];
-        }
-    }
-    status
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn image_versions() {
-        assert_eq!(image_version("strand-engine:0.1.0"), Some("0.1.0"));
-        assert_eq!(image_version("registry:5000/strand-engine"), None);
-        assert_eq!(image_version("strand-engine:latest"), None);
-    }
 }

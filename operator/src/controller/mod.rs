@@ -1,27 +1,37 @@
-//! The controllers: [`instance`] turns an Instance into the objects that run its engine and
-//! reports the engine's state; [`link`] turns a ReplicationLink into the engine admin calls
-//! that make it stream, and reports the stream. Both requeue periodically to refresh status
-//! from the engines, and back off exponentially per object on errors.
+//! The controllers. [`instance`] turns an Instance into the objects that run its engine and
+//! makes sure its Family object exists; [`family`] runs each family's lifecycle (the pure
+//! plans of [`crate::family`]), carries out the engine calls and writes the status of the
+//! family, its Instances and its links; [`link`] looks after links none of whose Instances
+//! exist. Every read comes from the reflector stores in [`Stores`] (one watch per kind, shared
+//! by all controllers); writes are server-side applies made only when something changed.
 
+pub mod backoff;
+pub mod family;
 pub mod instance;
 pub mod link;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::api::Api;
-use kube::runtime::controller::Action;
-use kube::runtime::events::Recorder;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{ObjectRef, Store};
 
-use crate::crd::Condition;
+use crate::crd::{Condition, Family, Instance, ReplicationLink};
 use crate::desired::{ADMIN_TOKEN_KEY, PORT_ADMIN, PORT_REPL, admin_secret_name};
 use crate::engine_client::EngineError;
+use crate::family::Timing;
+use crate::leader::Leadership;
 use crate::metrics::Metrics;
 
-/// Field manager of every object the operator applies.
+/// Field manager of every object and status the operator applies.
 pub const MANAGER: &str = "strand-operator";
+/// Request annotations (docs/lifecycle.md).
+pub const ANNOTATION_SWITCHOVER: &str = "strand.dev/switchover";
+pub const ANNOTATION_FAILOVER: &str = "strand.dev/failover";
+pub const ANNOTATION_ROLLBACK: &str = "strand.dev/rollback";
+pub const ANNOTATION_DRAIN: &str = "strand.dev/drain";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -31,8 +41,134 @@ pub enum Error {
     Engine(#[from] EngineError),
     #[error("{0}")]
     Invalid(String),
-    #[error("finalizer: {0}")]
-    Finalizer(String),
+    #[error("not leading any more: this replica stops acting")]
+    NotLeading,
+}
+
+impl Error {
+    /// A bounded label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Engine(e) => e.kind(),
+            Error::Invalid(_) => "invalid",
+            Error::NotLeading => "not_leading",
+        }
+    }
+}
+
+/// The reflector stores every reconcile reads from.
+#[derive(Clone)]
+pub struct Stores {
+    pub instances: Store<Instance>,
+    pub links: Store<ReplicationLink>,
+    pub families: Store<Family>,
+    /// Engine pods (label `app.kubernetes.io/managed-by=strand-operator`).
+    pub pods: Store<Pod>,
+    /// The operator's Secrets (same label): admin tokens and the replication secret.
+    pub secrets: Store<Secret>,
+}
+
+impl Stores {
+    pub fn instances_in(&self, ns: &str) -> Vec<Arc<Instance>> {
+        let mut v = self.instances.state_filter(|i| i.metadata.namespace.as_deref() == Some(ns));
+        v.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        v
+    }
+
+    pub fn links_in(&self, ns: &str) -> Vec<Arc<ReplicationLink>> {
+        let mut v = self.links.state_filter(|l| l.metadata.namespace.as_deref() == Some(ns));
+        v.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        v
+    }
+
+    pub fn families_in(&self, ns: &str) -> Vec<Arc<Family>> {
+        self.families.state_filter(|f| f.metadata.namespace.as_deref() == Some(ns))
+    }
+
+    /// Where the engine of Instance `name` answers, once its pod runs and is ready.
+    pub fn endpoint(&self, ns: &str, name: &str) -> Option<Endpoint> {
+        let pod = self.pods.get(&ObjectRef::new(&format!("{name}-0")).within(ns))?;
+        if pod.metadata.deletion_timestamp.is_some() {
+            return None;
+        }
+        let status = pod.status.as_ref()?;
+        let ready = status
+            .conditions
+            .as_ref()
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        let ip = status.pod_ip.as_deref().filter(|ip| !ip.is_empty())?;
+        if !ready {
+            return None;
+        }
+        let secret = self.secrets.get(&ObjectRef::new(&admin_secret_name(name)).within(ns))?;
+        let token = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(ADMIN_TOKEN_KEY))
+            .and_then(|b| String::from_utf8(b.0.clone()).ok())?;
+        Some(Endpoint { admin: format!("{ip}:{PORT_ADMIN}"), repl: format!("{ip}:{PORT_REPL}"), token })
+    }
+}
+
+/// Lifecycle timing (chart values).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub timing: Timing,
+    /// Role lease granted to each primary; renewed every `refresh`.
+    pub lease: Duration,
+    /// How often each family is looked at when nothing happens.
+    pub refresh: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { timing: Timing::default(), lease: Duration::from_secs(15), refresh: Duration::from_secs(5) }
+    }
+}
+
+/// What the operator remembers between reconciles, by its own monotonic clock: when it last
+/// sent each primary a lease, and since when each family's primary has been unavailable.
+#[derive(Debug, Default)]
+pub struct Book {
+    lease_sent: HashMap<String, Instant>,
+    unavailable_since: HashMap<String, Instant>,
+}
+
+impl Book {
+    pub fn lease_sent(&mut self, key: &str, at: Instant) {
+        self.lease_sent.insert(key.to_owned(), at);
+    }
+
+    /// Whether a lease granted to `key` has surely lapsed: nothing this replica sent can still
+    /// run (a grant takes effect on receipt, before the call times out), and neither can what
+    /// a previous leader sent before this replica began to lead.
+    pub fn lease_lapsed(
+        &self,
+        key: &str,
+        now: Instant,
+        leading_since: Instant,
+        lease: Duration,
+        call_timeout: Duration,
+    ) -> bool {
+        let from = self.lease_sent.get(key).copied().map_or(leading_since, |sent| sent.max(leading_since));
+        now >= from + lease + call_timeout
+    }
+
+    /// Records whether `key` is available now; how long it has been unavailable.
+    pub fn availability(&mut self, key: &str, available: bool, now: Instant) -> Duration {
+        if available {
+            self.unavailable_since.remove(key);
+            return Duration::ZERO;
+        }
+        now.saturating_duration_since(*self.unavailable_since.entry(key.to_owned()).or_insert(now))
+    }
+
+    /// Forgets everything about families and instances not in `live`.
+    pub fn retain(&mut self, live: impl Fn(&str) -> bool) {
+        self.lease_sent.retain(|k, _| live(k));
+        self.unavailable_since.retain(|k, _| live(k));
+    }
 }
 
 /// Shared by every reconcile.
@@ -40,30 +176,52 @@ pub struct Ctx {
     pub client: kube::Client,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
-    /// Consecutive failures per object (kind/namespace/name), for back-off.
-    failures: Mutex<HashMap<String, u32>>,
+    pub stores: Stores,
+    pub config: Config,
+    pub leader: Arc<Leadership>,
+    pub backoff: Mutex<backoff::Backoff>,
+    pub book: Mutex<Book>,
 }
 
 impl Ctx {
-    pub fn new(client: kube::Client, metrics: Arc<Metrics>, recorder: Recorder) -> Self {
-        Ctx { client, metrics, recorder, failures: Mutex::new(HashMap::new()) }
+    /// Fails unless this replica still leads by its own clock; called before every write.
+    pub fn check_leading(&self) -> Result<(), Error> {
+        if self.leader.leading(Instant::now()) { Ok(()) } else { Err(Error::NotLeading) }
     }
 
-    /// Records the outcome of a reconcile; on failure, how long to wait before the next try
-    /// (1 s doubling to 60 s).
-    pub fn outcome(&self, key: &str, ok: bool) -> Duration {
-        let mut failures = self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if ok {
-            failures.remove(key);
-            return Duration::ZERO;
+    pub fn book(&self) -> std::sync::MutexGuard<'_, Book> {
+        self.book.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn backoff(&self) -> std::sync::MutexGuard<'_, backoff::Backoff> {
+        self.backoff.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Publishes an Event about `object` (best effort: a failure is logged).
+    pub async fn publish(
+        &self,
+        object: &k8s_openapi::api::core::v1::ObjectReference,
+        warning: bool,
+        reason: &str,
+        note: String,
+    ) {
+        if self.check_leading().is_err() {
+            return;
         }
-        let n = failures.entry(key.to_owned()).or_insert(0);
-        *n = (*n + 1).min(6);
-        Duration::from_secs(1 << (*n - 1)).min(Duration::from_secs(60))
+        let event = Event {
+            type_: if warning { EventType::Warning } else { EventType::Normal },
+            reason: reason.into(),
+            note: Some(note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, object).await {
+            tracing::warn!(error = %e, "cannot publish an event");
+        }
     }
 }
 
-/// Where an instance's engine answers, once its pod runs and is ready.
+/// Where an instance's engine answers.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
     pub admin: String,
@@ -71,39 +229,20 @@ pub struct Endpoint {
     pub token: String,
 }
 
-/// The engine of Instance `name` if its pod is ready (`None` while it starts or is gone).
-pub async fn endpoint(client: &kube::Client, ns: &str, name: &str) -> Result<Option<Endpoint>, Error> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let Some(pod) = pods.get_opt(&format!("{name}-0")).await? else { return Ok(None) };
-    let status = pod.status.unwrap_or_default();
-    let ready =
-        status.conditions.unwrap_or_default().iter().any(|c| c.type_ == "Ready" && c.status == "True");
-    let Some(ip) = status.pod_ip.filter(|ip| !ip.is_empty()) else { return Ok(None) };
-    if !ready || pod.metadata.deletion_timestamp.is_some() {
-        return Ok(None);
-    }
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let Some(secret) = secrets.get_opt(&admin_secret_name(name)).await? else { return Ok(None) };
-    let token = secret
-        .data
-        .and_then(|d| d.get(ADMIN_TOKEN_KEY).cloned())
-        .and_then(|b| String::from_utf8(b.0).ok())
-        .ok_or_else(|| {
-            Error::Invalid(format!("secret {} has no {ADMIN_TOKEN_KEY}", admin_secret_name(name)))
-        })?;
-    Ok(Some(Endpoint { admin: format!("{ip}:{PORT_ADMIN}"), repl: format!("{ip}:{PORT_REPL}"), token }))
-}
-
 /// A condition, keeping its transition time when its status did not change.
 pub fn condition(
     previous: &[Condition],
     kind: &str,
-    status: bool,
+    status: Option<bool>,
     reason: &str,
     message: String,
     generation: Option<i64>,
 ) -> Condition {
-    let status = if status { "True" } else { "False" };
+    let status = match status {
+        Some(true) => "True",
+        Some(false) => "False",
+        None => "Unknown",
+    };
     let since = previous
         .iter()
         .find(|c| c.r#type == kind && c.status == status)
@@ -126,13 +265,41 @@ pub fn random_token() -> Result<String, Error> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// The requeue after a reconcile: its own period on success, back-off on failure.
-pub fn after(ctx: &Ctx, key: &str, result: &Result<Action, Error>) -> Option<Duration> {
-    match result {
-        Ok(_) => {
-            ctx.outcome(key, true);
-            None
-        }
-        Err(_) => Some(ctx.outcome(key, false)),
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_lapses_only_after_the_last_send_plus_lease_plus_call_timeout() {
+        let t0 = Instant::now();
+        let (lease, timeout) = (Duration::from_secs(15), Duration::from_secs(3));
+        let mut book = Book::default();
+        // Never sent by this replica: count from when it began to lead.
+        assert!(!book.lease_lapsed("ns/a", t0 + Duration::from_secs(17), t0, lease, timeout));
+        assert!(book.lease_lapsed("ns/a", t0 + Duration::from_secs(18), t0, lease, timeout));
+        book.lease_sent("ns/a", t0 + Duration::from_secs(10));
+        assert!(!book.lease_lapsed("ns/a", t0 + Duration::from_secs(27), t0, lease, timeout));
+        assert!(book.lease_lapsed("ns/a", t0 + Duration::from_secs(28), t0, lease, timeout));
+        // A send before this replica led does not count (the previous leader's may be newer).
+        assert!(!book.lease_lapsed(
+            "ns/a",
+            t0 + Duration::from_secs(28),
+            t0 + Duration::from_secs(20),
+            lease,
+            timeout
+        ));
+    }
+
+    #[test]
+    fn unavailability_is_continuous() {
+        let t0 = Instant::now();
+        let mut book = Book::default();
+        assert_eq!(book.availability("ns/a", false, t0), Duration::ZERO);
+        assert_eq!(book.availability("ns/a", false, t0 + Duration::from_secs(5)), Duration::from_secs(5));
+        assert_eq!(book.availability("ns/a", true, t0 + Duration::from_secs(6)), Duration::ZERO);
+        assert_eq!(book.availability("ns/a", false, t0 + Duration::from_secs(7)), Duration::ZERO);
+        assert_eq!(book.availability("ns/a", false, t0 + Duration::from_secs(9)), Duration::from_secs(2));
+        book.retain(|k| k != "ns/a");
+        assert_eq!(book.availability("ns/a", false, t0 + Duration::from_secs(10)), Duration::ZERO);
     }
 }

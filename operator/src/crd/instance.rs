@@ -18,6 +18,9 @@ use super::Condition;
     status = "InstanceStatus",
     shortname = "sinst",
     printcolumn = r#"{"name":"Role","type":"string","jsonPath":".status.role"}"#,
+    printcolumn = r#"{"name":"Family","type":"string","jsonPath":".status.family"}"#,
+    printcolumn = r#"{"name":"Primary","type":"string","jsonPath":".status.familyPrimary"}"#,
+    printcolumn = r#"{"name":"Term","type":"integer","jsonPath":".status.term"}"#,
     printcolumn = r#"{"name":"Seqno","type":"integer","jsonPath":".status.journalSeqno"}"#,
     printcolumn = r#"{"name":"Supplementary","type":"boolean","jsonPath":".spec.supplementary"}"#,
     printcolumn = r#"{"name":"Version","type":"string","jsonPath":".status.binaryVersion"}"#,
@@ -67,12 +70,23 @@ pub struct StorageSpec {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct InstanceStatus {
-    /// Pending, Running, Failed.
+    /// Pending (pod not ready), Running, Unreachable (pod ready, admin API not answering),
+    /// Paused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
-    /// primary, secondary, supplementary-primary or standalone.
+    /// primary, secondary, supplementary-primary or standalone, as the engine reports it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
+    /// The family (Instances joined by BC links) this instance belongs to, named after its
+    /// founder; see the Family resource of that name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family: Option<String>,
+    /// The family's current primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family_primary: Option<String>,
+    /// The family term this instance's engine last learned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub journal_seqno: Option<u64>,
     /// Last seqno per stream (0 = local updates, 1–15 = SI streams).
@@ -82,7 +96,9 @@ pub struct InstanceStatus {
     pub binary_version: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format_version: Option<u32>,
+    /// Ready, Replicating, RollbackRequired, VersionMismatch.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

@@ -1,9 +1,11 @@
 //! Custom resources, group `strand.dev`, version `v1alpha1`. The types are the source of
 //! truth: doc comments become schema descriptions, and `crdgen` writes `crds/`.
 
+pub mod family;
 pub mod instance;
 pub mod replication_link;
 
+pub use family::{Family, FamilySpec, FamilyStatus};
 pub use instance::{Instance, InstanceSpec, InstanceStatus};
 pub use replication_link::{Mode, ReplicationLink, ReplicationLinkSpec, ReplicationLinkStatus};
 

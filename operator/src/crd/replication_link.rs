@@ -4,8 +4,8 @@
 //!
 //! Validation at apply time covers what one object can say about itself (CEL rules below).
 //! Rules across objects — SI only into a supplementary instance, one SI link per target, at
-//! most 16 outgoing links — need the other objects and are enforced by the controller
-//! (issue 7).
+//! most 16 outgoing links, BC links forming a tree — need the other objects: the admission
+//! webhook refuses them at apply time and the controllers block a link that got past it.
 
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
@@ -22,7 +22,7 @@ use super::Condition;
     status = "ReplicationLinkStatus",
     shortname = "slink",
     printcolumn = r#"{"name":"Source","type":"string","jsonPath":".status.currentSource"}"#,
-    printcolumn = r#"{"name":"Target","type":"string","jsonPath":".spec.target"}"#,
+    printcolumn = r#"{"name":"Target","type":"string","jsonPath":".status.currentTarget"}"#,
     printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mode"}"#,
     printcolumn = r#"{"name":"State","type":"string","jsonPath":".status.state"}"#,
     printcolumn = r#"{"name":"Backlog","type":"integer","jsonPath":".status.backlog"}"#,
@@ -52,6 +52,10 @@ pub struct ReplicationLinkSpec {
     /// Name of a backup whose metadata seeds the target's first SI connection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub updateresync: Option<String>,
+    /// While true the stream is stopped (the receiving end keeps its data, role and place in
+    /// the family); `kubectl strand pause|resume LINK`.
+    #[serde(default)]
+    pub paused: bool,
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
@@ -65,23 +69,32 @@ pub enum Mode {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReplicationLinkStatus {
-    /// connecting, catching-up, streaming, rollback-required, blocked.
+    /// Connecting, CatchingUp, Streaming, RollbackRequired, Blocked, Paused, Unreachable,
+    /// Deleting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
     /// Why the link is blocked or needs a rollback.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// The instance currently sourcing the stream (the family's primary).
+    /// The end that currently sources the stream: for BC the end nearer the family's current
+    /// primary (the stream flows away from it), for SI the source family's primary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_source: Option<String>,
+    /// The end that currently receives it (for SI the target family's primary).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_target: Option<String>,
+    /// The family the link belongs to (BC) or is sourced by (SI).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backlog: Option<u64>,
-    /// Human-readable lag, e.g. `12ms`.
+    /// Age of the oldest transaction sent and not yet acknowledged, e.g. `0.012s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<u8>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

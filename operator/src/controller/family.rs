@@ -1,0 +1,650 @@
+//! Family → one step of its lifecycle (planned by [`crate::family::plan`]): reads the stores,
+//! asks every member's engine for its status (concurrently, with a short deadline, so an
+//! unreachable engine delays only its own family by that much), persists the family's status
+//! *before* acting, carries out the engine calls, and writes the status of the family's
+//! Instances and links. Families reconcile concurrently; one family never twice at once.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::Action as KubeAction;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+
+use super::{
+    ANNOTATION_DRAIN, ANNOTATION_FAILOVER, ANNOTATION_ROLLBACK, ANNOTATION_SWITCHOVER, Ctx, Endpoint, Error,
+    MANAGER, Stores, condition,
+};
+use crate::crd::instance::{LastRollback, StreamStatus};
+use crate::crd::{
+    Family, FamilyStatus, Instance, InstanceStatus, Mode, ReplicationLink, ReplicationLinkStatus,
+};
+use crate::engine_client::{self, QUICK_TIMEOUT};
+use crate::engine_status::EngineStatus;
+use crate::family::plan::{LinkView, Requests, Subject};
+use crate::family::topology::{self, BcEdge, Families, Known};
+use crate::family::{self as lifecycle, Action, FamilyView, LinkReport, MemberView, SiPeer};
+use crate::rules;
+
+/// How soon a family with a procedure running is looked at again.
+const BUSY_REFRESH: Duration = Duration::from_secs(1);
+pub const LINK_FINALIZER: &str = "strand.dev/replication-link";
+
+fn key(ns: &str, name: &str) -> String {
+    format!("Family/{ns}/{name}")
+}
+
+/// The families of namespace `ns` as the stores show them now.
+pub fn families_in(stores: &Stores, ns: &str) -> Families {
+    let instances = stores.instances_in(ns);
+    let links = stores.links_in(ns);
+    let known = stores.families_in(ns);
+    let link_refs: Vec<&ReplicationLink> = links.iter().map(|l| l.as_ref()).collect();
+    let inst_refs: Vec<&Instance> = instances.iter().map(|i| i.as_ref()).collect();
+    let blocked = rules::check_namespace(&link_refs, &inst_refs, None);
+    let edges: Vec<BcEdge> = links
+        .iter()
+        .filter(|l| l.spec.mode == Mode::Bc && !blocked.contains_key(&l.name_any()))
+        .map(|l| BcEdge { link: l.name_any(), source: l.spec.source.clone(), target: l.spec.target.clone() })
+        .collect();
+    let names: Vec<String> = instances.iter().map(|i| i.name_any()).collect();
+    let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let known_members: Vec<(String, Vec<String>, Option<String>)> = known
+        .iter()
+        .map(|f| {
+            let s = f.status.clone().unwrap_or_default();
+            (f.name_any(), s.members, s.primary)
+        })
+        .collect();
+    let known_refs: Vec<Known<'_>> = known_members
+        .iter()
+        .map(|(name, members, primary)| Known { name, members, primary: primary.as_deref() })
+        .collect();
+    topology::families(&name_refs, &edges, &known_refs)
+}
+
+/// The family Instance `instance` belongs to.
+pub fn family_of(stores: &Stores, ns: &str, instance: &str) -> Option<String> {
+    families_in(stores, ns).of.get(instance).cloned()
+}
+
+/// The member Instances of `family`.
+pub fn members_of(stores: &Stores, ns: &str, family: &str) -> Vec<Arc<Instance>> {
+    let f = families_in(stores, ns);
+    let members = f.members.get(family).cloned().unwrap_or_default();
+    stores.instances_in(ns).into_iter().filter(|i| members.contains(&i.name_any())).collect()
+}
+
+pub async fn reconcile(fam: Arc<Family>, ctx: Arc<Ctx>) -> Result<KubeAction, Error> {
+    let started = Instant::now();
+    let ns = fam.namespace().unwrap_or_default();
+    let result = reconcile_inner(&fam, &ctx).await;
+    let m = &ctx.metrics;
+    m.reconcile_duration.with_label_values(&["Family"]).observe(started.elapsed().as_secs_f64());
+    m.reconciles.with_label_values(&["Family", if result.is_ok() { "ok" } else { "error" }]).inc();
+    if result.is_ok() {
+        ctx.backoff().succeeded(&key(&ns, &fam.name_any()));
+    }
+    result
+}
+
+pub fn error_policy(fam: Arc<Family>, err: &Error, ctx: Arc<Ctx>) -> KubeAction {
+    let wait = ctx.backoff().failed(&key(&fam.namespace().unwrap_or_default(), &fam.name_any()));
+    ctx.metrics.reconcile_errors.with_label_values(&["Family", err.kind()]).inc();
+    tracing::warn!(family = %fam.name_any(), error = %crate::error_chain(err), ?wait, "reconcile failed");
+    KubeAction::requeue(wait)
+}
+
+/// What one member's engine said.
+struct Observed {
+    endpoint: Option<Endpoint>,
+    engine: Result<EngineStatus, String>,
+}
+
+async fn observe(ctx: &Ctx, ns: &str, inst: &Instance) -> Observed {
+    let name = inst.name_any();
+    let Some(endpoint) = ctx.stores.endpoint(ns, &name) else {
+        return Observed { endpoint: None, engine: Err("the engine pod is not ready".into()) };
+    };
+    if inst.spec.paused {
+        return Observed { endpoint: Some(endpoint), engine: Err("paused".into()) };
+    }
+    let engine = match engine_client::status(&endpoint.admin, &endpoint.token).await {
+        Ok(s) => Ok(s),
+        Err(e) => {
+            ctx.metrics.engine_call_errors.with_label_values(&[e.kind()]).inc();
+            Err(crate::error_chain(&e))
+        }
+    };
+    Observed { endpoint: Some(endpoint), engine }
+}
+
+fn requests(inst: &Instance) -> Requests {
+    let a = inst.annotations();
+    Requests {
+        switchover: a.get(ANNOTATION_SWITCHOVER).cloned(),
+        failover: a.get(ANNOTATION_FAILOVER).cloned(),
+        rollback: a.get(ANNOTATION_ROLLBACK).cloned(),
+        drain: a.get(ANNOTATION_DRAIN).cloned(),
+    }
+}
+
+async fn reconcile_inner(fam: &Family, ctx: &Ctx) -> Result<KubeAction, Error> {
+    let ns = fam.namespace().ok_or_else(|| Error::Invalid("Family has no namespace".into()))?;
+    let name = fam.name_any();
+    let families = families_in(&ctx.stores, &ns);
+    let Some(member_names) = families.members.get(&name).cloned() else {
+        // Merged into another family or emptied: the object has nothing left to say.
+        ctx.check_leading()?;
+        tracing::info!(family = %name, namespace = %ns, "family has no members any more; deleting its object");
+        match Api::<Family>::namespaced(ctx.client.clone(), &ns).delete(&name, &DeleteParams::default()).await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+        return Ok(KubeAction::await_change());
+    };
+    let instances = ctx.stores.instances_in(&ns);
+    let members: Vec<Arc<Instance>> =
+        instances.iter().filter(|i| member_names.contains(&i.name_any())).cloned().collect();
+    let links = ctx.stores.links_in(&ns);
+    let link_refs: Vec<&ReplicationLink> = links.iter().map(|l| l.as_ref()).collect();
+    let inst_refs: Vec<&Instance> = instances.iter().map(|i| i.as_ref()).collect();
+    let blocked = rules::check_namespace(&link_refs, &inst_refs, None);
+
+    // The links this family looks at, and which it owns (reports on, releases).
+    let owner_of = |l: &ReplicationLink| -> Option<&String> {
+        families.of.get(&l.spec.source).or_else(|| families.of.get(&l.spec.target))
+    };
+    let relevant: Vec<&Arc<ReplicationLink>> = links
+        .iter()
+        .filter(|l| member_names.contains(&l.spec.source) || member_names.contains(&l.spec.target))
+        .collect();
+
+    // Every member's engine, concurrently.
+    let observed: Vec<Observed> = join_all(members.iter().map(|m| observe(ctx, &ns, m))).await;
+    let observed: BTreeMap<String, Observed> = members.iter().map(|m| m.name_any()).zip(observed).collect();
+
+    // The receiving end of each SI link this family sources: the target family's primary.
+    let mut peers: BTreeMap<String, (String, Observed)> = BTreeMap::new();
+    for l in &relevant {
+        if l.spec.mode != Mode::Si
+            || !member_names.contains(&l.spec.source)
+            || blocked.contains_key(&l.name_any())
+        {
+            continue;
+        }
+        let target_family = families.of.get(&l.spec.target);
+        let primary = target_family
+            .and_then(|f| ctx.stores.families.get(&ObjectRef::new(f).within(&ns)))
+            .and_then(|f| f.status.as_ref().and_then(|s| s.primary.clone()))
+            .unwrap_or_else(|| l.spec.target.clone());
+        let Some(inst) = instances.iter().find(|i| i.name_any() == primary) else { continue };
+        peers.insert(l.name_any(), (primary, observe(ctx, &ns, inst).await));
+    }
+
+    // The primary's availability and lease, by this replica's clock.
+    let status = fam.status.clone().unwrap_or_default();
+    let now = Instant::now();
+    let (unavailable_for, lease_lapsed) = match &status.primary {
+        Some(p) => {
+            let available = observed
+                .get(p)
+                .and_then(|o| o.engine.as_ref().ok())
+                .is_some_and(|e| e.writable_role() && e.term >= status.term);
+            let k = format!("{ns}/{p}");
+            let mut book = ctx.book();
+            let down = book.availability(&k, available, now);
+            let lapsed =
+                book.lease_lapsed(&k, now, ctx.leader.leading_since(), ctx.config.lease, QUICK_TIMEOUT);
+            (down, lapsed)
+        }
+        None => (Duration::ZERO, true),
+    };
+
+    let member_views: Vec<MemberView<'_>> = members
+        .iter()
+        .filter_map(|m| observed.get(&m.name_any()).map(|o| (m, o)))
+        .map(|(m, o)| MemberView {
+            name: m.metadata.name.as_deref().unwrap_or_default(),
+            paused: m.spec.paused,
+            repl_addr: o.endpoint.as_ref().map(|e| e.repl.as_str()),
+            engine: o.engine.as_ref().ok(),
+            requests: requests(m),
+        })
+        .collect();
+    let link_views: Vec<LinkView<'_>> = relevant
+        .iter()
+        .map(|l| LinkView {
+            name: l.metadata.name.as_deref().unwrap_or_default(),
+            spec: &l.spec,
+            deleting: l.metadata.deletion_timestamp.is_some(),
+            blocked: blocked.get(&l.name_any()).map(String::as_str),
+            owned: owner_of(l) == Some(&name),
+        })
+        .collect();
+    let si_peers: BTreeMap<String, SiPeer<'_>> = peers
+        .iter()
+        .map(|(link, (primary, o))| {
+            (
+                link.clone(),
+                SiPeer {
+                    name: primary,
+                    repl_addr: o.endpoint.as_ref().map(|e| e.repl.as_str()),
+                    engine: o.engine.as_ref().ok(),
+                },
+            )
+        })
+        .collect();
+    let view = FamilyView {
+        name: &name,
+        members: member_views,
+        links: link_views,
+        si_peers,
+        status: &status,
+        now: k8s_openapi::jiff::Timestamp::now(),
+        primary_unavailable_for: unavailable_for,
+        primary_lease_lapsed: lease_lapsed,
+        timing: &ctx.config.timing,
+    };
+    let plan = lifecycle::plan(&view);
+
+    // Persist first: a crash from here on repeats this step.
+    let mut new_status = plan.status.clone();
+    if Some(&new_status) != fam.status.as_ref() {
+        write_family_status(ctx, &ns, &name, &new_status).await?;
+    }
+
+    // Act.
+    let endpoints: BTreeMap<&str, &Endpoint> = observed
+        .iter()
+        .filter_map(|(n, o)| o.endpoint.as_ref().map(|e| (n.as_str(), e)))
+        .chain(peers.values().filter_map(|(n, o)| o.endpoint.as_ref().map(|e| (n.as_str(), e))))
+        .collect();
+    let mut failure: Option<(String, String)> = None;
+    for action in &plan.actions {
+        ctx.check_leading()?;
+        let instance = action.instance();
+        let Some(ep) = endpoints.get(instance) else {
+            failure = Some((
+                instance.to_owned(),
+                format!("{}: {instance}'s engine is not ready", action.describe()),
+            ));
+            break;
+        };
+        if let Action::Lease { .. } = action {
+            ctx.book().lease_sent(&format!("{ns}/{instance}"), Instant::now());
+        }
+        match execute(ctx, ep, action).await {
+            Ok(()) => {
+                if let Some(reason) = action.reason()
+                    && let Some(inst) = instances.iter().find(|i| i.name_any() == instance)
+                {
+                    ctx.publish(&inst.object_ref(&()), false, reason, action.describe()).await;
+                }
+            }
+            Err(e) => {
+                let message = format!("{} failed: {}", action.describe(), crate::error_chain(&e));
+                tracing::warn!(family = %name, %message, "engine admin call failed");
+                failure = Some((instance.to_owned(), message));
+                break;
+            }
+        }
+    }
+    if failure.is_none() && !plan.handled_after.is_empty() {
+        for h in &plan.handled_after {
+            new_status.handled.retain(|x| !(x.instance == h.instance && x.kind == h.kind));
+            new_status.handled.push(h.clone());
+        }
+        write_family_status(ctx, &ns, &name, &new_status).await?;
+    }
+
+    // Report.
+    for note in &plan.notes {
+        let object = match &note.subject {
+            Subject::Family => Some(fam.object_ref(&())),
+            Subject::Instance(i) => instances.iter().find(|x| &x.name_any() == i).map(|x| x.object_ref(&())),
+            Subject::Link(l) => links.iter().find(|x| &x.name_any() == l).map(|x| x.object_ref(&())),
+        };
+        if let Some(object) = object {
+            ctx.publish(&object, note.warning, note.reason, note.message.clone()).await;
+        }
+    }
+    for l in relevant.iter().filter(|l| owner_of(l) == Some(&name)) {
+        let mut report = plan.links.get(&l.name_any()).cloned().unwrap_or_else(|| LinkReport {
+            state: "Connecting".into(),
+            reason: Some("waiting for the family to have a primary".into()),
+            ..Default::default()
+        });
+        if let Some((instance, message)) = &failure
+            && (report.current_source.as_deref() == Some(instance)
+                || report.current_target.as_deref() == Some(instance)
+                || l.spec.source == *instance
+                || l.spec.target == *instance)
+        {
+            report.reason = Some(message.clone());
+        }
+        let release = failure.is_none() && plan.release.contains(&l.name_any());
+        write_link(ctx, l, &name, report, release).await?;
+    }
+    let primary = new_status.primary.clone();
+    for m in &members {
+        if let Some(o) = observed.get(&m.name_any()) {
+            write_instance(ctx, m, o, &name, primary.as_deref()).await?;
+        }
+    }
+    if let Some((_, message)) = failure {
+        return Err(Error::Invalid(message));
+    }
+    Ok(KubeAction::requeue(if plan.busy { BUSY_REFRESH } else { ctx.config.refresh }))
+}
+
+async fn execute(ctx: &Ctx, ep: &Endpoint, action: &Action) -> Result<(), engine_client::EngineError> {
+    let (method, path, body, timeout) = engine_client::request(action, ctx.config.lease);
+    let result = engine_client::call(&ep.admin, &ep.token, method, &path, body, timeout).await;
+    // A stream already gone is what stopping it wants.
+    let result = match result {
+        Err(engine_client::EngineError::Api { status: 404, .. })
+            if matches!(action, Action::SourceStop { .. }) =>
+        {
+            Ok(serde_json::Value::Null)
+        }
+        other => other,
+    };
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(e) => e.kind(),
+    };
+    ctx.metrics.engine_calls.with_label_values(&[action.label(), outcome]).inc();
+    if let Err(e) = &result {
+        ctx.metrics.engine_call_errors.with_label_values(&[e.kind()]).inc();
+    }
+    if !matches!(action, Action::Lease { .. }) || result.is_err() {
+        tracing::info!(action = %action.describe(), outcome, "engine admin call");
+    }
+    result.map(|_| ())
+}
+
+async fn write_family_status(ctx: &Ctx, ns: &str, name: &str, status: &FamilyStatus) -> Result<(), Error> {
+    ctx.check_leading()?;
+    let patch = serde_json::json!({
+        "apiVersion": "strand.dev/v1alpha1",
+        "kind": "Family",
+        "status": status,
+    });
+    Api::<Family>::namespaced(ctx.client.clone(), ns)
+        .patch_status(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
+        .await?;
+    Ok(())
+}
+
+/// A link's status (and its finalizer: added while it lives, removed once released).
+async fn write_link(
+    ctx: &Ctx,
+    link: &ReplicationLink,
+    family: &str,
+    report: LinkReport,
+    release: bool,
+) -> Result<(), Error> {
+    let ns = link.namespace().unwrap_or_default();
+    let name = link.name_any();
+    let api: Api<ReplicationLink> = Api::namespaced(ctx.client.clone(), &ns);
+    let finalizers = link.finalizers().to_vec();
+    let has = finalizers.iter().any(|f| f == LINK_FINALIZER);
+    let deleting = link.metadata.deletion_timestamp.is_some();
+    if release && has {
+        ctx.check_leading()?;
+        let rest: Vec<&String> = finalizers.iter().filter(|f| *f != LINK_FINALIZER).collect();
+        let patch = serde_json::json!({
+            "metadata": { "finalizers": rest, "resourceVersion": link.resource_version() }
+        });
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        tracing::info!(link = %name, namespace = %ns, "replication link removed");
+        return Ok(());
+    }
+    if !has && !deleting {
+        ctx.check_leading()?;
+        let mut all = finalizers.clone();
+        all.push(LINK_FINALIZER.to_owned());
+        let patch = serde_json::json!({ "metadata": { "finalizers": all, "resourceVersion": link.resource_version() } });
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    }
+    let previous = link.status.clone().unwrap_or_default();
+    let generation = link.metadata.generation;
+    let ready = match report.state.as_str() {
+        "Streaming" | "CatchingUp" => Some(true),
+        "Connecting" => None,
+        _ => Some(false),
+    };
+    let status = ReplicationLinkStatus {
+        state: Some(report.state.clone()),
+        reason: report.reason.clone(),
+        current_source: report.current_source,
+        current_target: report.current_target,
+        family: Some(family.to_owned()),
+        backlog: report.backlog,
+        lag: report.lag_seconds.map(|l| format!("{l:.3}s")),
+        stream: report.stream,
+        conditions: vec![condition(
+            &previous.conditions,
+            "Ready",
+            ready,
+            &report.state,
+            report.reason.clone().unwrap_or_else(|| report.state.clone()),
+            generation,
+        )],
+        observed_generation: generation,
+    };
+    if status.state != previous.state
+        && matches!(status.state.as_deref(), Some("Blocked" | "RollbackRequired"))
+    {
+        let note = format!(
+            "{} → {}{}",
+            previous.state.as_deref().unwrap_or("new"),
+            report.state,
+            report.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+        );
+        ctx.publish(&link.object_ref(&()), true, status.state.as_deref().unwrap_or("Blocked"), note).await;
+    }
+    if status == previous {
+        return Ok(());
+    }
+    ctx.check_leading()?;
+    let patch = serde_json::json!({ "apiVersion": "strand.dev/v1alpha1", "kind": "ReplicationLink", "status": status });
+    api.patch_status(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await?;
+    Ok(())
+}
+
+/// The image's tag, when it names a version (`strand-engine:0.1.0` → `0.1.0`).
+fn image_version(image: &str) -> Option<&str> {
+    let tag = image.rsplit_once(':').map(|(_, t)| t)?;
+    (tag.chars().next().is_some_and(|c| c.is_ascii_digit()) && !tag.contains('/')).then_some(tag)
+}
+
+/// An Instance's status from what its engine said, with its family.
+pub fn instance_status(
+    inst: &Instance,
+    observed_endpoint: bool,
+    engine: &Result<EngineStatus, String>,
+    family: &str,
+    primary: Option<&str>,
+) -> InstanceStatus {
+    let previous = inst.status.clone().unwrap_or_default();
+    let generation = inst.metadata.generation;
+    let prev = &previous.conditions;
+    let mut status = InstanceStatus {
+        observed_generation: generation,
+        family: Some(family.to_owned()),
+        family_primary: primary.map(str::to_owned),
+        ..previous.clone()
+    };
+    let unknown =
+        |kind: &str, why: &str| condition(prev, kind, None, "EngineNotObserved", why.to_owned(), generation);
+    match engine {
+        Err(why) => {
+            status.phase = Some(
+                if inst.spec.paused {
+                    "Paused"
+                } else if observed_endpoint {
+                    "Unreachable"
+                } else {
+                    "Pending"
+                }
+                .into(),
+            );
+            let reason = if observed_endpoint { "EngineUnreachable" } else { "PodNotReady" };
+            status.conditions = vec![
+                condition(prev, "Ready", Some(false), reason, why.clone(), generation),
+                unknown("Replicating", why),
+                unknown("RollbackRequired", why),
+                unknown("VersionMismatch", why),
+            ];
+        }
+        Ok(engine) => {
+            status.phase = Some("Running".into());
+            status.role = Some(engine.role.clone());
+            status.term = Some(engine.term);
+            status.journal_seqno = Some(engine.journal_seqno);
+            status.streams = engine
+                .streams
+                .iter()
+                .map(|s| StreamStatus {
+                    stream: s.stream,
+                    source_family: s.source_family.clone(),
+                    seqno: s.seqno,
+                })
+                .collect();
+            status.binary_version = Some(engine.binary_version.clone());
+            status.format_version = Some(engine.format_version);
+            status.last_rollback = engine.last_rollback.as_ref().map(|r| LastRollback {
+                log_path: r.log_path.clone(),
+                from_seqno: r.from_seqno,
+                to_seqno: r.to_seqno,
+                transactions: r.transactions,
+                reason: r.reason.clone(),
+            });
+            let receiver_state = engine.receiver.as_ref().map(|r| r.state.as_str()).unwrap_or("");
+            let rollback_message = engine
+                .receiver
+                .as_ref()
+                .and_then(|r| r.last_error.clone())
+                .unwrap_or_else(|| "not ahead of its source".into());
+            let mismatch = image_version(&inst.spec.image).filter(|v| *v != engine.binary_version);
+            let ready_message = match &engine.lease.writes_refused {
+                Some(refused) if engine.writable_role() => {
+                    format!("{} answers as {}; {refused}", engine.name, engine.role)
+                }
+                _ => format!("{} answers as {}", engine.name, engine.role),
+            };
+            status.conditions = vec![
+                condition(prev, "Ready", Some(true), "EngineRunning", ready_message, generation),
+                condition(
+                    prev,
+                    "Replicating",
+                    Some(receiver_state == "streaming"),
+                    if receiver_state.is_empty() { "NoReceiver" } else { "ReceiverState" },
+                    format!("receiver: {}", if receiver_state.is_empty() { "none" } else { receiver_state }),
+                    generation,
+                ),
+                condition(
+                    prev,
+                    "RollbackRequired",
+                    Some(receiver_state == "rollback_required"),
+                    "ReceiverState",
+                    if receiver_state == "rollback_required" {
+                        format!(
+                            "{rollback_message}; roll it back with `kubectl strand rollback {}`",
+                            engine.name
+                        )
+                    } else {
+                        rollback_message
+                    },
+                    generation,
+                ),
+                condition(
+                    prev,
+                    "VersionMismatch",
+                    Some(mismatch.is_some()),
+                    "BinaryVersion",
+                    match mismatch {
+                        Some(v) => format!("image says {v}, engine runs {}", engine.binary_version),
+                        None => format!("engine runs {}", engine.binary_version),
+                    },
+                    generation,
+                ),
+            ];
+        }
+    }
+    status
+}
+
+async fn write_instance(
+    ctx: &Ctx,
+    inst: &Instance,
+    o: &Observed,
+    family: &str,
+    primary: Option<&str>,
+) -> Result<(), Error> {
+    let previous = inst.status.clone().unwrap_or_default();
+    let status = instance_status(inst, o.endpoint.is_some(), &o.engine, family, primary);
+    let name = inst.name_any();
+    let object = inst.object_ref(&());
+    events_for_instance(ctx, &object, &name, &previous, &status).await;
+    if status == previous {
+        return Ok(());
+    }
+    ctx.check_leading()?;
+    let patch =
+        serde_json::json!({ "apiVersion": "strand.dev/v1alpha1", "kind": "Instance", "status": status });
+    Api::<Instance>::namespaced(ctx.client.clone(), &inst.namespace().unwrap_or_default())
+        .patch_status(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
+        .await?;
+    Ok(())
+}
+
+/// Events for what changed on an Instance: its role, a new rollback (with where its
+/// unreplicated transactions are), its engine going unreachable.
+async fn events_for_instance(
+    ctx: &Ctx,
+    object: &ObjectReference,
+    name: &str,
+    previous: &InstanceStatus,
+    status: &InstanceStatus,
+) {
+    if status.role != previous.role
+        && let Some(role) = &status.role
+    {
+        let note = format!("{name} is now {role} (was {})", previous.role.as_deref().unwrap_or("unknown"));
+        ctx.publish(object, false, "RoleChanged", note).await;
+    }
+    if status.last_rollback != previous.last_rollback
+        && let Some(r) = &status.last_rollback
+    {
+        let note = format!(
+            "{name} rolled off seqnos {}..={} ({} transactions) into {}: {}; `kubectl strand lost-transactions {name}` prints them",
+            r.from_seqno, r.to_seqno, r.transactions, r.log_path, r.reason
+        );
+        ctx.publish(object, true, "RolledBack", note).await;
+    }
+    if status.phase.as_deref() == Some("Unreachable") && previous.phase.as_deref() != Some("Unreachable") {
+        let why = status.conditions.first().and_then(|c| c.message.clone()).unwrap_or_default();
+        ctx.publish(object, true, "EngineUnreachable", why).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_versions() {
+        assert_eq!(image_version("strand-engine:0.1.0"), Some("0.1.0"));
+        assert_eq!(image_version("registry:5000/strand-engine"), None);
+        assert_eq!(image_version("strand-engine:latest"), None);
+    }
+}

@@ -1,0 +1,693 @@
+//! The family lifecycle against a simulated family (fake clock, fake engines that react to
+//! the planned calls the way the real ones do): scenario tests for each procedure, and a
+//! property test that injects crashes, freezes, restarts and requests at random and checks
+//! that at no instant two engines take writes.
+#![allow(clippy::unwrap_used, clippy::indexing_slicing)] // tests fail loudly by design
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::crd::{Mode, ReplicationLinkSpec};
+use crate::engine_status::{History, Receiver, Source};
+
+const LEASE_MS: u64 = 15_000;
+const CALL_TIMEOUT_MS: u64 = 3_000;
+
+/// One simulated engine.
+#[derive(Debug, Clone)]
+struct Engine {
+    status: EngineStatus,
+    /// Answers the admin API (not crashed, not frozen).
+    up: bool,
+    /// Crashed: when it comes back it restarts (its lease is gone).
+    crashed: bool,
+    lease_until: Option<u64>,
+    /// The journal: the term each transaction was committed at (tells A97 from A97a).
+    log: Vec<u64>,
+}
+
+impl Engine {
+    fn new(name: &str) -> Self {
+        Engine {
+            status: EngineStatus {
+                name: name.into(),
+                role: "standalone".into(),
+                history: vec![History { start_seqno: 1, root_name: name.into() }],
+                repl_addr: Some(format!("{name}:7070")),
+                ..Default::default()
+            },
+            up: true,
+            crashed: false,
+            lease_until: None,
+            log: Vec::new(),
+        }
+    }
+
+    /// Takes application writes now.
+    fn takes_writes(&self, now: u64) -> bool {
+        self.up
+            && self.status.writable_role()
+            && (!self.status.lease.required || self.lease_until.is_some_and(|u| now < u))
+    }
+}
+
+/// A family of simulated engines driven by the planner on a fake clock.
+struct Sim {
+    engines: BTreeMap<String, Engine>,
+    links: Vec<(String, ReplicationLinkSpec, bool)>,
+    status: FamilyStatus,
+    requests: BTreeMap<String, Requests>,
+    timing: Timing,
+    now: u64,
+    /// Operator bookkeeping (as the controller's Book): last lease send, unavailability.
+    lease_sent: BTreeMap<String, u64>,
+    unavailable_since: Option<(String, u64)>,
+    operator_started: u64,
+    /// Acknowledged writes: (engine, seqno, term).
+    acked: Vec<(String, u64, u64)>,
+    rolled_off: u64,
+    /// Every transaction rolled off into an unreplicated-transaction log: (seqno, term).
+    lost_log: Vec<(u64, u64)>,
+}
+
+fn spec(source: &str, target: &str, autorollback: bool) -> ReplicationLinkSpec {
+    ReplicationLinkSpec {
+        source: source.into(),
+        target: target.into(),
+        mode: Mode::Bc,
+        autorollback,
+        noresync: false,
+        updateresync: None,
+        paused: false,
+    }
+}
+
+impl Sim {
+    fn new(names: &[&str], links: &[(&str, &str)]) -> Self {
+        Sim {
+            engines: names.iter().map(|n| ((*n).to_owned(), Engine::new(n))).collect(),
+            links: links.iter().map(|(s, t)| (format!("{s}-to-{t}"), spec(s, t, true), false)).collect(),
+            status: FamilyStatus::default(),
+            requests: BTreeMap::new(),
+            timing: Timing {
+                failover_delay: Duration::from_secs(10),
+                fence_deadline: Duration::from_secs(10),
+                catch_up_deadline: Duration::from_secs(10),
+                repoint_deadline: Duration::from_secs(20),
+            },
+            now: 0,
+            lease_sent: BTreeMap::new(),
+            unavailable_since: None,
+            operator_started: 0,
+            acked: Vec::new(),
+            rolled_off: 0,
+            lost_log: Vec::new(),
+        }
+    }
+
+    fn stamp(&self) -> Timestamp {
+        Timestamp::from_millisecond(1_800_000_000_000 + self.now as i64).unwrap()
+    }
+
+    fn plan(&mut self) -> FamilyPlan {
+        // The controller's bookkeeping.
+        let primary = self.status.primary.clone();
+        let (down, lapsed) = match &primary {
+            Some(p) => {
+                let e = &self.engines[p];
+                let available = e.up && e.status.writable_role() && e.status.term >= self.status.term;
+                let down = if available {
+                    self.unavailable_since = None;
+                    0
+                } else {
+                    match &self.unavailable_since {
+                        Some((who, since)) if who == p => self.now - since,
+                        _ => {
+                            self.unavailable_since = Some((p.clone(), self.now));
+                            0
+                        }
+                    }
+                };
+                let from = self
+                    .lease_sent
+                    .get(p)
+                    .copied()
+                    .unwrap_or(self.operator_started)
+                    .max(self.operator_started);
+                (down, self.now >= from + LEASE_MS + CALL_TIMEOUT_MS)
+            }
+            None => (0, true),
+        };
+        let snapshot: Vec<(String, Option<EngineStatus>)> =
+            self.engines.iter().map(|(n, e)| (n.clone(), e.up.then(|| e.status.clone()))).collect();
+        let addrs: BTreeMap<String, String> =
+            self.engines.keys().map(|n| (n.clone(), format!("{n}:7070"))).collect();
+        let members: Vec<MemberView<'_>> = snapshot
+            .iter()
+            .map(|(n, e)| MemberView {
+                name: n,
+                paused: false,
+                repl_addr: Some(&addrs[n]),
+                engine: e.as_ref(),
+                requests: self.requests.get(n).cloned().unwrap_or_default(),
+            })
+            .collect();
+        let links: Vec<LinkView<'_>> = self
+            .links
+            .iter()
+            .map(|(name, spec, deleting)| LinkView {
+                name,
+                spec,
+                deleting: *deleting,
+                blocked: None,
+                owned: true,
+            })
+            .collect();
+        let status = self.status.clone();
+        let view = FamilyView {
+            name: "fam",
+            members,
+            links,
+            si_peers: BTreeMap::new(),
+            status: &status,
+            now: self.stamp(),
+            primary_unavailable_for: Duration::from_millis(down),
+            primary_lease_lapsed: lapsed,
+            timing: &self.timing,
+        };
+        let plan = plan(&view);
+        check_plan(&view, &plan);
+        plan
+    }
+
+    /// Persists the plan's status, then carries out its actions in order (stopping at the
+    /// first that fails, as the controller does).
+    fn step(&mut self) -> FamilyPlan {
+        let plan = self.plan();
+        self.status = plan.status.clone();
+        for a in &plan.actions {
+            if !self.apply(a) {
+                break;
+            }
+        }
+        if plan.actions.iter().all(|a| self.engines[a.instance()].up) {
+            for h in &plan.handled_after {
+                self.status.handled.push(h.clone());
+            }
+        }
+        plan
+    }
+
+    /// The engine's side of one admin call; false when it failed.
+    fn apply(&mut self, a: &Action) -> bool {
+        let now = self.now;
+        let e = self.engines.get_mut(a.instance()).unwrap();
+        if !e.up {
+            return false;
+        }
+        let s = &mut e.status;
+        match a {
+            Action::Promote { term, lease, .. } => {
+                if s.writable_role() && *term == s.term {
+                    s.lease.required = *lease;
+                    return true;
+                }
+                if *term <= s.term {
+                    return false;
+                }
+                s.term = *term;
+                s.role = "primary".into();
+                s.receiver = None;
+                s.lease.required = *lease;
+                s.history.push(History { start_seqno: s.journal_seqno + 1, root_name: s.name.clone() });
+            }
+            Action::Lease { term, .. } => {
+                if !s.writable_role() || s.term != *term {
+                    return false;
+                }
+                s.lease.required = true;
+                e.lease_until = Some(now + LEASE_MS);
+                self.lease_sent.insert(a.instance().to_owned(), now);
+            }
+            Action::Fence { term, .. } => {
+                if !s.writable_role() {
+                    return false;
+                }
+                s.term = s.term.max(*term);
+                s.role = "secondary".into();
+                e.log.push(s.term); // the failover record
+                s.journal_seqno = e.log.len() as u64;
+            }
+            Action::Demote { term, .. } => {
+                s.term = s.term.max(*term);
+                s.role = "secondary".into();
+            }
+            Action::ReceiverStart { autorollback, term, .. } => {
+                if s.writable_role() {
+                    return false;
+                }
+                s.role = "secondary".into();
+                s.receiver = Some(Receiver {
+                    autorollback: *autorollback,
+                    state: "idle".into(),
+                    ..Default::default()
+                });
+                if let Some(t) = term {
+                    s.term = s.term.max(*t);
+                }
+            }
+            Action::ReceiverStop { .. } => s.receiver = None,
+            Action::SourceStart { receiver, addr, .. } => {
+                s.sources.retain(|x| &x.receiver != receiver);
+                s.sources.push(Source {
+                    receiver: receiver.clone(),
+                    addr: addr.clone(),
+                    state: "connecting".into(),
+                    ..Default::default()
+                });
+            }
+            Action::SourceStop { receiver, .. } => s.sources.retain(|x| &x.receiver != receiver),
+            Action::Rollback { .. } => {}
+        }
+        true
+    }
+
+    /// Replication: every up source streams to its receiver by the engines' rules.
+    fn replicate(&mut self) {
+        let names: Vec<String> = self.engines.keys().cloned().collect();
+        for src in &names {
+            let sources = self.engines[src].status.sources.clone();
+            for out in sources {
+                let (Some(from), Some(to)) =
+                    (self.engines.get(src).cloned(), self.engines.get(&out.receiver).cloned())
+                else {
+                    continue;
+                };
+                let state = if !from.up || !to.up {
+                    "connecting"
+                } else if to.status.receiver.is_none() || to.status.writable_role() {
+                    "error"
+                } else if from.status.term < to.status.term {
+                    // Refused as stale: the source steps down.
+                    let f = self.engines.get_mut(src).unwrap();
+                    f.status.term = to.status.term;
+                    if f.status.writable_role() {
+                        f.status.role = "secondary".into();
+                    }
+                    "error"
+                } else {
+                    // The latest common transaction, then: ahead → roll back or refuse.
+                    let common = to.log.iter().zip(&from.log).take_while(|(a, b)| a == b).count();
+                    let ahead = to.log.len() > common;
+                    let autorollback = to.status.receiver.as_ref().is_some_and(|r| r.autorollback);
+                    let t = self.engines.get_mut(&out.receiver).unwrap();
+                    if ahead && !autorollback {
+                        t.status.receiver.as_mut().unwrap().state = "rollback_required".into();
+                        "rollback_required"
+                    } else {
+                        if ahead {
+                            self.rolled_off += (t.log.len() - common) as u64;
+                            for (i, term) in t.log.iter().enumerate().skip(common) {
+                                self.lost_log.push((i as u64 + 1, *term));
+                            }
+                        }
+                        t.log = from.log.clone();
+                        t.status.journal_seqno = t.log.len() as u64;
+                        t.status.term = t.status.term.max(from.status.term);
+                        t.status.history = from.status.history.clone();
+                        t.status.receiver.as_mut().unwrap().state = "streaming".into();
+                        "streaming"
+                    }
+                };
+                let f = self.engines.get_mut(src).unwrap();
+                if let Some(s) = f.status.sources.iter_mut().find(|s| s.receiver == out.receiver) {
+                    s.state = state.into();
+                    s.backlog = 0;
+                }
+            }
+        }
+    }
+
+    /// A client writes to whoever takes writes.
+    fn write(&mut self) {
+        let now = self.now;
+        let writers: Vec<String> =
+            self.engines.iter().filter(|(_, e)| e.takes_writes(now)).map(|(n, _)| n.clone()).collect();
+        assert!(writers.len() <= 1, "two engines take writes at {now} ms: {writers:?}");
+        if let Some(w) = writers.first() {
+            let e = self.engines.get_mut(w).unwrap();
+            e.log.push(e.status.term);
+            e.status.journal_seqno = e.log.len() as u64;
+            self.acked.push((w.clone(), e.status.journal_seqno, e.status.term));
+        }
+    }
+
+    fn tick(&mut self, ms: u64) -> FamilyPlan {
+        let plan = self.step();
+        self.replicate();
+        self.write();
+        self.now += ms;
+        for e in self.engines.values_mut() {
+            if e.status.lease.required {
+                e.status.lease.remaining_ms = e.lease_until.map(|u| u.saturating_sub(self.now));
+            }
+        }
+        plan
+    }
+
+    fn run(&mut self, ms: u64, until: impl Fn(&Sim) -> bool) -> bool {
+        let end = self.now + ms;
+        while self.now < end {
+            self.tick(500);
+            if until(self) {
+                return true;
+            }
+        }
+        false
+    }
+
+    fn crash(&mut self, name: &str) {
+        let e = self.engines.get_mut(name).unwrap();
+        e.up = false;
+        e.crashed = true;
+    }
+
+    fn freeze(&mut self, name: &str) {
+        self.engines.get_mut(name).unwrap().up = false;
+    }
+
+    fn back(&mut self, name: &str) {
+        let e = self.engines.get_mut(name).unwrap();
+        e.up = true;
+        if e.crashed {
+            e.crashed = false;
+            e.lease_until = None;
+        }
+    }
+
+    fn role(&self, name: &str) -> &str {
+        &self.engines[name].status.role
+    }
+
+    fn healthy(&self) -> bool {
+        self.status.phase.as_deref() == Some("Healthy")
+    }
+}
+
+/// The safety rules of the module documentation, checked on every plan.
+fn check_plan(view: &FamilyView<'_>, plan: &FamilyPlan) {
+    let promotions: Vec<(&String, u64)> = plan
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Promote { instance, term, lease: true } => Some((instance, *term)),
+            _ => None,
+        })
+        .collect();
+    let observed_max = view.members.iter().filter_map(|m| m.engine).map(|e| e.term).max().unwrap_or(0);
+    let new_writers: Vec<&(&String, u64)> = promotions
+        .iter()
+        .filter(|(i, _)| {
+            view.members
+                .iter()
+                .find(|m| m.name == i.as_str())
+                .and_then(|m| m.engine)
+                .is_none_or(|e| !e.writable_role())
+        })
+        .collect();
+    assert!(new_writers.len() <= 1, "two promotions in one step: {promotions:?}");
+    for (instance, term) in new_writers {
+        assert!(*term > observed_max, "promotion of {instance} at term {term}, not above {observed_max}");
+        for m in &view.members {
+            if m.name != instance.as_str() {
+                assert!(
+                    m.engine.is_none_or(|e| !e.writable_role()),
+                    "{instance} promoted while {} is observed writable",
+                    m.name
+                );
+            }
+        }
+        let old = view.status.primary.as_deref();
+        if let Some(old) = old.filter(|o| *o != instance.as_str()) {
+            let fenced = view
+                .members
+                .iter()
+                .find(|m| m.name == old)
+                .and_then(|m| m.engine)
+                .is_some_and(|e| !e.writable_role());
+            assert!(
+                fenced || view.primary_lease_lapsed,
+                "{instance} promoted while {old} may still hold its lease"
+            );
+        }
+    }
+    for a in &plan.actions {
+        if let Action::Lease { instance, term } = a {
+            assert_eq!(plan.status.primary.as_deref(), Some(instance.as_str()), "lease for a non-primary");
+            assert_eq!(*term, plan.status.term, "lease at another term");
+        }
+    }
+}
+
+#[test]
+fn a_new_pair_founds_the_family_and_streams() {
+    let mut sim = Sim::new(&["ardmore", "brynmawr"], &[("ardmore", "brynmawr")]);
+    let plan = sim.tick(500);
+    assert_eq!(
+        plan.actions[..2],
+        [
+            Action::Promote { instance: "ardmore".into(), term: 1, lease: true },
+            Action::Lease { instance: "ardmore".into(), term: 1 }
+        ]
+    );
+    assert!(sim.run(10_000, Sim::healthy), "{:?}", sim.status);
+    assert_eq!((sim.role("ardmore"), sim.role("brynmawr")), ("primary", "secondary"));
+    let link = &sim.tick(500).links["ardmore-to-brynmawr"];
+    assert_eq!((link.current_source.as_deref(), link.state.as_str()), (Some("ardmore"), "Streaming"));
+    // At rest: only the lease.
+    let plan = sim.tick(500);
+    assert_eq!(plan.actions, [Action::Lease { instance: "ardmore".into(), term: 1 }]);
+    assert!(!plan.busy);
+}
+
+#[test]
+fn a_switchover_fences_waits_promotes_and_repoints_without_losing_a_write() {
+    let mut sim =
+        Sim::new(&["ardmore", "brynmawr", "oxford"], &[("ardmore", "brynmawr"), ("brynmawr", "oxford")]);
+    assert!(sim.run(10_000, Sim::healthy));
+    sim.requests.insert("oxford".into(), Requests { switchover: Some("r1".into()), ..Default::default() });
+    let plan = sim.tick(500);
+    assert_eq!(plan.status.procedure.as_ref().map(|p| p.step.as_str()), Some(FENCING));
+    assert!(plan.actions.contains(&Action::Fence { instance: "ardmore".into(), term: 1 }));
+    assert!(sim.run(30_000, |s| s.status.procedure.is_none()), "{:?}", sim.status);
+    let record = sim.status.history.last().unwrap();
+    assert_eq!(
+        (record.outcome.as_str(), record.to.as_deref(), record.term),
+        ("Succeeded", Some("oxford"), 2),
+        "{record:?}"
+    );
+    let steps: Vec<&str> = record.steps.iter().map(|s| s.step.as_str()).collect();
+    assert_eq!(steps, [FENCING, CATCHING_UP, PROMOTING, REPOINTING, "Done"]);
+    assert!(sim.run(10_000, Sim::healthy));
+    assert_eq!(
+        (sim.role("oxford"), sim.role("brynmawr"), sim.role("ardmore")),
+        ("primary", "secondary", "secondary")
+    );
+    // The tree is re-rooted: oxford → brynmawr → ardmore.
+    let plan = sim.tick(500);
+    assert_eq!(plan.links["brynmawr-to-oxford"].current_source.as_deref(), Some("oxford"));
+    assert_eq!(plan.links["ardmore-to-brynmawr"].current_source.as_deref(), Some("brynmawr"));
+    // Every acknowledged write is on the new primary; nothing was rolled off.
+    let top = sim.engines["oxford"].status.journal_seqno;
+    assert!(sim.acked.iter().all(|(_, seqno, _)| *seqno <= top));
+    assert_eq!(sim.rolled_off, 0);
+    // The request is handled once: keeping the annotation does nothing more.
+    assert!(sim.run(5_000, |_| false) || sim.status.procedure.is_none());
+    assert_eq!(sim.status.primary.as_deref(), Some("oxford"));
+}
+
+#[test]
+fn a_switchover_whose_target_does_not_catch_up_aborts_back_to_the_old_primary() {
+    let mut sim = Sim::new(&["ardmore", "brynmawr"], &[("ardmore", "brynmawr")]);
+    assert!(sim.run(10_000, Sim::healthy));
+    sim.requests.insert("brynmawr".into(), Requests { switchover: Some("r1".into()), ..Default::default() });
+    sim.tick(500); // fencing planned and done
+    sim.freeze("brynmawr"); // it will never apply the failover record
+    assert!(sim.run(30_000, |s| s.status.procedure.is_none()));
+    let record = sim.status.history.last().unwrap();
+    assert_eq!(record.outcome, "Aborted");
+    assert_eq!(sim.status.primary.as_deref(), Some("ardmore"));
+    assert_eq!(sim.status.term, 3, "the abort skips the term the target might still get");
+    assert_eq!(sim.role("ardmore"), "primary");
+    sim.back("brynmawr");
+    assert!(sim.run(10_000, Sim::healthy));
+}
+
+#[test]
+fn a_dead_primary_is_replaced_after_the_delay_and_its_lease_and_rejoins_with_rollback() {
+    let mut sim =
+        Sim::new(&["ardmore", "brynmawr", "newtown"], &[("ardmore", "brynmawr"), ("ardmore", "newtown")]);
+    assert!(sim.run(10_000, Sim::healthy));
+    // Brynmawr stops receiving; Ardmore commits what only it has, then dies.
+    sim.freeze("brynmawr");
+    sim.run(2_000, |_| false);
+    sim.back("brynmawr");
+    sim.links.iter_mut().for_each(|l| l.1.paused = l.1.target == "brynmawr");
+    sim.run(2_000, |_| false);
+    sim.crash("ardmore");
+    let crashed_at = sim.now;
+    // A restart within the delay is no failover.
+    sim.run(4_000, |_| false);
+    assert!(sim.status.procedure.is_none());
+    assert!(sim.run(60_000, |s| s.status.primary.as_deref() != Some("ardmore")), "{:?}", sim.status);
+    let waited = sim.now - crashed_at;
+    assert!(waited >= LEASE_MS, "promoted after {waited} ms, before the lease could have lapsed");
+    assert_eq!(sim.status.primary.as_deref(), Some("newtown"), "the most advanced member");
+    sim.links.iter_mut().for_each(|l| l.1.paused = false);
+    // Brynmawr's way to the new primary went through the dead hub: it streams from Newtown
+    // directly meanwhile.
+    assert!(
+        sim.run(20_000, |s| {
+            let (b, n) = (&s.engines["brynmawr"].status, &s.engines["newtown"].status);
+            s.status.procedure.is_none()
+                && n.journal_seqno - b.journal_seqno <= 1
+                && n.source_to("brynmawr").is_some_and(|x| x.state == "streaming")
+        }),
+        "{:?}",
+        sim.status
+    );
+    assert_eq!(sim.status.phase.as_deref(), Some("Degraded"), "Ardmore is still down");
+    // Ardmore comes back believing it is primary: it takes no writes (no lease), is demoted
+    // and rolls off what the family does not have.
+    sim.back("ardmore");
+    assert!(!sim.engines["ardmore"].takes_writes(sim.now));
+    assert!(sim.run(20_000, |s| s.role("ardmore") == "secondary" && s.healthy()), "{:?}", sim.status);
+    assert!(sim.rolled_off > 0);
+    assert_eq!(sim.status.history.last().map(|r| r.kind.as_str()), Some(FAILOVER));
+}
+
+#[test]
+fn a_frozen_primary_thawed_after_the_failover_takes_no_writes_and_rejoins() {
+    let mut sim = Sim::new(&["ardmore", "brynmawr"], &[("ardmore", "brynmawr")]);
+    assert!(sim.run(10_000, Sim::healthy));
+    sim.freeze("ardmore");
+    assert!(
+        sim.run(60_000, |s| s.status.primary.as_deref() == Some("brynmawr") && s.status.procedure.is_none())
+    );
+    sim.back("ardmore");
+    assert!(!sim.engines["ardmore"].takes_writes(sim.now), "its lease ran out while frozen");
+    assert!(sim.run(20_000, |s| s.role("ardmore") == "secondary" && s.healthy()));
+}
+
+#[test]
+fn a_drain_of_the_primary_switches_over_to_the_most_advanced_secondary() {
+    let mut sim = Sim::new(&["ardmore", "brynmawr"], &[("ardmore", "brynmawr")]);
+    assert!(sim.run(10_000, Sim::healthy));
+    sim.requests.insert("ardmore".into(), Requests { drain: Some("pod-uid".into()), ..Default::default() });
+    assert!(
+        sim.run(30_000, |s| s.status.primary.as_deref() == Some("brynmawr") && s.status.procedure.is_none())
+    );
+    assert_eq!(sim.status.history.last().unwrap().outcome, "Succeeded");
+    // Handled once, even though the annotation stays.
+    assert!(sim.run(10_000, Sim::healthy));
+    assert_eq!(sim.status.primary.as_deref(), Some("brynmawr"));
+}
+
+#[test]
+fn a_forced_failover_fences_a_live_primary_without_waiting() {
+    let mut sim = Sim::new(&["ardmore", "brynmawr"], &[("ardmore", "brynmawr")]);
+    assert!(sim.run(10_000, Sim::healthy));
+    sim.requests.insert("brynmawr".into(), Requests { failover: Some("f1".into()), ..Default::default() });
+    let started = sim.now;
+    assert!(sim.run(10_000, |s| s.status.primary.as_deref() == Some("brynmawr")));
+    assert!(sim.now - started < 5_000);
+    assert!(sim.run(20_000, |s| s.healthy() && s.role("ardmore") == "secondary"));
+}
+
+#[test]
+fn a_deleted_link_is_released_only_once_its_stream_is_observed_stopped() {
+    let mut sim = Sim::new(&["ardmore", "brynmawr"], &[("ardmore", "brynmawr")]);
+    assert!(sim.run(10_000, Sim::healthy));
+    sim.links[0].2 = true;
+    sim.freeze("ardmore");
+    let plan = sim.tick(500);
+    assert!(plan.release.is_empty(), "released with ardmore unreachable");
+    assert!(plan.links["ardmore-to-brynmawr"].reason.as_deref().unwrap_or("").contains("does not answer"));
+    sim.back("ardmore");
+    let plan = sim.tick(500);
+    assert!(
+        plan.actions
+            .contains(&Action::SourceStop { instance: "ardmore".into(), receiver: "brynmawr".into() })
+    );
+    assert!(plan.release.is_empty());
+    let mut released = false;
+    for _ in 0..5 {
+        released |= sim.tick(500).release.contains(&"ardmore-to-brynmawr".to_owned());
+    }
+    assert!(released);
+    assert!(sim.engines["brynmawr"].status.receiver.is_none());
+}
+
+#[derive(Debug, Clone)]
+enum Fault {
+    Crash(usize),
+    Freeze(usize),
+    Back(usize),
+    Switchover(usize),
+    Failover(usize),
+    Wait,
+}
+
+fn fault() -> impl Strategy<Value = Fault> {
+    prop_oneof![
+        (0usize..3).prop_map(Fault::Crash),
+        (0usize..3).prop_map(Fault::Freeze),
+        (0usize..3).prop_map(Fault::Back),
+        (0usize..3).prop_map(Fault::Switchover),
+        (0usize..3).prop_map(Fault::Failover),
+        Just(Fault::Wait),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+    /// Random crashes, freezes, returns and requests at random moments: every plan obeys the
+    /// safety rules (checked in `plan`), no two engines ever take writes at once (checked in
+    /// `write`), and once everything is back the family heals.
+    #[test]
+    fn random_faults_never_make_two_writers_and_the_family_heals(faults in proptest::collection::vec((fault(), 500u64..20_000), 1..12)) {
+        let names = ["ardmore", "brynmawr", "oxford"];
+        let mut sim = Sim::new(&names, &[("ardmore", "brynmawr"), ("brynmawr", "oxford")]);
+        sim.run(10_000, Sim::healthy);
+        for (i, (f, gap)) in faults.iter().enumerate() {
+            match f {
+                Fault::Crash(n) => sim.crash(names[*n]),
+                Fault::Freeze(n) => sim.freeze(names[*n]),
+                Fault::Back(n) => sim.back(names[*n]),
+                Fault::Switchover(n) => {
+                    sim.requests.entry(names[*n].into()).or_default().switchover = Some(format!("s{i}"));
+                }
+                Fault::Failover(n) => {
+                    sim.requests.entry(names[*n].into()).or_default().failover = Some(format!("f{i}"));
+                }
+                Fault::Wait => {}
+            }
+            sim.run(*gap, |_| false);
+        }
+        for n in names {
+            sim.back(n);
+        }
+        prop_assert!(sim.run(120_000, |s| s.healthy() && s.status.procedure.is_none()), "did not heal: {:?}", sim.status);
+        let writers: Vec<&str> = names.iter().copied().filter(|n| sim.engines[*n].status.writable_role()).collect();
+        prop_assert_eq!(writers.len(), 1);
+        // Every acknowledged write is on the primary or in an unreplicated-transaction log.
+        let log = &sim.engines[writers[0]].log;
+        for (_, seqno, term) in &sim.acked {
+            let kept = log.get(*seqno as usize - 1) == Some(term);
+            prop_assert!(kept || sim.lost_log.contains(&(*seqno, *term)), "write {}@{} lost", seqno, term);
+        }
+    }
+}

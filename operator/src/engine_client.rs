@@ -13,6 +13,10 @@ use serde::Deserialize;
 use crate::engine_status::EngineStatus;
 use crate::family::Action;
 
+/// Header carrying the admin token through a proxy that keeps `Authorization` for itself (the
+/// API server's pod proxy, used by `kubectl strand`).
+pub const TOKEN_HEADER: &str = "x-strand-token";
+
 /// How long one admin call may take (a receiver start or rollback with a big log included).
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a status read or a lease grant may take. A lease grant that has not answered by

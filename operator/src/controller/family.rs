@@ -72,13 +72,6 @@ pub fn family_of(stores: &Stores, ns: &str, instance: &str) -> Option<String> {
     families_in(stores, ns).of.get(instance).cloned()
 }
 
-/// The member Instances of `family`.
-pub fn members_of(stores: &Stores, ns: &str, family: &str) -> Vec<Arc<Instance>> {
-    let f = families_in(stores, ns);
-    let members = f.members.get(family).cloned().unwrap_or_default();
-    stores.instances_in(ns).into_iter().filter(|i| members.contains(&i.name_any())).collect()
-}
-
 pub async fn reconcile(fam: Arc<Family>, ctx: Arc<Ctx>) -> Result<KubeAction, Error> {
     let started = Instant::now();
     let ns = fam.namespace().unwrap_or_default();

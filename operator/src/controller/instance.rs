@@ -57,7 +57,8 @@ async fn reconcile_inner(inst: &Instance, ctx: &Ctx) -> Result<Action, Error> {
     }
     ctx.check_leading()?;
     ensure_secrets(ctx, inst, &ns, &name).await?;
-    let family = super::family::family_of(&ctx.stores, &ns, &name);
+    let families = super::family::families_in(&ctx.stores, &ns);
+    let family = families.of.get(&name).cloned();
     let is_primary = family
         .as_deref()
         .and_then(|f| ctx.stores.families.get(&ObjectRef::new(f).within(&ns)))
@@ -74,15 +75,28 @@ async fn reconcile_inner(inst: &Instance, ctx: &Ctx) -> Result<Action, Error> {
         .patch(&name, &pp, &Patch::Apply(desired::pdb(inst, is_primary)))
         .await?;
     if let Some(family) = family {
-        ensure_family(ctx, &ns, &family).await?;
+        let members: Vec<Arc<Instance>> = ctx
+            .stores
+            .instances_in(&ns)
+            .into_iter()
+            .filter(|i| families.of.get(&i.name_any()) == Some(&family))
+            .collect();
+        ensure_family(ctx, &ns, &family, &members).await?;
     }
     Ok(Action::requeue(RESYNC))
 }
 
 /// Creates the Family object of `family` (or updates its owners when members changed). Its
 /// owners are its members, so it goes with the last of them.
-pub async fn ensure_family(ctx: &Ctx, ns: &str, family: &str) -> Result<(), Error> {
-    let members = super::family::members_of(&ctx.stores, ns, family);
+pub async fn ensure_family(
+    ctx: &Ctx,
+    ns: &str,
+    family: &str,
+    members: &[Arc<Instance>],
+) -> Result<(), Error> {
+    if members.is_empty() {
+        return Ok(());
+    }
     let member_refs: Vec<&Instance> = members.iter().map(|m| m.as_ref()).collect();
     let wanted = desired::family(family, ns, &member_refs);
     let existing = ctx.stores.families.get(&ObjectRef::new(family).within(ns));

@@ -669,9 +669,40 @@ func (c *containerRunner) backoff() bool {
 	}
 }
 
+// held reports whether the pod is held down: the file hold/<namespace>_<name> in the node's
+// state directory (made by `pod-signal … DOWN`) keeps its containers from (re)starting, as a
+// dead node would, until it is removed (`pod-signal … UP`).
+func (p *podRunner) held() bool {
+	_, err := os.Stat(filepath.Join(p.node.stateDir, "hold", p.pod.Namespace+"_"+p.pod.Name))
+	return err == nil
+}
+
+// waitWhileHeld blocks while the pod is held down; false if the pod is stopped meanwhile.
+func (c *containerRunner) waitWhileHeld() bool {
+	if !c.pod.held() {
+		return true
+	}
+	c.mu.Lock()
+	c.state = v1.ContainerState{Waiting: &v1.ContainerStateWaiting{Reason: "NodeDown",
+		Message: "held down by pod-signal DOWN"}}
+	c.mu.Unlock()
+	c.pod.markDirty()
+	for c.pod.held() {
+		select {
+		case <-c.pod.stop:
+			return false
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	return true
+}
+
 func (c *containerRunner) supervise(ctx context.Context, mounts []mount) {
 	policy := c.pod.pod.Spec.RestartPolicy
 	for !c.stopped() {
+		if !c.waitWhileHeld() {
+			break
+		}
 		if err := c.start(ctx, mounts); err != nil {
 			c.mu.Lock()
 			c.state = v1.ContainerState{Waiting: &v1.ContainerStateWaiting{Reason: "CreateContainerError", Message: err.Error()}}

@@ -1,0 +1,652 @@
+#!/usr/bin/env python3
+"""End-to-end tests of the family lifecycle on the local control plane (issue: the operator
+drives the family). Each scenario runs with a client writing throughout and recording every
+acknowledged write, then checks that each one is on the family's primary or in an
+unreplicated-transaction log, never anywhere else:
+
+  switchover by YAML, switchover by the plugin, the operator SIGKILLed mid-switchover, the
+  primary SIGKILLed and kept down, the primary frozen past the failover delay then thawed,
+  SI re-pointing with Malvern in step and with Malvern ahead, a drain of the primary through
+  the Eviction API, and two operator replicas whose leader is killed and frozen.
+
+Usage: tests/cluster/lifecycle.py [DIR] [--only NAME,...] [--keep]
+       tests/cluster/lifecycle.py --bench N [DIR]   (switchover write gap and failover time,
+                                                     median of N, for docs/benchmarks.md)
+
+Needs the engine, operator and plugin binaries built (`cargo build`). Python standard library
+only; Redis is spoken with a minimal RESP client.
+"""
+
+import json
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+TARGET = os.path.join(REPO, "target", "debug")
+NS = "default"
+OPERATOR_NS = "strand-system"
+# Short delays so the test is quick; the chart's defaults are 30 s / 60 s / 15 s / 5 s.
+LIFECYCLE = {
+    "lifecycle.failoverDelaySeconds": "8",
+    "lifecycle.switchoverTimeoutSeconds": "30",
+    "lifecycle.roleLeaseSeconds": "6",
+    "lifecycle.refreshSeconds": "2",
+}
+
+
+class Fail(Exception):
+    pass
+
+
+def log(*args):
+    print("lifecycle:", *args, flush=True)
+
+
+# ---- a minimal RESP client ----
+
+def resp_command(addr, *args, timeout=1.0):
+    """Sends one command; returns ('ok', value) or ('err', message). Raises OSError when the
+    connection fails."""
+    host, port = addr.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=timeout) as s:
+        s.settimeout(timeout)
+        out = b"*%d\r\n" % len(args)
+        for a in args:
+            a = a if isinstance(a, bytes) else str(a).encode()
+            out += b"$%d\r\n%s\r\n" % (len(a), a)
+        s.sendall(out)
+        f = s.makefile("rb")
+        line = f.readline()
+        if not line:
+            raise OSError("connection closed")
+        kind, rest = line[:1], line[1:].rstrip(b"\r\n")
+        if kind == b"+":
+            return ("ok", rest.decode())
+        if kind == b"-":
+            return ("err", rest.decode())
+        if kind == b":":
+            return ("ok", int(rest))
+        if kind == b"$":
+            n = int(rest)
+            if n < 0:
+                return ("ok", None)
+            data = f.read(n + 2)[:n]
+            return ("ok", data.decode())
+        raise OSError("unexpected reply %r" % line)
+
+
+# ---- the cluster ----
+
+class Cluster:
+    def __init__(self, dir):
+        self.dir = dir
+        self.env = dict(os.environ)
+        self.env["KUBECONFIG"] = os.path.join(dir, "kubeconfig")
+        # `kubectl strand` is found on the PATH like any kubectl plugin.
+        self.env["PATH"] = os.path.join(dir, "bin") + ":" + TARGET + ":" + self.env.get("PATH", "")
+
+    def run(self, *args, input=None, check=True):
+        p = subprocess.run(list(args), input=input, capture_output=True, text=True, env=self.env)
+        if check and p.returncode != 0:
+            raise Fail("%s failed (%d): %s%s" % (" ".join(args), p.returncode, p.stdout, p.stderr))
+        return p
+
+    def k(self, *args, input=None, check=True):
+        return self.run("kubectl", *args, input=input, check=check).stdout
+
+    def get(self, kind, name, ns=NS):
+        p = self.run("kubectl", "get", kind, name, "-n", ns, "-o", "json", check=False)
+        return json.loads(p.stdout) if p.returncode == 0 else None
+
+    def status(self, kind, name):
+        obj = self.get(kind, name)
+        return (obj or {}).get("status") or {}
+
+    def family(self, name="ardmore"):
+        return self.status("family", name)
+
+    def pod_ip(self, instance):
+        pod = self.get("pod", instance + "-0")
+        return ((pod or {}).get("status") or {}).get("podIP")
+
+    def token(self, instance):
+        import base64
+        return base64.b64decode(self.get("secret", instance + "-admin")["data"]["token"]).decode()
+
+    def engine(self, instance, path, method="GET", body=None, timeout=5):
+        ip = self.pod_ip(instance)
+        req = urllib.request.Request("http://%s:8080%s" % (ip, path), method=method,
+                                     headers={"Authorization": "Bearer " + self.token(instance)},
+                                     data=json.dumps(body).encode() if body is not None else None)
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return json.loads(r.read())
+
+    def signal(self, pod, sig, ns=NS):
+        self.run(os.path.join(HERE, "pod-signal"), self.dir, ns, pod, sig)
+
+    def plugin(self, *args, check=True):
+        return self.run("kubectl", "strand", *args, check=check)
+
+    def wait(self, what, seconds, fn):
+        deadline = time.time() + seconds
+        last = None
+        while time.time() < deadline:
+            try:
+                last = fn()
+                if last:
+                    return last
+            except (OSError, KeyError, TypeError, ValueError, Fail) as e:
+                last = e
+            time.sleep(0.25)
+        raise Fail("timed out after %ds waiting for %s (last: %r)" % (seconds, what, last))
+
+    def operator_pods(self):
+        pods = json.loads(self.k("get", "pods", "-n", OPERATOR_NS, "-l",
+                                 "app.kubernetes.io/name=strand-operator", "-o", "json"))["items"]
+        return [p["metadata"]["name"] for p in pods]
+
+    def leader(self):
+        lease = self.get("lease", "strand-operator", ns=OPERATOR_NS)
+        return ((lease or {}).get("spec") or {}).get("holderIdentity")
+
+    def events(self, name, reason):
+        items = json.loads(self.k("get", "events", "-n", NS, "--field-selector",
+                                  "involvedObject.name=%s,reason=%s" % (name, reason), "-o", "json"))["items"]
+        return [(e.get("note") or e.get("message") or "", e.get("count") or ((e.get("series") or {}).get("count")) or 1)
+                for e in items]
+
+    def healthy(self, family="ardmore"):
+        f = self.family(family)
+        return f.get("phase") == "Healthy" and not f.get("procedure")
+
+
+# ---- the client ----
+
+class Writer(threading.Thread):
+    """Writes w<n> = <n> in order to whichever instance takes writes (trying the others on a
+    READONLY or a failed connection), recording every acknowledgement: (n, instance, time)."""
+
+    def __init__(self, cluster, instances, prefix):
+        super().__init__(daemon=True)
+        self.cluster, self.instances, self.prefix = cluster, list(instances), prefix
+        self.addrs = {}
+        self.acks = []
+        self.errors = 0
+        self.stopping = threading.Event()
+        self.n = 0
+
+    def refresh(self):
+        for i in self.instances:
+            ip = self.cluster.pod_ip(i)
+            if ip:
+                self.addrs[i] = "%s:6379" % ip
+
+    def run(self):
+        self.refresh()
+        at = 0
+        misses = 0
+        while not self.stopping.is_set():
+            instance = self.instances[at % len(self.instances)]
+            addr = self.addrs.get(instance)
+            key = "%s%d" % (self.prefix, self.n)
+            try:
+                if addr is None:
+                    raise OSError("no address")
+                kind, value = resp_command(addr, "SET", key, str(self.n))
+            except OSError:
+                kind, value = "err", "connection"
+            if kind == "ok":
+                self.acks.append((self.n, instance, time.time()))
+                self.n += 1
+                misses = 0
+                continue
+            self.errors += 1
+            at += 1
+            misses += 1
+            if misses % len(self.instances) == 0:
+                time.sleep(0.05)
+                if misses % (20 * len(self.instances)) == 0:
+                    try:
+                        self.refresh()
+                    except Fail:
+                        pass
+
+    def stop(self):
+        self.stopping.set()
+        self.join(10)
+
+    def max_gap(self, since=0.0):
+        times = [t for (_, _, t) in self.acks if t >= since]
+        return max((b - a for a, b in zip(times, times[1:])), default=0.0)
+
+
+def lost_logs(c, instance):
+    """Every (key, value) in the unreplicated-transaction logs of an instance."""
+    out = {}
+    try:
+        logs = c.engine(instance, "/v1/lost-transactions")
+    except OSError:
+        return out
+    for entry in logs:
+        log_ = c.engine(instance, "/v1/lost-transactions/" + entry["file"])
+        for t in log_["transactions"]:
+            for ch in t["changes"]:
+                if ch.get("key") is not None and ch.get("after") is not None:
+                    out.setdefault(ch["key"], set()).add(ch["after"])
+    return out
+
+
+def verify(c, writer, members, family="ardmore", expect_lost=None):
+    """Every acknowledged write is on the primary or in a lost-transaction log."""
+    primary = c.family(family)["primary"]
+    addr = "%s:6379" % c.pod_ip(primary)
+    logs = {}
+    for m in members:
+        for k, vs in lost_logs(c, m).items():
+            logs.setdefault(k, set()).update(vs)
+    kept = lost = 0
+    for (n, _, _) in writer.acks:
+        key = "%s%d" % (writer.prefix, n)
+        _, value = resp_command(addr, "GET", key)
+        if value == str(n):
+            kept += 1
+        elif str(n) in logs.get(key, set()):
+            lost += 1
+        else:
+            raise Fail("acknowledged write %s=%d is neither on %s (%r) nor in a lost-transaction log" % (key, n, primary, value))
+    if expect_lost is not None and not expect_lost(lost):
+        raise Fail("%d acknowledged writes went to a lost-transaction log" % lost)
+    return kept, lost
+
+
+# ---- scenarios ----
+
+def install(c):
+    log("helm install (two replicas, short lifecycle delays)")
+    sets = []
+    for k, v in LIFECYCLE.items():
+        sets += ["--set", "%s=%s" % (k, v)]
+    c.run("helm", "install", "strand", os.path.join(REPO, "charts", "strand-operator"), "--namespace", OPERATOR_NS,
+          "--create-namespace", "--set", "logFormat=text", "--set", "replicaCount=2",
+          "--set", "logLevel=info\\,strand_operator::controller::family=debug", *sets, "--wait", "--timeout", "120s")
+    c.wait("the operator to lead", 60, c.leader)
+    c.wait("the webhook's endpoints", 60, lambda: c.k(
+        "get", "endpointslices", "-n", OPERATOR_NS, "-l", "kubernetes.io/service-name=strand-strand-operator-webhook",
+        "-o", "jsonpath={.items[*].endpoints[*].addresses[*]}").strip())
+    c.k("apply", "-f", os.path.join(REPO, "deploy", "examples", "bc-pair.yaml"),
+        "-f", os.path.join(REPO, "deploy", "examples", "malvern.yaml"))
+    c.wait("family ardmore healthy", 180, lambda: c.healthy() and c.healthy("malvern"))
+    c.wait("malvern's SI stream", 60, lambda: c.status("replicationlink", "ardmore-to-malvern").get("state") == "Streaming")
+
+
+def instance_yaml(name, annotations):
+    ann = "".join("\n    %s: %s" % (k, json.dumps(v)) for k, v in annotations.items())
+    return ("apiVersion: strand.dev/v1alpha1\nkind: Instance\nmetadata:\n  name: %s\n  annotations:%s\n"
+            "spec:\n  image: strand-engine:0.1.0\n  storage:\n    size: 1Gi\n") % (name, ann)
+
+
+def switch(c, how, to, results):
+    members = ["ardmore", "brynmawr"]
+    before = c.family()["term"]
+    rollbacks = {m: c.status("instance", m).get("lastRollback") for m in members + ["malvern"]}
+    w = Writer(c, members, "sw-%s-" % how)
+    w.start()
+    time.sleep(2)
+    started = time.time()
+    if how == "yaml":
+        # The request lives in the Instance's YAML, as it would in git.
+        c.k("apply", "-f", "-", input=instance_yaml(to, {"strand.dev/switchover": "yaml-1"}))
+    else:
+        p = c.plugin("switchover", "ardmore", "--to", to)
+        log("  " + p.stdout.strip().replace("\n", "\n  "))
+    c.wait("%s to be primary" % to, 90, lambda: c.family()["primary"] == to and not c.family().get("procedure"))
+    elapsed = time.time() - started
+    time.sleep(2)
+    w.stop()
+    record = c.family()["history"][-1]
+    if record["outcome"] != "Succeeded" or record["to"] != to:
+        raise Fail("switchover record: %r" % record)
+    if c.family()["term"] <= before:
+        raise Fail("the term did not rise")
+    kept, lost = verify(c, w, members, expect_lost=lambda n: n == 0)
+    for m in members + ["malvern"]:
+        if c.status("instance", m).get("lastRollback") != rollbacks[m]:
+            raise Fail("%s rolled back during a switchover" % m)
+    gap = w.max_gap(since=started - 1)
+    results.setdefault("switchover_gap", []).append(gap)
+    log("  switchover by %s to %s: %d acknowledged writes, 0 lost, write gap %.3fs, done in %.1fs" % (how, to, kept, gap, elapsed))
+    # SI follows the family's primary, Malvern in step: no rollback.
+    c.wait("the SI stream to come from %s" % to, 60,
+           lambda: c.status("replicationlink", "ardmore-to-malvern").get("currentSource") == to
+           and c.status("replicationlink", "ardmore-to-malvern").get("state") == "Streaming")
+    # Kept in YAML, the request does not act again.
+    if how == "yaml":
+        time.sleep(5)
+        if c.family()["primary"] != to:
+            raise Fail("the request acted twice")
+    c.wait("the family healthy", 60, c.healthy)
+
+
+def scenario_switchover_yaml(c, results):
+    switch(c, "yaml", "brynmawr", results)
+
+
+def scenario_switchover_plugin(c, results):
+    switch(c, "plugin", "ardmore", results)
+    out = c.plugin("status").stdout
+    log("  kubectl strand status:\n    " + out.strip().replace("\n", "\n    "))
+    if "FAMILY ardmore  primary ardmore" not in out or "brynmawr" not in out:
+        raise Fail("kubectl strand status does not show the family: %s" % out)
+    data = json.loads(c.plugin("status", "ardmore", "-o", "json").stdout)
+    if data[0]["primary"] != "ardmore" or len(data[0]["members"]) != 2:
+        raise Fail("kubectl strand status -o json: %r" % data)
+
+
+def scenario_operator_killed_mid_switchover(c, results):
+    primary = c.family()["primary"]
+    to = "brynmawr" if primary == "ardmore" else "ardmore"
+    term = c.family()["term"]
+    c.plugin("switchover", "ardmore", "--to", to, "--no-wait")
+    c.wait("the switchover to begin", 30, lambda: (c.family().get("procedure") or {}).get("step"))
+    leader = c.leader()
+    log("  SIGKILL the leading operator %s during step %s" % (leader, c.family()["procedure"]["step"]))
+    c.signal(leader, "KILL", ns=OPERATOR_NS)
+    c.wait("the switchover to finish", 120, lambda: c.family()["primary"] == to and not c.family().get("procedure"))
+    c.wait("the family healthy", 60, c.healthy)
+    new_term = c.family()["term"]
+    promoted = [n for (note, count) in c.events(to, "Promoted") if "at term %d" % new_term in note for _ in range(count)]
+    fenced = [n for (note, count) in c.events(primary, "Fenced") if "term %d" % term in note for _ in range(count)]
+    if len(promoted) != 1:
+        raise Fail("%s promoted %d times at term %d" % (to, len(promoted), new_term))
+    if len(fenced) > 1:
+        raise Fail("%s fenced %d times" % (primary, len(fenced)))
+    writable = [m for m in ("ardmore", "brynmawr") if c.engine(m, "/v1/status")["role"] == "primary"]
+    if writable != [to]:
+        raise Fail("primaries after the restart: %r" % writable)
+    log("  converged on %s at term %d: promoted once, fenced once" % (to, new_term))
+
+
+def scenario_failover_kept_down(c, results):
+    primary = c.family()["primary"]
+    other = "brynmawr" if primary == "ardmore" else "ardmore"
+    w = Writer(c, ["ardmore", "brynmawr"], "fo-")
+    w.start()
+    time.sleep(2)
+    killed = time.time()
+    c.signal(primary + "-0", "DOWN")
+    c.wait("%s promoted" % other, 120, lambda: c.family()["primary"] == other and not c.family().get("procedure"))
+    promoted = time.time()
+    c.wait("a write acknowledged by %s" % other, 60, lambda: any(i == other and t > killed for (_, i, t) in w.acks))
+    first = min(t for (_, i, t) in w.acks if i == other and t > killed)
+    results.setdefault("failover_time", []).append(first - killed)
+    time.sleep(2)
+    w.stop()
+    log("  %s killed and kept down: %s primary after %.1fs, writes again after %.1fs" % (primary, other, promoted - killed, first - killed))
+    c.signal(primary + "-0", "UP")
+    c.wait("%s to rejoin as a secondary" % primary, 120,
+           lambda: c.status("instance", primary).get("role") == "secondary" and c.healthy())
+    kept, lost = verify(c, w, ["ardmore", "brynmawr"])
+    log("  %d acknowledged writes on %s, %d in %s's lost-transaction log" % (kept, other, lost, primary))
+
+
+def scenario_frozen_primary(c, results):
+    primary = c.family()["primary"]
+    other = "brynmawr" if primary == "ardmore" else "ardmore"
+    link = "ardmore-to-brynmawr"
+    # The secondary stops receiving, so the primary holds acknowledged writes it lacks.
+    c.plugin("pause", link)
+    c.wait("the link paused", 30, lambda: c.status("replicationlink", link).get("state") == "Paused")
+    w = Writer(c, [primary], "fz-")
+    w.start()
+    c.wait("writes on %s only" % primary, 30, lambda: len(w.acks) >= 20)
+    frozen = time.time()
+    c.signal(primary + "-0", "STOP")
+    c.wait("%s promoted" % other, 120, lambda: c.family()["primary"] == other and not c.family().get("procedure"))
+    w.stop()
+    unreplicated = len(w.acks)
+    log("  %s frozen; %s promoted after %.1fs; %d writes only %s had" % (primary, other, time.time() - frozen, unreplicated, primary))
+    c.signal(primary + "-0", "CONT")
+    kind, message = resp_command("%s:6379" % c.pod_ip(primary), "SET", "after-thaw", "1", timeout=5)
+    if kind != "err" or "READONLY" not in message:
+        raise Fail("the thawed %s took a write: %r %r" % (primary, kind, message))
+    log("  thawed %s refuses writes: %s" % (primary, message[:90]))
+    c.plugin("resume", link)
+    c.wait("%s to rejoin with autorollback" % primary, 120,
+           lambda: c.status("instance", primary).get("role") == "secondary" and c.healthy()
+           and (c.status("instance", primary).get("lastRollback") or {}).get("transactions"))
+    rb = c.status("instance", primary)["lastRollback"]
+    if not c.events(primary, "RolledBack"):
+        raise Fail("no RolledBack event on %s" % primary)
+    kept, lost = verify(c, w, ["ardmore", "brynmawr"])
+    if lost != unreplicated:
+        raise Fail("%d writes only %s had, %d found in its lost-transaction log" % (unreplicated, primary, lost))
+    out = c.plugin("lost-transactions", primary).stdout
+    if "fz-0" not in out:
+        raise Fail("kubectl strand lost-transactions does not show them: %s" % out[:500])
+    log("  rejoined: rolled off %d transactions (%d..=%d) into %s, reported" % (rb["transactions"], rb["fromSeqno"], rb["toSeqno"], rb["logPath"]))
+
+
+def scenario_si_malvern_ahead(c, results):
+    primary = c.family()["primary"]
+    other = "brynmawr" if primary == "ardmore" else "ardmore"
+    link = "ardmore-to-brynmawr"
+    before = c.status("instance", "malvern").get("lastRollback")
+    c.plugin("pause", link)
+    c.wait("the link paused", 30, lambda: c.status("replicationlink", link).get("state") == "Paused")
+    addr = "%s:6379" % c.pod_ip(primary)
+    for i in range(5):
+        if resp_command(addr, "SET", "si-ahead-%d" % i, str(i))[0] != "ok":
+            raise Fail("write on %s refused" % primary)
+    maddr = "%s:6379" % c.pod_ip("malvern")
+    c.wait("malvern to have the writes %s's family member lacks" % other, 30,
+           lambda: resp_command(maddr, "GET", "si-ahead-4") == ("ok", "4"))
+    p = c.plugin("failover", "ardmore", "--to", other, "--force")
+    log("  " + p.stdout.strip().replace("\n", "\n  "))
+    c.plugin("resume", link)
+    c.wait("malvern to roll back and take the SI stream from %s" % other, 120,
+           lambda: c.status("instance", "malvern").get("lastRollback") != before
+           and c.status("replicationlink", "ardmore-to-malvern").get("currentSource") == other
+           and c.status("replicationlink", "ardmore-to-malvern").get("state") == "Streaming")
+    rb = c.status("instance", "malvern")["lastRollback"]
+    logged = lost_logs(c, "malvern")
+    if not all("si-ahead-%d" % i in logged for i in range(5)):
+        raise Fail("malvern's lost-transaction log lacks the rolled-off writes: %r" % sorted(logged))
+    if resp_command(maddr, "GET", "si-ahead-0") != ("ok", None):
+        raise Fail("malvern still holds a rolled-off write")
+    if not c.events("malvern", "RolledBack"):
+        raise Fail("no RolledBack event on malvern")
+    c.wait("the family healthy", 120, c.healthy)
+    log("  malvern was ahead: rolled off %d transactions into %s and streams from %s" % (rb["transactions"], rb["logPath"], other))
+
+
+def scenario_eviction(c, results):
+    primary = c.family()["primary"]
+    other = "brynmawr" if primary == "ardmore" else "ardmore"
+    w = Writer(c, ["ardmore", "brynmawr"], "ev-")
+    w.start()
+    time.sleep(1)
+    eviction = json.dumps({"apiVersion": "policy/v1", "kind": "Eviction",
+                           "metadata": {"name": primary + "-0", "namespace": NS}})
+    path = "/api/v1/namespaces/%s/pods/%s-0/eviction" % (NS, primary)
+    tries = 0
+    deadline = time.time() + 120
+    started = time.time()
+    while True:
+        tries += 1
+        p = c.run("kubectl", "create", "--raw", path, "-f", "-", input=eviction, check=False)
+        if p.returncode == 0:
+            break
+        if "disruption budget" not in (p.stdout + p.stderr) and "429" not in (p.stdout + p.stderr):
+            raise Fail("eviction failed otherwise: %s" % (p.stdout + p.stderr))
+        if time.time() > deadline:
+            raise Fail("the eviction never got through")
+        time.sleep(1)
+    if c.family()["primary"] != other:
+        raise Fail("the primary's pod was evicted before the switchover")
+    if tries < 2:
+        raise Fail("the first eviction of the primary got through")
+    log("  eviction of %s-0 refused %d times, then let through after the switchover to %s (%.1fs)" % (primary, tries - 1, other, time.time() - started))
+    c.wait("%s back as a secondary" % primary, 120,
+           lambda: c.status("instance", primary).get("role") == "secondary" and c.healthy())
+    w.refresh()
+    time.sleep(2)
+    w.stop()
+    verify(c, w, ["ardmore", "brynmawr"], expect_lost=lambda n: n == 0)
+    # A secondary's pod is evicted at once.
+    p = c.run("kubectl", "create", "--raw", "/api/v1/namespaces/%s/pods/%s-0/eviction" % (NS, primary), "-f", "-",
+              input=eviction.replace(other + "-0", primary + "-0"), check=False)
+    if p.returncode != 0:
+        raise Fail("evicting a secondary was refused: %s" % (p.stdout + p.stderr))
+    c.wait("the family healthy", 120, c.healthy)
+
+
+def operator_actions(c):
+    """(time, replica) of every engine call each operator replica logged."""
+    out = []
+    for d in os.listdir(os.path.join(c.dir, "node", "pods")):
+        if not d.startswith(OPERATOR_NS + "_"):
+            continue
+        pod = d.split("_")[1]
+        path = os.path.join(c.dir, "node", "pods", d, "operator.log")
+        if not os.path.exists(path):
+            continue
+        with open(path, errors="replace") as f:
+            for line in f:
+                if "engine admin call" not in line:
+                    continue
+                m = re.search(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+)Z", line)
+                if m:
+                    out.append((m.group(1), pod))
+    return sorted(out)
+
+
+def scenario_two_replicas(c, results):
+    pods = c.operator_pods()
+    if len(pods) != 2:
+        raise Fail("expected two operator replicas, found %r" % pods)
+    first = c.leader()
+    log("  leader %s; SIGKILL it" % first)
+    c.signal(first, "KILL", ns=OPERATOR_NS)
+    second = c.wait("another replica to lead", 60, lambda: c.leader() != first and c.leader())
+    log("  %s leads; SIGSTOP it for 25s" % second)
+    c.wait("the new leader to act", 30, lambda: any(p == second for (_, p) in operator_actions(c)))
+    c.signal(second, "STOP", ns=OPERATOR_NS)
+    third = c.wait("the other replica to take over", 60, lambda: c.leader() != second and c.leader())
+    time.sleep(max(0, 25 - 15))
+    c.signal(second, "CONT", ns=OPERATOR_NS)
+    log("  %s leads; %s thawed" % (third, second))
+    time.sleep(8)
+    c.wait("the family healthy", 60, c.healthy)
+    # Never both: in the merged, time-ordered log of engine calls, the acting replica changes
+    # only at the two handovers.
+    acts = operator_actions(c)
+    changes = sum(1 for a, b in zip(acts, acts[1:]) if a[1] != b[1])
+    if changes > 2:
+        runs = []
+        for t, p in acts:
+            if not runs or runs[-1][1] != p:
+                runs.append([t, p])
+        raise Fail("engine calls from both replicas interleave: %r" % runs[-10:])
+    log("  %d engine calls, the acting replica changed %d times (the two handovers)" % (len(acts), changes))
+
+
+SCENARIOS = [
+    ("switchover-yaml", scenario_switchover_yaml),
+    ("switchover-plugin", scenario_switchover_plugin),
+    ("operator-killed", scenario_operator_killed_mid_switchover),
+    ("failover-kept-down", scenario_failover_kept_down),
+    ("frozen-primary", scenario_frozen_primary),
+    ("si-malvern-ahead", scenario_si_malvern_ahead),
+    ("eviction", scenario_eviction),
+    ("two-replicas", scenario_two_replicas),
+]
+
+
+def bench(c, n):
+    """Switchover write gap and failover time, median of n each."""
+    results = {}
+    for i in range(n):
+        to = "brynmawr" if c.family()["primary"] == "ardmore" else "ardmore"
+        switch(c, "plugin", to, results)
+    for i in range(n):
+        scenario_failover_kept_down(c, results)
+        c.wait("the family healthy", 120, c.healthy)
+    gaps, fails = results["switchover_gap"], results["failover_time"]
+    print(json.dumps({
+        "switchover_write_gap_seconds": {"median": statistics.median(gaps), "all": gaps},
+        "failover_seconds": {"median": statistics.median(fails), "all": fails},
+        "settings": LIFECYCLE,
+    }, indent=2))
+
+
+def main():
+    args = sys.argv[1:]
+    keep = "--keep" in args
+    only = None
+    n_bench = None
+    rest = []
+    i = 0
+    while i < len(args):
+        if args[i] == "--only":
+            only = args[i + 1].split(",")
+            i += 2
+        elif args[i] == "--bench":
+            n_bench = int(args[i + 1])
+            i += 2
+        elif args[i] == "--keep":
+            i += 1
+        else:
+            rest.append(args[i])
+            i += 1
+    for b in ("strand-engine", "strand-operator", "kubectl-strand"):
+        if not os.access(os.path.join(TARGET, b), os.X_OK):
+            print("lifecycle: build target/debug/%s first (cargo build)" % b, file=sys.stderr)
+            return 2
+    dir = rest[0] if rest else tempfile.mkdtemp(prefix="strand-lifecycle.")
+    c = Cluster(dir)
+    started = time.time()
+    try:
+        subprocess.run([os.path.join(HERE, "up"), dir], check=True)
+        install(c)
+        if n_bench:
+            bench(c, n_bench)
+            return 0
+        results = {}
+        for name, fn in SCENARIOS:
+            if only and name not in only:
+                continue
+            log(name)
+            t = time.time()
+            fn(c, results)
+            log("  passed in %.0fs" % (time.time() - t))
+        log("passed in %.0fs" % (time.time() - started))
+        return 0
+    except Fail as e:
+        print("lifecycle: FAIL: %s" % e, file=sys.stderr)
+        for cmd in (["get", "families,instances,replicationlinks,pods", "-A", "-o", "wide"],
+                    ["get", "events", "-n", NS, "--sort-by=.lastTimestamp"]):
+            print(c.k(*cmd, check=False)[-6000:], file=sys.stderr)
+        for pod in c.operator_pods() if c.get("namespace", OPERATOR_NS, ns="") is not None else []:
+            for d in os.listdir(os.path.join(dir, "node", "pods")):
+                if pod in d:
+                    path = os.path.join(dir, "node", "pods", d, "operator.log")
+                    if os.path.exists(path):
+                        with open(path, errors="replace") as f:
+                            print("---- %s\n%s" % (pod, "".join(f.readlines()[-60:])), file=sys.stderr)
+        return 1
+    finally:
+        if not keep:
+            subprocess.run([os.path.join(HERE, "down"), dir], capture_output=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

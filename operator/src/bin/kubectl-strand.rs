@@ -308,23 +308,23 @@ async fn follow(k: &Kube, family: &str, to: &str, kind: &str, id: &str, timeout:
                 println!("  {}  {}", s.at, s.step);
             }
             seen_steps = p.steps.len();
-        } else if started || handled(&fam, to, kind, id).is_some() {
-            if let Some(r) = status.history.last().filter(|r| r.to.as_deref() == Some(to)) {
-                for s in r.steps.iter().skip(seen_steps) {
-                    println!("  {}  {}", s.at, s.step);
-                }
-                let message = r.message.as_deref().map(|m| format!(": {m}")).unwrap_or_default();
-                println!("{} of family {family} to {to}: {} at term {}{message}", r.kind, r.outcome, r.term);
-                if r.outcome == "Succeeded" {
-                    return Ok(());
-                }
-                return Err(format!(
-                    "{} {}; {} is still the primary — see `kubectl describe family {family}`",
-                    r.kind,
-                    r.outcome.to_lowercase(),
-                    status.primary.unwrap_or_default()
-                ));
+        } else if (started || handled(&fam, to, kind, id).is_some())
+            && let Some(r) = status.history.last().filter(|r| r.to.as_deref() == Some(to))
+        {
+            for s in r.steps.iter().skip(seen_steps) {
+                println!("  {}  {}", s.at, s.step);
             }
+            let message = r.message.as_deref().map(|m| format!(": {m}")).unwrap_or_default();
+            println!("{} of family {family} to {to}: {} at term {}{message}", r.kind, r.outcome, r.term);
+            if r.outcome == "Succeeded" {
+                return Ok(());
+            }
+            return Err(format!(
+                "{} {}; {} is still the primary — see `kubectl describe family {family}`",
+                r.kind,
+                r.outcome.to_lowercase(),
+                status.primary.unwrap_or_default()
+            ));
         }
         if Instant::now() > deadline {
             return Err(format!(
@@ -407,50 +407,70 @@ async fn lost_transactions(
         }
     };
     let text = engine_get(k, instance, &format!("/v1/lost-transactions/{file}")).await?;
-    let log: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| format!("unexpected answer: {e}"))?;
     if output == "json" {
-        println!("{}", serde_json::to_string_pretty(&log).map_err(|e| e.to_string())?);
+        println!("{text}");
         return Ok(());
     }
-    let h = &log["header"];
+    let log: LostLog = serde_json::from_str(&text).map_err(|e| format!("unexpected answer: {e}"))?;
+    let h = &log.header;
     println!(
         "{file}: {} transactions rolled off {} (seqnos {}..={}): {}",
-        h["transactions"],
-        h["instance"].as_str().unwrap_or("?"),
-        h["from_seqno"],
-        h["to_seqno"],
-        h["reason"].as_str().unwrap_or("")
+        h.transactions, h.instance, h.from_seqno, h.to_seqno, h.reason
     );
-    for t in log["transactions"].as_array().into_iter().flatten() {
-        let changes: Vec<String> = t["changes"]
-            .as_array()
-            .into_iter()
-            .flatten()
+    for t in &log.transactions {
+        let changes: Vec<String> = t
+            .changes
+            .iter()
             .map(|c| {
-                let key = c["key"]
-                    .as_str()
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| format!("0x{}", c["key_hex"].as_str().unwrap_or("")));
-                match (c["after"].as_str(), c["after_hex"].as_str()) {
+                let key = c.key.clone().unwrap_or_else(|| format!("0x{}", c.key_hex));
+                match (&c.after, &c.after_hex) {
                     (Some(a), _) => format!("SET {key} {a}"),
                     (None, Some(h)) => format!("SET {key} 0x{h}"),
                     (None, None) => format!("DEL {key}"),
                 }
             })
             .collect();
-        println!(
-            "seqno {} (stream {} seqno {}): {}",
-            t["seqno"],
-            t["stream"],
-            t["stream_seqno"],
-            changes.join("; ")
-        );
+        println!("seqno {} (stream {} seqno {}): {}", t.seqno, t.stream, t.stream_seqno, changes.join("; "));
     }
     println!(
         "To re-apply them, run each command against the family's primary (after checking it still makes sense)."
     );
     Ok(())
+}
+
+/// An unreplicated-transaction log as the engine serves it (docs/lost-transactions.md).
+#[derive(serde::Deserialize)]
+struct LostLog {
+    header: LostHeader,
+    transactions: Vec<LostTransaction>,
+}
+
+#[derive(serde::Deserialize)]
+struct LostHeader {
+    instance: String,
+    from_seqno: u64,
+    to_seqno: u64,
+    transactions: u64,
+    reason: String,
+}
+
+#[derive(serde::Deserialize)]
+struct LostTransaction {
+    seqno: u64,
+    stream: u8,
+    stream_seqno: u64,
+    changes: Vec<LostChange>,
+}
+
+#[derive(serde::Deserialize)]
+struct LostChange {
+    #[serde(default)]
+    key: Option<String>,
+    key_hex: String,
+    #[serde(default)]
+    after: Option<String>,
+    #[serde(default)]
+    after_hex: Option<String>,
 }
 
 /// One member as `status` shows it.

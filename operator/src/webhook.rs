@@ -105,7 +105,13 @@ pub async fn ensure_certificate(
         }
     };
     let configs: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
-    if let Some(mut config) = configs.get_opt(&setup.configuration).await? {
+    // Every replica does this at start: a conflict means another one wrote meanwhile, so read
+    // again (it may already hold this bundle).
+    for _ in 0..10 {
+        let Some(mut config) = configs.get_opt(&setup.configuration).await? else {
+            tracing::warn!(configuration = %setup.configuration, "no ValidatingWebhookConfiguration; links are checked by the controller only");
+            break;
+        };
         let bundle = ByteString(pem.0.clone().into_bytes());
         let mut changed = false;
         for webhook in config.webhooks.iter_mut().flatten() {
@@ -114,12 +120,17 @@ pub async fn ensure_certificate(
                 changed = true;
             }
         }
-        if changed {
-            configs.replace(&setup.configuration, &PostParams::default(), &config).await?;
-            tracing::info!(configuration = %setup.configuration, "webhook caBundle set");
+        if !changed {
+            break;
         }
-    } else {
-        tracing::warn!(configuration = %setup.configuration, "no ValidatingWebhookConfiguration; links are checked by the controller only");
+        match configs.replace(&setup.configuration, &PostParams::default(), &config).await {
+            Ok(_) => {
+                tracing::info!(configuration = %setup.configuration, "webhook caBundle set");
+                break;
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 => continue,
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(pem)
 }

@@ -363,12 +363,13 @@ def scenario_operator_killed_mid_switchover(c, results):
     c.wait("the switchover to finish", 120, lambda: c.family()["primary"] == to and not c.family().get("procedure"))
     c.wait("the family healthy", 60, c.healthy)
     new_term = c.family()["term"]
-    promoted = [n for (note, count) in c.events(to, "Promoted") if "at term %d" % new_term in note for _ in range(count)]
-    fenced = [n for (note, count) in c.events(primary, "Fenced") if "term %d" % term in note for _ in range(count)]
-    if len(promoted) != 1:
-        raise Fail("%s promoted %d times at term %d" % (to, len(promoted), new_term))
-    if len(fenced) > 1:
-        raise Fail("%s fenced %d times" % (primary, len(fenced)))
+    promoted = sum(count for (note, count) in c.events(to, "Promoted") if "at term %d" % new_term in note)
+    fenced = sum(count for (note, count) in c.events(primary, "Fenced") if "term %d)" % term in note)
+    # At most once each: the killed replica may have acted without getting to record it.
+    if promoted > 1:
+        raise Fail("%s promoted %d times at term %d" % (to, promoted, new_term))
+    if fenced > 1:
+        raise Fail("%s fenced %d times" % (primary, fenced))
     writable = [m for m in ("ardmore", "brynmawr") if c.engine(m, "/v1/status")["role"] == "primary"]
     if writable != [to]:
         raise Fail("primaries after the restart: %r" % writable)
@@ -534,9 +535,12 @@ def scenario_two_replicas(c, results):
     if len(pods) != 2:
         raise Fail("expected two operator replicas, found %r" % pods)
     first = c.leader()
-    log("  leader %s; SIGKILL it" % first)
-    c.signal(first, "KILL", ns=OPERATOR_NS)
+    # Killed and kept down (a restarted container keeps its identity and would simply lead on).
+    log("  leader %s; SIGKILL it and keep it down" % first)
+    c.signal(first, "DOWN", ns=OPERATOR_NS)
     second = c.wait("another replica to lead", 60, lambda: c.leader() != first and c.leader())
+    c.signal(first, "UP", ns=OPERATOR_NS)
+    c.wait("%s back as a standby" % first, 60, lambda: first in c.operator_pods() and c.get("pod", first, ns=OPERATOR_NS)["status"].get("containerStatuses", [{}])[0].get("ready"))
     log("  %s leads; SIGSTOP it for 25s" % second)
     c.wait("the new leader to act", 30, lambda: any(p == second for (_, p) in operator_actions(c)))
     c.signal(second, "STOP", ns=OPERATOR_NS)

@@ -26,12 +26,12 @@ use crate::crd::{
 use crate::engine_client::{self, QUICK_TIMEOUT};
 use crate::engine_status::EngineStatus;
 use crate::family::plan::{LinkView, Requests, Subject};
-use crate::family::topology::{self, BcEdge, Families, Known};
+use crate::family::topology::{self, BcEdge, Families};
 use crate::family::{self as lifecycle, Action, FamilyView, LinkReport, MemberView, SiPeer};
 use crate::rules;
 
 /// How soon a family with a procedure running is looked at again.
-const BUSY_REFRESH: Duration = Duration::from_secs(1);
+const BUSY_REFRESH: Duration = Duration::from_millis(200);
 pub const LINK_FINALIZER: &str = "strand.dev/replication-link";
 
 fn key(ns: &str, name: &str) -> String {
@@ -42,7 +42,6 @@ fn key(ns: &str, name: &str) -> String {
 pub fn families_in(stores: &Stores, ns: &str) -> Families {
     let instances = stores.instances_in(ns);
     let links = stores.links_in(ns);
-    let known = stores.families_in(ns);
     let link_refs: Vec<&ReplicationLink> = links.iter().map(|l| l.as_ref()).collect();
     let inst_refs: Vec<&Instance> = instances.iter().map(|i| i.as_ref()).collect();
     let blocked = rules::check_namespace(&link_refs, &inst_refs, None);
@@ -53,18 +52,7 @@ pub fn families_in(stores: &Stores, ns: &str) -> Families {
         .collect();
     let names: Vec<String> = instances.iter().map(|i| i.name_any()).collect();
     let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let known_members: Vec<(String, Vec<String>, Option<String>)> = known
-        .iter()
-        .map(|f| {
-            let s = f.status.clone().unwrap_or_default();
-            (f.name_any(), s.members, s.primary)
-        })
-        .collect();
-    let known_refs: Vec<Known<'_>> = known_members
-        .iter()
-        .map(|(name, members, primary)| Known { name, members, primary: primary.as_deref() })
-        .collect();
-    topology::families(&name_refs, &edges, &known_refs)
+    topology::families(&name_refs, &edges)
 }
 
 /// The family Instance `instance` belongs to.
@@ -357,7 +345,9 @@ async fn execute(ctx: &Ctx, ep: &Endpoint, action: &Action) -> Result<(), engine
     if let Err(e) = &result {
         ctx.metrics.engine_call_errors.with_label_values(&[e.kind()]).inc();
     }
-    if !matches!(action, Action::Lease { .. }) || result.is_err() {
+    if matches!(action, Action::Lease { .. }) && result.is_ok() {
+        tracing::debug!(action = %action.describe(), outcome, "engine admin call");
+    } else {
         tracing::info!(action = %action.describe(), outcome, "engine admin call");
     }
     result.map(|_| ())

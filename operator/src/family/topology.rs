@@ -24,78 +24,35 @@ pub struct Families {
     pub of: BTreeMap<String, String>,
 }
 
-/// An existing Family object: its name and the members it recorded.
-#[derive(Debug, Clone)]
-pub struct Known<'a> {
-    pub name: &'a str,
-    pub members: &'a [String],
-    pub primary: Option<&'a str>,
-}
-
-/// Groups `instances` into families by `edges` and names them. A component keeps the name of
-/// the existing Family it overlaps most (the one holding its primary first), so a family
-/// keeps its name when its founder is deleted; a new component is named after its founder,
-/// the member no BC link goes into (the seed names a family by its root primary).
-pub fn families(instances: &[&str], edges: &[BcEdge], known: &[Known<'_>]) -> Families {
+/// Groups `instances` into families by `edges` and names each after its founder: the member
+/// no BC link goes into (the seed names a family by its root primary). BC links form a tree
+/// with at most one link into each instance (the namespace rules), so each family has exactly
+/// one founder and names never collide. Links do not change when the primary does, so the
+/// name stays through switchovers and failovers; deleting the founder renames the family.
+pub fn families(instances: &[&str], edges: &[BcEdge]) -> Families {
     let present: BTreeSet<&str> = instances.iter().copied().collect();
     let mut uf = UnionFind::default();
     for i in instances {
         uf.find(i);
     }
-    for e in
-        edges.iter().filter(|e| present.contains(e.source.as_str()) && present.contains(e.target.as_str()))
-    {
+    let edges: Vec<&BcEdge> = edges
+        .iter()
+        .filter(|e| present.contains(e.source.as_str()) && present.contains(e.target.as_str()))
+        .collect();
+    for e in &edges {
         uf.union(&e.source, &e.target);
     }
     let mut components: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for i in instances {
         components.entry(uf.find(i)).or_default().insert((*i).to_owned());
     }
-
-    // Existing families claim the components they overlap: holding the primary first, then
-    // the largest overlap, then the name (deterministic).
-    let mut claims: Vec<(bool, usize, &str, &String)> = Vec::new();
-    for k in known {
-        for (rep, members) in &components {
-            let overlap = k.members.iter().filter(|m| members.contains(m.as_str())).count();
-            if overlap > 0 {
-                let has_primary = k.primary.is_some_and(|p| members.contains(p));
-                claims.push((has_primary, overlap, k.name, rep));
-            }
-        }
-    }
-    claims.sort_by(|a, b| (b.0, b.1, a.2).cmp(&(a.0, a.1, b.2)));
-    let mut named: BTreeMap<&String, String> = BTreeMap::new();
-    let mut taken: BTreeSet<String> = BTreeSet::new();
-    for (_, _, name, rep) in claims {
-        if named.contains_key(rep) || taken.contains(name) {
-            continue;
-        }
-        named.insert(rep, name.to_owned());
-        taken.insert(name.to_owned());
-    }
-    // The rest after their founder; a name already taken gets a suffix.
-    let targets: BTreeSet<&str> = edges.iter().map(|e| e.target.as_str()).collect();
     let mut out = Families { members: BTreeMap::new(), of: BTreeMap::new() };
-    for (rep, members) in &components {
-        let name = match named.get(rep) {
-            Some(n) => n.clone(),
-            None => {
-                let founder = members.iter().find(|m| !targets.contains(m.as_str())).unwrap_or(rep).clone();
-                let mut name = founder.clone();
-                let mut n = 2;
-                while taken.contains(&name) || (name != founder && present.contains(name.as_str())) {
-                    name = format!("{founder}-{n}");
-                    n += 1;
-                }
-                taken.insert(name.clone());
-                name
-            }
-        };
-        for m in members {
+    for (rep, members) in components {
+        let name = founder(&members, &edges).unwrap_or(&rep).to_owned();
+        for m in &members {
             out.of.insert(m.clone(), name.clone());
         }
-        out.members.insert(name, members.clone());
+        out.members.insert(name, members);
     }
     out
 }
@@ -145,30 +102,26 @@ mod tests {
     }
 
     #[test]
-    fn families_are_named_after_their_founder_and_keep_the_name() {
+    fn families_are_named_after_their_founder() {
         let edges = [
             edge("a-b", "ardmore", "brynmawr"),
             edge("b-o", "brynmawr", "oxford"),
             edge("m-n", "malvern", "newtown"),
         ];
         let all = ["ardmore", "brynmawr", "malvern", "newtown", "oxford", "lone"];
-        let f = families(&all, &edges, &[]);
+        let f = families(&all, &edges);
         assert_eq!(f.members.keys().collect::<Vec<_>>(), ["ardmore", "lone", "malvern"]);
         assert_eq!(f.of["oxford"], "ardmore");
         assert_eq!(f.of["newtown"], "malvern");
-
-        // The founder goes (instance and link deleted): the family keeps its name.
-        let members: Vec<String> = ["ardmore", "brynmawr", "oxford"].map(String::from).to_vec();
-        let known = [Known { name: "ardmore", members: &members, primary: Some("brynmawr") }];
-        let f = families(&["brynmawr", "oxford"], &edges[1..2], &known);
-        assert_eq!(f.of["brynmawr"], "ardmore");
-        assert_eq!(f.of["oxford"], "ardmore");
-
-        // A split: the part holding the primary keeps the name, the other is named after its
-        // founder.
-        let f = families(&["ardmore", "brynmawr", "oxford"], &edges[1..2], &known);
-        assert_eq!(f.of["brynmawr"], "ardmore");
-        assert_eq!(f.of["ardmore"], "ardmore-2");
+        // The order objects appear in does not matter.
+        let reversed: Vec<&str> = all.iter().rev().copied().collect();
+        assert_eq!(families(&reversed, &edges), f);
+        // Without its founder (instance and link deleted) the family is named after the new root.
+        let f = families(&["brynmawr", "oxford"], &edges[1..2]);
+        assert_eq!(f.of["oxford"], "brynmawr");
+        // A link to a missing instance joins nothing.
+        let f = families(&["ardmore"], &edges);
+        assert_eq!(f.of["ardmore"], "ardmore");
     }
 
     #[test]

@@ -304,3 +304,49 @@ fn updateresync_from_an_empty_family_member() {
     assert!(err.contains("--updateresync-from is for SI receivers"), "{err}");
     malvern.verify();
 }
+
+/// A switchover under a running SI stream: Ardmore hands over to BrynMawr and becomes
+/// BrynMawr's secondary while its SI stream to Malvern still runs. The transactions it relays
+/// from then on belong to BrynMawr's new history record; its stream must tell Malvern so
+/// (negotiating again) before the first of them, or Malvern would file them under the old
+/// record and roll them back as soon as BrynMawr takes the SI stream over.
+#[test]
+fn a_relayed_new_history_record_reaches_the_si_receiver_before_its_transactions() {
+    let dir = tempdir();
+    let root = dir.path();
+    let ardmore = Server::start_replicating(root, "Ardmore");
+    let brynmawr = Server::start_replicating(root, "BrynMawr");
+    let malvern = Server::start_supplementary(root, "Malvern");
+    ardmore.ctl(&["promote"]);
+    brynmawr.ctl(&["receiver", "start"]);
+    ardmore.ctl(&["source", "start", "--receiver", "BrynMawr", "--addr", &brynmawr.repl_addr()]);
+    malvern.ctl(&["promote"]);
+    malvern.ctl(&["receiver", "start", "--si", "--updateresync-from", &ardmore.repl_addr()]);
+    ardmore.ctl(&["source", "start", "--receiver", "Malvern", "--addr", &malvern.repl_addr(), "--si"]);
+    write_n(&ardmore, "A", 1..=10);
+    wait_until("BrynMawr and Malvern to hold A1..A10", || {
+        brynmawr.seqno() == 10 && malvern.stream_seqno(1) == 10
+    });
+
+    // The switchover, leaving Ardmore's SI stream running.
+    ardmore.ctl(&["failover-to-standby"]);
+    wait_until("BrynMawr to apply the failover record", || brynmawr.seqno() == 11);
+    ardmore.ctl(&["source", "stop", "--receiver", "BrynMawr"]);
+    brynmawr.ctl(&["promote"]);
+    ardmore.ctl(&["receiver", "start"]);
+    brynmawr.ctl(&["source", "start", "--receiver", "Ardmore", "--addr", &ardmore.repl_addr()]);
+    write_n(&brynmawr, "B", 12..=20);
+    wait_until("Malvern to get B12..B20 relayed by Ardmore", || malvern.stream_seqno(1) == 20);
+    assert!(
+        ardmore.log_text().contains("history changed; negotiating again"),
+        "Ardmore's SI stream did not renegotiate"
+    );
+
+    // BrynMawr takes the SI stream over: Malvern is in step, nothing to roll back.
+    ardmore.ctl(&["source", "stop", "--receiver", "Malvern"]);
+    brynmawr.ctl(&["source", "start", "--receiver", "Malvern", "--addr", &malvern.repl_addr(), "--si"]);
+    write_n(&brynmawr, "B", 21..=22);
+    wait_until("Malvern to hold B22 from BrynMawr", || malvern.stream_seqno(1) == 22);
+    let status = malvern.status();
+    assert!(status["last_rollback"].is_null(), "Malvern rolled back: {}", status["last_rollback"]);
+}

@@ -190,6 +190,8 @@ pub enum ProtocolError {
     Version(u16),
     #[error("authentication failed: the peer does not know the replication secret")]
     Auth,
+    #[error("this instance's history changed; negotiating again")]
+    HistoryChanged,
     #[error("refused by the receiver: {message} ({code})")]
     Refused {
         code: String,

@@ -117,6 +117,12 @@ async fn run(
                 {
                     step_down(&engine, *term).await;
                 }
+                if let ProtocolError::HistoryChanged = e {
+                    // Not an error: reconnect at once with the new history.
+                    tracing::info!(receiver = %link.receiver, "history changed; negotiating again");
+                    backoff = Duration::from_millis(100);
+                    continue;
+                }
                 let message = error_chain(&e);
                 let state = match &e {
                     ProtocolError::Refused { code, .. } if code == "rollback_required" => "rollback_required",
@@ -193,6 +199,7 @@ async fn stream_once(
     // Capture the journal's state before announcing it: a rollback after this point is seen
     // by the generation check below.
     let rollbacks = engine.store.rollbacks();
+    let history_version = engine.store.history_version();
     let mut streams_version = engine.store.streams_version();
     let seqno = engine.store.committed_seqno();
     let auth = Auth {
@@ -266,6 +273,14 @@ async fn stream_once(
             return Err(ProtocolError::Io(std::io::Error::other(
                 "this instance rolled back; negotiating again",
             )));
+        }
+        // Metadata is published before the seqno: records up to `committed` are covered by
+        // the history read here. A new record (this instance was promoted, or adopted its own
+        // source's new record) must reach the receiver before any transaction under it, or
+        // the receiver would file them under the old one and later roll them back.
+        if engine.store.history_version() != history_version {
+            acks.abort();
+            return Err(ProtocolError::HistoryChanged);
         }
         if committed >= next {
             let to = committed.min(next + protocol::BATCH_RECORDS_MAX as u64 - 1);

@@ -144,6 +144,10 @@ pub struct Store {
     stream_seqnos: RwLock<StreamSeqnos>,
     /// Bumped whenever `meta.streams` changes (a BC source then sends the new states).
     streams_version: AtomicU64,
+    /// Bumped whenever the history records change (a promotion, or a secondary adopting its
+    /// source's new record): a source then negotiates again, so its receivers learn the new
+    /// record before any transaction under it.
+    history_version: AtomicU64,
     /// Mirror of `meta.lease_required` for a lock-free check on every write.
     lease_required: AtomicBool,
     /// When the role lease runs out, in nanoseconds of [`Store::clock`] (monotonic, this
@@ -198,6 +202,7 @@ impl Store {
             rollbacks: AtomicU64::new(0),
             stream_seqnos: RwLock::new(stream_seqnos),
             streams_version: AtomicU64::new(0),
+            history_version: AtomicU64::new(0),
             lease_required: AtomicBool::new(meta_lease_required),
             lease_until_nanos: AtomicU64::new(0),
             clock: std::time::Instant::now(),
@@ -334,11 +339,19 @@ impl Store {
             if current.streams != meta.streams {
                 self.streams_version.fetch_add(1, Ordering::AcqRel);
             }
+            if current.history != meta.history {
+                self.history_version.fetch_add(1, Ordering::AcqRel);
+            }
             *current = meta;
         }
         self.committed_seqno.store(seqno, Ordering::Release);
         self.committed_version.store(version, Ordering::Release);
         self.seqno_tx.send_replace(seqno);
+    }
+
+    /// Changes whenever the history records change.
+    pub fn history_version(&self) -> u64 {
+        self.history_version.load(Ordering::Acquire)
     }
 
     /// Changes whenever the SI stream states in the metadata change.

@@ -1007,7 +1007,10 @@ impl<'v, 'a> Planner<'v, 'a> {
             }
         }
 
-        // Every other member receives BC from its parent.
+        // Every other member receives BC from its parent. Streams to start are held back until
+        // the streams that no longer fit are stopped (below), so no member ever relays a
+        // moment longer than needed.
+        let mut starts: Vec<Action> = Vec::new();
         let mut wanted: BTreeMap<(String, String), ()> = BTreeMap::new();
         for m in &self.view.members {
             if m.name == root {
@@ -1111,7 +1114,7 @@ impl<'v, 'a> Planner<'v, 'a> {
             }
             let source = pe.source_to(m.name);
             if !source.is_some_and(|s| s.addr == addr && !s.si && s.state != "stopped") {
-                self.act(Action::SourceStart {
+                starts.push(Action::SourceStart {
                     instance: parent.clone(),
                     receiver: m.name.to_owned(),
                     addr: addr.to_owned(),
@@ -1201,7 +1204,7 @@ impl<'v, 'a> Planner<'v, 'a> {
             }
             let source = pe.source_to(&te.name);
             if !source.is_some_and(|s| s.addr == addr && s.si && s.state != "stopped") {
-                self.act(Action::SourceStart {
+                starts.push(Action::SourceStart {
                     instance: root.to_owned(),
                     receiver: te.name.clone(),
                     addr: addr.to_owned(),
@@ -1235,6 +1238,9 @@ impl<'v, 'a> Planner<'v, 'a> {
                     });
                 }
             }
+        }
+        for a in starts {
+            self.act(a);
         }
         self.release_deleted_links(&tree);
     }

@@ -436,6 +436,42 @@ def scenario_frozen_primary(c, results):
     log("  rejoined: rolled off %d transactions (%d..=%d) into %s, reported" % (rb["transactions"], rb["fromSeqno"], rb["toSeqno"], rb["logPath"]))
 
 
+def scenario_rollback_by_plugin(c, results):
+    """Without autorollback a returning primary stays RollbackRequired until a person rolls it
+    back with the plugin."""
+    primary = c.family()["primary"]
+    other = "brynmawr" if primary == "ardmore" else "ardmore"
+    link = "ardmore-to-brynmawr"
+    c.k("patch", "replicationlink", link, "--type", "merge", "-p", '{"spec":{"autorollback":false}}')
+    c.plugin("pause", link)
+    c.wait("the link paused", 30, lambda: c.status("replicationlink", link).get("state") == "Paused")
+    addr = "%s:6379" % c.pod_ip(primary)
+    for i in range(3):
+        if resp_command(addr, "SET", "rb-%d" % i, str(i))[0] != "ok":
+            raise Fail("write on %s refused" % primary)
+    c.signal(primary + "-0", "DOWN")
+    c.wait("%s promoted" % other, 120, lambda: c.family()["primary"] == other and not c.family().get("procedure"))
+    c.plugin("resume", link)
+    c.signal(primary + "-0", "UP")
+
+    def rollback_required():
+        conds = {x["type"]: x for x in c.status("instance", primary).get("conditions", [])}
+        return conds.get("RollbackRequired", {}).get("status") == "True" and \
+            c.status("replicationlink", link).get("state") == "RollbackRequired"
+    c.wait("%s to be RollbackRequired" % primary, 120, rollback_required)
+    time.sleep(3)
+    if not rollback_required():
+        raise Fail("%s left RollbackRequired by itself" % primary)
+    p = c.plugin("rollback", primary)
+    log("  " + p.stdout.strip().replace("\n", "\n  "))
+    c.wait("%s streaming again" % primary, 120, lambda: c.healthy() and not rollback_required())
+    logged = lost_logs(c, primary)
+    if not all("rb-%d" % i in logged for i in range(3)):
+        raise Fail("the rolled-off writes are not in %s's log: %r" % (primary, sorted(logged)))
+    c.k("patch", "replicationlink", link, "--type", "merge", "-p", '{"spec":{"autorollback":true}}')
+    log("  %s was RollbackRequired until `kubectl strand rollback`; its 3 writes are in its log" % primary)
+
+
 def scenario_si_malvern_ahead(c, results):
     primary = c.family()["primary"]
     other = "brynmawr" if primary == "ardmore" else "ardmore"
@@ -569,6 +605,7 @@ SCENARIOS = [
     ("operator-killed", scenario_operator_killed_mid_switchover),
     ("failover-kept-down", scenario_failover_kept_down),
     ("frozen-primary", scenario_frozen_primary),
+    ("rollback-by-plugin", scenario_rollback_by_plugin),
     ("si-malvern-ahead", scenario_si_malvern_ahead),
     ("eviction", scenario_eviction),
     ("two-replicas", scenario_two_replicas),

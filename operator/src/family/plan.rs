@@ -945,7 +945,7 @@ impl<'v, 'a> Planner<'v, 'a> {
                 continue;
             }
             let Some(e) = self.engine(m.name) else { continue };
-            let parent = tree.get(m.name).map(|(p, _)| p.clone());
+            let parent = tree.contains_key(m.name).then(|| self.source_for(m.name, &primary, &tree));
             let source = parent.as_deref().and_then(|p| self.member(p)).and_then(|p| p.repl_addr);
             match (writable(e), source) {
                 (false, Some(addr)) => {

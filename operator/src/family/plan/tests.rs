@@ -597,6 +597,20 @@ fn a_drain_of_the_primary_switches_over_to_the_most_advanced_secondary() {
 }
 
 #[test]
+fn a_drain_of_a_lone_primary_says_there_is_no_secondary_and_moves_nothing() {
+    let mut sim = Sim::new(&["ardmore", "brynmawr"], &[("ardmore", "brynmawr")]);
+    assert!(sim.run(10_000, Sim::healthy));
+    sim.freeze("brynmawr");
+    sim.requests.insert("ardmore".into(), Requests { drain: Some("pod-uid".into()), ..Default::default() });
+    let plan = sim.tick(500);
+    assert!(plan.notes.iter().any(|n| n.reason == "NoSecondary" && n.warning));
+    assert!(sim.status.procedure.is_none());
+    // Once the secondary is back the drain goes on.
+    sim.back("brynmawr");
+    assert!(sim.run(30_000, |s| s.status.primary.as_deref() == Some("brynmawr") && s.status.procedure.is_none()));
+}
+
+#[test]
 fn a_forced_failover_fences_a_live_primary_without_waiting() {
     let mut sim = Sim::new(&["ardmore", "brynmawr"], &[("ardmore", "brynmawr")]);
     assert!(sim.run(10_000, Sim::healthy));

@@ -607,7 +607,9 @@ fn a_drain_of_a_lone_primary_says_there_is_no_secondary_and_moves_nothing() {
     assert!(sim.status.procedure.is_none());
     // Once the secondary is back the drain goes on.
     sim.back("brynmawr");
-    assert!(sim.run(30_000, |s| s.status.primary.as_deref() == Some("brynmawr") && s.status.procedure.is_none()));
+    assert!(
+        sim.run(30_000, |s| s.status.primary.as_deref() == Some("brynmawr") && s.status.procedure.is_none())
+    );
 }
 
 #[test]

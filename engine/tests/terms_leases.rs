@@ -55,8 +55,8 @@ fn a_lease_gates_writes_expires_and_is_required_again_after_a_restart() {
     let err = a.ctl_fails(&["lease", "--term", "2"]);
     assert!(err.contains("stale_term"), "{err}");
 
-    // Not renewed: writes stop when it runs out, reads go on.
-    wait_until("the lease to expire", || set_error(&a, "k").is_some());
+    // Not renewed: writes stop just before it runs out (a write must commit inside it), reads go on.
+    wait_until("the lease to expire", || set_error(&a, "k").is_some_and(|e| e.contains("expired")));
     let err = set_error(&a, "k").unwrap();
     assert!(err.to_lowercase().contains("readonly") && err.contains("expired"), "{err}");
     assert_eq!(a.status()["lease"]["required"], true);
@@ -166,4 +166,43 @@ fn an_si_stream_refuses_a_deposed_primary_of_its_source_family() {
     assert!(malvern.log_text().contains("refused a stream from a deposed primary"));
     assert_eq!(set_error(&brynmawr, "B3"), None);
     wait_until("Malvern to hold B3", || malvern.stream_seqno(1) == 3);
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// A grant carries the wall-clock time it must end by (its sender's send time plus the
+/// lease): one that arrives too late is refused, one that arrives late runs only until then.
+/// A lease is for one role at one term: a demotion ends it, and a re-promoted instance waits
+/// for a new grant.
+#[test]
+fn a_late_grant_cannot_outlive_its_sender_and_a_role_change_ends_the_lease() {
+    let dir = tempdir();
+    let a = Server::start_replicating(dir.path(), "Ardmore");
+    a.ctl(&["promote", "--term", "1", "--lease"]);
+    let grant = |not_after: u64| {
+        let body = format!(r#"{{"term":1,"duration_ms":60000,"not_after_unix_ms":{not_after}}}"#);
+        common::admin(&a.data_dir, "POST", "/v1/lease", Some(&body)).unwrap()
+    };
+    let (code, body) = grant(unix_ms() - 1);
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("lease_expired"), "{body}");
+    assert!(set_error(&a, "k").is_some());
+
+    let (code, body) = grant(unix_ms() + 1500);
+    assert_eq!(code, 200, "{body}");
+    let remaining: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(remaining["remaining_ms"].as_u64().unwrap() <= 1500, "{body}");
+    assert_eq!(set_error(&a, "k"), None);
+    wait_until("the capped lease to end", || set_error(&a, "k").is_some());
+
+    // A full lease, then a demotion and a re-promotion: no writes until a new grant.
+    let (code, body) = grant(unix_ms() + 60_000);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(set_error(&a, "k"), None);
+    a.ctl(&["demote", "--term", "1"]);
+    a.ctl(&["promote", "--term", "2", "--lease"]);
+    let err = set_error(&a, "k").expect("a re-promoted primary needs a new grant");
+    assert!(err.contains("waits for its role lease"), "{err}");
 }

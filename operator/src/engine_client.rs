@@ -77,10 +77,14 @@ pub async fn call(
         .map_err(|_| EngineError::Timeout { addr: addr.to_owned(), after: timeout })?
 }
 
-/// Method, path, body and deadline of the admin request that carries out `action`.
+/// Method, path, body and deadline of the admin request that carries out `action`. A lease
+/// grant runs `lease` from when the engine receives it but never past `lease_not_after`
+/// (Unix ms: the sender's own bound), so a grant delivered late cannot outlive what the
+/// sender counts on.
 pub fn request(
     action: &Action,
     lease: Duration,
+    lease_not_after: u64,
 ) -> (&'static str, String, Option<serde_json::Value>, Duration) {
     use serde_json::json;
     match action {
@@ -90,9 +94,11 @@ pub fn request(
         Action::Lease { term, .. } => (
             "POST",
             "/v1/lease".into(),
-            Some(
-                json!({ "term": term, "duration_ms": u64::try_from(lease.as_millis()).unwrap_or(u64::MAX) }),
-            ),
+            Some(json!({
+                "term": term,
+                "duration_ms": u64::try_from(lease.as_millis()).unwrap_or(u64::MAX),
+                "not_after_unix_ms": lease_not_after,
+            })),
             QUICK_TIMEOUT,
         ),
         Action::Fence { term, .. } => {

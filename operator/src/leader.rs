@@ -96,6 +96,11 @@ impl Elector {
         self.renewed.is_some_and(|r| now < r + RENEW_DEADLINE)
     }
 
+    /// How long this replica may still act without another renewal.
+    pub fn remaining(&self, now: Instant) -> Duration {
+        self.renewed.map_or(Duration::ZERO, |r| (r + RENEW_DEADLINE).saturating_duration_since(now))
+    }
+
     pub fn leading_since(&self) -> Option<Instant> {
         self.leading_since
     }
@@ -118,6 +123,10 @@ impl Leadership {
 
     pub fn leading(&self, now: Instant) -> bool {
         self.lock().leading(now)
+    }
+
+    pub fn remaining(&self, now: Instant) -> Duration {
+        self.lock().remaining(now)
     }
 
     /// When this replica began to lead (a lease granted by a previous leader may run until

@@ -193,8 +193,13 @@ async fn run(args: Args) -> Result<(), String> {
         .await
         .map_err(|e| format!("no Kubernetes client: {}", error_chain(&e)))?;
     let metrics = Arc::new(Metrics::new().map_err(|e| e.to_string())?);
-    let identity =
-        std::env::var("POD_NAME").unwrap_or_else(|_| format!("strand-operator-{}", std::process::id()));
+    // The Lease holder's identity: the pod's name (the chart sets POD_NAME); elsewhere a
+    // random one, so two replicas never share it.
+    let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
+        let mut b = [0u8; 6];
+        let _ = getrandom::fill(&mut b);
+        format!("strand-operator-{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>())
+    });
     let lease_ns = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "default".into());
 
     // Every replica serves the admission webhook, set up before it reports ready.

@@ -98,6 +98,12 @@ pub struct LeaseRequest {
     pub term: u64,
     /// How long writes are accepted from the moment the engine receives this.
     pub duration_ms: u64,
+    /// Wall-clock bound (Unix milliseconds) the grant never runs past, set by the sender to
+    /// when it sent it plus the lease: a grant delayed in transit (a frozen process, a
+    /// buffered connection) cannot run longer than the sender counts on. Assumes clocks
+    /// within a few seconds of each other (NTP).
+    #[serde(default)]
+    pub not_after_unix_ms: Option<u64>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -267,7 +273,22 @@ pub async fn lease(
             .await
             .map_err(failure)?;
     }
-    engine.store.grant_lease(std::time::Duration::from_millis(request.duration_ms));
+    let mut duration = std::time::Duration::from_millis(request.duration_ms);
+    if let Some(not_after) = request.not_after_unix_ms {
+        let now = crate::storage::now_micros() / 1000;
+        if not_after <= now {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "lease_expired",
+                format!(
+                    "this grant ran out {} ms before it arrived (sent too long ago, or the clocks disagree): not granted",
+                    now - not_after
+                ),
+            ));
+        }
+        duration = duration.min(std::time::Duration::from_millis(not_after - now));
+    }
+    engine.store.grant_lease(duration);
     Ok(Json(LeaseAnswer {
         name: meta.name,
         term: meta.term,

@@ -217,6 +217,19 @@ async fn serve(
         negotiate_bc(engine, &mut wr, &hello, &auth, &config).await?
     };
     let Some((from, rolled_back_to, mode)) = negotiated else { return Ok(()) };
+    // A new member's first source (another family's history until now): negotiation has made
+    // this instance part of the source's family, whose term it now takes.
+    if !config.si && auth_term_pending(engine, &hello, &auth) {
+        let term = hello.term;
+        engine
+            .writer
+            .update_meta(Box::new(move |m, _| {
+                m.term = m.term.max(term);
+                Ok(None)
+            }))
+            .await
+            .map_err(|e| ProtocolError::Io(std::io::Error::other(e.to_string())))?;
+    }
     protocol::write_json(&mut wr, Kind::Start, &Start { from, rolled_back_to }).await?;
     let stream = match &mode {
         ApplyMode::Si { stream } => Some(*stream),
@@ -444,9 +457,9 @@ async fn negotiate_si(
 }
 
 /// Compares the source's term with the highest this instance has seen for the source's
-/// family — its own term for BC, the stream's for SI — before anything else happens (a busy
-/// receiver included, so a deposed primary learns at once). Lower: refused (`false`).
-/// Higher: adopted.
+/// family — its own term for BC (when the source is of its family), the stream's for SI —
+/// before anything else happens (a busy receiver included, so a deposed primary learns at
+/// once). Lower: refused (`false`). Higher: adopted.
 async fn check_term(
     engine: &Engine,
     wr: &mut tokio::net::tcp::OwnedWriteHalf,
@@ -462,6 +475,11 @@ async fn check_term(
             None => return Ok(true),
         }
     } else {
+        // Terms are a family's own: a source of another family (a new member's first source,
+        // or a stale address now held by someone else) is not compared — negotiation decides.
+        if !same_family(&meta.history, &auth.history) {
+            return Ok(true);
+        }
         (meta.term, "a BC stream".to_owned())
     };
     if hello.term < seen {
@@ -487,6 +505,20 @@ async fn check_term(
             .map_err(|e| ProtocolError::Io(std::io::Error::other(e.to_string())))?;
     }
     Ok(true)
+}
+
+/// Whether the source's term is still to be taken after negotiation (it was not compared
+/// before, the histories being of different roots).
+fn auth_term_pending(engine: &Engine, hello: &Hello, auth: &Auth) -> bool {
+    let meta = engine.store.meta();
+    hello.term > meta.term && !same_family(&meta.history, &auth.history)
+}
+
+/// Whether two histories are of one family (the same root record).
+fn same_family(a: &[crate::storage::meta::HistoryRecord], b: &[crate::storage::meta::HistoryRecord]) -> bool {
+    let root =
+        |h: &[crate::storage::meta::HistoryRecord]| meta::family_root(h).map(|r| r.root_creation_id.clone());
+    root(a) == root(b)
 }
 
 async fn rollback_required(

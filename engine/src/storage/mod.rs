@@ -157,6 +157,10 @@ pub struct Store {
     clock: std::time::Instant,
 }
 
+/// Writes stop this long before the role lease ends, so a group started just before the end
+/// commits inside it.
+const LEASE_MARGIN_NANOS: u64 = 250_000_000;
+
 /// Last stream seqno of streams 0..=15.
 pub type StreamSeqnos = [u64; journal::STREAMS_MAX as usize];
 
@@ -221,6 +225,11 @@ impl Store {
         self.lease_until_nanos.store(until, Ordering::Release);
     }
 
+    /// Ends the role lease at once.
+    pub fn revoke_lease(&self) {
+        self.lease_until_nanos.store(0, Ordering::Release);
+    }
+
     /// Time left on the role lease: `None` when none was granted since start.
     pub fn lease_remaining(&self) -> Option<std::time::Duration> {
         let until = self.lease_until_nanos.load(Ordering::Acquire);
@@ -240,7 +249,8 @@ impl Store {
                 }
                 let until = self.lease_until_nanos.load(Ordering::Acquire);
                 let now = self.clock_nanos();
-                if until > now {
+                // A batch that starts must be able to commit before the lease ends.
+                if until > now.saturating_add(LEASE_MARGIN_NANOS) {
                     return None;
                 }
                 let meta = self.meta.read().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -248,6 +258,13 @@ impl Store {
                     format!(
                         "READONLY {} waits for its role lease (term {}): it takes writes once the operator confirms it is still its family's primary",
                         meta.name, meta.term
+                    )
+                } else if until > now {
+                    format!(
+                        "READONLY role lease of {} (term {}) expires in {:.2}s, too soon to start a write: it may no longer be its family's primary; writes resume if the operator renews the lease",
+                        meta.name,
+                        meta.term,
+                        std::time::Duration::from_nanos(until - now).as_secs_f64()
                     )
                 } else {
                     format!(
@@ -341,6 +358,11 @@ impl Store {
             }
             if current.history != meta.history {
                 self.history_version.fetch_add(1, Ordering::AcqRel);
+            }
+            // A lease is for one role at one term: a demotion, a promotion or a new term ends
+            // it (a re-promoted instance waits for a new grant).
+            if current.role != meta.role || current.term != meta.term {
+                self.lease_until_nanos.store(0, Ordering::Release);
             }
             *current = meta;
         }

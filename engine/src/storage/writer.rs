@@ -642,6 +642,16 @@ impl<T: Send + 'static> WriterThread<T> {
         let committed = self.store.committed_seqno();
         let mut next = committed + 1;
         let mut meta = self.store.meta();
+        // A stream whose handshake raced a promotion must not apply into a primary.
+        if meta.role != super::meta::Role::Secondary || meta.receiver.is_none() {
+            return Err(StoreError::Replication {
+                reason: format!(
+                    "{} is {} without a BC receiver; it applies no received records",
+                    meta.name,
+                    meta.role.as_str()
+                ),
+            });
+        }
         let mut streams = self.streams;
         let txn = db.begin_write().map_err(redb_err("begin a write transaction"))?;
         let mut touched: Vec<Vec<u8>> = Vec::new();
@@ -722,6 +732,19 @@ impl<T: Send + 'static> WriterThread<T> {
         let committed = self.store.committed_seqno();
         let mut next = committed + 1;
         let mut meta = self.store.meta();
+        // An SI stream applies only into a supplementary primary still receiving SI (not one
+        // demoted since the handshake).
+        if meta.role != super::meta::Role::SupplementaryPrimary
+            || !meta.receiver.as_ref().is_some_and(|r| r.si)
+        {
+            return Err(StoreError::Replication {
+                reason: format!(
+                    "{} is {} without an SI receiver; it applies no SI records",
+                    meta.name,
+                    meta.role.as_str()
+                ),
+            });
+        }
         let slot = usize::from(stream);
         let mut streams = self.streams;
         let mut last = *streams.get(slot).ok_or_else(|| StoreError::Replication {

@@ -91,9 +91,6 @@ async fn observe(ctx: &Ctx, ns: &str, inst: &Instance) -> Observed {
     let Some(endpoint) = ctx.stores.endpoint(ns, &name) else {
         return Observed { endpoint: None, engine: Err("the engine pod is not ready".into()) };
     };
-    if inst.spec.paused {
-        return Observed { endpoint: Some(endpoint), engine: Err("paused".into()) };
-    }
     let engine = match engine_client::status(&endpoint.admin, &endpoint.token).await {
         Ok(s) => Ok(s),
         Err(e) => {
@@ -119,7 +116,26 @@ async fn reconcile_inner(fam: &Family, ctx: &Ctx) -> Result<KubeAction, Error> {
     let name = fam.name_any();
     let families = families_in(&ctx.stores, &ns);
     let Some(member_names) = families.members.get(&name).cloned() else {
-        // Merged into another family or emptied: the object has nothing left to say.
+        // Merged into another family, renamed, or emptied. Kept until every member it listed
+        // that still exists is listed by the Family that has it now (which inherits this one's
+        // term and handled requests first), then deleted.
+        let listed = fam.status.as_ref().map(|s| s.members.clone()).unwrap_or_default();
+        let pending: Vec<&String> = listed
+            .iter()
+            .filter(|m| families.of.contains_key(*m))
+            .filter(|m| {
+                let Some(now) = families.of.get(*m) else { return false };
+                !ctx.stores
+                    .families
+                    .get(&ObjectRef::new(now).within(&ns))
+                    .and_then(|f| f.status.clone())
+                    .is_some_and(|s| s.members.contains(m))
+            })
+            .collect();
+        if !pending.is_empty() {
+            tracing::debug!(family = %name, ?pending, "waiting for the members' new family to take over");
+            return Ok(KubeAction::requeue(ctx.config.refresh));
+        }
         ctx.check_leading()?;
         tracing::info!(family = %name, namespace = %ns, "family has no members any more; deleting its object");
         match Api::<Family>::namespaced(ctx.client.clone(), &ns).delete(&name, &DeleteParams::default()).await
@@ -169,10 +185,18 @@ async fn reconcile_inner(fam: &Family, ctx: &Ctx) -> Result<KubeAction, Error> {
         peers.insert(l.name_any(), (primary, observe(ctx, &ns, inst).await));
     }
 
+    // The family's status: this replica's last write if the cache has not caught up; for a
+    // new Family object (a rename, a merge), what the Family objects its members come from
+    // knew — their term, primary and handled requests.
+    let key_ = format!("{ns}/{name}");
+    let mut status = ctx.book().freshest(&key_, fam.status.clone().unwrap_or_default());
+    if status.primary.is_none() && status.term == 0 {
+        inherit(&mut status, &ctx.stores.families_in(&ns), &name, &member_names);
+    }
+
     // The primary's availability and lease, by this replica's clock.
-    let status = fam.status.clone().unwrap_or_default();
     let now = Instant::now();
-    let (unavailable_for, lease_lapsed) = match &status.primary {
+    let (unavailable_for, lease_lapsed, presumed_gone) = match &status.primary {
         Some(p) => {
             let available = observed
                 .get(p)
@@ -180,12 +204,16 @@ async fn reconcile_inner(fam: &Family, ctx: &Ctx) -> Result<KubeAction, Error> {
                 .is_some_and(|e| e.writable_role() && e.term >= status.term);
             let k = format!("{ns}/{p}");
             let mut book = ctx.book();
+            if observed.get(p).and_then(|o| o.engine.as_ref().ok()).is_some_and(|e| e.lease.required) {
+                book.lease_required(&k);
+            }
             let down = book.availability(&k, available, now);
-            let lapsed =
-                book.lease_lapsed(&k, now, ctx.leader.leading_since(), ctx.config.lease, QUICK_TIMEOUT);
-            (down, lapsed)
+            let since = ctx.leader.leading_since();
+            let lapsed = book.lease_lapsed(&k, now, since, ctx.config.lease, QUICK_TIMEOUT);
+            let gone = book.presumed_gone(&k, now, since, ctx.config.lease, QUICK_TIMEOUT);
+            (down, lapsed, gone)
         }
-        None => (Duration::ZERO, true),
+        None => (Duration::ZERO, true, true),
     };
 
     let member_views: Vec<MemberView<'_>> = members
@@ -196,6 +224,14 @@ async fn reconcile_inner(fam: &Family, ctx: &Ctx) -> Result<KubeAction, Error> {
             paused: m.spec.paused,
             repl_addr: o.endpoint.as_ref().map(|e| e.repl.as_str()),
             engine: o.engine.as_ref().ok(),
+            last_term: m.status.as_ref().and_then(|s| s.term),
+            lease_over: ctx.book().presumed_gone(
+                &format!("{ns}/{}", m.name_any()),
+                now,
+                ctx.leader.leading_since(),
+                ctx.config.lease,
+                QUICK_TIMEOUT,
+            ),
             requests: requests(m),
         })
         .collect();
@@ -231,14 +267,15 @@ async fn reconcile_inner(fam: &Family, ctx: &Ctx) -> Result<KubeAction, Error> {
         now: k8s_openapi::jiff::Timestamp::now(),
         primary_unavailable_for: unavailable_for,
         primary_lease_lapsed: lease_lapsed,
+        primary_presumed_gone: presumed_gone,
         timing: &ctx.config.timing,
     };
     let plan = lifecycle::plan(&view);
 
     // Persist first: a crash from here on repeats this step.
     let mut new_status = plan.status.clone();
-    if Some(&new_status) != fam.status.as_ref() {
-        write_family_status(ctx, &ns, &name, &new_status).await?;
+    if new_status != status || fam.status.is_none() {
+        write_family_status(ctx, &ns, &name, &mut new_status).await?;
     }
 
     // Act.
@@ -263,6 +300,9 @@ async fn reconcile_inner(fam: &Family, ctx: &Ctx) -> Result<KubeAction, Error> {
         }
         match execute(ctx, ep, action).await {
             Ok(()) => {
+                if let Action::Lease { .. } = action {
+                    ctx.book().lease_required(&format!("{ns}/{instance}"));
+                }
                 if let Some(reason) = action.reason()
                     && let Some(inst) = instances.iter().find(|i| i.name_any() == instance)
                 {
@@ -282,7 +322,7 @@ async fn reconcile_inner(fam: &Family, ctx: &Ctx) -> Result<KubeAction, Error> {
             new_status.handled.retain(|x| !(x.instance == h.instance && x.kind == h.kind));
             new_status.handled.push(h.clone());
         }
-        write_family_status(ctx, &ns, &name, &new_status).await?;
+        write_family_status(ctx, &ns, &name, &mut new_status).await?;
     }
 
     // Report.
@@ -326,7 +366,14 @@ async fn reconcile_inner(fam: &Family, ctx: &Ctx) -> Result<KubeAction, Error> {
 }
 
 async fn execute(ctx: &Ctx, ep: &Endpoint, action: &Action) -> Result<(), engine_client::EngineError> {
-    let (method, path, body, timeout) = engine_client::request(action, ctx.config.lease);
+    // A grant never outlives this replica's own right to act, nor the lease it counts on.
+    let wall_ms = u64::try_from(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis(),
+    )
+    .unwrap_or(u64::MAX);
+    let bound = ctx.config.lease.min(ctx.leader.remaining(Instant::now()));
+    let not_after = wall_ms.saturating_add(u64::try_from(bound.as_millis()).unwrap_or(u64::MAX));
+    let (method, path, body, timeout) = engine_client::request(action, ctx.config.lease, not_after);
     let result = engine_client::call(&ep.admin, &ep.token, method, &path, body, timeout).await;
     // A stream already gone is what stopping it wants.
     let result = match result {
@@ -353,8 +400,14 @@ async fn execute(ctx: &Ctx, ep: &Endpoint, action: &Action) -> Result<(), engine
     result.map(|_| ())
 }
 
-async fn write_family_status(ctx: &Ctx, ns: &str, name: &str, status: &FamilyStatus) -> Result<(), Error> {
+async fn write_family_status(
+    ctx: &Ctx,
+    ns: &str,
+    name: &str,
+    status: &mut FamilyStatus,
+) -> Result<(), Error> {
     ctx.check_leading()?;
+    status.revision = status.revision.saturating_add(1);
     let patch = serde_json::json!({
         "apiVersion": "strand.dev/v1alpha1",
         "kind": "Family",
@@ -363,7 +416,35 @@ async fn write_family_status(ctx: &Ctx, ns: &str, name: &str, status: &FamilySta
     Api::<Family>::namespaced(ctx.client.clone(), ns)
         .patch_status(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
         .await?;
+    ctx.book().wrote(&format!("{ns}/{name}"), status);
     Ok(())
+}
+
+/// A new Family object takes over from the Family objects its members were listed in (a
+/// rename, a merge): the highest term, their handled requests, and the primary if it is one
+/// of this family's members — so nothing restarts from zero and a request kept in YAML does
+/// not act again.
+pub fn inherit(
+    status: &mut FamilyStatus,
+    families: &[Arc<Family>],
+    name: &str,
+    members: &std::collections::BTreeSet<String>,
+) {
+    for f in families.iter().filter(|f| f.name_any() != name) {
+        let Some(old) = &f.status else { continue };
+        if !old.members.iter().any(|m| members.contains(m)) {
+            continue;
+        }
+        status.term = status.term.max(old.term);
+        if let Some(p) = old.primary.as_ref().filter(|p| members.contains(*p)) {
+            status.primary = Some(p.clone());
+        }
+        for h in old.handled.iter().filter(|h| members.contains(&h.instance)) {
+            if !status.handled.iter().any(|x| x.instance == h.instance && x.kind == h.kind) {
+                status.handled.push(h.clone());
+            }
+        }
+    }
 }
 
 /// A link's status (and its finalizer: added while it lives, removed once released).

@@ -132,7 +132,13 @@ impl Default for Config {
 #[derive(Debug, Default)]
 pub struct Book {
     lease_sent: HashMap<String, Instant>,
+    /// Instances seen to require a role lease (their status said so, or a grant succeeded):
+    /// only for those does a lapse prove anything.
+    lease_required: std::collections::HashSet<String>,
     unavailable_since: HashMap<String, Instant>,
+    /// The last Family status this replica wrote, by family: newer than the cache until the
+    /// watch catches up (compared by `status.revision`).
+    written: HashMap<String, crate::crd::FamilyStatus>,
 }
 
 impl Book {
@@ -140,10 +146,28 @@ impl Book {
         self.lease_sent.insert(key.to_owned(), at);
     }
 
-    /// Whether a lease granted to `key` has surely lapsed: nothing this replica sent can still
-    /// run (a grant takes effect on receipt, before the call times out), and neither can what
-    /// a previous leader sent before this replica began to lead.
+    pub fn lease_required(&mut self, key: &str) {
+        self.lease_required.insert(key.to_owned());
+    }
+
+    /// Whether a lease granted to `key` has surely lapsed: it was seen to require one, and
+    /// nothing this replica sent can still run (a grant carries the wall-clock time it runs
+    /// out by — its send time plus the lease; the call timeout covers clock skew), nor can
+    /// what a previous leader sent before this replica began to lead.
     pub fn lease_lapsed(
+        &self,
+        key: &str,
+        now: Instant,
+        leading_since: Instant,
+        lease: Duration,
+        call_timeout: Duration,
+    ) -> bool {
+        self.lease_required.contains(key) && self.presumed_gone(key, now, leading_since, lease, call_timeout)
+    }
+
+    /// The same timing without knowing that a lease is required: what a forced failover,
+    /// vouched for by a person, waits for.
+    pub fn presumed_gone(
         &self,
         key: &str,
         now: Instant,
@@ -153,6 +177,18 @@ impl Book {
     ) -> bool {
         let from = self.lease_sent.get(key).copied().map_or(leading_since, |sent| sent.max(leading_since));
         now >= from + lease + call_timeout
+    }
+
+    /// The newer of the cached Family status and the one this replica last wrote.
+    pub fn freshest(&self, key: &str, cached: crate::crd::FamilyStatus) -> crate::crd::FamilyStatus {
+        match self.written.get(key) {
+            Some(w) if w.revision > cached.revision => w.clone(),
+            _ => cached,
+        }
+    }
+
+    pub fn wrote(&mut self, key: &str, status: &crate::crd::FamilyStatus) {
+        self.written.insert(key.to_owned(), status.clone());
     }
 
     /// Records whether `key` is available now; how long it has been unavailable.
@@ -167,7 +203,9 @@ impl Book {
     /// Forgets everything about families and instances not in `live`.
     pub fn retain(&mut self, live: impl Fn(&str) -> bool) {
         self.lease_sent.retain(|k, _| live(k));
+        self.lease_required.retain(|k| live(k));
         self.unavailable_since.retain(|k, _| live(k));
+        self.written.retain(|k, _| live(k));
     }
 }
 
@@ -274,6 +312,10 @@ mod tests {
         let t0 = Instant::now();
         let (lease, timeout) = (Duration::from_secs(15), Duration::from_secs(3));
         let mut book = Book::default();
+        // Never seen to require a lease: no lapse proves anything, only a person's judgment.
+        assert!(!book.lease_lapsed("ns/a", t0 + Duration::from_secs(60), t0, lease, timeout));
+        assert!(book.presumed_gone("ns/a", t0 + Duration::from_secs(60), t0, lease, timeout));
+        book.lease_required("ns/a");
         // Never sent by this replica: count from when it began to lead.
         assert!(!book.lease_lapsed("ns/a", t0 + Duration::from_secs(17), t0, lease, timeout));
         assert!(book.lease_lapsed("ns/a", t0 + Duration::from_secs(18), t0, lease, timeout));
@@ -288,6 +330,17 @@ mod tests {
             lease,
             timeout
         ));
+    }
+
+    #[test]
+    fn the_status_written_last_wins_over_a_stale_cache() {
+        let mut book = Book::default();
+        let written = crate::crd::FamilyStatus { revision: 7, term: 3, ..Default::default() };
+        book.wrote("ns/f", &written);
+        let stale = crate::crd::FamilyStatus { revision: 6, term: 2, ..Default::default() };
+        assert_eq!(book.freshest("ns/f", stale).term, 3);
+        let newer = crate::crd::FamilyStatus { revision: 8, term: 4, ..Default::default() };
+        assert_eq!(book.freshest("ns/f", newer).term, 4);
     }
 
     #[test]

@@ -31,6 +31,10 @@ pub struct FamilySpec {}
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FamilyStatus {
+    /// Incremented by every write the operator makes, so it can tell its own last write from
+    /// an older copy in its cache.
+    #[serde(default)]
+    pub revision: u64,
     /// The member that is (or is being made) the family's writable primary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub primary: Option<String>,

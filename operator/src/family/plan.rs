@@ -74,6 +74,11 @@ pub struct MemberView<'a> {
     pub repl_addr: Option<&'a str>,
     /// Its engine's status; `None` while unreachable or not ready.
     pub engine: Option<&'a EngineStatus>,
+    /// The term its Instance status last showed (known even while its engine does not answer).
+    pub last_term: Option<u64>,
+    /// No lease grant sent to it can still run (a lease and a call timeout since the last one
+    /// was sent, or since this replica began to lead).
+    pub lease_over: bool,
     pub requests: Requests,
 }
 
@@ -115,8 +120,13 @@ pub struct FamilyView<'a> {
     /// How long `status.primary` has been continuously unavailable (unreachable, or not a
     /// writable primary at the family's term), by the operator's clock; zero when available.
     pub primary_unavailable_for: Duration,
-    /// Whether `status.primary`'s role lease has provably lapsed by the operator's clock.
+    /// Whether `status.primary`'s role lease has provably lapsed by the operator's clock: the
+    /// engine was seen to require a lease, and nothing granted to it can still run.
     pub primary_lease_lapsed: bool,
+    /// Whether a lease and a call timeout have passed since anything was granted to the
+    /// primary, whether or not it was ever seen to require one: enough for a *forced*
+    /// failover, where a person vouches that the old primary is gone.
+    pub primary_presumed_gone: bool,
     pub timing: &'a Timing,
 }
 
@@ -370,7 +380,17 @@ impl<'v, 'a> Planner<'v, 'a> {
 
     /// The highest term anyone in the family has seen.
     fn highest_term(&self) -> u64 {
-        self.view.members.iter().filter_map(|m| m.engine).map(|e| e.term).fold(self.st.term, u64::max)
+        self.view
+            .members
+            .iter()
+            .flat_map(|m| [m.engine.map(|e| e.term), m.last_term])
+            .flatten()
+            .fold(self.st.term, u64::max)
+    }
+
+    /// The term a new promotion gets.
+    fn next_term(&self) -> u64 {
+        self.highest_term().saturating_add(1)
     }
 
     fn handled(&self, instance: &str, kind: &str, id: &str) -> bool {
@@ -405,6 +425,7 @@ impl<'v, 'a> Planner<'v, 'a> {
         let Some(primary) = self.st.primary.clone() else {
             return;
         };
+        self.preempt_for_forced_failover();
         if self.st.procedure.is_none() && !self.start_requested(&primary, &edges) {
             self.maybe_fail_over(&primary);
         }
@@ -440,18 +461,22 @@ impl<'v, 'a> Planner<'v, 'a> {
         }
     }
 
-    /// A family of one without links: no primary to keep, no lease to renew. A member that
-    /// still requires a lease (it was a family's primary) is released so it keeps its writes.
+    /// A family of one without links: no primary to keep, no lease to renew. Its member, if
+    /// it was this family's recorded primary and still requires a lease, is released so it
+    /// keeps its writes; any other writable member (a deposed primary split off with it) is
+    /// left read-only until a person decides.
     fn standalone(&mut self) {
         self.st.phase = Some("Standalone".into());
         self.st.message = None;
-        self.st.primary = None;
+        let recorded = self.st.primary.take();
         self.st.procedure = None;
         for m in &self.view.members {
             if let Some(e) = m.engine
                 && !m.paused
                 && writable(e)
                 && e.lease.required
+                && recorded.as_deref() == Some(m.name)
+                && e.term >= self.st.term
             {
                 self.out.actions.push(Action::Promote {
                     instance: m.name.to_owned(),
@@ -465,7 +490,11 @@ impl<'v, 'a> Planner<'v, 'a> {
 
     /// Adopts a writable member at a higher term than the family knows (a promotion the
     /// operator did not record: it crashed right after, or a person promoted by hand), or
-    /// makes the founder the first primary.
+    /// makes a member the first primary. A family whose members never belonged to one is
+    /// founded by its founder at once; one that shows traces of an earlier family (a term,
+    /// a required lease — its Family object was renamed or re-created) is founded only once
+    /// every member answers, by the most advanced of them, since one that does not answer
+    /// may still be a primary.
     fn adopt_or_bootstrap(&mut self, edges: &[BcEdge]) {
         let running_target = self.st.procedure.as_ref().and_then(|p| p.to.clone().map(|t| (t, p.term)));
         let best = self
@@ -499,23 +528,41 @@ impl<'v, 'a> Planner<'v, 'a> {
         let members: BTreeSet<String> = self.view.members.iter().map(|m| m.name.to_owned()).collect();
         let refs: Vec<&BcEdge> = edges.iter().collect();
         let Some(founder) = topology::founder(&members, &refs).map(str::to_owned) else { return };
-        match self.engine(&founder) {
-            Some(_) => {
-                let term = self.highest_term() + 1;
-                self.st.primary = Some(founder.clone());
+        let traces = self.highest_term() > 0
+            || self.view.members.iter().any(|m| m.engine.is_some_and(|e| e.lease.required));
+        let silent: Vec<&str> =
+            self.view.members.iter().filter(|m| m.engine.is_none()).map(|m| m.name).collect();
+        let chosen = if !traces {
+            self.engine(&founder).map(|_| founder.clone())
+        } else if silent.is_empty() {
+            self.most_advanced(None)
+        } else {
+            None
+        };
+        match chosen {
+            Some(first) => {
+                let term = self.next_term();
+                self.st.primary = Some(first.clone());
                 self.st.term = term;
                 self.note(
                     Subject::Family,
                     false,
                     "Founded",
-                    format!("{founder} founds the family as its primary at term {term}"),
+                    format!("{first} founds the family as its primary at term {term}"),
                 );
-                self.act(Action::Promote { instance: founder.clone(), term, lease: true });
-                self.act(Action::Lease { instance: founder, term });
+                self.act(Action::Promote { instance: first.clone(), term, lease: true });
+                self.act(Action::Lease { instance: first, term });
             }
             None => {
                 self.st.phase = Some("Pending".into());
-                self.st.message = Some(format!("waiting for {founder}'s engine to found the family"));
+                self.st.message = Some(if traces {
+                    format!(
+                        "waiting for {} to answer before choosing a primary (its members belonged to a family before; one that does not answer may still be its primary)",
+                        silent.join(", ")
+                    )
+                } else {
+                    format!("waiting for {founder}'s engine to found the family")
+                });
             }
         }
     }
@@ -523,7 +570,7 @@ impl<'v, 'a> Planner<'v, 'a> {
     // ---- procedures ----
 
     fn begin(&mut self, kind: &str, from: &str, to: Option<&str>, reason: String, forced: bool) {
-        let term = self.highest_term() + 1;
+        let term = self.next_term();
         let now = ts(self.view.now);
         let procedure = Procedure {
             kind: kind.to_owned(),
@@ -621,23 +668,31 @@ impl<'v, 'a> Planner<'v, 'a> {
 
     fn fencing(&mut self, p: &Procedure) {
         let from = p.from.clone().unwrap_or_default();
+        let next = if p.kind == SWITCHOVER && !p.forced { CATCHING_UP } else { PROMOTING };
         match self.engine(&from) {
-            Some(e) if writable(e) => {
-                self.act(Action::Fence { instance: from, term: p.term - 1 });
+            // Its lease is no longer renewed while a procedure runs: once it has lapsed the
+            // primary takes no writes, fenced or not (a fence call that keeps failing cannot
+            // hold the family up).
+            Some(e) if writable(e) && !self.view.primary_lease_lapsed => {
+                self.act(Action::Fence { instance: from, term: p.term.saturating_sub(1) });
             }
             Some(e) => {
                 if let Some(proc_) = self.st.procedure.as_mut() {
                     proc_.fenced_seqno = Some(e.journal_seqno);
                 }
-                let next = if p.kind == SWITCHOVER && !p.forced { CATCHING_UP } else { PROMOTING };
                 self.enter(next);
             }
             None if p.kind == FAILOVER => {
-                if self.view.primary_lease_lapsed {
+                if self.view.primary_lease_lapsed || (p.forced && self.view.primary_presumed_gone) {
                     self.enter(PROMOTING);
                 } else {
                     self.st.message = Some(format!(
-                        "waiting for {from}'s role lease to lapse before promoting another member"
+                        "waiting for {from}'s role lease to lapse before promoting another member{}",
+                        if p.forced {
+                            ""
+                        } else {
+                            " (a primary never seen to hold a lease needs `kubectl strand failover --force`)"
+                        }
                     ));
                 }
             }
@@ -690,14 +745,29 @@ impl<'v, 'a> Planner<'v, 'a> {
     fn abort_switchover(&mut self, p: &Procedure, message: String) {
         let from = p.from.clone().unwrap_or_default();
         let Some(e) = self.engine(&from) else {
-            self.st.message = Some(format!("{message}; {from} does not answer either: waiting"));
+            // It was seen fenced and has not answered since: it cannot take writes. The family
+            // fails over to its most advanced member instead, at a fresh term.
+            let term = self.next_term();
+            self.note(
+                Subject::Family,
+                true,
+                "SwitchoverAborted",
+                format!("{message}; {from} does not answer either: failing over"),
+            );
+            if let Some(proc_) = self.st.procedure.as_mut() {
+                proc_.kind = FAILOVER.into();
+                proc_.to = None;
+                proc_.term = term;
+                proc_.reason = format!("{} (switchover could not finish)", proc_.reason);
+            }
+            self.enter(PROMOTING);
             return;
         };
         if self.view.members.iter().any(|m| m.name != from && m.engine.is_some_and(writable)) {
             // The target became writable after all: adoption settles it next step.
             return;
         }
-        let term = self.highest_term().max(p.term) + 1;
+        let term = self.highest_term().max(p.term).saturating_add(1);
         if !(writable(e) && e.term == term) {
             self.act(Action::Promote { instance: from.clone(), term, lease: true });
         }
@@ -745,12 +815,32 @@ impl<'v, 'a> Planner<'v, 'a> {
             .collect();
         if !others.is_empty() {
             for o in others {
-                self.act(Action::Fence { instance: o, term: p.term - 1 });
+                self.act(Action::Fence { instance: o, term: p.term.saturating_sub(1) });
             }
             return;
         }
-        let Some(e) = self.engine(&target) else {
-            self.st.message = Some(format!("waiting for {target} to answer to promote it"));
+        let Some(e) =
+            self.engine(&target).filter(|e| !(e.term >= p.term && !(writable(e) && e.term == p.term)))
+        else {
+            // The target went away (or cannot take this term). Once whatever was sent to it
+            // can no longer make it a writable primary (no lease granted to it can still run),
+            // pick again among the members that answer, at a term above every one used.
+            let over = self.member(&target).is_some_and(|m| m.lease_over);
+            if self.step_age() >= self.view.timing.catch_up_deadline && over {
+                let term = self.highest_term().max(p.term).saturating_add(1);
+                let message = format!(
+                    "{target} could not be promoted within {}s; choosing again at term {term}",
+                    self.view.timing.catch_up_deadline.as_secs()
+                );
+                self.note(Subject::Family, true, "PromotionRetargeted", message);
+                if let Some(proc_) = self.st.procedure.as_mut() {
+                    proc_.to = None;
+                    proc_.term = term;
+                }
+                self.enter(PROMOTING);
+            } else {
+                self.st.message = Some(format!("waiting for {target} to answer to promote it"));
+            }
             return;
         };
         // From here the target is the family's primary (being made one): its lease is renewed
@@ -908,6 +998,19 @@ impl<'v, 'a> Planner<'v, 'a> {
         false
     }
 
+    /// A forced failover request ends whatever procedure runs (a person saw it stuck): the
+    /// failover then does its own fencing.
+    fn preempt_for_forced_failover(&mut self) {
+        let Some(running) = self.st.procedure.clone() else { return };
+        let pending = self.view.members.iter().find_map(|m| {
+            m.requests.failover.as_ref().filter(|id| !self.handled(m.name, "failover", id)).map(|_| m.name)
+        });
+        if let Some(to) = pending {
+            self.st.procedure = None;
+            self.finish(running, "Aborted", Some(format!("superseded by a forced failover to {to}")));
+        }
+    }
+
     fn maybe_fail_over(&mut self, primary: &str) {
         let delay = self.view.timing.failover_delay;
         let down = self.view.primary_unavailable_for;
@@ -988,9 +1091,21 @@ impl<'v, 'a> Planner<'v, 'a> {
         let links_by_name: BTreeMap<&str, &LinkView<'a>> =
             self.view.links.iter().map(|l| (l.name, l)).collect();
 
-        // The primary keeps its lease (not while a procedure is replacing it).
+        // A founder whose promotion did not take (the call failed, or the operator stopped
+        // right after recording it) is promoted again — it never was anything else.
         if !procedure_running
             && let Some(e) = self.engine(root)
+            && e.role == "standalone"
+            && e.term < term
+            && !self.view.members.iter().any(|m| m.engine.is_some_and(writable))
+        {
+            self.act(Action::Promote { instance: root.to_owned(), term, lease: true });
+            self.act(Action::Lease { instance: root.to_owned(), term });
+        }
+        // The primary keeps its lease (not while a procedure is replacing it), paused or not: a
+        // paused instance is left as it is, and renewing its role is leaving it as it is.
+        if !procedure_running
+            && let Some(e) = self.member(root).and_then(|m| m.engine)
             && writable(e)
         {
             if e.term < term {

@@ -71,6 +71,7 @@ struct Sim {
     rolled_off: u64,
     /// Every transaction rolled off into an unreplicated-transaction log: (seqno, term).
     lost_log: Vec<(u64, u64)>,
+    lease_required_seen: std::collections::BTreeSet<String>,
 }
 
 fn spec(source: &str, target: &str, autorollback: bool) -> ReplicationLinkSpec {
@@ -105,6 +106,7 @@ impl Sim {
             acked: Vec::new(),
             rolled_off: 0,
             lost_log: Vec::new(),
+            lease_required_seen: Default::default(),
         }
     }
 
@@ -115,7 +117,7 @@ impl Sim {
     fn plan(&mut self) -> FamilyPlan {
         // The controller's bookkeeping.
         let primary = self.status.primary.clone();
-        let (down, lapsed) = match &primary {
+        let (down, lapsed, gone) = match &primary {
             Some(p) => {
                 let e = &self.engines[p];
                 let available = e.up && e.status.writable_role() && e.status.term >= self.status.term;
@@ -137,9 +139,15 @@ impl Sim {
                     .copied()
                     .unwrap_or(self.operator_started)
                     .max(self.operator_started);
-                (down, self.now >= from + LEASE_MS + CALL_TIMEOUT_MS)
+                let timing = self.now >= from + LEASE_MS + CALL_TIMEOUT_MS;
+                // As the controller's book: a lapse proves something only for an engine seen
+                // to require a lease (its status said so while it answered, or a grant did).
+                if e.up && e.status.lease.required {
+                    self.lease_required_seen.insert(p.clone());
+                }
+                (down, timing && self.lease_required_seen.contains(p), timing)
             }
-            None => (0, true),
+            None => (0, true, true),
         };
         let snapshot: Vec<(String, Option<EngineStatus>)> =
             self.engines.iter().map(|(n, e)| (n.clone(), e.up.then(|| e.status.clone()))).collect();
@@ -152,6 +160,16 @@ impl Sim {
                 paused: false,
                 repl_addr: Some(&addrs[n]),
                 engine: e.as_ref(),
+                last_term: Some(self.engines[n].status.term),
+                lease_over: self.now
+                    >= self
+                        .lease_sent
+                        .get(n)
+                        .copied()
+                        .unwrap_or(self.operator_started)
+                        .max(self.operator_started)
+                        + LEASE_MS
+                        + CALL_TIMEOUT_MS,
                 requests: self.requests.get(n).cloned().unwrap_or_default(),
             })
             .collect();
@@ -176,6 +194,7 @@ impl Sim {
             now: self.stamp(),
             primary_unavailable_for: Duration::from_millis(down),
             primary_lease_lapsed: lapsed,
+            primary_presumed_gone: gone,
             timing: &self.timing,
         };
         let plan = plan(&view);
@@ -187,6 +206,14 @@ impl Sim {
     /// first that fails, as the controller does).
     fn step(&mut self) -> FamilyPlan {
         let plan = self.plan();
+        if std::env::var("SIM_TRACE").is_ok() && !plan.actions.is_empty() {
+            eprintln!(
+                "{} ms: {:?} | {:?}",
+                self.now,
+                plan.actions,
+                plan.status.procedure.as_ref().map(|p| (&p.step, &p.to, p.term))
+            );
+        }
         self.status = plan.status.clone();
         for a in &plan.actions {
             if !self.apply(a) {
@@ -204,10 +231,28 @@ impl Sim {
     /// The engine's side of one admin call; false when it failed.
     fn apply(&mut self, a: &Action) -> bool {
         let now = self.now;
+        if let Action::Lease { instance, .. } = a {
+            // Counted from the send, delivered or not (the controller's book).
+            self.lease_sent.insert(instance.clone(), now);
+        }
         let e = self.engines.get_mut(a.instance()).unwrap();
         if !e.up {
             return false;
         }
+        let before = (e.status.role.clone(), e.status.term);
+        let ok = Self::apply_to(e, a, now);
+        // As the engine: a lease is for one role at one term.
+        if (e.status.role.clone(), e.status.term) != before {
+            e.lease_until = None;
+        }
+        if ok && matches!(a, Action::Lease { .. }) {
+            e.lease_until = Some(now + LEASE_MS);
+            self.lease_required_seen.insert(a.instance().to_owned());
+        }
+        ok
+    }
+
+    fn apply_to(e: &mut Engine, a: &Action, _now: u64) -> bool {
         let s = &mut e.status;
         match a {
             Action::Promote { term, lease, .. } => {
@@ -229,8 +274,6 @@ impl Sim {
                     return false;
                 }
                 s.lease.required = true;
-                e.lease_until = Some(now + LEASE_MS);
-                self.lease_sent.insert(a.instance().to_owned(), now);
             }
             Action::Fence { term, .. } => {
                 if !s.writable_role() {
@@ -438,9 +481,30 @@ fn check_plan(view: &FamilyView<'_>, plan: &FamilyPlan) {
                 .find(|m| m.name == old)
                 .and_then(|m| m.engine)
                 .is_some_and(|e| !e.writable_role());
+            // A forced failover may go on a person's word once a lease's worth of time passed.
+            let forced = plan.status.procedure.as_ref().is_some_and(|p| p.forced);
+            // A target the operator itself promoted (with a lease) whose grants have all run out.
+            let over = view.members.iter().find(|m| m.name == old).is_some_and(|m| m.lease_over)
+                && view
+                    .status
+                    .procedure
+                    .as_ref()
+                    .is_some_and(|p| p.to.is_none() || p.to.as_deref() != Some(old));
+            // Seen fenced earlier in this procedure, and not promoted since (it was not the target).
+            let fenced_earlier = view.status.procedure.as_ref().is_some_and(|p| {
+                p.from.as_deref() == Some(old) && p.fenced_seqno.is_some() && p.to.as_deref() != Some(old)
+            });
             assert!(
-                fenced || view.primary_lease_lapsed,
-                "{instance} promoted while {old} may still hold its lease"
+                fenced
+                    || view.primary_lease_lapsed
+                    || (forced && view.primary_presumed_gone)
+                    || over
+                    || fenced_earlier,
+                "{instance} promoted while {old} may still hold its lease: before {:?} after {:?} lapsed {} gone {}",
+                view.status.procedure,
+                plan.status.procedure,
+                view.primary_lease_lapsed,
+                view.primary_presumed_gone
             );
         }
     }
@@ -610,6 +674,25 @@ fn a_drain_of_a_lone_primary_says_there_is_no_secondary_and_moves_nothing() {
     assert!(
         sim.run(30_000, |s| s.status.primary.as_deref() == Some("brynmawr") && s.status.procedure.is_none())
     );
+}
+
+#[test]
+fn a_new_family_object_with_a_member_down_waits_and_then_follows_the_primary() {
+    let mut sim =
+        Sim::new(&["ardmore", "brynmawr", "oxford"], &[("ardmore", "brynmawr"), ("brynmawr", "oxford")]);
+    assert!(sim.run(10_000, Sim::healthy));
+    // The Family object is re-created (a rename) while the primary does not answer: no
+    // member may be founded a primary — the silent one may still be one.
+    sim.freeze("ardmore");
+    sim.status = FamilyStatus::default();
+    sim.run(20_000, |_| false);
+    assert_eq!(sim.role("brynmawr"), "secondary");
+    assert_eq!(sim.role("oxford"), "secondary");
+    assert_eq!(sim.status.phase.as_deref(), Some("Pending"));
+    // It answers again: the family follows it.
+    sim.back("ardmore");
+    assert!(sim.run(10_000, Sim::healthy));
+    assert_eq!(sim.status.primary.as_deref(), Some("ardmore"));
 }
 
 #[test]

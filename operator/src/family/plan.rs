@@ -1227,18 +1227,8 @@ impl<'v, 'a> Planner<'v, 'a> {
                 self.out.links.insert(link.clone(), report);
                 continue;
             }
-            let source = pe.source_to(m.name);
-            if !source.is_some_and(|s| s.addr == addr && !s.si && s.state != "stopped") {
-                starts.push(Action::SourceStart {
-                    instance: parent.clone(),
-                    receiver: m.name.to_owned(),
-                    addr: addr.to_owned(),
-                    si: false,
-                });
-                report.state = "Connecting".into();
-            } else if let Some(s) = source {
-                fill_from_source(&mut report, s, e.receiver.as_ref().and_then(|r| r.last_error.clone()));
-            }
+            let receiver_error = e.receiver.as_ref().and_then(|r| r.last_error.clone());
+            stream(&mut starts, &mut report, (parent, pe), m.name, addr, false, receiver_error);
             self.out.links.insert(link.clone(), report);
         }
 
@@ -1317,17 +1307,8 @@ impl<'v, 'a> Planner<'v, 'a> {
                     term: None,
                 });
             }
-            let source = pe.source_to(&te.name);
-            if !source.is_some_and(|s| s.addr == addr && s.si && s.state != "stopped") {
-                starts.push(Action::SourceStart {
-                    instance: root.to_owned(),
-                    receiver: te.name.clone(),
-                    addr: addr.to_owned(),
-                    si: true,
-                });
-                report.state = "Connecting".into();
-            } else if let Some(s) = source {
-                fill_from_source(&mut report, s, te.receiver.as_ref().and_then(|r| r.last_error.clone()));
+            let receiver_error = te.receiver.as_ref().and_then(|r| r.last_error.clone());
+            if stream(&mut starts, &mut report, (root, pe), &te.name, addr, true, receiver_error) {
                 report.stream = te.receiver.as_ref().and_then(|r| r.stream);
             }
             self.out.links.insert(l.name.to_owned(), report);
@@ -1512,6 +1493,35 @@ impl<'v, 'a> Planner<'v, 'a> {
                 parts.push(format!("links: {}", links.join(", ")));
             }
             self.st.message = Some(parts.join("; "));
+        }
+    }
+}
+
+/// The stream `from → to` (at `addr`, BC or SI): started (held in `starts`) unless it already
+/// runs there, otherwise reported from the source's status. Whether it runs.
+fn stream(
+    starts: &mut Vec<Action>,
+    report: &mut LinkReport,
+    (from, pe): (&str, &EngineStatus),
+    to: &str,
+    addr: &str,
+    si: bool,
+    receiver_error: Option<String>,
+) -> bool {
+    match pe.source_to(to).filter(|s| s.addr == addr && s.si == si && s.state != "stopped") {
+        Some(s) => {
+            fill_from_source(report, s, receiver_error);
+            true
+        }
+        None => {
+            starts.push(Action::SourceStart {
+                instance: from.to_owned(),
+                receiver: to.to_owned(),
+                addr: addr.to_owned(),
+                si,
+            });
+            report.state = "Connecting".into();
+            false
         }
     }
 }

@@ -147,6 +147,11 @@ pub enum CtlCommand {
         #[arg(long)]
         term: Option<u64>,
     },
+    /// Hot-standby upgrade, steps 1–2 (on the older primary): create what the next format needs, as a journaled write.
+    PrepareUpgrade,
+    /// Hot-standby upgrade, step 6 (on the new primary): move the data to this binary's format
+    /// (an Upgrade record its secondaries replay).
+    UpgradeFormat,
     /// Grant or renew the primary's role lease for TERM (what the operator does every few seconds).
     Lease {
         #[arg(long)]
@@ -533,6 +538,16 @@ async fn ctl_inner(args: CtlArgs) -> Result<(), String> {
             let body = serde_json::json!({ "term": term });
             let v: serde_json::Value =
                 target.call_json("POST", "/v1/failover", Some(body)).await.map_err(e)?;
+            print_json(&v)?;
+        }
+        CtlCommand::PrepareUpgrade => {
+            let v: serde_json::Value =
+                target.call_json("POST", "/v1/prepare-upgrade", None).await.map_err(e)?;
+            print_json(&v)?;
+        }
+        CtlCommand::UpgradeFormat => {
+            let v: serde_json::Value =
+                target.call_json("POST", "/v1/upgrade-format", None).await.map_err(e)?;
             print_json(&v)?;
         }
         CtlCommand::Lease { term, duration_ms } => {

@@ -12,6 +12,7 @@
 //!   shutdown order.
 //! - [`metrics`]: Prometheus metrics. [`limits`]: every bound, in one place.
 //! - [`shutdown`]: the shutdown signal. [`cli`]: `strand-engine run` and `strand-engine ctl`.
+//! - [`version`]: the binary, format and protocol versions and what is compatible with what.
 
 pub mod admin;
 pub mod cli;
@@ -22,6 +23,6 @@ pub mod resp;
 pub mod server;
 pub mod shutdown;
 pub mod storage;
+pub mod version;
 
-/// The binary version, reported in status, INFO and metrics.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub use version::VERSION;

@@ -22,6 +22,10 @@ pub struct Metrics {
     pub storage_bytes: IntGauge,
     pub storage_free_bytes: IntGauge,
     pub storage_degraded: IntGauge,
+    /// The data's on-disk format.
+    pub data_format_version: IntGauge,
+    /// 1 in version-mismatch mode (a newer binary on older data).
+    pub version_mismatch: IntGauge,
     pub build_info: IntGaugeVec,
     pub replication_errors_total: IntCounterVec,
     pub replication_records_sent_total: IntCounter,
@@ -88,13 +92,24 @@ impl Metrics {
             )?,
             storage_bytes: IntGauge::new("strand_storage_bytes", "Size of the database file.")?,
             storage_free_bytes: IntGauge::new("strand_storage_free_bytes", "Free bytes on the data volume.")?,
+            data_format_version: IntGauge::new(
+                "strand_data_format_version",
+                "The on-disk format of the data.",
+            )?,
+            version_mismatch: IntGauge::new(
+                "strand_version_mismatch",
+                "1 while a newer binary runs on older data (replication and admin only).",
+            )?,
             storage_degraded: IntGauge::new(
                 "strand_storage_degraded",
                 "1 while commits fail for lack of disk space or an I/O error, else 0.",
             )?,
             build_info: IntGaugeVec::new(
-                Opts::new("strand_build_info", "Binary and format versions; always 1."),
-                &["version", "format_version"],
+                Opts::new(
+                    "strand_build_info",
+                    "Binary version, the format it writes and the replication protocol it speaks; always 1.",
+                ),
+                &["version", "format_version", "protocol_version"],
             )?,
             replication_errors_total: IntCounterVec::new(
                 Opts::new(
@@ -165,6 +180,8 @@ impl Metrics {
         r.register(Box::new(m.storage_bytes.clone()))?;
         r.register(Box::new(m.storage_free_bytes.clone()))?;
         r.register(Box::new(m.storage_degraded.clone()))?;
+        r.register(Box::new(m.data_format_version.clone()))?;
+        r.register(Box::new(m.version_mismatch.clone()))?;
         r.register(Box::new(m.build_info.clone()))?;
         r.register(Box::new(m.replication_errors_total.clone()))?;
         r.register(Box::new(m.replication_records_sent_total.clone()))?;
@@ -178,7 +195,11 @@ impl Metrics {
         r.register(Box::new(m.rollbacks_total.clone()))?;
         r.register(Box::new(m.rolled_back_transactions_total.clone()))?;
         m.build_info
-            .with_label_values(&[crate::VERSION, &crate::storage::meta::FORMAT_VERSION.to_string()])
+            .with_label_values(&[
+                crate::VERSION,
+                &crate::version::FORMAT.to_string(),
+                &crate::version::PROTOCOL.to_string(),
+            ])
             .set(1);
         Ok(m)
     }

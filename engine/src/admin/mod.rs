@@ -146,6 +146,8 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/v1/demote", post(replication::demote))
         .route("/v1/failover", post(replication::failover))
         .route("/v1/lease", post(replication::lease))
+        .route("/v1/prepare-upgrade", post(replication::prepare_upgrade))
+        .route("/v1/upgrade-format", post(replication::upgrade_format))
         .route("/v1/receiver/start", post(replication::receiver_start))
         .route("/v1/receiver/stop", post(replication::receiver_stop))
         .route("/v1/sources", post(replication::source_start))
@@ -260,6 +262,8 @@ async fn metrics(State(engine): State<Arc<Engine>>) -> Response {
     m.storage_bytes.set(i64::try_from(engine.store.file_bytes()).unwrap_or(i64::MAX));
     m.storage_free_bytes.set(engine.store.free_bytes().map_or(0, |b| i64::try_from(b).unwrap_or(i64::MAX)));
     m.storage_degraded.set(i64::from(engine.store.is_degraded()));
+    m.data_format_version.set(i64::from(engine.store.meta().format_version));
+    m.version_mismatch.set(i64::from(engine.store.version_mismatch().is_some()));
     let committed = engine.store.committed_seqno();
     for s in engine.replication.source_statuses() {
         let s = crate::replication::source::finish_status(s, committed);
@@ -311,8 +315,17 @@ pub struct Status {
     pub journal_seqno: u64,
     pub streams: Vec<StreamStatus>,
     pub history: Vec<HistoryRecord>,
+    /// The data's on-disk format.
     pub format_version: u32,
     pub binary_version: String,
+    /// The format this binary writes (above `format_version`: version-mismatch mode).
+    pub binary_format_version: u32,
+    /// The replication protocol this binary speaks.
+    pub protocol_version: u16,
+    /// Set in version-mismatch mode: why clients are refused.
+    pub version_mismatch: Option<String>,
+    /// Whether the data holds what the next format needs (`ctl prepare-upgrade` ran).
+    pub upgrade_prepared: bool,
     pub uptime_seconds: u64,
     pub keys: u64,
     pub storage_bytes: u64,
@@ -379,6 +392,10 @@ async fn status(State(engine): State<Arc<Engine>>) -> Result<Json<Status>, ApiEr
         history: meta.history,
         format_version: meta.format_version,
         binary_version: crate::VERSION.to_owned(),
+        binary_format_version: crate::version::FORMAT,
+        protocol_version: crate::version::PROTOCOL,
+        version_mismatch: store.version_mismatch(),
+        upgrade_prepared: store.snapshot()?.get(crate::storage::format::PREPARED_KEY)?.is_some(),
         uptime_seconds: engine.started.elapsed().as_secs(),
         keys,
         storage_bytes: store.file_bytes(),

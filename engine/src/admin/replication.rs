@@ -6,6 +6,8 @@
 //! | POST   | /v1/demote                 | `-updnotok` / `-propagateprimary` (writes nothing)   |
 //! | POST   | /v1/failover               | GemStone failover to standby: failover record, then read-only |
 //! | POST   | /v1/lease                  | grant/renew the primary's role lease for its term    |
+//! | POST   | /v1/prepare-upgrade        | GemStone step 1–2: create what the next format needs (a journaled write) |
+//! | POST   | /v1/upgrade-format         | GemStone `upgradeImage`: the `Upgrade` record, the data moves to this binary's format |
 //! | POST   | /v1/receiver/start         | `mupip replicate -receiver -start [-autorollback]`; SI: `-noresync`, `-updateresync=file`, `-reuse` |
 //! | POST   | /v1/receiver/stop          | `mupip replicate -receiver -shutdown`                |
 //! | POST   | /v1/sources                | `mupip replicate -source -start -secondary=…`        |
@@ -220,6 +222,83 @@ async fn to_secondary(
     drop_stale_stream(engine, before, after.term);
     tracing::info!(failover_record = record, term = after.term, "now a replicating secondary");
     Ok(role_answer(engine).await)
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct UpgradeAnswer {
+    pub name: String,
+    pub journal_seqno: u64,
+    pub format_version: u32,
+    pub binary_version: String,
+}
+
+fn upgrade_answer(engine: &Engine) -> Json<UpgradeAnswer> {
+    let meta = engine.store.meta();
+    Json(UpgradeAnswer {
+        name: meta.name,
+        journal_seqno: engine.store.committed_seqno(),
+        format_version: meta.format_version,
+        binary_version: crate::VERSION.to_owned(),
+    })
+}
+
+/// The seed's steps 1–2 on the older primary: create what the next format needs before the
+/// switch (`#OptimizedSelectors`), as an ordinary journaled write that replicates. Run by the
+/// older binary (every binary has this call). Repeating it is harmless.
+pub async fn prepare_upgrade(State(engine): State<Arc<Engine>>) -> Result<Json<UpgradeAnswer>, ApiError> {
+    if !matches!(engine.store.role(), Role::Primary | Role::SupplementaryPrimary | Role::Standalone) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_primary",
+            "prepare-upgrade runs on the family's primary: it is a write that replicates to the others",
+        ));
+    }
+    if let Some(refusal) = engine.store.write_refusal() {
+        return Err(ApiError::new(StatusCode::CONFLICT, "not_writable", refusal));
+    }
+    let prepared = engine.store.snapshot()?.get(crate::storage::format::PREPARED_KEY)?.is_some();
+    if !prepared {
+        engine
+            .writer
+            .system(crate::storage::format::PREPARED_KEY.to_vec(), b"1".to_vec(), None)
+            .await
+            .map_err(failure)?;
+        tracing::info!("prepared the data for the next format");
+    }
+    Ok(upgrade_answer(&engine))
+}
+
+/// The seed's step 6 on the new primary (GemStone's `upgradeImage`): commit the `Upgrade`
+/// record, moving the data to this binary's format in the same transaction. Secondaries
+/// upgrade by replaying it. Clients are served from then on.
+pub async fn upgrade_format(State(engine): State<Arc<Engine>>) -> Result<Json<UpgradeAnswer>, ApiError> {
+    let meta = engine.store.meta();
+    if meta.format_version >= crate::version::FORMAT {
+        return Ok(upgrade_answer(&engine)); // done already: a repeated call
+    }
+    if !matches!(meta.role, Role::Primary | Role::SupplementaryPrimary | Role::Standalone) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_primary",
+            format!(
+                "{} is {}: the format is upgraded on the family's primary, and its secondaries follow by replaying the upgrade record",
+                meta.name,
+                meta.role.as_str()
+            ),
+        ));
+    }
+    if let Some(refusal) = engine.store.role_refusal() {
+        return Err(ApiError::new(StatusCode::CONFLICT, "not_writable", refusal));
+    }
+    let to = meta.format_version + 1;
+    let value = to.to_string().into_bytes();
+    engine
+        .writer
+        .system(crate::storage::format::FORMAT_KEY.to_vec(), value, Some(to))
+        .await
+        .map_err(failure)?;
+    tracing::info!(to, "format upgraded: the upgrade record replicates to the family");
+    Ok(upgrade_answer(&engine))
 }
 
 /// A higher term learned through the admin API ends the stream being received: it may come

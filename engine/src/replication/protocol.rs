@@ -1,4 +1,7 @@
-//! The replication wire protocol (version 1): framed, checksummed, authenticated.
+//! The replication wire protocol: framed, checksummed, authenticated. Versions one step apart
+//! interoperate (the hot-standby upgrade has a newer standby replay an older primary's
+//! stream, and later an older binary's data receive a newer primary's): version 2 adds the
+//! `Upgrade` record (format change), which a version-1 binary refuses to apply.
 //!
 //! Frame: `u32 length` (of what follows) · `u8 kind` · payload · `u32 CRC-32` of kind and
 //! payload. Control messages carry JSON payloads; a `Records` frame carries journal records
@@ -31,7 +34,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::storage::journal::Record;
 use crate::storage::meta::{HistoryRecord, StreamState};
 
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The protocol this binary speaks (1 for a normal build, 2 for `next-version`); peers one
+/// step apart interoperate (crate::version).
+pub const PROTOCOL_VERSION: u16 = crate::version::PROTOCOL;
 /// Largest frame accepted.
 pub const FRAME_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Most records sent in one `Records` frame.
@@ -102,11 +107,17 @@ pub struct Hello {
     /// (`stale_term`); one that has seen a lower one adopts it.
     #[serde(default)]
     pub term: u64,
+    /// The source's binary version (for messages naming both sides).
+    #[serde(default)]
+    pub binary_version: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Challenge {
     pub protocol: u16,
+    /// The receiver's binary version (for messages naming both sides).
+    #[serde(default)]
+    pub binary_version: String,
     pub name: String,
     pub creation_id: String,
     pub nonce: String,
@@ -186,8 +197,8 @@ pub enum ProtocolError {
     Unexpected { expected: Kind, got: Kind },
     #[error("malformed {kind:?} frame: {reason}")]
     Malformed { kind: Kind, reason: String },
-    #[error("peer speaks replication protocol {0}, this binary speaks {PROTOCOL_VERSION}")]
-    Version(u16),
+    #[error("{0}")]
+    Version(String),
     #[error("authentication failed: the peer does not know the replication secret")]
     Auth,
     #[error("this instance's history changed; negotiating again")]

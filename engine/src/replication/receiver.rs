@@ -123,16 +123,13 @@ async fn serve(
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
     let hello: Hello = timed(HANDSHAKE_TIMEOUT, protocol::expect(&mut rd, Kind::Hello)).await?;
-    if hello.protocol != protocol::PROTOCOL_VERSION {
-        refuse(
-            &mut wr,
-            "protocol",
-            format!("this receiver speaks protocol {}", protocol::PROTOCOL_VERSION),
-            None,
-            None,
-        )
-        .await;
-        return Err(ProtocolError::Version(hello.protocol));
+    if !crate::version::protocol_compatible(hello.protocol) {
+        let message = crate::version::protocol_refusal(&hello.name, &hello.binary_version, hello.protocol);
+        tracing::warn!(source = %hello.name, %message, "refused a replication stream");
+        engine.metrics.replication_errors_total.with_label_values(&["protocol"]).inc();
+        engine.replication.set_receiver(|s| s.last_error = Some(message.clone()));
+        refuse(&mut wr, "protocol", message.clone(), None, None).await;
+        return Err(ProtocolError::Version(message));
     }
     let Some(secret) = engine.replication.secret.clone() else {
         refuse(
@@ -149,6 +146,7 @@ async fn serve(
     let nonce_r = protocol::nonce();
     let challenge = Challenge {
         protocol: protocol::PROTOCOL_VERSION,
+        binary_version: crate::VERSION.to_owned(),
         name: meta.name.clone(),
         creation_id: meta.creation_id.clone(),
         nonce: nonce_r.clone(),

@@ -364,11 +364,16 @@ async fn handshake(engine: &Engine, addr: &str, mode: Mode, si: bool) -> Result<
         si,
         supplementary: meta.supplementary,
         term: meta.term,
+        binary_version: crate::VERSION.to_owned(),
     };
     protocol::write_json(&mut wr, Kind::Hello, &hello).await?;
     let challenge: Challenge = timed(HANDSHAKE_TIMEOUT, protocol::expect(&mut rd, Kind::Challenge)).await?;
-    if challenge.protocol != protocol::PROTOCOL_VERSION {
-        return Err(ProtocolError::Version(challenge.protocol));
+    if !crate::version::protocol_compatible(challenge.protocol) {
+        return Err(ProtocolError::Version(crate::version::protocol_refusal(
+            &challenge.name,
+            &challenge.binary_version,
+            challenge.protocol,
+        )));
     }
     if !protocol::verify(&secret, "strand-receiver", &nonce_s, &challenge.nonce, &challenge.proof) {
         tracing::warn!(addr, "receiver failed to prove the replication secret; not streaming to it");

@@ -195,6 +195,17 @@ fn abort_frame(abort: Abort) -> Frame {
 impl State {
     async fn handle(&mut self, engine: &Arc<Engine>, args: Vec<Vec<u8>>, slots: &mut Vec<Slot>) -> Next {
         let proto = self.proto;
+        // Version-mismatch mode: replication and admin only; every command an application
+        // sends gets the same clear error naming both versions (client libraries pipeline
+        // set-up commands, so the connection stays open for their replies).
+        if let Some(mismatch) = engine.store.version_mismatch() {
+            slots.push(Slot::Ready(Frame::Error(mismatch), proto));
+            return if matches!(Command::parse(args), Ok((Command::Quit, _))) {
+                Next::Close
+            } else {
+                Next::Continue
+            };
+        }
         let request_bytes: usize = args.iter().map(Vec::len).sum();
         let parsed = Command::parse(args);
         let (command, name) = match parsed {

@@ -8,9 +8,9 @@
 use serde::{Deserialize, Serialize};
 
 /// The on-disk format this binary writes for new instances.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = crate::version::FORMAT;
 /// Every format this binary can open.
-pub const FORMAT_VERSIONS_SUPPORTED: &[u32] = &[1];
+pub const FORMAT_VERSIONS_SUPPORTED: &[u32] = crate::version::FORMATS_SUPPORTED;
 
 /// What the instance does with application updates and replication streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -9,6 +9,7 @@
 //! - [`backup`] writes consistent snapshots and restores them under a new identity.
 
 pub mod backup;
+pub mod format;
 pub mod journal;
 pub mod meta;
 pub mod writer;
@@ -55,7 +56,8 @@ pub enum StoreError {
     )]
     NameMismatch { existing: String, requested: String },
     #[error(
-        "instance format version {found} is not supported by this binary (supports {supported:?}); run a binary that supports it"
+        "instance format version {found} is not supported by strand {} (it opens formats {supported:?}); run a binary that supports format {found} — the data is untouched",
+        crate::VERSION
     )]
     FormatVersion { found: u32, supported: &'static [u32] },
     #[error("instance metadata is unreadable")]
@@ -236,10 +238,32 @@ impl Store {
         (until != 0).then(|| std::time::Duration::from_nanos(until.saturating_sub(self.clock_nanos())))
     }
 
+    /// Version-mismatch mode: this binary writes a newer format than the data has (a newer
+    /// binary on an older instance, during a hot-standby upgrade). It then serves replication
+    /// and admin only, as the seed's standby does until its image is upgraded. The message
+    /// names both versions.
+    pub fn version_mismatch(&self) -> Option<String> {
+        let data = self.meta.read().unwrap_or_else(std::sync::PoisonError::into_inner).format_version;
+        (data < crate::version::FORMAT).then(|| {
+            format!(
+                "MISMATCH strand {} (format {}) runs here on data of format {data}: it replicates but serves no clients until its family's upgrade reaches it (`ctl upgrade-format` on the family's primary); connect to the primary",
+                crate::VERSION,
+                crate::version::FORMAT
+            )
+        })
+    }
+
     /// Why an application write is refused right now, as the RESP error to send: a replicating
     /// secondary (`READONLY` naming its source), or a primary whose role lease is required and
-    /// not running (the operator has not confirmed it is still its family's primary).
+    /// not running (the operator has not confirmed it is still its family's primary), or any
+    /// instance in version-mismatch mode.
     pub fn write_refusal(&self) -> Option<String> {
+        self.version_mismatch().or_else(|| self.role_refusal())
+    }
+
+    /// The role and lease part of [`Store::write_refusal`]: what keeps even the engine's own
+    /// writes (an upgrade, a preparation) from a replicating secondary or a deposed primary.
+    pub fn role_refusal(&self) -> Option<String> {
         match self.role() {
             meta::Role::Secondary => Some(self.readonly_message()),
             meta::Role::Standalone => None,
@@ -502,6 +526,7 @@ pub(crate) fn write_meta_now(db: &Database, meta: &InstanceMeta) -> Result<(), S
         txn.open_table(DATA).map_err(redb_err("create the data table"))?;
         txn.open_table(JOURNAL).map_err(redb_err("create the journal table"))?;
     }
+    format::create(&txn, meta.format_version, 0)?;
     txn.commit().map_err(redb_err("commit instance metadata"))
 }
 

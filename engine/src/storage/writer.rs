@@ -104,6 +104,18 @@ struct TxnRequest<T> {
     enqueued: Instant,
 }
 
+/// Clients read the engine's own keys but never write them.
+fn system_key_guard(key: &[u8]) -> Result<(), Abort> {
+    if super::format::is_system_key(key) {
+        return Err(Abort::Command(format!(
+            "ERR {} belongs to the engine (keys under {} are written only through its admin API)",
+            String::from_utf8_lossy(key),
+            String::from_utf8_lossy(super::format::SYSTEM_PREFIX)
+        )));
+    }
+    Ok(())
+}
+
 /// A journal record without changes that a metadata update commits with it: a failover
 /// record, or an SI stream's base or resync point.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,6 +169,15 @@ enum Work<T> {
     Meta {
         update: MetaUpdate,
         reply: oneshot::Sender<Result<InstanceMeta, TxnFailure>>,
+    },
+    /// One of the engine's own keys written as a journaled transaction: the key an upgrade
+    /// needs prepared (an update), or the format key (an `Upgrade` record that also moves the
+    /// data to that format).
+    System {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        upgrade_to: Option<u32>,
+        reply: oneshot::Sender<Result<u64, TxnFailure>>,
     },
 }
 
@@ -259,6 +280,18 @@ impl<T: Send + 'static> Writer<T> {
         let (reply, rx) = oneshot::channel();
         self.call(Work::Meta { update, reply }, rx).await
     }
+
+    /// Writes one of the engine's own keys as a journaled transaction; with `upgrade_to`, an
+    /// `Upgrade` record that also moves the data to that format. The seqno it got.
+    pub async fn system(
+        &self,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        upgrade_to: Option<u32>,
+    ) -> Result<u64, TxnFailure> {
+        let (reply, rx) = oneshot::channel();
+        self.call(Work::System { key, value, upgrade_to, reply }, rx).await
+    }
 }
 
 /// The state of a transaction's own changes inside a batch.
@@ -285,6 +318,7 @@ impl TxnView<'_, '_> {
         if let Some(message) = self.read_only {
             return Err(Abort::Command(message.to_owned()));
         }
+        system_key_guard(key)?;
         let previous =
             self.table.insert(key, value).map_err(redb_err("write a key"))?.map(|v| v.value().to_vec());
         self.note(key, previous, Some(value.to_vec()));
@@ -296,6 +330,7 @@ impl TxnView<'_, '_> {
         if let Some(message) = self.read_only {
             return Err(Abort::Command(message.to_owned()));
         }
+        system_key_guard(key)?;
         let previous = self.table.remove(key).map_err(redb_err("delete a key"))?.map(|v| v.value().to_vec());
         let existed = previous.is_some();
         if existed || self.changes.contains_key(key) {
@@ -366,6 +401,7 @@ fn fail_work<T>(work: Work<T>, failure: &TxnFailure) {
         Work::Apply { reply, .. } => drop(reply.send(Err(failure.clone()))),
         Work::Rollback { reply, .. } => drop(reply.send(Err(failure.clone()))),
         Work::Meta { reply, .. } => drop(reply.send(Err(failure.clone()))),
+        Work::System { reply, .. } => drop(reply.send(Err(failure.clone()))),
     }
 }
 
@@ -454,6 +490,10 @@ impl<T: Send + 'static> WriterThread<T> {
                 }
                 Work::Meta { update, reply } => {
                     let result = self.meta(update);
+                    let _ = reply.send(self.settle(result));
+                }
+                Work::System { key, value, upgrade_to, reply } => {
+                    let result = self.system(key, value, upgrade_to);
                     let _ = reply.send(self.settle(result));
                 }
             }
@@ -655,6 +695,7 @@ impl<T: Send + 'static> WriterThread<T> {
         let mut streams = self.streams;
         let txn = db.begin_write().map_err(redb_err("begin a write transaction"))?;
         let mut touched: Vec<Vec<u8>> = Vec::new();
+        let mut upgrade: Option<(u32, u64)> = None;
         {
             let mut data = txn.open_table(DATA).map_err(redb_err("open the data table"))?;
             let mut journal = txn.open_table(JOURNAL).map_err(redb_err("open the journal table"))?;
@@ -689,6 +730,30 @@ impl<T: Send + 'static> WriterThread<T> {
                     }
                     touched.push(change.key.clone());
                 }
+                if record.kind == RecordKind::Upgrade {
+                    // The family's format moves: so does this instance's, in this commit — or
+                    // nothing is applied if this binary cannot write that format.
+                    let to = record
+                        .changes
+                        .iter()
+                        .find(|c| c.key.as_slice() == super::format::FORMAT_KEY)
+                        .and_then(|c| c.after.as_deref())
+                        .and_then(super::format::parse_format)
+                        .ok_or_else(|| StoreError::Replication {
+                            reason: format!("upgrade record {} names no format", record.seqno),
+                        })?;
+                    if !crate::version::FORMATS_SUPPORTED.contains(&to) {
+                        return Err(StoreError::Replication {
+                            reason: format!(
+                                "record {} upgrades the family to format {to}, which strand {} cannot write (it writes {:?}); nothing was applied — restart this instance on a newer binary",
+                                record.seqno,
+                                crate::VERSION,
+                                crate::version::FORMATS_SUPPORTED
+                            ),
+                        });
+                    }
+                    upgrade = Some((to, record.seqno));
+                }
                 journal
                     .insert(record.seqno, record.encode().as_slice())
                     .map_err(redb_err("append a journal record"))?;
@@ -713,6 +778,16 @@ impl<T: Send + 'static> WriterThread<T> {
                     s
                 })
                 .collect();
+        }
+        if let Some((to, seqno)) = upgrade.filter(|(to, _)| *to > meta.format_version) {
+            super::format::migrate(&txn, meta.format_version, to, seqno)?;
+            tracing::info!(
+                from = meta.format_version,
+                to,
+                seqno,
+                "format upgraded by replaying the family's upgrade record"
+            );
+            meta.format_version = to;
         }
         self.commit_applied(txn, committed, next - 1, &touched, streams, meta)?;
         Ok(next - 1)
@@ -779,7 +854,8 @@ impl<T: Send + 'static> WriterThread<T> {
                     });
                 }
                 let mut changes = Vec::with_capacity(record.changes.len());
-                for change in record.changes {
+                // The source family's own keys (its format) are not this instance's.
+                for change in record.changes.into_iter().filter(|c| !super::format::is_system_key(&c.key)) {
                     let before = data
                         .get(change.key.as_slice())
                         .map_err(redb_err("read a key"))?
@@ -903,6 +979,14 @@ impl<T: Send + 'static> WriterThread<T> {
                     })?;
                 let record =
                     Record::decode(&bytes).map_err(|source| StoreError::RecordDecode { seqno, source })?;
+                if record.kind == RecordKind::Upgrade {
+                    // Nothing is touched: the transaction is dropped with this error.
+                    return Err(StoreError::Invalid {
+                        reason: format!(
+                            "seqno {seqno} is a format upgrade; a rollback cannot take the data back to an older format — re-create this instance from a newer backup or by seeding it from the family"
+                        ),
+                    });
+                }
                 for change in record.changes.iter().rev() {
                     match &change.before {
                         Some(v) => {
@@ -1051,6 +1135,59 @@ impl<T: Send + 'static> WriterThread<T> {
         self.set_streams(streams);
         self.store.publish(seqno, Some(meta.clone()), self.version);
         Ok(meta)
+    }
+
+    fn system(&mut self, key: Vec<u8>, value: Vec<u8>, upgrade_to: Option<u32>) -> Result<u64, StoreError> {
+        self.check_space()?;
+        let db = self.store.db()?;
+        let committed = self.store.committed_seqno();
+        let seqno = committed + 1;
+        let mut meta = self.store.meta();
+        if let Some(to) = upgrade_to {
+            let prepared = self.store.snapshot()?.get(super::format::PREPARED_KEY)?.is_some();
+            if let Some(why) = super::format::upgrade_blocker(meta.format_version, to, prepared) {
+                return Err(StoreError::Invalid { reason: why });
+            }
+        }
+        let mut streams = self.streams;
+        let txn = db.begin_write().map_err(redb_err("begin a write transaction"))?;
+        {
+            let mut data = txn.open_table(DATA).map_err(redb_err("open the data table"))?;
+            let before = data
+                .insert(key.as_slice(), value.as_slice())
+                .map_err(redb_err("write a key"))?
+                .map(|v| v.value().to_vec());
+            // A supplementary instance counts its own transactions in stream 0.
+            let stream_seqno = if self.supplementary {
+                streams[0] += 1;
+                streams[0]
+            } else {
+                seqno
+            };
+            let record = Record {
+                kind: if upgrade_to.is_some() { RecordKind::Upgrade } else { RecordKind::Update },
+                seqno,
+                stream: 0,
+                stream_seqno,
+                commit_time_micros: now_micros(),
+                changes: vec![KeyChange { key: key.clone(), before, after: Some(value) }],
+            };
+            let mut journal = txn.open_table(JOURNAL).map_err(redb_err("open the journal table"))?;
+            journal.insert(seqno, record.encode().as_slice()).map_err(redb_err("append a journal record"))?;
+        }
+        if let Some(to) = upgrade_to {
+            super::format::migrate(&txn, meta.format_version, to, seqno)?;
+            meta.format_version = to;
+            put_meta(&txn, &meta)?;
+        }
+        save_streams(&txn, &self.streams, &streams)?;
+        txn.commit().map_err(redb_err("commit a system write"))?;
+        self.touch(std::iter::once(key.as_slice()));
+        self.version += 1;
+        self.metrics.journal_seqno.set(i64::try_from(seqno).unwrap_or(i64::MAX));
+        self.set_streams(streams);
+        self.store.publish(seqno, upgrade_to.map(|_| meta), self.version);
+        Ok(seqno)
     }
 
     /// redb refuses all access after an I/O error: close the file so it can be reopened.

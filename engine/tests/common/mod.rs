@@ -27,6 +27,34 @@ pub struct Server {
     pub resp_port: u16,
     pub log: PathBuf,
     extra: Vec<String>,
+    /// The engine binary this server runs (the build under test unless switched).
+    pub binary: PathBuf,
+}
+
+/// The same source built as the next minor release (`--features next-version`: format 2,
+/// replication protocol 2), for the hot-standby upgrade tests. Built into `target/next` on
+/// first use (or taken from `STRAND_ENGINE_NEXT`).
+pub fn next_binary() -> PathBuf {
+    if let Ok(path) = std::env::var("STRAND_ENGINE_NEXT") {
+        return PathBuf::from(path);
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_owned();
+    let target = workspace.join("target").join("next");
+    let binary = target.join("debug").join("strand-engine");
+    static BUILT: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let mut built = BUILT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !*built {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-q", "-p", "strand-engine", "--features", "next-version", "--target-dir"])
+            .arg(&target)
+            .current_dir(&workspace)
+            .status()
+            .expect("run cargo build for the next-version engine");
+        assert!(status.success(), "building the next-version engine failed");
+        *built = true;
+    }
+    binary
 }
 
 impl Server {
@@ -37,6 +65,10 @@ impl Server {
     }
 
     fn spawn(data_dir: &Path, name: &str, extra: Vec<String>) -> Server {
+        Self::spawn_binary(Path::new(binary()), data_dir, name, extra)
+    }
+
+    fn spawn_binary(program: &Path, data_dir: &Path, name: &str, extra: Vec<String>) -> Server {
         std::fs::create_dir_all(data_dir).expect("create data dir");
         let log = data_dir.with_extension("log");
         let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("open log");
@@ -46,7 +78,7 @@ impl Server {
         } else {
             &["--disk-reserve-bytes", "0"]
         };
-        let child = Command::new(binary())
+        let child = Command::new(program)
             .arg("run")
             .arg("--data-dir")
             .arg(data_dir)
@@ -61,8 +93,15 @@ impl Server {
             .stderr(log_file)
             .spawn()
             .expect("spawn strand-engine");
-        let mut server =
-            Server { data_dir: data_dir.to_owned(), name: name.to_owned(), child, resp_port: 0, log, extra };
+        let mut server = Server {
+            data_dir: data_dir.to_owned(),
+            name: name.to_owned(),
+            child,
+            resp_port: 0,
+            log,
+            extra,
+            binary: program.to_owned(),
+        };
         server.wait_ready();
         // A replication address is part of an instance's identity for its peers: keep the port
         // first bound (from :0) across restarts, as a real deployment keeps its address.
@@ -132,6 +171,9 @@ impl Server {
 
     /// SIGTERM and wait for a clean exit.
     pub fn stop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return; // already stopped
+        }
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").arg("-TERM").arg(&pid).status();
         let status = self.child.wait().expect("wait");
@@ -142,7 +184,21 @@ impl Server {
     pub fn restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let mut next = Self::spawn(&self.data_dir.clone(), &self.name.clone(), self.extra.clone());
+        let program = self.binary.clone();
+        self.start_again(&program);
+    }
+
+    /// Stops it cleanly (SIGTERM) and starts it again on another binary, same data and flags:
+    /// an upgrade or a downgrade of the binary.
+    pub fn restart_on(&mut self, program: &Path) {
+        self.stop();
+        self.start_again(program);
+    }
+
+    fn start_again(&mut self, program: &Path) {
+        self.binary = program.to_owned();
+        let mut next =
+            Self::spawn_binary(program, &self.data_dir.clone(), &self.name.clone(), self.extra.clone());
         std::mem::swap(&mut self.child, &mut next.child);
         self.resp_port = next.resp_port;
         // `next` now holds the old, already reaped child; dropping it is harmless.

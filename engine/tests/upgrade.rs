@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::Command;
 
 use common::{Server, next_binary, tempdir, wait_until};
@@ -59,7 +59,7 @@ fn prepare(ardmore: &Server, brynmawr: &Server) {
 }
 
 /// Step 3: BrynMawr restarted on N+1, receiving again.
-fn standby_on_next(brynmawr: &mut Server, next: &PathBuf) {
+fn standby_on_next(brynmawr: &mut Server, next: &Path) {
     brynmawr.restart_on(next);
 }
 

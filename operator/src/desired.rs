@@ -139,8 +139,9 @@ fn secret_volume(name: &str, secret: String) -> Volume {
     }
 }
 
-/// One replica, its own volume, the engine container with named ports and probes.
-pub fn statefulset(inst: &Instance) -> StatefulSet {
+/// One replica, its own volume, the engine container (running `image`: the spec's, or during
+/// an upgrade the one it runs until its turn) with named ports and probes.
+pub fn statefulset(inst: &Instance, image: &str) -> StatefulSet {
     let name = inst.metadata.name.clone().unwrap_or_default();
     let spec = &inst.spec;
     let mut volumes = vec![
@@ -174,7 +175,7 @@ pub fn statefulset(inst: &Instance) -> StatefulSet {
     }
     let container = Container {
         name: "engine".into(),
-        image: Some(spec.image.clone()),
+        image: Some(image.to_owned()),
         args: Some(engine_args(inst)),
         ports: Some(vec![port("resp", PORT_RESP), port("admin", PORT_ADMIN), port("repl", PORT_REPL)]),
         env: Some(vec![EnvVar {
@@ -319,6 +320,8 @@ mod tests {
                 tolerations: None,
                 auth_secret_ref: None,
                 paused: false,
+                primary_update_strategy: Default::default(),
+                primary_update_method: Default::default(),
             },
         );
         inst.metadata.namespace = Some("prod".into());
@@ -328,7 +331,7 @@ mod tests {
 
     #[test]
     fn statefulset_runs_one_engine_with_named_ports_probes_and_a_volume() {
-        let sts = statefulset(&instance(true));
+        let sts = statefulset(&instance(true), "strand-engine:0.1.0");
         assert_eq!(sts.metadata.name.as_deref(), Some("malvern"));
         assert_eq!(sts.metadata.namespace.as_deref(), Some("prod"));
         let owner = &sts.metadata.owner_references.as_ref().unwrap()[0];
@@ -359,7 +362,7 @@ mod tests {
         assert!(
             engine_args(&with_auth).windows(2).any(|w| w == ["--password-file", "/etc/strand/auth/password"])
         );
-        let pod = statefulset(&with_auth).spec.unwrap().template.spec.unwrap();
+        let pod = statefulset(&with_auth, "strand-engine:0.1.0").spec.unwrap().template.spec.unwrap();
         assert!(
             pod.volumes
                 .unwrap()
@@ -383,7 +386,7 @@ mod tests {
     #[test]
     fn objects_are_the_same_every_time() {
         let inst = instance(false);
-        assert_eq!(statefulset(&inst), statefulset(&inst));
+        assert_eq!(statefulset(&inst, "i"), statefulset(&inst, "i"));
         assert_eq!(serde_json::to_string(&service(&inst)).ok(), serde_json::to_string(&service(&inst)).ok());
     }
 }

@@ -119,6 +119,8 @@ pub fn request(
             CALL_TIMEOUT,
         ),
         Action::ReceiverStop { .. } => ("POST", "/v1/receiver/stop".into(), None, CALL_TIMEOUT),
+        Action::PrepareUpgrade { .. } => ("POST", "/v1/prepare-upgrade".into(), None, CALL_TIMEOUT),
+        Action::UpgradeFormat { .. } => ("POST", "/v1/upgrade-format".into(), None, CALL_TIMEOUT),
         Action::SourceStart { receiver, addr, si, .. } => (
             "POST",
             "/v1/sources".into(),

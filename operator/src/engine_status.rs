@@ -31,6 +31,17 @@ pub struct EngineStatus {
     /// The replication listener's bound address.
     #[serde(default)]
     pub repl_addr: Option<String>,
+    /// The format this binary writes (above `format_version`: version-mismatch mode).
+    #[serde(default)]
+    pub binary_format_version: u32,
+    #[serde(default)]
+    pub protocol_version: u16,
+    /// Set in version-mismatch mode (a newer binary on older data): why clients are refused.
+    #[serde(default)]
+    pub version_mismatch: Option<String>,
+    /// The data holds what the next format needs (`prepare-upgrade` ran).
+    #[serde(default)]
+    pub upgrade_prepared: bool,
 }
 
 impl EngineStatus {

@@ -180,12 +180,20 @@ fn pod_print(pod: &Pod) -> u64 {
     let ready = status
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-    hash_of((ready, status.and_then(|s| s.pod_ip.clone()), pod.metadata.deletion_timestamp.is_some()))
+    let image = pod.spec.as_ref().and_then(|s| s.containers.first()).and_then(|c| c.image.clone());
+    hash_of((ready, status.and_then(|s| s.pod_ip.clone()), pod.metadata.deletion_timestamp.is_some(), image))
+}
+
+/// The image a StatefulSet runs.
+fn set_print(set: &StatefulSet) -> u64 {
+    let spec = set.spec.as_ref().and_then(|s| s.template.spec.as_ref());
+    hash_of(spec.and_then(|s| s.containers.first()).and_then(|c| c.image.clone()))
 }
 
 fn family_print(f: &Family) -> u64 {
     let s = f.status.as_ref();
-    hash_of((s.and_then(|s| s.primary.clone()), s.map(|s| s.members.clone()), spec_print(f)))
+    let upgrade = s.and_then(|s| s.upgrade.as_ref()).map(|u| (u.image.clone(), u.released.clone()));
+    hash_of((s.and_then(|s| s.primary.clone()), s.map(|s| s.members.clone()), upgrade, spec_print(f)))
 }
 
 async fn run(args: Args) -> Result<(), String> {
@@ -275,6 +283,7 @@ async fn run(args: Args) -> Result<(), String> {
     let (families, fam_w) = reflector::store_shared::<Family>(1024);
     let (pods, pod_w) = reflector::store_shared::<Pod>(1024);
     let (secrets, secret_w) = reflector::store::<Secret>();
+    let (statefulsets, set_w) = reflector::store_shared::<StatefulSet>(1024);
     let inst_for_ic = sub(inst_w.subscribe())?;
     let inst_for_fc = sub(inst_w.subscribe())?;
     let link_for_ic = sub(link_w.subscribe())?;
@@ -283,6 +292,7 @@ async fn run(args: Args) -> Result<(), String> {
     let fam_for_fc = sub(fam_w.subscribe())?;
     let fam_for_ic = sub(fam_w.subscribe())?;
     let pod_for_fc = sub(pod_w.subscribe())?;
+    let set_for_fc = sub(set_w.subscribe())?;
     let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=strand-operator");
     let drive = {
         let c = client.clone();
@@ -302,22 +312,27 @@ async fn run(args: Args) -> Result<(), String> {
             .default_backoff()
             .reflect_shared(pod_w)
             .for_each(|_| std::future::ready(()));
-        let s = watcher(Api::<Secret>::all(c), managed)
+        let s = watcher(Api::<Secret>::all(c.clone()), managed.clone())
             .default_backoff()
             .reflect(secret_w)
             .for_each(|_| std::future::ready(()));
+        let ss = watcher(Api::<StatefulSet>::all(c), managed)
+            .default_backoff()
+            .reflect_shared(set_w)
+            .for_each(|_| std::future::ready(()));
         async move {
-            tokio::join!(i, l, f, p, s);
+            tokio::join!(i, l, f, p, s, ss);
         }
     };
     let drive = tokio::spawn(drive);
-    let stores = Stores { instances, links, families, pods, secrets };
+    let stores = Stores { instances, links, families, pods, secrets, statefulsets };
     // Nothing is decided on a half-filled cache.
     let ready = async {
         stores.instances.wait_until_ready().await?;
         stores.links.wait_until_ready().await?;
         stores.families.wait_until_ready().await?;
         stores.pods.wait_until_ready().await?;
+        stores.statefulsets.wait_until_ready().await?;
         stores.secrets.wait_until_ready().await
     };
     ready.await.map_err(|e| format!("the watches did not start: {e}"))?;
@@ -339,7 +354,8 @@ async fn run(args: Args) -> Result<(), String> {
     };
 
     // Instances: their objects and their Family object. Triggered by spec changes, by links
-    // (family membership) and by a family's primary changing (the PodDisruptionBudget).
+    // (family membership), by a family's primary changing (the PodDisruptionBudget) or its
+    // upgrade releasing a member (the image), and by their StatefulSets (deleted or changed).
     let instance_controller =
         Controller::for_shared_stream(changed(inst_for_ic, spec_print::<Instance>), stores.instances.clone())
             .owns(Api::<StatefulSet>::all(client.clone()), watcher::Config::default())
@@ -365,8 +381,9 @@ async fn run(args: Args) -> Result<(), String> {
             .for_each(|_| async {});
 
     // Families: each a unit of lifecycle, concurrently. Triggered by members' specs and
-    // requests, their pods' readiness, their links, and a timer.
-    let (s1, s2, s3) = (stores.clone(), stores.clone(), stores.clone());
+    // requests, their pods' readiness and image, their StatefulSets' image, their links, and a
+    // timer.
+    let (s1, s2, s3, s4) = (stores.clone(), stores.clone(), stores.clone(), stores.clone());
     let family_controller =
         Controller::for_shared_stream(changed(fam_for_fc, spec_print::<Family>), stores.families.clone())
             .watches_shared_stream(changed(inst_for_fc, request_print), move |inst| {
@@ -388,6 +405,11 @@ async fn run(args: Args) -> Result<(), String> {
                 pod.labels()
                     .get(LABEL_INSTANCE)
                     .and_then(|i| controller::family::family_of(&s3, &ns, i))
+                    .map(|f| ObjectRef::<Family>::new(&f).within(&ns))
+            })
+            .watches_shared_stream(changed(set_for_fc, set_print), move |set| {
+                let ns = set.namespace().unwrap_or_default();
+                controller::family::family_of(&s4, &ns, &set.name_any())
                     .map(|f| ObjectRef::<Family>::new(&f).within(&ns))
             })
             .graceful_shutdown_on(shutdown(stop_rx.clone()))

@@ -349,6 +349,8 @@ mod tests {
                 tolerations: None,
                 auth_secret_ref: None,
                 paused: false,
+                primary_update_strategy: Default::default(),
+                primary_update_method: Default::default(),
             },
         )
     }

@@ -19,7 +19,7 @@ use super::{
     ANNOTATION_DRAIN, ANNOTATION_FAILOVER, ANNOTATION_ROLLBACK, ANNOTATION_SWITCHOVER, Ctx, Endpoint, Error,
     MANAGER, Stores, condition,
 };
-use crate::crd::instance::{LastRollback, StreamStatus};
+use crate::crd::instance::{LastRollback, PrimaryUpdateMethod, PrimaryUpdateStrategy, StreamStatus};
 use crate::crd::{
     Family, FamilyStatus, Instance, InstanceStatus, Mode, ReplicationLink, ReplicationLinkStatus,
 };
@@ -216,10 +216,23 @@ async fn reconcile_inner(fam: &Family, ctx: &Ctx) -> Result<KubeAction, Error> {
         None => (Duration::ZERO, true, true),
     };
 
+    let images: BTreeMap<String, (Option<String>, Option<String>)> = members
+        .iter()
+        .map(|m| {
+            let n = m.name_any();
+            let images = (ctx.stores.set_image(&ns, &n), ctx.stores.pod_image(&ns, &n));
+            (n, images)
+        })
+        .collect();
     let member_views: Vec<MemberView<'_>> = members
         .iter()
         .filter_map(|m| observed.get(&m.name_any()).map(|o| (m, o)))
         .map(|(m, o)| MemberView {
+            spec_image: &m.spec.image,
+            set_image: images.get(&m.name_any()).and_then(|i| i.0.as_deref()),
+            pod_image: images.get(&m.name_any()).and_then(|i| i.1.as_deref()),
+            supervised: m.spec.primary_update_strategy == PrimaryUpdateStrategy::Supervised,
+            restart: m.spec.primary_update_method == PrimaryUpdateMethod::Restart,
             name: m.metadata.name.as_deref().unwrap_or_default(),
             paused: m.spec.paused,
             repl_addr: o.endpoint.as_ref().map(|e| e.repl.as_str()),

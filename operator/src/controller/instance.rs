@@ -59,14 +59,17 @@ async fn reconcile_inner(inst: &Instance, ctx: &Ctx) -> Result<Action, Error> {
     ensure_secrets(ctx, inst, &ns, &name).await?;
     let families = super::family::families_in(&ctx.stores, &ns);
     let family = families.of.get(&name).cloned();
-    let is_primary = family
+    let family_status = family
         .as_deref()
         .and_then(|f| ctx.stores.families.get(&ObjectRef::new(f).within(&ns)))
-        .and_then(|f| f.status.as_ref().and_then(|s| s.primary.clone()))
-        .is_some_and(|p| p == name);
+        .and_then(|f| f.status.clone());
+    let is_primary = family_status.as_ref().and_then(|s| s.primary.as_deref()) == Some(name.as_str());
+    let running = ctx.stores.set_image(&ns, &name);
+    let upgrade = family_status.as_ref().and_then(|s| s.upgrade.as_ref());
+    let image = crate::family::plan::image_for(&name, &inst.spec.image, upgrade, running.as_deref());
     let pp = PatchParams::apply(MANAGER).force();
     Api::<StatefulSet>::namespaced(ctx.client.clone(), &ns)
-        .patch(&name, &pp, &Patch::Apply(desired::statefulset(inst)))
+        .patch(&name, &pp, &Patch::Apply(desired::statefulset(inst, &image)))
         .await?;
     Api::<Service>::namespaced(ctx.client.clone(), &ns)
         .patch(&name, &pp, &Patch::Apply(desired::service(inst)))

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -67,6 +68,8 @@ pub struct Stores {
     pub pods: Store<Pod>,
     /// The operator's Secrets (same label): admin tokens and the replication secret.
     pub secrets: Store<Secret>,
+    /// The Instances' StatefulSets (same label): the image each runs now.
+    pub statefulsets: Store<StatefulSet>,
 }
 
 impl Stores {
@@ -84,6 +87,19 @@ impl Stores {
 
     pub fn families_in(&self, ns: &str) -> Vec<Arc<Family>> {
         self.families.state_filter(|f| f.metadata.namespace.as_deref() == Some(ns))
+    }
+
+    /// The image Instance `name`'s StatefulSet runs it with now (`None`: no StatefulSet yet).
+    pub fn set_image(&self, ns: &str, name: &str) -> Option<String> {
+        let set = self.statefulsets.get(&ObjectRef::new(name).within(ns))?;
+        engine_image(set.spec.as_ref()?.template.spec.as_ref()?)
+    }
+
+    /// The image the ready pod of Instance `name` runs.
+    pub fn pod_image(&self, ns: &str, name: &str) -> Option<String> {
+        self.endpoint(ns, name)?;
+        let pod = self.pods.get(&ObjectRef::new(&format!("{name}-0")).within(ns))?;
+        engine_image(pod.spec.as_ref()?)
     }
 
     /// Where the engine of Instance `name` answers, once its pod runs and is ready.
@@ -301,6 +317,11 @@ pub fn random_token() -> Result<String, Error> {
     let mut bytes = [0u8; 24];
     getrandom::fill(&mut bytes).map_err(|e| Error::Invalid(format!("no randomness: {e}")))?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The engine container's image in a pod spec.
+fn engine_image(spec: &k8s_openapi::api::core::v1::PodSpec) -> Option<String> {
+    spec.containers.iter().find(|c| c.name == "engine").and_then(|c| c.image.clone())
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ use super::Condition;
     printcolumn = r#"{"name":"Term","type":"integer","jsonPath":".status.term"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Step","type":"string","jsonPath":".status.procedure.step"}"#,
+    printcolumn = r#"{"name":"Upgrade","type":"string","jsonPath":".status.upgrade.step"}"#,
     printcolumn = r#"{"name":"Members","type":"string","jsonPath":".status.members"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -53,6 +54,13 @@ pub struct FamilyStatus {
     /// The switchover or failover in progress.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub procedure: Option<Procedure>,
+    /// The image upgrade in progress (the hot-standby procedure, docs/upgrades.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<Upgrade>,
+    /// The image that moved the family's data to its present format: an older image cannot
+    /// open the data, so an upgrade to one is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format_image: Option<String>,
     /// The last procedures, newest last (at most ten).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<ProcedureRecord>,
@@ -101,6 +109,27 @@ pub struct Procedure {
 pub struct StepTime {
     pub step: String,
     pub at: String,
+}
+
+/// An image upgrade in progress.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Upgrade {
+    /// The image the family moves to.
+    pub image: String,
+    /// The image the primary ran when it began (where to go back to before the format moves).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_image: Option<String>,
+    /// Preparing, Secondaries, Primary, UpgradingFormat, Finishing.
+    pub step: String,
+    /// Members allowed to run `image` (the Instance controller rolls them, in this order).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub released: Vec<String>,
+    /// The data's format has moved: going back to `fromImage` is no longer possible.
+    #[serde(default)]
+    pub format_upgraded: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<StepTime>,
 }
 
 /// A finished procedure.

@@ -28,8 +28,10 @@ use super::Condition;
 )]
 #[serde(rename_all = "camelCase")]
 pub struct InstanceSpec {
-    /// Engine container image, e.g. `strand-engine:0.1.0`. Changing it on a secondary is the
-    /// first step of a hot-standby upgrade.
+    /// Engine container image, e.g. `strand-engine:0.1.0`. Changing it (on every member of a
+    /// family) runs the hot-standby upgrade: secondaries first, one at a time, then the
+    /// primary by the update method below (docs/upgrades.md). Until its turn an instance keeps
+    /// running the image it runs.
     #[x_kube(validation = Rule::new("self != ''").message("image must not be empty"))]
     pub image: String,
     /// A supplementary instance receives one SI stream and accepts local updates. Fixed at
@@ -54,6 +56,33 @@ pub struct InstanceSpec {
     /// While true the operator changes nothing for this instance.
     #[serde(default)]
     pub paused: bool,
+    /// When this instance is its family's primary and the family's image changes: whether the
+    /// operator moves the primary role by itself (`unsupervised`) or waits for a person's
+    /// `kubectl strand switchover` (`supervised`). CloudNativePG's `primaryUpdateStrategy`.
+    #[serde(default)]
+    pub primary_update_strategy: PrimaryUpdateStrategy,
+    /// How the primary gets the new image: a `switchover` to an upgraded secondary first (no
+    /// lost writes, a short write gap), or a `restart` in place (writes stop while it
+    /// restarts; the only way for a family without a secondary). CloudNativePG's
+    /// `primaryUpdateMethod`.
+    #[serde(default)]
+    pub primary_update_method: PrimaryUpdateMethod,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PrimaryUpdateStrategy {
+    #[default]
+    Unsupervised,
+    Supervised,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PrimaryUpdateMethod {
+    #[default]
+    Switchover,
+    Restart,
 }
 
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]

@@ -16,7 +16,7 @@ use std::time::Duration;
 use k8s_openapi::jiff::Timestamp;
 
 use super::topology::{self, BcEdge};
-use crate::crd::family::{HandledRequest, Procedure, ProcedureRecord, StepTime};
+use crate::crd::family::{HandledRequest, Procedure, ProcedureRecord, StepTime, Upgrade};
 use crate::crd::{FamilyStatus, Mode, ReplicationLinkSpec};
 use crate::engine_status::EngineStatus;
 
@@ -29,6 +29,40 @@ pub const PROMOTING: &str = "Promoting";
 pub const REPOINTING: &str = "Repointing";
 /// Procedures kept in `status.history`; requests kept in `status.handled`.
 pub const HISTORY_MAX: usize = 10;
+/// The image Instance `name` runs: a new one only once its family's upgrade released it (the
+/// family decides the order, docs/upgrades.md); until then the one it runs (`running`, its
+/// StatefulSet's); the spec's when it runs none yet.
+pub fn image_for(name: &str, spec_image: &str, upgrade: Option<&Upgrade>, running: Option<&str>) -> String {
+    if let Some(up) = upgrade.filter(|u| u.released.iter().any(|r| r == name)) {
+        return up.image.clone();
+    }
+    running.unwrap_or(spec_image).to_owned()
+}
+
+/// The version in an image reference's tag (`registry:5000/strand-engine:v0.2.0-rc1` →
+/// [0, 2, 0]), when it has one.
+fn image_version(image: &str) -> Option<Vec<u64>> {
+    let image = image.split('@').next().unwrap_or(image);
+    let (_, tag) = image.rsplit_once(':').filter(|(_, t)| !t.contains('/')).unwrap_or(("", image));
+    let tag = tag.strip_prefix('v').unwrap_or(tag);
+    let core = tag.split(['-', '+']).next().unwrap_or(tag);
+    core.split('.').map(|p| p.parse::<u64>().ok()).collect()
+}
+
+/// Whether image `a` is an older version than image `b` (both tags carry a version).
+fn older(a: &str, b: &str) -> bool {
+    match (image_version(a), image_version(b)) {
+        (Some(a), Some(b)) => a < b,
+        _ => false,
+    }
+}
+
+/// Upgrade steps, as written in `Family.status.upgrade.step`.
+pub const UP_PREPARING: &str = "Preparing";
+pub const UP_SECONDARIES: &str = "Secondaries";
+pub const UP_PRIMARY: &str = "Primary";
+pub const UP_FORMAT: &str = "UpgradingFormat";
+pub const UP_FINISHING: &str = "Finishing";
 pub const HANDLED_MAX: usize = 32;
 
 /// Deadlines and delays (chart values; docs/lifecycle.md).
@@ -40,6 +74,9 @@ pub struct Timing {
     pub fence_deadline: Duration,
     /// How long a switchover waits for its target to apply the failover record.
     pub catch_up_deadline: Duration,
+    /// How long an upgrade waits for one step (a member back on the new image and caught
+    /// up) before it says it is stuck.
+    pub upgrade_step_deadline: Duration,
     /// After which re-pointing is declared done with a warning.
     pub repoint_deadline: Duration,
 }
@@ -51,6 +88,7 @@ impl Default for Timing {
             fence_deadline: Duration::from_secs(30),
             catch_up_deadline: Duration::from_secs(60),
             repoint_deadline: Duration::from_secs(60),
+            upgrade_step_deadline: Duration::from_secs(300),
         }
     }
 }
@@ -79,6 +117,16 @@ pub struct MemberView<'a> {
     /// No lease grant sent to it can still run (a lease and a call timeout since the last one
     /// was sent, or since this replica began to lead).
     pub lease_over: bool,
+    /// The image its spec asks for.
+    pub spec_image: &'a str,
+    /// The image its StatefulSet runs it with now (`None`: no StatefulSet yet).
+    pub set_image: Option<&'a str>,
+    /// The image of its ready pod.
+    pub pod_image: Option<&'a str>,
+    /// Its `primaryUpdateStrategy` is `supervised` (read from the primary).
+    pub supervised: bool,
+    /// Its `primaryUpdateMethod` is `restart` (read from the primary).
+    pub restart: bool,
     pub requests: Requests,
 }
 
@@ -159,6 +207,10 @@ pub enum Action {
     SourceStop { instance: String, receiver: String },
     /// `POST /v1/rollback {fetchresync}`.
     Rollback { instance: String, fetchresync: String },
+    /// `POST /v1/prepare-upgrade`: on the primary, what the next format needs (journaled).
+    PrepareUpgrade { instance: String },
+    /// `POST /v1/upgrade-format`: on the primary, the `Upgrade` record.
+    UpgradeFormat { instance: String },
 }
 
 impl Action {
@@ -172,7 +224,9 @@ impl Action {
             | Action::ReceiverStop { instance }
             | Action::SourceStart { instance, .. }
             | Action::SourceStop { instance, .. }
-            | Action::Rollback { instance, .. } => instance,
+            | Action::Rollback { instance, .. }
+            | Action::PrepareUpgrade { instance }
+            | Action::UpgradeFormat { instance } => instance,
         }
     }
 
@@ -188,6 +242,8 @@ impl Action {
             Action::SourceStart { .. } => "source_start",
             Action::SourceStop { .. } => "source_stop",
             Action::Rollback { .. } => "rollback",
+            Action::PrepareUpgrade { .. } => "prepare_upgrade",
+            Action::UpgradeFormat { .. } => "upgrade_format",
         }
     }
 
@@ -204,6 +260,8 @@ impl Action {
             Action::SourceStart { .. } => "SourceStarted",
             Action::SourceStop { .. } => "SourceStopped",
             Action::Rollback { .. } => "RolledBack",
+            Action::PrepareUpgrade { .. } => "UpgradePrepared",
+            Action::UpgradeFormat { .. } => "FormatUpgraded",
         })
     }
 
@@ -253,6 +311,12 @@ impl Action {
             }
             Action::Rollback { instance, fetchresync } => {
                 format!("rolled {instance} back to its common point with {fetchresync} (fetchresync)")
+            }
+            Action::PrepareUpgrade { instance } => {
+                format!("prepared {instance}'s data for the next format (a journaled write that replicates)")
+            }
+            Action::UpgradeFormat { instance } => {
+                format!("upgraded the format of {instance}'s data (an upgrade record its secondaries replay)")
             }
         }
     }
@@ -308,13 +372,25 @@ struct Planner<'v, 'a> {
     view: &'v FamilyView<'a>,
     st: FamilyStatus,
     out: FamilyPlan,
+    /// Where the image upgrade stands or why it waits (joins the family's message).
+    upgrade_note: Option<String>,
 }
 
 /// One step. See the module documentation.
 pub fn plan(view: &FamilyView<'_>) -> FamilyPlan {
-    let mut p = Planner { view, st: view.status.clone(), out: FamilyPlan::default() };
+    let mut p = Planner { view, st: view.status.clone(), out: FamilyPlan::default(), upgrade_note: None };
     p.st.members = view.members.iter().map(|m| m.name.to_owned()).collect();
     p.step();
+    if let Some(note) = p.upgrade_note.take() {
+        // A family otherwise healthy shows the upgrade as its phase.
+        if p.st.phase.as_deref() == Some("Healthy") && p.st.upgrade.is_some() {
+            p.st.phase = Some("Upgrading".into());
+        }
+        p.st.message = Some(match p.st.message.take() {
+            Some(m) if p.st.phase.as_deref() != Some("Healthy") => format!("{m}; {note}"),
+            _ => note,
+        });
+    }
     p.out.status = p.st;
     p.out
 }
@@ -419,6 +495,9 @@ impl<'v, 'a> Planner<'v, 'a> {
             || self.view.links.iter().any(|l| l.spec.mode == Mode::Si && l.blocked.is_none() && !l.deleting);
         if !has_links {
             self.standalone();
+            // A lone instance changes its image in place: restart, then its format.
+            let lone = self.view.members.first().map(|m| m.name.to_owned());
+            self.upgrade(lone.as_deref(), false);
             return;
         }
         self.adopt_or_bootstrap(&edges);
@@ -430,8 +509,24 @@ impl<'v, 'a> Planner<'v, 'a> {
             self.maybe_fail_over(&primary);
         }
         // A procedure just started runs at once: its status is persisted before any action.
-        if self.st.procedure.is_some() {
+        let had_procedure = self.st.procedure.is_some();
+        if had_procedure {
             self.run_procedure();
+        }
+        // An upgrade goes on only in a step no procedure acted in (its switchover must see
+        // the family as the last procedure left it, not as this step's actions will).
+        if !had_procedure {
+            let primary = self.st.primary.clone();
+            self.upgrade(primary.as_deref(), false);
+            if self.st.procedure.is_some() {
+                self.run_procedure();
+            }
+        } else if self.primary_moved() {
+            // An upgrade's switchover has made its target the primary (promoted in this very
+            // step, or re-pointing): its format moves at once, since a primary in
+            // version-mismatch mode serves no client.
+            let primary = self.st.primary.clone();
+            self.upgrade(primary.as_deref(), true);
         }
         self.handle_rollback_requests(&edges);
         // Streams follow whoever is primary now (the old one while a procedure has not
@@ -1076,6 +1171,339 @@ impl<'v, 'a> Planner<'v, 'a> {
                 }
             }
         }
+    }
+
+    // ---- image upgrades (docs/upgrades.md) ----
+
+    /// Whether `m` runs `image` and is back at work: its ready pod runs it, its engine
+    /// answers, and (`streaming`) it receives from its source again.
+    fn upgraded(&self, m: &MemberView<'a>, image: &str, streaming: bool) -> bool {
+        m.set_image == Some(image)
+            && m.pod_image == Some(image)
+            && m.engine
+                .is_some_and(|e| !streaming || e.receiver.as_ref().is_some_and(|r| r.state == "streaming"))
+    }
+
+    fn upgrade_step(&mut self, step: &str, note: Option<String>) {
+        let now = ts(self.view.now);
+        if let Some(up) = self.st.upgrade.as_mut() {
+            up.step = step.to_owned();
+            up.steps.push(StepTime { step: note.unwrap_or_else(|| step.to_owned()), at: now });
+        }
+    }
+
+    fn upgrade_age(&self) -> Duration {
+        let at =
+            self.st.upgrade.as_ref().and_then(|u| u.steps.last()).map(|s| s.at.clone()).unwrap_or_default();
+        elapsed_since(self.view.now, &at)
+    }
+
+    fn release(&mut self, member: &str, image: &str) {
+        let done = self.st.upgrade.as_ref().is_some_and(|u| u.released.iter().any(|r| r == member));
+        if done {
+            return;
+        }
+        if let Some(up) = self.st.upgrade.as_mut() {
+            up.released.push(member.to_owned());
+        }
+        let step = self.st.upgrade.as_ref().map(|u| u.step.clone()).unwrap_or_default();
+        self.upgrade_step(&step, Some(format!("{step}: {member}")));
+        self.note(
+            Subject::Instance(member.to_owned()),
+            false,
+            "UpgradeRolling",
+            format!("{member} restarts on {image}"),
+        );
+    }
+
+    /// Whether a running procedure has moved the primary role already: its target is the
+    /// recorded primary and is being promoted in this step, or the streams turn to it.
+    fn primary_moved(&self) -> bool {
+        let Some(p) = self.st.procedure.as_ref() else { return false };
+        let primary = self.st.primary.as_deref();
+        p.step == REPOINTING
+            || (p.step == PROMOTING
+                && self.out.actions.iter().any(
+                    |a| matches!(a, Action::Promote { instance, .. } if Some(instance.as_str()) == primary),
+                ))
+    }
+
+    /// The hot-standby upgrade, one step at a time, when the image its members' specs ask for
+    /// is not what they run: prepare the data on the primary; roll each secondary onto the new
+    /// image and wait until it streams again (in version-mismatch mode); move the primary
+    /// role to an upgraded secondary (a switchover, by itself or when a person asks) or
+    /// restart the primary in place; upgrade the format on the new primary; roll the rest,
+    /// which upgrade their format by replaying. Going back is possible until the format moved.
+    /// `during`: a switchover of this upgrade has just moved the primary role; only the
+    /// format step may run.
+    fn upgrade(&mut self, primary: Option<&str>, during: bool) {
+        let Some(primary) = primary.map(str::to_owned) else { return };
+        if self.member(&primary).is_none() {
+            return;
+        }
+        let active: Vec<&MemberView<'a>> = self.view.members.iter().filter(|m| !m.paused).collect();
+        let mut wanted: Vec<&str> = active.iter().map(|m| m.spec_image).collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let [target] = wanted[..] else {
+            if self.st.upgrade.is_some()
+                || active.iter().any(|m| m.set_image.is_some_and(|i| i != m.spec_image))
+            {
+                let asks: Vec<String> =
+                    active.iter().map(|m| format!("{} asks for {}", m.name, m.spec_image)).collect();
+                self.upgrade_note = Some(format!(
+                    "upgrade on hold: the members ask for different images ({}); it goes on once every member of the family asks for the same one",
+                    asks.join(", ")
+                ));
+            }
+            return;
+        };
+        let target = target.to_owned();
+        let behind = active.iter().any(|m| m.set_image.is_some_and(|i| i != target));
+        let Some(up) = self.st.upgrade.clone() else {
+            if !behind || during {
+                return;
+            }
+            if let Some(moved) = self.st.format_image.as_deref().filter(|m| older(&target, m)) {
+                self.upgrade_note = Some(format!(
+                    "upgrade refused: the family's data is in the format {moved} moved it to, which {target} (older) cannot open; set the Instances' image to {moved} or later"
+                ));
+                return;
+            }
+            let from = self.member(&primary).and_then(|m| m.set_image).map(str::to_owned);
+            self.note(
+                Subject::Family,
+                false,
+                "UpgradeStarted",
+                format!(
+                    "family {} moves from {} to {target}",
+                    self.view.name,
+                    from.as_deref().unwrap_or("?")
+                ),
+            );
+            self.st.upgrade = Some(Upgrade {
+                image: target,
+                from_image: from,
+                step: UP_PREPARING.into(),
+                released: Vec::new(),
+                format_upgraded: false,
+                steps: vec![StepTime { step: UP_PREPARING.into(), at: ts(self.view.now) }],
+            });
+            return self.upgrade(Some(&primary), false);
+        };
+        self.out.busy = true;
+        // The spec changed again during the upgrade. Back to where it came from, while the
+        // format has not moved: the members roll back. Anything else waits until this upgrade
+        // is done (each image opens only its own format and the one before, so images are
+        // taken one at a time, in order).
+        let mut aside = None;
+        if up.image != target {
+            let back = up.from_image.as_deref() == Some(target.as_str()) && !up.format_upgraded;
+            if back && up.released.is_empty() && !during {
+                self.st.upgrade = None;
+                let message = format!("the upgrade to {} was called off before any member moved", up.image);
+                self.note(Subject::Family, false, "UpgradeCancelled", message);
+                return;
+            }
+            if back && !during {
+                let message = format!("the upgrade to {} goes back to {target}", up.image);
+                self.note(Subject::Family, false, "UpgradeReverting", message);
+                if let Some(u) = self.st.upgrade.as_mut() {
+                    u.image = target.clone();
+                    u.released.clear();
+                }
+                self.upgrade_step(UP_SECONDARIES, None);
+                return;
+            }
+            aside = Some(if up.format_upgraded && older(&target, &up.image) {
+                format!(
+                    "{target} cannot open the data any more (the upgrade to {} moved its format); set the Instances' image to {} or later",
+                    up.image, up.image
+                )
+            } else {
+                format!("{target} follows once the upgrade to {} is done", up.image)
+            });
+        }
+        self.upgrade_steps(&primary, &up, during);
+        if let Some(aside) = aside {
+            self.upgrade_note = Some(match self.upgrade_note.take() {
+                Some(n) => format!("{n}; {aside}"),
+                None => aside,
+            });
+        }
+    }
+
+    /// The upgrade's steps, as far as they go in this reconcile.
+    fn upgrade_steps(&mut self, primary: &str, up: &Upgrade, during: bool) {
+        let primary = primary.to_owned();
+        let image = up.image.clone();
+        for _ in 0..5 {
+            let Some(step) = self.st.upgrade.as_ref().map(|u| u.step.clone()) else { return };
+            let primary = self.st.primary.clone().unwrap_or_else(|| primary.clone());
+            if during && step != UP_PRIMARY && step != UP_FORMAT {
+                return;
+            }
+            match step.as_str() {
+                UP_PREPARING => match self.engine(&primary) {
+                    Some(e) if e.upgrade_prepared => self.upgrade_step(UP_SECONDARIES, None),
+                    Some(e) if writable(e) || e.role == "standalone" => {
+                        self.act(Action::PrepareUpgrade { instance: primary.clone() });
+                        return;
+                    }
+                    _ => {
+                        self.upgrade_note =
+                            Some(format!("upgrade: waiting for the primary {primary} to prepare its data"));
+                        return;
+                    }
+                },
+                UP_SECONDARIES => {
+                    let pending = self
+                        .view
+                        .members
+                        .iter()
+                        .find(|m| m.name != primary && !m.paused && !self.upgraded(m, &image, true));
+                    let Some(m) = pending else {
+                        self.upgrade_step(UP_PRIMARY, None);
+                        continue;
+                    };
+                    let name = m.name.to_owned();
+                    self.release(&name, &image);
+                    let stuck_step = format!("Stuck: {name}");
+                    let reported = up.steps.iter().any(|s| s.step == stuck_step);
+                    if self.upgrade_age() >= self.view.timing.upgrade_step_deadline || reported {
+                        let message = format!(
+                            "upgrade stuck: {name} is not streaming on {image} after {}s — look at its pod and engine log; the upgrade goes on by itself once it streams, or goes back when the Instances' image is set to {}",
+                            self.view.timing.upgrade_step_deadline.as_secs(),
+                            up.from_image.as_deref().unwrap_or("the previous image")
+                        );
+                        if !reported {
+                            self.note(Subject::Instance(name.clone()), true, "UpgradeStuck", message.clone());
+                            self.upgrade_step(UP_SECONDARIES, Some(stuck_step));
+                        }
+                        self.upgrade_note = Some(message);
+                    } else {
+                        self.upgrade_note =
+                            Some(format!("upgrade: {name} restarts on {image} and catches up"));
+                    }
+                    return;
+                }
+                UP_PRIMARY => {
+                    let Some(pm) = self.member(&primary) else { return };
+                    if pm.set_image == Some(image.as_str())
+                        && pm.pod_image == Some(image.as_str())
+                        && pm.engine.is_some()
+                    {
+                        self.upgrade_step(UP_FORMAT, None);
+                        continue;
+                    }
+                    if during {
+                        return;
+                    }
+                    let (supervised, restart) = (pm.supervised, pm.restart);
+                    let ready: Option<String> = self
+                        .view
+                        .members
+                        .iter()
+                        .filter(|m| m.name != primary && !m.paused && self.upgraded(m, &image, true))
+                        .max_by_key(|m| (m.engine.map_or(0, |e| e.journal_seqno), std::cmp::Reverse(m.name)))
+                        .map(|m| m.name.to_owned());
+                    match (restart, ready) {
+                        (false, Some(to)) if supervised => {
+                            self.upgrade_note = Some(format!(
+                                "upgrade: the secondaries run {image}; waiting for a person to move the primary role (primaryUpdateStrategy: supervised): kubectl strand switchover {to}"
+                            ));
+                        }
+                        (false, Some(to)) => {
+                            self.begin(SWITCHOVER, &primary, Some(&to), format!("upgrade to {image}"), false);
+                        }
+                        _ => {
+                            self.release(&primary, &image);
+                            self.upgrade_note = Some(format!(
+                                "upgrade: the primary {primary} restarts on {image} (writes stop meanwhile)"
+                            ));
+                        }
+                    }
+                    return;
+                }
+                UP_FORMAT => match self.engine(&primary) {
+                    Some(e) if e.version_mismatch.is_some() || e.format_version < e.binary_format_version => {
+                        self.act(Action::UpgradeFormat { instance: primary.clone() });
+                        if let Some(u) = self.st.upgrade.as_mut() {
+                            u.format_upgraded = true;
+                        }
+                        self.st.format_image = Some(image.clone());
+                        return;
+                    }
+                    Some(_) => self.upgrade_step(UP_FINISHING, None),
+                    None => {
+                        self.upgrade_note =
+                            Some(format!("upgrade: waiting for the primary {primary} to answer"));
+                        return;
+                    }
+                },
+                UP_FINISHING => {
+                    // A primary that has not the new format (one failed over to since):
+                    // the format step again, on it.
+                    if self.engine(&primary).is_some_and(|e| e.version_mismatch.is_some()) {
+                        self.upgrade_step(UP_FORMAT, None);
+                        continue;
+                    }
+                    return self.upgrade_finish(&image);
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// The last upgrade step: the members not on the new image yet (the old primary) roll
+    /// onto it and replay the format upgrade; then the upgrade goes into the history.
+    fn upgrade_finish(&mut self, image: &str) {
+        let rest: Vec<String> = self
+            .view
+            .members
+            .iter()
+            .filter(|m| !m.paused && m.set_image != Some(image))
+            .map(|m| m.name.to_owned())
+            .collect();
+        for m in &rest {
+            self.release(m, image);
+        }
+        let waiting: Vec<&str> = self
+            .view
+            .members
+            .iter()
+            .filter(|m| !m.paused)
+            .filter(|m| {
+                !self.upgraded(m, image, false) || m.engine.is_some_and(|e| e.version_mismatch.is_some())
+            })
+            .map(|m| m.name)
+            .collect();
+        if !waiting.is_empty() {
+            self.upgrade_note = Some(format!(
+                "upgrade: waiting for {} to run {image} and replay the format upgrade",
+                waiting.join(", ")
+            ));
+            return;
+        }
+        let Some(u) = self.st.upgrade.take() else { return };
+        let mut steps = u.steps;
+        steps.push(StepTime { step: "Done".into(), at: ts(self.view.now) });
+        let reverted = u.from_image.as_deref() == Some(u.image.as_str());
+        self.st.history.push(ProcedureRecord {
+            kind: "Upgrade".into(),
+            from: u.from_image,
+            to: Some(u.image.clone()),
+            term: self.st.term,
+            outcome: if reverted { "Reverted" } else { "Succeeded" }.into(),
+            reason: "the Instances' image changed".into(),
+            message: None,
+            steps,
+        });
+        let excess = self.st.history.len().saturating_sub(HISTORY_MAX);
+        self.st.history.drain(..excess);
+        let message = format!("family {} runs {} on its new format", self.view.name, u.image);
+        self.note(Subject::Family, false, "UpgradeDone", message);
+        self.out.busy = false;
     }
 
     // ---- steady state ----

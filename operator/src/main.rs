@@ -458,6 +458,7 @@ async fn run(args: Args) -> Result<(), String> {
                 }
             });
             prune_ctx.book().retain(|k| live_instances.iter().any(|i| i == k));
+            prune_ctx.metrics.retain_families(|k| live_families.iter().any(|f| f == k));
         }
     });
 

@@ -290,6 +290,7 @@ async fn reconcile_inner(fam: &Family, ctx: &Ctx) -> Result<KubeAction, Error> {
     if new_status != status || fam.status.is_none() {
         write_family_status(ctx, &ns, &name, &mut new_status).await?;
     }
+    ctx.metrics.family(&ns, &name, &status.history, &new_status);
 
     // Act.
     let endpoints: BTreeMap<&str, &Endpoint> = observed
@@ -537,12 +538,6 @@ async fn write_link(
     Ok(())
 }
 
-/// The image's tag, when it names a version (`strand-engine:0.1.0` → `0.1.0`).
-fn image_version(image: &str) -> Option<&str> {
-    let tag = image.rsplit_once(':').map(|(_, t)| t)?;
-    (tag.chars().next().is_some_and(|c| c.is_ascii_digit()) && !tag.contains('/')).then_some(tag)
-}
-
 /// An Instance's status from what its engine said, with its family.
 pub fn instance_status(
     inst: &Instance,
@@ -611,7 +606,11 @@ pub fn instance_status(
                 .as_ref()
                 .and_then(|r| r.last_error.clone())
                 .unwrap_or_else(|| "not ahead of its source".into());
-            let mismatch = image_version(&inst.spec.image).filter(|v| *v != engine.binary_version);
+            // The image its spec asks for, when the engine runs another (it moves when its
+            // family's upgrade reaches it).
+            let asks = crate::family::plan::image_version(&inst.spec.image)
+                .map(|v| v.iter().map(u64::to_string).collect::<Vec<_>>().join("."))
+                .filter(|v| *v != engine.binary_version);
             let ready_message = match &engine.lease.writes_refused {
                 Some(refused) if engine.writable_role() => {
                     format!("{} answers as {}; {refused}", engine.name, engine.role)
@@ -643,14 +642,23 @@ pub fn instance_status(
                     },
                     generation,
                 ),
+                // Version-mismatch mode (the seed's step 3): a newer binary on older data
+                // replicates but serves no client until the format is upgraded.
                 condition(
                     prev,
                     "VersionMismatch",
-                    Some(mismatch.is_some()),
-                    "BinaryVersion",
-                    match mismatch {
-                        Some(v) => format!("image says {v}, engine runs {}", engine.binary_version),
-                        None => format!("engine runs {}", engine.binary_version),
+                    Some(engine.version_mismatch.is_some()),
+                    if engine.version_mismatch.is_some() { "FormatBehindBinary" } else { "FormatCurrent" },
+                    {
+                        let mut m = engine.version_mismatch.clone().unwrap_or_else(|| {
+                            format!("engine {} on format {}", engine.binary_version, engine.format_version)
+                        });
+                        if let Some(v) = asks {
+                            m.push_str(&format!(
+                                "; its spec asks for {v}, which it gets when its family's upgrade reaches it"
+                            ));
+                        }
+                        m
                     },
                     generation,
                 ),
@@ -716,12 +724,43 @@ async fn events_for_instance(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
+    fn condition_of<'s>(status: &'s InstanceStatus, kind: &str) -> &'s crate::crd::Condition {
+        status.conditions.iter().find(|c| c.r#type == kind).unwrap()
+    }
+
     #[test]
-    fn image_versions() {
-        assert_eq!(image_version("strand-engine:0.1.0"), Some("0.1.0"));
-        assert_eq!(image_version("registry:5000/strand-engine"), None);
-        assert_eq!(image_version("strand-engine:latest"), None);
+    fn version_mismatch_is_the_engines_mode_and_names_the_image_still_to_come() {
+        let inst: Instance = serde_json::from_value(serde_json::json!({
+            "apiVersion": "strand.dev/v1alpha1", "kind": "Instance",
+            "metadata": {"name": "brynmawr", "namespace": "ns"},
+            "spec": {"image": "strand-engine:0.2.0", "storage": {"size": "1Gi"}}
+        }))
+        .unwrap();
+        let mut engine = EngineStatus {
+            name: "brynmawr".into(),
+            role: "secondary".into(),
+            binary_version: "0.2.0".into(),
+            format_version: 1,
+            version_mismatch: Some("version mismatch: binary 0.2.0 (format 2) on format-1 data".into()),
+            ..Default::default()
+        };
+        let status = instance_status(&inst, true, &Ok(engine.clone()), "ardmore", Some("ardmore"));
+        let c = condition_of(&status, "VersionMismatch");
+        assert_eq!((c.status.as_str(), c.reason.as_deref()), ("True", Some("FormatBehindBinary")));
+        assert!(c.message.as_deref().unwrap().contains("binary 0.2.0"), "{c:?}");
+        // Upgraded by replay; an old binary whose spec asks for the new image says so.
+        engine.version_mismatch = None;
+        engine.format_version = 2;
+        let status = instance_status(&inst, true, &Ok(engine.clone()), "ardmore", Some("ardmore"));
+        assert_eq!(condition_of(&status, "VersionMismatch").status, "False");
+        engine.binary_version = "0.1.0".into();
+        engine.format_version = 1;
+        let status = instance_status(&inst, true, &Ok(engine), "ardmore", Some("ardmore"));
+        let c = condition_of(&status, "VersionMismatch");
+        assert_eq!(c.status, "False");
+        assert!(c.message.as_deref().unwrap().contains("spec asks for 0.2.0"), "{c:?}");
     }
 }

@@ -41,7 +41,7 @@ pub fn image_for(name: &str, spec_image: &str, upgrade: Option<&Upgrade>, runnin
 
 /// The version in an image reference's tag (`registry:5000/strand-engine:v0.2.0-rc1` →
 /// [0, 2, 0]), when it has one.
-fn image_version(image: &str) -> Option<Vec<u64>> {
+pub fn image_version(image: &str) -> Option<Vec<u64>> {
     let image = image.split('@').next().unwrap_or(image);
     let (_, tag) = image.rsplit_once(':').filter(|(_, t)| !t.contains('/')).unwrap_or(("", image));
     let tag = tag.strip_prefix('v').unwrap_or(tag);

@@ -112,8 +112,11 @@ fn step_3_a_newer_standby_replays_the_older_primary_in_version_mismatch_mode() {
     assert!(mismatch.contains("format 2") && mismatch.contains("format 1"), "{mismatch}");
     // Applications are refused with both versions named; admin and replication work.
     let reply = first_reply(&brynmawr);
+    let older = ardmore.status()["binary_version"].as_str().unwrap().to_owned();
     assert!(
-        reply.contains("MISMATCH") && reply.contains(status["binary_version"].as_str().unwrap()),
+        reply.contains("MISMATCH")
+            && reply.contains(&format!("strand {}", status["binary_version"].as_str().unwrap()))
+            && reply.contains(&format!("written by strand {older}")),
         "{reply}"
     );
     for i in 6..=10 {

@@ -7,13 +7,17 @@ unreplicated-transaction log, never anywhere else:
   switchover by YAML, switchover by the plugin, the operator SIGKILLed mid-switchover, the
   primary SIGKILLed and kept down, the primary frozen past the failover delay then thawed,
   SI re-pointing with Malvern in step and with Malvern ahead, a drain of the primary through
-  the Eviction API, and two operator replicas whose leader is killed and frozen.
+  the Eviction API, two operator replicas whose leader is killed and frozen, and the
+  hot-standby version upgrade (docs/upgrades.md), unsupervised and supervised.
 
 Usage: tests/cluster/lifecycle.py [DIR] [--only NAME,...] [--keep]
        tests/cluster/lifecycle.py --bench N [DIR]   (switchover write gap and failover time,
                                                      median of N, for docs/benchmarks.md)
+       tests/cluster/lifecycle.py --bench-upgrade N (the upgrade's write gap, median of N
+                                                     runs on fresh clusters)
 
-Needs the engine, operator and plugin binaries built (`cargo build`). Python standard library
+Needs the engine, operator and plugin binaries built (`cargo build`), and the next version's
+engine (`cargo build -p strand-engine --features next-version --target-dir target/next`). Python standard library
 only; Redis is spoken with a minimal RESP client.
 """
 
@@ -53,19 +57,28 @@ def log(*args):
 
 # ---- a minimal RESP client ----
 
-def resp_command(addr, *args, timeout=1.0):
-    """Sends one command; returns ('ok', value) or ('err', message). Raises OSError when the
-    connection fails."""
-    host, port = addr.rsplit(":", 1)
-    with socket.create_connection((host, int(port)), timeout=timeout) as s:
-        s.settimeout(timeout)
+class Conn:
+    """One client connection, kept open across commands as a real client's is."""
+
+    def __init__(self, addr, timeout=1.0):
+        self.addr = addr
+        host, port = addr.rsplit(":", 1)
+        self.s = socket.create_connection((host, int(port)), timeout=timeout)
+        self.s.settimeout(timeout)
+        self.f = self.s.makefile("rb")
+
+    def close(self):
+        self.f.close()
+        self.s.close()
+
+    def command(self, *args):
+        """Returns ('ok', value) or ('err', message). Raises OSError when the connection fails."""
         out = b"*%d\r\n" % len(args)
         for a in args:
             a = a if isinstance(a, bytes) else str(a).encode()
             out += b"$%d\r\n%s\r\n" % (len(a), a)
-        s.sendall(out)
-        f = s.makefile("rb")
-        line = f.readline()
+        self.s.sendall(out)
+        line = self.f.readline()
         if not line:
             raise OSError("connection closed")
         kind, rest = line[:1], line[1:].rstrip(b"\r\n")
@@ -79,9 +92,19 @@ def resp_command(addr, *args, timeout=1.0):
             n = int(rest)
             if n < 0:
                 return ("ok", None)
-            data = f.read(n + 2)[:n]
+            data = self.f.read(n + 2)[:n]
             return ("ok", data.decode())
         raise OSError("unexpected reply %r" % line)
+
+
+def resp_command(addr, *args, timeout=1.0):
+    """Sends one command on a new connection; returns ('ok', value) or ('err', message).
+    Raises OSError when the connection fails."""
+    c = Conn(addr, timeout)
+    try:
+        return c.command(*args)
+    finally:
+        c.close()
 
 
 # ---- the cluster ----
@@ -113,6 +136,12 @@ class Cluster:
 
     def family(self, name="ardmore"):
         return self.status("family", name)
+
+    def pod_ips(self):
+        """Pod name → IP of every pod in the namespace (one call)."""
+        out = self.k("get", "pods", "-n", NS, "-o",
+                     "jsonpath={range .items[*]}{.metadata.name} {.status.podIP}{\"\\n\"}{end}")
+        return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
 
     def pod_ip(self, instance):
         pod = self.get("pod", instance + "-0")
@@ -185,23 +214,52 @@ class Writer(threading.Thread):
         self.n = 0
 
     def refresh(self):
+        ips = self.cluster.pod_ips()
         for i in self.instances:
-            ip = self.cluster.pod_ip(i)
-            if ip:
-                self.addrs[i] = "%s:6379" % ip
+            if ips.get(i + "-0"):
+                self.addrs[i] = "%s:6379" % ips[i + "-0"]
+
+    def follow(self):
+        """Keeps the instances' addresses current, as a client's endpoint discovery does (a
+        pod that restarts may come back at another address)."""
+        while not self.stopping.wait(1.0):
+            try:
+                self.refresh()
+            except Fail:
+                pass
+
+    def send(self, instance, *args):
+        """One command on the instance's open connection (opened on first use or when the
+        instance moved, dropped when it fails)."""
+        conn = self.conns.get(instance)
+        addr = self.addrs.get(instance)
+        if conn is not None and conn.addr != addr:
+            conn.close()
+            del self.conns[instance]
+            conn = None
+        try:
+            if conn is None:
+                if addr is None:
+                    raise OSError("no address")
+                conn = self.conns[instance] = Conn(addr)
+            return conn.command(*args)
+        except OSError:
+            if conn is not None:
+                conn.close()
+            self.conns.pop(instance, None)
+            raise
 
     def run(self):
         self.refresh()
+        self.conns = {}
+        threading.Thread(target=self.follow, daemon=True).start()
         at = 0
         misses = 0
         while not self.stopping.is_set():
             instance = self.instances[at % len(self.instances)]
-            addr = self.addrs.get(instance)
             key = "%s%d" % (self.prefix, self.n)
             try:
-                if addr is None:
-                    raise OSError("no address")
-                kind, value = resp_command(addr, "SET", key, str(self.n))
+                kind, value = self.send(instance, "SET", key, str(self.n))
             except OSError:
                 kind, value = "err", "connection"
             if kind == "ok":
@@ -214,15 +272,12 @@ class Writer(threading.Thread):
             misses += 1
             if misses % len(self.instances) == 0:
                 time.sleep(0.05)
-                if misses % (20 * len(self.instances)) == 0:
-                    try:
-                        self.refresh()
-                    except Fail:
-                        pass
 
     def stop(self):
         self.stopping.set()
         self.join(10)
+        for conn in self.conns.values():
+            conn.close()
 
     def max_gap(self, since=0.0):
         times = [t for (_, _, t) in self.acks if t >= since]
@@ -254,15 +309,17 @@ def verify(c, writer, members, family="ardmore", expect_lost=None):
         for k, vs in lost_logs(c, m).items():
             logs.setdefault(k, set()).update(vs)
     kept = lost = 0
+    conn = Conn(addr, timeout=5)
     for (n, _, _) in writer.acks:
         key = "%s%d" % (writer.prefix, n)
-        _, value = resp_command(addr, "GET", key)
+        _, value = conn.command("GET", key)
         if value == str(n):
             kept += 1
         elif str(n) in logs.get(key, set()):
             lost += 1
         else:
             raise Fail("acknowledged write %s=%d is neither on %s (%r) nor in a lost-transaction log" % (key, n, primary, value))
+    conn.close()
     if expect_lost is not None and not expect_lost(lost):
         raise Fail("%d acknowledged writes went to a lost-transaction log" % lost)
     return kept, lost
@@ -598,6 +655,187 @@ def scenario_two_replicas(c, results):
         raise Fail("engine calls from both replicas interleave: %r" % runs[-10:])
     log("  %d engine calls, the acting replica changed %d times (the two handovers)" % (len(acts), changes))
 
+# ---- upgrades (docs/upgrades.md) ----
+
+OLD_IMAGE = "strand-engine:0.1.0"
+
+
+def next_image():
+    with open(os.path.join(REPO, "Cargo.toml")) as f:
+        version = re.search(r'^version = "(\d+)\.(\d+)\.\d+"', f.read(), re.M)
+    return "strand-engine:%s.%d.0" % (version.group(1), int(version.group(2)) + 1)
+
+
+class MismatchProbe(threading.Thread):
+    """Sends PING to each instance's data port over and over, keeping the first error reply
+    that says MISMATCH (a standby in version-mismatch mode) per instance."""
+
+    def __init__(self, cluster, instances):
+        super().__init__(daemon=True)
+        self.cluster, self.instances = cluster, instances
+        self.seen = {}
+        self.stopping = threading.Event()
+
+    def run(self):
+        ips, looked = {}, 0.0
+        while not self.stopping.is_set():
+            if time.time() - looked > 1:
+                for i in self.instances:
+                    try:
+                        ips[i] = self.cluster.pod_ip(i)
+                    except (Fail, KeyError, TypeError, ValueError):
+                        pass
+                looked = time.time()
+            for i in self.instances:
+                try:
+                    if not ips.get(i):
+                        continue
+                    kind, value = resp_command("%s:6379" % ips[i], "PING", timeout=0.5)
+                    if kind == "err" and value.startswith("MISMATCH"):
+                        self.seen.setdefault(i, value)
+                except (OSError, Fail, KeyError, TypeError, ValueError):
+                    pass
+            time.sleep(0.05)
+
+    def stop(self):
+        self.stopping.set()
+        self.join(10)
+
+
+def patch_image(c, instances, image):
+    for i in instances:
+        c.k("patch", "instance", i, "--type", "merge", "-p", json.dumps({"spec": {"image": image}}))
+
+
+def upgraded(c, instances, image, family):
+    """Every instance runs `image`'s binary on its format, and the family's upgrade is done."""
+    f = c.family(family)
+    if f.get("upgrade") or f.get("procedure") or f.get("phase") != "Healthy":
+        return False
+    version = image.split(":")[1]
+    for i in instances:
+        st = c.status("instance", i)
+        conds = {x["type"]: x["status"] for x in st.get("conditions", [])}
+        if st.get("binaryVersion") != version or st.get("formatVersion") != 2 or conds.get("VersionMismatch") != "False":
+            return False
+    return True
+
+
+def upgrade_record(c, family):
+    records = [r for r in c.family(family).get("history", []) if r["kind"] == "Upgrade"]
+    if not records or records[-1]["outcome"] != "Succeeded":
+        raise Fail("%s's last upgrade record: %r" % (family, records[-1:]))
+    return records[-1]
+
+
+def scenario_upgrade(c, results):
+    """The seed's GemStone procedure driven by an image change: Ardmore → BrynMawr plus Malvern
+    (SI), a client writing throughout."""
+    members, image = ["ardmore", "brynmawr"], next_image()
+    probe = MismatchProbe(c, members + ["malvern"])
+    probe.start()
+    w = Writer(c, members, "up-")
+    w.start()
+    time.sleep(2)
+    started = time.time()
+    primary = c.family()["primary"]
+    log("  %s → %s on ardmore, brynmawr, malvern (primary %s)" % (OLD_IMAGE, image, primary))
+    patch_image(c, members + ["malvern"], image)
+    c.wait("every instance on %s's format" % image, 300,
+           lambda: upgraded(c, members, image, "ardmore") and upgraded(c, ["malvern"], image, "malvern"))
+    elapsed = time.time() - started
+    c.wait("the SI stream again", 60, lambda: c.status("replicationlink", "ardmore-to-malvern").get("state") in ("Streaming", "CatchingUp"))
+    w.refresh()
+    time.sleep(2)
+    w.stop()
+    probe.stop()
+    record = upgrade_record(c, "ardmore")
+    upgrade_record(c, "malvern")
+    new_primary = c.family()["primary"]
+    if new_primary == primary:
+        raise Fail("the primary role did not move (unsupervised switchover expected)")
+    switch = c.family()["history"][-2]
+    if switch["kind"] != "Switchover" or switch["outcome"] != "Succeeded":
+        raise Fail("the record before the upgrade: %r" % switch)
+    kept, lost = verify(c, w, members, expect_lost=lambda n: n == 0)
+    gap = w.max_gap(since=started)
+    results.setdefault("upgrade_gap", []).append(gap)
+    steps = ", ".join(s["step"] for s in record["steps"])
+    log("  done in %.0fs: %d acknowledged writes, 0 lost, write gap %.3fs; primary %s → %s; steps: %s"
+        % (elapsed, kept, gap, primary, new_primary, steps))
+    # A standby in version-mismatch mode refused the client with the documented error.
+    if new_primary not in probe.seen:
+        raise Fail("no MISMATCH reply from %s while it was a standby in version-mismatch mode (seen: %r)" % (new_primary, probe.seen))
+    message = probe.seen[new_primary]
+    if "strand %s " % image.split(":")[1] not in message or "written by strand 0.1.0" not in message:
+        raise Fail("the MISMATCH error does not name both versions: %r" % message)
+    log("  a client of %s in version-mismatch mode got: %s" % (new_primary, message))
+    # Every step in Events: on the Family object, on the secondary rolled first, on the
+    # instance whose format moved.
+    for obj, reason in (("ardmore", "UpgradeStarted"), (new_primary, "UpgradeRolling"),
+                        (primary, "UpgradeRolling"), (new_primary, "FormatUpgraded"), ("ardmore", "UpgradeDone")):
+        if not c.events(obj, reason):
+            raise Fail("no %s event on %s" % (reason, obj))
+    # Malvern took the SI stream across the versions and holds the family's writes.
+    maddr = "%s:6379" % c.pod_ip("malvern")
+    last = "up-%d" % w.acks[-1][0]
+    c.wait("malvern to have %s" % last, 60, lambda: resp_command(maddr, "GET", last)[1] is not None)
+
+
+def scenario_upgrade_supervised(c, results):
+    """The same with primaryUpdateStrategy: supervised on a new pair: the operator rolls the
+    secondary, then waits for `kubectl strand switchover`."""
+    image = next_image()
+    pair = """
+apiVersion: strand.dev/v1alpha1
+kind: Instance
+metadata: {name: oxford}
+spec: {image: %(old)s, storage: {size: 1Gi}, primaryUpdateStrategy: supervised}
+---
+apiVersion: strand.dev/v1alpha1
+kind: Instance
+metadata: {name: newtown}
+spec: {image: %(old)s, storage: {size: 1Gi}, primaryUpdateStrategy: supervised}
+---
+apiVersion: strand.dev/v1alpha1
+kind: ReplicationLink
+metadata: {name: oxford-to-newtown}
+spec: {source: oxford, target: newtown, mode: BC, autorollback: true}
+""" % {"old": OLD_IMAGE}
+    c.k("apply", "-f", "-", input=pair)
+    c.wait("family oxford healthy", 180, lambda: c.healthy("oxford"))
+    members = ["oxford", "newtown"]
+    w = Writer(c, members, "sup-")
+    w.start()
+    time.sleep(1)
+    patch_image(c, members, image)
+    c.wait("the upgrade to wait for a person", 180,
+           lambda: (c.family("oxford").get("upgrade") or {}).get("step") == "Primary"
+           and "kubectl strand switchover" in (c.family("oxford").get("message") or ""))
+    # It stays there: the primary keeps its image and role, the secondary is in mismatch mode.
+    time.sleep(8)
+    f = c.family("oxford")
+    if f["primary"] != "oxford" or (f.get("upgrade") or {}).get("step") != "Primary":
+        raise Fail("the supervised upgrade moved on by itself: %r" % f)
+    conds = {x["type"]: x for x in c.status("instance", "newtown").get("conditions", [])}
+    if conds.get("VersionMismatch", {}).get("status") != "True":
+        raise Fail("newtown is not in version-mismatch mode: %r" % conds.get("VersionMismatch"))
+    kind, message = resp_command("%s:6379" % c.pod_ip("newtown"), "GET", "sup-0")
+    if kind != "err" or not message.startswith("MISMATCH"):
+        raise Fail("a client of the standby in mismatch mode got %r %r" % (kind, message))
+    log("  waiting at step Primary: %s" % f["message"])
+    log("  a client of newtown (mismatch mode) got: %s" % message)
+    switched = time.time()
+    p = c.plugin("switchover", "oxford", "--to", "newtown")
+    log("  " + p.stdout.strip().replace("\n", "\n  "))
+    c.wait("every instance on %s's format" % image, 180, lambda: upgraded(c, members, image, "oxford"))
+    w.refresh()
+    time.sleep(2)
+    w.stop()
+    upgrade_record(c, "oxford")
+    kept, _ = verify(c, w, members, family="oxford", expect_lost=lambda n: n == 0)
+    log("  after the plugin's switchover: %d acknowledged writes, 0 lost, write gap %.3fs" % (kept, w.max_gap(since=switched)))
+
 
 SCENARIOS = [
     ("switchover-yaml", scenario_switchover_yaml),
@@ -609,6 +847,9 @@ SCENARIOS = [
     ("si-malvern-ahead", scenario_si_malvern_ahead),
     ("eviction", scenario_eviction),
     ("two-replicas", scenario_two_replicas),
+    # Last: they leave the families on the next version.
+    ("upgrade-supervised", scenario_upgrade_supervised),
+    ("upgrade", scenario_upgrade),
 ]
 
 
@@ -629,11 +870,36 @@ def bench(c, n):
     }, indent=2))
 
 
+def bench_upgrade(n):
+    """The hot-standby upgrade's write gap, median of n runs, each on a fresh cluster (the
+    format moves only forward)."""
+    gaps, took = [], []
+    for i in range(n):
+        dir = tempfile.mkdtemp(prefix="strand-upgrade-bench.")
+        c = Cluster(dir)
+        try:
+            subprocess.run([os.path.join(HERE, "up"), dir], check=True, capture_output=True)
+            install(c)
+            results = {}
+            t = time.time()
+            scenario_upgrade(c, results)
+            took.append(time.time() - t)
+            gaps.append(results["upgrade_gap"][0])
+        finally:
+            subprocess.run([os.path.join(HERE, "down"), dir], capture_output=True)
+    print(json.dumps({
+        "upgrade_write_gap_seconds": {"median": statistics.median(gaps), "all": gaps},
+        "upgrade_scenario_seconds": {"median": statistics.median(took), "all": took},
+        "settings": LIFECYCLE,
+    }, indent=2))
+
+
 def main():
     args = sys.argv[1:]
     keep = "--keep" in args
     only = None
     n_bench = None
+    n_bench_upgrade = None
     rest = []
     i = 0
     while i < len(args):
@@ -642,6 +908,9 @@ def main():
             i += 2
         elif args[i] == "--bench":
             n_bench = int(args[i + 1])
+            i += 2
+        elif args[i] == "--bench-upgrade":
+            n_bench_upgrade = int(args[i + 1])
             i += 2
         elif args[i] == "--keep":
             i += 1
@@ -652,6 +921,17 @@ def main():
         if not os.access(os.path.join(TARGET, b), os.X_OK):
             print("lifecycle: build target/debug/%s first (cargo build)" % b, file=sys.stderr)
             return 2
+    if not os.access(os.path.join(REPO, "target", "next", "debug", "strand-engine"), os.X_OK):
+        print("lifecycle: build the next version first (cargo build -p strand-engine --features next-version "
+              "--target-dir target/next)", file=sys.stderr)
+        return 2
+    if n_bench_upgrade:
+        try:
+            bench_upgrade(n_bench_upgrade)
+            return 0
+        except Fail as e:
+            print("lifecycle: FAIL: %s" % e, file=sys.stderr)
+            return 1
     dir = rest[0] if rest else tempfile.mkdtemp(prefix="strand-lifecycle.")
     c = Cluster(dir)
     started = time.time()

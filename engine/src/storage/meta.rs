@@ -80,6 +80,10 @@ pub struct InstanceMeta {
     pub creation_id: String,
     pub supplementary: bool,
     pub format_version: u32,
+    /// The release whose binary wrote the data in its format (created it, or upgraded it to
+    /// it): named to clients in version-mismatch mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format_written_by: Option<String>,
     pub role: Role,
     pub created_at_micros: u64,
     /// Set on an instance created from a backup: whose backup, at which seqno.
@@ -202,6 +206,7 @@ impl InstanceMeta {
             creation_id,
             supplementary,
             format_version: FORMAT_VERSION,
+            format_written_by: Some(crate::VERSION.to_owned()),
             role: Role::Standalone,
             created_at_micros: now_micros,
             restored_from: None,

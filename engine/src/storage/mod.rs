@@ -243,10 +243,12 @@ impl Store {
     /// and admin only, as the seed's standby does until its image is upgraded. The message
     /// names both versions.
     pub fn version_mismatch(&self) -> Option<String> {
-        let data = self.meta.read().unwrap_or_else(std::sync::PoisonError::into_inner).format_version;
+        let meta = self.meta.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let data = meta.format_version;
         (data < crate::version::FORMAT).then(|| {
+            let by = meta.format_written_by.as_deref().map(|v| format!(" (written by strand {v})")).unwrap_or_default();
             format!(
-                "MISMATCH strand {} (format {}) runs here on data of format {data}: it replicates but serves no clients until its family's upgrade reaches it (`ctl upgrade-format` on the family's primary); connect to the primary",
+                "MISMATCH strand {} (format {}) runs here on data of format {data}{by}: it replicates but serves no clients until its family's upgrade reaches it (`ctl upgrade-format` on the family's primary); connect to the primary",
                 crate::VERSION,
                 crate::version::FORMAT
             )

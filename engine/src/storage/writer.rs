@@ -788,6 +788,7 @@ impl<T: Send + 'static> WriterThread<T> {
                 "format upgraded by replaying the family's upgrade record"
             );
             meta.format_version = to;
+            meta.format_written_by = Some(crate::VERSION.to_owned());
         }
         self.commit_applied(txn, committed, next - 1, &touched, streams, meta)?;
         Ok(next - 1)
@@ -1178,6 +1179,7 @@ impl<T: Send + 'static> WriterThread<T> {
         if let Some(to) = upgrade_to {
             super::format::migrate(&txn, meta.format_version, to, seqno)?;
             meta.format_version = to;
+            meta.format_written_by = Some(crate::VERSION.to_owned());
             put_meta(&txn, &meta)?;
         }
         save_streams(&txn, &self.streams, &streams)?;

@@ -70,7 +70,7 @@ pub enum Mode {
 #[serde(rename_all = "camelCase")]
 pub struct ReplicationLinkStatus {
     /// Connecting, CatchingUp, Streaming, RollbackRequired, Blocked, Paused, Unreachable,
-    /// Deleting.
+    /// Deleting, AwaitingUpgrade (its target waits for its turn in an image upgrade).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
     /// Why the link is blocked or needs a rollback.

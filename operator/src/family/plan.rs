@@ -381,6 +381,12 @@ pub fn plan(view: &FamilyView<'_>) -> FamilyPlan {
     let mut p = Planner { view, st: view.status.clone(), out: FamilyPlan::default(), upgrade_note: None };
     p.st.members = view.members.iter().map(|m| m.name.to_owned()).collect();
     p.step();
+    // Upgrade calls go last: they need what the rest sets up (the primary's lease above all).
+    let (upgrade, mut actions): (Vec<Action>, Vec<Action>) = std::mem::take(&mut p.out.actions)
+        .into_iter()
+        .partition(|a| matches!(a, Action::PrepareUpgrade { .. } | Action::UpgradeFormat { .. }));
+    actions.extend(upgrade);
+    p.out.actions = actions;
     if let Some(note) = p.upgrade_note.take() {
         // A family otherwise healthy shows the upgrade as its phase.
         if p.st.phase.as_deref() == Some("Healthy") && p.st.upgrade.is_some() {
@@ -962,7 +968,13 @@ impl<'v, 'a> Planner<'v, 'a> {
             .filter(|(_, r)| {
                 !matches!(
                     r.state.as_str(),
-                    "Streaming" | "CatchingUp" | "Paused" | "Unreachable" | "Deleting" | "Blocked"
+                    "Streaming"
+                        | "CatchingUp"
+                        | "Paused"
+                        | "Unreachable"
+                        | "Deleting"
+                        | "Blocked"
+                        | "AwaitingUpgrade"
                 )
             })
             .map(|(n, r)| format!("{n} ({})", r.state))
@@ -1410,7 +1422,8 @@ impl<'v, 'a> Planner<'v, 'a> {
                     match (restart, ready) {
                         (false, Some(to)) if supervised => {
                             self.upgrade_note = Some(format!(
-                                "upgrade: the secondaries run {image}; waiting for a person to move the primary role (primaryUpdateStrategy: supervised): kubectl strand switchover {to}"
+                                "upgrade: the secondaries run {image}; waiting for a person to move the primary role (primaryUpdateStrategy: supervised): kubectl strand switchover {} --to {to}",
+                                self.view.name
                             ));
                         }
                         (false, Some(to)) => {
@@ -1657,6 +1670,17 @@ impl<'v, 'a> Planner<'v, 'a> {
             }
             let receiver_error = e.receiver.as_ref().and_then(|r| r.last_error.clone());
             stream(&mut starts, &mut report, (parent, pe), m.name, addr, false, receiver_error);
+            // Its binary cannot apply the upgrade record: it waits for its turn in the upgrade.
+            if let Some(up) = self.st.upgrade.as_ref().filter(|u| u.format_upgraded)
+                && !matches!(report.state.as_str(), "Streaming" | "CatchingUp")
+                && !self.upgraded(m, &up.image, false)
+            {
+                report.state = "AwaitingUpgrade".into();
+                report.reason = Some(format!(
+                    "{} replays the format upgrade once it runs {} (its turn in the family's upgrade)",
+                    m.name, up.image
+                ));
+            }
             self.out.links.insert(link.clone(), report);
         }
 
@@ -1883,11 +1907,10 @@ impl<'v, 'a> Planner<'v, 'a> {
             return;
         }
         let primary_ok = self.engine(root).is_some_and(|e| writable(e) && e.term == self.st.term);
-        let links_ok = self
-            .out
-            .links
-            .values()
-            .all(|r| matches!(r.state.as_str(), "Streaming" | "CatchingUp" | "Paused"));
+        let links_ok =
+            self.out.links.values().all(|r| {
+                matches!(r.state.as_str(), "Streaming" | "CatchingUp" | "Paused" | "AwaitingUpgrade")
+            });
         let members_ok = self.view.members.iter().all(|m| m.paused || m.engine.is_some());
         if !primary_ok {
             self.st.phase = Some("Degraded".into());
@@ -1910,7 +1933,9 @@ impl<'v, 'a> Planner<'v, 'a> {
                 .out
                 .links
                 .iter()
-                .filter(|(_, r)| !matches!(r.state.as_str(), "Streaming" | "CatchingUp" | "Paused"))
+                .filter(|(_, r)| {
+                    !matches!(r.state.as_str(), "Streaming" | "CatchingUp" | "Paused" | "AwaitingUpgrade")
+                })
                 .map(|(n, r)| format!("{n} {}", r.state))
                 .collect();
             let mut parts = Vec::new();

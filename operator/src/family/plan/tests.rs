@@ -286,7 +286,9 @@ impl Sim {
         ok
     }
 
-    fn apply_to(e: &mut Engine, a: &Action, _now: u64) -> bool {
+    fn apply_to(e: &mut Engine, a: &Action, now: u64) -> bool {
+        // A primary that requires a lease writes (journaled calls too) only while it holds one.
+        let leased = !e.status.lease.required || e.lease_until.is_some_and(|u| now < u);
         let s = &mut e.status;
         match a {
             Action::Promote { term, lease, .. } => {
@@ -349,7 +351,7 @@ impl Sim {
             Action::SourceStop { receiver, .. } => s.sources.retain(|x| &x.receiver != receiver),
             Action::Rollback { .. } => {}
             Action::PrepareUpgrade { .. } => {
-                if !s.writable_role() && s.role != "standalone" {
+                if (!s.writable_role() && s.role != "standalone") || !leased {
                     return false;
                 }
                 s.upgrade_prepared = true;
@@ -357,7 +359,7 @@ impl Sim {
                 s.journal_seqno = e.log.len() as u64;
             }
             Action::UpgradeFormat { .. } => {
-                if !s.writable_role() && s.role != "standalone" {
+                if (!s.writable_role() && s.role != "standalone") || !leased {
                     return false;
                 }
                 if s.format_version < s.binary_format_version {
@@ -870,7 +872,11 @@ fn an_image_change_rolls_the_secondaries_switches_over_and_upgrades_the_format()
     sim.set_spec_image("v2");
     let plan = sim.tick(500);
     assert!(plan.notes.iter().any(|n| n.reason == "UpgradeStarted"));
-    assert_eq!(plan.actions.first(), Some(&Action::PrepareUpgrade { instance: "ardmore".into() }));
+    assert_eq!(
+        plan.actions.last(),
+        Some(&Action::PrepareUpgrade { instance: "ardmore".into() }),
+        "after the lease"
+    );
     // The secondaries go first; the old primary keeps its image until it is one no more.
     let mut secondaries_first = true;
     let end = sim.now + 120_000;
@@ -888,6 +894,9 @@ fn an_image_change_rolls_the_secondaries_switches_over_and_upgrades_the_format()
     let kinds: Vec<(&str, &str)> =
         sim.status.history.iter().map(|r| (r.kind.as_str(), r.outcome.as_str())).collect();
     assert_eq!(kinds, [(SWITCHOVER, "Succeeded"), ("Upgrade", "Succeeded")]);
+    // Re-pointing did not wait for the old primary, whose binary cannot apply the upgrade
+    // record until its turn.
+    assert_eq!(sim.status.history[0].message, None, "{:?}", sim.status.history[0]);
     let record = sim.status.history.last().unwrap();
     assert_eq!((record.from.as_deref(), record.to.as_deref()), (Some("v1"), Some("v2")));
     let steps: Vec<&str> = record.steps.iter().map(|s| s.step.as_str()).collect();
@@ -915,7 +924,9 @@ fn a_supervised_upgrade_waits_for_a_person_to_move_the_primary_role() {
     assert_eq!(sim.status.primary.as_deref(), Some("ardmore"), "moved without being asked");
     assert_eq!(sim.engines["ardmore"].pod_image, "v1");
     assert_eq!(sim.engines["brynmawr"].pod_image, "v2");
-    assert!(sim.status.message.as_deref().unwrap_or("").contains("kubectl strand switchover brynmawr"));
+    assert!(
+        sim.status.message.as_deref().unwrap_or("").contains("kubectl strand switchover fam --to brynmawr")
+    );
     sim.requests.insert("brynmawr".into(), Requests { switchover: Some("s1".into()), ..Default::default() });
     assert!(run_upgrade(&mut sim, 60_000), "{:?}", sim.status);
     assert!(sim.run(20_000, |s| s.healthy() && s.all_on("v2")), "{:?}", sim.status);

@@ -76,6 +76,9 @@ fn parse_args() -> Result<Args, String> {
                 args.config.timing.catch_up_deadline = d;
                 args.config.timing.repoint_deadline = d;
             }
+            "--upgrade-step-deadline-seconds" => {
+                args.config.timing.upgrade_step_deadline = seconds(&arg, it.next())?
+            }
             "--role-lease-seconds" => args.config.lease = seconds(&arg, it.next())?,
             "--refresh-seconds" => args.config.refresh = seconds(&arg, it.next())?,
             "--log-format" => match it.next().as_deref() {
@@ -87,7 +90,7 @@ fn parse_args() -> Result<Args, String> {
                 return Err("usage: strand-operator [--metrics-addr HOST:PORT] [--log-format json|text]\n\
                      [--webhook-addr HOST:PORT --webhook-service NAME --webhook-secret NAME --webhook-configuration NAME]\n\
                      [--failover-delay-seconds N (30)] [--switchover-timeout-seconds N (60)]\n\
-                     [--role-lease-seconds N (15)] [--refresh-seconds N (5)]\n\
+                     [--upgrade-step-deadline-seconds N (300)] [--role-lease-seconds N (15)] [--refresh-seconds N (5)]\n\
                      Log level from RUST_LOG (default info). Identity from POD_NAME, Lease namespace from POD_NAMESPACE."
                     .into());
             }

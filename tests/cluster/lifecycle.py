@@ -679,18 +679,17 @@ class MismatchProbe(threading.Thread):
     def run(self):
         ips, looked = {}, 0.0
         while not self.stopping.is_set():
-            if time.time() - looked > 1:
-                for i in self.instances:
-                    try:
-                        ips[i] = self.cluster.pod_ip(i)
-                    except (Fail, KeyError, TypeError, ValueError):
-                        pass
+            if time.time() - looked > 0.3:
+                try:
+                    ips = self.cluster.pod_ips()
+                except (Fail, ValueError):
+                    pass
                 looked = time.time()
             for i in self.instances:
                 try:
-                    if not ips.get(i):
+                    if not ips.get(i + "-0"):
                         continue
-                    kind, value = resp_command("%s:6379" % ips[i], "PING", timeout=0.5)
+                    kind, value = resp_command("%s:6379" % ips[i + "-0"], "PING", timeout=0.5)
                     if kind == "err" and value.startswith("MISMATCH"):
                         self.seen.setdefault(i, value)
                 except (OSError, Fail, KeyError, TypeError, ValueError):
@@ -754,9 +753,14 @@ def scenario_upgrade(c, results):
     new_primary = c.family()["primary"]
     if new_primary == primary:
         raise Fail("the primary role did not move (unsupervised switchover expected)")
-    switch = c.family()["history"][-2]
-    if switch["kind"] != "Switchover" or switch["outcome"] != "Succeeded":
-        raise Fail("the record before the upgrade: %r" % switch)
+    switches = [r for r in c.family()["history"] if r["kind"] == "Switchover" and r["reason"].startswith("upgrade to")]
+    if not switches or switches[-1]["outcome"] != "Succeeded" or switches[-1]["to"] != new_primary:
+        raise Fail("the upgrade's switchover: %r" % switches[-1:])
+    # The secondary first, the old primary last (after the switchover).
+    names = [st["step"] for st in record["steps"]]
+    first, last = "Secondaries: %s" % new_primary, "Finishing: %s" % primary
+    if first not in names or last not in names or names.index(first) > names.index(last):
+        raise Fail("upgrade order: %r" % names)
     kept, lost = verify(c, w, members, expect_lost=lambda n: n == 0)
     gap = w.max_gap(since=started)
     results.setdefault("upgrade_gap", []).append(gap)
@@ -813,7 +817,7 @@ spec: {source: oxford, target: newtown, mode: BC, autorollback: true}
            lambda: (c.family("oxford").get("upgrade") or {}).get("step") == "Primary"
            and "kubectl strand switchover" in (c.family("oxford").get("message") or ""))
     # It stays there: the primary keeps its image and role, the secondary is in mismatch mode.
-    time.sleep(8)
+    time.sleep(10)
     f = c.family("oxford")
     if f["primary"] != "oxford" or (f.get("upgrade") or {}).get("step") != "Primary":
         raise Fail("the supervised upgrade moved on by itself: %r" % f)

@@ -458,6 +458,16 @@ pub fn inherit(
                 status.handled.push(h.clone());
             }
         }
+        // An upgrade in progress goes on, and the data's format stays known (an older image
+        // than the one that moved it stays refused).
+        if status.upgrade.is_none() {
+            status.upgrade = old.upgrade.clone();
+        }
+        if let Some(image) = &old.format_image
+            && status.format_image.as_ref().is_none_or(|mine| crate::family::plan::older(mine, image))
+        {
+            status.format_image = Some(image.clone());
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -66,11 +66,23 @@ async fn reconcile_inner(inst: &Instance, ctx: &Ctx) -> Result<Action, Error> {
     let is_primary = family_status.as_ref().and_then(|s| s.primary.as_deref()) == Some(name.as_str());
     let running = ctx.stores.set_image(&ns, &name);
     let upgrade = family_status.as_ref().and_then(|s| s.upgrade.as_ref());
-    let image = crate::family::plan::image_for(&name, &inst.spec.image, upgrade, running.as_deref());
+    let family_image = family_status
+        .as_ref()
+        .and_then(|s| s.primary.as_deref())
+        .filter(|p| *p != name)
+        .and_then(|p| ctx.stores.set_image(&ns, p));
+    let image = crate::family::plan::image_for(
+        &name,
+        &inst.spec.image,
+        upgrade,
+        running.as_deref(),
+        family_image.as_deref(),
+    );
     let pp = PatchParams::apply(MANAGER).force();
     Api::<StatefulSet>::namespaced(ctx.client.clone(), &ns)
         .patch(&name, &pp, &Patch::Apply(desired::statefulset(inst, &image)))
         .await?;
+    replace_failed_pod(ctx, &ns, &name, &image).await?;
     Api::<Service>::namespaced(ctx.client.clone(), &ns)
         .patch(&name, &pp, &Patch::Apply(desired::service(inst)))
         .await?;
@@ -87,6 +99,43 @@ async fn reconcile_inner(inst: &Instance, ctx: &Ctx) -> Result<Action, Error> {
         ensure_family(ctx, &ns, &family, &members).await?;
     }
     Ok(Action::requeue(RESYNC))
+}
+
+/// Deletes the instance's pod when it runs another image than `image` and is not ready: a
+/// StatefulSet does not replace a pod that never became ready after its template changes
+/// back (Kubernetes' "forced rollback"), so going back from a bad image would stall. A
+/// ready pod is left to the StatefulSet's rolling update.
+async fn replace_failed_pod(ctx: &Ctx, ns: &str, name: &str, image: &str) -> Result<(), Error> {
+    let pod_name = format!("{name}-0");
+    let Some(pod) = ctx.stores.pods.get(&ObjectRef::new(&pod_name).within(ns)) else { return Ok(()) };
+    let runs = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers.iter().find(|c| c.name == "engine"))
+        .and_then(|c| c.image.clone());
+    let ready = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    if ready || pod.metadata.deletion_timestamp.is_some() || runs.is_none() || runs.as_deref() == Some(image)
+    {
+        return Ok(());
+    }
+    ctx.check_leading()?;
+    let uid = pod.metadata.uid.clone();
+    let dp = kube::api::DeleteParams {
+        preconditions: uid.map(|uid| kube::api::Preconditions { uid: Some(uid), resource_version: None }),
+        ..Default::default()
+    };
+    match Api::<Pod>::namespaced(ctx.client.clone(), ns).delete(&pod_name, &dp).await {
+        Ok(_) => {
+            tracing::info!(pod = %pod_name, namespace = ns, from = ?runs, to = image, "deleted a pod that never became ready on an image its StatefulSet no longer runs");
+            Ok(())
+        }
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Creates the Family object of `family` (or updates its owners when members changed). Its

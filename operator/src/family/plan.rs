@@ -31,12 +31,20 @@ pub const REPOINTING: &str = "Repointing";
 pub const HISTORY_MAX: usize = 10;
 /// The image Instance `name` runs: a new one only once its family's upgrade released it (the
 /// family decides the order, docs/upgrades.md); until then the one it runs (`running`, its
-/// StatefulSet's); the spec's when it runs none yet.
-pub fn image_for(name: &str, spec_image: &str, upgrade: Option<&Upgrade>, running: Option<&str>) -> String {
+/// StatefulSet's). A new instance starts on the image its family's primary runs
+/// (`family_image`), so it joins on the family's format and is upgraded with the others;
+/// with no family primary yet, on its spec's.
+pub fn image_for(
+    name: &str,
+    spec_image: &str,
+    upgrade: Option<&Upgrade>,
+    running: Option<&str>,
+    family_image: Option<&str>,
+) -> String {
     if let Some(up) = upgrade.filter(|u| u.released.iter().any(|r| r == name)) {
         return up.image.clone();
     }
-    running.unwrap_or(spec_image).to_owned()
+    running.or(family_image).unwrap_or(spec_image).to_owned()
 }
 
 /// The version in an image reference's tag (`registry:5000/strand-engine:v0.2.0-rc1` →
@@ -50,7 +58,7 @@ pub fn image_version(image: &str) -> Option<Vec<u64>> {
 }
 
 /// Whether image `a` is an older version than image `b` (both tags carry a version).
-fn older(a: &str, b: &str) -> bool {
+pub fn older(a: &str, b: &str) -> bool {
     match (image_version(a), image_version(b)) {
         (Some(a), Some(b)) => a < b,
         _ => false,
@@ -381,11 +389,16 @@ pub fn plan(view: &FamilyView<'_>) -> FamilyPlan {
     let mut p = Planner { view, st: view.status.clone(), out: FamilyPlan::default(), upgrade_note: None };
     p.st.members = view.members.iter().map(|m| m.name.to_owned()).collect();
     p.step();
-    // Upgrade calls go last: they need what the rest sets up (the primary's lease above all).
+    // Upgrade calls go right after the primary's lease (they are writes it must be allowed to
+    // make), and before the other members' calls (a failing one stops the rest).
     let (upgrade, mut actions): (Vec<Action>, Vec<Action>) = std::mem::take(&mut p.out.actions)
         .into_iter()
         .partition(|a| matches!(a, Action::PrepareUpgrade { .. } | Action::UpgradeFormat { .. }));
-    actions.extend(upgrade);
+    let at = actions
+        .iter()
+        .position(|a| matches!(a, Action::Lease { instance, .. } if Some(instance) == p.st.primary.as_ref()))
+        .map_or(actions.len(), |i| i + 1);
+    actions.splice(at..at, upgrade);
     p.out.actions = actions;
     if let Some(note) = p.upgrade_note.take() {
         // A family otherwise healthy shows the upgrade as its phase.
@@ -403,6 +416,11 @@ pub fn plan(view: &FamilyView<'_>) -> FamilyPlan {
 
 fn writable(e: &EngineStatus) -> bool {
     e.writable_role()
+}
+
+/// A step time as written by [`ts`] (`None` if it does not parse).
+fn stamp(at: &str) -> Option<Timestamp> {
+    at.parse().ok()
 }
 
 fn ts(t: Timestamp) -> String {
@@ -1349,6 +1367,22 @@ impl<'v, 'a> Planner<'v, 'a> {
     fn upgrade_steps(&mut self, primary: &str, up: &Upgrade, during: bool) {
         let primary = primary.to_owned();
         let image = up.image.clone();
+        // A primary already on the new image in version-mismatch mode (made one by a failover
+        // or a person's switchover before its turn) serves no client: its format moves now,
+        // whatever the step.
+        let current = self.st.primary.clone().unwrap_or_else(|| primary.clone());
+        if let Some(pm) = self.member(&current)
+            && pm.pod_image == Some(image.as_str())
+            && pm.engine.is_some_and(|e| e.version_mismatch.is_some())
+        {
+            let step = self.st.upgrade.as_ref().map(|u| u.step.clone()).unwrap_or_default();
+            if step == UP_PREPARING || step == UP_SECONDARIES {
+                self.upgrade_step(
+                    UP_FORMAT,
+                    Some(format!("{UP_FORMAT} (from {step}: {current} is primary)")),
+                );
+            }
+        }
         for _ in 0..5 {
             let Some(step) = self.st.upgrade.as_ref().map(|u| u.step.clone()) else { return };
             let primary = self.st.primary.clone().unwrap_or_else(|| primary.clone());
@@ -1363,8 +1397,14 @@ impl<'v, 'a> Planner<'v, 'a> {
                         return;
                     }
                     _ => {
-                        self.upgrade_note =
-                            Some(format!("upgrade: waiting for the primary {primary} to prepare its data"));
+                        let paused = self.member(&primary).is_some_and(|m| m.paused);
+                        self.upgrade_note = Some(if paused {
+                            format!(
+                                "upgrade: waiting for the primary {primary}, which is paused (spec.paused)"
+                            )
+                        } else {
+                            format!("upgrade: waiting for the primary {primary} to prepare its data")
+                        });
                         return;
                     }
                 },
@@ -1412,30 +1452,76 @@ impl<'v, 'a> Planner<'v, 'a> {
                         return;
                     }
                     let (supervised, restart) = (pm.supervised, pm.restart);
-                    let ready: Option<String> = self
-                        .view
-                        .members
+                    let secondaries: Vec<&MemberView<'a>> =
+                        self.view.members.iter().filter(|m| m.name != primary && !m.paused).collect();
+                    let ready: Option<String> = secondaries
                         .iter()
-                        .filter(|m| m.name != primary && !m.paused && self.upgraded(m, &image, true))
+                        .filter(|m| self.upgraded(m, &image, true))
                         .max_by_key(|m| (m.engine.map_or(0, |e| e.journal_seqno), std::cmp::Reverse(m.name)))
                         .map(|m| m.name.to_owned());
-                    match (restart, ready) {
-                        (false, Some(to)) if supervised => {
-                            self.upgrade_note = Some(format!(
-                                "upgrade: the secondaries run {image}; waiting for a person to move the primary role (primaryUpdateStrategy: supervised): kubectl strand switchover {} --to {to}",
-                                self.view.name
-                            ));
-                        }
-                        (false, Some(to)) => {
-                            self.begin(SWITCHOVER, &primary, Some(&to), format!("upgrade to {image}"), false);
-                        }
-                        _ => {
-                            self.release(&primary, &image);
-                            self.upgrade_note = Some(format!(
-                                "upgrade: the primary {primary} restarts on {image} (writes stop meanwhile)"
-                            ));
+                    // In place: when asked to, or when there is no secondary to move the role to.
+                    if restart || secondaries.is_empty() {
+                        self.release(&primary, &image);
+                        self.upgrade_note = Some(format!(
+                            "upgrade: the primary {primary} restarts on {image} (writes stop meanwhile)"
+                        ));
+                        return;
+                    }
+                    let Some(to) = ready else {
+                        // A secondary stopped streaming since its turn (a restart, a network
+                        // blip): the role moves only to one that streams.
+                        self.out.busy = false;
+                        self.upgrade_note = Some(format!(
+                            "upgrade: waiting for a secondary on {image} to stream before the primary role moves"
+                        ));
+                        return;
+                    };
+                    if supervised {
+                        self.out.busy = false;
+                        self.upgrade_note = Some(format!(
+                            "upgrade: the secondaries run {image}; waiting for a person to move the primary role (primaryUpdateStrategy: supervised): kubectl strand switchover {} --to {to}",
+                            self.view.name
+                        ));
+                        return;
+                    }
+                    // After an aborted switchover of this upgrade the next try waits a step
+                    // deadline (writes stop during each try), with a warning once per abort; a
+                    // person may switch over or go back meanwhile.
+                    let reason = format!("upgrade to {image}");
+                    let since =
+                        up.steps.iter().rev().find(|s| s.step == UP_PRIMARY).and_then(|s| stamp(&s.at));
+                    let failed = self.st.history.iter().rev().find(|r| {
+                        r.kind == SWITCHOVER
+                            && r.reason == reason
+                            && r.outcome != "Succeeded"
+                            && r.steps.last().and_then(|s| stamp(&s.at)) >= since
+                    });
+                    if let Some(record) = failed {
+                        let ended = record.steps.last().map(|s| s.at.clone()).unwrap_or_default();
+                        let wait = self.view.timing.upgrade_step_deadline;
+                        if elapsed_since(self.view.now, &ended) < wait {
+                            let message = format!(
+                                "upgrade: its switchover to {} was {} ({}); it tries again {}s after, or move the primary role with `kubectl strand switchover {} --to {to}`, or go back by setting the Instances' image to {}",
+                                record.to.as_deref().unwrap_or("?"),
+                                record.outcome.to_lowercase(),
+                                record.message.as_deref().unwrap_or("no reason given"),
+                                wait.as_secs(),
+                                self.view.name,
+                                up.from_image.as_deref().unwrap_or("the previous image")
+                            );
+                            let stuck_step = format!("Stuck: switchover {ended}");
+                            if !up.steps.iter().any(|s| s.step == stuck_step) {
+                                self.note(Subject::Family, true, "UpgradeStuck", message.clone());
+                                if let Some(u) = self.st.upgrade.as_mut() {
+                                    u.steps.push(StepTime { step: stuck_step, at: ts(self.view.now) });
+                                }
+                            }
+                            self.out.busy = false;
+                            self.upgrade_note = Some(message);
+                            return;
                         }
                     }
+                    self.begin(SWITCHOVER, &primary, Some(&to), reason, false);
                     return;
                 }
                 UP_FORMAT => match self.engine(&primary) {
@@ -1672,7 +1758,7 @@ impl<'v, 'a> Planner<'v, 'a> {
             stream(&mut starts, &mut report, (parent, pe), m.name, addr, false, receiver_error);
             // Its binary cannot apply the upgrade record: it waits for its turn in the upgrade.
             if let Some(up) = self.st.upgrade.as_ref().filter(|u| u.format_upgraded)
-                && !matches!(report.state.as_str(), "Streaming" | "CatchingUp")
+                && report.state == "Connecting"
                 && !self.upgraded(m, &up.image, false)
             {
                 report.state = "AwaitingUpgrade".into();

@@ -379,7 +379,7 @@ impl Sim {
     fn roll(&mut self) {
         let upgrade = self.status.upgrade.clone();
         for (name, e) in self.engines.iter_mut() {
-            e.set_image = image_for(name, &e.spec_image, upgrade.as_ref(), Some(&e.set_image));
+            e.set_image = image_for(name, &e.spec_image, upgrade.as_ref(), Some(&e.set_image), None);
             if e.restarting {
                 e.restarting = false;
                 e.up = true;
@@ -920,7 +920,14 @@ fn a_supervised_upgrade_waits_for_a_person_to_move_the_primary_role() {
     assert!(sim.run(10_000, Sim::healthy));
     sim.set_spec_image("v2");
     assert!(sim.run(30_000, |s| s.status.upgrade.as_ref().is_some_and(|u| u.step == UP_PRIMARY)));
-    sim.run(60_000, |_| false);
+    sim.run(30_000, |_| false);
+    // The upgraded secondary stops streaming for a while (a restart, a network blip): the
+    // primary is not restarted in its place.
+    sim.freeze("brynmawr");
+    sim.run(5_000, |_| false);
+    sim.back("brynmawr");
+    sim.run(25_000, |_| false);
+    assert_eq!(sim.engines["ardmore"].restarts, 0, "the primary was restarted without being asked");
     assert_eq!(sim.status.primary.as_deref(), Some("ardmore"), "moved without being asked");
     assert_eq!(sim.engines["ardmore"].pod_image, "v1");
     assert_eq!(sim.engines["brynmawr"].pod_image, "v2");
@@ -982,14 +989,70 @@ fn an_upgrade_called_off_before_any_member_moved_leaves_no_trace_but_an_event() 
     let mut sim = Sim::new(&["ardmore", "brynmawr"], &[("ardmore", "brynmawr")]);
     assert!(sim.run(10_000, Sim::healthy));
     sim.set_spec_image("v2");
-    sim.engines.get_mut("brynmawr").unwrap().up = false; // cannot prepare... the secondary
-    let plan = sim.tick(500);
-    assert!(plan.status.upgrade.is_some());
+    let plan = sim.tick(500); // prepared; nobody released yet
+    assert!(plan.status.upgrade.as_ref().is_some_and(|u| u.released.is_empty()), "{:?}", plan.status.upgrade);
     sim.set_spec_image("v1");
     let plan = sim.tick(500);
     assert!(plan.notes.iter().any(|n| n.reason == "UpgradeCancelled"), "{:?}", plan.notes);
     assert!(sim.status.upgrade.is_none());
-    assert!(sim.engines.values().all(|e| e.set_image == "v1"));
+    sim.run(10_000, |_| false);
+    assert!(sim.status.upgrade.is_none(), "started again: {:?}", sim.status.upgrade);
+    assert!(sim.engines.values().all(|e| e.restarts == 0 && e.pod_image == "v1"));
+}
+
+#[test]
+fn a_failover_to_an_upgraded_secondary_mid_upgrade_moves_the_format_at_once() {
+    let mut sim =
+        Sim::new(&["ardmore", "brynmawr", "oxford"], &[("ardmore", "brynmawr"), ("ardmore", "oxford")]);
+    assert!(sim.run(10_000, Sim::healthy));
+    sim.set_spec_image("v2");
+    // BrynMawr is upgraded and streams in mismatch mode; Oxford's turn has come.
+    assert!(sim.run(30_000, |s| s.engines["brynmawr"].pod_image == "v2"
+        && s.engines["brynmawr"].status.receiver.as_ref().is_some_and(|r| r.state == "streaming")
+        && s.engines["oxford"].restarting));
+    sim.crash("ardmore");
+    assert!(
+        sim.run(60_000, |s| s.status.primary.as_deref().is_some_and(|p| p != "ardmore")),
+        "{:?}",
+        sim.status
+    );
+    let promoted = sim.now;
+    let primary = sim.status.primary.clone().unwrap();
+    assert!(
+        sim.run(5_000, |s| s.engines[&primary].takes_writes(s.now)),
+        "{primary} still refuses clients {} ms after its promotion: {:?}",
+        sim.now - promoted,
+        sim.engines[&primary].status
+    );
+    sim.back("ardmore");
+    assert!(run_upgrade(&mut sim, 120_000), "{:?}", sim.status);
+    assert!(sim.run(30_000, |s| s.healthy() && s.all_on("v2")), "{:?}", sim.status);
+}
+
+#[test]
+fn an_aborted_upgrade_switchover_warns_and_tries_again_later() {
+    let mut sim = Sim::new(&["ardmore", "brynmawr"], &[("ardmore", "brynmawr")]);
+    assert!(sim.run(10_000, Sim::healthy));
+    sim.set_spec_image("v2");
+    assert!(sim.run(30_000, |s| s.status.procedure.as_ref().is_some_and(|p| p.kind == SWITCHOVER)));
+    sim.freeze("brynmawr"); // it will not apply the failover record in time
+    assert!(sim.run(30_000, |s| s.status.history.last().is_some_and(|r| r.outcome == "Aborted")));
+    sim.back("brynmawr");
+    let aborted = sim.now;
+    let mut warned = 0;
+    let mut began = None;
+    while sim.now < aborted + 60_000 && began.is_none() {
+        let plan = sim.tick(500);
+        warned += plan.notes.iter().filter(|n| n.reason == "UpgradeStuck").count();
+        if plan.status.procedure.is_some() {
+            began = Some(sim.now);
+        }
+    }
+    assert_eq!(warned, 1);
+    let began = began.expect("never tried again");
+    assert!(began - aborted >= 30_000, "tried again after {} ms", began - aborted);
+    assert!(run_upgrade(&mut sim, 60_000), "{:?}", sim.status);
+    assert!(sim.run(20_000, |s| s.healthy() && s.all_on("v2")));
 }
 
 #[test]
@@ -1028,6 +1091,18 @@ fn a_secondary_that_does_not_come_back_on_the_new_image_stops_the_upgrade_with_a
     assert_eq!(sim.engines["ardmore"].pod_image, "v1", "the primary was touched");
     assert_eq!(sim.status.primary.as_deref(), Some("ardmore"));
     assert!(sim.engines["ardmore"].takes_writes(sim.now));
+}
+
+#[test]
+fn an_instance_keeps_its_image_until_released_and_a_new_one_joins_on_the_familys() {
+    let up = Upgrade { image: "e:2".into(), released: vec!["a".into()], ..Default::default() };
+    assert_eq!(image_for("a", "e:2", Some(&up), Some("e:1"), Some("e:1")), "e:2");
+    assert_eq!(image_for("b", "e:2", Some(&up), Some("e:1"), Some("e:1")), "e:1");
+    // New (no StatefulSet yet): the family primary's image, whatever its spec says.
+    assert_eq!(image_for("c", "e:2", Some(&up), None, Some("e:1")), "e:1");
+    assert_eq!(image_for("c", "e:2", None, None, Some("e:1")), "e:1");
+    // The first of its family: its spec's.
+    assert_eq!(image_for("d", "e:2", None, None, None), "e:2");
 }
 
 #[test]

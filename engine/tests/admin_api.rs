@@ -221,3 +221,47 @@ fn ctl_without_a_server_explains_itself() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// What dashboards and alerts read, on a real pair: who the instance is and its family, its
+/// term, whether it takes writes, the receiver's state, per-receiver backlog (gone with the
+/// stream), volume size and journal bytes.
+#[test]
+fn metrics_say_who_takes_writes_and_how_replication_stands() {
+    let dir = common::tempdir();
+    let ardmore = common::Server::start_replicating(dir.path(), "Ardmore");
+    let brynmawr = common::Server::start_replicating(dir.path(), "BrynMawr");
+    ardmore.ctl(&["promote", "--term", "3"]);
+    brynmawr.ctl(&["receiver", "start"]);
+    ardmore.ctl(&["source", "start", "--receiver", "BrynMawr", "--addr", &brynmawr.repl_addr()]);
+    let mut c = ardmore.client();
+    for i in 0..20 {
+        redis::cmd("SET").arg(format!("k{i}")).arg("v").query::<()>(&mut c).unwrap();
+    }
+    common::wait_until("BrynMawr to hold the writes", || brynmawr.seqno() == 20);
+    let scrape = |s: &common::Server| common::admin(&s.data_dir, "GET", "/metrics", None).unwrap().1;
+    let a = scrape(&ardmore);
+    for series in [
+        r#"strand_instance_info{family="Ardmore",name="Ardmore",role="primary",supplementary="false"} 1"#,
+        "strand_term 3",
+        "strand_writable 1",
+        r#"strand_replication_connected{receiver="BrynMawr"} 1"#,
+    ] {
+        assert!(a.contains(series), "{series} not in\n{a}");
+    }
+    assert!(a.contains("strand_volume_size_bytes ") && !a.contains("strand_volume_size_bytes 0\n"), "{a}");
+    assert!(!a.contains("strand_receiver_state"), "no receiver, no state: {a}");
+    let b = scrape(&brynmawr);
+    for series in [
+        r#"strand_instance_info{family="Ardmore",name="BrynMawr",role="secondary",supplementary="false"} 1"#,
+        "strand_writable 0",
+        r#"strand_receiver_state{state="streaming"} 1"#,
+        r#"strand_receiver_state{state="error"} 0"#,
+    ] {
+        assert!(b.contains(series), "{series} not in\n{b}");
+    }
+    assert!(b.contains("strand_replication_apply_duration_seconds_count "), "{b}");
+    // The stream stops: its per-receiver series go.
+    ardmore.ctl(&["source", "stop", "--receiver", "BrynMawr"]);
+    let a = scrape(&ardmore);
+    assert!(!a.contains(r#"receiver="BrynMawr""#), "{a}");
+}

@@ -259,12 +259,42 @@ async fn readyz(State(engine): State<Arc<Engine>>) -> Response {
 
 async fn metrics(State(engine): State<Arc<Engine>>) -> Response {
     let m = &engine.metrics;
-    m.storage_bytes.set(i64::try_from(engine.store.file_bytes()).unwrap_or(i64::MAX));
-    m.storage_free_bytes.set(engine.store.free_bytes().map_or(0, |b| i64::try_from(b).unwrap_or(i64::MAX)));
+    let int = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    m.storage_bytes.set(int(engine.store.file_bytes()));
+    let (free, size) = engine.store.volume().unwrap_or((0, 0));
+    m.storage_free_bytes.set(int(free));
+    m.volume_size_bytes.set(int(size));
     m.storage_degraded.set(i64::from(engine.store.is_degraded()));
-    m.data_format_version.set(i64::from(engine.store.meta().format_version));
+    let meta = engine.store.meta();
+    m.data_format_version.set(i64::from(meta.format_version));
     m.version_mismatch.set(i64::from(engine.store.version_mismatch().is_some()));
+    m.term.set(int(meta.term));
+    m.writable.set(i64::from(meta.role.accepts_updates() && engine.store.write_refusal().is_none()));
+    let family =
+        crate::storage::meta::family_root(&meta.history).map_or(meta.name.as_str(), |r| r.root_name.as_str());
+    m.instance_info.reset();
+    m.instance_info
+        .with_label_values(&[
+            meta.name.as_str(),
+            family,
+            meta.role.as_str(),
+            if meta.supplementary { "true" } else { "false" },
+        ])
+        .set(1);
+    m.receiver_state.reset();
+    if meta.receiver.is_some() {
+        let state = engine.replication.receiver_status().state;
+        for s in crate::metrics::RECEIVER_STATES {
+            m.receiver_state
+                .with_label_values(&[s])
+                .set(i64::from(state == s || (state.is_empty() && s == "idle")));
+        }
+    }
     let committed = engine.store.committed_seqno();
+    // Only the receivers sourced to now (a stopped stream's series goes away).
+    m.replication_backlog_transactions.reset();
+    m.replication_lag_seconds.reset();
+    m.replication_connected.reset();
     for s in engine.replication.source_statuses() {
         let s = crate::replication::source::finish_status(s, committed);
         m.replication_backlog_transactions
@@ -273,7 +303,6 @@ async fn metrics(State(engine): State<Arc<Engine>>) -> Response {
         m.replication_lag_seconds.with_label_values(&[&s.receiver]).set(s.lag_seconds);
         m.replication_connected.with_label_values(&[&s.receiver]).set(i64::from(s.state == "streaming"));
     }
-    let meta = engine.store.meta();
     if meta.supplementary {
         let seqnos = engine.store.stream_seqnos();
         m.stream_seqno.reset();

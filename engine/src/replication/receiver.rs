@@ -642,11 +642,13 @@ async fn receive(
             } else {
                 let n = records.len() as u64;
                 let failover = records.iter().rev().find(|r| r.kind == RecordKind::Failover).map(|r| r.seqno);
+                let started = std::time::Instant::now();
                 let applied = engine
                     .writer
                     .apply(records, auth.history.clone(), mode.clone())
                     .await
                     .map_err(|e| ProtocolError::Io(std::io::Error::other(e.to_string())))?;
+                engine.metrics.replication_apply_duration_seconds.observe(started.elapsed().as_secs_f64());
                 engine.metrics.replication_records_applied_total.inc_by(n);
                 engine.metrics.replication_bytes_applied_total.inc_by(bytes as u64);
                 engine.replication.set_receiver(|s| {

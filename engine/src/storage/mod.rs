@@ -437,6 +437,11 @@ impl Store {
     pub fn free_bytes(&self) -> Result<u64, StoreError> {
         free_bytes(&self.data_dir)
     }
+
+    /// The data volume: bytes available, and its size.
+    pub fn volume(&self) -> Result<(u64, u64), StoreError> {
+        volume(&self.data_dir)
+    }
 }
 
 fn load_or_create_meta(
@@ -565,6 +570,11 @@ pub(crate) fn check_journal(db: &Database) -> Result<u64, StoreError> {
 }
 
 pub(crate) fn free_bytes(path: &Path) -> Result<u64, StoreError> {
+    volume(path).map(|(free, _)| free)
+}
+
+/// The volume holding `path`: bytes available to this process, and its size.
+pub(crate) fn volume(path: &Path) -> Result<(u64, u64), StoreError> {
     use std::os::unix::ffi::OsStrExt;
     let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| StoreError::Invalid {
         reason: format!("data directory path {} contains a NUL byte", path.display()),
@@ -579,7 +589,8 @@ pub(crate) fn free_bytes(path: &Path) -> Result<u64, StoreError> {
     // SAFETY: statvfs returned 0, so it initialised the struct.
     let stat = unsafe { stat.assume_init() };
     #[allow(clippy::unnecessary_cast)] // field widths differ between platforms
-    Ok((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
+    let (avail, blocks, frsize) = (stat.f_bavail as u64, stat.f_blocks as u64, stat.f_frsize as u64);
+    Ok((avail.saturating_mul(frsize), blocks.saturating_mul(frsize)))
 }
 
 /// A consistent, read-only view of the committed state.
@@ -602,6 +613,14 @@ impl Snapshot {
 
     pub fn len(&self) -> Result<u64, StoreError> {
         self.data.len().map_err(redb_err("count keys"))
+    }
+
+    /// Bytes the journal's records take (keys and values; walks the journal's tree, so it
+    /// is computed in the background, not per request).
+    pub fn journal_bytes(&self) -> Result<u64, StoreError> {
+        use redb::ReadableTableMetadata;
+        let table = self.txn.open_table(JOURNAL).map_err(redb_err("open the journal table"))?;
+        Ok(table.stats().map_err(redb_err("measure the journal"))?.stored_bytes())
     }
 
     pub fn is_empty(&self) -> Result<bool, StoreError> {

@@ -290,7 +290,6 @@ async fn reconcile_inner(fam: &Family, ctx: &Ctx) -> Result<KubeAction, Error> {
     if new_status != status || fam.status.is_none() {
         write_family_status(ctx, &ns, &name, &mut new_status).await?;
     }
-    ctx.metrics.family(&ns, &name, &status.history, &new_status);
 
     // Act.
     let endpoints: BTreeMap<&str, &Endpoint> = observed
@@ -350,6 +349,7 @@ async fn reconcile_inner(fam: &Family, ctx: &Ctx) -> Result<KubeAction, Error> {
             ctx.publish(&object, note.warning, note.reason, note.message.clone()).await;
         }
     }
+    let mut reported: BTreeMap<String, LinkReport> = BTreeMap::new();
     for l in relevant.iter().filter(|l| owner_of(l) == Some(&name)) {
         let mut report = plan.links.get(&l.name_any()).cloned().unwrap_or_else(|| LinkReport {
             state: "Connecting".into(),
@@ -365,8 +365,10 @@ async fn reconcile_inner(fam: &Family, ctx: &Ctx) -> Result<KubeAction, Error> {
             report.reason = Some(message.clone());
         }
         let release = failure.is_none() && plan.release.contains(&l.name_any());
+        reported.insert(l.name_any(), report.clone());
         write_link(ctx, l, &name, report, release).await?;
     }
+    ctx.metrics.family(&ns, &name, &status.history, &new_status, &reported);
     let primary = new_status.primary.clone();
     for m in &members {
         if let Some(o) = observed.get(&m.name_any()) {

@@ -841,7 +841,18 @@ spec: {source: oxford, target: newtown, mode: BC, autorollback: true}
     log("  after the plugin's switchover: %d acknowledged writes, 0 lost, write gap %.3fs" % (kept, w.max_gap(since=switched)))
 
 
+def scenario_monitoring(c, results):
+    """The dashboard's and the alerts' queries against this running cluster: its scrapes and a
+    real Prometheus (monitoring/check.py)."""
+    p = subprocess.run([sys.executable, os.path.join(REPO, "monitoring", "check.py"), "--cluster", c.dir],
+                       capture_output=True, text=True)
+    if p.returncode != 0:
+        raise Fail(p.stderr.strip() or p.stdout.strip())
+    log("  " + p.stdout.strip())
+
+
 SCENARIOS = [
+    ("monitoring", scenario_monitoring),
     ("switchover-yaml", scenario_switchover_yaml),
     ("switchover-plugin", scenario_switchover_plugin),
     ("operator-killed", scenario_operator_killed_mid_switchover),

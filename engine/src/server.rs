@@ -85,6 +85,10 @@ pub async fn run_until(
         .map_err(|e| ServerError::Admin { source: std::io::Error::other(e) })??;
     let store = Arc::new(store);
     let metrics = Arc::new(Metrics::new().map_err(|source| ServerError::Metrics { source })?);
+    // Every command's counter exists from the start (at 0), so rates and dashboards see it.
+    for spec in crate::resp::cmd::SPECS {
+        metrics.resp_commands_total.with_label_values(&[spec.name]).inc_by(0);
+    }
     metrics.journal_seqno.set(i64::try_from(store.committed_seqno()).unwrap_or(i64::MAX));
     let (writer, writer_thread) = Writer::spawn(store.clone(), config.disk_reserve_bytes, metrics.clone())
         .map_err(|source| ServerError::Writer { source })?;

@@ -978,6 +978,8 @@ def main():
                     if os.path.exists(path):
                         with open(path, errors="replace") as f:
                             print("---- %s\n%s" % (pod, "".join(f.readlines()[-60:])), file=sys.stderr)
+        # Said again last, so the end of a CI log names the failure.
+        print("lifecycle: FAIL: %s" % e, file=sys.stderr)
         return 1
     finally:
         if not keep:

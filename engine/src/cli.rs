@@ -8,10 +8,10 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::admin::client::Target;
 use crate::admin::{BackupRequest, CreateRequest, JournalEntry, Status};
+use crate::base::error_chain;
+use crate::engine::Config;
 use crate::limits::{CLIENTS_MAX_DEFAULT, DISK_RESERVE_BYTES_DEFAULT};
-use crate::server::Config;
 use crate::storage::backup;
-use crate::storage::writer::error_chain;
 
 #[derive(Debug, Parser)]
 #[command(name = "strand-engine", version = crate::VERSION, about = "Strand: a replicated, journaled key-value engine speaking RESP")]
@@ -413,7 +413,7 @@ async fn ctl_inner(args: CtlArgs) -> Result<(), String> {
             return print_json(&offline_rollback(dir, *to).await?);
         }
         CtlCommand::LostTransactions { action: LostAction::Show { file, json } } => {
-            let (header, txns) = crate::replication::lostlog::read(file).map_err(|err| error_chain(&err))?;
+            let (header, txns) = crate::storage::lostlog::read(file).map_err(|err| error_chain(&err))?;
             if *json {
                 return print_json(&serde_json::json!({"header": header, "transactions": txns}));
             }

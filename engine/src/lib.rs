@@ -1,21 +1,33 @@
 //! Strand engine: a transactional key-value server that speaks RESP and keeps a journal
 //! the way GT.M does (journal sequence numbers, before/after images, history records).
 //!
-//! Module map:
-//! - [`storage`]: redb tables for data, journal and instance metadata, changed in one atomic
-//!   commit; [`storage::writer`] is the group-commit writer thread; [`storage::journal`] the
-//!   record format; [`storage::meta`] the instance metadata; [`storage::backup`] backups and
-//!   restores.
-//! - [`resp`]: the data port — framing, one task per connection, the commands.
-//! - [`admin`]: the HTTP/JSON admin API (Unix socket and token-protected TCP) and its client.
-//! - [`server`]: wires storage, writer, data port and admin API together; startup and
-//!   shutdown order.
-//! - [`metrics`]: Prometheus metrics. [`limits`]: every bound, in one place.
-//! - [`shutdown`]: the shutdown signal. [`cli`]: `strand-engine run` and `strand-engine ctl`.
-//! - [`version`]: the binary, format and protocol versions and what is compatible with what.
+//! Layers, each importing only from its own layer or the ones before it, never upwards and
+//! never in a cycle:
+//!
+//! 1. Leaves: [`base`] (error chains, hex, constant-time compare), [`frame`] (RESP values and
+//!    framing), [`limits`] (every bound), [`version`] (binary, format and protocol versions),
+//!    [`metrics`], [`shutdown`].
+//! 2. [`storage`]: redb tables for data, journal and instance metadata, changed in one atomic
+//!    commit; [`storage::writer`] is the group-commit writer thread; [`storage::journal`] the
+//!    record format; [`storage::meta`] the instance metadata; [`storage::lostlog`] the
+//!    Unreplicated Transaction Log; [`storage::backup`] backups and restores.
+//! 3. [`replication`]: BC and SI streams, working on a [`replication::Context`] (store,
+//!    writer, metrics, replication state), not on the whole engine.
+//! 4. [`engine`]: the [`engine::Engine`] the data port and the admin API share (the
+//!    replication context plus configuration, readiness and client ids).
+//! 5. [`admin`] (the HTTP/JSON admin API and its client) and [`resp`] (the data port: one task
+//!    per connection, the commands).
+//! 6. [`server`]: builds the engine and starts and stops the writer, data port, replication
+//!    and admin API in order.
+//! 7. [`cli`]: `strand-engine run` and `strand-engine ctl`.
+//!
+//! `engine/tests/layers.rs` reads the sources and fails if an import points the wrong way.
 
 pub mod admin;
+pub mod base;
 pub mod cli;
+pub mod engine;
+pub mod frame;
 pub mod limits;
 pub mod metrics;
 pub mod replication;

@@ -1,44 +1,20 @@
 //! The running server: opens the store, starts the writer, the data port and the admin API,
 //! and shuts them down in order.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Instant;
+use std::sync::atomic::Ordering;
 
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use crate::base::error_chain;
+use crate::engine::{Config, Engine};
 use crate::metrics::Metrics;
-use crate::resp::frame::Frame;
+use crate::replication::Context;
 use crate::shutdown::{self, Shutdown};
-use crate::storage::writer::{Writer, error_chain};
+use crate::storage::writer::Writer;
 use crate::storage::{CreateSpec, Store, StoreError};
-
-/// Everything `strand-engine run` was told.
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub data_dir: PathBuf,
-    /// Creates the instance on first start; must match the stored name afterwards.
-    pub name: Option<String>,
-    pub supplementary: bool,
-    pub resp_addr: SocketAddr,
-    pub admin_addr: Option<SocketAddr>,
-    /// Bearer token required on the TCP admin listener.
-    pub admin_token: Option<String>,
-    /// Password required by AUTH on the data port.
-    pub password: Option<Vec<u8>>,
-    pub max_clients: usize,
-    pub disk_reserve_bytes: u64,
-    /// Filled in once the data port is bound (the configured port may be 0).
-    pub resp_port: u16,
-    /// Where this instance receives replication streams.
-    pub repl_addr: Option<SocketAddr>,
-    /// Shared secret both ends of a replication stream must prove.
-    pub repl_secret: Option<Vec<u8>>,
-}
 
 #[derive(Debug, Error)]
 pub enum ServerError {
@@ -52,20 +28,6 @@ pub enum ServerError {
     Metrics { source: prometheus::Error },
     #[error("failed to serve the admin API")]
     Admin { source: std::io::Error },
-}
-
-/// State shared by every connection and admin request.
-pub struct Engine {
-    pub store: Arc<Store>,
-    pub writer: Writer<Frame>,
-    pub metrics: Arc<Metrics>,
-    pub config: Config,
-    pub started: Instant,
-    pub ready: AtomicBool,
-    pub replication: crate::replication::Replication,
-    /// Bound replication address (the configured port may be 0).
-    pub repl_local: Option<SocketAddr>,
-    next_client_id: AtomicU64,
 }
 
 /// Runs the server until SIGINT/SIGTERM.
@@ -110,26 +72,19 @@ pub async fn run_until(
     };
     let repl_local = repl.as_ref().and_then(|l| l.local_addr().ok());
     let replication = crate::replication::Replication::new(config.repl_secret.clone());
-
-    let engine = Arc::new(Engine {
-        store,
-        writer,
-        metrics,
-        config,
-        started: Instant::now(),
-        ready: AtomicBool::new(false),
-        replication,
-        repl_local,
-        next_client_id: AtomicU64::new(1),
-    });
+    let core = Arc::new(Context { store, writer, metrics, replication });
+    let engine = Arc::new(Engine::new(core, config, repl_local));
     let (trigger, shutdown) = shutdown::channel();
-    let admin = crate::admin::start(engine.clone(), shutdown.clone()).await?;
+    let admin = crate::admin::start(engine.clone(), shutdown.clone())
+        .await
+        .map_err(|e| ServerError::Bind { what: e.what, addr: e.addr, source: e.source })?;
 
     let accept = tokio::spawn(accept_loop(engine.clone(), resp, shutdown.clone()));
-    let repl_task =
-        repl.map(|l| tokio::spawn(crate::replication::receiver::listen(engine.clone(), l, shutdown.clone())));
+    let repl_task = repl.map(|l| {
+        tokio::spawn(crate::replication::receiver::listen(engine.core.clone(), l, shutdown.clone()))
+    });
     for link in engine.store.meta().sources {
-        let handle = crate::replication::source::spawn(engine.clone(), link.clone());
+        let handle = crate::replication::source::spawn(engine.core.clone(), link.clone());
         engine
             .replication
             .sources
@@ -165,21 +120,21 @@ pub async fn run_until(
     {
         source.stop();
     }
-    // Source tasks hold the engine until they notice the stop.
+    // Source tasks hold the replication context until they notice the stop.
     for _ in 0..200 {
-        if Arc::strong_count(&engine) == 1 {
+        if Arc::strong_count(&engine) == 1 && Arc::strong_count(&engine.core) == 1 {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    match Arc::try_unwrap(engine) {
-        Ok(engine) => {
-            drop(engine); // drops the last writer handle: the writer drains and stops
+    match Arc::try_unwrap(engine).map(|engine| Arc::try_unwrap(engine.core)) {
+        Ok(Ok(core)) => {
+            drop(core); // drops the last writer handle: the writer drains and stops
             if writer_thread.join().is_err() {
                 tracing::error!("writer thread panicked");
             }
         }
-        Err(_) => tracing::warn!("some tasks still hold the engine; exiting without waiting for the writer"),
+        _ => tracing::warn!("some tasks still hold the engine; exiting without waiting for the writer"),
     }
     tracing::info!("stopped");
     Ok(())
@@ -220,7 +175,7 @@ async fn accept_loop(engine: Arc<Engine>, listener: TcpListener, mut shutdown: S
             });
             continue;
         };
-        let id = engine.next_client_id.fetch_add(1, Ordering::Relaxed);
+        let id = engine.next_client_id();
         let engine = engine.clone();
         let shutdown = shutdown.clone();
         tasks.spawn(async move {

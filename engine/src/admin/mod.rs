@@ -35,12 +35,12 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
+use crate::base::{error_chain, hex};
+use crate::engine::Engine;
 use crate::limits::{ADMIN_BODY_BYTES_MAX, JOURNAL_READ_RECORDS_MAX, LOST_LOG_SERVE_BYTES_MAX};
-use crate::server::{Engine, ServerError};
 use crate::shutdown::Shutdown;
 use crate::storage::journal::Record;
 use crate::storage::meta::HistoryRecord;
-use crate::storage::writer::error_chain;
 use crate::storage::{StoreError, backup};
 
 /// Header carrying the admin token where `Authorization` cannot (through a proxy that
@@ -161,14 +161,24 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .with_state(engine)
 }
 
+/// The admin API could not listen where it was told to.
+#[derive(Debug, thiserror::Error)]
+#[error("failed to bind {what} on {addr}")]
+pub struct BindError {
+    pub what: &'static str,
+    pub addr: String,
+    #[source]
+    pub source: std::io::Error,
+}
+
 /// Binds the Unix socket (and the TCP listener if configured) and starts serving.
-pub async fn start(engine: Arc<Engine>, shutdown: Shutdown) -> Result<Admin, ServerError> {
+pub async fn start(engine: Arc<Engine>, shutdown: Shutdown) -> Result<Admin, BindError> {
     let mut tasks = Vec::new();
     let path = socket_path(engine.store.data_dir());
     // A socket file left by a killed server would make bind fail; nobody can be serving on it
     // because the database lock is already ours.
     let _ = std::fs::remove_file(&path);
-    let unix = tokio::net::UnixListener::bind(&path).map_err(|source| ServerError::Bind {
+    let unix = tokio::net::UnixListener::bind(&path).map_err(|source| BindError {
         what: "the admin socket",
         addr: path.display().to_string(),
         source,
@@ -186,7 +196,7 @@ pub async fn start(engine: Arc<Engine>, shutdown: Shutdown) -> Result<Admin, Ser
         }
     }));
     if let Some(addr) = engine.config.admin_addr {
-        let tcp = tokio::net::TcpListener::bind(addr).await.map_err(|source| ServerError::Bind {
+        let tcp = tokio::net::TcpListener::bind(addr).await.map_err(|source| BindError {
             what: "the admin port",
             addr: addr.to_string(),
             source,
@@ -228,7 +238,7 @@ async fn require_token(State(engine): State<Arc<Engine>>, request: Request, next
         .and_then(|v| v.strip_prefix("Bearer "))
         .or_else(|| headers.get(TOKEN_HEADER).and_then(|v| v.to_str().ok()));
     match presented {
-        Some(token) if crate::resp::connection::constant_time_eq(token.as_bytes(), expected.as_bytes()) => {
+        Some(token) if crate::base::constant_time_eq(token.as_bytes(), expected.as_bytes()) => {
             next.run(request).await
         }
         _ => {
@@ -513,10 +523,6 @@ pub struct ChangeEntry {
     pub after_hex: Option<String>,
 }
 
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 impl From<Record> for JournalEntry {
     fn from(r: Record) -> Self {
         JournalEntry {
@@ -586,7 +592,7 @@ pub struct LostLogEntry {
 }
 
 async fn lost_logs(State(engine): State<Arc<Engine>>) -> Result<Json<Vec<LostLogEntry>>, ApiError> {
-    let dir = engine.store.data_dir().join(crate::replication::lostlog::DIR);
+    let dir = engine.store.data_dir().join(crate::storage::lostlog::DIR);
     let mut out = Vec::new();
     let entries = match std::fs::read_dir(&dir) {
         Ok(entries) => entries,
@@ -622,7 +628,7 @@ async fn lost_log(
             format!("{file:?} is not a log file name"),
         ));
     }
-    let path = engine.store.data_dir().join(crate::replication::lostlog::DIR).join(&file);
+    let path = engine.store.data_dir().join(crate::storage::lostlog::DIR).join(&file);
     let size = match std::fs::metadata(&path) {
         Ok(m) => m.len(),
         Err(_) => {
@@ -642,7 +648,7 @@ async fn lost_log(
             ),
         ));
     }
-    let (header, txns) = tokio::task::spawn_blocking(move || crate::replication::lostlog::read(&path))
+    let (header, txns) = tokio::task::spawn_blocking(move || crate::storage::lostlog::read(&path))
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "io", error_chain(&e)))?;

@@ -24,11 +24,11 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
 use super::ApiError;
+use crate::engine::Engine;
 use crate::limits::LEASE_MS_MAX;
 use crate::replication::si::{Resync, SiPlan};
 use crate::replication::source::{self, SourceStatus};
 use crate::replication::{SOURCES_MAX, history};
-use crate::server::Engine;
 use crate::storage::journal::RecordKind;
 use crate::storage::meta::{HistoryRecord, LastRollback, ReceiverConfig, Role, SourceLink, StreamState};
 use crate::storage::writer::{Marker, TxnFailure};
@@ -457,7 +457,7 @@ struct Seed {
 /// to load, so its empty state trivially matches this instance's).
 async fn fetch_seed(engine: &Engine, addr: &str) -> Result<Seed, ApiError> {
     let answer = source::query(engine, addr).await.map_err(|e| {
-        ApiError::new(StatusCode::BAD_GATEWAY, "updateresync_failed", crate::storage::writer::error_chain(&e))
+        ApiError::new(StatusCode::BAD_GATEWAY, "updateresync_failed", crate::base::error_chain(&e))
     })?;
     if answer.supplementary {
         return Err(bad_request(
@@ -670,7 +670,7 @@ pub async fn source_start(
         }))
         .await
         .map_err(failure)?;
-    let handle = source::spawn(engine.clone(), link);
+    let handle = source::spawn(engine.core.clone(), link);
     if let Some(old) = engine
         .replication
         .sources
@@ -763,7 +763,7 @@ async fn fetchresync_si(
         Resync::Autorollback,
     )
     .await
-    .map_err(|e| conflict(crate::storage::writer::error_chain(&e)))?;
+    .map_err(|e| conflict(crate::base::error_chain(&e)))?;
     let committed = engine.store.committed_seqno();
     match n.plan {
         SiPlan::Rollback { to_seqno, from } => Ok((
@@ -794,11 +794,7 @@ pub async fn rollback(
         (Some(to), None) => (to, format!("rollback to seqno {to} requested by an operator")),
         (None, Some(addr)) => {
             let answer = source::query(&engine, &addr).await.map_err(|e| {
-                ApiError::new(
-                    StatusCode::BAD_GATEWAY,
-                    "fetchresync_failed",
-                    crate::storage::writer::error_chain(&e),
-                )
+                ApiError::new(StatusCode::BAD_GATEWAY, "fetchresync_failed", crate::base::error_chain(&e))
             })?;
             let meta = engine.store.meta();
             if meta.supplementary && !answer.supplementary {

@@ -11,16 +11,11 @@
 //! in both histories (same start, same root, same creation id). The common point is the
 //! largest such `s` that both have. Pure functions, no I/O.
 
-use crate::storage::meta::HistoryRecord;
+use crate::storage::meta::{HistoryRecord, covering};
 
 /// Identity of the record covering a seqno: equal identities mean the same generator epoch.
 fn identity(r: &HistoryRecord) -> (u64, &str, &str) {
     (r.start_seqno, r.root_name.as_str(), r.root_creation_id.as_str())
-}
-
-/// The record covering `seqno` (the last one starting at or before it), for stream 0.
-pub fn covering(history: &[HistoryRecord], seqno: u64) -> Option<&HistoryRecord> {
-    history.iter().filter(|r| r.stream == 0 && r.start_seqno <= seqno).max_by_key(|r| r.start_seqno)
 }
 
 /// The latest seqno both instances hold with the same history, or 0 if none.

@@ -4,7 +4,6 @@
 //! - [`protocol`]: the framed, checksummed, authenticated wire protocol.
 //! - [`source`]: one task per outgoing stream; connects to a receiver and streams the journal.
 //! - [`receiver`]: the listener on `--repl-addr`; negotiates, rolls back if allowed, applies.
-//! - [`lostlog`]: the Unreplicated Transaction Log written by every rollback.
 //! - [`si`]: supplementary-instance negotiation and rollback planning per stream (pure).
 //! - [`streams`]: SI streams on a running instance: allocation, reuse, negotiation.
 //!
@@ -13,7 +12,6 @@
 //! times, and is acknowledged back only once durable.
 
 pub mod history;
-pub mod lostlog;
 pub mod protocol;
 pub mod receiver;
 pub mod si;
@@ -21,12 +19,26 @@ pub mod source;
 pub mod streams;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
+use crate::frame::Frame;
+use crate::metrics::Metrics;
+use crate::storage::Store;
+use crate::storage::writer::Writer;
+
 /// Most outgoing streams one instance may source (GT.M: sixteen, BC and SI together).
 pub const SOURCES_MAX: usize = 16;
+
+/// What replication uses of the running engine, and nothing more. The source and receiver
+/// tasks hold it; [`crate::engine::Engine`] is built around it.
+pub struct Context {
+    pub store: Arc<Store>,
+    pub writer: Writer<Frame>,
+    pub metrics: Arc<Metrics>,
+    pub replication: Replication,
+}
 
 /// Replication state shared by the admin API, the sources and the receiver.
 pub struct Replication {

@@ -341,7 +341,7 @@ pub fn nonce() -> String {
     if getrandom::fill(&mut bytes).is_err() {
         tracing::error!("no randomness available for a replication nonce");
     }
-    crate::admin::hex(&bytes)
+    crate::base::hex(&bytes)
 }
 
 pub fn proof(secret: &[u8], label: &str, first: &str, second: &str) -> String {
@@ -351,14 +351,11 @@ pub fn proof(secret: &[u8], label: &str, first: &str, second: &str) -> String {
     mac.update(label.as_bytes());
     mac.update(first.as_bytes());
     mac.update(second.as_bytes());
-    crate::admin::hex(&mac.finalize().into_bytes())
+    crate::base::hex(&mac.finalize().into_bytes())
 }
 
 pub fn verify(secret: &[u8], label: &str, first: &str, second: &str, presented: &str) -> bool {
-    crate::resp::connection::constant_time_eq(
-        proof(secret, label, first, second).as_bytes(),
-        presented.as_bytes(),
-    )
+    crate::base::constant_time_eq(proof(secret, label, first, second).as_bytes(), presented.as_bytes())
 }
 
 #[cfg(test)]

@@ -13,24 +13,25 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 
+use super::Context;
 use super::history::{self, Plan};
 use super::protocol::{
     self, Ack, Auth, Challenge, Hello, HistoryAnswer, Kind, Mode, ProtocolError, Refuse, Start, StreamsUpdate,
 };
 use super::si::{Resync, SiPlan};
 use super::streams::{self, Negotiated, StreamError};
-use crate::server::Engine;
+use crate::base::error_chain;
 use crate::shutdown::Shutdown;
 use crate::storage::journal::RecordKind;
 use crate::storage::meta::{self, Role};
-use crate::storage::writer::{ApplyMode, Marker, error_chain};
+use crate::storage::writer::{ApplyMode, Marker};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A source sends at least a heartbeat every second; silence this long means it is gone.
 const SILENCE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Accepts replication connections until shutdown.
-pub async fn listen(engine: Arc<Engine>, listener: TcpListener, mut shutdown: Shutdown) {
+pub async fn listen(ctx: Arc<Context>, listener: TcpListener, mut shutdown: Shutdown) {
     let active = Arc::new(AtomicBool::new(false));
     loop {
         let accepted = tokio::select! {
@@ -38,11 +39,11 @@ pub async fn listen(engine: Arc<Engine>, listener: TcpListener, mut shutdown: Sh
             _ = shutdown.recv() => return,
         };
         let Ok((stream, peer)) = accepted else { continue };
-        let engine = engine.clone();
+        let ctx = ctx.clone();
         let active = active.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            if let Err(e) = serve(&engine, stream, peer, &active, shutdown).await {
+            if let Err(e) = serve(&ctx, stream, peer, &active, shutdown).await {
                 let message = error_chain(&e);
                 match e {
                     ProtocolError::Auth => {
@@ -74,7 +75,7 @@ async fn refuse(
 /// Refuses a source whose term is below `seen`: a deposed primary. The refusal carries the
 /// term, so the source learns it has been replaced and stops taking writes.
 async fn refuse_stale(
-    engine: &Engine,
+    ctx: &Context,
     wr: &mut tokio::net::tcp::OwnedWriteHalf,
     hello: &Hello,
     what: &str,
@@ -84,12 +85,12 @@ async fn refuse_stale(
         "{} offers {what} at term {}, but {} has seen term {seen}: {} is no longer its family's primary (it turns read-only); the stream must come from the current primary",
         hello.name,
         hello.term,
-        engine.store.meta().name,
+        ctx.store.meta().name,
         hello.name
     );
     tracing::warn!(source = %hello.name, term = hello.term, seen, "refused a stream from a deposed primary");
-    engine.metrics.replication_errors_total.with_label_values(&["stale_term"]).inc();
-    engine.replication.set_receiver(|s| s.last_error = Some(message.clone()));
+    ctx.metrics.replication_errors_total.with_label_values(&["stale_term"]).inc();
+    ctx.replication.set_receiver(|s| s.last_error = Some(message.clone()));
     let _ = protocol::write_json(
         wr,
         Kind::Refuse,
@@ -114,7 +115,7 @@ impl Drop for ActiveGuard<'_> {
 }
 
 async fn serve(
-    engine: &Arc<Engine>,
+    ctx: &Arc<Context>,
     stream: TcpStream,
     peer: SocketAddr,
     active: &AtomicBool,
@@ -126,12 +127,12 @@ async fn serve(
     if !crate::version::protocol_compatible(hello.protocol) {
         let message = crate::version::protocol_refusal(&hello.name, &hello.binary_version, hello.protocol);
         tracing::warn!(source = %hello.name, %message, "refused a replication stream");
-        engine.metrics.replication_errors_total.with_label_values(&["protocol"]).inc();
-        engine.replication.set_receiver(|s| s.last_error = Some(message.clone()));
+        ctx.metrics.replication_errors_total.with_label_values(&["protocol"]).inc();
+        ctx.replication.set_receiver(|s| s.last_error = Some(message.clone()));
         refuse(&mut wr, "protocol", message.clone(), None, None).await;
         return Err(ProtocolError::Version(message));
     }
-    let Some(secret) = engine.replication.secret.clone() else {
+    let Some(secret) = ctx.replication.secret.clone() else {
         refuse(
             &mut wr,
             "no_secret",
@@ -142,7 +143,7 @@ async fn serve(
         .await;
         return Err(ProtocolError::Auth);
     };
-    let meta = engine.store.meta();
+    let meta = ctx.store.meta();
     let nonce_r = protocol::nonce();
     let challenge = Challenge {
         protocol: protocol::PROTOCOL_VERSION,
@@ -155,14 +156,14 @@ async fn serve(
     protocol::write_json(&mut wr, Kind::Challenge, &challenge).await?;
     let auth: Auth = timed(HANDSHAKE_TIMEOUT, protocol::expect(&mut rd, Kind::Auth)).await?;
     if !protocol::verify(&secret, "strand-source", &nonce_r, &hello.nonce, &auth.proof) {
-        engine.metrics.replication_errors_total.with_label_values(&["unauthorized"]).inc();
+        ctx.metrics.replication_errors_total.with_label_values(&["unauthorized"]).inc();
         refuse(&mut wr, "unauthorized", "wrong replication secret".into(), None, None).await;
         return Err(ProtocolError::Auth);
     }
     if hello.mode == Mode::Query {
         let answer = HistoryAnswer {
             history: meta.history.clone(),
-            seqno: engine.store.committed_seqno(),
+            seqno: ctx.store.committed_seqno(),
             supplementary: meta.supplementary,
         };
         protocol::write_json(&mut wr, Kind::History, &answer).await?;
@@ -180,18 +181,18 @@ async fn serve(
         .await;
         return Ok(());
     };
-    if let Err((code, message)) = admissible(&meta, engine.store.role(), &config, &hello) {
+    if let Err((code, message)) = admissible(&meta, ctx.store.role(), &config, &hello) {
         tracing::warn!(source = %hello.name, code, %message, "refused a replication stream");
-        engine.metrics.replication_errors_total.with_label_values(&[code]).inc();
-        engine.replication.set_receiver(|s| s.last_error = Some(message.clone()));
+        ctx.metrics.replication_errors_total.with_label_values(&[code]).inc();
+        ctx.replication.set_receiver(|s| s.last_error = Some(message.clone()));
         refuse(&mut wr, code, message, None, None).await;
         return Ok(());
     }
-    if !check_term(engine, &mut wr, &hello, &auth, config.si).await? {
+    if !check_term(ctx, &mut wr, &hello, &auth, config.si).await? {
         return Ok(());
     }
     if active.swap(true, Ordering::AcqRel) {
-        let current = engine.replication.receiver_status().source.unwrap_or_default();
+        let current = ctx.replication.receiver_status().source.unwrap_or_default();
         let what = if config.si { "an SI stream" } else { "a BC stream" };
         refuse(
             &mut wr,
@@ -207,20 +208,19 @@ async fn serve(
         return Ok(());
     }
     let _guard = ActiveGuard(active);
-    let mut generation = engine.replication.receiver_generation.subscribe();
+    let mut generation = ctx.replication.receiver_generation.subscribe();
     generation.borrow_and_update();
     let negotiated = if config.si {
-        negotiate_si(engine, &mut wr, &hello, &auth, &config).await?
+        negotiate_si(ctx, &mut wr, &hello, &auth, &config).await?
     } else {
-        negotiate_bc(engine, &mut wr, &hello, &auth, &config).await?
+        negotiate_bc(ctx, &mut wr, &hello, &auth, &config).await?
     };
     let Some((from, rolled_back_to, mode)) = negotiated else { return Ok(()) };
     // A new member's first source (another family's history until now): negotiation has made
     // this instance part of the source's family, whose term it now takes.
-    if !config.si && auth_term_pending(engine, &hello, &auth) {
+    if !config.si && auth_term_pending(ctx, &hello, &auth) {
         let term = hello.term;
-        engine
-            .writer
+        ctx.writer
             .update_meta(Box::new(move |m, _| {
                 m.term = m.term.max(term);
                 Ok(None)
@@ -235,9 +235,9 @@ async fn serve(
     };
     tracing::info!(source = %hello.name, %peer, from, ?stream, "receiving");
     if stream.is_none() {
-        engine.store.set_source_name(Some(hello.name.clone()));
+        ctx.store.set_source_name(Some(hello.name.clone()));
     }
-    engine.replication.set_receiver(|s| {
+    ctx.replication.set_receiver(|s| {
         s.state = "streaming".into();
         s.source = Some(hello.name.clone());
         s.stream = stream;
@@ -245,8 +245,8 @@ async fn serve(
         s.last_error = None;
         s.applied_seqno = from - 1;
     });
-    let result = receive(engine, &mut rd, &mut wr, &auth, mode, &mut generation, &mut shutdown).await;
-    engine.replication.set_receiver(|s| {
+    let result = receive(ctx, &mut rd, &mut wr, &auth, mode, &mut generation, &mut shutdown).await;
+    ctx.replication.set_receiver(|s| {
         s.state = match &result {
             Ok(()) | Err(ProtocolError::Closed) => "idle".into(),
             Err(_) => "error".into(),
@@ -330,14 +330,14 @@ type Negotiation = Option<(u64, Option<u64>, ApplyMode)>;
 
 /// BC: negotiate in this instance's journal seqno space; `None` when refused.
 async fn negotiate_bc(
-    engine: &Arc<Engine>,
+    ctx: &Arc<Context>,
     wr: &mut tokio::net::tcp::OwnedWriteHalf,
     hello: &Hello,
     auth: &Auth,
     config: &crate::storage::meta::ReceiverConfig,
 ) -> Result<Negotiation, ProtocolError> {
-    let meta = engine.store.meta();
-    let seqno = engine.store.committed_seqno();
+    let meta = ctx.store.meta();
+    let seqno = ctx.store.committed_seqno();
     let plan = history::plan(&meta.history, seqno, &auth.history, auth.seqno);
     let mut rolled_back_to = None;
     let from = match plan {
@@ -349,7 +349,7 @@ async fn negotiate_bc(
                 common + 1,
                 hello.name
             );
-            rollback_required(engine, wr, hello, common, receiver_seqno, message).await;
+            rollback_required(ctx, wr, hello, common, receiver_seqno, message).await;
             return Ok(None);
         }
         Plan::RollbackRequired { common, receiver_seqno } => {
@@ -358,7 +358,7 @@ async fn negotiate_bc(
                 hello.name,
                 common + 1
             );
-            if !roll_back(engine, wr, common, false, reason, receiver_seqno).await? {
+            if !roll_back(ctx, wr, common, false, reason, receiver_seqno).await? {
                 return Ok(None);
             }
             rolled_back_to = Some(common);
@@ -370,7 +370,7 @@ async fn negotiate_bc(
 
 /// SI: negotiate the stream the source's family feeds, in that family's seqno space.
 async fn negotiate_si(
-    engine: &Arc<Engine>,
+    ctx: &Arc<Context>,
     wr: &mut tokio::net::tcp::OwnedWriteHalf,
     hello: &Hello,
     auth: &Auth,
@@ -381,12 +381,12 @@ async fn negotiate_si(
         (false, true) => Resync::NoResync,
         (false, false) => Resync::Refuse,
     };
-    let negotiated = match streams::negotiate(engine, &hello.name, &auth.history, auth.seqno, resync).await {
+    let negotiated = match streams::negotiate(ctx, &hello.name, &auth.history, auth.seqno, resync).await {
         Ok(n) => n,
         Err(e) => {
             let message = error_chain(&e);
             tracing::warn!(source = %hello.name, error = %message, "cannot negotiate the SI stream");
-            engine.replication.set_receiver(|s| s.last_error = Some(message.clone()));
+            ctx.replication.set_receiver(|s| s.last_error = Some(message.clone()));
             let code = match e {
                 StreamError::NoHistory { .. } => "no_history",
                 _ => "negotiation_failed",
@@ -396,7 +396,7 @@ async fn negotiate_si(
         }
     };
     let Negotiated { stream, family, plan } = negotiated;
-    let name = engine.store.meta().name;
+    let name = ctx.store.meta().name;
     let mut rolled_back_to = None;
     let from = match plan {
         SiPlan::Stream { from } => from,
@@ -406,7 +406,7 @@ async fn negotiate_si(
                 common + 1,
                 hello.name
             );
-            rollback_required(engine, wr, hello, common, receiver_stream_seqno, message).await;
+            rollback_required(ctx, wr, hello, common, receiver_stream_seqno, message).await;
             return Ok(None);
         }
         SiPlan::Reseed { common, base } => {
@@ -414,7 +414,7 @@ async fn negotiate_si(
                 "{name}'s stream {stream} ({family}) began from a backup at family seqno {base}, but {} agrees only up to {common}: no rollback can take that backup's transactions off; re-create {name} from a newer backup, or use --noresync",
                 hello.name
             );
-            rollback_required(engine, wr, hello, common, base, message).await;
+            rollback_required(ctx, wr, hello, common, base, message).await;
             return Ok(None);
         }
         SiPlan::Rollback { to_seqno, from } => {
@@ -422,8 +422,8 @@ async fn negotiate_si(
                 "autorollback: {} does not have stream {stream} ({family}) seqnos from {from} on",
                 hello.name
             );
-            let last = engine.store.committed_seqno();
-            if !roll_back(engine, wr, to_seqno, true, reason, last).await? {
+            let last = ctx.store.committed_seqno();
+            if !roll_back(ctx, wr, to_seqno, true, reason, last).await? {
                 return Ok(None);
             }
             rolled_back_to = Some(to_seqno);
@@ -431,7 +431,7 @@ async fn negotiate_si(
         }
         SiPlan::NoResync { from } => {
             let common = from - 1;
-            let result = engine
+            let result = ctx
                 .writer
                 .update_meta(Box::new(move |meta, _| {
                     let state = meta
@@ -459,13 +459,13 @@ async fn negotiate_si(
 /// before anything else happens (a busy receiver included, so a deposed primary learns at
 /// once). Lower: refused (`false`). Higher: adopted.
 async fn check_term(
-    engine: &Engine,
+    ctx: &Context,
     wr: &mut tokio::net::tcp::OwnedWriteHalf,
     hello: &Hello,
     auth: &Auth,
     si: bool,
 ) -> Result<bool, ProtocolError> {
-    let meta = engine.store.meta();
+    let meta = ctx.store.meta();
     let (seen, what) = if si {
         match streams::stream_of(&meta, &auth.history) {
             Some(s) => (s.term, format!("stream {} ({})", s.stream, s.family)),
@@ -481,14 +481,13 @@ async fn check_term(
         (meta.term, "a BC stream".to_owned())
     };
     if hello.term < seen {
-        refuse_stale(engine, wr, hello, &what, seen).await;
+        refuse_stale(ctx, wr, hello, &what, seen).await;
         return Ok(false);
     }
     if hello.term > seen {
         let (term, family) =
             (hello.term, meta::family_root(&auth.history).map(|r| r.root_creation_id.clone()));
-        engine
-            .writer
+        ctx.writer
             .update_meta(Box::new(move |m, _| {
                 if si {
                     if let Some(s) = m.streams.iter_mut().find(|s| Some(&s.family_id) == family.as_ref()) {
@@ -507,8 +506,8 @@ async fn check_term(
 
 /// Whether the source's term is still to be taken after negotiation (it was not compared
 /// before, the histories being of different roots).
-fn auth_term_pending(engine: &Engine, hello: &Hello, auth: &Auth) -> bool {
-    let meta = engine.store.meta();
+fn auth_term_pending(ctx: &Context, hello: &Hello, auth: &Auth) -> bool {
+    let meta = ctx.store.meta();
     hello.term > meta.term && !same_family(&meta.history, &auth.history)
 }
 
@@ -520,7 +519,7 @@ fn same_family(a: &[crate::storage::meta::HistoryRecord], b: &[crate::storage::m
 }
 
 async fn rollback_required(
-    engine: &Arc<Engine>,
+    ctx: &Arc<Context>,
     wr: &mut tokio::net::tcp::OwnedWriteHalf,
     hello: &Hello,
     common: u64,
@@ -528,8 +527,8 @@ async fn rollback_required(
     message: String,
 ) {
     tracing::warn!(source = %hello.name, common, receiver_seqno, "rollback required; not receiving");
-    engine.metrics.replication_errors_total.with_label_values(&["rollback_required"]).inc();
-    engine.replication.set_receiver(|s| {
+    ctx.metrics.replication_errors_total.with_label_values(&["rollback_required"]).inc();
+    ctx.replication.set_receiver(|s| {
         s.state = "rollback_required".into();
         s.source = Some(hello.name.clone());
         s.common_seqno = Some(common);
@@ -540,18 +539,18 @@ async fn rollback_required(
 
 /// Rolls back before streaming; `false` (after telling the source) if that failed.
 async fn roll_back(
-    engine: &Arc<Engine>,
+    ctx: &Arc<Context>,
     wr: &mut tokio::net::tcp::OwnedWriteHalf,
     to: u64,
     new_epoch: bool,
     reason: String,
     receiver_seqno: u64,
 ) -> Result<bool, ProtocolError> {
-    match engine.writer.rollback(to, new_epoch, reason).await {
+    match ctx.writer.rollback(to, new_epoch, reason).await {
         Ok(done) => {
             if let Some(done) = done {
-                engine.metrics.rollbacks_total.inc();
-                engine.metrics.rolled_back_transactions_total.inc_by(done.transactions);
+                ctx.metrics.rollbacks_total.inc();
+                ctx.metrics.rolled_back_transactions_total.inc_by(done.transactions);
             }
             Ok(true)
         }
@@ -567,7 +566,7 @@ const APPLY_RECORDS_MAX: usize = 16 * 1000;
 
 #[allow(clippy::too_many_arguments)]
 async fn receive(
-    engine: &Arc<Engine>,
+    ctx: &Arc<Context>,
     rd: &mut tokio::net::tcp::OwnedReadHalf,
     wr: &mut tokio::net::tcp::OwnedWriteHalf,
     auth: &Auth,
@@ -634,24 +633,24 @@ async fn receive(
             tracing::debug!(frames, records = records.len(), queued = rx.len(), "applying");
             let applied = if records.is_empty() {
                 match &mode {
-                    ApplyMode::Bc { .. } => engine.store.committed_seqno(),
+                    ApplyMode::Bc { .. } => ctx.store.committed_seqno(),
                     ApplyMode::Si { stream } => {
-                        engine.store.stream_seqnos().get(usize::from(*stream)).copied().unwrap_or(0)
+                        ctx.store.stream_seqnos().get(usize::from(*stream)).copied().unwrap_or(0)
                     }
                 }
             } else {
                 let n = records.len() as u64;
                 let failover = records.iter().rev().find(|r| r.kind == RecordKind::Failover).map(|r| r.seqno);
                 let started = std::time::Instant::now();
-                let applied = engine
+                let applied = ctx
                     .writer
                     .apply(records, auth.history.clone(), mode.clone())
                     .await
                     .map_err(|e| ProtocolError::Io(std::io::Error::other(e.to_string())))?;
-                engine.metrics.replication_apply_duration_seconds.observe(started.elapsed().as_secs_f64());
-                engine.metrics.replication_records_applied_total.inc_by(n);
-                engine.metrics.replication_bytes_applied_total.inc_by(bytes as u64);
-                engine.replication.set_receiver(|s| {
+                ctx.metrics.replication_apply_duration_seconds.observe(started.elapsed().as_secs_f64());
+                ctx.metrics.replication_records_applied_total.inc_by(n);
+                ctx.metrics.replication_bytes_applied_total.inc_by(bytes as u64);
+                ctx.replication.set_receiver(|s| {
                     s.applied_seqno = applied;
                     if failover.is_some() {
                         s.failover_seqno = failover;

@@ -23,30 +23,8 @@
 //! suffix that can be in question is read (`Snapshot::entries_back_to`).
 
 use super::history;
-use crate::storage::journal::{Record, RecordKind};
+use crate::storage::journal::StreamEntry;
 use crate::storage::meta::HistoryRecord;
-
-/// One journal entry of a supplementary instance, as planning needs it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Entry {
-    pub seqno: u64,
-    pub stream: u8,
-    pub stream_seqno: u64,
-    /// The stream's `stream_base` record: it stands for every family transaction up to
-    /// `stream_seqno`, loaded from a backup, which no rollback can take off.
-    pub base: bool,
-}
-
-impl Entry {
-    pub fn of(record: &Record) -> Entry {
-        Entry {
-            seqno: record.seqno,
-            stream: record.stream,
-            stream_seqno: record.stream_seqno,
-            base: record.kind == RecordKind::StreamBase,
-        }
-    }
-}
 
 /// What the receiver asked for when the source family's history disagrees with its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,7 +53,7 @@ pub enum SiPlan {
 
 /// The stream seqno of the receiver's latest entry of `stream` (0 if none). "Latest" is by
 /// journal order, not the largest number: after a noresync stream seqnos can go down.
-pub fn last_stream_seqno(journal: &[Entry], stream: u8) -> u64 {
+pub fn last_stream_seqno(journal: &[StreamEntry], stream: u8) -> u64 {
     journal.iter().rev().find(|e| e.stream == stream).map_or(0, |e| e.stream_seqno)
 }
 
@@ -83,7 +61,7 @@ pub fn last_stream_seqno(journal: &[Entry], stream: u8) -> u64 {
 /// order) and whose history of that stream's family is `family` (records in the family's seqno
 /// space), against a family member with history `source` at seqno `source_seqno`.
 pub fn plan(
-    journal: &[Entry],
+    journal: &[StreamEntry],
     stream: u8,
     family: &[HistoryRecord],
     source: &[HistoryRecord],
@@ -125,7 +103,7 @@ pub fn plan(
 }
 
 fn covered_alike(a: &[HistoryRecord], b: &[HistoryRecord], seqno: u64) -> bool {
-    match (history::covering(a, seqno), history::covering(b, seqno)) {
+    match (crate::storage::meta::covering(a, seqno), crate::storage::meta::covering(b, seqno)) {
         (Some(x), Some(y)) => {
             x.start_seqno == y.start_seqno
                 && x.root_name == y.root_name
@@ -150,13 +128,13 @@ mod tests {
         }
     }
 
-    fn e(seqno: u64, stream: u8, stream_seqno: u64) -> Entry {
-        Entry { seqno, stream, stream_seqno, base: false }
+    fn e(seqno: u64, stream: u8, stream_seqno: u64) -> StreamEntry {
+        StreamEntry { seqno, stream, stream_seqno, base: false }
     }
 
     /// The seed's second table: Malvern holds M34,A95,M35,M36,A96,A97,M37,M38,A98,M39,M40;
     /// BrynMawr (the family after Ardmore's crash) has A95..A97 then B61.. under its own record.
-    fn malvern() -> Vec<Entry> {
+    fn malvern() -> Vec<StreamEntry> {
         // Local seqnos 1..; stream 0 seqnos count locally (M34 = 34 …).
         let labels = [
             (0, 34),
@@ -202,7 +180,7 @@ mod tests {
     #[test]
     fn seed_brynmawr_takes_over_without_rollback() {
         // First table: Malvern has up to A97; BrynMawr has A98 and then B61 (seqno 99).
-        let journal: Vec<Entry> = malvern().into_iter().take(8).collect();
+        let journal: Vec<StreamEntry> = malvern().into_iter().take(8).collect();
         let family = vec![rec(1, "ardmore")];
         let brynmawr =
             vec![rec(1, "ardmore"), HistoryRecord { root_name: "B".into(), ..rec(99, "brynmawr") }];
@@ -213,8 +191,8 @@ mod tests {
     fn a_base_past_the_common_point_needs_a_reseed() {
         // Stream 1 began from a backup at family seqno 94; the family now agrees only to 90.
         let journal = vec![
-            Entry { seqno: 1, stream: 0, stream_seqno: 1, base: false },
-            Entry { seqno: 2, stream: 1, stream_seqno: 94, base: true },
+            StreamEntry { seqno: 1, stream: 0, stream_seqno: 1, base: false },
+            StreamEntry { seqno: 2, stream: 1, stream_seqno: 94, base: true },
             e(3, 1, 95),
             e(4, 0, 2),
         ];
@@ -278,7 +256,7 @@ mod tests {
                     // Executing the plan: entries up to `to_seqno` stay, the rest go to the
                     // unreplicated-transaction log — each entry exactly one of the two, and
                     // every stream-1 transaction the family lacks in the log.
-                    let (stay, logged): (Vec<&Entry>, Vec<&Entry>) = journal.iter().partition(|e| e.seqno <= to_seqno);
+                    let (stay, logged): (Vec<&StreamEntry>, Vec<&StreamEntry>) = journal.iter().partition(|e| e.seqno <= to_seqno);
                     prop_assert_eq!(stay.len() + logged.len(), journal.len());
                     for (entry, t) in journal.iter().zip(&truth) {
                         if let Some((q, ep)) = t && !holds(*q, *ep) {

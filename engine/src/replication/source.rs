@@ -13,13 +13,13 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use super::Context;
 use super::protocol::{
     self, Ack, Auth, Challenge, Heartbeat, Hello, Kind, Mode, ProtocolError, Start, StreamsUpdate,
 };
-use crate::server::Engine;
+use crate::base::error_chain;
 use crate::storage::meta::{Role, SourceLink};
 use crate::storage::now_micros;
-use crate::storage::writer::error_chain;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -76,7 +76,7 @@ impl SourceHandle {
 }
 
 /// Starts the task for `link`; it runs until stopped.
-pub fn spawn(engine: Arc<Engine>, link: SourceLink) -> SourceHandle {
+pub fn spawn(ctx: Arc<Context>, link: SourceLink) -> SourceHandle {
     let status = Arc::new(Mutex::new(SourceStatus {
         receiver: link.receiver.clone(),
         addr: link.addr.clone(),
@@ -85,7 +85,7 @@ pub fn spawn(engine: Arc<Engine>, link: SourceLink) -> SourceHandle {
         ..Default::default()
     }));
     let (stop, stop_rx) = watch::channel(false);
-    tokio::spawn(run(engine, link.clone(), status.clone(), stop_rx));
+    tokio::spawn(run(ctx, link.clone(), status.clone(), stop_rx));
     SourceHandle { status, stop, link }
 }
 
@@ -94,7 +94,7 @@ fn update(status: &Mutex<SourceStatus>, f: impl FnOnce(&mut SourceStatus)) {
 }
 
 async fn run(
-    engine: Arc<Engine>,
+    ctx: Arc<Context>,
     link: SourceLink,
     status: Arc<Mutex<SourceStatus>>,
     mut stop: watch::Receiver<bool>,
@@ -106,7 +106,7 @@ async fn run(
         }
         update(&status, |s| s.state = "connecting".into());
         let outcome = tokio::select! {
-            r = stream_once(&engine, &link, &status) => r,
+            r = stream_once(&ctx, &link, &status) => r,
             _ = stop.changed() => break,
         };
         match outcome {
@@ -115,7 +115,7 @@ async fn run(
                 if let ProtocolError::Refused { code, term: Some(term), .. } = &e
                     && code == "stale_term"
                 {
-                    step_down(&engine, *term).await;
+                    step_down(&ctx, *term).await;
                 }
                 if let ProtocolError::HistoryChanged = e {
                     // Not an error: reconnect at once with the new history.
@@ -129,7 +129,7 @@ async fn run(
                     _ => "error",
                 };
                 tracing::warn!(receiver = %link.receiver, addr = %link.addr, error = %message, "replication stream interrupted");
-                engine.metrics.replication_errors_total.with_label_values(&[state]).inc();
+                ctx.metrics.replication_errors_total.with_label_values(&[state]).inc();
                 update(&status, |s| {
                     s.state = state.into();
                     s.last_error = Some(message);
@@ -148,8 +148,8 @@ async fn run(
 /// A receiver has seen a higher term of this instance's family: another instance has been
 /// promoted since. Adopt the term and, if this instance still takes writes as a primary,
 /// stop (turn replicating secondary) — at most one writable primary per family.
-async fn step_down(engine: &Engine, term: u64) {
-    let result = engine
+async fn step_down(ctx: &Context, term: u64) {
+    let result = ctx
         .writer
         .update_meta(Box::new(move |meta, _| {
             if meta.term >= term {
@@ -180,13 +180,13 @@ async fn timed<T>(
 
 /// One connection: handshake, then stream until an error or a rollback under us.
 async fn stream_once(
-    engine: &Arc<Engine>,
+    ctx: &Arc<Context>,
     link: &SourceLink,
     status: &Arc<Mutex<SourceStatus>>,
 ) -> Result<(), ProtocolError> {
     let (mut rd, mut wr, secret, nonce_s, challenge) =
-        handshake(engine, &link.addr, Mode::Source, link.si).await?;
-    let meta = engine.store.meta();
+        handshake(ctx, &link.addr, Mode::Source, link.si).await?;
+    let meta = ctx.store.meta();
     if challenge.name != link.receiver {
         return Err(ProtocolError::Malformed {
             kind: Kind::Challenge,
@@ -198,10 +198,10 @@ async fn stream_once(
     }
     // Capture the journal's state before announcing it: a rollback after this point is seen
     // by the generation check below.
-    let rollbacks = engine.store.rollbacks();
-    let history_version = engine.store.history_version();
-    let mut streams_version = engine.store.streams_version();
-    let seqno = engine.store.committed_seqno();
+    let rollbacks = ctx.store.rollbacks();
+    let history_version = ctx.store.history_version();
+    let mut streams_version = ctx.store.streams_version();
+    let seqno = ctx.store.committed_seqno();
     let auth = Auth {
         proof: protocol::proof(&secret, "strand-source", &challenge.nonce, &nonce_s),
         history: meta.history.clone(),
@@ -221,7 +221,7 @@ async fn stream_once(
 
     // Acknowledgements arrive on the read half.
     let ack_status = status.clone();
-    let ack_engine = engine.clone();
+    let ack_engine = ctx.clone();
     let acked_notify = Arc::new(tokio::sync::Notify::new());
     let ack_wake = acked_notify.clone();
     let mut acks = tokio::spawn(async move {
@@ -240,7 +240,7 @@ async fn stream_once(
         Ok::<(), ProtocolError>(())
     });
 
-    let mut seqno_rx = engine.store.subscribe();
+    let mut seqno_rx = ctx.store.subscribe();
     let mut next = start.from;
     // Last seqno of each frame sent and not yet acknowledged.
     let mut in_flight: VecDeque<u64> = VecDeque::new();
@@ -261,14 +261,14 @@ async fn stream_once(
             }
         }
         let committed = *seqno_rx.borrow_and_update();
-        if !link.si && engine.store.streams_version() != streams_version {
+        if !link.si && ctx.store.streams_version() != streams_version {
             // Metadata is published before the seqno: these states cover every record up
             // to `committed`, which the receiver filters by what it has applied.
-            streams_version = engine.store.streams_version();
-            let update = StreamsUpdate { streams: engine.store.meta().streams };
+            streams_version = ctx.store.streams_version();
+            let update = StreamsUpdate { streams: ctx.store.meta().streams };
             protocol::write_json(&mut wr, Kind::Streams, &update).await?;
         }
-        if engine.store.rollbacks() != rollbacks || committed + 1 < next {
+        if ctx.store.rollbacks() != rollbacks || committed + 1 < next {
             acks.abort();
             return Err(ProtocolError::Io(std::io::Error::other(
                 "this instance rolled back; negotiating again",
@@ -278,13 +278,13 @@ async fn stream_once(
         // the history read here. A new record (this instance was promoted, or adopted its own
         // source's new record) must reach the receiver before any transaction under it, or
         // the receiver would file them under the old one and later roll them back.
-        if engine.store.history_version() != history_version {
+        if ctx.store.history_version() != history_version {
             acks.abort();
             return Err(ProtocolError::HistoryChanged);
         }
         if committed >= next {
             let to = committed.min(next + protocol::BATCH_RECORDS_MAX as u64 - 1);
-            let store = engine.store.clone();
+            let store = ctx.store.clone();
             let raw =
                 tokio::task::spawn_blocking(move || store.snapshot().and_then(|s| s.journal_raw(next, to)))
                     .await
@@ -297,8 +297,8 @@ async fn stream_once(
             let times: Vec<(u64, u64)> = raw.iter().map(|(s, t, _)| (*s, *t)).collect();
             let payload = protocol::encode_records(&raw.into_iter().map(|(_, _, b)| b).collect::<Vec<_>>());
             protocol::write_frame(&mut wr, Kind::Records, &payload).await?;
-            engine.metrics.replication_records_sent_total.inc_by(n);
-            engine.metrics.replication_bytes_sent_total.inc_by(payload.len() as u64);
+            ctx.metrics.replication_records_sent_total.inc_by(n);
+            ctx.metrics.replication_bytes_sent_total.inc_by(payload.len() as u64);
             update(status, |s| {
                 s.sent_seqno = next + n - 1;
                 s.records_sent += n;
@@ -346,14 +346,14 @@ type Handshaken =
 
 /// Connects, says hello and checks that the receiver proves the shared secret. Returns the
 /// connection halves, the secret, our nonce and the receiver's challenge (for our proof).
-async fn handshake(engine: &Engine, addr: &str, mode: Mode, si: bool) -> Result<Handshaken, ProtocolError> {
-    let secret = engine.replication.secret.clone().ok_or(ProtocolError::Auth)?;
+async fn handshake(ctx: &Context, addr: &str, mode: Mode, si: bool) -> Result<Handshaken, ProtocolError> {
+    let secret = ctx.replication.secret.clone().ok_or(ProtocolError::Auth)?;
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
         .await
         .map_err(|_| ProtocolError::Io(std::io::Error::other(format!("connecting to {addr} timed out"))))??;
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
-    let meta = engine.store.meta();
+    let meta = ctx.store.meta();
     let nonce_s = protocol::nonce();
     let hello = Hello {
         protocol: protocol::PROTOCOL_VERSION,
@@ -384,13 +384,13 @@ async fn handshake(engine: &Engine, addr: &str, mode: Mode, si: bool) -> Result<
 
 /// Asks the instance whose replication listener is at `addr` for its history and seqno
 /// (rollback -fetchresync).
-pub async fn query(engine: &Engine, addr: &str) -> Result<protocol::HistoryAnswer, ProtocolError> {
-    let (mut rd, mut wr, secret, nonce_s, challenge) = handshake(engine, addr, Mode::Query, false).await?;
-    let meta = engine.store.meta();
+pub async fn query(ctx: &Context, addr: &str) -> Result<protocol::HistoryAnswer, ProtocolError> {
+    let (mut rd, mut wr, secret, nonce_s, challenge) = handshake(ctx, addr, Mode::Query, false).await?;
+    let meta = ctx.store.meta();
     let auth = Auth {
         proof: protocol::proof(&secret, "strand-source", &challenge.nonce, &nonce_s),
         history: meta.history,
-        seqno: engine.store.committed_seqno(),
+        seqno: ctx.store.committed_seqno(),
         streams: Vec::new(),
     };
     protocol::write_json(&mut wr, Kind::Auth, &auth).await?;

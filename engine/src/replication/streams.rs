@@ -2,9 +2,9 @@
 //! reusing stream numbers, and running the pure per-stream plans of [`super::si`] against this
 //! instance's journal. Used by the receiver and by `rollback --fetchresync`.
 
+use super::Context;
 use super::history;
 use super::si::{self, Resync, SiPlan};
-use crate::server::Engine;
 use crate::storage::StoreError;
 use crate::storage::journal::{RecordKind, STREAMS_MAX};
 use crate::storage::meta::{self, HistoryRecord, InstanceMeta, StreamState};
@@ -74,13 +74,13 @@ pub struct Negotiated {
 /// Negotiates the stream of `source` (history, seqno) with this instance. Reads only the
 /// journal suffix that can be in question, and nothing at all when the receiver is not ahead.
 pub async fn negotiate(
-    engine: &Engine,
+    ctx: &Context,
     source: &str,
     source_history: &[HistoryRecord],
     source_seqno: u64,
     resync: Resync,
 ) -> Result<Negotiated, StreamError> {
-    let meta = engine.store.meta();
+    let meta = ctx.store.meta();
     let root =
         meta::family_root(source_history).ok_or_else(|| StreamError::NoFamily { peer: source.into() })?;
     let state = stream_of(&meta, source_history).ok_or_else(|| StreamError::NoHistory {
@@ -90,12 +90,12 @@ pub async fn negotiate(
     })?;
     let stream = state.stream;
     let family = state.family_history();
-    let last = engine.store.stream_seqnos().get(usize::from(stream)).copied().unwrap_or(0);
+    let last = ctx.store.stream_seqnos().get(usize::from(stream)).copied().unwrap_or(0);
     let common = history::common_point(&family, last, source_history, source_seqno);
     let plan = if common >= last {
         SiPlan::Stream { from: last + 1 }
     } else {
-        let store = engine.store.clone();
+        let store = ctx.store.clone();
         let entries = tokio::task::spawn_blocking(move || {
             store.snapshot()?.entries_back_to(|r| {
                 r.stream == stream && (r.kind == RecordKind::StreamBase || r.stream_seqno <= common)

@@ -1,10 +1,11 @@
 //! One client connection: read requests, execute them in order, write replies.
 //!
 //! Pipelining: every complete request in the input buffer (up to
-//! [`PIPELINE_COMMANDS_MAX`]) is taken at once. Writes are queued to the writer without
-//! waiting, so a pipeline of N writes shares group commits instead of paying N fsyncs in a
-//! row; a read that follows queued writes first waits for them, so a client always reads its
-//! own writes. Replies go out in request order, each only after what it reports is durable.
+//! [`PIPELINE_COMMANDS_MAX`]) is taken at once. Writes are collected and handed to the writer
+//! as one message, so a pipeline of N writes shares group commits instead of paying N fsyncs
+//! (or N queue hand-offs) in a row; a read that follows queued writes first sends and waits
+//! for them, so a client always reads its own writes. Replies go out in request order, in one
+//! write, each only after what it reports is durable.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -14,14 +15,15 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 use super::cmd::{self, Class, Command, server};
-use super::frame::{Frame, parse_request};
+use crate::base::{constant_time_eq, error_chain};
+use crate::engine::Engine;
+use crate::frame::{Frame, parse_request};
 use crate::limits::{
     MULTI_BYTES_MAX, MULTI_COMMANDS_MAX, PIPELINE_COMMANDS_MAX, RESP_REQUEST_BYTES_MAX, SCAN_CURSORS_MAX,
     WATCH_KEYS_MAX,
 };
-use crate::server::Engine;
 use crate::shutdown::Shutdown;
-use crate::storage::writer::{Abort, Committed, TxnFailure, TxnProgram, error_chain};
+use crate::storage::writer::{Abort, Committed, TxnFailure, TxnProgram, TxnRequest, Writer};
 
 type Outcome = Result<Committed<Frame>, TxnFailure>;
 
@@ -64,6 +66,8 @@ struct State {
     next_cursor: u64,
     /// Seqno of this client's last committed write (WAIT waits for receivers to reach it).
     last_seqno: u64,
+    /// Writes of the current pipeline not yet handed to the writer (their slots are pending).
+    outbox: Vec<TxnRequest<Frame>>,
 }
 
 pub async fn serve(engine: Arc<Engine>, mut stream: TcpStream, id: u64, mut shutdown: Shutdown) {
@@ -80,6 +84,7 @@ pub async fn serve(engine: Arc<Engine>, mut stream: TcpStream, id: u64, mut shut
         cursors: VecDeque::new(),
         next_cursor: 1,
         last_seqno: 0,
+        outbox: Vec::new(),
     };
     let mut input: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut output: Vec<u8> = Vec::with_capacity(16 * 1024);
@@ -105,6 +110,7 @@ pub async fn serve(engine: Arc<Engine>, mut stream: TcpStream, id: u64, mut shut
             }
         }
         input.drain(..consumed);
+        state.flush(&engine).await;
         if !slots.is_empty() {
             output.clear();
             for slot in slots.drain(..) {
@@ -192,6 +198,29 @@ fn abort_frame(abort: Abort) -> Frame {
     }
 }
 
+/// WAIT: until `replicas` receivers acknowledged `target` (this client's last write), or the
+/// timeout (0 = no timeout) passes; answers how many did.
+async fn wait(engine: &Engine, target: u64, replicas: usize, timeout_ms: u64) -> Frame {
+    let deadline =
+        (timeout_ms > 0).then(|| tokio::time::Instant::now() + std::time::Duration::from_millis(timeout_ms));
+    loop {
+        let notified = engine.replication.acks.notified();
+        let count = engine.replication.acknowledged(target);
+        if count >= replicas {
+            return Frame::Integer(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+        match deadline {
+            Some(d) => {
+                if tokio::time::timeout_at(d, notified).await.is_err() {
+                    let count = engine.replication.acknowledged(target);
+                    return Frame::Integer(i64::try_from(count).unwrap_or(i64::MAX));
+                }
+            }
+            None => notified.await,
+        }
+    }
+}
+
 impl State {
     async fn handle(&mut self, engine: &Arc<Engine>, args: Vec<Vec<u8>>, slots: &mut Vec<Slot>) -> Next {
         let proto = self.proto;
@@ -256,34 +285,45 @@ impl State {
             Class::Write => {
                 let program: TxnProgram<Frame> =
                     Box::new(move |view| cmd::strings::execute_write(&command, view));
-                self.submit(engine, Vec::new(), program, Mode::Single, slots).await;
+                self.submit(Vec::new(), program, Mode::Single, slots);
                 Next::Continue
             }
             Class::Read => {
-                self.last_seqno = self.last_seqno.max(settle(slots).await);
+                self.settle(engine, slots).await;
                 let reply = self.read(engine, command);
                 slots.push(Slot::Ready(reply, proto));
                 Next::Continue
             }
             Class::Connection => {
-                self.last_seqno = self.last_seqno.max(settle(slots).await);
+                self.settle(engine, slots).await;
                 self.connection_command(engine, command, slots).await
             }
         }
     }
 
-    async fn submit(
+    /// Queues a write in the outbox; its reply slot waits for the writer.
+    fn submit(
         &mut self,
-        engine: &Arc<Engine>,
         watch: Vec<(Vec<u8>, u64)>,
         program: TxnProgram<Frame>,
         mode: Mode,
         slots: &mut Vec<Slot>,
     ) {
-        match engine.writer.enqueue(watch, program).await {
-            Ok(rx) => slots.push(Slot::Pending(rx, mode, self.proto)),
-            Err(failure) => slots.push(Slot::Ready(outcome_frame(Err(failure), mode), self.proto)),
-        }
+        let (request, rx) = Writer::request(watch, program);
+        self.outbox.push(request);
+        slots.push(Slot::Pending(rx, mode, self.proto));
+    }
+
+    /// Hands the queued writes to the writer in one message. If the writer is gone, the
+    /// requests are dropped and their slots answer that the server is shutting down.
+    async fn flush(&mut self, engine: &Engine) {
+        let _ = engine.writer.enqueue_all(std::mem::take(&mut self.outbox)).await;
+    }
+
+    /// Sends and waits for every queued write, so that what follows sees it.
+    async fn settle(&mut self, engine: &Engine, slots: &mut [Slot]) {
+        self.flush(engine).await;
+        self.last_seqno = self.last_seqno.max(settle(slots).await);
     }
 
     fn read(&mut self, engine: &Engine, command: Command) -> Frame {
@@ -416,7 +456,7 @@ impl State {
                         }
                         Ok(Frame::Array(replies))
                     });
-                    self.submit(engine, watch, program, Mode::Exec, slots).await;
+                    self.submit(watch, program, Mode::Exec, slots);
                     return Next::Continue;
                 }
             }
@@ -437,7 +477,9 @@ impl State {
             }
             Command::Info(sections) => server::info(engine, &sections),
             Command::Role => server::role(engine),
-            Command::Wait { replicas, timeout_ms } => self.wait(engine, replicas, timeout_ms).await,
+            Command::Wait { replicas, timeout_ms } => {
+                wait(engine, self.last_seqno, replicas, timeout_ms).await
+            }
             Command::CommandList => server::command_list(),
             Command::CommandCount => server::command_count(),
             Command::CommandInfo(names) => server::command_info(&names),
@@ -448,30 +490,6 @@ impl State {
         // `self.proto`, not `proto`: a HELLO answers in the protocol it just selected.
         slots.push(Slot::Ready(reply, self.proto));
         Next::Continue
-    }
-
-    /// WAIT: until `replicas` receivers acknowledged this client's last write, or the timeout
-    /// (0 = no timeout) passes; answers how many did.
-    async fn wait(&self, engine: &Engine, replicas: usize, timeout_ms: u64) -> Frame {
-        let target = self.last_seqno;
-        let deadline = (timeout_ms > 0)
-            .then(|| tokio::time::Instant::now() + std::time::Duration::from_millis(timeout_ms));
-        loop {
-            let notified = engine.replication.acks.notified();
-            let count = engine.replication.acknowledged(target);
-            if count >= replicas {
-                return Frame::Integer(i64::try_from(count).unwrap_or(i64::MAX));
-            }
-            match deadline {
-                Some(d) => {
-                    if tokio::time::timeout_at(d, notified).await.is_err() {
-                        let count = engine.replication.acknowledged(target);
-                        return Frame::Integer(i64::try_from(count).unwrap_or(i64::MAX));
-                    }
-                }
-                None => notified.await,
-            }
-        }
     }
 
     fn auth(&mut self, engine: &Engine, user: Option<&[u8]>, password: &[u8]) -> Frame {
@@ -506,12 +524,4 @@ impl State {
             (Frame::bulk("modules"), Frame::Array(Vec::new())),
         ])
     }
-}
-
-/// Compares secrets without an early exit that would leak how much of a guess was right.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -1,6 +1,5 @@
-//! The data port: RESP framing ([`frame`]), one task per client ([`connection`]) and the
-//! commands ([`cmd`]).
+//! The data port: one task per client ([`connection`]) and the commands ([`cmd`]). The
+//! RESP values and their framing live below storage, in [`crate::frame`].
 
 pub mod cmd;
 pub mod connection;
-pub mod frame;

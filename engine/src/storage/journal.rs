@@ -268,6 +268,29 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Where one journal record stands in the streams: what SI negotiation and rollback planning
+/// read of a supplementary instance's journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamEntry {
+    pub seqno: u64,
+    pub stream: u8,
+    pub stream_seqno: u64,
+    /// The stream's `stream_base` record: it stands for every family transaction up to
+    /// `stream_seqno`, loaded from a backup, which no rollback can take off.
+    pub base: bool,
+}
+
+impl StreamEntry {
+    pub fn of(record: &Record) -> StreamEntry {
+        StreamEntry {
+            seqno: record.seqno,
+            stream: record.stream,
+            stream_seqno: record.stream_seqno,
+            base: record.kind == RecordKind::StreamBase,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::admin::hex;
+use crate::base::hex;
 use crate::storage::journal::Record;
 use crate::storage::meta::{HistoryRecord, StreamState};
 
@@ -64,10 +64,10 @@ impl LostTransaction {
     /// `history` and `streams` as they were when the record was committed (for its origin).
     pub fn from_record(record: &Record, history: &[HistoryRecord], streams: &[StreamState]) -> Self {
         let origin = if record.stream == 0 {
-            super::history::covering(history, record.seqno).map(|h| h.root_name.clone())
+            crate::storage::meta::covering(history, record.seqno).map(|h| h.root_name.clone())
         } else {
             streams.iter().find(|s| s.stream == record.stream).and_then(|s| {
-                super::history::covering(&s.family_history(), record.stream_seqno)
+                crate::storage::meta::covering(&s.family_history(), record.stream_seqno)
                     .map(|h| h.root_name.clone())
             })
         };

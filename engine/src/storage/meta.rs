@@ -249,6 +249,11 @@ pub fn new_creation_id() -> Result<String, getrandom::Error> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// The history record covering `seqno` (the last one starting at or before it), for stream 0.
+pub fn covering(history: &[HistoryRecord], seqno: u64) -> Option<&HistoryRecord> {
+    history.iter().filter(|r| r.stream == 0 && r.start_seqno <= seqno).max_by_key(|r| r.start_seqno)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

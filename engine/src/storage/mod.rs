@@ -7,10 +7,12 @@
 //!   one redb commit (group commit, one fsync) and acknowledges each only once it is durable.
 //! - [`journal`] is the byte format of a journal record; [`meta`] the instance metadata.
 //! - [`backup`] writes consistent snapshots and restores them under a new identity.
+//! - [`lostlog`] is the Unreplicated Transaction Log every rollback writes before it commits.
 
 pub mod backup;
 pub mod format;
 pub mod journal;
+pub mod lostlog;
 pub mod meta;
 pub mod writer;
 
@@ -190,7 +192,7 @@ impl Store {
             instance = %meta.name, journal_seqno = committed, role = meta.role.as_str(),
             "opened instance"
         );
-        crate::replication::lostlog::resolve_pending(
+        crate::storage::lostlog::resolve_pending(
             data_dir,
             meta.last_rollback.as_ref().map(|r| r.log_path.as_str()),
         );
@@ -667,7 +669,7 @@ impl Snapshot {
     pub fn entries_back_to(
         &self,
         mut stop: impl FnMut(&Record) -> bool,
-    ) -> Result<Vec<crate::replication::si::Entry>, StoreError> {
+    ) -> Result<Vec<crate::storage::journal::StreamEntry>, StoreError> {
         let table = self.txn.open_table(JOURNAL).map_err(redb_err("open the journal table"))?;
         let mut out = Vec::new();
         for entry in table.iter().map_err(redb_err("read the journal"))?.rev() {
@@ -675,7 +677,7 @@ impl Snapshot {
             let seqno = seqno.value();
             let record =
                 Record::decode(bytes.value()).map_err(|source| StoreError::RecordDecode { seqno, source })?;
-            out.push(crate::replication::si::Entry::of(&record));
+            out.push(crate::storage::journal::StreamEntry::of(&record));
             if stop(&record) {
                 break;
             }

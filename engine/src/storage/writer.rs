@@ -31,6 +31,7 @@ use super::{
     DATA, JOURNAL, META, META_INSTANCE, STREAMS, ScanPage, Store, StoreError, StreamSeqnos, now_micros,
     redb_err, scan_table,
 };
+use crate::base::error_chain;
 use crate::limits::{GROUP_COMMIT_TXNS_MAX, WRITER_QUEUE_TXNS_MAX};
 use crate::metrics::Metrics;
 
@@ -84,19 +85,8 @@ impl TxnFailure {
     }
 }
 
-/// Renders an error and its sources as one line: "a: b: c".
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
-
-struct TxnRequest<T> {
+/// A transaction ready to queue (see [`Writer::request`]).
+pub struct TxnRequest<T> {
     /// Keys watched by the client, each with the committed version at the time it was watched.
     watch: Vec<(Vec<u8>, u64)>,
     program: TxnProgram<T>,
@@ -150,8 +140,9 @@ pub enum ApplyMode {
 
 /// Everything the writer does; each kind commits atomically.
 enum Work<T> {
-    /// Application transactions: folded into group commits.
-    Txn(TxnRequest<T>),
+    /// Application transactions, in order (one connection's pipeline travels as one message):
+    /// folded into group commits.
+    Txns(Vec<TxnRequest<T>>),
     /// Records received from a replication source, applied as they are (seqnos, tags, times).
     Apply {
         records: Vec<Record>,
@@ -227,17 +218,34 @@ impl<T: Send + 'static> Writer<T> {
         rx.await.unwrap_or_else(|_| Err(TxnFailure::store(&StoreError::WriterGone)))
     }
 
-    /// Queues a transaction and returns where its outcome will arrive, so a pipelining
-    /// connection can queue several before waiting for the first.
+    /// Queues a transaction and returns where its outcome will arrive.
     pub async fn enqueue(
         &self,
         watch: Vec<(Vec<u8>, u64)>,
         program: TxnProgram<T>,
     ) -> Result<oneshot::Receiver<Result<Committed<T>, TxnFailure>>, TxnFailure> {
-        let (reply, rx) = oneshot::channel();
-        let request = TxnRequest { watch, program, reply, enqueued: Instant::now() };
-        self.tx.send(Work::Txn(request)).await.map_err(|_| TxnFailure::store(&StoreError::WriterGone))?;
+        let (request, rx) = Self::request(watch, program);
+        self.enqueue_all(vec![request]).await?;
         Ok(rx)
+    }
+
+    /// A transaction to queue with [`Writer::enqueue_all`], and where its outcome will arrive.
+    pub fn request(
+        watch: Vec<(Vec<u8>, u64)>,
+        program: TxnProgram<T>,
+    ) -> (TxnRequest<T>, oneshot::Receiver<Result<Committed<T>, TxnFailure>>) {
+        let (reply, rx) = oneshot::channel();
+        (TxnRequest { watch, program, reply, enqueued: Instant::now() }, rx)
+    }
+
+    /// Queues transactions in order as one message: a pipelining connection hands the writer
+    /// its whole batch at once. If the writer is gone, each request's receiver sees its
+    /// sender dropped.
+    pub async fn enqueue_all(&self, requests: Vec<TxnRequest<T>>) -> Result<(), TxnFailure> {
+        if requests.is_empty() {
+            return Ok(());
+        }
+        self.tx.send(Work::Txns(requests)).await.map_err(|_| TxnFailure::store(&StoreError::WriterGone))
     }
 
     async fn call<R>(
@@ -397,7 +405,11 @@ type Reply<T> = (oneshot::Sender<Result<Committed<T>, TxnFailure>>, Result<Commi
 
 fn fail_work<T>(work: Work<T>, failure: &TxnFailure) {
     match work {
-        Work::Txn(r) => drop(r.reply.send(Err(failure.clone()))),
+        Work::Txns(requests) => {
+            for r in requests {
+                drop(r.reply.send(Err(failure.clone())));
+            }
+        }
         Work::Apply { reply, .. } => drop(reply.send(Err(failure.clone()))),
         Work::Rollback { reply, .. } => drop(reply.send(Err(failure.clone()))),
         Work::Meta { reply, .. } => drop(reply.send(Err(failure.clone()))),
@@ -422,6 +434,19 @@ fn save_streams(
         }
     }
     Ok(())
+}
+
+/// Moves `requests` into the group being formed, up to [`GROUP_COMMIT_TXNS_MAX`]; what does not
+/// fit comes back as the work to start the next group with.
+fn fill<T>(batch: &mut Vec<TxnRequest<T>>, mut requests: Vec<TxnRequest<T>>) -> Option<Work<T>> {
+    let room = GROUP_COMMIT_TXNS_MAX.saturating_sub(batch.len());
+    if requests.len() <= room {
+        batch.append(&mut requests);
+        return None;
+    }
+    let rest = requests.split_off(room);
+    batch.append(&mut requests);
+    Some(Work::Txns(rest))
 }
 
 fn put_meta(txn: &redb::WriteTransaction, meta: &InstanceMeta) -> Result<(), StoreError> {
@@ -461,15 +486,12 @@ impl<T: Send + 'static> WriterThread<T> {
                 },
             };
             match first {
-                Work::Txn(request) => {
-                    batch.push(request);
-                    while batch.len() < GROUP_COMMIT_TXNS_MAX {
+                Work::Txns(requests) => {
+                    self.pending = fill(&mut batch, requests);
+                    while self.pending.is_none() && batch.len() < GROUP_COMMIT_TXNS_MAX {
                         match rx.try_recv() {
-                            Ok(Work::Txn(request)) => batch.push(request),
-                            Ok(other) => {
-                                self.pending = Some(other);
-                                break;
-                            }
+                            Ok(Work::Txns(requests)) => self.pending = fill(&mut batch, requests),
+                            Ok(other) => self.pending = Some(other),
                             Err(_) => break,
                         }
                     }
@@ -1003,7 +1025,7 @@ impl<T: Send + 'static> WriterThread<T> {
                 if let Some(t) = streams_touched.get_mut(usize::from(record.stream)) {
                     *t = true;
                 }
-                lost.push(crate::replication::lostlog::LostTransaction::from_record(
+                lost.push(crate::storage::lostlog::LostTransaction::from_record(
                     &record,
                     &old_history,
                     &old_streams,
@@ -1039,15 +1061,15 @@ impl<T: Send + 'static> WriterThread<T> {
             }
         }
         let at = now_micros();
-        let path = crate::replication::lostlog::final_path(
+        let path = crate::storage::lostlog::final_path(
             self.store.data_dir(),
             &meta.name,
             to_seqno + 1,
             committed,
             at,
         );
-        let header = crate::replication::lostlog::Header {
-            format: crate::replication::lostlog::FORMAT.into(),
+        let header = crate::storage::lostlog::Header {
+            format: crate::storage::lostlog::FORMAT.into(),
             instance: meta.name.clone(),
             creation_id: meta.creation_id.clone(),
             from_seqno: to_seqno + 1,
@@ -1059,7 +1081,7 @@ impl<T: Send + 'static> WriterThread<T> {
         // In journal order, as they were committed (they were collected newest first).
         lost.reverse();
         // The log is durable before the rollback commits: nothing is rolled off unlogged.
-        let pending = crate::replication::lostlog::write_pending(&path, &header, &lost)
+        let pending = crate::storage::lostlog::write_pending(&path, &header, &lost)
             .map_err(|e| StoreError::Invalid { reason: error_chain(&e) })?;
         let last = LastRollback {
             log_path: path.to_string_lossy().into_owned(),
@@ -1077,7 +1099,7 @@ impl<T: Send + 'static> WriterThread<T> {
             let _ = std::fs::remove_file(&pending);
             return Err(e);
         }
-        if let Err(e) = crate::replication::lostlog::finalize(&path) {
+        if let Err(e) = crate::storage::lostlog::finalize(&path) {
             // The rollback is committed; the pending file is completed at the next start.
             tracing::error!(error = %error_chain(&e), "cannot rename the rollback log into place");
         }

@@ -6,8 +6,8 @@
 //! exactly once; keys are returned in order.
 
 use super::{Args, Command};
+use crate::frame::Frame;
 use crate::limits::SCAN_COUNT_MAX;
-use crate::resp::frame::Frame;
 
 const SCAN_COUNT_DEFAULT: usize = 10;
 

@@ -15,8 +15,8 @@ pub mod keys;
 pub mod server;
 pub mod strings;
 
+use crate::frame::Frame;
 use crate::limits::KEY_BYTES_MAX;
-use crate::resp::frame::Frame;
 use crate::storage::writer::{Abort, TxnView};
 use crate::storage::{ScanPage, Snapshot};
 

@@ -1,8 +1,8 @@
 //! Introspection commands: INFO, ROLE, COMMAND and CONFIG GET.
 
 use super::{SPECS, Spec, find_spec};
-use crate::resp::frame::Frame;
-use crate::server::Engine;
+use crate::engine::Engine;
+use crate::frame::Frame;
 use crate::storage::meta::Role;
 
 /// The Redis version we report, for clients that gate features on it. RESP3 and the commands

@@ -2,8 +2,8 @@
 //! and DEL. Each runs inside the writer, so it sees every earlier transaction.
 
 use super::{Args, Command, SetCondition, check_key, parse_integer};
+use crate::frame::Frame;
 use crate::limits::VALUE_BYTES_MAX;
-use crate::resp::frame::Frame;
 use crate::storage::writer::{Abort, TxnView};
 
 pub fn parse_set(a: &mut Args) -> Result<Command, Frame> {

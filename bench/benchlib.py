@@ -1,11 +1,16 @@
-"""What the benchmark scripts share: where the release binary is, and free loopback ports."""
+"""What the benchmark scripts share: the release binary (rebuilt when its sources changed),
+free loopback ports, and a work directory that is on a real disk."""
 
 import os
 import socket
 import subprocess
+import sys
+import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENGINE = os.path.join(ROOT, "target", "release", "strand-engine")
+# Filesystems where fsync costs nothing: durable-write figures measured there are not figures.
+MEMORY_FILESYSTEMS = ("tmpfs", "ramfs")
 
 
 def free_port():
@@ -15,6 +20,39 @@ def free_port():
 
 
 def ensure_engine():
-    """Builds the release binary if it is missing."""
-    if not os.path.exists(ENGINE):
-        subprocess.run(["cargo", "build", "--release", "-p", "strand-engine"], cwd=ROOT, check=True)
+    """Builds the release binary; cargo does nothing when it is up to date with its sources."""
+    subprocess.run(["cargo", "build", "--release", "-q", "-p", "strand-engine"], cwd=ROOT, check=True)
+
+
+def filesystem_of(path):
+    """The type of the filesystem holding `path`, from the longest mount point above it."""
+    path = os.path.realpath(path)
+    best, kind = "", None
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) < 3:
+                continue
+            mount = fields[1].replace("\\040", " ")
+            if (path == mount or path.startswith(mount.rstrip("/") + "/")) and len(mount) >= len(best):
+                best, kind = mount, fields[2]
+    return kind
+
+
+def work_dir(prefix):
+    """A fresh work directory under $STRAND_BENCH_DIR (or the system's temporary directory),
+    refused if it is on a memory filesystem."""
+    base = os.environ.get("STRAND_BENCH_DIR") or tempfile.gettempdir()
+    kind = filesystem_of(base)
+    if kind in MEMORY_FILESYSTEMS:
+        sys.exit(f"{base} is on {kind}, where fsync is free: durable-write figures would mean nothing. "
+                 "Set STRAND_BENCH_DIR to a directory on a disk.")
+    return tempfile.mkdtemp(prefix=prefix, dir=base)
+
+
+def number(text, what):
+    """Parses a figure, failing the run (never reading as 0) when it is not one."""
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        sys.exit(f"cannot read {what} from {text!r}")

@@ -8,7 +8,9 @@ measures the raw fsync rate of the disk holding the data (write 4 KiB + fdatasyn
 the physical limit for one-at-a-time durable commits.
 
 Usage: bench/compare_redis.py [--rounds 3] [--out docs/benchmarks.md]
-Needs: a release build of strand-engine (built here if missing), redis-server, redis-benchmark.
+Needs: redis-server, redis-benchmark. The release build of strand-engine is brought up to date
+first. The work directory ($STRAND_BENCH_DIR, else the system's temporary directory) must
+be on a disk: a tmpfs is refused.
 """
 
 import argparse
@@ -20,10 +22,9 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
-from benchlib import ENGINE, ROOT, ensure_engine, free_port
+from benchlib import ENGINE, ensure_engine, free_port, number, work_dir
 
 
 def wait_port(port, proc, what):
@@ -61,8 +62,8 @@ def bench(port, test, clients, pipeline, requests):
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     rows = list(csv.reader(io.StringIO(out)))
     for row in rows[1:]:
-        if row and row[0].upper().startswith(test.upper()):
-            return float(row[1])
+        if len(row) > 1 and row[0].upper().startswith(test.upper()):
+            return number(row[1], f"the {test} rate in redis-benchmark's output {out!r}")
     sys.exit(f"no result in redis-benchmark output: {out}")
 
 
@@ -76,7 +77,7 @@ def main():
             sys.exit(f"{tool} not found: apt-get install redis-server redis-tools")
     ensure_engine()
 
-    work = tempfile.mkdtemp(prefix="strand-bench-", dir=os.environ.get("STRAND_BENCH_DIR"))
+    work = work_dir("strand-bench-")
     strand_port, redis_port = free_port(), free_port()
     strand = subprocess.Popen(
         [ENGINE, "run", "--data-dir", os.path.join(work, "strand"), "--name", "bench",

@@ -5,7 +5,9 @@ processes, loopback, same disk):
 1. catch-up: a primary with a backlog of --catchup transactions (default 1,000,000) starts
    streaming to an empty standby; time until the standby holds them all.
 2. steady-state lag: redis-benchmark writes to the primary (50 clients) while the backlog and
-   lag reported by the primary are sampled every 100 ms; medians and maxima.
+   lag reported by the primary are sampled every 100 ms; medians and maxima. GT.M's backlog is
+   sampled as its primary's last posted seqno minus its standby's last applied one (its
+   source's "not acknowledged" count trails far behind while it streams).
 3. rollback: time to roll back --rollback transactions (default 100,000) into an
    unreplicated-transaction log.
 
@@ -13,7 +15,12 @@ GT.M (Debian's fis-gtm) runs the same three measurements with its own tools: a p
 source server collects the backlog, activation starts the catch-up; `mupip journal -rollback
 -backward -resync` rolls back into a lost-transaction file; a mumps process writes the load.
 Each GT.M transaction is a mini-transaction setting one 64-byte global node, as each Strand
-transaction is one 64-byte SET.
+transaction is one 64-byte SET, and both write the same key pattern: random keys out of
+1,000,000 (redis-benchmark `-r 1000000`, `^k($random(1000000))`). Catch-up ends on the same
+event for both: the standby's last applied seqno reaches the primary's last seqno (Strand:
+`journal_seqno` of the standby's status; GT.M: the receiver's "last transaction processed by
+update process"). A figure that cannot be read fails the run. The work directory
+($STRAND_BENCH_DIR, else the system's temporary directory) must not be a tmpfs.
 
 Usage: bench/replication.py [--catchup N] [--rollback N] [--no-gtm] [--out FILE]
 """
@@ -26,10 +33,9 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
-from benchlib import ENGINE, ROOT, ensure_engine, free_port
+from benchlib import ENGINE, ROOT, ensure_engine, free_port, number, work_dir
 
 
 class Engine:
@@ -56,7 +62,7 @@ class Engine:
         return json.loads(r.stdout) if r.stdout.strip() else {}
 
     def seqno(self):
-        return self.admin("/v1/status")["journal_seqno"]
+        return int(number(self.admin("/v1/status").get("journal_seqno"), "journal_seqno from the admin status"))
 
     def admin(self, path):
         """GET on the admin socket without spawning a process (cheap enough to poll)."""
@@ -109,16 +115,30 @@ class Gtm:
     def mumps(self, code):
         return self.run(os.path.join(self.dist, "mumps"), "-run", "%XCMD", code)
 
-    def backlog(self):
-        out = self.mupip("replicate", "-source", "-showbacklog", check=False)
+    def _figure(self, out, marker, what):
+        """The number on the line of `out` containing `marker`. GT.M prints the source's figures
+        as `%GTM-I-LASTTRANS, Last transaction sequence number posted : 1000`, the receiver's
+        as `1000 : sequence number of last transaction processed by update process` (beside
+        `0 : number of backlog transactions … yet to be processed by update process`)."""
         for line in out.splitlines():
-            if "has not acknowledged" in line:
-                return int(line.split("has not acknowledged")[1].split()[0])
-        return 0
+            if marker not in line:
+                continue
+            if line.lstrip().startswith("%GTM"):
+                field = line.rsplit(":", 1)[1]
+            else:
+                field = line.split(":", 1)[0]
+            return int(number(field.strip(), what))
+        sys.exit(f"cannot read {what}: no line with {marker!r} in {out!r}")
 
-    def seqno(self):
-        out = self.mumps('write $view("JNLPOOL")')
-        return out
+    def last_written(self):
+        """The primary's last seqno (posted to its journal pool)."""
+        out = self.mupip("replicate", "-source", "-showbacklog", check=False)
+        return self._figure(out, "sequence number posted", "the source's last seqno")
+
+    def last_applied(self):
+        """The standby's last seqno applied by its update process."""
+        out = self.mupip("replicate", "-receive", "-showbacklog", check=False)
+        return self._figure(out, "last transaction processed by update process", "the receiver's last applied seqno")
 
     def shutdown(self):
         self.mupip("replicate", "-receive", "-shutdown", "-timeout=0", check=False)
@@ -139,12 +159,13 @@ def gtm_round(work, catchup, rollback, lines_by_name):
         primary.mupip("replicate", "-source", "-start", "-passive", "-rootprimary", "-instsecondary=BrynMawr",
                       "-buffsize=" + BUFF, "-log=" + os.path.join(primary.dir, "source.log"))
         t0 = time.time()
-        primary.mumps(f'for i=1:1:{catchup} set ^k(i)=$justify(i,64)')
+        primary.mumps(f'for i=1:1:{catchup} set ^k($random(1000000))=$justify(i,64)')
         build = time.time() - t0
         t0 = time.time()
+        last = primary.last_written()
         primary.mupip("replicate", "-source", "-activate", "-rootprimary", "-instsecondary=BrynMawr",
                       f"-secondary=127.0.0.1:{port}")
-        while primary.backlog() > 0:
+        while standby.last_applied() < last:
             time.sleep(0.05)
         took = time.time() - t0
         print(f"gtm catch-up: {catchup} in {took:.1f} s", file=sys.stderr)
@@ -152,18 +173,18 @@ def gtm_round(work, catchup, rollback, lines_by_name):
 
         # lag under a single mumps writer at full speed
         writer = subprocess.Popen([os.path.join(primary.dist, "mumps"), "-run", "%XCMD",
-                                   f'for i=1:1:200000 set ^w(i)=$justify(i,64)'], env=primary.env,
+                                   f'for i=1:1:200000 set ^w($random(1000000))=$justify(i,64)'], env=primary.env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=primary.dir)
         backlogs = []
         t0 = time.time()
         while writer.poll() is None:
-            backlogs.append(primary.backlog())
+            backlogs.append(primary.last_written() - standby.last_applied())
             time.sleep(0.1)
         rate = 200000 / (time.time() - t0)
         lines_by_name["lag"] = (statistics.median(backlogs) if backlogs else 0, max(backlogs or [0]), rate)
 
         # rollback
-        while primary.backlog() > 0:
+        while standby.last_applied() < primary.last_written():
             time.sleep(0.05)
         primary.shutdown()
         standby.shutdown()
@@ -192,7 +213,7 @@ def main():
     ap.add_argument("--no-gtm", action="store_true")
     args = ap.parse_args()
     ensure_engine()
-    work = tempfile.mkdtemp(prefix="strand-repl-bench-")
+    work = work_dir("strand-repl-bench-")
     secret = os.path.join(work, "secret")
     with open(secret, "w") as f:
         f.write("bench-secret\n")

@@ -12,9 +12,10 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe, SecretVolumeSource,
-    Service, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    SeccompProfile, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume,
+    VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -36,6 +37,9 @@ pub const REPLICATION_SECRET_KEY: &str = "secret";
 pub const ADMIN_TOKEN_KEY: &str = "token";
 /// Mount point of the data volume.
 pub const DATA_DIR: &str = "/data";
+/// The engine image's user and group (`nonroot` of the distroless base); the volume is made
+/// writable for this group through `fsGroup`.
+pub const ENGINE_UID: i64 = 65532;
 
 /// The names of an Instance's objects.
 pub fn admin_secret_name(instance: &str) -> String {
@@ -193,6 +197,13 @@ pub fn statefulset(inst: &Instance, image: &str) -> StatefulSet {
         liveness_probe: Some(probe("/healthz", 10, 6)),
         resources: spec.resources.clone(),
         volume_mounts: Some(mounts),
+        // The engine writes only its volume: nothing else to write, gain or escalate to.
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Default::default() }),
+            ..Default::default()
+        }),
         ..Default::default()
     };
     let claim = PersistentVolumeClaim {
@@ -225,6 +236,20 @@ pub fn statefulset(inst: &Instance, image: &str) -> StatefulSet {
                     tolerations: spec.tolerations.clone(),
                     // The engine finishes in-flight commits on SIGTERM.
                     termination_grace_period_seconds: Some(30),
+                    // Non-root (the image's `nonroot` user), and the volume made writable for
+                    // it by group (a fresh volume is owned by root on most provisioners).
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(ENGINE_UID),
+                        run_as_group: Some(ENGINE_UID),
+                        fs_group: Some(ENGINE_UID),
+                        fs_group_change_policy: Some("OnRootMismatch".into()),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
                     volumes: Some(volumes),
                     ..Default::default()
                 }),
@@ -369,6 +394,27 @@ mod tests {
                 .iter()
                 .any(|v| v.secret.as_ref().unwrap().secret_name.as_deref() == Some("app-auth"))
         );
+    }
+
+    #[test]
+    fn the_engine_runs_as_non_root_on_a_group_writable_volume_with_nothing_else_to_write() {
+        let sts = statefulset(&instance(false), "strand-engine:0.1.0");
+        let pod = sts.spec.and_then(|s| s.template.spec).expect("pod spec");
+        let psc = pod.security_context.clone().expect("pod security context");
+        assert_eq!(psc.run_as_non_root, Some(true));
+        assert_eq!(
+            (psc.run_as_user, psc.run_as_group, psc.fs_group),
+            (Some(65532), Some(65532), Some(65532))
+        );
+        assert_eq!(psc.seccomp_profile.map(|p| p.type_).as_deref(), Some("RuntimeDefault"));
+        let sc = pod.containers[0].security_context.clone().expect("container security context");
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.capabilities.and_then(|c| c.drop), Some(vec!["ALL".to_string()]));
+        // Everything the engine writes is under its volume's mount.
+        let mounts = pod.containers[0].volume_mounts.clone().unwrap_or_default();
+        assert!(mounts.iter().any(|m| m.mount_path == DATA_DIR && m.read_only != Some(true)));
+        assert!(engine_args(&instance(false)).iter().any(|a| a.starts_with(&format!("{DATA_DIR}/"))));
     }
 
     #[test]

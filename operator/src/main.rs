@@ -2,23 +2,24 @@
 //! ReplicationLink controllers over shared reflector stores until SIGTERM (graceful: in-flight
 //! reconciles finish, the Lease is released) or until it stops leading.
 
-use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, HashMap};
-use std::hash::{Hash, Hasher};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
-use kube::{Resource, ResourceExt};
+use strand_operator::controller::triggers::{
+    self, Seen, changed, family_print, pod_print, request_print, set_print, spec_print,
+};
 use strand_operator::controller::{self, Config, Ctx, Stores};
 use strand_operator::crd::{Family, Instance, ReplicationLink};
 use strand_operator::desired::LABEL_INSTANCE;
@@ -133,70 +134,8 @@ async fn main() -> ExitCode {
     }
 }
 
-/// Passes an object on only when `fingerprint` of it changed since it was last passed on:
-/// the controllers react to what they care about (spec, requests, readiness), not to the
-/// status writes they make themselves.
-fn changed<K, F>(stream: impl Stream<Item = Arc<K>>, fingerprint: F) -> impl Stream<Item = Arc<K>>
-where
-    K: Resource,
-    F: Fn(&K) -> u64,
-{
-    let seen: Mutex<HashMap<String, u64>> = Mutex::new(HashMap::new());
-    stream.filter(move |obj| {
-        let key = format!(
-            "{}/{}",
-            obj.meta().namespace.as_deref().unwrap_or(""),
-            obj.meta().name.as_deref().unwrap_or("")
-        );
-        let print = fingerprint(obj);
-        let mut seen = seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let new = seen.insert(key, print) != Some(print);
-        std::future::ready(new)
-    })
-}
-
 fn sub<T>(handle: Option<T>) -> Result<T, String> {
     handle.ok_or_else(|| "a shared store gave no subscriber".to_owned())
-}
-
-fn hash_of(v: impl Hash) -> u64 {
-    let mut h = DefaultHasher::new();
-    v.hash(&mut h);
-    h.finish()
-}
-
-/// Spec and lifecycle of an object: its generation and whether it is being deleted.
-fn spec_print<K: Resource>(obj: &K) -> u64 {
-    hash_of((obj.meta().generation, obj.meta().deletion_timestamp.is_some()))
-}
-
-/// An Instance's spec and its `strand.dev/…` requests.
-fn request_print(inst: &Instance) -> u64 {
-    let requests: BTreeMap<&String, &String> =
-        inst.annotations().iter().filter(|(k, _)| k.starts_with("strand.dev/")).collect();
-    hash_of((spec_print(inst), requests))
-}
-
-/// Whether a pod is ready and where.
-fn pod_print(pod: &Pod) -> u64 {
-    let status = pod.status.as_ref();
-    let ready = status
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-    let image = pod.spec.as_ref().and_then(|s| s.containers.first()).and_then(|c| c.image.clone());
-    hash_of((ready, status.and_then(|s| s.pod_ip.clone()), pod.metadata.deletion_timestamp.is_some(), image))
-}
-
-/// The image a StatefulSet runs.
-fn set_print(set: &StatefulSet) -> u64 {
-    let spec = set.spec.as_ref().and_then(|s| s.template.spec.as_ref());
-    hash_of(spec.and_then(|s| s.containers.first()).and_then(|c| c.image.clone()))
-}
-
-fn family_print(f: &Family) -> u64 {
-    let s = f.status.as_ref();
-    let upgrade = s.and_then(|s| s.upgrade.as_ref()).map(|u| (u.image.clone(), u.released.clone()));
-    hash_of((s.and_then(|s| s.primary.clone()), s.map(|s| s.members.clone()), upgrade, spec_print(f)))
 }
 
 async fn run(args: Args) -> Result<(), String> {
@@ -351,7 +290,9 @@ async fn run(args: Args) -> Result<(), String> {
         leader: leadership.clone(),
         backoff: Mutex::new(Default::default()),
         book: Mutex::new(Default::default()),
+        events: Mutex::new(Default::default()),
     });
+    let seen = Seen::default();
     let shutdown = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
@@ -359,77 +300,82 @@ async fn run(args: Args) -> Result<(), String> {
     // Instances: their objects and their Family object. Triggered by spec changes, by links
     // (family membership), by a family's primary changing (the PodDisruptionBudget) or its
     // upgrade releasing a member (the image), and by their StatefulSets (deleted or changed).
-    let instance_controller =
-        Controller::for_shared_stream(changed(inst_for_ic, spec_print::<Instance>), stores.instances.clone())
-            .owns(Api::<StatefulSet>::all(client.clone()), watcher::Config::default())
-            .watches_shared_stream(changed(link_for_ic, spec_print::<ReplicationLink>), |link| {
-                let ns = link.namespace().unwrap_or_default();
-                [&link.spec.source, &link.spec.target]
-                    .into_iter()
-                    .map(|name| ObjectRef::<Instance>::new(name).within(&ns))
-                    .collect::<Vec<_>>()
-            })
-            .watches_shared_stream(changed(fam_for_ic, family_print), move |fam| {
-                let ns = fam.namespace().unwrap_or_default();
-                fam.status
-                    .as_ref()
-                    .map(|st| st.members.clone())
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|m| ObjectRef::<Instance>::new(&m).within(&ns))
-                    .collect::<Vec<_>>()
-            })
-            .graceful_shutdown_on(shutdown(stop_rx.clone()))
-            .run(controller::instance::reconcile, controller::instance::error_policy, ctx.clone())
-            .for_each(|_| async {});
+    let instance_controller = Controller::for_shared_stream(
+        changed(seen.clone(), inst_for_ic, spec_print::<Instance>),
+        stores.instances.clone(),
+    )
+    .owns(Api::<StatefulSet>::all(client.clone()), watcher::Config::default())
+    .watches_shared_stream(changed(seen.clone(), link_for_ic, spec_print::<ReplicationLink>), |link| {
+        let ns = link.namespace().unwrap_or_default();
+        [&link.spec.source, &link.spec.target]
+            .into_iter()
+            .map(|name| ObjectRef::<Instance>::new(name).within(&ns))
+            .collect::<Vec<_>>()
+    })
+    .watches_shared_stream(changed(seen.clone(), fam_for_ic, family_print), move |fam| {
+        let ns = fam.namespace().unwrap_or_default();
+        fam.status
+            .as_ref()
+            .map(|st| st.members.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|m| ObjectRef::<Instance>::new(&m).within(&ns))
+            .collect::<Vec<_>>()
+    })
+    .graceful_shutdown_on(shutdown(stop_rx.clone()))
+    .run(controller::instance::reconcile, controller::instance::error_policy, ctx.clone())
+    .for_each(|_| async {});
 
     // Families: each a unit of lifecycle, concurrently. Triggered by members' specs and
     // requests, their pods' readiness and image, their StatefulSets' image, their links, and a
     // timer.
     let (s1, s2, s3, s4) = (stores.clone(), stores.clone(), stores.clone(), stores.clone());
-    let family_controller =
-        Controller::for_shared_stream(changed(fam_for_fc, spec_print::<Family>), stores.families.clone())
-            .watches_shared_stream(changed(inst_for_fc, request_print), move |inst| {
-                let ns = inst.namespace().unwrap_or_default();
-                controller::family::family_of(&s1, &ns, &inst.name_any())
-                    .map(|f| ObjectRef::<Family>::new(&f).within(&ns))
-            })
-            .watches_shared_stream(changed(link_for_fc, spec_print::<ReplicationLink>), move |link| {
-                let ns = link.namespace().unwrap_or_default();
-                let f = controller::family::families_in(&s2, &ns);
-                [&link.spec.source, &link.spec.target]
-                    .into_iter()
-                    .filter_map(|i| f.of.get(i).cloned())
-                    .map(|name| ObjectRef::<Family>::new(&name).within(&ns))
-                    .collect::<Vec<_>>()
-            })
-            .watches_shared_stream(changed(pod_for_fc, pod_print), move |pod| {
-                let ns = pod.namespace().unwrap_or_default();
-                pod.labels()
-                    .get(LABEL_INSTANCE)
-                    .and_then(|i| controller::family::family_of(&s3, &ns, i))
-                    .map(|f| ObjectRef::<Family>::new(&f).within(&ns))
-            })
-            .watches_shared_stream(changed(set_for_fc, set_print), move |set| {
-                let ns = set.namespace().unwrap_or_default();
-                controller::family::family_of(&s4, &ns, &set.name_any())
-                    .map(|f| ObjectRef::<Family>::new(&f).within(&ns))
-            })
-            .graceful_shutdown_on(shutdown(stop_rx.clone()))
-            .run(controller::family::reconcile, controller::family::error_policy, ctx.clone())
-            .for_each(|_| async {});
+    let family_controller = Controller::for_shared_stream(
+        changed(seen.clone(), fam_for_fc, spec_print::<Family>),
+        stores.families.clone(),
+    )
+    .watches_shared_stream(changed(seen.clone(), inst_for_fc, request_print), move |inst| {
+        let ns = inst.namespace().unwrap_or_default();
+        controller::family::family_of(&s1, &ns, &inst.name_any())
+            .map(|f| ObjectRef::<Family>::new(&f).within(&ns))
+    })
+    .watches_shared_stream(changed(seen.clone(), link_for_fc, spec_print::<ReplicationLink>), move |link| {
+        let ns = link.namespace().unwrap_or_default();
+        let f = controller::family::families_in(&s2, &ns);
+        [&link.spec.source, &link.spec.target]
+            .into_iter()
+            .filter_map(|i| f.of.get(i).cloned())
+            .map(|name| ObjectRef::<Family>::new(&name).within(&ns))
+            .collect::<Vec<_>>()
+    })
+    .watches_shared_stream(changed(seen.clone(), pod_for_fc, pod_print), move |pod| {
+        let ns = pod.namespace().unwrap_or_default();
+        pod.labels()
+            .get(LABEL_INSTANCE)
+            .and_then(|i| controller::family::family_of(&s3, &ns, i))
+            .map(|f| ObjectRef::<Family>::new(&f).within(&ns))
+    })
+    .watches_shared_stream(changed(seen.clone(), set_for_fc, set_print), move |set| {
+        let ns = set.namespace().unwrap_or_default();
+        controller::family::family_of(&s4, &ns, &set.name_any())
+            .map(|f| ObjectRef::<Family>::new(&f).within(&ns))
+    })
+    .graceful_shutdown_on(shutdown(stop_rx.clone()))
+    .run(controller::family::reconcile, controller::family::error_policy, ctx.clone())
+    .for_each(|_| async {});
 
     // Links none of whose Instances exist.
     let link_controller = Controller::for_shared_stream(
-        changed(link_for_lc, spec_print::<ReplicationLink>),
+        changed(seen.clone(), link_for_lc, spec_print::<ReplicationLink>),
         stores.links.clone(),
     )
     .graceful_shutdown_on(shutdown(stop_rx.clone()))
     .run(controller::link::reconcile, controller::link::error_policy, ctx.clone())
     .for_each(|_| async {});
 
-    // Forget back-off and bookkeeping of objects that are gone.
+    // Forget back-off, bookkeeping and trigger fingerprints of objects that are gone.
     let prune_ctx = ctx.clone();
+    let prune_seen = seen.clone();
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(60)).await;
@@ -462,6 +408,13 @@ async fn run(args: Args) -> Result<(), String> {
             });
             prune_ctx.book().retain(|k| live_instances.iter().any(|i| i == k));
             prune_ctx.metrics.retain_families(|k| live_families.iter().any(|f| f == k));
+            let mut live_uids: HashSet<String> = HashSet::new();
+            live_uids.extend(st.instances.state().iter().map(|o| triggers::identity(o.as_ref())));
+            live_uids.extend(st.links.state().iter().map(|o| triggers::identity(o.as_ref())));
+            live_uids.extend(st.families.state().iter().map(|o| triggers::identity(o.as_ref())));
+            live_uids.extend(st.pods.state().iter().map(|o| triggers::identity(o.as_ref())));
+            live_uids.extend(st.statefulsets.state().iter().map(|o| triggers::identity(o.as_ref())));
+            prune_seen.retain(&live_uids);
         }
     });
 

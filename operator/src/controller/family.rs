@@ -163,12 +163,8 @@ async fn reconcile_inner(fam: &Family, ctx: &Ctx) -> Result<KubeAction, Error> {
         .filter(|l| member_names.contains(&l.spec.source) || member_names.contains(&l.spec.target))
         .collect();
 
-    // Every member's engine, concurrently.
-    let observed: Vec<Observed> = join_all(members.iter().map(|m| observe(ctx, &ns, m))).await;
-    let observed: BTreeMap<String, Observed> = members.iter().map(|m| m.name_any()).zip(observed).collect();
-
     // The receiving end of each SI link this family sources: the target family's primary.
-    let mut peers: BTreeMap<String, (String, Observed)> = BTreeMap::new();
+    let mut peer_targets: Vec<(String, String, &Arc<Instance>)> = Vec::new();
     for l in &relevant {
         if l.spec.mode != Mode::Si
             || !member_names.contains(&l.spec.source)
@@ -182,8 +178,21 @@ async fn reconcile_inner(fam: &Family, ctx: &Ctx) -> Result<KubeAction, Error> {
             .and_then(|f| f.status.as_ref().and_then(|s| s.primary.clone()))
             .unwrap_or_else(|| l.spec.target.clone());
         let Some(inst) = instances.iter().find(|i| i.name_any() == primary) else { continue };
-        peers.insert(l.name_any(), (primary, observe(ctx, &ns, inst).await));
+        peer_targets.push((l.name_any(), primary, inst));
     }
+
+    // Every member's engine and every peer, all at once: an unreachable one costs its timeout
+    // once, not once per engine.
+    let (observed, peer_observed) = futures::join!(
+        join_all(members.iter().map(|m| observe(ctx, &ns, m))),
+        join_all(peer_targets.iter().map(|(_, _, inst)| observe(ctx, &ns, inst)))
+    );
+    let observed: BTreeMap<String, Observed> = members.iter().map(|m| m.name_any()).zip(observed).collect();
+    let peers: BTreeMap<String, (String, Observed)> = peer_targets
+        .into_iter()
+        .zip(peer_observed)
+        .map(|((link, primary, _), obs)| (link, (primary, obs)))
+        .collect();
 
     // The family's status: this replica's last write if the cache has not caught up; for a
     // new Family object (a rename, a merge), what the Family objects its members come from

@@ -9,6 +9,7 @@ pub mod backoff;
 pub mod family;
 pub mod instance;
 pub mod link;
+pub mod triggers;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -235,6 +236,39 @@ pub struct Ctx {
     pub leader: Arc<Leadership>,
     pub backoff: Mutex<backoff::Backoff>,
     pub book: Mutex<Book>,
+    pub events: Mutex<EventLimiter>,
+}
+
+/// How often the same Event (same object, same reason) may be published: a flapping engine or
+/// a drain waiting on every reconcile says so once a minute, not on every pass.
+pub const EVENT_REPEAT_INTERVAL: Duration = Duration::from_secs(60);
+
+/// When each (object, reason) was last published. Pure: the caller passes the clock.
+#[derive(Debug, Default)]
+pub struct EventLimiter {
+    last: HashMap<(String, String), Instant>,
+}
+
+impl EventLimiter {
+    /// Whether an Event of `reason` about `object` may go out at `now`; if so, it is recorded.
+    pub fn allow(&mut self, object: &str, reason: &str, now: Instant) -> bool {
+        // Forget what is older than the interval: the map holds only recent publications.
+        self.last.retain(|_, at| now.saturating_duration_since(*at) < EVENT_REPEAT_INTERVAL);
+        let key = (object.to_owned(), reason.to_owned());
+        if self.last.contains_key(&key) {
+            return false;
+        }
+        self.last.insert(key, now);
+        true
+    }
+
+    pub fn len(&self) -> usize {
+        self.last.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.last.is_empty()
+    }
 }
 
 impl Ctx {
@@ -251,7 +285,8 @@ impl Ctx {
         self.backoff.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Publishes an Event about `object` (best effort: a failure is logged).
+    /// Publishes an Event about `object` (best effort: a failure is logged), at most once per
+    /// [`EVENT_REPEAT_INTERVAL`] for the same object and reason.
     pub async fn publish(
         &self,
         object: &k8s_openapi::api::core::v1::ObjectReference,
@@ -260,6 +295,21 @@ impl Ctx {
         note: String,
     ) {
         if self.check_leading().is_err() {
+            return;
+        }
+        let who = format!(
+            "{}/{}/{}",
+            object.kind.as_deref().unwrap_or(""),
+            object.namespace.as_deref().unwrap_or(""),
+            object.name.as_deref().unwrap_or("")
+        );
+        let allowed = self.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner).allow(
+            &who,
+            reason,
+            Instant::now(),
+        );
+        if !allowed {
+            tracing::debug!(object = %who, reason, %note, "event repeated within a minute; not published again");
             return;
         }
         let event = Event {
@@ -327,6 +377,24 @@ fn engine_image(spec: &k8s_openapi::api::core::v1::PodSpec) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_same_event_goes_out_once_a_minute_and_others_are_not_held_back() {
+        let t0 = Instant::now();
+        let mut e = EventLimiter::default();
+        assert!(e.allow("Instance/prod/ardmore", "EngineUnreachable", t0));
+        // The engine flaps: the same reason about the same object is held back for a minute …
+        assert!(!e.allow("Instance/prod/ardmore", "EngineUnreachable", t0 + Duration::from_secs(5)));
+        assert!(!e.allow("Instance/prod/ardmore", "EngineUnreachable", t0 + Duration::from_secs(59)));
+        // … while another reason, or another object, goes out at once.
+        assert!(e.allow("Instance/prod/ardmore", "RoleChanged", t0 + Duration::from_secs(5)));
+        assert!(e.allow("Instance/prod/brynmawr", "EngineUnreachable", t0 + Duration::from_secs(5)));
+        // A minute after it was last published it may go out again; older entries are forgotten.
+        assert!(e.allow("Instance/prod/ardmore", "EngineUnreachable", t0 + Duration::from_secs(60)));
+        assert_eq!(e.len(), 3);
+        assert!(e.allow("Instance/prod/ardmore", "RoleChanged", t0 + Duration::from_secs(200)));
+        assert_eq!(e.len(), 1, "everything older than a minute was forgotten");
+    }
 
     #[test]
     fn a_lease_lapses_only_after_the_last_send_plus_lease_plus_call_timeout() {

@@ -45,7 +45,7 @@ pub struct FamilyStatus {
     /// Member Instances (joined by BC links).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<String>,
-    /// Standalone, Healthy, Degraded, SwitchingOver, FailingOver, NoPrimary.
+    /// Pending, Standalone, Healthy, Degraded, SwitchingOver, FailingOver, Upgrading, NoPrimary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
     /// What is wrong or going on, in a sentence.

@@ -87,8 +87,12 @@ fn parse_args() -> Result<Args, String> {
                 Some("text") => args.log_format_json = false,
                 other => return Err(format!("--log-format must be json or text, not {other:?}")),
             },
+            "--version" | "-V" => {
+                println!("strand-operator {}", env!("CARGO_PKG_VERSION"));
+                std::process::exit(0);
+            }
             "--help" | "-h" => {
-                return Err("usage: strand-operator [--metrics-addr HOST:PORT] [--log-format json|text]\n\
+                return Err("usage: strand-operator [--version] [--metrics-addr HOST:PORT] [--log-format json|text]\n\
                      [--webhook-addr HOST:PORT --webhook-service NAME --webhook-secret NAME --webhook-configuration NAME]\n\
                      [--failover-delay-seconds N (30)] [--switchover-timeout-seconds N (60)]\n\
                      [--upgrade-step-deadline-seconds N (300)] [--role-lease-seconds N (15)] [--refresh-seconds N (5)]\n\

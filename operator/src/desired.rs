@@ -10,7 +10,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::apps::v1::{
+    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
+};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector,
     PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
@@ -255,6 +257,12 @@ pub fn statefulset(inst: &Instance, image: &str) -> StatefulSet {
                 }),
             },
             volume_claim_templates: Some(vec![claim]),
+            // The StatefulSet controller owns the claim to the StatefulSet (deleted with the
+            // Instance) or leaves it for a later Instance of the same name.
+            persistent_volume_claim_retention_policy: Some(StatefulSetPersistentVolumeClaimRetentionPolicy {
+                when_deleted: Some(spec.storage.when_deleted.as_str().into()),
+                when_scaled: Some("Retain".into()),
+            }),
             ..Default::default()
         }),
         status: None,
@@ -339,7 +347,11 @@ mod tests {
             InstanceSpec {
                 image: "strand-engine:0.1.0".into(),
                 supplementary,
-                storage: StorageSpec { size: "1Gi".into(), storage_class_name: Some("standard".into()) },
+                storage: StorageSpec {
+                    size: "1Gi".into(),
+                    storage_class_name: Some("standard".into()),
+                    when_deleted: Default::default(),
+                },
                 resources: None,
                 affinity: None,
                 tolerations: None,
@@ -415,6 +427,20 @@ mod tests {
         let mounts = pod.containers[0].volume_mounts.clone().unwrap_or_default();
         assert!(mounts.iter().any(|m| m.mount_path == DATA_DIR && m.read_only != Some(true)));
         assert!(engine_args(&instance(false)).iter().any(|a| a.starts_with(&format!("{DATA_DIR}/"))));
+    }
+
+    #[test]
+    fn the_volume_goes_with_the_instance_unless_it_is_retained() {
+        let policy = |inst: &Instance| {
+            statefulset(inst, "strand-engine:0.1.0")
+                .spec
+                .and_then(|s| s.persistent_volume_claim_retention_policy)
+                .map(|p| (p.when_deleted, p.when_scaled))
+        };
+        let mut inst = instance(false);
+        assert_eq!(policy(&inst), Some((Some("Delete".into()), Some("Retain".into()))));
+        inst.spec.storage.when_deleted = crate::crd::instance::VolumeRetention::Retain;
+        assert_eq!(policy(&inst), Some((Some("Retain".into()), Some("Retain".into()))));
     }
 
     #[test]

@@ -343,7 +343,11 @@ mod tests {
             InstanceSpec {
                 image: "strand-engine:0.1.0".into(),
                 supplementary,
-                storage: StorageSpec { size: "1Gi".into(), storage_class_name: None },
+                storage: StorageSpec {
+                    size: "1Gi".into(),
+                    storage_class_name: None,
+                    when_deleted: Default::default(),
+                },
                 resources: None,
                 affinity: None,
                 tolerations: None,

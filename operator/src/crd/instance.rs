@@ -94,6 +94,28 @@ pub struct StorageSpec {
     /// StorageClass; the cluster default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class_name: Option<String>,
+    /// What happens to the volume when the Instance is deleted: `Delete` (the default) removes
+    /// it with the Instance, so a new Instance of the same name starts empty; `Retain` keeps
+    /// it, and an Instance created again under the same name takes up its data.
+    #[serde(default)]
+    pub when_deleted: VolumeRetention,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+pub enum VolumeRetention {
+    #[default]
+    Delete,
+    Retain,
+}
+
+impl VolumeRetention {
+    /// The StatefulSet field's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VolumeRetention::Delete => "Delete",
+            VolumeRetention::Retain => "Retain",
+        }
+    }
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]

@@ -851,8 +851,69 @@ def scenario_monitoring(c, results):
     log("  " + p.stdout.strip())
 
 
+def metric_sum(text, name, **labels):
+    """The sum of a metric's samples in Prometheus text whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        head, _, value = line.rpartition(" ")
+        if all('%s="%s"' % (k, v) in head for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
+def scenario_quiet(c, results):
+    """Under a steady write load the operator works at its timer's rate, not at the rate of
+    writes: reconciles per family and writes to Strand objects stay within what one pass per
+    refresh interval makes, and nothing else is reconciled."""
+    leader = c.leader()
+    ip = c.get("pod", leader, ns=OPERATOR_NS)["status"]["podIP"]
+
+    def sample():
+        with urllib.request.urlopen("http://%s:8081/metrics" % ip, timeout=5) as r:
+            operator = r.read().decode()
+        api = c.k("get", "--raw", "/metrics")
+        writes = sum(metric_sum(api, "apiserver_request_total", group="strand.dev", verb=v)
+                     for v in ("APPLY", "PATCH", "UPDATE", "CREATE", "DELETE"))
+        return {
+            "family": metric_sum(operator, "strand_operator_reconciles_total", kind="Family"),
+            "instance": metric_sum(operator, "strand_operator_reconciles_total", kind="Instance"),
+            "link": metric_sum(operator, "strand_operator_reconciles_total", kind="ReplicationLink"),
+            "writes": writes,
+        }
+
+    w = Writer(c, ["ardmore", "brynmawr"], "quiet-")
+    w.start()
+    time.sleep(3)
+    before, t0 = sample(), time.time()
+    time.sleep(30)
+    after, elapsed = sample(), time.time() - t0
+    w.stop()
+    if len(w.acks) < 100:
+        raise Fail("the writer made only %d writes; the load did not run" % len(w.acks))
+    d = {k: after[k] - before[k] for k in after}
+    families = 2  # ardmore's (ardmore, brynmawr) and malvern's
+    refresh = float(LIFECYCLE["lifecycle.refreshSeconds"])
+    passes = families * elapsed / refresh
+    # Each pass may be followed by one more for a status it wrote (at most one per pass), and
+    # a pod or engine event now and then: twice the timer's rate bounds it.
+    if d["family"] > 2 * passes + 4:
+        raise Fail("%d family reconciles in %.0fs under load, more than twice the timer's %d" % (d["family"], elapsed, passes))
+    if d["instance"] > 2 or d["link"] > 0:
+        raise Fail("Instance or link reconciles under a write load: %r" % d)
+    # Objects written per pass: at most each family's status and its instances' and links'
+    # (ardmore: 2 instances + 1 link; malvern: 1 instance + 1 SI link; 2 families) = 7.
+    if d["writes"] > 7 * passes / families + 7:
+        raise Fail("%d writes to Strand objects in %.0fs under load (%d passes)" % (d["writes"], elapsed, passes))
+    log("  %.0fs of load (%d acknowledged writes): %d family reconciles (timer: %.0f), %d instance, %d link, "
+        "%d writes to Strand objects" % (elapsed, len(w.acks), d["family"], passes, d["instance"], d["link"], d["writes"]))
+    results["quiet"] = d
+
+
 SCENARIOS = [
     ("monitoring", scenario_monitoring),
+    ("quiet", scenario_quiet),
     ("switchover-yaml", scenario_switchover_yaml),
     ("switchover-plugin", scenario_switchover_plugin),
     ("operator-killed", scenario_operator_killed_mid_switchover),

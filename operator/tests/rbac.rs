@@ -1,0 +1,109 @@
+//! The chart grants exactly what the operator's code uses: every API call it makes, by kind
+//! and verb, with where it is made. A grant the code does not use, or a use the chart does not
+//! grant, fails here; the end-to-end tests run the operator under these rules on an API
+//! server with the RBAC authorizer, so a missing grant also fails there.
+#![allow(clippy::unwrap_used, clippy::indexing_slicing)] // tests fail loudly by design
+
+use std::collections::BTreeSet;
+
+/// (API group, resource, verb, where the code uses it).
+const USED: &[(&str, &str, &str, &str)] = &[
+    ("strand.dev", "instances", "list", "main.rs: reflector watch"),
+    ("strand.dev", "instances", "watch", "main.rs: reflector watch"),
+    ("strand.dev", "instances", "get", "webhook.rs request_drain: get_opt"),
+    ("strand.dev", "instances", "patch", "webhook.rs request_drain: the drain annotation"),
+    ("strand.dev", "replicationlinks", "list", "main.rs: reflector; webhook.rs decide: list"),
+    ("strand.dev", "replicationlinks", "watch", "main.rs: reflector watch"),
+    ("strand.dev", "replicationlinks", "patch", "controller/family.rs, link.rs: finalizers"),
+    ("strand.dev", "families", "list", "main.rs: reflector watch"),
+    ("strand.dev", "families", "watch", "main.rs: reflector watch"),
+    ("strand.dev", "families", "create", "controller/instance.rs: apply of a new Family"),
+    ("strand.dev", "families", "patch", "controller/instance.rs: apply of the Family"),
+    ("strand.dev", "families", "delete", "controller/family.rs: an emptied family"),
+    ("strand.dev", "instances/status", "patch", "controller/family.rs write_instance"),
+    ("strand.dev", "replicationlinks/status", "patch", "controller/family.rs write_link, link.rs"),
+    ("strand.dev", "families/status", "patch", "controller/family.rs: the family's status"),
+    ("strand.dev", "instances/finalizers", "update", "owner references with blockOwnerDeletion"),
+    ("apps", "statefulsets", "list", "main.rs: reflector; Instance controller owns()"),
+    ("apps", "statefulsets", "watch", "main.rs: reflector; Instance controller owns()"),
+    ("apps", "statefulsets", "create", "controller/instance.rs: apply"),
+    ("apps", "statefulsets", "patch", "controller/instance.rs: apply"),
+    ("", "services", "create", "controller/instance.rs: apply"),
+    ("", "services", "patch", "controller/instance.rs: apply"),
+    ("policy", "poddisruptionbudgets", "create", "controller/instance.rs: apply"),
+    ("policy", "poddisruptionbudgets", "patch", "controller/instance.rs: apply"),
+    ("", "pods", "list", "main.rs: reflector watch"),
+    ("", "pods", "watch", "main.rs: reflector watch"),
+    ("", "pods", "get", "webhook.rs request_drain: get_opt"),
+    ("", "pods", "delete", "controller/instance.rs: a pod stuck on a dropped image"),
+    ("", "secrets", "list", "main.rs: reflector watch (managed-by label)"),
+    ("", "secrets", "watch", "main.rs: reflector watch (managed-by label)"),
+    ("", "secrets", "get", "webhook.rs: its TLS secret, get_opt"),
+    ("", "secrets", "create", "controller/instance.rs: admin and replication secrets; webhook.rs: TLS"),
+    ("events.k8s.io", "events", "create", "controller/mod.rs publish: Recorder"),
+    ("events.k8s.io", "events", "patch", "controller/mod.rs publish: Recorder (a series)"),
+    ("admissionregistration.k8s.io", "validatingwebhookconfigurations", "get", "webhook.rs: its CA bundle"),
+    (
+        "admissionregistration.k8s.io",
+        "validatingwebhookconfigurations",
+        "update",
+        "webhook.rs: its CA bundle",
+    ),
+    ("coordination.k8s.io", "leases", "get", "leader.rs: get_opt"),
+    ("coordination.k8s.io", "leases", "create", "leader.rs: create"),
+    ("coordination.k8s.io", "leases", "update", "leader.rs: replace"),
+];
+
+/// The chart's ClusterRole and Role rules as (group, resource, verb), with template
+/// expressions taken out (the webhook's rule is rendered as when the webhook is on).
+fn granted() -> BTreeSet<(String, String, String)> {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../charts/strand-operator/templates/rbac.yaml"
+    ))
+    .unwrap();
+    let plain: String = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("{{-"))
+        .map(|l| {
+            let mut out = l.to_string();
+            while let (Some(a), Some(b)) = (out.find("{{"), out.find("}}")) {
+                out.replace_range(a..b + 2, "x");
+            }
+            out + "\n"
+        })
+        .collect();
+    let mut out = BTreeSet::new();
+    for doc in serde_yaml::Deserializer::from_str(&plain) {
+        let doc: serde_yaml::Value = serde::Deserialize::deserialize(doc).unwrap();
+        if !matches!(doc["kind"].as_str(), Some("ClusterRole" | "Role")) {
+            continue;
+        }
+        for rule in doc["rules"].as_sequence().unwrap() {
+            for group in rule["apiGroups"].as_sequence().unwrap() {
+                for resource in rule["resources"].as_sequence().unwrap() {
+                    for verb in rule["verbs"].as_sequence().unwrap() {
+                        out.insert((
+                            group.as_str().unwrap().to_string(),
+                            resource.as_str().unwrap().to_string(),
+                            verb.as_str().unwrap().to_string(),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_chart_grants_exactly_what_the_code_uses() {
+    let used: BTreeSet<(String, String, String)> =
+        USED.iter().map(|(g, r, v, _)| (g.to_string(), r.to_string(), v.to_string())).collect();
+    let granted = granted();
+    let unused: Vec<_> = granted.difference(&used).collect();
+    let missing: Vec<_> = used.difference(&granted).collect();
+    assert!(unused.is_empty(), "the chart grants what the code does not use: {unused:?}");
+    assert!(missing.is_empty(), "the code uses what the chart does not grant: {missing:?}");
+    assert!(granted.len() > 30, "read only {} grants from the chart", granted.len());
+}

@@ -296,6 +296,7 @@ async fn reconcile_inner(fam: &Family, ctx: &Ctx) -> Result<KubeAction, Error> {
 
     // Persist first: a crash from here on repeats this step.
     let mut new_status = plan.status.clone();
+    new_status.conditions = vec![ready_condition(&new_status, fam.metadata.generation)];
     if new_status != status || fam.status.is_none() {
         write_family_status(ctx, &ns, &name, &mut new_status).await?;
     }
@@ -743,6 +744,20 @@ async fn events_for_instance(
     }
 }
 
+/// `Ready`: True while the family runs as configured (`Healthy`, or `Standalone` for a lone
+/// instance), False with the phase as reason while it does not, Unknown until its members
+/// have been seen (`Pending`).
+fn ready_condition(status: &FamilyStatus, generation: Option<i64>) -> crate::crd::Condition {
+    let phase = status.phase.as_deref().unwrap_or("Pending");
+    let ready = match phase {
+        "Healthy" | "Standalone" => Some(true),
+        "Pending" => None,
+        _ => Some(false),
+    };
+    let message = status.message.clone().unwrap_or_else(|| format!("the family is {phase}"));
+    condition(&status.conditions, "Ready", ready, phase, message, generation)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -750,6 +765,27 @@ mod tests {
 
     fn condition_of<'s>(status: &'s InstanceStatus, kind: &str) -> &'s crate::crd::Condition {
         status.conditions.iter().find(|c| c.r#type == kind).unwrap()
+    }
+
+    #[test]
+    fn a_family_is_ready_when_it_runs_as_configured_and_unknown_before_it_is_seen() {
+        let with =
+            |phase: Option<&str>| FamilyStatus { phase: phase.map(Into::into), ..FamilyStatus::default() };
+        let ready = |phase| ready_condition(&with(phase), Some(1));
+        assert_eq!(ready(None).status, "Unknown");
+        assert_eq!(ready(Some("Pending")).status, "Unknown");
+        assert_eq!(ready(Some("Healthy")).status, "True");
+        assert_eq!(ready(Some("Standalone")).status, "True");
+        for phase in ["Degraded", "NoPrimary", "SwitchingOver", "FailingOver", "Upgrading"] {
+            let c = ready(Some(phase));
+            assert_eq!((c.status.as_str(), c.reason.as_deref()), ("False", Some(phase)));
+        }
+        // The transition time stays while the status does not change.
+        let mut status = with(Some("Healthy"));
+        status.conditions = vec![ready_condition(&status, Some(1))];
+        let since = status.conditions[0].last_transition_time.clone();
+        status.message = Some("all members stream".into());
+        assert_eq!(ready_condition(&status, Some(2)).last_transition_time, since);
     }
 
     #[test]

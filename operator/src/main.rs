@@ -167,9 +167,35 @@ async fn run(args: Args) -> Result<(), String> {
         let pem = webhook::ensure_certificate(&client, &setup)
             .await
             .map_err(|e| format!("webhook setup failed: {}", error_chain(&e)))?;
+        // Its own watches of Instances and links, on every replica (the controllers' stores
+        // exist only on the leader): admissions read them instead of listing the namespace.
+        let (instances, inst_w) = reflector::store::<Instance>();
+        let (links, link_w) = reflector::store::<ReplicationLink>();
+        let i = watcher(Api::<Instance>::all(client.clone()), watcher::Config::default())
+            .default_backoff()
+            .reflect(inst_w)
+            .for_each(|_| std::future::ready(()));
+        let l = watcher(Api::<ReplicationLink>::all(client.clone()), watcher::Config::default())
+            .default_backoff()
+            .reflect(link_w)
+            .for_each(|_| std::future::ready(()));
+        tokio::spawn(async move {
+            tokio::join!(i, l);
+        });
+        let cache = webhook::Cache { instances, links };
+        cache
+            .instances
+            .wait_until_ready()
+            .await
+            .map_err(|e| format!("the webhook's watches did not start: {e}"))?;
+        cache
+            .links
+            .wait_until_ready()
+            .await
+            .map_err(|e| format!("the webhook's watches did not start: {e}"))?;
         let webhook_client = client.clone();
         tokio::spawn(async move {
-            if let Err(e) = webhook::serve(addr, webhook_client, pem).await {
+            if let Err(e) = webhook::serve(addr, webhook_client, cache, pem).await {
                 tracing::error!(error = %error_chain(&e), "admission webhook failed");
             }
         });

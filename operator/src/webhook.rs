@@ -27,8 +27,9 @@ use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, PostParams};
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use kube::runtime::reflector::Store;
 
 use crate::controller::{ANNOTATION_DRAIN, MANAGER};
 use crate::crd::{Instance, ReplicationLink, ReplicationLinkSpec};
@@ -172,9 +173,20 @@ fn tls_config(cert_pem: &str, key_pem: &str) -> Result<rustls::ServerConfig, Web
 }
 
 /// Serves `POST /validate` over TLS until the process ends.
+/// What the webhook reads to decide on a link: every replica's own watch of Instances and
+/// ReplicationLinks (kept by reflectors started before leader election), so an admission makes
+/// no API call. A link created a moment ago may not be seen yet; the controllers check the
+/// namespace again and report such a link `Blocked`.
+#[derive(Clone)]
+pub struct Cache {
+    pub instances: Store<Instance>,
+    pub links: Store<ReplicationLink>,
+}
+
 pub async fn serve(
     addr: SocketAddr,
     client: kube::Client,
+    cache: Cache,
     pem: (String, String),
 ) -> Result<(), WebhookError> {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&pem.0, &pem.1)?));
@@ -185,6 +197,7 @@ pub async fn serve(
         let Ok((stream, peer)) = listener.accept().await else { continue };
         let acceptor = acceptor.clone();
         let client = client.clone();
+        let cache = cache.clone();
         tokio::spawn(async move {
             let tls = match acceptor.accept(stream).await {
                 Ok(tls) => tls,
@@ -195,7 +208,8 @@ pub async fn serve(
             };
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let client = client.clone();
-                async move { Ok::<_, Infallible>(handle(req, &client).await) }
+                let cache = cache.clone();
+                async move { Ok::<_, Infallible>(handle(req, &client, &cache).await) }
             });
             let _ =
                 hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service).await;
@@ -212,7 +226,11 @@ fn json_response(status: u16, body: Vec<u8>) -> Response<Full<Bytes>> {
     response
 }
 
-async fn handle(req: Request<hyper::body::Incoming>, client: &kube::Client) -> Response<Full<Bytes>> {
+async fn handle(
+    req: Request<hyper::body::Incoming>,
+    client: &kube::Client,
+    cache: &Cache,
+) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_owned();
     if path != "/validate" && path != "/evict" {
         return json_response(404, b"{\"error\":\"not found\"}".to_vec());
@@ -250,16 +268,9 @@ async fn handle(req: Request<hyper::body::Incoming>, client: &kube::Client) -> R
     }
     if let (Operation::Create | Operation::Update, Some(link)) = (&request.operation, &request.object) {
         let ns = request.namespace.clone().unwrap_or_default();
-        match decide(client, &ns, &request.name, link).await {
-            Ok(Some(reason)) => {
-                tracing::info!(link = %request.name, namespace = %ns, %reason, "refused a ReplicationLink");
-                response = response.deny(reason);
-            }
-            Ok(None) => {}
-            // Better to admit than to block every apply: the controller checks again.
-            Err(e) => {
-                tracing::warn!(error = %crate::error_chain(&e), "webhook could not check a link; admitting it")
-            }
+        if let Some(reason) = decide(cache, &ns, &request.name, link) {
+            tracing::info!(link = %request.name, namespace = %ns, %reason, "refused a ReplicationLink");
+            response = response.deny(reason);
         }
     }
     json_response(200, serde_json::to_vec(&response.into_review()).unwrap_or_default())
@@ -318,17 +329,14 @@ async fn request_drain(client: &kube::Client, ns: &str, pod_name: &str) -> Resul
     Ok(())
 }
 
-async fn decide(
-    client: &kube::Client,
-    ns: &str,
-    name: &str,
-    link: &ReplicationLink,
-) -> Result<Option<String>, kube::Error> {
+fn decide(cache: &Cache, ns: &str, name: &str, link: &ReplicationLink) -> Option<String> {
     let name = if name.is_empty() { link.name_any() } else { name.to_owned() };
-    let links =
-        Api::<ReplicationLink>::namespaced(client.clone(), ns).list(&ListParams::default()).await?.items;
-    let instances = Api::<Instance>::namespaced(client.clone(), ns).list(&ListParams::default()).await?.items;
-    Ok(admit_link(&name, &link.spec, &links, &instances))
+    let in_ns = |meta: &ObjectMeta| meta.namespace.as_deref() == Some(ns);
+    let links: Vec<ReplicationLink> =
+        cache.links.state().iter().filter(|l| in_ns(&l.metadata)).map(|l| (**l).clone()).collect();
+    let instances: Vec<Instance> =
+        cache.instances.state().iter().filter(|i| in_ns(&i.metadata)).map(|i| (**i).clone()).collect();
+    admit_link(&name, &link.spec, &links, &instances)
 }
 
 #[cfg(test)]

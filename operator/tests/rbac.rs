@@ -12,7 +12,7 @@ const USED: &[(&str, &str, &str, &str)] = &[
     ("strand.dev", "instances", "watch", "main.rs: reflector watch"),
     ("strand.dev", "instances", "get", "webhook.rs request_drain: get_opt"),
     ("strand.dev", "instances", "patch", "webhook.rs request_drain: the drain annotation"),
-    ("strand.dev", "replicationlinks", "list", "main.rs: reflector; webhook.rs decide: list"),
+    ("strand.dev", "replicationlinks", "list", "main.rs: reflectors (the controllers' and the webhook's)"),
     ("strand.dev", "replicationlinks", "watch", "main.rs: reflector watch"),
     ("strand.dev", "replicationlinks", "patch", "controller/family.rs, link.rs: finalizers"),
     ("strand.dev", "families", "list", "main.rs: reflector watch"),

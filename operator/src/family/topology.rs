@@ -46,9 +46,11 @@ pub fn families(instances: &[&str], edges: &[BcEdge]) -> Families {
     for i in instances {
         components.entry(uf.find(i)).or_default().insert((*i).to_owned());
     }
+    // Who some BC link goes into, once: a founder is a member that is nobody's target.
+    let targets: BTreeSet<&str> = edges.iter().map(|e| e.target.as_str()).collect();
     let mut out = Families { members: BTreeMap::new(), of: BTreeMap::new() };
     for (rep, members) in components {
-        let name = founder(&members, &edges).unwrap_or(&rep).to_owned();
+        let name = founder_of(&members, &targets).unwrap_or(&rep).to_owned();
         for m in &members {
             out.of.insert(m.clone(), name.clone());
         }
@@ -89,7 +91,13 @@ pub fn parents(primary: &str, edges: &[&BcEdge]) -> BTreeMap<String, (String, St
 
 /// The founder of a set of members: the one no BC link goes into (smallest name if several).
 pub fn founder<'a>(members: &'a BTreeSet<String>, edges: &[&BcEdge]) -> Option<&'a str> {
-    members.iter().find(|m| edges.iter().all(|e| &e.target != *m)).or(members.first()).map(String::as_str)
+    let targets: BTreeSet<&str> = edges.iter().map(|e| e.target.as_str()).collect();
+    founder_of(members, &targets)
+}
+
+/// [`founder`] given the targets of the BC links (computed once for a whole namespace).
+fn founder_of<'a>(members: &'a BTreeSet<String>, targets: &BTreeSet<&str>) -> Option<&'a str> {
+    members.iter().find(|m| !targets.contains(m.as_str())).or(members.first()).map(String::as_str)
 }
 
 #[cfg(test)]

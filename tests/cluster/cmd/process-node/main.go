@@ -41,7 +41,9 @@ type Node struct {
 	config   Config
 	apiHost  string
 	apiPort  string
-	podNet   string // first three octets of this node's pod addresses, e.g. "198.18.7"
+	podNets  []string // first three octets of each /24 this node's pod addresses come from, e.g. "198.18.7"
+	maxPods  int
+	podCache cache.Store // this node's pods as the informer last saw them
 
 	mu     sync.Mutex
 	pods   map[string]*podRunner // by pod UID
@@ -59,7 +61,8 @@ func main() {
 	images := flag.String("images", "", "JSON file mapping image references to local executables")
 	apiHost := flag.String("api-host", "127.0.0.1", "KUBERNETES_SERVICE_HOST given to pods")
 	apiPort := flag.String("api-port", "", "KUBERNETES_SERVICE_PORT given to pods")
-	podNet := flag.String("pod-net", "198.18.0", "pods get addresses <pod-net>.x on the loopback device; give each node on a machine its own")
+	podNet := flag.String("pod-net", "198.18.0", "pods get addresses <pod-net>.x on the loopback device (a comma-separated list for more than 254 pods); give each node on a machine its own")
+	maxPods := flag.Int("max-pods", 110, "pods this node holds (its pod capacity)")
 	flag.Parse()
 	if *kubeconfig == "" || *stateDir == "" {
 		log.Fatal("--kubeconfig and --state-dir are required")
@@ -74,7 +77,7 @@ func main() {
 		log.Fatalf("client: %v", err)
 	}
 	node := &Node{
-		client: client, name: *name, stateDir: *stateDir, apiHost: *apiHost, apiPort: *apiPort, podNet: *podNet,
+		client: client, name: *name, stateDir: *stateDir, apiHost: *apiHost, apiPort: *apiPort, podNets: strings.Split(*podNet, ","), maxPods: *maxPods,
 		pods: map[string]*podRunner{}, ips: map[string]bool{},
 	}
 	if *images != "" {
@@ -98,6 +101,7 @@ func main() {
 	factory := informers.NewSharedInformerFactoryWithOptions(client, 0,
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "spec.nodeName=" + *name }))
 	podInformer := factory.Core().V1().Pods().Informer()
+	node.podCache = podInformer.GetStore()
 	_, err = podInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj interface{}) { node.sync(ctx, obj) },
 		UpdateFunc: func(_, obj interface{}) { node.sync(ctx, obj) },
@@ -187,9 +191,11 @@ func (n *Node) remove(uid string, ip string) {
 func (n *Node) allocateIP() (string, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	for tries := 0; tries < 254; tries++ {
-		n.nextIP = n.nextIP%254 + 1
-		ip := fmt.Sprintf("%s.%d", n.podNet, n.nextIP)
+	total := uint32(254 * len(n.podNets))
+	for tries := uint32(0); tries < total; tries++ {
+		n.nextIP = n.nextIP%total + 1
+		net, host := n.podNets[(n.nextIP-1)/254], (n.nextIP-1)%254+1
+		ip := fmt.Sprintf("%s.%d", net, host)
 		if !n.ips[ip] {
 			if err := addAddress(ip); err != nil {
 				return "", err
@@ -198,7 +204,7 @@ func (n *Node) allocateIP() (string, error) {
 			return ip, nil
 		}
 	}
-	return "", fmt.Errorf("all 254 pod addresses of %s.0/24 are in use", n.podNet)
+	return "", fmt.Errorf("all %d pod addresses of %v are in use", total, n.podNets)
 }
 
 func addAddress(ip string) error {

@@ -33,7 +33,7 @@ func (n *Node) nodeStatus() v1.NodeStatus {
 	capacity := v1.ResourceList{
 		v1.ResourceCPU:              resource.MustParse("8"),
 		v1.ResourceMemory:           resource.MustParse("24Gi"),
-		v1.ResourcePods:             resource.MustParse("110"),
+		v1.ResourcePods:             *resource.NewQuantity(int64(n.maxPods), resource.DecimalSI),
 		v1.ResourceEphemeralStorage: resource.MustParse("100Gi"),
 	}
 	cond := func(t v1.NodeConditionType, s v1.ConditionStatus, reason, msg string) v1.NodeCondition {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log"
 	"net"
@@ -783,7 +784,12 @@ func (c *containerRunner) probe(ctx context.Context) {
 	}
 	if liveness != nil {
 		go c.probeLoop(ctx, liveness, func(ok bool) {
-			if !ok {
+			// A container that is not running (not started yet, or restarting) has nothing to
+			// kill: only a running one that fails its probe is.
+			c.mu.Lock()
+			running := c.state.Running != nil
+			c.mu.Unlock()
+			if !ok && running {
 				c.pod.logf("container %s failed its liveness probe; killing it", c.spec.Name)
 				c.signal(syscall.SIGKILL)
 			}
@@ -921,15 +927,27 @@ func containerStatus(c *containerRunner) v1.ContainerStatus {
 	}
 }
 
+// pushStatus writes the pod's status when it differs from what the API server has, as a
+// kubelet does: the pod comes from the informer's cache (read from the API server only after a
+// conflict), and an unchanged status is not written.
 func (p *podRunner) pushStatus(ctx context.Context) error {
+	fromCache := true
 	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
-		pod, err := p.node.client.CoreV1().Pods(p.pod.Namespace).Get(ctx, p.pod.Name, metav1.GetOptions{})
-		if err != nil {
-			return err
+		var pod *v1.Pod
+		if cached, ok, _ := p.node.podCache.GetByKey(p.pod.Namespace + "/" + p.pod.Name); fromCache && ok {
+			pod = cached.(*v1.Pod).DeepCopy()
+		} else {
+			fresh, err := p.node.client.CoreV1().Pods(p.pod.Namespace).Get(ctx, p.pod.Name, metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			pod = fresh
 		}
+		fromCache = false
 		if string(pod.UID) != p.uid {
 			return nil
 		}
+		before := pod.Status.DeepCopy()
 		p.mu.Lock()
 		containers := append([]*containerRunner(nil), p.containers...)
 		initDone := p.initDone
@@ -1003,7 +1021,13 @@ func (p *podRunner) pushStatus(ctx context.Context) error {
 			cond(v1.ContainersReady, allReady && anyRunning),
 			cond(v1.PodReady, allReady && anyRunning),
 		}
-		_, err = p.node.client.CoreV1().Pods(pod.Namespace).UpdateStatus(ctx, pod, metav1.UpdateOptions{})
+		// Compared as the API server stores them (times in whole seconds).
+		was, _ := json.Marshal(before)
+		is, _ := json.Marshal(&pod.Status)
+		if string(was) == string(is) {
+			return nil
+		}
+		_, err := p.node.client.CoreV1().Pods(pod.Namespace).UpdateStatus(ctx, pod, metav1.UpdateOptions{})
 		return err
 	})
 }

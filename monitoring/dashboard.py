@@ -217,10 +217,12 @@ def dashboard():
                      multi=False),
         ]},
         "annotations": {"list": [
-            {"name": "Switchovers and failovers", "enable": True, "iconColor": "orange",
+            # From the counter of finished procedures: a switchover takes a fraction of a second,
+            # far less than a scrape interval, so the step gauge is seldom seen at 1.
+            {"name": "Switchovers, failovers and upgrades", "enable": True, "iconColor": "orange",
              "datasource": {"type": "prometheus", "uid": "${datasource}"},
-             "expr": 'max by (family, kind) (strand_operator_procedure_step{%s}) == 1' % SEL,
-             "titleFormat": "{{kind}}", "textFormat": "family {{family}}", "step": "15s"},
+             "expr": 'sum by (family, kind, outcome) (increase(strand_operator_procedures_total{%s}[1m])) > 0' % SEL,
+             "titleFormat": "{{kind}} {{outcome}}", "textFormat": "family {{family}}", "step": "30s"},
             {"name": "Term changes", "enable": True, "iconColor": "purple",
              "datasource": {"type": "prometheus", "uid": "${datasource}"},
              "expr": 'changes(strand_operator_family_term{%s}[1m]) > 0' % SEL,

@@ -67,6 +67,8 @@ struct FamilySeries {
     upgrade: Option<String>,
     /// link → its state
     links: BTreeMap<String, String>,
+    /// (kind, outcome) of the procedures counted for this family
+    procedures: std::collections::BTreeSet<(String, String)>,
 }
 
 /// Registers metrics and writes down what each is.
@@ -164,8 +166,8 @@ impl Metrics {
             )?,
             procedures: d.counter_vec(
                 "strand_operator_procedures_total",
-                "Finished family procedures (switchovers, failovers, upgrades) by kind and outcome.",
-                &["kind", "outcome"],
+                "Finished family procedures (switchovers, failovers, upgrades) by family, kind and outcome.",
+                &["namespace", "family", "kind", "outcome"],
             )?,
             procedure_step_duration: d.histogram_vec(
                 "strand_operator_procedure_step_duration_seconds",
@@ -238,14 +240,15 @@ impl Metrics {
         new: &FamilyStatus,
         links: &BTreeMap<String, LinkReport>,
     ) {
+        let mut all = self.series.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let seen = all.entry(format!("{ns}/{family}")).or_default();
         for r in new.history.iter().filter(|r| !old.contains(r)) {
-            self.procedures.with_label_values(&[r.kind.as_str(), r.outcome.as_str()]).inc();
+            self.procedures.with_label_values(&[ns, family, r.kind.as_str(), r.outcome.as_str()]).inc();
+            seen.procedures.insert((r.kind.clone(), r.outcome.clone()));
             for (step, secs) in step_durations(r) {
                 self.procedure_step_duration.with_label_values(&[r.kind.as_str(), step]).observe(secs);
             }
         }
-        let mut all = self.series.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let seen = all.entry(format!("{ns}/{family}")).or_default();
         let info = [new.primary.clone().unwrap_or_default(), new.phase.clone().unwrap_or_default()];
         if let Some([p, ph]) = seen.info.take().filter(|i| *i != info) {
             let _ = self.family_info.remove_label_values(&[ns, family, &p, &ph]);
@@ -328,6 +331,9 @@ impl Metrics {
             }
             for (link, state) in &seen.links {
                 self.remove_link(ns, family, link, state);
+            }
+            for (kind, outcome) in &seen.procedures {
+                let _ = self.procedures.remove_label_values(&[ns, family, kind, outcome]);
             }
             false
         });
@@ -472,7 +478,7 @@ mod tests {
         m.family("ns", "fam", &[], &st, &link("CatchingUp", None));
         let text = render(&m);
         assert!(
-            text.contains(r#"strand_operator_procedures_total{kind="Switchover",outcome="Succeeded"} 1"#)
+            text.contains(r#"strand_operator_procedures_total{family="fam",kind="Switchover",namespace="ns",outcome="Succeeded"} 1"#)
         );
         assert!(text.contains(
             r#"strand_operator_procedure_step_duration_seconds_count{kind="Switchover",step="CatchingUp"} 1"#
@@ -488,7 +494,7 @@ mod tests {
         m.family("ns", "fam", &[done], &st, &link("CatchingUp", None));
         assert!(
             render(&m)
-                .contains(r#"strand_operator_procedures_total{kind="Switchover",outcome="Succeeded"} 1"#)
+                .contains(r#"strand_operator_procedures_total{family="fam",kind="Switchover",namespace="ns",outcome="Succeeded"} 1"#)
         );
         // The link goes, then the family.
         m.family("ns", "fam", &st.history.clone(), &st, &BTreeMap::new());
@@ -496,7 +502,9 @@ mod tests {
         m.retain_families(|k| k != "ns/fam");
         let text = render(&m);
         assert!(
-            !text.contains("strand_operator_family_info{") && !text.contains("strand_operator_family_term{")
+            !text.contains("strand_operator_family_info{")
+                && !text.contains("strand_operator_family_term{")
+                && !text.contains("strand_operator_procedures_total{")
         );
     }
 

@@ -843,7 +843,14 @@ spec: {source: oxford, target: newtown, mode: BC, autorollback: true}
 
 def scenario_monitoring(c, results):
     """The dashboard's and the alerts' queries against this running cluster: its scrapes and a
-    real Prometheus (monitoring/check.py)."""
+    real Prometheus (monitoring/check.py), with the dashboard's variables set to a family.
+    The family has taken a write first: a new member reports its own name as its family until
+    the first transaction it receives brings it the family's history."""
+    reply = resp_command("%s:6379" % c.pod_ip("ardmore"), "SET", "monitoring", "1")
+    if reply[0] != "ok":
+        raise Fail("ardmore refused a write: %r" % (reply,))
+    for m in ("brynmawr", "malvern"):
+        c.wait("%s to receive a transaction" % m, 60, lambda m=m: c.engine(m, "/v1/status")["journal_seqno"] >= 1)
     p = subprocess.run([sys.executable, os.path.join(REPO, "monitoring", "check.py"), "--cluster", c.dir],
                        capture_output=True, text=True)
     if p.returncode != 0:

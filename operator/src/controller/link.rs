@@ -20,7 +20,12 @@ fn key(link: &ReplicationLink) -> String {
 }
 
 pub async fn reconcile(link: Arc<ReplicationLink>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
     let result = reconcile_inner(&link, &ctx).await;
+    ctx.metrics
+        .reconcile_duration
+        .with_label_values(&["ReplicationLink"])
+        .observe(started.elapsed().as_secs_f64());
     ctx.metrics
         .reconciles
         .with_label_values(&["ReplicationLink", if result.is_ok() { "ok" } else { "error" }])

@@ -5,18 +5,25 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // execContainer is run as `process-node exec-container [--mount SRC:DST[:ro]]... [--workdir D]
-// -- ARGV...`: it gives the container its own mount namespace, bind-mounts its volumes at the
-// paths the pod spec names, and execs the container's program. Processes still share the
-// host's network, PIDs and filesystem otherwise (see docs/testing.md).
+// [--netns PATH] [--user UID:GID] [--groups G,G...] [--read-only-root] -- ARGV...`: it gives
+// the container its own mount namespace, bind-mounts its volumes at the paths the pod spec
+// names, makes the root filesystem read-only if asked, joins the pod's network namespace,
+// drops to the pod's user and groups and execs the container's program. Processes still
+// share the host's PIDs and filesystem otherwise (see docs/testing.md).
 func execContainer(args []string) {
 	runtime.LockOSThread() // namespaces are per thread until exec
 	var mounts [][3]string
-	workdir := ""
+	workdir, netns, user, groups := "", "", "", ""
+	readOnlyRoot := false
 	i := 0
 	for ; i < len(args); i++ {
 		switch args[i] {
@@ -34,6 +41,17 @@ func execContainer(args []string) {
 		case "--workdir":
 			i++
 			workdir = args[i]
+		case "--netns":
+			i++
+			netns = args[i]
+		case "--user":
+			i++
+			user = args[i]
+		case "--groups":
+			i++
+			groups = args[i]
+		case "--read-only-root":
+			readOnlyRoot = true
 		case "--":
 			i++
 			goto done
@@ -46,7 +64,7 @@ done:
 	if len(argv) == 0 {
 		fail("no program to run")
 	}
-	if len(mounts) > 0 {
+	if len(mounts) > 0 || readOnlyRoot {
 		if err := syscall.Unshare(syscall.CLONE_NEWNS); err != nil {
 			fail("unshare mount namespace: %v (process-node must run as root)", err)
 		}
@@ -82,6 +100,17 @@ done:
 			}
 		}
 	}
+	if readOnlyRoot {
+		// Only the root mount: the volumes bound above, /proc, /dev and the like stay as they are.
+		if err := syscall.Mount("", "/", "", syscall.MS_BIND|syscall.MS_REMOUNT|syscall.MS_RDONLY, ""); err != nil {
+			fail("read-only root filesystem: %v", err)
+		}
+	}
+	if netns != "" {
+		if err := enterNetns(netns); err != nil {
+			fail("pod network namespace %s: %v", netns, err)
+		}
+	}
 	if workdir != "" {
 		if err := os.Chdir(workdir); err != nil {
 			fail("workdir %s: %v", workdir, err)
@@ -91,8 +120,79 @@ done:
 	if err != nil {
 		fail("program %s: %v", argv[0], err)
 	}
-	err = syscall.Exec(path, argv, os.Environ())
-	fail("exec %s: %v", path, err)
+	if user == "" {
+		err = syscall.Exec(path, argv, os.Environ())
+		fail("exec %s: %v", path, err)
+	}
+	// The program is opened while still root and executed through its descriptor: the user
+	// the pod runs as needs the right to execute the file, not to walk the host's directories
+	// that lead to it (as with a file inside an image).
+	prog, err := os.Open(path)
+	if err != nil {
+		fail("program %s: %v", path, err)
+	}
+	uid, gid, err := parseUser(user)
+	if err != nil {
+		fail("--user %q: %v", user, err)
+	}
+	var gids []int
+	for _, g := range strings.Split(groups, ",") {
+		if g == "" {
+			continue
+		}
+		n, err := strconv.Atoi(g)
+		if err != nil {
+			fail("--groups %q: %v", groups, err)
+		}
+		gids = append(gids, n)
+	}
+	if err := syscall.Setgroups(gids); err != nil {
+		fail("setgroups %v: %v", gids, err)
+	}
+	if err := syscall.Setgid(gid); err != nil {
+		fail("setgid %d: %v", gid, err)
+	}
+	if err := syscall.Setuid(uid); err != nil {
+		fail("setuid %d: %v", uid, err)
+	}
+	err = execveatEmptyPath(int(prog.Fd()), argv, os.Environ())
+	fail("exec %s as %s: %v", path, user, err)
+}
+
+func parseUser(s string) (int, int, error) {
+	u, g, ok := strings.Cut(s, ":")
+	if !ok {
+		return 0, 0, fmt.Errorf("want UID:GID")
+	}
+	uid, err := strconv.Atoi(u)
+	if err != nil {
+		return 0, 0, err
+	}
+	gid, err := strconv.Atoi(g)
+	if err != nil {
+		return 0, 0, err
+	}
+	return uid, gid, nil
+}
+
+// execveatEmptyPath executes the file open at fd (execveat with AT_EMPTY_PATH); it returns
+// only on failure.
+func execveatEmptyPath(fd int, argv, env []string) error {
+	argvp, err := syscall.SlicePtrFromStrings(argv)
+	if err != nil {
+		return err
+	}
+	envp, err := syscall.SlicePtrFromStrings(env)
+	if err != nil {
+		return err
+	}
+	empty, err := syscall.BytePtrFromString("")
+	if err != nil {
+		return err
+	}
+	_, _, errno := syscall.Syscall6(unix.SYS_EXECVEAT, uintptr(fd), uintptr(unsafe.Pointer(empty)),
+		uintptr(unsafe.Pointer(&argvp[0])), uintptr(unsafe.Pointer(&envp[0])), unix.AT_EMPTY_PATH, 0)
+	return errno
 }
 
 func dirOf(p string) string {

@@ -35,15 +35,16 @@ type Config struct {
 }
 
 type Node struct {
-	client   kubernetes.Interface
-	name     string
-	stateDir string
-	config   Config
-	apiHost  string
-	apiPort  string
-	podNets  []string // first three octets of each /24 this node's pod addresses come from, e.g. "198.18.7"
-	maxPods  int
-	podCache cache.Store // this node's pods as the informer last saw them
+	client      kubernetes.Interface
+	name        string
+	stateDir    string
+	config      Config
+	apiHost     string
+	apiPort     string
+	podNets     []string // first three octets of each /24 this node's pod addresses come from, e.g. "198.18.7"
+	maxPods     int
+	kubeletPort int
+	podCache    cache.Store // this node's pods as the informer last saw them
 
 	mu     sync.Mutex
 	pods   map[string]*podRunner // by pod UID
@@ -59,13 +60,17 @@ func main() {
 	name := flag.String("node-name", "strand-node", "name of the Node to register")
 	stateDir := flag.String("state-dir", "", "directory for pod state, logs and volumes")
 	images := flag.String("images", "", "JSON file mapping image references to local executables")
-	apiHost := flag.String("api-host", "127.0.0.1", "KUBERNETES_SERVICE_HOST given to pods")
-	apiPort := flag.String("api-port", "", "KUBERNETES_SERVICE_PORT given to pods")
-	podNet := flag.String("pod-net", "198.18.0", "pods get addresses <pod-net>.x on the loopback device (a comma-separated list for more than 254 pods); give each node on a machine its own")
+	apiHost := flag.String("api-host", "10.96.0.1", "KUBERNETES_SERVICE_HOST given to pods: this node relays it to the API server on 127.0.0.1")
+	apiPort := flag.String("api-port", "", "KUBERNETES_SERVICE_PORT given to pods, and the API server's port on 127.0.0.1")
+	podNet := flag.String("pod-net", "198.18.0", "pods get addresses <pod-net>.x (a comma-separated list for more than 254 pods); give each node on a machine its own")
 	maxPods := flag.Int("max-pods", 110, "pods this node holds (its pod capacity)")
+	kubeletPort := flag.Int("kubelet-port", 0, "port of the kubelet API (port-forward) on 127.0.0.1; 0: not served")
+	kubeletCert := flag.String("kubelet-cert", "", "serving certificate of the kubelet API")
+	kubeletKey := flag.String("kubelet-key", "", "its key")
+	clientCA := flag.String("client-ca", "", "CA whose client certificates the kubelet API accepts (the API server's)")
 	flag.Parse()
-	if *kubeconfig == "" || *stateDir == "" {
-		log.Fatal("--kubeconfig and --state-dir are required")
+	if *kubeconfig == "" || *stateDir == "" || *apiPort == "" {
+		log.Fatal("--kubeconfig, --state-dir and --api-port are required")
 	}
 	cfg, err := clientcmd.BuildConfigFromFlags("", *kubeconfig)
 	if err != nil {
@@ -78,7 +83,8 @@ func main() {
 	}
 	node := &Node{
 		client: client, name: *name, stateDir: *stateDir, apiHost: *apiHost, apiPort: *apiPort, podNets: strings.Split(*podNet, ","), maxPods: *maxPods,
-		pods: map[string]*podRunner{}, ips: map[string]bool{},
+		kubeletPort: *kubeletPort,
+		pods:        map[string]*podRunner{}, ips: map[string]bool{},
 	}
 	if *images != "" {
 		if err := node.loadImages(*images); err != nil {
@@ -92,6 +98,14 @@ func main() {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	if err := node.setupHostNetwork(ctx); err != nil {
+		log.Fatalf("host network: %v", err)
+	}
+	if *kubeletPort != 0 {
+		if err := node.serveKubelet(ctx, *kubeletPort, *kubeletCert, *kubeletKey, *clientCA); err != nil {
+			log.Fatalf("kubelet API: %v", err)
+		}
+	}
 	if err := node.register(ctx); err != nil {
 		log.Fatalf("register node: %v", err)
 	}
@@ -182,12 +196,12 @@ func (n *Node) remove(uid string, ip string) {
 	if n.ips[ip] {
 		delete(n.ips, ip)
 		delAddress(ip)
+		teardownPodNetwork(ip)
 	}
 }
 
-// allocateIP hands out a free address <podNet>.x for a pod and puts it on the loopback
-// device: every program on this machine reaches it, and Kubernetes accepts it as an endpoint
-// (it refuses 127/8).
+// allocateIP hands out a free address <podNet>.x for a pod (see network.go for where it is put:
+// not in 127/8, which Kubernetes refuses as an endpoint).
 func (n *Node) allocateIP() (string, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -197,9 +211,6 @@ func (n *Node) allocateIP() (string, error) {
 		net, host := n.podNets[(n.nextIP-1)/254], (n.nextIP-1)%254+1
 		ip := fmt.Sprintf("%s.%d", net, host)
 		if !n.ips[ip] {
-			if err := addAddress(ip); err != nil {
-				return "", err
-			}
 			n.ips[ip] = true
 			return ip, nil
 		}
@@ -207,6 +218,7 @@ func (n *Node) allocateIP() (string, error) {
 	return "", fmt.Errorf("all %d pod addresses of %v are in use", total, n.podNets)
 }
 
+// addAddress puts a hostNetwork pod's address on the loopback device.
 func addAddress(ip string) error {
 	out, err := exec.Command("ip", "addr", "add", ip+"/32", "dev", "lo").CombinedOutput()
 	if err != nil && !strings.Contains(string(out), "File exists") {

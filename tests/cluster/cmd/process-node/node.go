@@ -54,6 +54,7 @@ func (n *Node) nodeStatus() v1.NodeStatus {
 			{Type: v1.NodeInternalIP, Address: "127.0.0.1"},
 			{Type: v1.NodeHostName, Address: n.name},
 		},
+		DaemonEndpoints: v1.NodeDaemonEndpoints{KubeletEndpoint: v1.DaemonEndpoint{Port: int32(n.kubeletPort)}},
 		NodeInfo: v1.NodeSystemInfo{
 			KubeletVersion:          "process-node",
 			ContainerRuntimeVersion: "process://local",

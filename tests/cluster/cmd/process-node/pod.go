@@ -103,6 +103,15 @@ func (p *podRunner) run(ctx context.Context) {
 	}
 	p.ip = ip
 	p.started = metav1.Now()
+	if p.pod.Spec.HostNetwork {
+		err = addAddress(ip)
+	} else {
+		err = setupPodNetwork(ip)
+	}
+	if err != nil {
+		p.logf("%v", err)
+		return
+	}
 	if err := os.MkdirAll(p.dir, 0o755); err != nil {
 		p.logf("state dir: %v", err)
 		return
@@ -220,7 +229,7 @@ func (p *podRunner) prepareVolumes(ctx context.Context) (map[string][]mount, err
 			if err != nil {
 				return nil, fmt.Errorf("secret %s: %w", vol.Secret.SecretName, err)
 			}
-			if err := writeFiles(dir, secret.Data, vol.Secret.Items); err != nil {
+			if err := writeFiles(dir, secret.Data, vol.Secret.Items, vol.Secret.DefaultMode); err != nil {
 				return nil, err
 			}
 			sources[vol.Name] = dir
@@ -233,7 +242,7 @@ func (p *podRunner) prepareVolumes(ctx context.Context) (map[string][]mount, err
 			for k, v := range cm.Data {
 				data[k] = []byte(v)
 			}
-			if err := writeFiles(dir, data, vol.ConfigMap.Items); err != nil {
+			if err := writeFiles(dir, data, vol.ConfigMap.Items, vol.ConfigMap.DefaultMode); err != nil {
 				return nil, err
 			}
 			sources[vol.Name] = dir
@@ -249,13 +258,16 @@ func (p *podRunner) prepareVolumes(ctx context.Context) (map[string][]mount, err
 					data[item.Path] = []byte(p.fieldValue(item.FieldRef.FieldPath))
 				}
 			}
-			if err := writeFiles(dir, data, nil); err != nil {
+			if err := writeFiles(dir, data, nil, vol.DownwardAPI.DefaultMode); err != nil {
 				return nil, err
 			}
 			sources[vol.Name] = dir
 		default:
 			return nil, fmt.Errorf("volume %s: unsupported volume type", vol.Name)
 		}
+	}
+	if err := p.setOwnership(sources); err != nil {
+		return nil, err
 	}
 	out := map[string][]mount{}
 	all := append(append([]v1.Container{}, p.pod.Spec.InitContainers...), p.pod.Spec.Containers...)
@@ -354,10 +366,16 @@ func (p *podRunner) projected(ctx context.Context, dir string, proj *v1.Projecte
 			}
 		}
 	}
-	return writeFiles(dir, data, nil)
+	return writeFiles(dir, data, nil, proj.DefaultMode)
 }
 
-func writeFiles(dir string, data map[string][]byte, items []v1.KeyToPath) error {
+// writeFiles writes a secret's, config map's or downward API's files, with the volume's
+// defaultMode (0644 when unset, as a kubelet).
+func writeFiles(dir string, data map[string][]byte, items []v1.KeyToPath, defaultMode *int32) error {
+	mode := os.FileMode(0o644)
+	if defaultMode != nil {
+		mode = os.FileMode(*defaultMode) & os.ModePerm
+	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
@@ -366,7 +384,10 @@ func writeFiles(dir string, data map[string][]byte, items []v1.KeyToPath) error 
 		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
 			return err
 		}
-		return os.WriteFile(full, value, 0o600)
+		if err := os.WriteFile(full, value, mode); err != nil {
+			return err
+		}
+		return os.Chmod(full, mode)
 	}
 	if len(items) > 0 {
 		for _, item := range items {
@@ -565,6 +586,14 @@ func (c *containerRunner) start(ctx context.Context, mounts []mount) error {
 	if c.spec.WorkingDir != "" {
 		helper = append(helper, "--workdir", c.spec.WorkingDir)
 	}
+	if !p.pod.Spec.HostNetwork {
+		helper = append(helper, "--netns", netnsPath(p.ip))
+	}
+	identity, err := p.identity(c.spec)
+	if err != nil {
+		return err
+	}
+	helper = append(helper, identity...)
 	helper = append(helper, "--")
 	helper = append(helper, argv...)
 	logFile, err := os.OpenFile(filepath.Join(p.dir, c.spec.Name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
@@ -884,7 +913,16 @@ func (c *containerRunner) check(pr *v1.Probe) bool {
 		conn.Close()
 		return true
 	case pr.Exec != nil && len(pr.Exec.Command) > 0:
-		cmd := exec.Command(pr.Exec.Command[0], pr.Exec.Command[1:]...)
+		// In the pod's network namespace, as the container's own processes.
+		argv := pr.Exec.Command
+		if !c.pod.pod.Spec.HostNetwork {
+			self, err := os.Executable()
+			if err != nil {
+				return false
+			}
+			argv = append([]string{self, "exec-container", "--netns", netnsPath(c.pod.ip), "--"}, argv...)
+		}
+		cmd := exec.Command(argv[0], argv[1:]...)
 		return cmd.Run() == nil
 	}
 	return false

@@ -2,11 +2,12 @@
 //! controller applies these with server-side apply (field manager `strand-operator`), so
 //! applying them again is a no-op and fields owned by others are left alone.
 //!
-//! Addressing: every engine listens on fixed ports named `resp`, `admin` and `repl`. The
-//! operator reaches an engine's admin API, and engines reach each other's replication
-//! listeners, at the pod's IP (`status.podIP`) — which works the same in any cluster and on the
-//! test process node, with no DNS and no kube-proxy. The headless Service gives clients stable
-//! DNS names where a cluster has DNS.
+//! Addressing: every engine listens on fixed ports named `resp`, `admin` and `repl`, on all of
+//! the pod's IPv4 addresses (`0.0.0.0`): its pod IP, where the operator reaches an engine's
+//! admin API and engines reach each other's replication listeners (`status.podIP`, which works
+//! the same in any cluster and on the test process node, with no DNS and no kube-proxy), and
+//! the pod's loopback, where `kubectl port-forward` arrives. The headless Service gives clients
+//! stable DNS names where a cluster has DNS.
 
 use std::collections::BTreeMap;
 
@@ -14,10 +15,9 @@ use k8s_openapi::api::apps::v1::{
     StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    SeccompProfile, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume,
-    VolumeMount, VolumeResourceRequirements,
+    Capabilities, Container, ContainerPort, HTTPGetAction, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretVolumeSource, SecurityContext,
+    Service, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -79,8 +79,8 @@ fn meta(inst: &Instance, name: String) -> ObjectMeta {
     }
 }
 
-/// The engine's command line. It listens on the pod's own IP (`$(POD_IP)`, expanded by the
-/// kubelet from the downward API), which is where the operator and the other engines reach it.
+/// The engine's command line. It listens on every IPv4 address of its pod: the pod IP, where the
+/// operator and the other engines reach it, and loopback, where `kubectl port-forward` does.
 pub fn engine_args(inst: &Instance) -> Vec<String> {
     let name = inst.metadata.name.clone().unwrap_or_default();
     let mut args = vec![
@@ -90,13 +90,13 @@ pub fn engine_args(inst: &Instance) -> Vec<String> {
         "--name".to_owned(),
         name,
         "--resp-addr".to_owned(),
-        format!("$(POD_IP):{PORT_RESP}"),
+        format!("0.0.0.0:{PORT_RESP}"),
         "--admin-addr".to_owned(),
-        format!("$(POD_IP):{PORT_ADMIN}"),
+        format!("0.0.0.0:{PORT_ADMIN}"),
         "--admin-token-file".to_owned(),
         "/etc/strand/admin/token".to_owned(),
         "--repl-addr".to_owned(),
-        format!("$(POD_IP):{PORT_REPL}"),
+        format!("0.0.0.0:{PORT_REPL}"),
         "--repl-secret-file".to_owned(),
         "/etc/strand/replication/secret".to_owned(),
     ];
@@ -184,17 +184,6 @@ pub fn statefulset(inst: &Instance, image: &str) -> StatefulSet {
         image: Some(image.to_owned()),
         args: Some(engine_args(inst)),
         ports: Some(vec![port("resp", PORT_RESP), port("admin", PORT_ADMIN), port("repl", PORT_REPL)]),
-        env: Some(vec![EnvVar {
-            name: "POD_IP".into(),
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "status.podIP".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }]),
         readiness_probe: Some(probe("/readyz", 2, 3)),
         liveness_probe: Some(probe("/healthz", 10, 6)),
         resources: spec.resources.clone(),

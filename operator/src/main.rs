@@ -34,6 +34,8 @@ struct Args {
     webhook_service: String,
     webhook_secret: String,
     webhook_configuration: String,
+    /// Namespaces to watch; empty: the whole cluster.
+    namespaces: Vec<String>,
     config: Config,
 }
 
@@ -50,6 +52,7 @@ fn parse_args() -> Result<Args, String> {
         webhook_service: "strand-operator-webhook".into(),
         webhook_secret: "strand-operator-webhook-tls".into(),
         webhook_configuration: "strand-operator".into(),
+        namespaces: Vec::new(),
         config: Config::default(),
     };
     let mut it = std::env::args().skip(1);
@@ -69,6 +72,14 @@ fn parse_args() -> Result<Args, String> {
             "--webhook-secret" => args.webhook_secret = it.next().ok_or("--webhook-secret needs a name")?,
             "--webhook-configuration" => {
                 args.webhook_configuration = it.next().ok_or("--webhook-configuration needs a name")?
+            }
+            "--namespaces" => {
+                let v = it.next().ok_or("--namespaces needs a comma-separated list of namespaces")?;
+                args.namespaces =
+                    v.split(',').map(str::trim).filter(|n| !n.is_empty()).map(str::to_owned).collect();
+                if args.namespaces.is_empty() {
+                    return Err("--namespaces needs at least one namespace".into());
+                }
             }
             "--failover-delay-seconds" => args.config.timing.failover_delay = seconds(&arg, it.next())?,
             "--switchover-timeout-seconds" => {
@@ -94,6 +105,7 @@ fn parse_args() -> Result<Args, String> {
             "--help" | "-h" => {
                 return Err("usage: strand-operator [--version] [--metrics-addr HOST:PORT] [--log-format json|text]\n\
                      [--webhook-addr HOST:PORT --webhook-service NAME --webhook-secret NAME --webhook-configuration NAME]\n\
+                     [--namespaces NS,NS... (default: the whole cluster)]\n\
                      [--failover-delay-seconds N (30)] [--switchover-timeout-seconds N (60)]\n\
                      [--upgrade-step-deadline-seconds N (300)] [--role-lease-seconds N (15)] [--refresh-seconds N (5)]\n\
                      Log level from RUST_LOG (default info). Identity from POD_NAME, Lease namespace from POD_NAMESPACE."
@@ -155,6 +167,12 @@ async fn run(args: Args) -> Result<(), String> {
         format!("strand-operator-{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>())
     });
     let lease_ns = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "default".into());
+    let scopes: Vec<Scope> = if args.namespaces.is_empty() {
+        vec![Scope::Cluster]
+    } else {
+        args.namespaces.iter().cloned().map(Scope::Namespace).collect()
+    };
+    tracing::info!(scopes = ?scopes, "watching");
 
     // Every replica serves the admission webhook, set up before it reports ready.
     if let Some(addr) = args.webhook_addr {
@@ -169,30 +187,33 @@ async fn run(args: Args) -> Result<(), String> {
             .map_err(|e| format!("webhook setup failed: {}", error_chain(&e)))?;
         // Its own watches of Instances and links, on every replica (the controllers' stores
         // exist only on the leader): admissions read them instead of listing the namespace.
-        let (instances, inst_w) = reflector::store::<Instance>();
-        let (links, link_w) = reflector::store::<ReplicationLink>();
-        let i = watcher(Api::<Instance>::all(client.clone()), watcher::Config::default())
-            .default_backoff()
-            .reflect(inst_w)
-            .for_each(|_| std::future::ready(()));
-        let l = watcher(Api::<ReplicationLink>::all(client.clone()), watcher::Config::default())
-            .default_backoff()
-            .reflect(link_w)
-            .for_each(|_| std::future::ready(()));
-        tokio::spawn(async move {
-            tokio::join!(i, l);
-        });
-        let cache = webhook::Cache { instances, links };
-        cache
-            .instances
-            .wait_until_ready()
-            .await
-            .map_err(|e| format!("the webhook's watches did not start: {e}"))?;
-        cache
-            .links
-            .wait_until_ready()
-            .await
-            .map_err(|e| format!("the webhook's watches did not start: {e}"))?;
+        let mut cache = webhook::Cache::default();
+        for scope in &scopes {
+            let (instances, inst_w) = reflector::store::<Instance>();
+            let (links, link_w) = reflector::store::<ReplicationLink>();
+            let i = watcher(scope.api::<Instance>(&client), watcher::Config::default())
+                .default_backoff()
+                .reflect(inst_w)
+                .for_each(|_| std::future::ready(()));
+            let l = watcher(scope.api::<ReplicationLink>(&client), watcher::Config::default())
+                .default_backoff()
+                .reflect(link_w)
+                .for_each(|_| std::future::ready(()));
+            tokio::spawn(async move {
+                tokio::join!(i, l);
+            });
+            cache.scopes.push((instances, links));
+        }
+        for (instances, links) in &cache.scopes {
+            instances
+                .wait_until_ready()
+                .await
+                .map_err(|e| format!("the webhook's watches did not start: {e}"))?;
+            links
+                .wait_until_ready()
+                .await
+                .map_err(|e| format!("the webhook's watches did not start: {e}"))?;
+        }
         let webhook_client = client.clone();
         tokio::spawn(async move {
             if let Err(e) = webhook::serve(addr, webhook_client, cache, pem).await {
@@ -249,6 +270,72 @@ async fn run(args: Args) -> Result<(), String> {
         }
     });
 
+    // One set of watches, stores and controllers per scope; they share the metrics and the
+    // leadership.
+    let drives = scopes.into_iter().map(|scope| {
+        let task = tokio::spawn(run_scope(
+            scope,
+            client.clone(),
+            args.config.clone(),
+            metrics.clone(),
+            leadership.clone(),
+            identity.clone(),
+            stop_rx.clone(),
+        ));
+        async move { task.await.map_err(|e| format!("a controller task failed: {e}"))? }
+    });
+    let all = futures::future::try_join_all(drives);
+    tokio::select! {
+        done = all => {
+            leader::release(&leases, &identity).await;
+            done?;
+            tracing::info!("stopped; lease released");
+            Ok(())
+        }
+        _ = lost_rx.wait_for(|lost| *lost) => Err("lost the leader lease; stopping so that only one replica acts".into()),
+    }
+}
+
+/// What one set of controllers watches: the whole cluster, or one namespace (`--namespaces`
+/// runs one set per namespace, so the operator needs no cluster-wide grants).
+#[derive(Clone, Debug)]
+enum Scope {
+    Cluster,
+    Namespace(String),
+}
+
+impl Scope {
+    fn api<K>(&self, client: &kube::Client) -> Api<K>
+    where
+        K: kube::Resource<Scope = kube::core::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        match self {
+            Scope::Cluster => Api::all(client.clone()),
+            Scope::Namespace(ns) => Api::namespaced(client.clone(), ns),
+        }
+    }
+
+    /// Whether the object keyed `namespace/name` is in this scope.
+    fn covers(&self, key: &str) -> bool {
+        match self {
+            Scope::Cluster => true,
+            Scope::Namespace(ns) => key.split_once('/').is_some_and(|(n, _)| n == ns),
+        }
+    }
+}
+
+/// Runs the Instance, Family and link controllers over one scope until they stop (SIGTERM) or
+/// its watches end.
+async fn run_scope(
+    scope: Scope,
+    client: kube::Client,
+    config: Config,
+    metrics: Arc<Metrics>,
+    leadership: Arc<Leadership>,
+    identity: String,
+    stop_rx: watch::Receiver<bool>,
+) -> Result<(), String> {
     // One watch per kind, shared by every controller through the stores.
     let (instances, inst_w) = reflector::store_shared::<Instance>(1024);
     let (links, link_w) = reflector::store_shared::<ReplicationLink>(1024);
@@ -268,27 +355,27 @@ async fn run(args: Args) -> Result<(), String> {
     let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=strand-operator");
     let drive = {
         let c = client.clone();
-        let i = watcher(Api::<Instance>::all(c.clone()), watcher::Config::default())
+        let i = watcher(scope.api::<Instance>(&c), watcher::Config::default())
             .default_backoff()
             .reflect_shared(inst_w)
             .for_each(|_| std::future::ready(()));
-        let l = watcher(Api::<ReplicationLink>::all(c.clone()), watcher::Config::default())
+        let l = watcher(scope.api::<ReplicationLink>(&c), watcher::Config::default())
             .default_backoff()
             .reflect_shared(link_w)
             .for_each(|_| std::future::ready(()));
-        let f = watcher(Api::<Family>::all(c.clone()), watcher::Config::default())
+        let f = watcher(scope.api::<Family>(&c), watcher::Config::default())
             .default_backoff()
             .reflect_shared(fam_w)
             .for_each(|_| std::future::ready(()));
-        let p = watcher(Api::<Pod>::all(c.clone()), managed.clone())
+        let p = watcher(scope.api::<Pod>(&c), managed.clone())
             .default_backoff()
             .reflect_shared(pod_w)
             .for_each(|_| std::future::ready(()));
-        let s = watcher(Api::<Secret>::all(c.clone()), managed.clone())
+        let s = watcher(scope.api::<Secret>(&c), managed.clone())
             .default_backoff()
             .reflect(secret_w)
             .for_each(|_| std::future::ready(()));
-        let ss = watcher(Api::<StatefulSet>::all(c), managed)
+        let ss = watcher(scope.api::<StatefulSet>(&c), managed)
             .default_backoff()
             .reflect_shared(set_w)
             .for_each(|_| std::future::ready(()));
@@ -316,7 +403,7 @@ async fn run(args: Args) -> Result<(), String> {
         metrics: metrics.clone(),
         recorder: Recorder::new(client.clone(), reporter),
         stores: stores.clone(),
-        config: args.config.clone(),
+        config,
         leader: leadership.clone(),
         backoff: Mutex::new(Default::default()),
         book: Mutex::new(Default::default()),
@@ -334,7 +421,7 @@ async fn run(args: Args) -> Result<(), String> {
         changed(seen.clone(), inst_for_ic, spec_print::<Instance>),
         stores.instances.clone(),
     )
-    .owns(Api::<StatefulSet>::all(client.clone()), watcher::Config::default())
+    .owns(scope.api::<StatefulSet>(&client), watcher::Config::default())
     .watches_shared_stream(changed(seen.clone(), link_for_ic, spec_print::<ReplicationLink>), |link| {
         let ns = link.namespace().unwrap_or_default();
         [&link.spec.source, &link.spec.target]
@@ -406,6 +493,7 @@ async fn run(args: Args) -> Result<(), String> {
     // Forget back-off, bookkeeping and trigger fingerprints of objects that are gone.
     let prune_ctx = ctx.clone();
     let prune_seen = seen.clone();
+    let prune_scope = scope.clone();
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(60)).await;
@@ -437,7 +525,10 @@ async fn run(args: Args) -> Result<(), String> {
                 }
             });
             prune_ctx.book().retain(|k| live_instances.iter().any(|i| i == k));
-            prune_ctx.metrics.retain_families(|k| live_families.iter().any(|f| f == k));
+            // The metrics are shared by every scope: only this scope's families are judged here.
+            prune_ctx
+                .metrics
+                .retain_families(|k| !prune_scope.covers(k) || live_families.iter().any(|f| f == k));
             let mut live_uids: HashSet<String> = HashSet::new();
             live_uids.extend(st.instances.state().iter().map(|o| triggers::identity(o.as_ref())));
             live_uids.extend(st.links.state().iter().map(|o| triggers::identity(o.as_ref())));
@@ -450,13 +541,8 @@ async fn run(args: Args) -> Result<(), String> {
 
     let all = async { tokio::join!(instance_controller, family_controller, link_controller) };
     tokio::select! {
-        _ = all => {
-            leader::release(&leases, &identity).await;
-            tracing::info!("stopped; lease released");
-            Ok(())
-        }
-        _ = drive => Err("the watches ended".into()),
-        _ = lost_rx.wait_for(|lost| *lost) => Err("lost the leader lease; stopping so that only one replica acts".into()),
+        _ = all => Ok(()),
+        _ = drive => Err(format!("the watches of {scope:?} ended")),
     }
 }
 

@@ -175,12 +175,12 @@ fn tls_config(cert_pem: &str, key_pem: &str) -> Result<rustls::ServerConfig, Web
 /// Serves `POST /validate` over TLS until the process ends.
 /// What the webhook reads to decide on a link: every replica's own watch of Instances and
 /// ReplicationLinks (kept by reflectors started before leader election), so an admission makes
-/// no API call. A link created a moment ago may not be seen yet; the controllers check the
-/// namespace again and report such a link `Blocked`.
-#[derive(Clone)]
+/// no API call — one pair of stores for the whole cluster, or one per watched namespace. A link
+/// created a moment ago may not be seen yet; the controllers check the namespace again and
+/// report such a link `Blocked`.
+#[derive(Clone, Default)]
 pub struct Cache {
-    pub instances: Store<Instance>,
-    pub links: Store<ReplicationLink>,
+    pub scopes: Vec<(Store<Instance>, Store<ReplicationLink>)>,
 }
 
 pub async fn serve(
@@ -332,10 +332,20 @@ async fn request_drain(client: &kube::Client, ns: &str, pod_name: &str) -> Resul
 fn decide(cache: &Cache, ns: &str, name: &str, link: &ReplicationLink) -> Option<String> {
     let name = if name.is_empty() { link.name_any() } else { name.to_owned() };
     let in_ns = |meta: &ObjectMeta| meta.namespace.as_deref() == Some(ns);
-    let links: Vec<ReplicationLink> =
-        cache.links.state().iter().filter(|l| in_ns(&l.metadata)).map(|l| (**l).clone()).collect();
-    let instances: Vec<Instance> =
-        cache.instances.state().iter().filter(|i| in_ns(&i.metadata)).map(|i| (**i).clone()).collect();
+    let links: Vec<ReplicationLink> = cache
+        .scopes
+        .iter()
+        .flat_map(|(_, links)| links.state())
+        .filter(|l| in_ns(&l.metadata))
+        .map(|l| (*l).clone())
+        .collect();
+    let instances: Vec<Instance> = cache
+        .scopes
+        .iter()
+        .flat_map(|(instances, _)| instances.state())
+        .filter(|i| in_ns(&i.metadata))
+        .map(|i| (*i).clone())
+        .collect();
     admit_link(&name, &link.spec, &links, &instances)
 }
 

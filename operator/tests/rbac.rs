@@ -54,12 +54,14 @@ const USED: &[(&str, &str, &str, &str)] = &[
     ("coordination.k8s.io", "leases", "update", "leader.rs: replace"),
 ];
 
-/// The chart's ClusterRole and Role rules as (group, resource, verb), with template
-/// expressions taken out (the webhook's rule is rendered as when the webhook is on).
-fn granted() -> BTreeSet<(String, String, String)> {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../charts/strand-operator/templates/rbac.yaml"
+/// The ClusterRole and Role rules of one of the chart's RBAC templates as (group, resource,
+/// verb), with template expressions taken out (conditional blocks are rendered as when they
+/// are on, a `range` once; names become `x`, `x-leader`, …), from the documents whose kind and
+/// name pass `keep`.
+fn granted(file: &str, keep: impl Fn(&str, &str) -> bool) -> BTreeSet<(String, String, String)> {
+    let text = std::fs::read_to_string(format!(
+        "{}/../charts/strand-operator/templates/{file}",
+        env!("CARGO_MANIFEST_DIR")
     ))
     .unwrap();
     let plain: String = text
@@ -79,6 +81,9 @@ fn granted() -> BTreeSet<(String, String, String)> {
         if !matches!(doc["kind"].as_str(), Some("ClusterRole" | "Role")) {
             continue;
         }
+        if !keep(doc["kind"].as_str().unwrap(), doc["metadata"]["name"].as_str().unwrap()) {
+            continue;
+        }
         for rule in doc["rules"].as_sequence().unwrap() {
             for group in rule["apiGroups"].as_sequence().unwrap() {
                 for resource in rule["resources"].as_sequence().unwrap() {
@@ -96,14 +101,63 @@ fn granted() -> BTreeSet<(String, String, String)> {
     out
 }
 
-#[test]
-fn the_chart_grants_exactly_what_the_code_uses() {
+fn check(mode: &str, granted: &BTreeSet<(String, String, String)>) {
     let used: BTreeSet<(String, String, String)> =
         USED.iter().map(|(g, r, v, _)| (g.to_string(), r.to_string(), v.to_string())).collect();
-    let granted = granted();
     let unused: Vec<_> = granted.difference(&used).collect();
-    let missing: Vec<_> = used.difference(&granted).collect();
-    assert!(unused.is_empty(), "the chart grants what the code does not use: {unused:?}");
-    assert!(missing.is_empty(), "the code uses what the chart does not grant: {missing:?}");
-    assert!(granted.len() > 30, "read only {} grants from the chart", granted.len());
+    let missing: Vec<_> = used.difference(granted).collect();
+    assert!(unused.is_empty(), "{mode}: the chart grants what the code does not use: {unused:?}");
+    assert!(missing.is_empty(), "{mode}: the code uses what the chart does not grant: {missing:?}");
+    assert!(granted.len() > 30, "{mode}: read only {} grants from the chart", granted.len());
+}
+
+#[test]
+fn the_chart_grants_exactly_what_the_code_uses() {
+    // watchNamespaces empty: rbac.yaml's ClusterRole and the leader Role.
+    check("whole cluster", &granted("rbac.yaml", |_, _| true));
+}
+
+fn set(
+    items: impl Iterator<Item = (&'static str, &'static str, &'static str)>,
+) -> BTreeSet<(String, String, String)> {
+    items.map(|(g, r, v)| (g.to_string(), r.to_string(), v.to_string())).collect()
+}
+
+/// Where a call is made when the operator watches listed namespaces: in each of them, in the
+/// release namespace (the Lease, the webhook's TLS Secret) or cluster-wide (the webhook
+/// configuration).
+fn place(group: &str, resource: &str, verb: &str) -> &'static str {
+    match (group, resource, verb) {
+        ("coordination.k8s.io", _, _) => "release",
+        ("", "secrets", "get") => "release",
+        ("admissionregistration.k8s.io", _, _) => "cluster",
+        _ => "watched",
+    }
+}
+
+#[test]
+fn the_namespaced_chart_grants_exactly_what_the_code_uses_where_it_uses_it() {
+    // watchNamespaces set: rbac-namespaced.yaml's Role in each watched namespace, its webhook
+    // Role in the release namespace and its one ClusterRole, and the leader Role of rbac.yaml.
+    let file = "rbac-namespaced.yaml";
+    let watched = granted(file, |kind, name| kind == "Role" && name == "x");
+    let want_watched =
+        set(USED.iter().filter(|u| place(u.0, u.1, u.2) == "watched").map(|u| (u.0, u.1, u.2)));
+    assert_eq!(watched, want_watched, "the Role in each watched namespace");
+    let mut release = granted(file, |kind, name| kind == "Role" && name == "x-webhook");
+    release.extend(granted("rbac.yaml", |_, name| name == "x-leader"));
+    // The webhook also creates its TLS Secret there.
+    let want_release = set(USED
+        .iter()
+        .filter(|u| place(u.0, u.1, u.2) == "release" || (u.1 == "secrets" && u.2 == "create"))
+        .map(|u| (u.0, u.1, u.2)));
+    assert_eq!(release, want_release, "the Roles in the release namespace");
+    let cluster = granted(file, |kind, _| kind == "ClusterRole");
+    let want_cluster =
+        set(USED.iter().filter(|u| place(u.0, u.1, u.2) == "cluster").map(|u| (u.0, u.1, u.2)));
+    assert_eq!(cluster, want_cluster, "the only cluster-wide grant: the webhook configuration");
+    let mut all = watched;
+    all.extend(release);
+    all.extend(cluster);
+    check("watched namespaces", &all);
 }

@@ -86,11 +86,31 @@ struct Observed {
     engine: Result<EngineStatus, String>,
 }
 
-async fn observe(ctx: &Ctx, ns: &str, inst: &Instance) -> Observed {
+/// Whose engine is observed: a member of the family being reconciled, or the receiving end of
+/// one of its SI links (a member of another family).
+#[derive(Clone, Copy, PartialEq)]
+enum Whose {
+    Member,
+    Peer,
+}
+
+async fn observe(ctx: &Ctx, ns: &str, inst: &Instance, whose: Whose) -> Observed {
     let name = inst.name_any();
+    let key = format!("{ns}/{name}");
     let Some(endpoint) = ctx.stores.endpoint(ns, &name) else {
         return Observed { endpoint: None, engine: Err("the engine pod is not ready".into()) };
     };
+    // An SI peer that its own family found unreachable on its last pass is taken as such: the
+    // peer's family pays the admin timeout, this one does not (an unreachable engine delays
+    // only its own family). Unreachable is the cautious reading: nothing is done to the peer.
+    if whose == Whose::Peer
+        && let Some(ago) = ctx.book().recently_unreachable(&key, Instant::now(), ctx.config.refresh * 2)
+    {
+        return Observed {
+            endpoint: Some(endpoint),
+            engine: Err(format!("unreachable: its family's last status call failed {}s ago", ago.as_secs())),
+        };
+    }
     let engine = match engine_client::status(&endpoint.admin, &endpoint.token).await {
         Ok(s) => Ok(s),
         Err(e) => {
@@ -98,6 +118,7 @@ async fn observe(ctx: &Ctx, ns: &str, inst: &Instance) -> Observed {
             Err(crate::error_chain(&e))
         }
     };
+    ctx.book().reached(&key, engine.is_ok(), Instant::now());
     Observed { endpoint: Some(endpoint), engine }
 }
 
@@ -184,8 +205,8 @@ async fn reconcile_inner(fam: &Family, ctx: &Ctx) -> Result<KubeAction, Error> {
     // Every member's engine and every peer, all at once: an unreachable one costs its timeout
     // once, not once per engine.
     let (observed, peer_observed) = futures::join!(
-        join_all(members.iter().map(|m| observe(ctx, &ns, m))),
-        join_all(peer_targets.iter().map(|(_, _, inst)| observe(ctx, &ns, inst)))
+        join_all(members.iter().map(|m| observe(ctx, &ns, m, Whose::Member))),
+        join_all(peer_targets.iter().map(|(_, _, inst)| observe(ctx, &ns, inst, Whose::Peer)))
     );
     let observed: BTreeMap<String, Observed> = members.iter().map(|m| m.name_any()).zip(observed).collect();
     let peers: BTreeMap<String, (String, Observed)> = peer_targets

@@ -156,6 +156,10 @@ pub struct Book {
     /// The last Family status this replica wrote, by family: newer than the cache until the
     /// watch catches up (compared by `status.revision`).
     written: HashMap<String, crate::crd::FamilyStatus>,
+    /// When each engine's admin API last failed to answer a status call (cleared when it
+    /// answers): another family that only looks at it (an SI source at its target's primary)
+    /// takes that answer instead of waiting out a timeout of its own.
+    unreachable: HashMap<String, Instant>,
 }
 
 impl Book {
@@ -217,8 +221,25 @@ impl Book {
         now.saturating_duration_since(*self.unavailable_since.entry(key.to_owned()).or_insert(now))
     }
 
+    /// Records whether `key`'s engine answered a status call at `now`.
+    pub fn reached(&mut self, key: &str, answered: bool, now: Instant) {
+        if answered {
+            self.unreachable.remove(key);
+        } else {
+            self.unreachable.insert(key.to_owned(), now);
+        }
+    }
+
+    /// How long ago `key`'s engine last failed to answer, if that was less than `within` ago
+    /// and it has not answered since.
+    pub fn recently_unreachable(&self, key: &str, now: Instant, within: Duration) -> Option<Duration> {
+        let ago = now.saturating_duration_since(*self.unreachable.get(key)?);
+        (ago < within).then_some(ago)
+    }
+
     /// Forgets everything about families and instances not in `live`.
     pub fn retain(&mut self, live: impl Fn(&str) -> bool) {
+        self.unreachable.retain(|k, _| live(k));
         self.lease_sent.retain(|k, _| live(k));
         self.lease_required.retain(|k| live(k));
         self.unavailable_since.retain(|k, _| live(k));
@@ -377,6 +398,34 @@ fn engine_image(spec: &k8s_openapi::api::core::v1::PodSpec) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_engine_that_failed_to_answer_is_taken_as_unreachable_for_a_while() {
+        let t0 = Instant::now();
+        let within = Duration::from_secs(10);
+        let mut b = Book::default();
+        assert_eq!(b.recently_unreachable("prod/malvern", t0, within), None, "never called: call it");
+        b.reached("prod/malvern", false, t0);
+        assert_eq!(
+            b.recently_unreachable("prod/malvern", t0 + Duration::from_secs(3), within),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(
+            b.recently_unreachable("prod/malvern", t0 + within, within),
+            None,
+            "too old: call it again"
+        );
+        assert_eq!(b.recently_unreachable("prod/ardmore", t0, within), None, "only the one that failed");
+        b.reached("prod/malvern", true, t0 + Duration::from_secs(4));
+        assert_eq!(
+            b.recently_unreachable("prod/malvern", t0 + Duration::from_secs(5), within),
+            None,
+            "it answered since"
+        );
+        b.reached("prod/gone", false, t0);
+        b.retain(|k| k != "prod/gone");
+        assert_eq!(b.recently_unreachable("prod/gone", t0, within), None, "forgotten with its instance");
+    }
 
     #[test]
     fn the_same_event_goes_out_once_a_minute_and_others_are_not_held_back() {

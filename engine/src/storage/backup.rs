@@ -136,7 +136,7 @@ fn write_backup(store: &Store, path: &Path, tmp: &Path) -> Result<BackupInfo, St
     txn.commit().map_err(redb_err("commit the backup"))?;
     drop(target);
     std::fs::rename(tmp, path).map_err(|source| StoreError::CreateDir { path: path.to_owned(), source })?;
-    sync_parent(path);
+    sync_parent(path)?;
     tracing::info!(path = %path.display(), journal_seqno, keys, "backup written");
     Ok(info)
 }
@@ -165,11 +165,11 @@ fn copy_chunk(
     txn.commit().map_err(redb_err("commit a backup chunk"))
 }
 
-fn sync_parent(path: &Path) {
-    if let Some(parent) = path.parent()
-        && let Ok(dir) = std::fs::File::open(parent)
-    {
-        let _ = dir.sync_all();
+fn sync_parent(path: &Path) -> Result<(), StoreError> {
+    match path.parent() {
+        Some(parent) => super::sync_dir(parent)
+            .map_err(|source| StoreError::CreateDir { path: parent.to_owned(), source }),
+        None => Ok(()),
     }
 }
 
@@ -261,7 +261,7 @@ pub fn restore(
     drop(db);
     std::fs::rename(&tmp, &final_path)
         .map_err(|source| StoreError::CreateDir { path: final_path.clone(), source })?;
-    sync_parent(&final_path);
+    sync_parent(&final_path)?;
     tracing::info!(instance = %meta.name, from = %backup_path.display(), "restored instance from backup");
     Ok(meta)
 }

@@ -146,10 +146,9 @@ pub fn finalize(path: &Path) -> Result<(), LostLogError> {
     let pending = pending_path(path);
     std::fs::rename(&pending, path)
         .map_err(|source| LostLogError::Write { path: path.to_owned(), source })?;
-    if let Some(dir) = path.parent()
-        && let Ok(d) = std::fs::File::open(dir)
-    {
-        let _ = d.sync_all();
+    if let Some(dir) = path.parent() {
+        crate::storage::sync_dir(dir)
+            .map_err(|source| LostLogError::Write { path: dir.to_owned(), source })?;
     }
     Ok(())
 }

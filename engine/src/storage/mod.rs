@@ -28,6 +28,12 @@ use thiserror::Error;
 use journal::{DecodeError, Record};
 use meta::{FORMAT_VERSIONS_SUPPORTED, InstanceMeta};
 
+/// Makes the names in directory `dir` durable (fsync of the directory): a file created,
+/// renamed or removed there survives a power cut only after this.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
 /// Application keys and values, ordered by key bytes.
 pub(crate) const DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("data");
 /// Journal records by journal seqno.
@@ -184,6 +190,13 @@ impl Store {
         let db_path = data_dir.join(DB_FILE);
         let db = Database::create(&db_path)
             .map_err(|source| StoreError::Open { path: db_path.clone(), source })?;
+        // The database file's name (and the data directory's, if just made) must be durable
+        // before the first commit is acknowledged: a power cut may otherwise take the whole
+        // file with it, synced commits and all (found by engine/tests/power_cut.rs).
+        sync_dir(data_dir).map_err(|source| StoreError::CreateDir { path: data_dir.to_owned(), source })?;
+        if let Some(parent) = data_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent).map_err(|source| StoreError::CreateDir { path: parent.to_owned(), source })?;
+        }
         let meta = load_or_create_meta(&db, data_dir, create)?;
         let committed = check_journal(&db)?;
         let stream_seqnos = read_stream_seqnos(&db)?;

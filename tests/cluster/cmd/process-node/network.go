@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -61,6 +62,19 @@ func ipCmd(args ...string) error {
 func (n *Node) setupHostNetwork(ctx context.Context) error {
 	if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644); err != nil {
 		return fmt.Errorf("enable forwarding (the process node needs root): %w", err)
+	}
+	// One neighbour entry per pod on the host: the kernel's default table (gc_thresh3 = 1024)
+	// overflows near a thousand pods and drops their packets. Raised, never lowered.
+	for name, want := range map[string]int{"gc_thresh1": 4096, "gc_thresh2": 16384, "gc_thresh3": 32768} {
+		path := "/proc/sys/net/ipv4/neigh/default/" + name
+		if b, err := os.ReadFile(path); err == nil {
+			if have, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && have >= want {
+				continue
+			}
+		}
+		if err := os.WriteFile(path, []byte(strconv.Itoa(want)), 0o644); err != nil {
+			return fmt.Errorf("neighbour table size: %w", err)
+		}
 	}
 	out, err := exec.Command("ip", "addr", "add", n.apiHost+"/32", "dev", "lo").CombinedOutput()
 	if err != nil && !strings.Contains(string(out), "File exists") && !strings.Contains(string(out), "already assigned") {

@@ -5,8 +5,8 @@
 //! and reprocess it. One file per rollback, JSON lines: a header line, then one line per
 //! transaction, in journal order (the order an application would reapply them in).
 //!
-//! Exactly-once: the file is written and fsync'd under a `.pending` name *before* the
-//! rollback commits, and renamed into place after. At startup a pending file is renamed if
+//! Exactly-once: the file is written and fsync'd under a `.pending` name (its directory synced
+//! too) *before* the rollback commits, and renamed into place after (its directory synced). At startup a pending file is renamed if
 //! the instance metadata names it as the last rollback's log (the commit happened) and
 //! removed otherwise (it did not). So nothing is rolled off without landing in a log, and no
 //! log describes a rollback that did not happen.
@@ -138,6 +138,17 @@ pub fn write_pending(
     }
     let file = file.into_inner().map_err(|e| err(e.into_error()))?;
     file.sync_all().map_err(err)?;
+    // The pending file's name, and the log directory's own (it may have been made just now),
+    // must be durable before the rollback commits: otherwise a power cut keeps the commit and
+    // loses the log (found by engine/tests/power_cut.rs).
+    if let Some(dir) = pending.parent() {
+        crate::storage::sync_dir(dir)
+            .map_err(|source| LostLogError::Write { path: dir.to_owned(), source })?;
+        if let Some(data_dir) = dir.parent() {
+            crate::storage::sync_dir(data_dir)
+                .map_err(|source| LostLogError::Write { path: data_dir.to_owned(), source })?;
+        }
+    }
     Ok(pending)
 }
 

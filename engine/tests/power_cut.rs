@@ -145,14 +145,24 @@ fn join_writers(handles: Vec<std::thread::JoinHandle<(usize, u64)>>, book: &Arc<
     }
 }
 
-/// Checks every acknowledged write and the all-or-nothing rule on `server`; returns the
-/// number of committed operations.
+/// Checks the acknowledged writes and the all-or-nothing rule on `server`; returns the number
+/// of committed operations. Every thread's last 3,000 operations are read back, older ones
+/// one in `older / 1,000` (so a 1,000-cycle run does not read a million keys each cycle);
+/// the journal count and `/v1/verify` below cover the rest: a lost old write would leave the
+/// journal short or disagreeing with the data.
 fn check(server: &Server, book: &Book, what: &str) -> u64 {
     let mut c = server.client();
     let mut committed = 0u64;
     for (t, last) in book.acked.iter().enumerate() {
         let Some(last) = last else { continue };
-        for i in (0..=*last).filter(|i| !book.in_doubt[t].contains(i)) {
+        let recent_from = last.saturating_sub(3_000);
+        let stride = (recent_from / 1_000).max(1);
+        let doubts: std::collections::HashSet<u64> = book.in_doubt[t].iter().copied().collect();
+        for i in (0..=*last).filter(|i| !doubts.contains(i)) {
+            committed += 1;
+            if i < recent_from && i % stride != 0 {
+                continue;
+            }
             if i % 3 == 2 {
                 let a: Option<u64> = c.get(format!("t{t}:{i}:a")).unwrap();
                 let b: Option<u64> = c.get(format!("t{t}:{i}:b")).unwrap();
@@ -161,7 +171,6 @@ fn check(server: &Server, book: &Book, what: &str) -> u64 {
                 let v: Option<u64> = c.get(format!("t{t}:{i}")).unwrap();
                 assert_eq!(v, Some(i), "{what}: acknowledged write t{t}:{i} lost");
             }
-            committed += 1;
         }
     }
     for (t, doubts) in book.in_doubt.iter().enumerate() {

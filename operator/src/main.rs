@@ -75,8 +75,14 @@ fn parse_args() -> Result<Args, String> {
             }
             "--namespaces" => {
                 let v = it.next().ok_or("--namespaces needs a comma-separated list of namespaces")?;
-                args.namespaces =
-                    v.split(',').map(str::trim).filter(|n| !n.is_empty()).map(str::to_owned).collect();
+                // Each namespace once: two controller sets on one namespace would act twice.
+                let mut seen = HashSet::new();
+                args.namespaces = v
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|n| !n.is_empty() && seen.insert(n.to_owned()))
+                    .map(str::to_owned)
+                    .collect();
                 if args.namespaces.is_empty() {
                     return Err("--namespaces needs at least one namespace".into());
                 }

@@ -1,7 +1,9 @@
-//! The chart grants exactly what the operator's code uses: every API call it makes, by kind
-//! and verb, with where it is made. A grant the code does not use, or a use the chart does not
-//! grant, fails here; the end-to-end tests run the operator under these rules on an API
-//! server with the RBAC authorizer, so a missing grant also fails there.
+//! The chart grants exactly what the operator's code uses: `USED` lists every API call it
+//! makes, by kind and verb, with where it is made (kept by hand: a call added to the code is
+//! added here). A grant not in the list, or a listed use the chart does not grant, fails here,
+//! in both RBAC modes; the end-to-end tests run the operator under these rules on an API
+//! server with the RBAC authorizer, so a call missing from the list and the chart fails there
+//! when the tests exercise it.
 #![allow(clippy::unwrap_used, clippy::indexing_slicing)] // tests fail loudly by design
 
 use std::collections::BTreeSet;

@@ -101,8 +101,13 @@ done:
 		}
 	}
 	if readOnlyRoot {
-		// Only the root mount: the volumes bound above, /proc, /dev and the like stay as they are.
-		if err := syscall.Mount("", "/", "", syscall.MS_BIND|syscall.MS_REMOUNT|syscall.MS_RDONLY, ""); err != nil {
+		// Every mount the container sees read-only — the root and the host's other
+		// filesystems (/tmp, /run, …) — except the volumes bound above and /proc, /sys, /dev.
+		var targets []string
+		for _, m := range mounts {
+			targets = append(targets, m[1])
+		}
+		if err := readOnlyExcept(targets); err != nil {
 			fail("read-only root filesystem: %v", err)
 		}
 	}
@@ -193,6 +198,39 @@ func execveatEmptyPath(fd int, argv, env []string) error {
 	_, _, errno := syscall.Syscall6(unix.SYS_EXECVEAT, uintptr(fd), uintptr(unsafe.Pointer(empty)),
 		uintptr(unsafe.Pointer(&argvp[0])), uintptr(unsafe.Pointer(&envp[0])), unix.AT_EMPTY_PATH, 0)
 	return errno
+}
+
+// readOnlyExcept remounts read-only every mount point in this mount namespace except those at
+// or under keep, /proc, /sys and /dev.
+func readOnlyExcept(keep []string) error {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return err
+	}
+	under := func(p, dir string) bool {
+		return p == dir || strings.HasPrefix(p, strings.TrimSuffix(dir, "/")+"/")
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		fields := strings.Fields(line)
+		if len(fields) < 5 {
+			continue
+		}
+		at := strings.NewReplacer(`\040`, " ", `\011`, "\t", `\012`, "\n", `\134`, `\`).Replace(fields[4])
+		skip := false
+		for _, d := range append([]string{"/proc", "/sys", "/dev"}, keep...) {
+			if under(at, d) {
+				skip = true
+				break
+			}
+		}
+		if skip {
+			continue
+		}
+		if err := syscall.Mount("", at, "", syscall.MS_BIND|syscall.MS_REMOUNT|syscall.MS_RDONLY, ""); err != nil {
+			return fmt.Errorf("remount %s read-only: %w", at, err)
+		}
+	}
+	return nil
 }
 
 func dirOf(p string) string {

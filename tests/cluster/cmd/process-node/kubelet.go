@@ -7,12 +7,14 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"net"
 	"net/http"
 	"os"
 	"strings"
 	"sync"
 	"time"
 
+	"k8s.io/apimachinery/pkg/util/httpstream/wsstream"
 	"k8s.io/cri-streaming/pkg/streaming/portforward"
 )
 
@@ -50,13 +52,18 @@ func (n *Node) serveKubelet(ctx context.Context, port int, certFile, keyFile, ca
 		},
 		ReadHeaderTimeout: 10 * time.Second,
 	}
+	// Bound here, so a port that cannot be had stops the node instead of being advertised.
+	l, err := net.Listen("tcp", srv.Addr)
+	if err != nil {
+		return fmt.Errorf("kubelet API on %s: %w", srv.Addr, err)
+	}
 	go func() {
 		<-ctx.Done()
 		_ = srv.Close()
 	}()
 	go func() {
-		if err := srv.ListenAndServeTLS("", ""); err != nil && err != http.ErrServerClosed {
-			log.Printf("kubelet API: %v", err)
+		if err := srv.ServeTLS(l, "", ""); err != nil && err != http.ErrServerClosed {
+			log.Fatalf("kubelet API stopped: %v", err)
 		}
 	}()
 	return nil
@@ -73,7 +80,18 @@ func (n *Node) portForward(w http.ResponseWriter, req *http.Request) {
 		http.Error(w, "port-forward to a hostNetwork pod is not supported by the process node", http.StatusBadRequest)
 		return
 	}
-	portforward.ServePortForward(w, req, podForwarder{runner}, name, runner.uid, nil,
+	var opts *portforward.V4Options
+	if wsstream.IsWebSocketRequest(req) {
+		// WebSocket clients name their ports in the query (the API server speaks SPDY to a
+		// kubelet that does not declare ExtendWebSocketsToKubelet, but refuse nothing).
+		o, err := portforward.NewV4Options(req)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		opts = o
+	}
+	portforward.ServePortForward(w, req, podForwarder{runner}, name, runner.uid, opts,
 		4*time.Hour, 30*time.Second, portforward.SupportedProtocols)
 }
 

@@ -251,6 +251,7 @@ func (n *Node) stopAll() {
 	defer n.mu.Unlock()
 	for ip := range n.ips {
 		delAddress(ip)
+		teardownPodNetwork(ip)
 		delete(n.ips, ip)
 	}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log"
@@ -92,12 +93,18 @@ func (n *Node) setupHostNetwork(ctx context.Context) error {
 	return nil
 }
 
-// relay copies every connection accepted on l to target and back.
+// relay copies every connection accepted on l to target and back, until l is closed.
 func relay(l net.Listener, target string) {
 	for {
 		c, err := l.Accept()
-		if err != nil {
+		if errors.Is(err, net.ErrClosed) {
 			return
+		}
+		if err != nil {
+			// Out of descriptors and the like: pods must not lose the API server for good.
+			log.Printf("API relay: %v", err)
+			time.Sleep(100 * time.Millisecond)
+			continue
 		}
 		go func() {
 			defer c.Close()

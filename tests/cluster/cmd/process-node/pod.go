@@ -112,6 +112,15 @@ func (p *podRunner) run(ctx context.Context) {
 		p.logf("%v", err)
 		return
 	}
+	// Killed meanwhile (kill() freed the address before the network existed): undo it.
+	p.mu.Lock()
+	gone := p.terminated
+	p.mu.Unlock()
+	if gone {
+		teardownPodNetwork(ip)
+		delAddress(ip)
+		return
+	}
 	if err := os.MkdirAll(p.dir, 0o755); err != nil {
 		p.logf("state dir: %v", err)
 		return
@@ -913,7 +922,7 @@ func (c *containerRunner) check(pr *v1.Probe) bool {
 		conn.Close()
 		return true
 	case pr.Exec != nil && len(pr.Exec.Command) > 0:
-		// In the pod's network namespace, as the container's own processes.
+		// In the pod's network namespace (as root, without the container's mounts).
 		argv := pr.Exec.Command
 		if !c.pod.pod.Spec.HostNetwork {
 			self, err := os.Executable()

@@ -24,31 +24,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Server, tempdir, wait_until};
+use common::writers::{Book, check, join_writers, writers};
+use common::{Rng, Server, tempdir, wait_until};
 use redis::Commands;
 use strand_cutfs::{CutReport, Mount};
 
-const THREADS: usize = 6;
-
-/// xorshift64*: a tiny deterministic generator so a failing seed replays exactly.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545F4914F6CDD1D)
-    }
-}
-
 fn seed_and_rounds(default_rounds: usize) -> (u64, usize) {
-    let seed: u64 =
-        std::env::var("STRAND_POWERCUT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
-        });
-    let rounds =
-        std::env::var("STRAND_POWERCUT_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(default_rounds);
-    (seed, rounds)
+    common::seed_and_rounds("STRAND_POWERCUT_SEED", "STRAND_POWERCUT_ROUNDS", default_rounds)
 }
 
 /// A disk: a backing directory and the mount point where cutfs shows it.
@@ -74,125 +56,6 @@ impl Disk {
             )
         })
     }
-}
-
-/// What the writers were told, per thread: the last acknowledged op, and ops whose outcome is
-/// unknown (in flight at a cut).
-#[derive(Default)]
-struct Book {
-    acked: Vec<Option<u64>>,
-    next_op: Vec<u64>,
-    in_doubt: Vec<Vec<u64>>,
-}
-
-impl Book {
-    fn new() -> Book {
-        Book { acked: vec![None; THREADS], next_op: vec![0; THREADS], in_doubt: vec![Vec::new(); THREADS] }
-    }
-}
-
-/// Starts the writers against `url`; they stop at their first error, or when `stop` is set.
-fn writers(
-    url: &str,
-    book: &Arc<Mutex<Book>>,
-    stop: &Arc<AtomicBool>,
-) -> Vec<std::thread::JoinHandle<(usize, u64)>> {
-    let starts = book.lock().unwrap().next_op.clone();
-    starts
-        .into_iter()
-        .enumerate()
-        .map(|(t, start)| {
-            let url = url.to_owned();
-            let book = book.clone();
-            let stop = stop.clone();
-            std::thread::spawn(move || -> (usize, u64) {
-                let Ok(client) = redis::Client::open(url) else { return (t, start) };
-                let Ok(mut c) = client.get_connection() else { return (t, start) };
-                let mut i = start;
-                loop {
-                    if stop.load(Ordering::Relaxed) {
-                        return (t, i); // nothing in flight
-                    }
-                    let ok = if i % 3 == 2 {
-                        redis::pipe()
-                            .atomic()
-                            .set(format!("t{t}:{i}:a"), i)
-                            .set(format!("t{t}:{i}:b"), i)
-                            .query::<()>(&mut c)
-                            .is_ok()
-                    } else {
-                        c.set::<_, _, ()>(format!("t{t}:{i}"), i).is_ok()
-                    };
-                    if !ok {
-                        return (t, i + 1); // op i's outcome is unknown; its keys are never reused
-                    }
-                    book.lock().unwrap().acked[t] = Some(i);
-                    i += 1;
-                }
-            })
-        })
-        .collect()
-}
-
-fn join_writers(handles: Vec<std::thread::JoinHandle<(usize, u64)>>, book: &Arc<Mutex<Book>>) {
-    for h in handles {
-        let (t, next) = h.join().unwrap();
-        let mut b = book.lock().unwrap();
-        if next > b.next_op[t] {
-            b.in_doubt[t].push(next - 1);
-        }
-        b.next_op[t] = next;
-    }
-}
-
-/// Checks the acknowledged writes and the all-or-nothing rule on `server`; returns the number
-/// of committed operations. Every thread's last 3,000 operations are read back, older ones
-/// one in `older / 1,000` (so a 1,000-cycle run does not read a million keys each cycle);
-/// the journal count and `/v1/verify` below cover the rest: a lost old write would leave the
-/// journal short or disagreeing with the data.
-fn check(server: &Server, book: &Book, what: &str) -> u64 {
-    let mut c = server.client();
-    let mut committed = 0u64;
-    for (t, last) in book.acked.iter().enumerate() {
-        let Some(last) = last else { continue };
-        let recent_from = last.saturating_sub(3_000);
-        let stride = (recent_from / 1_000).max(1);
-        let doubts: std::collections::HashSet<u64> = book.in_doubt[t].iter().copied().collect();
-        for i in (0..=*last).filter(|i| !doubts.contains(i)) {
-            committed += 1;
-            if i < recent_from && i % stride != 0 {
-                continue;
-            }
-            if i % 3 == 2 {
-                let a: Option<u64> = c.get(format!("t{t}:{i}:a")).unwrap();
-                let b: Option<u64> = c.get(format!("t{t}:{i}:b")).unwrap();
-                assert_eq!((a, b), (Some(i), Some(i)), "{what}: acknowledged transaction t{t}:{i} lost");
-            } else {
-                let v: Option<u64> = c.get(format!("t{t}:{i}")).unwrap();
-                assert_eq!(v, Some(i), "{what}: acknowledged write t{t}:{i} lost");
-            }
-        }
-    }
-    for (t, doubts) in book.in_doubt.iter().enumerate() {
-        for &i in doubts {
-            let present = if i % 3 == 2 {
-                let a: Option<u64> = c.get(format!("t{t}:{i}:a")).unwrap();
-                let b: Option<u64> = c.get(format!("t{t}:{i}:b")).unwrap();
-                assert_eq!(a.is_some(), b.is_some(), "{what}: half a transaction t{t}:{i} survived");
-                a.is_some()
-            } else {
-                c.get::<_, Option<u64>>(format!("t{t}:{i}")).unwrap().is_some()
-            };
-            committed += u64::from(present);
-        }
-    }
-    let report = server.verify();
-    assert_eq!(
-        report["journal_seqno"].as_u64().unwrap(),
-        committed,
-        "{what}: one journal record per committed op, none duplicated or missing"
-    );
-    committed
 }
 
 fn describe(r: &CutReport) -> String {
@@ -326,7 +189,7 @@ fn an_online_rollback_is_all_or_nothing_under_power_cuts() {
             pipe.query::<()>(&mut c).unwrap();
         }
         let before = server.seqno();
-        let logs_before = lost_logs(&disk.mnt);
+        let logs_before = common::lost_logs(&disk.mnt);
         let target = before - 1 - rng.next() % 1500;
         let data_dir = disk.mnt.clone();
         let rolling = std::thread::spawn(move || {
@@ -342,7 +205,7 @@ fn an_online_rollback_is_all_or_nothing_under_power_cuts() {
         let after = server.seqno();
         let what = format!("seed {seed} round {round}");
         let new_logs: Vec<PathBuf> =
-            lost_logs(&disk.mnt).into_iter().filter(|l| !logs_before.contains(l)).collect();
+            common::lost_logs(&disk.mnt).into_iter().filter(|l| !logs_before.contains(l)).collect();
         let present = |k: &str| server.client().exists::<_, bool>(k).unwrap();
         if after == before {
             assert!(!finished_before_cut, "{what}: the rollback was acknowledged and then undone by the cut");
@@ -394,25 +257,4 @@ fn an_online_rollback_is_all_or_nothing_under_power_cuts() {
     assert!(done > 0, "no cut fell after a rollback's commit ({undone} before)");
     server.kill9();
     mount.cut();
-}
-
-/// The lost-transaction logs in a data directory (finished ones: `.pending` excluded).
-fn lost_logs(data_dir: &Path) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> =
-        walk(data_dir).into_iter().filter(|p| p.extension().is_some_and(|e| e == "jsonl")).collect();
-    out.sort();
-    out
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }

@@ -192,16 +192,7 @@ fn a_rollback_interrupted_by_sigkill_is_all_or_nothing_and_logged_once() {
         );
         if after == target {
             assert_eq!(logs.len(), 1, "exactly one log for the one rollback that happened");
-            let shown = common::ctl_json(
-                &server.data_dir,
-                &["lost-transactions", "show", logs[0].to_str().unwrap(), "--json"],
-            );
-            let seqnos: Vec<u64> = shown["transactions"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|t| t["seqno"].as_u64().unwrap())
-                .collect();
+            let seqnos = common::lost_seqnos(&server.data_dir, &logs[0]);
             assert_eq!(
                 seqnos,
                 (target + 1..=20_000).collect::<Vec<_>>(),

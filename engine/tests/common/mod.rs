@@ -10,6 +10,53 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod proxy;
+pub mod writers;
+
+/// xorshift64*: a tiny deterministic generator so a failing seed replays exactly.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545F4914F6CDD1D)
+    }
+}
+
+/// A randomised test's seed (from `seed_var`, else the clock) and its number of rounds (from
+/// `rounds_var`, else `default_rounds`).
+pub fn seed_and_rounds(seed_var: &str, rounds_var: &str, default_rounds: usize) -> (u64, usize) {
+    let seed: u64 = std::env::var(seed_var).ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos() as u64
+            | 1
+    });
+    let rounds = std::env::var(rounds_var).ok().and_then(|s| s.parse().ok()).unwrap_or(default_rounds);
+    (seed, rounds)
+}
+
+/// The finished lost-transaction logs of a data directory (`.pending` ones excluded), sorted.
+pub fn lost_logs(data_dir: &Path) -> Vec<PathBuf> {
+    let mut logs: Vec<PathBuf> = std::fs::read_dir(data_dir.join("lost-transactions"))
+        .map(|d| {
+            d.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "jsonl")).collect()
+        })
+        .unwrap_or_default();
+    logs.sort();
+    logs
+}
+
+/// The seqnos a lost-transaction log holds, in its order (read by `ctl lost-transactions show`).
+pub fn lost_seqnos(data_dir: &Path, log: &Path) -> Vec<u64> {
+    let shown =
+        ctl_json(data_dir, &["lost-transactions", "show", log.to_str().expect("utf8 path"), "--json"]);
+    shown["transactions"]
+        .as_array()
+        .expect("transactions")
+        .iter()
+        .map(|t| t["seqno"].as_u64().expect("seqno"))
+        .collect()
+}
 
 /// How long a server may take to become ready after start (a debug build replaying a large
 /// file on a loaded 2-core machine included).

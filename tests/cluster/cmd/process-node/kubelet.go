@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"os"
 	"strings"
-	"sync"
 	"time"
 
 	"k8s.io/apimachinery/pkg/util/httpstream/wsstream"
@@ -119,19 +118,7 @@ func (f podForwarder) PortForward(ctx context.Context, _ string, _ string, port 
 		return fmt.Errorf("port %d in pod %s: %w", port, f.pod.pod.Name, err)
 	}
 	defer conn.Close()
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		_, _ = io.Copy(conn, stream)
-		if c, ok := conn.(interface{ CloseWrite() error }); ok {
-			_ = c.CloseWrite()
-		}
-	}()
-	_, err = io.Copy(stream, conn)
-	_ = stream.Close()
-	wg.Wait()
-	if err != nil && !strings.Contains(err.Error(), "closed") {
+	if err := splice(stream, conn); err != nil && !strings.Contains(err.Error(), "closed") {
 		return err
 	}
 	return nil

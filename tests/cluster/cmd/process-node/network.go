@@ -114,22 +114,33 @@ func relay(l net.Listener, target string) {
 				return
 			}
 			defer up.Close()
-			var wg sync.WaitGroup
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				_, _ = io.Copy(up, c)
-				if tcp, ok := up.(*net.TCPConn); ok {
-					_ = tcp.CloseWrite()
-				}
-			}()
-			_, _ = io.Copy(c, up)
-			if tcp, ok := c.(*net.TCPConn); ok {
-				_ = tcp.CloseWrite()
-			}
-			wg.Wait()
+			splice(c, up)
 		}()
 	}
+}
+
+// splice copies a to b and b to a until both directions end; when one direction's reader
+// ends, the other side's write end is closed (half-close where the connection has one).
+func splice(a, b io.ReadWriter) error {
+	closeWrite := func(w io.Writer) {
+		switch c := w.(type) {
+		case interface{ CloseWrite() error }:
+			_ = c.CloseWrite()
+		case io.Closer:
+			_ = c.Close()
+		}
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		_, _ = io.Copy(b, a)
+		closeWrite(b)
+	}()
+	_, err := io.Copy(a, b)
+	closeWrite(a)
+	wg.Wait()
+	return err
 }
 
 // setupPodNetwork makes the pod's namespace, its veth pair, addresses and routes. A namespace

@@ -431,7 +431,15 @@ async fn ctl_inner(args: CtlArgs) -> Result<(), String> {
                     .changes
                     .iter()
                     .map(|c| {
-                        let key = c.key.clone().unwrap_or_else(|| format!("0x{}", c.key_hex));
+                        let mut key = c.key.clone().unwrap_or_else(|| format!("0x{}", c.key_hex));
+                        if let Some(element) =
+                            c.element.clone().or_else(|| c.element_hex.as_ref().map(|h| format!("0x{h}")))
+                        {
+                            key = format!("{key}[{element}]");
+                        }
+                        if !c.node.is_empty() && c.node != "string" {
+                            key = format!("{key}({})", c.node);
+                        }
                         match (&c.after, &c.after_hex) {
                             (Some(a), _) => format!("{key}={a}"),
                             (None, Some(h)) => format!("{key}=0x{h}"),

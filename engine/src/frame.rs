@@ -20,6 +20,11 @@ pub enum Frame {
     NullArray,
     Array(Vec<Frame>),
     Map(Vec<(Frame, Frame)>),
+    /// A double, already in Redis's text form: a bulk string in RESP2, `,` in RESP3.
+    Double(String),
+    /// Pairs such as member and score: one flat array in RESP2, an array of two-element
+    /// arrays in RESP3 (ZRANGE … WITHSCORES).
+    Pairs(Vec<(Frame, Frame)>),
 }
 
 impl Frame {
@@ -65,19 +70,33 @@ impl Frame {
                     item.encode(proto, out);
                 }
             }
-            Frame::Map(pairs) if proto >= 3 => {
-                line(out, b'%', pairs.len().to_string().as_bytes());
+            Frame::Map(pairs) | Frame::Pairs(pairs) if proto < 3 => {
+                line(out, b'*', (pairs.len() * 2).to_string().as_bytes());
                 for (k, v) in pairs {
                     k.encode(proto, out);
                     v.encode(proto, out);
                 }
             }
             Frame::Map(pairs) => {
-                line(out, b'*', (pairs.len() * 2).to_string().as_bytes());
+                line(out, b'%', pairs.len().to_string().as_bytes());
                 for (k, v) in pairs {
                     k.encode(proto, out);
                     v.encode(proto, out);
                 }
+            }
+            Frame::Pairs(pairs) => {
+                line(out, b'*', pairs.len().to_string().as_bytes());
+                for (k, v) in pairs {
+                    out.extend_from_slice(b"*2\r\n");
+                    k.encode(proto, out);
+                    v.encode(proto, out);
+                }
+            }
+            Frame::Double(text) if proto >= 3 => line(out, b',', text.as_bytes()),
+            Frame::Double(text) => {
+                line(out, b'$', text.len().to_string().as_bytes());
+                out.extend_from_slice(text.as_bytes());
+                out.extend_from_slice(b"\r\n");
             }
         }
     }

@@ -31,6 +31,7 @@ pub struct Metrics {
     pub journal_bytes: IntGauge,
     pub connected_clients: IntGauge,
     pub rejected_clients_total: IntCounter,
+    pub expired_keys_total: IntCounter,
     pub resp_commands_total: IntCounterVec,
     pub resp_protocol_errors_total: IntCounter,
     pub storage_bytes: IntGauge,
@@ -165,6 +166,10 @@ impl Metrics {
             rejected_clients_total: d.counter(
                 "strand_rejected_clients_total",
                 "Data-port connections refused because the client limit was reached.",
+            )?,
+            expired_keys_total: d.counter(
+                "strand_expired_keys_total",
+                "Keys the primary removed because their expiry passed (each removal is a journaled transaction).",
             )?,
             resp_commands_total: d.counter_vec(
                 "strand_resp_commands_total",

@@ -48,7 +48,7 @@ pub async fn run_until(
     let store = Arc::new(store);
     let metrics = Arc::new(Metrics::new().map_err(|source| ServerError::Metrics { source })?);
     // Every command's counter exists from the start (at 0), so rates and dashboards see it.
-    for spec in crate::resp::cmd::SPECS {
+    for spec in crate::resp::cmd::specs() {
         metrics.resp_commands_total.with_label_values(&[spec.name]).inc_by(0);
     }
     metrics.journal_seqno.set(i64::try_from(store.committed_seqno()).unwrap_or(i64::MAX));
@@ -93,6 +93,7 @@ pub async fn run_until(
             .insert(link.receiver, handle);
     }
     tokio::spawn(measure_journal(engine.clone(), shutdown.clone()));
+    tokio::spawn(crate::expiry::run(engine.clone(), shutdown.clone()));
     engine.ready.store(true, Ordering::Release);
     tracing::info!(
         instance = %engine.store.meta().name,

@@ -11,7 +11,7 @@ const LAYERS: &[&[&str]] = &[
     &["replication"],
     &["engine"],
     &["admin", "resp"],
-    &["server"],
+    &["expiry", "server"],
     &["cli", "main", "lib"],
 ];
 

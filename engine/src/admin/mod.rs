@@ -516,11 +516,23 @@ pub struct JournalEntry {
     pub changes: Vec<ChangeEntry>,
 }
 
+/// One node a transaction changed, in application terms (storage::node): the key, what the
+/// node is (`string`, `hash-field`, `set-member`, `expiry-index`, …), the element it names,
+/// and the values an application sees; `node_hex` is the node itself.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ChangeEntry {
     pub key_hex: String,
+    pub node: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub element_hex: Option<String>,
     pub before_hex: Option<String>,
     pub after_hex: Option<String>,
+    /// A head's expiry before and after, in Unix milliseconds (0: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expire_before_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expire_after_ms: Option<u64>,
+    pub node_hex: String,
 }
 
 impl From<Record> for JournalEntry {
@@ -534,10 +546,19 @@ impl From<Record> for JournalEntry {
             changes: r
                 .changes
                 .into_iter()
-                .map(|c| ChangeEntry {
-                    key_hex: hex(&c.key),
-                    before_hex: c.before.as_deref().map(hex),
-                    after_hex: c.after.as_deref().map(hex),
+                .map(|c| {
+                    let before = crate::storage::node::describe(&c.key, c.before.as_deref());
+                    let after = crate::storage::node::describe(&c.key, c.after.as_deref());
+                    ChangeEntry {
+                        key_hex: hex(&after.key),
+                        node: after.node.to_owned(),
+                        element_hex: after.element.as_deref().map(hex),
+                        before_hex: before.value.as_deref().map(hex),
+                        after_hex: after.value.as_deref().map(hex),
+                        expire_before_ms: before.expire_at_ms.filter(|_| c.before.is_some()),
+                        expire_after_ms: after.expire_at_ms.filter(|_| c.after.is_some()),
+                        node_hex: hex(&c.key),
+                    }
                 })
                 .collect(),
         }

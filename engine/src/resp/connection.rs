@@ -23,7 +23,7 @@ use crate::limits::{
     WATCH_KEYS_MAX,
 };
 use crate::shutdown::Shutdown;
-use crate::storage::writer::{Abort, Committed, TxnFailure, TxnProgram, TxnRequest, Writer};
+use crate::storage::writer::{Abort, BlockingProgram, Committed, TxnFailure, TxnProgram, TxnRequest, Writer};
 
 type Outcome = Result<Committed<Frame>, TxnFailure>;
 
@@ -46,6 +46,22 @@ enum Slot {
 enum Next {
     Continue,
     Close,
+}
+
+/// The socket and shutdown signal, for a command that waits (a blocked BLPOP) and must
+/// notice the client leaving; bytes it reads meanwhile are the client's next requests.
+struct Io<'a> {
+    stream: &'a mut TcpStream,
+    extra: Vec<u8>,
+    shutdown: &'a mut Shutdown,
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
 }
 
 struct State {
@@ -98,7 +114,10 @@ pub async fn serve(engine: Arc<Engine>, mut stream: TcpStream, id: u64, mut shut
                 Ok(Some((args, used))) => {
                     consumed += used;
                     if !args.is_empty() {
-                        next = state.handle(&engine, args, &mut slots).await;
+                        let mut io = Io { stream: &mut stream, extra: Vec::new(), shutdown: &mut shutdown };
+                        next = state.handle(&engine, args, &mut slots, &mut io).await;
+                        let extra = io.extra;
+                        input.extend_from_slice(&extra);
                     }
                 }
                 Err(e) => {
@@ -222,7 +241,13 @@ async fn wait(engine: &Engine, target: u64, replicas: usize, timeout_ms: u64) ->
 }
 
 impl State {
-    async fn handle(&mut self, engine: &Arc<Engine>, args: Vec<Vec<u8>>, slots: &mut Vec<Slot>) -> Next {
+    async fn handle(
+        &mut self,
+        engine: &Arc<Engine>,
+        args: Vec<Vec<u8>>,
+        slots: &mut Vec<Slot>,
+        io: &mut Io<'_>,
+    ) -> Next {
         let proto = self.proto;
         // Version-mismatch mode: replication and admin only; every command an application
         // sends gets the same clear error naming both versions (client libraries pipeline
@@ -282,9 +307,14 @@ impl State {
                 slots.push(Slot::Ready(Frame::Error(refusal), proto));
                 Next::Continue
             }
+            Class::Write
+                if let Command::Data { spec, args } = &command
+                    && let Some((keys, timeout_ms)) = cmd::lists::blocking_keys(spec.name, args) =>
+            {
+                self.block(engine, command, keys, timeout_ms, slots, io).await
+            }
             Class::Write => {
-                let program: TxnProgram<Frame> =
-                    Box::new(move |view| cmd::strings::execute_write(&command, view));
+                let program: TxnProgram<Frame> = Box::new(move |view| command.execute_in_txn(view));
                 self.submit(Vec::new(), program, Mode::Single, slots);
                 Next::Continue
             }
@@ -299,6 +329,85 @@ impl State {
                 self.connection_command(engine, command, slots).await
             }
         }
+    }
+
+    /// A blocking command (BLPOP and friends) outside MULTI: runs in queue order like any
+    /// write; if it has nothing to serve, the writer keeps it and serves it right after a
+    /// write to one of its keys. The connection waits for it — as Redis, a blocked client
+    /// runs nothing else — until it is served, its timeout passes, the client leaves, or the
+    /// server stops; the last three cancel it in the writer first, so an element is never
+    /// popped for a client that is no longer waiting.
+    async fn block(
+        &mut self,
+        engine: &Engine,
+        command: Command,
+        keys: Vec<Vec<u8>>,
+        timeout_ms: u64,
+        slots: &mut Vec<Slot>,
+        io: &mut Io<'_>,
+    ) -> Next {
+        let proto = self.proto;
+        let timeout_reply = if matches!(&command, Command::Data { spec, .. } if spec.name == "blmove" || spec.name == "brpoplpush")
+        {
+            Frame::Null
+        } else {
+            Frame::NullArray
+        };
+        let id = engine.next_client_id();
+        let program: BlockingProgram<Frame> = Box::new(move |view| match command.execute_in_txn(view)? {
+            Frame::Null | Frame::NullArray => Ok(None),
+            served => Ok(Some(served)),
+        });
+        let (request, mut rx) = Writer::blocking_request(id, keys, program);
+        self.outbox.push(request);
+        self.flush(engine).await;
+        let deadline = (timeout_ms > 0)
+            .then(|| tokio::time::Instant::now() + std::time::Duration::from_millis(timeout_ms));
+        let mut peek = [0u8; 4096];
+        let mut closed = false;
+        let outcome = loop {
+            tokio::select! {
+                outcome = &mut rx => break Some(outcome),
+                _ = sleep_until(deadline) => {
+                    if engine.writer.unblock(id) {
+                        break None;
+                    }
+                }
+                _ = io.shutdown.recv(), if !closed => {
+                    closed = true;
+                    if engine.writer.unblock(id) {
+                        return Next::Close;
+                    }
+                }
+                read = io.stream.read(&mut peek), if !closed => match read {
+                    // The client left: cancel, unless it is being served right now.
+                    Ok(0) | Err(_) => {
+                        closed = true;
+                        if engine.writer.unblock(id) {
+                            return Next::Close;
+                        }
+                    }
+                    Ok(n) => io.extra.extend_from_slice(peek.get(..n).unwrap_or_default()),
+                },
+            }
+        };
+        let reply = match outcome {
+            None => timeout_reply,
+            Some(outcome) => {
+                let outcome = outcome.unwrap_or_else(|_| {
+                    Err(TxnFailure::Store {
+                        code: "shutting_down",
+                        message: "server is shutting down".into(),
+                    })
+                });
+                if let Ok(Committed::Done { seqno: Some(seqno), .. }) = &outcome {
+                    self.last_seqno = self.last_seqno.max(*seqno);
+                }
+                outcome_frame(outcome, Mode::Single)
+            }
+        };
+        slots.push(Slot::Ready(reply, proto));
+        if closed { Next::Close } else { Next::Continue }
     }
 
     /// Queues a write in the outbox; its reply slot waits for the writer.
@@ -331,8 +440,8 @@ impl State {
             Ok(s) => s,
             Err(e) => return Frame::error(format!("ERR {}", error_chain(&e))),
         };
-        if let Command::Scan { cursor, pattern, count } = command {
-            return self.scan(&snapshot, cursor, pattern.as_deref(), count);
+        if let Command::Scan { cursor, pattern, count, target } = command {
+            return self.scan(&snapshot, cursor, pattern.as_deref(), count, &target);
         }
         command.execute_read(&snapshot).unwrap_or_else(abort_frame)
     }
@@ -343,6 +452,7 @@ impl State {
         cursor: u64,
         pattern: Option<&[u8]>,
         count: usize,
+        target: &cmd::keys::ScanTarget,
     ) -> Frame {
         let after = if cursor == 0 {
             None
@@ -352,29 +462,25 @@ impl State {
                 None => return Frame::error("ERR invalid cursor"),
             }
         };
-        let page = match snapshot.scan(after.as_deref(), count) {
-            Ok(page) => page,
-            Err(e) => return Frame::error(format!("ERR {}", error_chain(&e))),
+        let mut kv = cmd::db::ReadOnly(snapshot);
+        let db = cmd::db::Db { kv: &mut kv, now_ms: cmd::now_ms() };
+        let (items, last) = match cmd::keys::scan_step(&db, target, after.as_deref(), pattern, count) {
+            Ok(step) => step,
+            Err(e) => return abort_frame(e),
         };
-        let next = match (page.more, page.keys.last()) {
-            (true, Some(last)) => {
+        let next = match last {
+            Some(last) => {
                 let id = self.next_cursor;
                 self.next_cursor += 1;
                 if self.cursors.len() == SCAN_CURSORS_MAX {
                     self.cursors.pop_front();
                 }
-                self.cursors.push_back((id, last.clone()));
+                self.cursors.push_back((id, last));
                 id
             }
-            _ => 0,
+            None => 0,
         };
-        let keys = page
-            .keys
-            .into_iter()
-            .filter(|k| pattern.is_none_or(|p| cmd::keys::glob_match(p, k)))
-            .map(Frame::Bulk)
-            .collect();
-        Frame::Array(vec![Frame::bulk(next.to_string()), Frame::Array(keys)])
+        Frame::Array(vec![Frame::bulk(next.to_string()), Frame::Array(items)])
     }
 
     async fn connection_command(
@@ -422,7 +528,18 @@ impl State {
             }
             Command::ClientGetName => Frame::from_option(self.name.clone()),
             Command::ClientId => Frame::Integer(i64::try_from(self.id).unwrap_or(i64::MAX)),
-            Command::ClientSetInfo => Frame::ok(),
+            Command::ClientSetInfo | Command::ClientNoEvict => Frame::ok(),
+            Command::ClientInfo => Frame::bulk(self.client_line()),
+            Command::ClientList => Frame::bulk(format!("{}\n", self.client_line())),
+            Command::Reset => {
+                self.multi = None;
+                self.multi_dirty = false;
+                self.watch.clear();
+                self.name = None;
+                self.proto = 2;
+                self.authenticated = engine.config.password.is_none();
+                Frame::Simple("RESET".into())
+            }
             Command::Multi => {
                 if self.multi.is_some() {
                     Frame::error("ERR MULTI calls can not be nested")
@@ -449,6 +566,8 @@ impl State {
                 if std::mem::take(&mut self.multi_dirty) {
                     Frame::error("EXECABORT Transaction discarded because of previous errors.")
                 } else {
+                    // All or nothing (GT.M's TP semantics, docs/architecture.md): a command
+                    // that fails inside EXEC rolls the whole transaction back.
                     let program: TxnProgram<Frame> = Box::new(move |view| {
                         let mut replies = Vec::with_capacity(queue.len());
                         for command in &queue {
@@ -485,11 +604,27 @@ impl State {
             Command::CommandInfo(names) => server::command_info(&names),
             Command::CommandDocs => Frame::Map(Vec::new()),
             Command::ConfigGet(patterns) => server::config_get(engine, &patterns),
+            Command::ConfigSet(pairs) => server::config_set(&pairs),
+            Command::ConfigResetStat => Frame::ok(),
+            Command::FunctionEmpty(true) => Frame::ok(),
+            Command::FunctionEmpty(false) => Frame::Array(Vec::new()),
             other => unreachable!("{other:?} is not a connection command"),
         };
         // `self.proto`, not `proto`: a HELLO answers in the protocol it just selected.
         slots.push(Slot::Ready(reply, self.proto));
         Next::Continue
+    }
+
+    /// This connection as CLIENT INFO / CLIENT LIST describe one (the fields clients read).
+    fn client_line(&self) -> String {
+        format!(
+            "id={} name={} db=0 multi={} watch={} resp={} lib-name= lib-ver=",
+            self.id,
+            self.name.as_deref().map(String::from_utf8_lossy).unwrap_or_default(),
+            self.multi.as_ref().map_or(-1, |q| i64::try_from(q.len()).unwrap_or(i64::MAX)),
+            self.watch.len(),
+            self.proto
+        )
     }
 
     fn auth(&mut self, engine: &Engine, user: Option<&[u8]>, password: &[u8]) -> Frame {

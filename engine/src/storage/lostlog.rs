@@ -37,15 +37,31 @@ pub struct Header {
     pub reason: String,
 }
 
+/// One node a rolled-off transaction changed, in application terms (storage::node).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LostChange {
     /// The key as text when it is valid UTF-8 (for people), always also in hex.
     pub key: Option<String>,
     pub key_hex: String,
+    /// What the node is: `string`, `hash`, `hash-field`, `set-member`, `zset-member`,
+    /// `list-element`, `expiry-index`, … (a collection's head holds its element count).
+    #[serde(default)]
+    pub node: String,
+    /// The field, member or list index the node names, as text when valid UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub element: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub element_hex: Option<String>,
     pub before_hex: Option<String>,
     pub after_hex: Option<String>,
     /// The after-image as text when it is valid UTF-8.
     pub after: Option<String>,
+    /// A head's expiry after the change, in Unix milliseconds (0: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expire_after_ms: Option<u64>,
+    /// The command that re-applies this change by hand, where one node maps to one command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reapply: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -81,15 +97,48 @@ impl LostTransaction {
             changes: record
                 .changes
                 .iter()
-                .map(|c| LostChange {
-                    key: String::from_utf8(c.key.clone()).ok(),
-                    key_hex: hex(&c.key),
-                    before_hex: c.before.as_deref().map(hex),
-                    after_hex: c.after.as_deref().map(hex),
-                    after: c.after.as_ref().and_then(|a| String::from_utf8(a.clone()).ok()),
+                .map(|c| {
+                    let before = crate::storage::node::describe(&c.key, c.before.as_deref());
+                    let after = crate::storage::node::describe(&c.key, c.after.as_deref());
+                    LostChange {
+                        key: String::from_utf8(after.key.clone()).ok(),
+                        key_hex: hex(&after.key),
+                        node: after.node.to_owned(),
+                        element: after.element.as_ref().and_then(|e| String::from_utf8(e.clone()).ok()),
+                        element_hex: after.element.as_deref().map(hex),
+                        before_hex: before.value.as_deref().map(hex),
+                        after_hex: after.value.as_deref().map(hex),
+                        after: after.value.as_ref().and_then(|a| String::from_utf8(a.clone()).ok()),
+                        expire_after_ms: after.expire_at_ms.filter(|_| c.after.is_some()),
+                        reapply: c.after.as_ref().and_then(|_| reapply(&after)),
+                    }
                 })
                 .collect(),
         }
+    }
+}
+
+/// The Redis command that puts one node back as its after-image says, quoted for
+/// redis-cli; `None` for nodes a single command cannot set alone (a collection's head,
+/// a sorted set's order node, the expiry index) — their element nodes carry the data.
+fn reapply(d: &crate::storage::node::Described) -> Option<String> {
+    let q = |b: &[u8]| {
+        let text = String::from_utf8_lossy(b);
+        format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
+    };
+    let key = q(&d.key);
+    let value = d.value.as_deref().map(q);
+    let element = d.element.as_deref().map(q);
+    match (d.node, element, value) {
+        ("string", _, Some(v)) => Some(match d.expire_at_ms {
+            Some(at) if at > 0 => format!("SET {key} {v} PXAT {at}"),
+            _ => format!("SET {key} {v}"),
+        }),
+        ("hash-field", Some(f), Some(v)) => Some(format!("HSET {key} {f} {v}")),
+        ("set-member", Some(m), _) => Some(format!("SADD {key} {m}")),
+        ("zset-member", Some(m), Some(score)) => Some(format!("ZADD {key} {score} {m}")),
+        ("list-element", _, Some(v)) => Some(format!("RPUSH {key} {v}")),
+        _ => None,
     }
 }
 

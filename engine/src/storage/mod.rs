@@ -14,6 +14,7 @@ pub mod format;
 pub mod journal;
 pub mod lostlog;
 pub mod meta;
+pub mod node;
 pub mod writer;
 
 use std::collections::HashMap;
@@ -646,6 +647,11 @@ impl Snapshot {
         scan_table(&self.data, after, count)
     }
 
+    /// Up to `limit` nodes in `range`, forwards or backwards.
+    pub fn range(&self, range: Range<'_>, rev: bool, limit: usize) -> Result<Pairs, StoreError> {
+        range_table(&self.data, range, rev, limit)
+    }
+
     /// Journal records with seqnos in `from..=to`, decoded and checked.
     pub fn journal(&self, from: u64, to: u64) -> Result<Vec<Record>, StoreError> {
         self.read_journal(from, to, |_, record, _| record)
@@ -771,6 +777,38 @@ impl Snapshot {
 pub struct VerifyReport {
     pub journal_seqno: u64,
     pub keys: u64,
+}
+
+/// Nodes with their values, or any other pairs of byte strings.
+pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Node bounds of a range read.
+pub type Range<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
+
+/// Up to `limit` nodes (with values) in `range`, in node order or, with `rev`, backwards.
+pub(crate) fn range_table<T>(
+    table: &T,
+    range: Range<'_>,
+    rev: bool,
+    limit: usize,
+) -> Result<Pairs, StoreError>
+where
+    T: ReadableTable<&'static [u8], &'static [u8]>,
+{
+    let mut out = Vec::new();
+    if limit == 0 {
+        return Ok(out);
+    }
+    let iter = table.range::<&[u8]>(range).map_err(redb_err("read a range"))?;
+    let iter: Box<dyn Iterator<Item = _>> = if rev { Box::new(iter.rev()) } else { Box::new(iter) };
+    for entry in iter {
+        let (k, v) = entry.map_err(redb_err("read a range"))?;
+        out.push((k.value().to_vec(), v.value().to_vec()));
+        if out.len() == limit {
+            break;
+        }
+    }
+    Ok(out)
 }
 
 /// Visits up to `count` keys strictly after `after`, in key order.

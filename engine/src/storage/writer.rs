@@ -28,8 +28,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::journal::{KeyChange, Record, RecordKind, STREAMS_MAX};
 use super::meta::{HistoryRecord, InstanceMeta, LastRollback, StreamState};
 use super::{
-    DATA, JOURNAL, META, META_INSTANCE, STREAMS, ScanPage, Store, StoreError, StreamSeqnos, now_micros,
-    redb_err, scan_table,
+    DATA, JOURNAL, META, META_INSTANCE, Pairs, Range, STREAMS, ScanPage, Store, StoreError, StreamSeqnos,
+    now_micros, redb_err, scan_table,
 };
 use crate::base::error_chain;
 use crate::limits::{GROUP_COMMIT_TXNS_MAX, WRITER_QUEUE_TXNS_MAX};
@@ -58,6 +58,29 @@ impl From<StoreError> for Abort {
 
 /// A transaction's body: runs inside the writer against the current state.
 pub type TxnProgram<T> = Box<dyn FnOnce(&mut TxnView<'_, '_>) -> Result<T, Abort> + Send>;
+
+/// A blocking transaction's body (BLPOP and friends): `Ok(None)` when there is nothing to
+/// serve yet — it then waits, and runs again right after each transaction that writes one
+/// of its keys, in the order the waiters blocked.
+pub type BlockingProgram<T> = Box<dyn FnMut(&mut TxnView<'_, '_>) -> Result<Option<T>, Abort> + Send>;
+
+/// What a queued transaction runs.
+enum Program<T> {
+    Once(TxnProgram<T>),
+    Blocking { id: u64, keys: Vec<Vec<u8>>, program: BlockingProgram<T> },
+}
+
+/// A blocked transaction waiting for one of its keys to be written.
+struct Waiter<T> {
+    id: u64,
+    keys: Vec<Vec<u8>>,
+    program: BlockingProgram<T>,
+    reply: oneshot::Sender<Result<Committed<T>, TxnFailure>>,
+    enqueued: Instant,
+}
+
+/// Blocked transactions, oldest first; shared by the writer and the handles that cancel.
+type Waiters<T> = Arc<std::sync::Mutex<std::collections::VecDeque<Waiter<T>>>>;
 
 /// A transaction that committed (or, for `WatchConflict`, was skipped as WATCH demands).
 #[derive(Debug)]
@@ -89,7 +112,7 @@ impl TxnFailure {
 pub struct TxnRequest<T> {
     /// Keys watched by the client, each with the committed version at the time it was watched.
     watch: Vec<(Vec<u8>, u64)>,
-    program: TxnProgram<T>,
+    program: Program<T>,
     reply: oneshot::Sender<Result<Committed<T>, TxnFailure>>,
     enqueued: Instant,
 }
@@ -175,11 +198,12 @@ enum Work<T> {
 /// Handle used to submit work; cheap to clone. The writer stops when all are dropped.
 pub struct Writer<T> {
     tx: mpsc::Sender<Work<T>>,
+    waiters: Waiters<T>,
 }
 
 impl<T> Clone for Writer<T> {
     fn clone(&self) -> Self {
-        Writer { tx: self.tx.clone() }
+        Writer { tx: self.tx.clone(), waiters: self.waiters.clone() }
     }
 }
 
@@ -193,7 +217,9 @@ impl<T: Send + 'static> Writer<T> {
         let (tx, rx) = mpsc::channel(WRITER_QUEUE_TXNS_MAX);
         let streams = store.stream_seqnos();
         let supplementary = store.meta().supplementary;
+        let waiters: Waiters<T> = Arc::default();
         let state = WriterThread {
+            waiters: waiters.clone(),
             store,
             disk_reserve_bytes,
             metrics,
@@ -205,7 +231,7 @@ impl<T: Send + 'static> Writer<T> {
             supplementary,
         };
         let handle = std::thread::Builder::new().name("strand-writer".into()).spawn(move || state.run(rx))?;
-        Ok((Writer { tx }, handle))
+        Ok((Writer { tx, waiters }, handle))
     }
 
     /// Submits a transaction and waits until it is durable (or failed).
@@ -235,7 +261,45 @@ impl<T: Send + 'static> Writer<T> {
         program: TxnProgram<T>,
     ) -> (TxnRequest<T>, oneshot::Receiver<Result<Committed<T>, TxnFailure>>) {
         let (reply, rx) = oneshot::channel();
-        (TxnRequest { watch, program, reply, enqueued: Instant::now() }, rx)
+        (TxnRequest { watch, program: Program::Once(program), reply, enqueued: Instant::now() }, rx)
+    }
+
+    /// A blocking transaction to queue with [`Writer::enqueue_all`]: it runs once in queue
+    /// order; if it has nothing to serve it waits (see [`BlockingProgram`]) until served or
+    /// cancelled with [`Writer::unblock`]`(id)`.
+    pub fn blocking_request(
+        id: u64,
+        keys: Vec<Vec<u8>>,
+        program: BlockingProgram<T>,
+    ) -> (TxnRequest<T>, oneshot::Receiver<Result<Committed<T>, TxnFailure>>) {
+        let (reply, rx) = oneshot::channel();
+        (
+            TxnRequest {
+                watch: Vec::new(),
+                program: Program::Blocking { id, keys, program },
+                reply,
+                enqueued: Instant::now(),
+            },
+            rx,
+        )
+    }
+
+    /// Cancels blocked transaction `id` (its timeout passed, or its client left). `false`
+    /// when it is not waiting — not yet queued, or already served: its reply then arrives.
+    pub fn unblock(&self, id: u64) -> bool {
+        let mut waiters = self.waiters.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match waiters.iter().position(|w| w.id == id) {
+            Some(i) => {
+                waiters.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// How many transactions are blocked (INFO's `blocked_clients`).
+    pub fn blocked(&self) -> usize {
+        self.waiters.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len()
     }
 
     /// Queues transactions in order as one message: a pipelining connection hands the writer
@@ -313,6 +377,9 @@ struct Change {
 pub struct TxnView<'a, 't> {
     table: &'a mut Table<'t, &'static [u8], &'static [u8]>,
     changes: BTreeMap<Vec<u8>, Change>,
+    /// Every write in order: the node, its value before the write, and whether `changes` held
+    /// it already. Undoing walks it backwards.
+    log: Vec<(Vec<u8>, Option<Vec<u8>>, bool)>,
     /// Set on a replicating secondary: the error every write gets.
     read_only: Option<&'a str>,
 }
@@ -320,6 +387,11 @@ pub struct TxnView<'a, 't> {
 impl TxnView<'_, '_> {
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Abort> {
         Ok(self.table.get(key).map_err(redb_err("read a key"))?.map(|v| v.value().to_vec()))
+    }
+
+    /// Up to `limit` nodes in `range`, forwards or backwards, as this transaction sees them.
+    pub fn range(&self, range: Range<'_>, rev: bool, limit: usize) -> Result<Pairs, Abort> {
+        Ok(super::range_table(&*self.table, range, rev, limit)?)
     }
 
     pub fn set(&mut self, key: &[u8], value: &[u8]) -> Result<(), Abort> {
@@ -341,7 +413,7 @@ impl TxnView<'_, '_> {
         system_key_guard(key)?;
         let previous = self.table.remove(key).map_err(redb_err("delete a key"))?.map(|v| v.value().to_vec());
         let existed = previous.is_some();
-        if existed || self.changes.contains_key(key) {
+        if existed {
             self.note(key, previous, None);
         }
         Ok(existed)
@@ -360,18 +432,23 @@ impl TxnView<'_, '_> {
     }
 
     fn note(&mut self, key: &[u8], previous: Option<Vec<u8>>, after: Option<Vec<u8>>) {
-        match self.changes.get_mut(key) {
-            Some(change) => change.after = after,
-            None => {
-                self.changes.insert(key.to_vec(), Change { before: previous, after });
+        let known = match self.changes.get_mut(key) {
+            Some(change) => {
+                change.after = after;
+                true
             }
-        }
+            None => {
+                self.changes.insert(key.to_vec(), Change { before: previous.clone(), after });
+                false
+            }
+        };
+        self.log.push((key.to_vec(), previous, known));
     }
 
-    /// Puts every touched key back to its before-image (used when the program aborts).
-    fn undo(&mut self) -> Result<(), StoreError> {
-        for (key, change) in std::mem::take(&mut self.changes) {
-            match change.before {
+    fn unwind(&mut self, to: usize) -> Result<(), StoreError> {
+        while self.log.len() > to {
+            let Some((key, previous, known)) = self.log.pop() else { break };
+            match &previous {
                 Some(value) => {
                     self.table.insert(key.as_slice(), value.as_slice()).map_err(redb_err("undo a write"))?;
                 }
@@ -379,13 +456,27 @@ impl TxnView<'_, '_> {
                     self.table.remove(key.as_slice()).map_err(redb_err("undo a write"))?;
                 }
             }
+            if known {
+                if let Some(change) = self.changes.get_mut(&key) {
+                    change.after = previous;
+                }
+            } else {
+                self.changes.remove(&key);
+            }
         }
         Ok(())
+    }
+
+    /// Puts every touched key back to its before-image (used when the program aborts).
+    fn undo(&mut self) -> Result<(), StoreError> {
+        self.unwind(0)
     }
 }
 
 struct WriterThread<T> {
     store: Arc<Store>,
+    /// Blocked transactions (see [`BlockingProgram`]).
+    waiters: Waiters<T>,
     disk_reserve_bytes: u64,
     metrics: Arc<Metrics>,
     /// Per hash bucket of keys: the version that last wrote a key in it.
@@ -402,6 +493,24 @@ struct WriterThread<T> {
 }
 
 type Reply<T> = (oneshot::Sender<Result<Committed<T>, TxnFailure>>, Result<Committed<T>, TxnFailure>);
+
+/// The next journal seqno and stream-0 seqno while a batch runs.
+struct Cursor {
+    next: u64,
+    local: u64,
+}
+
+/// How one transaction program ran inside a batch.
+enum Ran<T> {
+    Done {
+        output: T,
+        seqno: Option<u64>,
+        touched: Vec<Vec<u8>>,
+    },
+    /// A blocking program with nothing to serve yet.
+    Waiting,
+    Aborted(String),
+}
 
 fn fail_work<T>(work: Work<T>, failure: &TxnFailure) {
     match work {
@@ -591,6 +700,7 @@ impl<T: Send + 'static> WriterThread<T> {
         {
             let mut data = txn.open_table(DATA).map_err(redb_err("open the data table"))?;
             let mut journal = txn.open_table(JOURNAL).map_err(redb_err("open the journal table"))?;
+            let mut cursor = Cursor { next, local };
             for request in batch.drain(..) {
                 enqueued.push(request.enqueued);
                 if request
@@ -601,54 +711,65 @@ impl<T: Send + 'static> WriterThread<T> {
                     replies.push((request.reply, Ok(Committed::WatchConflict)));
                     continue;
                 }
-                let mut view = TxnView {
-                    table: &mut data,
-                    changes: BTreeMap::new(),
-                    read_only: read_only_message.as_deref(),
+                let read_only = read_only_message.as_deref();
+                let touched = match request.program {
+                    Program::Once(program) => {
+                        let mut program = Some(program);
+                        let mut once = |view: &mut TxnView<'_, '_>| match program.take() {
+                            Some(p) => p(view).map(Some),
+                            None => Ok(None),
+                        };
+                        match self.run_txn(&mut data, &mut journal, &mut once, read_only, &mut cursor)? {
+                            Ran::Done { output, seqno, touched } => {
+                                replies.push((request.reply, Ok(Committed::Done { output, seqno })));
+                                touched
+                            }
+                            Ran::Waiting => Vec::new(),
+                            Ran::Aborted(message) => {
+                                replies.push((request.reply, Err(TxnFailure::Aborted(message))));
+                                Vec::new()
+                            }
+                        }
+                    }
+                    Program::Blocking { id, keys, mut program } => {
+                        match self.run_txn(&mut data, &mut journal, &mut program, read_only, &mut cursor)? {
+                            Ran::Done { output, seqno, touched } => {
+                                replies.push((request.reply, Ok(Committed::Done { output, seqno })));
+                                touched
+                            }
+                            Ran::Waiting => {
+                                let waiter = Waiter {
+                                    id,
+                                    keys,
+                                    program,
+                                    reply: request.reply,
+                                    enqueued: request.enqueued,
+                                };
+                                self.waiters
+                                    .lock()
+                                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                    .push_back(waiter);
+                                Vec::new()
+                            }
+                            Ran::Aborted(message) => {
+                                replies.push((request.reply, Err(TxnFailure::Aborted(message))));
+                                Vec::new()
+                            }
+                        }
+                    }
                 };
-                match (request.program)(&mut view) {
-                    Ok(output) if view.changes.is_empty() => {
-                        replies.push((request.reply, Ok(Committed::Done { output, seqno: None })));
-                    }
-                    Ok(output) => {
-                        let seqno = next;
-                        next += 1;
-                        let changes: Vec<KeyChange> = std::mem::take(&mut view.changes)
-                            .into_iter()
-                            .map(|(key, c)| KeyChange { key, before: c.before, after: c.after })
-                            .collect();
-                        self.touch(changes.iter().map(|c| c.key.as_slice()));
-                        // A supplementary instance counts its own transactions in stream 0
-                        // apart from the journal seqno (the seed's M34, M35 …).
-                        let stream_seqno = if self.supplementary {
-                            local += 1;
-                            local
-                        } else {
-                            seqno
-                        };
-                        let record = Record {
-                            kind: RecordKind::Update,
-                            seqno,
-                            stream: 0,
-                            stream_seqno,
-                            commit_time_micros: now_micros(),
-                            changes,
-                        };
-                        journal
-                            .insert(seqno, record.encode().as_slice())
-                            .map_err(redb_err("append a journal record"))?;
-                        replies.push((request.reply, Ok(Committed::Done { output, seqno: Some(seqno) })));
-                    }
-                    Err(Abort::Command(message)) => {
-                        view.undo()?;
-                        replies.push((request.reply, Err(TxnFailure::Aborted(message))));
-                    }
-                    Err(Abort::Store(e)) => {
-                        replies.push((request.reply, Err(TxnFailure::store(&e))));
-                        return Err(e);
-                    }
-                }
+                self.serve_waiters(
+                    &mut data,
+                    &mut journal,
+                    touched,
+                    read_only,
+                    &mut cursor,
+                    replies,
+                    &mut enqueued,
+                )?;
             }
+            next = cursor.next;
+            local = cursor.local;
             let mut streams = self.streams;
             streams[0] = local;
             save_streams(&txn, &self.streams, &streams)?;
@@ -668,6 +789,110 @@ impl<T: Send + 'static> WriterThread<T> {
         m.journal_seqno.set(i64::try_from(next - 1).unwrap_or(i64::MAX));
         for at in enqueued {
             m.commit_duration_seconds.observe(at.elapsed().as_secs_f64());
+        }
+        Ok(())
+    }
+
+    /// Runs one transaction program inside the batch and journals what it changed.
+    fn run_txn(
+        &mut self,
+        data: &mut Table<'_, &'static [u8], &'static [u8]>,
+        journal: &mut Table<'_, u64, &'static [u8]>,
+        program: &mut dyn FnMut(&mut TxnView<'_, '_>) -> Result<Option<T>, Abort>,
+        read_only: Option<&str>,
+        cursor: &mut Cursor,
+    ) -> Result<Ran<T>, StoreError> {
+        let mut view = TxnView { table: data, changes: BTreeMap::new(), log: Vec::new(), read_only };
+        let outcome = program(&mut view);
+        // A node created and removed again inside the transaction is no change.
+        view.changes.retain(|_, c| c.before.is_some() || c.after.is_some());
+        match outcome {
+            Ok(None) => {
+                view.undo()?;
+                Ok(Ran::Waiting)
+            }
+            Ok(Some(output)) if view.changes.is_empty() => {
+                Ok(Ran::Done { output, seqno: None, touched: Vec::new() })
+            }
+            Ok(Some(output)) => {
+                let seqno = cursor.next;
+                cursor.next += 1;
+                let changes: Vec<KeyChange> = std::mem::take(&mut view.changes)
+                    .into_iter()
+                    .map(|(key, c)| KeyChange { key, before: c.before, after: c.after })
+                    .collect();
+                let touched: Vec<Vec<u8>> =
+                    changes.iter().map(|c| super::node::user_key(&c.key).to_vec()).collect();
+                self.touch(touched.iter().map(Vec::as_slice));
+                // A supplementary instance counts its own transactions in stream 0 apart
+                // from the journal seqno (the seed's M34, M35 …).
+                let stream_seqno = if self.supplementary {
+                    cursor.local += 1;
+                    cursor.local
+                } else {
+                    seqno
+                };
+                let record = Record {
+                    kind: RecordKind::Update,
+                    seqno,
+                    stream: 0,
+                    stream_seqno,
+                    commit_time_micros: now_micros(),
+                    changes,
+                };
+                journal
+                    .insert(seqno, record.encode().as_slice())
+                    .map_err(redb_err("append a journal record"))?;
+                Ok(Ran::Done { output, seqno: Some(seqno), touched })
+            }
+            Err(Abort::Command(message)) => {
+                view.undo()?;
+                Ok(Ran::Aborted(message))
+            }
+            Err(Abort::Store(e)) => Err(e),
+        }
+    }
+
+    /// Serves blocked transactions waiting on keys just written, oldest first, each right
+    /// after the write that made it servable; what one serves can serve the next.
+    #[allow(clippy::too_many_arguments)]
+    fn serve_waiters(
+        &mut self,
+        data: &mut Table<'_, &'static [u8], &'static [u8]>,
+        journal: &mut Table<'_, u64, &'static [u8]>,
+        mut touched: Vec<Vec<u8>>,
+        read_only: Option<&str>,
+        cursor: &mut Cursor,
+        replies: &mut Vec<Reply<T>>,
+        enqueued: &mut Vec<Instant>,
+    ) -> Result<(), StoreError> {
+        while !touched.is_empty() {
+            let ready: Vec<Waiter<T>> = {
+                let mut waiters = self.waiters.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let all = std::mem::take(&mut *waiters);
+                let (ready, rest): (Vec<_>, Vec<_>) =
+                    all.into_iter().partition(|w| w.keys.iter().any(|k| touched.contains(k)));
+                *waiters = rest.into();
+                ready
+            };
+            touched.clear();
+            let mut unserved = Vec::new();
+            for mut waiter in ready {
+                match self.run_txn(data, journal, &mut waiter.program, read_only, cursor)? {
+                    Ran::Done { output, seqno, touched: more } => {
+                        enqueued.push(waiter.enqueued);
+                        replies.push((waiter.reply, Ok(Committed::Done { output, seqno })));
+                        touched.extend(more);
+                    }
+                    Ran::Waiting => unserved.push(waiter),
+                    Ran::Aborted(message) => replies.push((waiter.reply, Err(TxnFailure::Aborted(message)))),
+                }
+            }
+            // Still-blocked waiters keep their place ahead of any that blocked later.
+            let mut waiters = self.waiters.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for w in unserved.into_iter().rev() {
+                waiters.push_front(w);
+            }
         }
         Ok(())
     }

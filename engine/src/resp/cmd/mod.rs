@@ -1,58 +1,38 @@
 //! RESP commands: parsing arguments into a [`Command`] and executing it.
 //!
-//! - [`strings`]: GET, SET, GETDEL, INCR/DECR family, APPEND, STRLEN, MGET, MSET.
-//! - [`keys`]: DEL, EXISTS, SCAN, DBSIZE and the glob matcher behind SCAN MATCH.
-//! - [`server`]: INFO, ROLE, COMMAND, CONFIG GET — introspection that redis-cli and
-//!   redis-benchmark rely on.
+//! Data commands are rows of one table ([`SPECS`]): name, arity, flags, key positions and
+//! the function that runs it against a [`Db`] (the Redis data model over the storage's
+//! nodes, see [`db`]). They live by type: [`strings`], [`keys`] (the key space and expiry),
+//! [`hashes`], [`sets`]. [`server`] answers INFO, ROLE, COMMAND and CONFIG.
 //!
 //! Connection-level commands (AUTH, HELLO, MULTI, WATCH…) are parsed here but executed by the
 //! connection, which owns that state.
 //!
 //! Reads outside a transaction run on a committed snapshot; writes, and every command inside
-//! MULTI/EXEC, run in the writer thread against a [`TxnView`] — both through [`KvRead`].
+//! MULTI/EXEC, run in the writer thread against a [`TxnView`].
 
+pub mod db;
+pub mod hashes;
 pub mod keys;
+pub mod lists;
 pub mod server;
+pub mod sets;
 pub mod strings;
+pub mod zsets;
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use db::Db;
 
 use crate::frame::Frame;
-use crate::limits::KEY_BYTES_MAX;
+use crate::limits::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
 use crate::storage::writer::{Abort, TxnView};
-use crate::storage::{ScanPage, Snapshot};
 
-/// Reading the data, from either a snapshot or inside a transaction.
-pub trait KvRead {
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Abort>;
-    fn len(&self) -> Result<u64, Abort>;
-    fn scan(&self, after: Option<&[u8]>, count: usize) -> Result<ScanPage, Abort>;
-    fn is_empty(&self) -> Result<bool, Abort> {
-        Ok(self.len()? == 0)
-    }
-}
+pub use crate::base::format_double;
 
-impl KvRead for Snapshot {
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Abort> {
-        Ok(Snapshot::get(self, key)?)
-    }
-    fn len(&self) -> Result<u64, Abort> {
-        Ok(Snapshot::len(self)?)
-    }
-    fn scan(&self, after: Option<&[u8]>, count: usize) -> Result<ScanPage, Abort> {
-        Ok(Snapshot::scan(self, after, count)?)
-    }
-}
-
-impl KvRead for TxnView<'_, '_> {
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Abort> {
-        TxnView::get(self, key)
-    }
-    fn len(&self) -> Result<u64, Abort> {
-        TxnView::len(self)
-    }
-    fn scan(&self, after: Option<&[u8]>, count: usize) -> Result<ScanPage, Abort> {
-        TxnView::scan(self, after, count)
-    }
-}
+/// Runs a data command: arguments after the name, against the data model.
+pub type Handler = fn(&mut Db<'_>, &mut Args) -> Result<Frame, Abort>;
 
 /// Static facts about a command, as `COMMAND` reports them and as arity checks use them.
 /// `arity` follows Redis: positive is exact (including the name), negative is a minimum.
@@ -63,9 +43,11 @@ pub struct Spec {
     pub first_key: i64,
     pub last_key: i64,
     pub step: i64,
+    /// `None` for the commands the connection runs itself.
+    pub run: Option<Handler>,
 }
 
-const fn spec(
+pub const fn spec(
     name: &'static str,
     arity: i64,
     flags: &'static [&'static str],
@@ -73,59 +55,75 @@ const fn spec(
     last_key: i64,
     step: i64,
 ) -> Spec {
-    Spec { name, arity, flags, first_key, last_key, step }
+    Spec { name, arity, flags, first_key, last_key, step, run: None }
 }
 
-const W: &[&str] = &["write"];
-const R: &[&str] = &["readonly", "fast"];
-const C: &[&str] = &["fast", "no-auth"];
+/// A data command's row.
+pub const fn data(
+    name: &'static str,
+    arity: i64,
+    flags: &'static [&'static str],
+    keys: (i64, i64, i64),
+    run: Handler,
+) -> Spec {
+    Spec { name, arity, flags, first_key: keys.0, last_key: keys.1, step: keys.2, run: Some(run) }
+}
 
-/// Every command the data port knows. Names are lowercase, as COMMAND reports them.
-pub const SPECS: &[Spec] = &[
-    spec("append", 3, W, 1, 1, 1),
+pub const W: &[&str] = &["write"];
+pub const WF: &[&str] = &["write", "fast"];
+pub const R: &[&str] = &["readonly"];
+pub const RF: &[&str] = &["readonly", "fast"];
+const C: &[&str] = &["fast", "no-auth"];
+/// One key in position 1.
+pub const K1: (i64, i64, i64) = (1, 1, 1);
+/// Every argument is a key.
+pub const KALL: (i64, i64, i64) = (1, -1, 1);
+pub const NOKEY: (i64, i64, i64) = (0, 0, 0);
+
+/// The commands the connection runs itself. Names are lowercase, as COMMAND reports them.
+const CONNECTION: &[Spec] = &[
     spec("auth", -2, C, 0, 0, 0),
     spec("client", -2, C, 0, 0, 0),
     spec("command", -1, C, 0, 0, 0),
     spec("config", -2, C, 0, 0, 0),
-    spec("dbsize", 1, R, 0, 0, 0),
-    spec("decr", 2, W, 1, 1, 1),
-    spec("decrby", 3, W, 1, 1, 1),
-    spec("del", -2, W, 1, -1, 1),
     spec("discard", 1, C, 0, 0, 0),
     spec("echo", 2, C, 0, 0, 0),
     spec("exec", 1, C, 0, 0, 0),
-    spec("exists", -2, R, 1, -1, 1),
-    spec("get", 2, R, 1, 1, 1),
-    spec("getdel", 2, W, 1, 1, 1),
+    spec("function", -2, C, 0, 0, 0),
     spec("hello", -1, C, 0, 0, 0),
-    spec("incr", 2, W, 1, 1, 1),
-    spec("incrby", 3, W, 1, 1, 1),
     spec("info", -1, C, 0, 0, 0),
-    spec("mget", -2, R, 1, -1, 1),
-    spec("mset", -3, W, 1, -1, 2),
     spec("multi", 1, C, 0, 0, 0),
     spec("ping", -1, C, 0, 0, 0),
     spec("quit", -1, C, 0, 0, 0),
+    spec("reset", 1, C, 0, 0, 0),
     spec("role", 1, C, 0, 0, 0),
     spec("scan", -2, R, 0, 0, 0),
+    spec("hscan", -3, R, 1, 1, 1),
+    spec("sscan", -3, R, 1, 1, 1),
+    spec("zscan", -3, R, 1, 1, 1),
     spec("select", 2, C, 0, 0, 0),
-    spec("set", -3, W, 1, 1, 1),
-    spec("strlen", 2, R, 1, 1, 1),
     spec("unwatch", 1, C, 0, 0, 0),
     spec("wait", 3, &["noscript"], 0, 0, 0),
     spec("watch", -2, C, 1, -1, 1),
 ];
 
-pub fn find_spec(name: &str) -> Option<&'static Spec> {
-    SPECS.iter().find(|s| s.name == name)
+/// Every command the data port knows.
+pub fn specs() -> impl Iterator<Item = &'static Spec> {
+    CONNECTION
+        .iter()
+        .chain(strings::SPECS)
+        .chain(keys::SPECS)
+        .chain(hashes::SPECS)
+        .chain(sets::SPECS)
+        .chain(lists::SPECS)
+        .chain(zsets::SPECS)
 }
 
-/// Condition of a SET.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SetCondition {
-    Always,
-    IfAbsent,
-    IfPresent,
+static BY_NAME: LazyLock<HashMap<&'static str, &'static Spec>> =
+    LazyLock::new(|| specs().map(|s| (s.name, s)).collect());
+
+pub fn find_spec(name: &str) -> Option<&'static Spec> {
+    BY_NAME.get(name).copied()
 }
 
 /// A parsed command with validated arguments.
@@ -134,14 +132,25 @@ pub enum Command {
     // Connection.
     Ping(Option<Vec<u8>>),
     Echo(Vec<u8>),
-    Hello { proto: Option<u8>, auth: Option<(Vec<u8>, Vec<u8>)>, setname: Option<Vec<u8>> },
-    Auth { user: Option<Vec<u8>>, password: Vec<u8> },
+    Hello {
+        proto: Option<u8>,
+        auth: Option<(Vec<u8>, Vec<u8>)>,
+        setname: Option<Vec<u8>>,
+    },
+    Auth {
+        user: Option<Vec<u8>>,
+        password: Vec<u8>,
+    },
     Select(i64),
     Quit,
+    Reset,
     ClientSetName(Vec<u8>),
     ClientGetName,
     ClientId,
     ClientSetInfo,
+    ClientInfo,
+    ClientList,
+    ClientNoEvict,
     // Transactions.
     Multi,
     Exec,
@@ -151,26 +160,30 @@ pub enum Command {
     // Server.
     Info(Vec<String>),
     Role,
-    Wait { replicas: usize, timeout_ms: u64 },
+    Wait {
+        replicas: usize,
+        timeout_ms: u64,
+    },
     CommandInfo(Vec<String>),
     CommandCount,
     CommandList,
     CommandDocs,
     ConfigGet(Vec<String>),
-    DbSize,
-    // Reads.
-    Get(Vec<u8>),
-    MGet(Vec<Vec<u8>>),
-    Exists(Vec<Vec<u8>>),
-    Strlen(Vec<u8>),
-    Scan { cursor: u64, pattern: Option<Vec<u8>>, count: usize },
-    // Writes.
-    Set { key: Vec<u8>, value: Vec<u8>, condition: SetCondition, get: bool },
-    GetDel(Vec<u8>),
-    Del(Vec<Vec<u8>>),
-    IncrBy { key: Vec<u8>, by: i64 },
-    Append { key: Vec<u8>, value: Vec<u8> },
-    MSet(Vec<(Vec<u8>, Vec<u8>)>),
+    ConfigSet(Vec<(String, Vec<u8>)>),
+    ConfigResetStat,
+    /// FUNCTION FLUSH / LIST: Strand has no scripting, so there are never functions.
+    FunctionEmpty(bool),
+    // Data.
+    Scan {
+        cursor: u64,
+        pattern: Option<Vec<u8>>,
+        count: usize,
+        target: keys::ScanTarget,
+    },
+    Data {
+        spec: &'static Spec,
+        args: Vec<Vec<u8>>,
+    },
 }
 
 /// What kind of execution a command needs.
@@ -184,12 +197,31 @@ pub enum Class {
     Write,
 }
 
+impl std::fmt::Debug for Spec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+impl From<Frame> for Abort {
+    fn from(frame: Frame) -> Abort {
+        match frame {
+            Frame::Error(message) => Abort::Command(message),
+            other => Abort::Command(format!("ERR {other:?}")),
+        }
+    }
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> u64 {
+    crate::storage::now_micros() / 1000
+}
+
 impl Command {
     pub fn class(&self) -> Class {
-        use Command::*;
         match self {
-            Get(_) | MGet(_) | Exists(_) | Strlen(_) | Scan { .. } | DbSize => Class::Read,
-            Set { .. } | GetDel(_) | Del(_) | IncrBy { .. } | Append { .. } | MSet(_) => Class::Write,
+            Command::Data { spec, .. } if spec.flags.contains(&"write") => Class::Write,
+            Command::Data { .. } | Command::Scan { .. } => Class::Read,
             _ => Class::Connection,
         }
     }
@@ -215,6 +247,15 @@ impl Command {
         if (spec.arity > 0 && argc != spec.arity) || (spec.arity < 0 && argc < -spec.arity) {
             return Err(Frame::error(format!("ERR wrong number of arguments for '{}' command", spec.name)));
         }
+        if spec.run.is_some() {
+            let keys = key_positions(spec, rest.len());
+            for i in keys {
+                if let Some(k) = rest.get(i) {
+                    check_key_len(k.len())?;
+                }
+            }
+            return Ok((Command::Data { spec, args: rest }, spec.name));
+        }
         let mut a = Args { name: spec.name, items: rest.into_iter() };
         let command = match spec.name {
             "ping" => Command::Ping(a.optional()),
@@ -229,6 +270,7 @@ impl Command {
             }
             "select" => Command::Select(a.integer()?),
             "quit" => Command::Quit,
+            "reset" => Command::Reset,
             "client" => parse_client(&mut a)?,
             "multi" => Command::Multi,
             "exec" => Command::Exec,
@@ -245,80 +287,104 @@ impl Command {
                 Command::Wait { replicas, timeout_ms }
             }
             "command" => parse_command(&mut a)?,
-            "config" => {
+            "function" => {
                 let sub = a.string()?.to_ascii_lowercase();
-                if sub != "get" {
-                    return Err(Frame::error(format!(
-                        "ERR CONFIG {} is not supported; Strand is configured with strand-engine flags",
-                        sub.to_ascii_uppercase()
-                    )));
+                a.strings_rest();
+                match sub.as_str() {
+                    "flush" => Command::FunctionEmpty(true),
+                    "list" => Command::FunctionEmpty(false),
+                    _ => {
+                        return Err(Frame::error(format!(
+                            "ERR FUNCTION {} is not supported: Strand has no scripting (docs/compatibility.md)",
+                            sub.to_ascii_uppercase()
+                        )));
+                    }
                 }
-                let patterns = a.strings_rest();
-                if patterns.is_empty() {
-                    return Err(Frame::error("ERR wrong number of arguments for 'config|get' command"));
-                }
-                Command::ConfigGet(patterns)
             }
-            "dbsize" => Command::DbSize,
-            "get" => Command::Get(a.key()?),
-            "mget" => Command::MGet(a.keys_rest()?),
-            "exists" => Command::Exists(a.keys_rest()?),
-            "strlen" => Command::Strlen(a.key()?),
+            "config" => server::parse_config(&mut a)?,
             "scan" => keys::parse_scan(&mut a)?,
-            "set" => strings::parse_set(&mut a)?,
-            "getdel" => Command::GetDel(a.key()?),
-            "del" => Command::Del(a.keys_rest()?),
-            "incr" => Command::IncrBy { key: a.key()?, by: 1 },
-            "decr" => Command::IncrBy { key: a.key()?, by: -1 },
-            "incrby" => Command::IncrBy { key: a.key()?, by: a.integer()? },
-            "decrby" => {
-                let key = a.key()?;
-                let by =
-                    a.integer()?.checked_neg().ok_or_else(|| Frame::error("ERR decrement would overflow"))?;
-                Command::IncrBy { key, by }
-            }
-            "append" => Command::Append { key: a.key()?, value: a.next_arg()? },
-            "mset" => strings::parse_mset(&mut a)?,
+            "hscan" => keys::parse_element_scan(&mut a, crate::storage::node::Kind::Hash)?,
+            "sscan" => keys::parse_element_scan(&mut a, crate::storage::node::Kind::Set)?,
+            "zscan" => keys::parse_element_scan(&mut a, crate::storage::node::Kind::ZSet)?,
             other => unreachable!("command {other} has a spec but no parser"),
         };
         a.finish()?;
         Ok((command, spec.name))
     }
 
-    /// Executes a read command against `kv`.
-    pub fn execute_read(&self, kv: &impl KvRead) -> Result<Frame, Abort> {
+    /// Runs a data command against `db`.
+    pub fn run(&self, db: &mut Db<'_>) -> Result<Frame, Abort> {
         match self {
-            Command::Get(key) => Ok(Frame::from_option(kv.get(key)?)),
-            Command::MGet(keys) => keys
-                .iter()
-                .map(|k| kv.get(k).map(Frame::from_option))
-                .collect::<Result<_, _>>()
-                .map(Frame::Array),
-            Command::Exists(keys) => {
-                let mut n = 0;
-                for key in keys {
-                    if kv.get(key)?.is_some() {
-                        n += 1;
-                    }
-                }
-                Ok(Frame::Integer(n))
+            Command::Data { spec, args } => {
+                let run = spec
+                    .run
+                    .ok_or_else(|| Abort::Command(format!("ERR {} is not a data command", spec.name)))?;
+                let mut a = Args { name: spec.name, items: args.clone().into_iter() };
+                run(db, &mut a)
             }
-            Command::Strlen(key) => {
-                Ok(Frame::Integer(kv.get(key)?.map_or(0, |v| i64::try_from(v.len()).unwrap_or(i64::MAX))))
-            }
-            Command::DbSize => Ok(Frame::Integer(i64::try_from(kv.len()?).unwrap_or(i64::MAX))),
-            other => unreachable!("{other:?} is not a read command"),
+            other => Err(Abort::Command(format!("ERR {other:?} is not allowed here"))),
         }
+    }
+
+    /// Executes a read command against a committed snapshot.
+    pub fn execute_read(&self, snapshot: &crate::storage::Snapshot) -> Result<Frame, Abort> {
+        let mut kv = db::ReadOnly(snapshot);
+        let mut db = Db { kv: &mut kv, now_ms: now_ms() };
+        self.run(&mut db)
     }
 
     /// Executes a read or write command inside the writer.
     pub fn execute_in_txn(&self, view: &mut TxnView<'_, '_>) -> Result<Frame, Abort> {
-        match self.class() {
-            Class::Read => self.execute_read(view),
-            Class::Write => strings::execute_write(self, view),
-            Class::Connection => unreachable!("connection commands never reach the writer"),
+        let mut db = Db { kv: view, now_ms: now_ms() };
+        self.run(&mut db)
+    }
+
+    /// The keys this command names (for WATCH-free bookkeeping and blocking).
+    pub fn keys(&self) -> Vec<&[u8]> {
+        match self {
+            Command::Data { spec, args } => {
+                key_positions(spec, args.len()).filter_map(|i| args.get(i).map(Vec::as_slice)).collect()
+            }
+            _ => Vec::new(),
         }
     }
+}
+
+/// Indexes (into the arguments after the name) of a command's keys.
+fn key_positions(spec: &Spec, argc: usize) -> impl Iterator<Item = usize> {
+    let n = i64::try_from(argc).unwrap_or(i64::MAX);
+    let (first, step) = (spec.first_key, spec.step.max(1));
+    let last = if spec.last_key < 0 { n + spec.last_key + 1 } else { spec.last_key };
+    let range = if first <= 0 { 1..1 } else { first..last.min(n) + 1 };
+    range.step_by(usize::try_from(step).unwrap_or(1)).filter_map(|i| usize::try_from(i - 1).ok())
+}
+
+/// `[a, b, c, d]` → `[(a, b), (c, d)]` (an odd last item is dropped; callers check arity).
+pub fn pair_up(items: Vec<Vec<u8>>) -> crate::storage::Pairs {
+    let mut out = Vec::with_capacity(items.len() / 2);
+    let mut it = items.into_iter();
+    while let (Some(a), Some(b)) = (it.next(), it.next()) {
+        out.push((a, b));
+    }
+    out
+}
+
+pub fn check_key_len(len: usize) -> Result<(), Frame> {
+    if len > KEY_BYTES_MAX {
+        return Err(Frame::error(format!(
+            "ERR key is too large ({len} bytes; the limit is {KEY_BYTES_MAX})"
+        )));
+    }
+    Ok(())
+}
+
+pub fn check_value_len(len: usize) -> Result<(), Abort> {
+    if len > VALUE_BYTES_MAX {
+        return Err(Abort::Command(format!(
+            "ERR string exceeds maximum allowed size ({VALUE_BYTES_MAX} bytes)"
+        )));
+    }
+    Ok(())
 }
 
 /// Cursor over a command's arguments with typed accessors that produce Redis-style errors.
@@ -366,8 +432,43 @@ impl Args {
         self.items.by_ref().map(|s| String::from_utf8_lossy(&s).into_owned()).collect()
     }
 
-    fn finish(&mut self) -> Result<(), Frame> {
+    pub fn finish(&mut self) -> Result<(), Frame> {
         if self.items.len() == 0 { Ok(()) } else { Err(Frame::error("ERR syntax error")) }
+    }
+
+    /// Arguments not yet taken.
+    pub fn remaining(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Every argument not yet taken.
+    pub fn rest(&mut self) -> Vec<Vec<u8>> {
+        self.items.by_ref().collect()
+    }
+
+    /// A float argument (`inf`, `-inf` accepted; NaN refused), as Redis's `strtod` check.
+    pub fn float(&mut self) -> Result<f64, Frame> {
+        parse_float(&self.next_arg()?).ok_or_else(|| Frame::error("ERR value is not a valid float"))
+    }
+
+    /// An integer argument with a custom error.
+    pub fn integer_or(&mut self, message: &str) -> Result<i64, Frame> {
+        parse_integer(&self.next_arg()?).ok_or_else(|| Frame::error(message))
+    }
+
+    /// The next argument upper-cased (an option name).
+    pub fn option(&mut self) -> Option<Vec<u8>> {
+        self.items.next().map(|o| o.to_ascii_uppercase())
+    }
+
+    /// The next argument if it equals `word` (case-insensitive), consumed.
+    pub fn take_if(&mut self, word: &str) -> bool {
+        if self.items.as_slice().first().is_some_and(|a| a.eq_ignore_ascii_case(word.as_bytes())) {
+            self.items.next();
+            true
+        } else {
+            false
+        }
     }
 }
 
@@ -379,6 +480,23 @@ pub fn check_key(key: Vec<u8>) -> Result<Vec<u8>, Frame> {
         )));
     }
     Ok(key)
+}
+
+/// Parses a float as Redis does: decimal or exponent notation, `inf`/`+inf`/`-inf`; no
+/// spaces, no NaN.
+pub fn parse_float(bytes: &[u8]) -> Option<f64> {
+    let s = std::str::from_utf8(bytes).ok()?;
+    if s.is_empty() || s.starts_with(char::is_whitespace) || s.ends_with(char::is_whitespace) {
+        return None;
+    }
+    let lower = s.to_ascii_lowercase();
+    let x = match lower.as_str() {
+        "inf" | "+inf" | "infinity" | "+infinity" => f64::INFINITY,
+        "-inf" | "-infinity" => f64::NEG_INFINITY,
+        _ if lower.contains("nan") || lower.contains("inf") => return None,
+        _ => s.parse::<f64>().ok()?,
+    };
+    (!x.is_nan()).then_some(x)
 }
 
 /// Parses a Redis integer argument: optional '-', decimal digits, no spaces or '+'.
@@ -424,6 +542,18 @@ fn parse_client(a: &mut Args) -> Result<Command, Frame> {
             Ok(Command::ClientSetName(name))
         }
         "getname" => Ok(Command::ClientGetName),
+        "info" => Ok(Command::ClientInfo),
+        "list" => {
+            a.strings_rest();
+            Ok(Command::ClientList)
+        }
+        "no-evict" | "no-touch" => {
+            let on = a.string()?.to_ascii_lowercase();
+            if on != "on" && on != "off" {
+                return Err(Frame::error("ERR syntax error"));
+            }
+            Ok(Command::ClientNoEvict)
+        }
         "id" => Ok(Command::ClientId),
         "setinfo" => {
             // Client libraries announce themselves; accepted and ignored.
@@ -431,9 +561,9 @@ fn parse_client(a: &mut Args) -> Result<Command, Frame> {
             a.next_arg()?;
             Ok(Command::ClientSetInfo)
         }
-        other => {
-            Err(Frame::error(format!("ERR unknown subcommand '{other}'. Try CLIENT SETNAME, GETNAME, ID.")))
-        }
+        other => Err(Frame::error(format!(
+            "ERR unknown subcommand '{other}'. Try CLIENT SETNAME, GETNAME, ID, INFO, LIST, SETINFO, NO-EVICT."
+        ))),
     }
 }
 

@@ -1,13 +1,13 @@
 //! Introspection commands: INFO, ROLE, COMMAND and CONFIG GET.
 
-use super::{SPECS, Spec, find_spec};
+use super::{Args, Command, Spec, find_spec, specs};
 use crate::engine::Engine;
 use crate::frame::Frame;
 use crate::storage::meta::Role;
 
 /// The Redis version we report, for clients that gate features on it. RESP3 and the commands
 /// we implement match Redis 7.
-pub const REDIS_COMPAT_VERSION: &str = "7.0.0";
+pub const REDIS_COMPAT_VERSION: &str = "7.0.15";
 
 pub fn info(engine: &Engine, sections: &[String]) -> Frame {
     let wanted = |name: &str| {
@@ -23,9 +23,10 @@ pub fn info(engine: &Engine, sections: &[String]) -> Frame {
     let mut out = String::new();
     if wanted("server") {
         out.push_str(&format!(
-            "# Server\r\nredis_version:{REDIS_COMPAT_VERSION}\r\nstrand_version:{}\r\nredis_mode:standalone\r\nos:{}\r\nprocess_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{}\r\ninstance_name:{}\r\ncreation_id:{}\r\nformat_version:{}\r\n\r\n",
+            "# Server\r\nredis_version:{REDIS_COMPAT_VERSION}\r\nstrand_version:{}\r\nredis_mode:standalone\r\nos:{}\r\narch_bits:{}\r\nmultiplexing_api:epoll\r\nprocess_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{}\r\ninstance_name:{}\r\ncreation_id:{}\r\nformat_version:{}\r\n\r\n",
             crate::VERSION,
             std::env::consts::OS,
+            usize::BITS,
             std::process::id(),
             engine.config.resp_port,
             engine.started.elapsed().as_secs(),
@@ -36,10 +37,14 @@ pub fn info(engine: &Engine, sections: &[String]) -> Frame {
     }
     if wanted("clients") {
         out.push_str(&format!(
-            "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n\r\n",
+            "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\nblocked_clients:{}\r\n\r\n",
             engine.metrics.connected_clients.get(),
-            engine.config.max_clients
+            engine.config.max_clients,
+            engine.writer.blocked()
         ));
+    }
+    if wanted("memory") {
+        out.push_str(&format!("# Memory\r\nused_memory:{}\r\nmem_allocator:libc\r\n\r\n", resident_bytes()));
     }
     if wanted("persistence") {
         out.push_str(&format!(
@@ -85,13 +90,25 @@ pub fn info(engine: &Engine, sections: &[String]) -> Frame {
     }
     if wanted("keyspace") {
         out.push_str("# Keyspace\r\n");
-        if let Ok(keys) = engine.store.snapshot().and_then(|s| s.len())
-            && keys > 0
-        {
-            out.push_str(&format!("db0:keys={keys},expires=0,avg_ttl=0\r\n"));
+        if let Ok(snapshot) = engine.store.snapshot() {
+            let mut kv = super::db::ReadOnly(&snapshot);
+            let db = super::db::Db { kv: &mut kv, now_ms: super::now_ms() };
+            let keys = db.count_keys().unwrap_or(0);
+            let expires = db.count_expiring().unwrap_or(0);
+            if keys > 0 {
+                out.push_str(&format!("db0:keys={keys},expires={expires},avg_ttl=0\r\n"));
+            }
         }
     }
     Frame::Bulk(out.into_bytes())
+}
+
+/// The process's resident memory (from /proc; 0 where that is unavailable).
+fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
+        .map_or(0, |pages| pages * 4096)
 }
 
 pub fn role(engine: &Engine) -> Frame {
@@ -131,11 +148,11 @@ fn spec_frame(spec: &Spec) -> Frame {
 }
 
 pub fn command_list() -> Frame {
-    Frame::Array(SPECS.iter().map(spec_frame).collect())
+    Frame::Array(specs().map(spec_frame).collect())
 }
 
 pub fn command_count() -> Frame {
-    Frame::Integer(i64::try_from(SPECS.len()).unwrap_or(i64::MAX))
+    Frame::Integer(i64::try_from(specs().count()).unwrap_or(i64::MAX))
 }
 
 pub fn command_info(names: &[String]) -> Frame {
@@ -147,7 +164,86 @@ pub fn command_info(names: &[String]) -> Frame {
     )
 }
 
-/// CONFIG GET: the few parameters tools ask for, answered truthfully for Strand.
+/// Redis's encoding-tuning parameters. Strand's storage has no such encodings (every type is
+/// journaled nodes), so CONFIG SET accepts them and CONFIG GET shows what was set, with no
+/// effect on the engine: Redis's own test suite sets them before every type test.
+const ENCODING_PARAMS: &[(&str, &str)] = &[
+    ("hash-max-listpack-entries", "128"),
+    ("hash-max-listpack-value", "64"),
+    ("hash-max-ziplist-entries", "128"),
+    ("hash-max-ziplist-value", "64"),
+    ("list-max-listpack-size", "-2"),
+    ("list-max-ziplist-size", "-2"),
+    ("list-compress-depth", "0"),
+    ("set-max-intset-entries", "512"),
+    ("zset-max-listpack-entries", "128"),
+    ("zset-max-listpack-value", "64"),
+    ("zset-max-ziplist-entries", "128"),
+    ("zset-max-ziplist-value", "64"),
+    ("stream-node-max-bytes", "4096"),
+    ("stream-node-max-entries", "100"),
+    ("active-expire-effort", "1"),
+    ("lazyfree-lazy-user-del", "no"),
+    ("lazyfree-lazy-user-flush", "no"),
+];
+
+/// The no-op parameters' values as CONFIG SET left them (process-wide, like Redis's).
+static ENCODING_VALUES: std::sync::LazyLock<std::sync::Mutex<std::collections::BTreeMap<String, String>>> =
+    std::sync::LazyLock::new(|| {
+        std::sync::Mutex::new(
+            ENCODING_PARAMS.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+        )
+    });
+
+pub fn parse_config(a: &mut Args) -> Result<Command, Frame> {
+    let sub = a.string()?.to_ascii_lowercase();
+    match sub.as_str() {
+        "get" => {
+            let patterns = a.strings_rest();
+            if patterns.is_empty() {
+                return Err(Frame::error("ERR wrong number of arguments for 'config|get' command"));
+            }
+            Ok(Command::ConfigGet(patterns))
+        }
+        "set" => {
+            let rest = a.rest();
+            if rest.is_empty() || !rest.len().is_multiple_of(2) {
+                return Err(Frame::error("ERR wrong number of arguments for 'config|set' command"));
+            }
+            Ok(Command::ConfigSet(
+                super::pair_up(rest)
+                    .into_iter()
+                    .map(|(k, v)| (String::from_utf8_lossy(&k).to_ascii_lowercase(), v))
+                    .collect(),
+            ))
+        }
+        "resetstat" => Ok(Command::ConfigResetStat),
+        other => Err(Frame::error(format!(
+            "ERR CONFIG {} is not supported; Strand is configured with strand-engine flags",
+            other.to_ascii_uppercase()
+        ))),
+    }
+}
+
+/// CONFIG SET: only the documented no-op encoding parameters; anything else gets Redis's
+/// error (Strand is configured with strand-engine flags).
+pub fn config_set(pairs: &[(String, Vec<u8>)]) -> Frame {
+    for (name, _) in pairs {
+        if !ENCODING_PARAMS.iter().any(|(k, _)| k == name) {
+            return Frame::error(format!(
+                "ERR Unknown option or number of arguments for CONFIG SET - '{name}'"
+            ));
+        }
+    }
+    let mut values = ENCODING_VALUES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    for (name, value) in pairs {
+        values.insert(name.clone(), String::from_utf8_lossy(value).into_owned());
+    }
+    Frame::ok()
+}
+
+/// CONFIG GET: the parameters tools ask for, answered truthfully for Strand, and the no-op
+/// encoding parameters.
 pub fn config_get(engine: &Engine, patterns: &[String]) -> Frame {
     let params: [(&str, String); 5] = [
         ("appendonly", "yes".into()),
@@ -156,6 +252,14 @@ pub fn config_get(engine: &Engine, patterns: &[String]) -> Frame {
         ("databases", "1".into()),
         ("maxclients", engine.config.max_clients.to_string()),
     ];
+    let encodings: Vec<(String, String)> = ENCODING_VALUES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let params: Vec<(&str, String)> =
+        params.into_iter().chain(encodings.iter().map(|(k, v)| (k.as_str(), v.clone()))).collect();
     let mut pairs = Vec::new();
     for (name, value) in &params {
         if patterns

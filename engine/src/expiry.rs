@@ -1,0 +1,112 @@
+//! The expiry cycle: on an instance that accepts writes (the primary), removes keys whose
+//! expiry has passed, as journaled transactions — so the removal replicates like any write
+//! (Redis propagates a DEL), rolls back exactly, and a secondary never expires a key on its
+//! own (it only hides a logically expired key from reads).
+//!
+//! Each run reads at most [`KEYS_PER_RUN`] due entries of the expiry index from a snapshot
+//! and removes them in one transaction, re-checking inside the writer that each key still
+//! has that expiry; a run that found a full batch is followed at once by another, otherwise
+//! the cycle sleeps [`INTERVAL`]. A run's cost is thus bounded by its batch, whatever the
+//! number of keys due.
+
+use std::ops::Bound;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::engine::Engine;
+use crate::frame::Frame;
+use crate::resp::cmd::db::{Db, ReadOnly};
+use crate::shutdown::Shutdown;
+use crate::storage::node;
+use crate::storage::writer::{Committed, TxnProgram};
+
+/// Most keys one run removes.
+pub const KEYS_PER_RUN: usize = 200;
+/// Pause between runs that found less than a full batch.
+pub const INTERVAL: Duration = Duration::from_millis(100);
+
+/// Runs the cycle until shutdown.
+pub async fn run(engine: Arc<Engine>, mut shutdown: Shutdown) {
+    loop {
+        let full = if engine.store.write_refusal().is_none() { run_once(&engine).await } else { false };
+        if full {
+            tokio::task::yield_now().await;
+            continue;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(INTERVAL) => {}
+            _ = shutdown.recv() => return,
+        }
+    }
+}
+
+/// Entries of the expiry index due at `now_ms`: (expire_at_ms, key).
+pub fn due(
+    db: &Db<'_>,
+    now_ms: u64,
+    limit: usize,
+) -> Result<Vec<(u64, Vec<u8>)>, crate::storage::writer::Abort> {
+    // Every entry at or before now: keys sort after the 9-byte prefix, so the bound is the
+    // first entry of the next millisecond.
+    let upper = node::expiry(now_ms.saturating_add(1), b"");
+    let entries =
+        db.kv.range((Bound::Included(node::EXPIRY_START), Bound::Excluded(&upper)), false, limit)?;
+    Ok(entries
+        .into_iter()
+        .filter_map(|(n, _)| {
+            let at = u64::from_be_bytes(*n.get(1..9)?.first_chunk::<8>()?);
+            Some((at, n.get(9..)?.to_vec()))
+        })
+        .collect())
+}
+
+/// One run; whether it found a full batch.
+async fn run_once(engine: &Engine) -> bool {
+    let now_ms = crate::resp::cmd::now_ms();
+    let snapshot = match engine.store.snapshot() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %crate::base::error_chain(&e), "expiry cycle cannot read");
+            return false;
+        }
+    };
+    let entries = {
+        let mut kv = ReadOnly(&snapshot);
+        let db = Db { kv: &mut kv, now_ms };
+        match due(&db, now_ms, KEYS_PER_RUN) {
+            Ok(e) => e,
+            Err(_) => return false,
+        }
+    };
+    drop(snapshot);
+    if entries.is_empty() {
+        return false;
+    }
+    let full = entries.len() == KEYS_PER_RUN;
+    let program: TxnProgram<Frame> = Box::new(move |view| {
+        let mut db = Db { kv: view, now_ms };
+        let mut removed = 0;
+        for (at, key) in &entries {
+            // Only if the key still expires then (a write since the snapshot may have
+            // changed it); `head_for_write` removes an expired key as a journaled delete.
+            let head = db.kv.get(&node::head(key))?.and_then(|b| node::Head::decode(&b));
+            if head.is_some_and(|h| h.expire_at_ms == *at && h.expired(now_ms))
+                && db.head_for_write(key)?.is_none()
+            {
+                removed += 1;
+            }
+        }
+        Ok(Frame::Integer(removed))
+    });
+    match engine.writer.submit(Vec::new(), program).await {
+        Ok(Committed::Done { output: Frame::Integer(n), .. }) => {
+            engine.metrics.expired_keys_total.inc_by(u64::try_from(n).unwrap_or(0));
+            full
+        }
+        Ok(_) => full,
+        Err(e) => {
+            tracing::debug!(error = %e, "expiry run did not commit");
+            false
+        }
+    }
+}

@@ -1,0 +1,384 @@
+//! The Redis data model over nodes (storage::node): typed access to keys, expiry, and the
+//! element nodes of collections, for reads on a snapshot and writes inside the writer alike.
+//!
+//! Reads hide a key whose expiry has passed; only the primary removes it, as a journaled
+//! transaction (the expiry cycle, or a write that meets it), so a secondary never expires a
+//! key on its own and both sides agree node for node.
+
+use std::ops::Bound;
+
+use crate::frame::Frame;
+use crate::storage::Pairs;
+use crate::storage::node::{self, Head, Kind};
+use crate::storage::writer::{Abort, TxnView};
+use crate::storage::{Range, Snapshot};
+
+pub const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
+
+/// Node access: a committed snapshot (read-only) or a transaction inside the writer.
+pub trait Kv {
+    fn get(&self, node: &[u8]) -> Result<Option<Vec<u8>>, Abort>;
+    fn range(&self, range: Range<'_>, rev: bool, limit: usize) -> Result<Pairs, Abort>;
+    fn put(&mut self, node: &[u8], value: &[u8]) -> Result<(), Abort>;
+    fn remove(&mut self, node: &[u8]) -> Result<bool, Abort>;
+}
+
+/// A snapshot as [`Kv`]: reads only.
+pub struct ReadOnly<'s>(pub &'s Snapshot);
+
+fn internal_write() -> Abort {
+    Abort::Command("ERR internal error: a read command tried to write".into())
+}
+
+impl Kv for ReadOnly<'_> {
+    fn get(&self, node: &[u8]) -> Result<Option<Vec<u8>>, Abort> {
+        Ok(self.0.get(node)?)
+    }
+    fn range(&self, range: Range<'_>, rev: bool, limit: usize) -> Result<Pairs, Abort> {
+        Ok(self.0.range(range, rev, limit)?)
+    }
+    fn put(&mut self, _: &[u8], _: &[u8]) -> Result<(), Abort> {
+        Err(internal_write())
+    }
+    fn remove(&mut self, _: &[u8]) -> Result<bool, Abort> {
+        Err(internal_write())
+    }
+}
+
+impl Kv for TxnView<'_, '_> {
+    fn get(&self, node: &[u8]) -> Result<Option<Vec<u8>>, Abort> {
+        TxnView::get(self, node)
+    }
+    fn range(&self, range: Range<'_>, rev: bool, limit: usize) -> Result<Pairs, Abort> {
+        TxnView::range(self, range, rev, limit)
+    }
+    fn put(&mut self, node: &[u8], value: &[u8]) -> Result<(), Abort> {
+        TxnView::set(self, node, value)
+    }
+    fn remove(&mut self, node: &[u8]) -> Result<bool, Abort> {
+        TxnView::delete(self, node)
+    }
+}
+
+/// How many nodes one range read takes at a time when a command walks a whole collection.
+const BATCH: usize = 1024;
+
+/// The data model over a [`Kv`], at one instant.
+pub struct Db<'a> {
+    pub kv: &'a mut dyn Kv,
+    /// Unix milliseconds this command runs at: expiry is judged against it.
+    pub now_ms: u64,
+}
+
+pub fn cmd_err(message: impl Into<String>) -> Abort {
+    Abort::Command(message.into())
+}
+
+impl Db<'_> {
+    /// The key's head, `None` if absent or expired.
+    pub fn head(&self, key: &[u8]) -> Result<Option<Head>, Abort> {
+        if crate::storage::format::is_system_key(key) {
+            return Ok(self.kv.get(key)?.map(|v| Head::string(v, 0)));
+        }
+        Ok(self.raw_head(key)?.filter(|h| !h.expired(self.now_ms)))
+    }
+
+    fn raw_head(&self, key: &[u8]) -> Result<Option<Head>, Abort> {
+        match self.kv.get(&node::head(key))? {
+            None => Ok(None),
+            Some(bytes) => Head::decode(&bytes).map(Some).ok_or_else(|| {
+                cmd_err(format!("ERR key {} has an unreadable head node", String::from_utf8_lossy(key)))
+            }),
+        }
+    }
+
+    /// The key's head if it has type `kind`; `WRONGTYPE` if it has another.
+    pub fn typed(&self, key: &[u8], kind: Kind) -> Result<Option<Head>, Abort> {
+        match self.head(key)? {
+            Some(h) if h.kind != kind => Err(cmd_err(WRONGTYPE)),
+            other => Ok(other),
+        }
+    }
+
+    /// Before a write to `key`: removes it if it has expired (a journaled removal, as Redis
+    /// propagates a DEL), then returns its live head.
+    pub fn head_for_write(&mut self, key: &[u8]) -> Result<Option<Head>, Abort> {
+        if crate::storage::format::is_system_key(key) {
+            return Err(cmd_err(format!(
+                "ERR {} belongs to the engine (keys under {} are written only through its admin API)",
+                String::from_utf8_lossy(key),
+                String::from_utf8_lossy(crate::storage::format::SYSTEM_PREFIX)
+            )));
+        }
+        match self.raw_head(key)? {
+            Some(h) if h.expired(self.now_ms) => {
+                self.delete_key(key, &h)?;
+                Ok(None)
+            }
+            other => Ok(other),
+        }
+    }
+
+    /// [`Db::head_for_write`] with a type check.
+    pub fn typed_for_write(&mut self, key: &[u8], kind: Kind) -> Result<Option<Head>, Abort> {
+        match self.head_for_write(key)? {
+            Some(h) if h.kind != kind => Err(cmd_err(WRONGTYPE)),
+            other => Ok(other),
+        }
+    }
+
+    /// Writes `key`'s head, keeping the expiry index in step with `old` (the head it replaces).
+    pub fn put_head(&mut self, key: &[u8], old: Option<&Head>, new: &Head) -> Result<(), Abort> {
+        let old_at = old.map_or(0, |h| h.expire_at_ms);
+        if old_at != new.expire_at_ms {
+            if old_at != 0 {
+                self.kv.remove(&node::expiry(old_at, key))?;
+            }
+            if new.expire_at_ms != 0 {
+                self.kv.put(&node::expiry(new.expire_at_ms, key), b"")?;
+            }
+        }
+        self.kv.put(&node::head(key), &new.encode())
+    }
+
+    /// Writes a collection's head after its element count changed; removes the key when the
+    /// collection became empty (Redis never keeps an empty collection).
+    pub fn store_collection(&mut self, key: &[u8], old: Option<&Head>, new: &Head) -> Result<(), Abort> {
+        if new.len == 0 {
+            if let Some(old) = old {
+                self.remove_head(key, old)?;
+            }
+            return Ok(());
+        }
+        if old.is_some_and(|o| o.len == new.len && o.first == new.first && o.expire_at_ms == new.expire_at_ms)
+        {
+            return Ok(());
+        }
+        self.put_head(key, old, new)
+    }
+
+    fn remove_head(&mut self, key: &[u8], head: &Head) -> Result<(), Abort> {
+        if head.expire_at_ms != 0 {
+            self.kv.remove(&node::expiry(head.expire_at_ms, key))?;
+        }
+        self.kv.remove(&node::head(key))?;
+        Ok(())
+    }
+
+    /// Removes `key` whole: its elements, its expiry index node and its head.
+    pub fn delete_key(&mut self, key: &[u8], head: &Head) -> Result<(), Abort> {
+        if head.kind != Kind::String {
+            let prefix = node::elements(key);
+            let end = node::prefix_end(&prefix);
+            loop {
+                let batch =
+                    self.kv.range((Bound::Included(&prefix), end_bound(end.as_deref())), false, BATCH)?;
+                if batch.is_empty() {
+                    break;
+                }
+                for (n, _) in batch {
+                    self.kv.remove(&n)?;
+                }
+            }
+        }
+        self.remove_head(key, head)
+    }
+
+    /// Removes `key` if it is live; whether it was.
+    pub fn delete(&mut self, key: &[u8]) -> Result<bool, Abort> {
+        match self.head_for_write(key)? {
+            Some(h) => {
+                self.delete_key(key, &h)?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// A string key's value (`WRONGTYPE` for another type).
+    pub fn get_string(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Abort> {
+        Ok(self.typed(key, Kind::String)?.map(|h| h.value))
+    }
+
+    /// Sets a string value, replacing whatever `key` held. `keep_ttl`: keep a live key's
+    /// expiry; otherwise the key gets `expire_at_ms` (0: none).
+    pub fn set_string(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        expire_at_ms: u64,
+        keep_ttl: bool,
+    ) -> Result<(), Abort> {
+        crate::resp::cmd::check_value_len(value.len())?;
+        let old = self.head_for_write(key)?;
+        let at = match (&old, keep_ttl) {
+            (Some(h), true) => h.expire_at_ms,
+            _ => expire_at_ms,
+        };
+        if let Some(h) = old.as_ref().filter(|h| h.kind != Kind::String) {
+            self.delete_key(key, h)?;
+            return self.put_head(key, None, &Head::string(value.to_vec(), at));
+        }
+        self.put_head(key, old.as_ref(), &Head::string(value.to_vec(), at))
+    }
+
+    /// One element node's value.
+    pub fn element(&self, key: &[u8], tag: u8, sub: &[u8]) -> Result<Option<Vec<u8>>, Abort> {
+        self.kv.get(&node::element(key, tag, sub))
+    }
+
+    pub fn put_element(&mut self, key: &[u8], tag: u8, sub: &[u8], value: &[u8]) -> Result<(), Abort> {
+        self.kv.put(&node::element(key, tag, sub), value)
+    }
+
+    pub fn remove_element(&mut self, key: &[u8], tag: u8, sub: &[u8]) -> Result<bool, Abort> {
+        self.kv.remove(&node::element(key, tag, sub))
+    }
+
+    /// Up to `limit` elements of `key` under `tag`, as (sub, value), starting at `from` (a
+    /// bound on the sub: `Unbounded` is the first, or with `rev` the last) and walking up,
+    /// or down with `rev`.
+    pub fn elements(
+        &self,
+        key: &[u8],
+        tag: u8,
+        from: Bound<&[u8]>,
+        rev: bool,
+        limit: usize,
+    ) -> Result<Pairs, Abort> {
+        let prefix = node::elements_of(key, tag);
+        let end = node::prefix_end(&prefix);
+        let full = |sub: &[u8]| [prefix.as_slice(), sub].concat();
+        let from_node = match from {
+            Bound::Included(s) | Bound::Excluded(s) => Some(full(s)),
+            Bound::Unbounded => None,
+        };
+        let from_bound = match (from, from_node.as_deref()) {
+            (Bound::Included(_), Some(n)) => Bound::Included(n),
+            (Bound::Excluded(_), Some(n)) => Bound::Excluded(n),
+            _ => Bound::Unbounded,
+        };
+        let range: Range<'_> = match (rev, from_bound) {
+            (false, Bound::Unbounded) => (Bound::Included(prefix.as_slice()), end_bound(end.as_deref())),
+            (false, b) => (b, end_bound(end.as_deref())),
+            (true, Bound::Unbounded) => (Bound::Included(prefix.as_slice()), end_bound(end.as_deref())),
+            (true, b) => (Bound::Included(prefix.as_slice()), b),
+        };
+        let skip = prefix.len();
+        Ok(self
+            .kv
+            .range(range, rev, limit)?
+            .into_iter()
+            .map(|(n, v)| (n.get(skip..).unwrap_or_default().to_vec(), v))
+            .collect())
+    }
+
+    /// Every element of `key` under `tag` (collections larger than a batch are read in
+    /// batches).
+    pub fn all_elements(&self, key: &[u8], tag: u8) -> Result<Pairs, Abort> {
+        let mut out: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        loop {
+            let from = match out.last() {
+                Some((s, _)) => Bound::Excluded(s.as_slice()),
+                None => Bound::Unbounded,
+            };
+            let batch = self.elements(key, tag, from, false, BATCH)?;
+            let done = batch.len() < BATCH;
+            out.extend(batch);
+            if done {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Live keys in order after `after` (exclusive), up to `limit` heads visited; returns
+    /// the keys with their heads and whether more heads follow.
+    pub fn keys_after(&self, after: Option<&[u8]>, limit: usize) -> Result<KeysPage, Abort> {
+        let after_node = after.map(node::head);
+        let lower = match after_node.as_deref() {
+            Some(n) => Bound::Excluded(n),
+            None => Bound::Included(node::HEADS_START),
+        };
+        let batch = self.kv.range((lower, Bound::Excluded(node::HEADS_END)), false, limit)?;
+        let last = if batch.len() == limit {
+            batch.last().map(|(n, _)| n.get(1..).unwrap_or_default().to_vec())
+        } else {
+            None
+        };
+        let keys = batch
+            .into_iter()
+            .filter_map(|(n, v)| {
+                let head = Head::decode(&v)?;
+                (!head.expired(self.now_ms)).then(|| (n.get(1..).unwrap_or_default().to_vec(), head))
+            })
+            .collect();
+        Ok((keys, last))
+    }
+
+    /// Every live key (KEYS, FLUSHALL), in batches.
+    pub fn all_keys(&self) -> Result<Vec<(Vec<u8>, Head)>, Abort> {
+        let mut out = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let (keys, last) = self.keys_after(after.as_deref(), BATCH)?;
+            out.extend(keys);
+            match last {
+                Some(l) => after = Some(l),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// Keys with an expiry (INFO's `expires`).
+    pub fn count_expiring(&self) -> Result<u64, Abort> {
+        let end = node::prefix_end(node::EXPIRY_START);
+        let mut n = 0u64;
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let lower = match after.as_deref() {
+                Some(x) => Bound::Excluded(x),
+                None => Bound::Included(node::EXPIRY_START),
+            };
+            let batch = self.kv.range((lower, end_bound(end.as_deref())), false, BATCH)?;
+            n += batch.len() as u64;
+            if batch.len() < BATCH {
+                return Ok(n);
+            }
+            after = batch.last().map(|(k, _)| k.clone());
+        }
+    }
+
+    /// Heads present, expired or not (DBSIZE counts what Redis would still hold).
+    pub fn count_keys(&self) -> Result<u64, Abort> {
+        let mut n = 0u64;
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let lower_node = after.as_deref().map(node::head);
+            let lower = match lower_node.as_deref() {
+                Some(x) => Bound::Excluded(x),
+                None => Bound::Included(node::HEADS_START),
+            };
+            let batch = self.kv.range((lower, Bound::Excluded(node::HEADS_END)), false, BATCH)?;
+            n += batch.len() as u64;
+            if batch.len() < BATCH {
+                return Ok(n);
+            }
+            after = batch.last().map(|(k, _)| k.get(1..).unwrap_or_default().to_vec());
+        }
+    }
+}
+
+/// Live keys with their heads, and the key to resume after (`None`: no more).
+pub type KeysPage = (Vec<(Vec<u8>, Head)>, Option<Vec<u8>>);
+
+fn end_bound(end: Option<&[u8]>) -> Bound<&[u8]> {
+    match end {
+        Some(e) => Bound::Excluded(e),
+        None => Bound::Unbounded,
+    }
+}
+
+/// The reply for an optional value.
+pub fn bulk_or_null(v: Option<Vec<u8>>) -> Frame {
+    Frame::from_option(v)
+}

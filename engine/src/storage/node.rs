@@ -1,0 +1,391 @@
+//! Nodes: how the Redis data model is laid out in the one ordered `data` table, after GT.M's
+//! globals (a name with subscripts, each node journaled on its own).
+//!
+//! Every application key has one **head** node, holding its type, its expiry and — for a
+//! string — its value, or — for a collection — its element count. Each element of a
+//! collection is a node of its own under the key's **element prefix**, so a change to one
+//! hash field, set member, sorted-set member or list element writes (and journals, with
+//! before- and after-image) that node and the head at most, never the whole collection.
+//! Keys with an expiry also have a node in the **expiry index**, ordered by time, which the
+//! primary's expiry cycle walks.
+//!
+//! ```text
+//! head          'K' key                                   → type, expire_at_ms, payload
+//! hash field    'E' len(key):u32be key 'h' field           → value
+//! set member    'E' len(key):u32be key 's' member          → ""
+//! zset score    'E' len(key):u32be key 'z' member          → score (f64, big-endian bits)
+//! zset order    'E' len(key):u32be key 'o' sortable(score) member → ""
+//! list element  'E' len(key):u32be key 'l' sortable(index) → value
+//! expiry index  'X' at_ms:u64be key                        → ""
+//! system        __strand/…                                 → raw value (the engine's own)
+//! ```
+//!
+//! Because the journal records nodes, rollback restores exactly what a transaction touched,
+//! TTLs included, and [`describe`] turns any node back into words for the
+//! unreplicated-transaction log.
+
+/// The type of a key, as `TYPE` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    String,
+    Hash,
+    Set,
+    ZSet,
+    List,
+}
+
+impl Kind {
+    fn tag(self) -> u8 {
+        match self {
+            Kind::String => b's',
+            Kind::Hash => b'h',
+            Kind::Set => b'S',
+            Kind::ZSet => b'z',
+            Kind::List => b'l',
+        }
+    }
+
+    fn from_tag(tag: u8) -> Option<Kind> {
+        Some(match tag {
+            b's' => Kind::String,
+            b'h' => Kind::Hash,
+            b'S' => Kind::Set,
+            b'z' => Kind::ZSet,
+            b'l' => Kind::List,
+            _ => return None,
+        })
+    }
+
+    /// The name `TYPE` replies with.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::String => "string",
+            Kind::Hash => "hash",
+            Kind::Set => "set",
+            Kind::ZSet => "zset",
+            Kind::List => "list",
+        }
+    }
+
+    pub fn from_name(name: &[u8]) -> Option<Kind> {
+        [Kind::String, Kind::Hash, Kind::Set, Kind::ZSet, Kind::List]
+            .into_iter()
+            .find(|k| name.eq_ignore_ascii_case(k.name().as_bytes()))
+    }
+}
+
+/// A key's head node, decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Head {
+    pub kind: Kind,
+    /// Unix milliseconds at which the key expires; 0: never.
+    pub expire_at_ms: u64,
+    /// A string's value; empty for collections.
+    pub value: Vec<u8>,
+    /// A collection's element count.
+    pub len: u64,
+    /// A list's first element index (elements are `first .. first + len`).
+    pub first: i64,
+}
+
+const HEAD_FIXED: usize = 1 + 8;
+
+impl Head {
+    pub fn string(value: Vec<u8>, expire_at_ms: u64) -> Head {
+        Head { kind: Kind::String, expire_at_ms, value, len: 0, first: 0 }
+    }
+
+    pub fn collection(kind: Kind) -> Head {
+        Head { kind, expire_at_ms: 0, value: Vec::new(), len: 0, first: 0 }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEAD_FIXED + self.value.len().max(16));
+        out.push(self.kind.tag());
+        out.extend_from_slice(&self.expire_at_ms.to_be_bytes());
+        match self.kind {
+            Kind::String => out.extend_from_slice(&self.value),
+            Kind::List => {
+                out.extend_from_slice(&self.len.to_be_bytes());
+                out.extend_from_slice(&self.first.to_be_bytes());
+            }
+            Kind::Hash | Kind::Set | Kind::ZSet => out.extend_from_slice(&self.len.to_be_bytes()),
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Head> {
+        let (&tag, rest) = bytes.split_first()?;
+        let kind = Kind::from_tag(tag)?;
+        let (at, rest) = rest.split_first_chunk::<8>()?;
+        let expire_at_ms = u64::from_be_bytes(*at);
+        let mut head = Head { kind, expire_at_ms, value: Vec::new(), len: 0, first: 0 };
+        match kind {
+            Kind::String => head.value = rest.to_vec(),
+            Kind::List => {
+                let (len, rest) = rest.split_first_chunk::<8>()?;
+                let (first, _) = rest.split_first_chunk::<8>()?;
+                head.len = u64::from_be_bytes(*len);
+                head.first = i64::from_be_bytes(*first);
+            }
+            Kind::Hash | Kind::Set | Kind::ZSet => {
+                head.len = u64::from_be_bytes(*rest.first_chunk::<8>()?);
+            }
+        }
+        Some(head)
+    }
+
+    /// Whether the key is logically gone at `now_ms`.
+    pub fn expired(&self, now_ms: u64) -> bool {
+        self.expire_at_ms != 0 && self.expire_at_ms <= now_ms
+    }
+}
+
+pub const HEAD: u8 = b'K';
+pub const ELEMENT: u8 = b'E';
+pub const EXPIRY: u8 = b'X';
+
+/// Element sub-tags.
+pub const HASH_FIELD: u8 = b'h';
+pub const SET_MEMBER: u8 = b's';
+pub const ZSET_SCORE: u8 = b'z';
+pub const ZSET_ORDER: u8 = b'o';
+pub const LIST_ITEM: u8 = b'l';
+
+pub fn head(key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + key.len());
+    out.push(HEAD);
+    out.extend_from_slice(key);
+    out
+}
+
+/// First node of the head range (every head node sorts in `[HEADS_START, HEADS_END)`).
+pub const HEADS_START: &[u8] = b"K";
+pub const HEADS_END: &[u8] = b"L";
+
+/// The prefix under which every element node of `key` lies.
+pub fn elements(key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(5 + key.len() + 1);
+    out.push(ELEMENT);
+    out.extend_from_slice(&u32::try_from(key.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(key);
+    out
+}
+
+/// The prefix of `key`'s elements with sub-tag `tag`.
+pub fn elements_of(key: &[u8], tag: u8) -> Vec<u8> {
+    let mut out = elements(key);
+    out.push(tag);
+    out
+}
+
+/// An element node: `key`'s element `sub` under `tag`.
+pub fn element(key: &[u8], tag: u8, sub: &[u8]) -> Vec<u8> {
+    let mut out = elements_of(key, tag);
+    out.extend_from_slice(sub);
+    out
+}
+
+pub fn expiry(at_ms: u64, key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(9 + key.len());
+    out.push(EXPIRY);
+    out.extend_from_slice(&at_ms.to_be_bytes());
+    out.extend_from_slice(key);
+    out
+}
+
+pub const EXPIRY_START: &[u8] = b"X";
+
+/// The smallest byte string greater than every string starting with `prefix` (`None`: there
+/// is none, the prefix is all 0xFF).
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xFF {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// An f64 as 8 bytes whose byte order is the numbers' order (-inf < … < -0 = 0 < … < inf).
+pub fn sortable_f64(x: f64) -> [u8; 8] {
+    let x = if x == 0.0 { 0.0 } else { x }; // -0 sorts as 0
+    let bits = x.to_bits();
+    let bits = if bits >> 63 == 1 { !bits } else { bits | (1 << 63) };
+    bits.to_be_bytes()
+}
+
+pub fn from_sortable_f64(bytes: [u8; 8]) -> f64 {
+    let bits = u64::from_be_bytes(bytes);
+    let bits = if bits >> 63 == 1 { bits & !(1 << 63) } else { !bits };
+    f64::from_bits(bits)
+}
+
+/// An i64 as 8 bytes in numeric byte order.
+pub fn sortable_i64(x: i64) -> [u8; 8] {
+    ((x as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+pub fn from_sortable_i64(bytes: [u8; 8]) -> i64 {
+    (u64::from_be_bytes(bytes) ^ (1 << 63)) as i64
+}
+
+/// The application key a node belongs to (WATCH and the lost-transaction log use it). A system
+/// node is its own key.
+pub fn user_key(node: &[u8]) -> &[u8] {
+    match node.split_first() {
+        Some((&HEAD, key)) => key,
+        Some((&ELEMENT, rest)) => match rest.split_first_chunk::<4>() {
+            Some((len, rest)) => {
+                let len = usize::try_from(u32::from_be_bytes(*len)).unwrap_or(usize::MAX);
+                rest.get(..len).unwrap_or(rest)
+            }
+            None => rest,
+        },
+        Some((&EXPIRY, rest)) => rest.get(8..).unwrap_or_default(),
+        _ => node,
+    }
+}
+
+/// A node in words: what it is, the key, the element it names (if any), and its value as an
+/// application sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Described {
+    /// `string`, `hash`, `set`, `zset`, `list` (a head), `hash-field`, `set-member`,
+    /// `zset-member`, `zset-order`, `list-element`, `expiry-index`, `system`.
+    pub node: &'static str,
+    pub key: Vec<u8>,
+    /// The field, member or list index (as decimal text) the node names.
+    pub element: Option<Vec<u8>>,
+    /// The value an application sees: a string's value, a field's value, a score, a list
+    /// element; the element count for a collection head.
+    pub value: Option<Vec<u8>>,
+    /// A head's expiry in Unix milliseconds (0: none).
+    pub expire_at_ms: Option<u64>,
+}
+
+/// Describes `node` holding `value` (`None`: the node is absent).
+pub fn describe(node: &[u8], value: Option<&[u8]>) -> Described {
+    let key = user_key(node).to_vec();
+    let mut d = Described {
+        node: "system",
+        key,
+        element: None,
+        value: value.map(<[u8]>::to_vec),
+        expire_at_ms: None,
+    };
+    match node.first() {
+        Some(&HEAD) => {
+            let head = value.and_then(Head::decode);
+            d.node = head.as_ref().map_or("head", |h| h.kind.name());
+            d.expire_at_ms = head.as_ref().map(|h| h.expire_at_ms);
+            d.value =
+                head.map(|h| if h.kind == Kind::String { h.value } else { h.len.to_string().into_bytes() });
+        }
+        Some(&ELEMENT) => {
+            let prefix = elements(&d.key).len();
+            let (tag, sub) = match node.get(prefix..).and_then(<[u8]>::split_first) {
+                Some((&tag, sub)) => (tag, sub),
+                None => (0, &[][..]),
+            };
+            match tag {
+                HASH_FIELD => {
+                    d.node = "hash-field";
+                    d.element = Some(sub.to_vec());
+                }
+                SET_MEMBER => {
+                    d.node = "set-member";
+                    d.element = Some(sub.to_vec());
+                    d.value = None;
+                }
+                ZSET_SCORE => {
+                    d.node = "zset-member";
+                    d.element = Some(sub.to_vec());
+                    d.value = value.and_then(|v| v.first_chunk::<8>()).map(|b| {
+                        crate::base::format_double(f64::from_bits(u64::from_be_bytes(*b))).into_bytes()
+                    });
+                }
+                ZSET_ORDER => {
+                    d.node = "zset-order";
+                    d.element = sub.get(8..).map(<[u8]>::to_vec);
+                    d.value = sub
+                        .first_chunk::<8>()
+                        .map(|b| crate::base::format_double(from_sortable_f64(*b)).into_bytes());
+                }
+                LIST_ITEM => {
+                    d.node = "list-element";
+                    d.element =
+                        sub.first_chunk::<8>().map(|b| from_sortable_i64(*b).to_string().into_bytes());
+                }
+                _ => d.node = "element",
+            }
+        }
+        Some(&EXPIRY) => {
+            d.node = "expiry-index";
+            d.expire_at_ms =
+                node.get(1..9).and_then(|b| b.first_chunk::<8>()).map(|b| u64::from_be_bytes(*b));
+            d.value = None;
+        }
+        _ => {}
+    }
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heads_round_trip() {
+        for head in [
+            Head::string(b"v".to_vec(), 0),
+            Head::string(Vec::new(), 1_700_000_000_000),
+            Head { kind: Kind::List, expire_at_ms: 5, value: Vec::new(), len: 3, first: -7 },
+            Head { kind: Kind::Hash, expire_at_ms: 0, value: Vec::new(), len: 9, first: 0 },
+        ] {
+            assert_eq!(Head::decode(&head.encode()), Some(head));
+        }
+        assert_eq!(Head::decode(b""), None);
+        assert_eq!(Head::decode(b"q00000000"), None);
+    }
+
+    #[test]
+    fn sortable_numbers_keep_their_order() {
+        let xs = [f64::NEG_INFINITY, -1e300, -2.5, -0.0, 0.0, 1e-300, 2.5, 1e300, f64::INFINITY];
+        for w in xs.windows(2) {
+            assert!(sortable_f64(w[0]) <= sortable_f64(w[1]), "{} {}", w[0], w[1]);
+        }
+        for x in xs {
+            assert_eq!(from_sortable_f64(sortable_f64(x)), if x == 0.0 { 0.0 } else { x });
+        }
+        let is = [i64::MIN, -5, -1, 0, 1, 5, i64::MAX];
+        for w in is.windows(2) {
+            assert!(sortable_i64(w[0]) < sortable_i64(w[1]));
+        }
+        for i in is {
+            assert_eq!(from_sortable_i64(sortable_i64(i)), i);
+        }
+    }
+
+    #[test]
+    fn nodes_name_their_key() {
+        let key = b"user:\xff1";
+        assert_eq!(user_key(&head(key)), key);
+        assert_eq!(user_key(&element(key, HASH_FIELD, b"name")), key);
+        assert_eq!(user_key(&expiry(42, key)), key);
+        assert_eq!(user_key(b"__strand/format"), b"__strand/format");
+        // One key's elements never fall under another key's prefix.
+        assert!(!element(b"ab", HASH_FIELD, b"c").starts_with(&elements(b"a")));
+        assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
+        assert_eq!(prefix_end(b"\xff\xff"), None);
+        let d = describe(&element(key, HASH_FIELD, b"name"), Some(b"ann"));
+        assert_eq!(
+            (d.node, d.element.as_deref(), d.value.as_deref()),
+            ("hash-field", Some(&b"name"[..]), Some(&b"ann"[..]))
+        );
+        let d = describe(&head(b"k"), Some(&Head::string(b"v".to_vec(), 9).encode()));
+        assert_eq!((d.node, d.value.as_deref(), d.expire_at_ms), ("string", Some(&b"v"[..]), Some(9)));
+    }
+}

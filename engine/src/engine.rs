@@ -44,6 +44,9 @@ pub struct Engine {
     /// Bound replication address (the configured port may be 0).
     pub repl_local: Option<SocketAddr>,
     next_client_id: AtomicU64,
+    /// Clients blocked in BLPOP and friends, by client id: CLIENT UNBLOCK signals one
+    /// (`true`: answer with an error rather than as a timeout).
+    pub blocked: std::sync::Mutex<std::collections::HashMap<u64, tokio::sync::oneshot::Sender<bool>>>,
 }
 
 impl Engine {
@@ -55,6 +58,7 @@ impl Engine {
             ready: AtomicBool::new(false),
             repl_local,
             next_client_id: AtomicU64::new(1),
+            blocked: std::sync::Mutex::default(),
         }
     }
 

@@ -448,3 +448,44 @@ fn quit_and_inline_commands() {
     assert_eq!(String::from_utf8_lossy(&out), "+OK\r\n$11\r\nhello world\r\n+OK\r\n");
     assert!(closed);
 }
+
+/// A blocked BRPOPLPUSH touches nothing until it is served, so it does not fail an EXEC
+/// watching its destination; the push that serves it does, and the client disconnecting
+/// while blocked cancels it without popping anything.
+#[test]
+fn blocked_pops_touch_nothing_until_served_and_a_departed_client_pops_nothing() {
+    use std::io::{Read, Write};
+    let (_dir, server) = server();
+    let mut c = server.client();
+    let () = c.set("somekey", "somevalue").unwrap();
+    let mut blocked = std::net::TcpStream::connect(server.addr()).unwrap();
+    blocked.write_all(b"*4\r\n$10\r\nBRPOPLPUSH\r\n$3\r\nsrc\r\n$3\r\ndst\r\n$1\r\n0\r\n").unwrap();
+    common::wait_until("the client to block", || {
+        let info: String = redis::cmd("INFO").arg("clients").query(&mut c).unwrap();
+        info.contains("blocked_clients:1")
+    });
+    let mut w = server.client();
+    let () = redis::cmd("WATCH").arg("dst").query(&mut w).unwrap();
+    let got: Option<(String,)> = redis::pipe().atomic().get("somekey").query(&mut w).unwrap();
+    assert_eq!(got, Some(("somevalue".to_owned(),)), "the blocked client wrote nothing");
+    // The push serves it, in the same group commit.
+    let _: i64 = c.lpush("src", "element").unwrap();
+    let mut reply = [0u8; 64];
+    let n = blocked.read(&mut reply).unwrap();
+    assert_eq!(&reply[..n], b"$7\r\nelement\r\n");
+    assert_eq!(c.lrange::<_, Vec<String>>("dst", 0, -1).unwrap(), vec!["element"]);
+    // A client that leaves while blocked is cancelled: a later push stays in the list.
+    let mut gone = std::net::TcpStream::connect(server.addr()).unwrap();
+    gone.write_all(b"*3\r\n$5\r\nBLPOP\r\n$4\r\nwork\r\n$1\r\n0\r\n").unwrap();
+    common::wait_until("the second client to block", || {
+        let info: String = redis::cmd("INFO").arg("clients").query(&mut c).unwrap();
+        info.contains("blocked_clients:1")
+    });
+    drop(gone);
+    common::wait_until("the departed client to be cancelled", || {
+        let info: String = redis::cmd("INFO").arg("clients").query(&mut c).unwrap();
+        info.contains("blocked_clients:0")
+    });
+    let _: i64 = c.rpush("work", "job").unwrap();
+    assert_eq!(c.lrange::<_, Vec<String>>("work", 0, -1).unwrap(), vec!["job"]);
+}

@@ -285,9 +285,12 @@ impl State {
                 Command::Exec | Command::Discard | Command::Multi | Command::Watch(_) | Command::Quit
             )
         {
-            let reply = if command.class() == Class::Connection || matches!(command, Command::Scan { .. }) {
+            let reply = if !command.queues_in_multi() {
                 self.multi_dirty = true;
-                Frame::error(format!("ERR {} is not allowed inside MULTI", name.to_ascii_uppercase()))
+                Frame::error(format!(
+                    "ERR Command not allowed inside a transaction ({} is not allowed inside MULTI)",
+                    name.to_ascii_uppercase()
+                ))
             } else if queue.len() >= MULTI_COMMANDS_MAX {
                 self.multi_dirty = true;
                 Frame::error(format!("ERR MULTI queue is full ({MULTI_COMMANDS_MAX} commands)"))
@@ -353,10 +356,35 @@ impl State {
         } else {
             Frame::NullArray
         };
-        let id = engine.next_client_id();
-        let program: BlockingProgram<Frame> = Box::new(move |view| match command.execute_in_txn(view)? {
-            Frame::Null | Frame::NullArray => Ok(None),
-            served => Ok(Some(served)),
+        let id = self.id;
+        let (unblock_tx, mut unblock_rx) = oneshot::channel::<bool>();
+        engine.blocked.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id, unblock_tx);
+        // After its first run, a waiter none of whose keys holds the type it pops stays
+        // blocked, as in Redis (a key that became a string does not serve it); a wrong
+        // destination type (BLMOVE) is an error for the client.
+        let mut first = true;
+        let pops = if matches!(&command, Command::Data { spec, .. } if spec.name.starts_with("bz")) {
+            crate::storage::node::Kind::ZSet
+        } else {
+            crate::storage::node::Kind::List
+        };
+        let waited = keys.clone();
+        let program: BlockingProgram<Frame> = Box::new(move |view| {
+            let outcome = command.execute_in_txn(view);
+            let retry = !std::mem::replace(&mut first, false);
+            match outcome {
+                Ok(Frame::Null | Frame::NullArray) => Ok(None),
+                Ok(served) => Ok(Some(served)),
+                Err(Abort::Command(m)) if retry && m.starts_with("WRONGTYPE") => {
+                    let db = cmd::db::Db { kv: view, now_ms: cmd::now_ms() };
+                    let mut servable = false;
+                    for k in &waited {
+                        servable |= db.head(k)?.is_some_and(|h| h.kind == pops);
+                    }
+                    if servable { Err(Abort::Command(m)) } else { Ok(None) }
+                }
+                Err(e) => Err(e),
+            }
         });
         let (request, mut rx) = Writer::blocking_request(id, keys, program);
         self.outbox.push(request);
@@ -365,6 +393,7 @@ impl State {
             .then(|| tokio::time::Instant::now() + std::time::Duration::from_millis(timeout_ms));
         let mut peek = [0u8; 4096];
         let mut closed = false;
+        let mut unblockable = true;
         let outcome = loop {
             tokio::select! {
                 outcome = &mut rx => break Some(outcome),
@@ -373,9 +402,23 @@ impl State {
                         break None;
                     }
                 }
+                signal = &mut unblock_rx, if unblockable => {
+                    unblockable = false;
+                    if let Ok(error) = signal
+                        && engine.writer.unblock(id)
+                    {
+                        if error {
+                            break Some(Ok(Err(TxnFailure::Aborted(
+                                "UNBLOCKED client unblocked via CLIENT UNBLOCK".into(),
+                            ))));
+                        }
+                        break None;
+                    }
+                }
                 _ = io.shutdown.recv(), if !closed => {
                     closed = true;
                     if engine.writer.unblock(id) {
+                        engine.blocked.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&id);
                         return Next::Close;
                     }
                 }
@@ -384,6 +427,7 @@ impl State {
                     Ok(0) | Err(_) => {
                         closed = true;
                         if engine.writer.unblock(id) {
+                            engine.blocked.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&id);
                             return Next::Close;
                         }
                     }
@@ -391,6 +435,7 @@ impl State {
                 },
             }
         };
+        engine.blocked.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&id);
         let reply = match outcome {
             None => timeout_reply,
             Some(outcome) => {
@@ -530,6 +575,11 @@ impl State {
             Command::ClientId => Frame::Integer(i64::try_from(self.id).unwrap_or(i64::MAX)),
             Command::ClientSetInfo | Command::ClientNoEvict => Frame::ok(),
             Command::ClientInfo => Frame::bulk(self.client_line()),
+            Command::ClientUnblock { id, error } => {
+                let signal =
+                    engine.blocked.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&id);
+                Frame::Integer(i64::from(signal.is_some_and(|tx| tx.send(error).is_ok())))
+            }
             Command::ClientList => Frame::bulk(format!("{}\n", self.client_line())),
             Command::Reset => {
                 self.multi = None;

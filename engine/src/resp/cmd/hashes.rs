@@ -181,6 +181,9 @@ fn hincrby(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
 fn hincrbyfloat(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
     let (key, f) = (a.next_arg()?, a.next_arg()?);
     let by = a.float()?;
+    if !by.is_finite() {
+        return Err(cmd_err("ERR value is NaN or Infinity"));
+    }
     let (old, mut head) = open(db, &key)?;
     let current = match db.element(&key, HASH_FIELD, &f)? {
         None => 0.0,
@@ -217,14 +220,10 @@ fn hrandfield(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
         return Ok(Frame::from_option(picked.into_iter().next().map(|(f, _)| f)));
     };
     let _ = count;
-    let mut out = Vec::new();
-    for (f, v) in picked {
-        out.push(Frame::Bulk(f));
-        if with_values {
-            out.push(Frame::Bulk(v));
-        }
+    if with_values {
+        return Ok(Frame::Pairs(picked.into_iter().map(|(f, v)| (Frame::Bulk(f), Frame::Bulk(v))).collect()));
     }
-    Ok(Frame::Array(out))
+    Ok(Frame::Array(picked.into_iter().map(|(f, _)| Frame::Bulk(f)).collect()))
 }
 
 /// Redis's random-member rules: no count → one; count ≥ 0 → that many distinct (at most all);

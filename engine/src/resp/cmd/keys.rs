@@ -270,7 +270,9 @@ fn object(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
                 "OBJECT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
                 "ENCODING <key>",
                 "    Strand keeps every type as journaled nodes; it reports no Redis encoding.",
-                "FREQ <key>, IDLETIME <key>, REFCOUNT <key>",
+                "REFCOUNT <key>",
+                "    Always 1: every key's value is its own nodes.",
+                "FREQ <key>, IDLETIME <key>",
                 "    Not kept by Strand (it has no LRU/LFU eviction).",
                 "HELP",
                 "    Print this help.",
@@ -286,7 +288,9 @@ fn object(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
         return Ok(Frame::Null);
     }
     match sub.as_slice() {
-        b"ENCODING" | b"FREQ" | b"IDLETIME" | b"REFCOUNT" => Err(cmd_err(format!(
+        // Every key's value is its own nodes, referenced by that key alone.
+        b"REFCOUNT" => Ok(Frame::Integer(1)),
+        b"ENCODING" | b"FREQ" | b"IDLETIME" => Err(cmd_err(format!(
             "ERR OBJECT {} is not available: Strand keeps every type as journaled nodes, without Redis's object encodings or eviction counters",
             String::from_utf8_lossy(&sub)
         ))),

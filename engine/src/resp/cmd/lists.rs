@@ -178,6 +178,20 @@ fn llen(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
     Ok(Frame::Integer(i64::try_from(len).unwrap_or(i64::MAX)))
 }
 
+/// Redis's index range for lists and sorted sets (LRANGE, LTRIM, ZRANGE…): negative
+/// indexes count from the end, the start is clamped to 0, the end to the last element; the
+/// range is empty (`None`) when the start passes the end or the list.
+pub fn index_range(start: i64, end: i64, len: usize) -> Option<(usize, usize)> {
+    let n = i64::try_from(len).ok()?;
+    let s = if start < 0 { (n + start).max(0) } else { start };
+    let e = if end < 0 { n + end } else { end };
+    if s > e || s >= n {
+        return None;
+    }
+    let e = e.min(n - 1);
+    Some((usize::try_from(s).ok()?, usize::try_from(e).ok()?))
+}
+
 /// A Redis index (negative from the end) as an element index, if inside the list.
 fn position(head: &Head, index: i64) -> Option<i64> {
     let len = i64::try_from(head.len).ok()?;
@@ -236,9 +250,7 @@ fn lrange(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
     let key = a.next_arg()?;
     let (start, end) = (a.integer()?, a.integer()?);
     let Some(head) = db.typed(&key, Kind::List)? else { return Ok(Frame::Array(Vec::new())) };
-    let Some((s, e)) =
-        super::strings::clamp_range(start, end, usize::try_from(head.len).unwrap_or(usize::MAX))
-    else {
+    let Some((s, e)) = index_range(start, end, usize::try_from(head.len).unwrap_or(usize::MAX)) else {
         return Ok(Frame::Array(Vec::new()));
     };
     Ok(Frame::Array(range(db, &key, &head, s, e)?.into_iter().map(Frame::Bulk).collect()))
@@ -249,7 +261,7 @@ fn ltrim(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
     let (start, end) = (a.integer()?, a.integer()?);
     let Some(old) = db.typed_for_write(&key, Kind::List)? else { return Ok(Frame::ok()) };
     let len = usize::try_from(old.len).unwrap_or(usize::MAX);
-    let keep = super::strings::clamp_range(start, end, len);
+    let keep = index_range(start, end, len);
     let mut head = old.clone();
     let (s, e) = keep.map_or((len, len), |(s, e)| (s, e + 1));
     // Remove what lies outside [s, e): no element moves.

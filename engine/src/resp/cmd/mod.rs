@@ -12,11 +12,13 @@
 //! MULTI/EXEC, run in the writer thread against a [`TxnView`].
 
 pub mod db;
+pub mod dump;
 pub mod hashes;
 pub mod keys;
 pub mod lists;
 pub mod server;
 pub mod sets;
+pub mod sort;
 pub mod strings;
 pub mod zsets;
 
@@ -117,6 +119,8 @@ pub fn specs() -> impl Iterator<Item = &'static Spec> {
         .chain(sets::SPECS)
         .chain(lists::SPECS)
         .chain(zsets::SPECS)
+        .chain(dump::SPECS)
+        .chain(sort::SPECS)
 }
 
 static BY_NAME: LazyLock<HashMap<&'static str, &'static Spec>> =
@@ -151,6 +155,10 @@ pub enum Command {
     ClientInfo,
     ClientList,
     ClientNoEvict,
+    ClientUnblock {
+        id: u64,
+        error: bool,
+    },
     // Transactions.
     Multi,
     Exec,
@@ -322,7 +330,18 @@ impl Command {
                 let mut a = Args { name: spec.name, items: args.clone().into_iter() };
                 run(db, &mut a)
             }
+            Command::Ping(None) => Ok(Frame::Simple("PONG".into())),
+            Command::Ping(Some(m)) | Command::Echo(m) => Ok(Frame::Bulk(m.clone())),
             other => Err(Abort::Command(format!("ERR {other:?} is not allowed here"))),
+        }
+    }
+
+    /// Whether MULTI queues this command (data commands, and PING and ECHO as Redis does).
+    pub fn queues_in_multi(&self) -> bool {
+        match self {
+            Command::Data { spec, .. } => !spec.flags.contains(&"no-multi"),
+            Command::Ping(_) | Command::Echo(_) => true,
+            _ => false,
         }
     }
 
@@ -436,6 +455,11 @@ impl Args {
         if self.items.len() == 0 { Ok(()) } else { Err(Frame::error("ERR syntax error")) }
     }
 
+    /// The command's name, as COMMAND reports it.
+    pub fn command(&self) -> &'static str {
+        self.name
+    }
+
     /// Arguments not yet taken.
     pub fn remaining(&self) -> usize {
         self.items.len()
@@ -542,6 +566,16 @@ fn parse_client(a: &mut Args) -> Result<Command, Frame> {
             Ok(Command::ClientSetName(name))
         }
         "getname" => Ok(Command::ClientGetName),
+        "unblock" => {
+            let id = u64::try_from(a.integer()?).map_err(|_| Frame::error("ERR value is out of range"))?;
+            let error = match a.optional().map(|o| o.to_ascii_uppercase()) {
+                None => false,
+                Some(o) if o == b"TIMEOUT" => false,
+                Some(o) if o == b"ERROR" => true,
+                Some(_) => return Err(Frame::error("ERR CLIENT UNBLOCK reason should be TIMEOUT or ERROR")),
+            };
+            Ok(Command::ClientUnblock { id, error })
+        }
         "info" => Ok(Command::ClientInfo),
         "list" => {
             a.strings_rest();
@@ -578,6 +612,49 @@ fn parse_command(a: &mut Args) -> Result<Command, Frame> {
         }
         other => {
             Err(Frame::error(format!("ERR unknown subcommand '{other}'. Try COMMAND COUNT, INFO, DOCS.")))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// docs/compatibility.md lists every command the data port knows as `yes` or
+    /// `partial`, and its `yes`/`partial` rows name only commands the data port knows.
+    #[test]
+    fn the_compatibility_page_lists_every_command() {
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/compatibility.md"))
+            .expect("docs/compatibility.md");
+        const CONTAINERS: &[&str] = &["CLIENT", "CONFIG", "COMMAND", "MEMORY", "OBJECT", "FUNCTION"];
+        let mut listed = std::collections::BTreeSet::new();
+        for line in doc.lines() {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let (Some(commands), Some(state)) = (cells.get(1), cells.get(2)) else { continue };
+            if *state != "yes" && *state != "partial" {
+                continue;
+            }
+            let mut words = commands.split_whitespace().peekable();
+            while let Some(word) = words.next() {
+                let name = word.to_ascii_lowercase();
+                assert!(
+                    find_spec(&name).is_some(),
+                    "compatibility.md says {word} works, but the data port does not know it"
+                );
+                listed.insert(name);
+                if CONTAINERS.contains(&word)
+                    && words.peek().is_some_and(|w| find_spec(&w.to_ascii_lowercase()).is_none())
+                {
+                    words.next(); // the subcommand
+                }
+            }
+        }
+        for spec in specs() {
+            assert!(
+                listed.contains(spec.name),
+                "{} is missing from docs/compatibility.md",
+                spec.name.to_ascii_uppercase()
+            );
         }
     }
 }

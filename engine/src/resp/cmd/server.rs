@@ -185,6 +185,16 @@ const ENCODING_PARAMS: &[(&str, &str)] = &[
     ("active-expire-effort", "1"),
     ("lazyfree-lazy-user-del", "no"),
     ("lazyfree-lazy-user-flush", "no"),
+    // RESTORE always checks a payload whole (checksum and structure), whatever this says.
+    ("sanitize-dump-payload", "no"),
+];
+
+/// Parameters whose value is a fact about Strand: CONFIG SET accepts exactly that value
+/// (what a test suite or tool sets to get Strand's behaviour) and refuses any other.
+const FIXED_PARAMS: &[(&str, &str, &str)] = &[
+    ("appendonly", "yes", "every write is journaled and synced before it is acknowledged"),
+    ("appendfsync", "always", "every group commit is synced before it is acknowledged"),
+    ("save", "", "Strand takes no RDB snapshots; the journal is the durable record"),
 ];
 
 /// The no-op parameters' values as CONFIG SET left them (process-wide, like Redis's).
@@ -228,7 +238,13 @@ pub fn parse_config(a: &mut Args) -> Result<Command, Frame> {
 /// CONFIG SET: only the documented no-op encoding parameters; anything else gets Redis's
 /// error (Strand is configured with strand-engine flags).
 pub fn config_set(pairs: &[(String, Vec<u8>)]) -> Frame {
-    for (name, _) in pairs {
+    for (name, value) in pairs {
+        if let Some((_, fixed, why)) = FIXED_PARAMS.iter().find(|(k, _, _)| k == name) {
+            if value.as_slice() != fixed.as_bytes() {
+                return Frame::error(format!("ERR {name} is always \"{fixed}\" in Strand: {why}"));
+            }
+            continue;
+        }
         if !ENCODING_PARAMS.iter().any(|(k, _)| k == name) {
             return Frame::error(format!(
                 "ERR Unknown option or number of arguments for CONFIG SET - '{name}'"
@@ -237,7 +253,9 @@ pub fn config_set(pairs: &[(String, Vec<u8>)]) -> Frame {
     }
     let mut values = ENCODING_VALUES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     for (name, value) in pairs {
-        values.insert(name.clone(), String::from_utf8_lossy(value).into_owned());
+        if ENCODING_PARAMS.iter().any(|(k, _)| k == name) {
+            values.insert(name.clone(), String::from_utf8_lossy(value).into_owned());
+        }
     }
     Frame::ok()
 }

@@ -251,7 +251,7 @@ fn sdiffstore(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
 
 /// Parses `numkeys key… ` as SINTERCARD, ZUNION and friends take them.
 pub fn numkeys(a: &mut Args) -> Result<Vec<Vec<u8>>, Abort> {
-    let n = a.integer()?;
+    let n = a.integer_or("ERR numkeys should be greater than 0")?;
     if n <= 0 {
         return Err(cmd_err("ERR numkeys should be greater than 0"));
     }
@@ -272,7 +272,8 @@ fn sintercard(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
     while let Some(option) = a.option() {
         match option.as_slice() {
             b"LIMIT" => {
-                let n = a.integer()?;
+                let n = a.next_arg().map_err(|_| cmd_err("ERR syntax error"))?;
+                let n = parse_integer(&n).ok_or_else(|| cmd_err("ERR LIMIT can't be negative"))?;
                 limit = usize::try_from(n).map_err(|_| cmd_err("ERR LIMIT can't be negative"))?;
             }
             _ => return Err(cmd_err("ERR syntax error")),

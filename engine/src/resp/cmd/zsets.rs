@@ -445,7 +445,7 @@ fn run_range(db: &Db<'_>, key: &[u8], q: &RangeQuery, first: &[u8], second: &[u8
                 .ok_or_else(|| cmd_err("ERR value is not an integer or out of range"))?;
             let Some(head) = db.typed(key, Kind::ZSet)? else { return Ok(Vec::new()) };
             let len = usize::try_from(head.len).unwrap_or(usize::MAX);
-            let Some((s, e)) = super::strings::clamp_range(start, stop, len) else { return Ok(Vec::new()) };
+            let Some((s, e)) = super::lists::index_range(start, stop, len) else { return Ok(Vec::new()) };
             by_rank(db, key, q.rev, s, e - s + 1)
         }
         By::Score | By::Lex => {
@@ -623,7 +623,7 @@ fn zremrangebyrank(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
     let (start, stop) = (a.integer()?, a.integer()?);
     let Some(old) = db.typed_for_write(&key, Kind::ZSet)? else { return Ok(Frame::Integer(0)) };
     let len = usize::try_from(old.len).unwrap_or(usize::MAX);
-    let Some((s, e)) = super::strings::clamp_range(start, stop, len) else { return Ok(Frame::Integer(0)) };
+    let Some((s, e)) = super::lists::index_range(start, stop, len) else { return Ok(Frame::Integer(0)) };
     let items = by_rank(db, &key, false, s, e - s + 1)?;
     remove_items(db, &key, &old, &items)
 }
@@ -830,7 +830,12 @@ fn aggregate(how: Aggregate, a: f64, b: f64) -> f64 {
 /// Parses `numkeys key… [WEIGHTS w…] [AGGREGATE …] [WITHSCORES]` and computes the result,
 /// ordered as Redis orders a sorted set.
 fn combine(db: &Db<'_>, a: &mut Args, op: SetOp, allow_withscores: bool) -> Result<(Scored, bool), Abort> {
-    let keys = numkeys(a)?;
+    let keys = match numkeys(a) {
+        Err(Abort::Command(m)) if m.contains("should be greater than 0") => {
+            return Err(cmd_err(format!("ERR at least 1 input key is needed for '{}' command", a.command())));
+        }
+        other => other?,
+    };
     let mut weights = vec![1.0; keys.len()];
     let mut how = Aggregate::Sum;
     let mut with_scores = false;
@@ -930,12 +935,18 @@ fn zdiffstore(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
 }
 
 fn zintercard(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
-    let keys = numkeys(a)?;
+    let keys = match numkeys(a) {
+        Err(Abort::Command(m)) if m.contains("should be greater than 0") => {
+            return Err(cmd_err("ERR at least 1 input key is needed for 'zintercard' command"));
+        }
+        other => other?,
+    };
     let mut limit = 0usize;
     while let Some(option) = a.option() {
         match option.as_slice() {
             b"LIMIT" => {
-                let n = a.integer()?;
+                let n = a.next_arg().map_err(|_| cmd_err("ERR syntax error"))?;
+                let n = parse_integer(&n).ok_or_else(|| cmd_err("ERR LIMIT can't be negative"))?;
                 limit = usize::try_from(n).map_err(|_| cmd_err("ERR LIMIT can't be negative"))?;
             }
             _ => return Err(cmd_err("ERR syntax error")),

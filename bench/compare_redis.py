@@ -7,7 +7,11 @@ two servers in each of --rounds rounds, and reports medians and Strand/Redis rat
 measures the raw fsync rate of the disk holding the data (write 4 KiB + fdatasync in a loop),
 the physical limit for one-at-a-time durable commits.
 
-Usage: bench/compare_redis.py [--rounds 3] [--out docs/benchmarks.md]
+With --types it instead runs redis-benchmark's own command set across the data types
+(`-t set,get,incr,lpush,rpush,lpop,rpop,sadd,hset,spop,zadd,zpopmin,lrange_100,mset`, 50
+clients, no pipelining, its default keys and 3-byte values) against both servers in each round.
+
+Usage: bench/compare_redis.py [--rounds 3] [--types] [--out docs/benchmarks.md]
 Needs: redis-server, redis-benchmark. The release build of strand-engine is brought up to date
 first. The work directory ($STRAND_BENCH_DIR, else the system's temporary directory) must
 be on a disk: a tmpfs is refused.
@@ -67,9 +71,27 @@ def bench(port, test, clients, pipeline, requests):
     sys.exit(f"no result in redis-benchmark output: {out}")
 
 
+TYPES_TESTS = "set,get,incr,lpush,rpush,lpop,rpop,sadd,hset,spop,zadd,zpopmin,lrange_100,mset"
+
+
+def bench_types(port, requests):
+    """Every row of redis-benchmark's own command set: {test name: requests per second}."""
+    cmd = ["redis-benchmark", "-p", str(port), "-t", TYPES_TESTS, "-c", "50", "-n", str(requests), "--csv"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    rows = list(csv.reader(io.StringIO(out)))
+    result = {}
+    for row in rows[1:]:
+        if len(row) > 1:
+            result[row[0]] = number(row[1], f"the {row[0]} rate in redis-benchmark's output {out!r}")
+    if len(result) < 14:
+        sys.exit(f"redis-benchmark reported {len(result)} of the expected tests: {out}")
+    return result
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--types", action="store_true", help="redis-benchmark's command set across the types")
     ap.add_argument("--out", help="write the markdown report here")
     args = ap.parse_args()
     for tool in ("redis-server", "redis-benchmark"):
@@ -92,6 +114,34 @@ def main():
         wait_port(strand_port, strand, "strand-engine")
         wait_port(redis_port, redis, "redis-server")
         rate = fsync_rate(work)
+        if args.types:
+            runs = {"strand": [], "redis": []}
+            for r in range(args.rounds):
+                order = [("strand", strand_port), ("redis", redis_port)]
+                if r % 2:
+                    order.reverse()
+                for name, port in order:
+                    runs[name].append(bench_types(port, 20000))
+                    print(f"round {r + 1}/{args.rounds} {name}: {runs[name][-1]}", file=sys.stderr)
+            lines = [
+                f"Raw disk fsync rate (4 KiB write + fdatasync, one at a time): **{rate:.0f}/s**",
+                "",
+                f"redis-benchmark's command set, 50 clients, no pipelining; medians of {args.rounds} rounds, "
+                "requests per second:",
+                "",
+                "| test | Strand | Redis (AOF always) | Strand / Redis |",
+                "|---|---:|---:|---:|",
+            ]
+            for test in runs["strand"][0]:
+                s_med = statistics.median(run[test] for run in runs["strand"])
+                r_med = statistics.median(run[test] for run in runs["redis"])
+                lines.append(f"| {test} | {s_med:.0f} | {r_med:.0f} | {s_med / r_med:.2f} |")
+            report = "\n".join(lines) + "\n"
+            print(report)
+            if args.out:
+                with open(args.out, "w") as f:
+                    f.write(report)
+            return
         cases = []
         for test in ("set", "get"):
             for clients in (1, 50):

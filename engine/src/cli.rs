@@ -487,7 +487,7 @@ async fn ctl_inner(args: CtlArgs) -> Result<(), String> {
                         );
                     }
                 }
-                println!("keys:           {}", status.keys);
+                println!("nodes:          {}", status.nodes);
                 println!("format/binary:  {} / {}", status.format_version, status.binary_version);
                 println!("uptime:         {}s", status.uptime_seconds);
             }

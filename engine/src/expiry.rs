@@ -72,7 +72,7 @@ async fn run_once(engine: &Engine) -> bool {
     };
     let entries = {
         let mut kv = ReadOnly(&snapshot);
-        let db = Db { kv: &mut kv, now_ms };
+        let db = Db { kv: &mut kv, now_ms, counts: None };
         match due(&db, now_ms, KEYS_PER_RUN) {
             Ok(e) => e,
             Err(_) => return false,
@@ -84,7 +84,7 @@ async fn run_once(engine: &Engine) -> bool {
     }
     let full = entries.len() == KEYS_PER_RUN;
     let program: TxnProgram<Frame> = Box::new(move |view| {
-        let mut db = Db { kv: view, now_ms };
+        let mut db = Db { kv: view, now_ms, counts: None };
         let mut removed = 0;
         for (at, key) in &entries {
             // Only if the key still expires then (a write since the snapshot may have

@@ -40,6 +40,25 @@ fn dump(server: &Server) -> BTreeMap<String, (String, i64, String)> {
     out
 }
 
+/// DBSIZE (the store's running count) and INFO's `expires` agree with the keys a scan finds.
+#[track_caller]
+fn counts_agree(server: &Server) {
+    let mut c = server.client();
+    let keys: Vec<String> = c.scan().unwrap().collect();
+    let size: usize = redis::cmd("DBSIZE").query(&mut c).unwrap();
+    assert_eq!(size, keys.len(), "DBSIZE on {}", server.name);
+    let mut expiring = 0;
+    for k in &keys {
+        if redis::cmd("PTTL").arg(k).query::<i64>(&mut c).unwrap() > 0 {
+            expiring += 1;
+        }
+    }
+    let info: String = redis::cmd("INFO").arg("keyspace").query(&mut c).unwrap();
+    let expected =
+        if keys.is_empty() { String::new() } else { format!("db0:keys={},expires={expiring},", keys.len()) };
+    assert!(info.contains(&expected), "{info} on {}", server.name);
+}
+
 /// A mixed data set: every type, some keys with an expiry.
 fn seed(server: &Server) {
     let mut c = server.client();
@@ -123,6 +142,8 @@ fn every_type_replicates_and_an_online_rollback_restores_every_key_exactly() {
     wait_until("BrynMawr to hold the churn", || brynmawr.seqno() == churned);
     let after = dump(&ardmore);
     assert_eq!(dump(&brynmawr), after);
+    counts_agree(&ardmore);
+    counts_agree(&brynmawr);
     assert_ne!(after, before);
     assert!(
         !after.contains_key("h:user") && after.contains_key("set:colours") && !after.contains_key("s:short")
@@ -133,6 +154,7 @@ fn every_type_replicates_and_an_online_rollback_restores_every_key_exactly() {
     let rolled = ardmore.ctl(&["rollback", "--to-seqno", &seeded.to_string()]);
     assert_eq!(rolled["journal_seqno"], seeded);
     assert_eq!(dump(&ardmore), before, "rollback restored every key, type and expiry");
+    counts_agree(&ardmore);
     ardmore.verify();
     brynmawr.verify();
 
@@ -164,6 +186,10 @@ fn every_type_replicates_and_an_online_rollback_restores_every_key_exactly() {
     assert!(find("list-element", "l:work")["after"].is_string());
     let plain = changes.iter().find(|c| c["key"] == "s:plain" && c["node"] == "string").unwrap();
     assert!(plain["expire_after_ms"].as_u64().unwrap() > 0, "{plain}");
+    // The counts a restart takes from the file are the ones kept at each commit.
+    let mut ardmore = ardmore;
+    ardmore.restart();
+    counts_agree(&ardmore);
 }
 
 #[test]

@@ -366,7 +366,9 @@ pub struct Status {
     /// Whether the data holds what the next format needs (`ctl prepare-upgrade` ran).
     pub upgrade_prepared: bool,
     pub uptime_seconds: u64,
-    pub keys: u64,
+    /// Nodes in the data table (storage::node): a string key is one, a collection one per
+    /// element plus its head, an expiring key one more. O(1) to read; DBSIZE counts keys.
+    pub nodes: u64,
     pub storage_bytes: u64,
     pub storage_degraded: bool,
     pub resp_port: u16,
@@ -406,7 +408,7 @@ async fn status(State(engine): State<Arc<Engine>>) -> Result<Json<Status>, ApiEr
     let store = &engine.store;
     let meta = store.meta();
     let seqno = store.committed_seqno();
-    let keys = store.snapshot()?.len()?;
+    let nodes = store.snapshot()?.len()?;
     let seqnos = store.stream_seqnos();
     let own_family = crate::storage::meta::family_root(&meta.history).map_or(&meta.name, |r| &r.root_name);
     let mut streams = vec![StreamStatus {
@@ -436,7 +438,7 @@ async fn status(State(engine): State<Arc<Engine>>) -> Result<Json<Status>, ApiEr
         version_mismatch: store.version_mismatch(),
         upgrade_prepared: store.snapshot()?.get(crate::storage::format::PREPARED_KEY)?.is_some(),
         uptime_seconds: engine.started.elapsed().as_secs(),
-        keys,
+        nodes,
         storage_bytes: store.file_bytes(),
         storage_degraded: store.is_degraded(),
         resp_port: engine.config.resp_port,

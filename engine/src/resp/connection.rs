@@ -376,7 +376,7 @@ impl State {
                 Ok(Frame::Null | Frame::NullArray) => Ok(None),
                 Ok(served) => Ok(Some(served)),
                 Err(Abort::Command(m)) if retry && m.starts_with("WRONGTYPE") => {
-                    let db = cmd::db::Db { kv: view, now_ms: cmd::now_ms() };
+                    let db = cmd::db::Db { kv: view, now_ms: cmd::now_ms(), counts: None };
                     let mut servable = false;
                     for k in &waited {
                         servable |= db.head(k)?.is_some_and(|h| h.kind == pops);
@@ -389,7 +389,7 @@ impl State {
         let (request, mut rx) = Writer::blocking_request(id, keys, program);
         self.outbox.push(request);
         self.flush(engine).await;
-        let deadline = (timeout_ms > 0)
+        let mut deadline = (timeout_ms > 0)
             .then(|| tokio::time::Instant::now() + std::time::Duration::from_millis(timeout_ms));
         let mut peek = [0u8; 4096];
         let mut closed = false;
@@ -401,6 +401,9 @@ impl State {
                     if engine.writer.unblock(id) {
                         break None;
                     }
+                    // Not waiting yet (still in the writer's queue) or being served right
+                    // now: look again shortly rather than spin.
+                    deadline = Some(tokio::time::Instant::now() + std::time::Duration::from_millis(1));
                 }
                 signal = &mut unblock_rx, if unblockable => {
                     unblockable = false;
@@ -481,6 +484,9 @@ impl State {
     }
 
     fn read(&mut self, engine: &Engine, command: Command) -> Frame {
+        // Counts first: a snapshot taken after them is at least as new (DBSIZE may count a
+        // key committed in between as not yet there, never the other way round).
+        let counts = engine.store.key_counts();
         let snapshot = match engine.store.snapshot() {
             Ok(s) => s,
             Err(e) => return Frame::error(format!("ERR {}", error_chain(&e))),
@@ -488,7 +494,7 @@ impl State {
         if let Command::Scan { cursor, pattern, count, target } = command {
             return self.scan(&snapshot, cursor, pattern.as_deref(), count, &target);
         }
-        command.execute_read(&snapshot).unwrap_or_else(abort_frame)
+        command.execute_read(&snapshot, counts).unwrap_or_else(abort_frame)
     }
 
     fn scan(
@@ -508,7 +514,7 @@ impl State {
             }
         };
         let mut kv = cmd::db::ReadOnly(snapshot);
-        let db = cmd::db::Db { kv: &mut kv, now_ms: cmd::now_ms() };
+        let db = cmd::db::Db { kv: &mut kv, now_ms: cmd::now_ms(), counts: None };
         let (items, last) = match cmd::keys::scan_step(&db, target, after.as_deref(), pattern, count) {
             Ok(step) => step,
             Err(e) => return abort_frame(e),

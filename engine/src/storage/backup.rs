@@ -30,7 +30,11 @@ pub struct BackupInfo {
     pub name: String,
     pub creation_id: String,
     pub journal_seqno: u64,
-    pub keys: u64,
+    /// Entries of the data table copied: nodes (storage::node), one per string key, one
+    /// per collection element plus its head. Backups written before the data model call it
+    /// `keys`.
+    #[serde(alias = "keys")]
+    pub nodes: u64,
     pub taken_at_micros: u64,
 }
 
@@ -74,12 +78,12 @@ fn write_backup(store: &Store, path: &Path, tmp: &Path) -> Result<BackupInfo, St
     let journal = snapshot.open_table(JOURNAL).map_err(redb_err("open the journal table"))?;
     let journal_seqno = journal.last().map_err(redb_err("read the journal"))?.map_or(0, |(k, _)| k.value());
 
-    let mut keys = 0u64;
+    let mut nodes = 0u64;
     let mut pending: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(BACKUP_CHUNK_ENTRIES);
     for entry in data.iter().map_err(redb_err("read the data"))? {
         let (k, v) = entry.map_err(redb_err("read the data"))?;
         pending.push((k.value().to_vec(), v.value().to_vec()));
-        keys += 1;
+        nodes += 1;
         if pending.len() == BACKUP_CHUNK_ENTRIES {
             copy_chunk(&target, &mut pending, |t, k, v| {
                 t.open_table(DATA)?.insert(k, v)?;
@@ -117,7 +121,7 @@ fn write_backup(store: &Store, path: &Path, tmp: &Path) -> Result<BackupInfo, St
         name: meta.name.clone(),
         creation_id: meta.creation_id.clone(),
         journal_seqno,
-        keys,
+        nodes,
         taken_at_micros: now_micros(),
     };
     let txn = target.begin_write().map_err(redb_err("begin a write transaction"))?;
@@ -137,7 +141,7 @@ fn write_backup(store: &Store, path: &Path, tmp: &Path) -> Result<BackupInfo, St
     drop(target);
     std::fs::rename(tmp, path).map_err(|source| StoreError::CreateDir { path: path.to_owned(), source })?;
     sync_parent(path)?;
-    tracing::info!(path = %path.display(), journal_seqno, keys, "backup written");
+    tracing::info!(path = %path.display(), journal_seqno, nodes, "backup written");
     Ok(info)
 }
 

@@ -166,6 +166,16 @@ pub struct Store {
     lease_until_nanos: AtomicU64,
     /// Origin of the monotonic clock the lease is measured on.
     clock: std::time::Instant,
+    /// Keys and keys with an expiry, as of the committed seqno (DBSIZE, INFO keyspace): counted
+    /// once at open, then kept in step by the writer at each commit.
+    counts: std::sync::Mutex<KeyCounts>,
+}
+
+/// How many keys the data holds, and how many of them have an expiry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyCounts {
+    pub keys: u64,
+    pub expiring: u64,
 }
 
 /// Writes stop this long before the role lease ends, so a group started just before the end
@@ -201,6 +211,7 @@ impl Store {
         let meta = load_or_create_meta(&db, data_dir, create)?;
         let committed = check_journal(&db)?;
         let stream_seqnos = read_stream_seqnos(&db)?;
+        let counts = count_keys(&db)?;
         let meta_lease_required = meta.lease_required;
         tracing::info!(
             instance = %meta.name, journal_seqno = committed, role = meta.role.as_str(),
@@ -228,6 +239,7 @@ impl Store {
             lease_required: AtomicBool::new(meta_lease_required),
             lease_until_nanos: AtomicU64::new(0),
             clock: std::time::Instant::now(),
+            counts: std::sync::Mutex::new(counts),
         })
     }
 
@@ -336,6 +348,26 @@ impl Store {
 
     pub fn db_path(&self) -> &Path {
         &self.db_path
+    }
+
+    /// Keys (heads, expired or not, as Redis's DBSIZE) and keys with an expiry, committed.
+    pub fn key_counts(&self) -> KeyCounts {
+        *self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Applies what a commit changed to the counts (the writer calls it once the commit is
+    /// durable, before anyone hears of it).
+    pub(crate) fn adjust_counts(&self, (keys, expiring): (i64, i64)) {
+        let mut c = self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        c.keys = c.keys.saturating_add_signed(keys);
+        c.expiring = c.expiring.saturating_add_signed(expiring);
+    }
+
+    /// Counts keys anew from the file (at open, and after the file was reopened).
+    pub(crate) fn recount(&self, db: &Database) -> Result<(), StoreError> {
+        let counts = count_keys(db)?;
+        *self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = counts;
+        Ok(())
     }
 
     pub fn committed_seqno(&self) -> u64 {
@@ -781,6 +813,25 @@ pub struct VerifyReport {
 
 /// Nodes with their values, or any other pairs of byte strings.
 pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Walks the head and expiry-index nodes (once per open: O(keys)).
+fn count_keys(db: &Database) -> Result<KeyCounts, StoreError> {
+    let txn = db.begin_read().map_err(redb_err("begin a read transaction"))?;
+    let data = match txn.open_table(DATA) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(KeyCounts::default()),
+        Err(e) => return Err(redb_err("open the data table")(e)),
+    };
+    let count = |lo: &[u8], hi: &[u8]| -> Result<u64, StoreError> {
+        let mut n = 0u64;
+        for entry in data.range::<&[u8]>(lo..hi).map_err(redb_err("count keys"))? {
+            entry.map_err(redb_err("count keys"))?;
+            n += 1;
+        }
+        Ok(n)
+    };
+    Ok(KeyCounts { keys: count(node::HEADS_START, node::HEADS_END)?, expiring: count(b"X", b"Y")? })
+}
 
 /// Node bounds of a range read.
 pub type Range<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);

@@ -232,6 +232,17 @@ pub fn from_sortable_i64(bytes: [u8; 8]) -> i64 {
     (u64::from_be_bytes(bytes) ^ (1 << 63)) as i64
 }
 
+/// How a node going from present (`before`) to present (`after`) changes the count of keys
+/// (heads) and of keys with an expiry (expiry-index nodes).
+pub fn count_delta(node: &[u8], before: bool, after: bool) -> (i64, i64) {
+    let d = i64::from(after) - i64::from(before);
+    match node.first() {
+        Some(&HEAD) => (d, 0),
+        Some(&EXPIRY) => (0, d),
+        _ => (0, 0),
+    }
+}
+
 /// The application key a node belongs to (WATCH and the lost-transaction log use it). A system
 /// node is its own key.
 pub fn user_key(node: &[u8]) -> &[u8] {

@@ -219,6 +219,7 @@ impl<T: Send + 'static> Writer<T> {
         let supplementary = store.meta().supplementary;
         let waiters: Waiters<T> = Arc::default();
         let state = WriterThread {
+            counted: (0, 0),
             waiters: waiters.clone(),
             store,
             disk_reserve_bytes,
@@ -475,6 +476,8 @@ impl TxnView<'_, '_> {
 
 struct WriterThread<T> {
     store: Arc<Store>,
+    /// What the commit being built changes in the key counts (see `Store::key_counts`).
+    counted: (i64, i64),
     /// Blocked transactions (see [`BlockingProgram`]).
     waiters: Waiters<T>,
     disk_reserve_bytes: u64,
@@ -685,6 +688,7 @@ impl<T: Send + 'static> WriterThread<T> {
         batch: &mut Vec<TxnRequest<T>>,
         replies: &mut Vec<Reply<T>>,
     ) -> Result<(), StoreError> {
+        self.counted = (0, 0);
         let free = self.store.free_bytes()?;
         if free < self.disk_reserve_bytes {
             self.store.degraded.store(true, Ordering::Release);
@@ -776,6 +780,7 @@ impl<T: Send + 'static> WriterThread<T> {
         }
         let started = Instant::now();
         txn.commit().map_err(redb_err("commit"))?;
+        self.store.adjust_counts(std::mem::take(&mut self.counted));
         let fsync = started.elapsed();
         let mut streams = self.streams;
         streams[0] = local;
@@ -821,6 +826,9 @@ impl<T: Send + 'static> WriterThread<T> {
                     .into_iter()
                     .map(|(key, c)| KeyChange { key, before: c.before, after: c.after })
                     .collect();
+                for c in &changes {
+                    self.count(&c.key, c.before.is_some(), c.after.is_some());
+                }
                 let touched: Vec<Vec<u8>> =
                     changes.iter().map(|c| super::node::user_key(&c.key).to_vec()).collect();
                 self.touch(touched.iter().map(Vec::as_slice));
@@ -897,6 +905,13 @@ impl<T: Send + 'static> WriterThread<T> {
         Ok(())
     }
 
+    /// Notes a node's change for the key counts of the commit being built.
+    fn count(&mut self, node: &[u8], before: bool, after: bool) {
+        let (k, e) = super::node::count_delta(node, before, after);
+        self.counted.0 += k;
+        self.counted.1 += e;
+    }
+
     /// Marks keys as written by a new version (for WATCH).
     fn touch<'k>(&mut self, keys: impl Iterator<Item = &'k [u8]>) {
         self.version += 1;
@@ -924,6 +939,7 @@ impl<T: Send + 'static> WriterThread<T> {
         source_history: Vec<HistoryRecord>,
         source_streams: Vec<StreamState>,
     ) -> Result<u64, StoreError> {
+        self.counted = (0, 0);
         self.check_space()?;
         let db = self.store.db()?;
         let committed = self.store.committed_seqno();
@@ -975,6 +991,7 @@ impl<T: Send + 'static> WriterThread<T> {
                             data.remove(change.key.as_slice()).map_err(redb_err("delete a key"))?;
                         }
                     }
+                    self.count(&change.key, change.before.is_some(), change.after.is_some());
                     touched.push(change.key.clone());
                 }
                 if record.kind == RecordKind::Upgrade {
@@ -1050,6 +1067,7 @@ impl<T: Send + 'static> WriterThread<T> {
         records: Vec<Record>,
         source_history: Vec<HistoryRecord>,
     ) -> Result<u64, StoreError> {
+        self.counted = (0, 0);
         self.check_space()?;
         let db = self.store.db()?;
         let committed = self.store.committed_seqno();
@@ -1117,6 +1135,7 @@ impl<T: Send + 'static> WriterThread<T> {
                             data.remove(change.key.as_slice()).map_err(redb_err("delete a key"))?;
                         }
                     }
+                    self.count(&change.key, before.is_some(), change.after.is_some());
                     touched.push(change.key.clone());
                     changes.push(KeyChange { key: change.key, before, after: change.after });
                 }
@@ -1179,6 +1198,7 @@ impl<T: Send + 'static> WriterThread<T> {
         save_streams(&txn, &self.streams, &streams)?;
         let started = Instant::now();
         txn.commit().map_err(redb_err("commit replicated records"))?;
+        self.store.adjust_counts(std::mem::take(&mut self.counted));
         self.metrics.journal_fsync_duration_seconds.observe(started.elapsed().as_secs_f64());
         self.metrics.commits_total.inc_by(last - committed);
         self.metrics.journal_seqno.set(i64::try_from(last).unwrap_or(i64::MAX));
@@ -1201,6 +1221,7 @@ impl<T: Send + 'static> WriterThread<T> {
         new_epoch: bool,
         reason: &str,
     ) -> Result<Option<LastRollback>, StoreError> {
+        self.counted = (0, 0);
         let committed = self.store.committed_seqno();
         if to_seqno >= committed {
             return Ok(None);
@@ -1245,6 +1266,7 @@ impl<T: Send + 'static> WriterThread<T> {
                             data.remove(change.key.as_slice()).map_err(redb_err("restore a key"))?;
                         }
                     }
+                    self.count(&change.key, change.after.is_some(), change.before.is_some());
                     touched.push(change.key.clone());
                 }
                 if let Some(t) = streams_touched.get_mut(usize::from(record.stream)) {
@@ -1324,6 +1346,7 @@ impl<T: Send + 'static> WriterThread<T> {
             let _ = std::fs::remove_file(&pending);
             return Err(e);
         }
+        self.store.adjust_counts(std::mem::take(&mut self.counted));
         if let Err(e) = crate::storage::lostlog::finalize(&path) {
             // The rollback is committed; the pending file is completed at the next start.
             tracing::error!(error = %error_chain(&e), "cannot rename the rollback log into place");
@@ -1467,6 +1490,9 @@ impl<T: Send + 'static> WriterThread<T> {
                 match super::check_journal(&db) {
                     Ok(seqno) => {
                         self.store.publish(seqno, None, self.version);
+                        if let Err(e) = self.store.recount(&db) {
+                            tracing::error!(error = %error_chain(&e), "cannot count keys after reopening");
+                        }
                         *self.store.db.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
                             Some(Arc::new(db));
                         tracing::info!(journal_seqno = seqno, "database reopened after an I/O error");

@@ -68,6 +68,9 @@ pub struct Db<'a> {
     pub kv: &'a mut dyn Kv,
     /// Unix milliseconds this command runs at: expiry is judged against it.
     pub now_ms: u64,
+    /// The store's key counts, where the data is the committed state (reads outside MULTI):
+    /// DBSIZE is then O(1); inside a transaction it walks the heads.
+    pub counts: Option<crate::storage::KeyCounts>,
 }
 
 pub fn cmd_err(message: impl Into<String>) -> Abort {
@@ -329,27 +332,11 @@ impl Db<'_> {
         }
     }
 
-    /// Keys with an expiry (INFO's `expires`).
-    pub fn count_expiring(&self) -> Result<u64, Abort> {
-        let end = node::prefix_end(node::EXPIRY_START);
-        let mut n = 0u64;
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let lower = match after.as_deref() {
-                Some(x) => Bound::Excluded(x),
-                None => Bound::Included(node::EXPIRY_START),
-            };
-            let batch = self.kv.range((lower, end_bound(end.as_deref())), false, BATCH)?;
-            n += batch.len() as u64;
-            if batch.len() < BATCH {
-                return Ok(n);
-            }
-            after = batch.last().map(|(k, _)| k.clone());
-        }
-    }
-
     /// Heads present, expired or not (DBSIZE counts what Redis would still hold).
     pub fn count_keys(&self) -> Result<u64, Abort> {
+        if let Some(c) = self.counts {
+            return Ok(c.keys);
+        }
         let mut n = 0u64;
         let mut after: Option<Vec<u8>> = None;
         loop {

@@ -213,7 +213,45 @@ fn keys(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
     ))
 }
 
+/// RANDOMKEY in O(log n): a random point between the first and the last key (past their
+/// common prefix), then the live key just after or just before it, one or the other at
+/// random. Like Redis's (a random hash bucket) it is not exactly uniform: a key after a wide
+/// gap is likelier. Only when every key tried has expired does it walk the key space.
 fn randomkey(db: &mut Db<'_>, _: &mut Args) -> Result<Frame, Abort> {
+    let heads = |lo: Bound<&[u8]>, hi: Bound<&[u8]>, rev: bool, n: usize| db.kv.range((lo, hi), rev, n);
+    let start = Bound::Included(node::HEADS_START);
+    let end = Bound::Excluded(node::HEADS_END);
+    let (Some((first, _)), Some((last, _))) =
+        (heads(start, end, false, 1)?.pop(), heads(start, end, true, 1)?.pop())
+    else {
+        return Ok(Frame::Null);
+    };
+    let common = first.iter().zip(&last).take_while(|(a, b)| a == b).count();
+    let word = |k: &[u8]| {
+        let mut w = [0u8; 8];
+        for (i, b) in k.iter().skip(common).take(8).enumerate() {
+            if let Some(x) = w.get_mut(i) {
+                *x = *b;
+            }
+        }
+        u64::from_be_bytes(w)
+    };
+    let (lo, hi) = (word(&first), word(&last));
+    for _ in 0..8 {
+        let r = lo + random_u64() % (hi - lo).saturating_add(1).max(1);
+        let mut target = first.get(..common).unwrap_or_default().to_vec();
+        target.extend_from_slice(&r.to_be_bytes());
+        let candidates = if random_u64().is_multiple_of(2) {
+            heads(Bound::Included(&target), end, false, 16)?
+        } else {
+            heads(start, Bound::Included(&target), true, 16)?
+        };
+        for (n, v) in candidates {
+            if Head::decode(&v).is_some_and(|h| !h.expired(db.now_ms)) {
+                return Ok(Frame::Bulk(n.get(1..).unwrap_or_default().to_vec()));
+            }
+        }
+    }
     let keys = db.all_keys()?;
     if keys.is_empty() {
         return Ok(Frame::Null);

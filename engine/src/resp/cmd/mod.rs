@@ -345,16 +345,21 @@ impl Command {
         }
     }
 
-    /// Executes a read command against a committed snapshot.
-    pub fn execute_read(&self, snapshot: &crate::storage::Snapshot) -> Result<Frame, Abort> {
+    /// Executes a read command against a committed snapshot; `counts` are the store's key
+    /// counts for DBSIZE.
+    pub fn execute_read(
+        &self,
+        snapshot: &crate::storage::Snapshot,
+        counts: crate::storage::KeyCounts,
+    ) -> Result<Frame, Abort> {
         let mut kv = db::ReadOnly(snapshot);
-        let mut db = Db { kv: &mut kv, now_ms: now_ms() };
+        let mut db = Db { kv: &mut kv, now_ms: now_ms(), counts: Some(counts) };
         self.run(&mut db)
     }
 
     /// Executes a read or write command inside the writer.
     pub fn execute_in_txn(&self, view: &mut TxnView<'_, '_>) -> Result<Frame, Abort> {
-        let mut db = Db { kv: view, now_ms: now_ms() };
+        let mut db = Db { kv: view, now_ms: now_ms(), counts: None };
         self.run(&mut db)
     }
 

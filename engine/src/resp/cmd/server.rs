@@ -90,14 +90,9 @@ pub fn info(engine: &Engine, sections: &[String]) -> Frame {
     }
     if wanted("keyspace") {
         out.push_str("# Keyspace\r\n");
-        if let Ok(snapshot) = engine.store.snapshot() {
-            let mut kv = super::db::ReadOnly(&snapshot);
-            let db = super::db::Db { kv: &mut kv, now_ms: super::now_ms() };
-            let keys = db.count_keys().unwrap_or(0);
-            let expires = db.count_expiring().unwrap_or(0);
-            if keys > 0 {
-                out.push_str(&format!("db0:keys={keys},expires={expires},avg_ttl=0\r\n"));
-            }
+        let counts = engine.store.key_counts();
+        if counts.keys > 0 {
+            out.push_str(&format!("db0:keys={},expires={},avg_ttl=0\r\n", counts.keys, counts.expiring));
         }
     }
     Frame::Bulk(out.into_bytes())

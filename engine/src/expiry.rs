@@ -90,10 +90,17 @@ async fn run_once(engine: &Engine) -> bool {
             // Only if the key still expires then (a write since the snapshot may have
             // changed it); `head_for_write` removes an expired key as a journaled delete.
             let head = db.kv.get(&node::head(key))?.and_then(|b| node::Head::decode(&b));
-            if head.is_some_and(|h| h.expire_at_ms == *at && h.expired(now_ms))
-                && db.head_for_write(key)?.is_none()
-            {
-                removed += 1;
+            match head {
+                Some(h) if h.expire_at_ms == *at => {
+                    if h.expired(now_ms) && db.head_for_write(key)?.is_none() {
+                        removed += 1;
+                    }
+                }
+                // An index entry its key no longer agrees with (both sides of an SI stream
+                // set an expiry on one key): drop it, so it never holds up the cycle.
+                _ => {
+                    db.kv.remove(&node::expiry(*at, key))?;
+                }
             }
         }
         Ok(Frame::Integer(removed))

@@ -248,6 +248,24 @@ fn si_streams_carry_collection_changes_with_their_tags() {
     let mut m = malvern.client();
     let _: i64 = m.sadd("local:set", "mine").unwrap();
 
+    // A client blocked on Malvern is served by an element that arrives over the stream, and
+    // WATCH on Malvern sees changes that arrive over it.
+    let mut consumer = std::net::TcpStream::connect(malvern.addr()).unwrap();
+    consumer.write_all(b"*3\r\n$5\r\nBLPOP\r\n$5\r\nq:job\r\n$1\r\n0\r\n").unwrap();
+    wait_until("the consumer on Malvern to block", || {
+        let info: String = redis::cmd("INFO").arg("clients").query(&mut m).unwrap();
+        info.contains("blocked_clients:1")
+    });
+    let mut watcher = malvern.client();
+    let () = redis::cmd("WATCH").arg("cart:1").query(&mut watcher).unwrap();
+    let _: i64 = a.rpush("q:job", "j1").unwrap();
+    let _: i64 = a.hset("cart:1", "pears", 1).unwrap();
+    let mut reply = [0u8; 64];
+    let n = consumer.read(&mut reply).unwrap();
+    assert_eq!(&reply[..n], b"*2\r\n$5\r\nq:job\r\n$2\r\nj1\r\n");
+    wait_until("Malvern to hold stream 1 seqno 6", || malvern.stream_seqno(1) == 6);
+    let exec: Option<(i64,)> = redis::pipe().atomic().sadd("local:other", "x").query(&mut watcher).unwrap();
+    assert_eq!(exec, None, "EXEC fails: a watched key changed over the stream");
     assert_eq!(m.hget::<_, _, String>("cart:1", "apples").unwrap(), "5");
     assert_eq!(m.zscore::<_, _, f64>("rank", "ann").unwrap(), 6.0);
     assert_eq!(m.lrange::<_, Vec<String>>("feed", 0, -1).unwrap(), vec!["one", "two"]);
@@ -261,5 +279,7 @@ fn si_streams_carry_collection_changes_with_their_tags() {
     assert_eq!((cart.0, cart.1), (1, 4), "the mixed transaction keeps its stream tag");
     let own = tagged.iter().find(|t| t.2.contains(&"local:set".to_owned())).unwrap();
     assert_eq!((own.0, own.1), (0, 1));
+    let served = tagged.iter().find(|t| t.0 == 0 && t.2.contains(&"q:job".to_owned())).unwrap();
+    assert_eq!(served.1, 2, "serving the consumer is Malvern's own transaction in stream 0");
     malvern.verify();
 }

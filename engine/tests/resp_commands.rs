@@ -489,3 +489,56 @@ fn blocked_pops_touch_nothing_until_served_and_a_departed_client_pops_nothing() 
     let _: i64 = c.rpush("work", "job").unwrap();
     assert_eq!(c.lrange::<_, Vec<String>>("work", 0, -1).unwrap(), vec!["job"]);
 }
+
+/// Cases a review found: a list rotated onto itself keeps its key and expiry; ZADD with a
+/// member twice on a new key applies NX/GT/CH per pair; SMOVE from a missing source is 0
+/// whatever the destination; blocked clients are served in the order they blocked even
+/// after a transaction touched (and emptied) a key one of them waits on.
+#[test]
+fn review_cases_of_the_data_model() {
+    use std::io::{Read, Write};
+    let (_dir, server) = server();
+    let mut c = server.client();
+    let _: i64 = c.rpush("k", "a").unwrap();
+    let _: i64 = redis::cmd("PEXPIRE").arg("k").arg(100_000).query(&mut c).unwrap();
+    let v: String = redis::cmd("LMOVE").arg("k").arg("k").arg("LEFT").arg("RIGHT").query(&mut c).unwrap();
+    assert_eq!(v, "a");
+    assert!(redis::cmd("PTTL").arg("k").query::<i64>(&mut c).unwrap() > 0, "the rotation kept the expiry");
+
+    let _: i64 =
+        redis::cmd("ZADD").arg("z1").arg("NX").arg(1).arg("a").arg(2).arg("a").query(&mut c).unwrap();
+    assert_eq!(c.zscore::<_, _, f64>("z1", "a").unwrap(), 1.0);
+    let _: i64 =
+        redis::cmd("ZADD").arg("z2").arg("GT").arg(5).arg("a").arg(1).arg("a").query(&mut c).unwrap();
+    assert_eq!(c.zscore::<_, _, f64>("z2", "a").unwrap(), 5.0);
+    let ch: i64 =
+        redis::cmd("ZADD").arg("z3").arg("CH").arg(1).arg("a").arg(2).arg("a").query(&mut c).unwrap();
+    assert_eq!(ch, 2, "added, then changed: CH counts both, as Redis");
+
+    let () = c.set("str", "x").unwrap();
+    assert_eq!(redis::cmd("SMOVE").arg("nosrc").arg("str").arg("m").query::<i64>(&mut c).unwrap(), 0);
+
+    let blocked = |cmd: &[u8]| {
+        let mut s = std::net::TcpStream::connect(server.addr()).unwrap();
+        s.write_all(cmd).unwrap();
+        s
+    };
+    let wait_blocked = |n: usize, c: &mut redis::Connection| {
+        common::wait_until("clients to block", || {
+            let info: String = redis::cmd("INFO").arg("clients").query(c).unwrap();
+            info.contains(&format!("blocked_clients:{n}"))
+        })
+    };
+    let mut w1 = blocked(b"*3\r\n$5\r\nBLPOP\r\n$1\r\nb\r\n$1\r\n0\r\n");
+    wait_blocked(1, &mut c);
+    let mut w2 = blocked(b"*4\r\n$5\r\nBLPOP\r\n$1\r\na\r\n$1\r\nb\r\n$1\r\n0\r\n");
+    wait_blocked(2, &mut c);
+    let () = redis::pipe().atomic().lpush("a", "x").lpop("a", None).ignore().ignore().query(&mut c).unwrap();
+    let _: i64 = c.lpush("b", "v").unwrap();
+    let mut reply = [0u8; 64];
+    let n = w1.read(&mut reply).unwrap();
+    assert_eq!(&reply[..n], b"*2\r\n$1\r\nb\r\n$1\r\nv\r\n", "the older waiter is served first");
+    let _: i64 = c.lpush("b", "w").unwrap();
+    let n = w2.read(&mut reply).unwrap();
+    assert_eq!(&reply[..n], b"*2\r\n$1\r\nb\r\n$1\r\nw\r\n");
+}

@@ -56,6 +56,16 @@ struct Io<'a> {
     shutdown: &'a mut Shutdown,
 }
 
+/// Why a blocked client stops waiting before it is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cancel {
+    Timeout,
+    /// CLIENT UNBLOCK; `true`: answer with an error.
+    Unblock(bool),
+    /// The client left or the server stops.
+    Leave,
+}
+
 /// Sleeps until `deadline`, or forever without one.
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
@@ -386,54 +396,75 @@ impl State {
                 Err(e) => Err(e),
             }
         });
+        // Replies to what came before in the pipeline go out now, as Redis sends them before
+        // the client blocks.
+        self.settle(engine, slots).await;
+        let mut out = Vec::new();
+        for slot in slots.drain(..) {
+            let (frame, proto, _) = resolve(slot).await;
+            frame.encode(proto, &mut out);
+        }
+        if !out.is_empty() && io.stream.write_all(&out).await.is_err() {
+            engine.blocked.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&id);
+            return Next::Close;
+        }
         let (request, mut rx) = Writer::blocking_request(id, keys, program);
         self.outbox.push(request);
         self.flush(engine).await;
-        let mut deadline = (timeout_ms > 0)
+        let deadline = (timeout_ms > 0)
             .then(|| tokio::time::Instant::now() + std::time::Duration::from_millis(timeout_ms));
         let mut peek = [0u8; 4096];
         let mut closed = false;
         let mut unblockable = true;
+        // Why the client stops waiting, once it does. Cancelling only succeeds while the
+        // transaction waits in the writer; while it is still queued (or being served) it is
+        // retried every millisecond until it waits or its outcome arrives.
+        let mut cancel: Option<Cancel> = None;
+        let mut retry: Option<tokio::time::Instant> = None;
         let outcome = loop {
-            tokio::select! {
-                outcome = &mut rx => break Some(outcome),
-                _ = sleep_until(deadline) => {
-                    if engine.writer.unblock(id) {
-                        break None;
-                    }
-                    // Not waiting yet (still in the writer's queue) or being served right
-                    // now: look again shortly rather than spin.
-                    deadline = Some(tokio::time::Instant::now() + std::time::Duration::from_millis(1));
-                }
-                signal = &mut unblock_rx, if unblockable => {
-                    unblockable = false;
-                    if let Ok(error) = signal
-                        && engine.writer.unblock(id)
-                    {
-                        if error {
+            if let Some(why) = cancel {
+                if engine.writer.unblock(id) {
+                    match why {
+                        Cancel::Leave => {
+                            engine
+                                .blocked
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .remove(&id);
+                            return Next::Close;
+                        }
+                        Cancel::Timeout | Cancel::Unblock(false) => break None,
+                        Cancel::Unblock(true) => {
                             break Some(Ok(Err(TxnFailure::Aborted(
                                 "UNBLOCKED client unblocked via CLIENT UNBLOCK".into(),
                             ))));
                         }
-                        break None;
+                    }
+                }
+                retry = Some(tokio::time::Instant::now() + std::time::Duration::from_millis(1));
+            }
+            tokio::select! {
+                outcome = &mut rx => break Some(outcome),
+                _ = sleep_until(deadline), if cancel.is_none() => cancel = Some(Cancel::Timeout),
+                _ = sleep_until(retry), if cancel.is_some() => {}
+                signal = &mut unblock_rx, if unblockable => {
+                    unblockable = false;
+                    if let Ok(error) = signal
+                        && cancel != Some(Cancel::Leave)
+                    {
+                        cancel = Some(Cancel::Unblock(error));
                     }
                 }
                 _ = io.shutdown.recv(), if !closed => {
                     closed = true;
-                    if engine.writer.unblock(id) {
-                        engine.blocked.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&id);
-                        return Next::Close;
-                    }
+                    cancel = Some(Cancel::Leave);
                 }
-                read = io.stream.read(&mut peek), if !closed => match read {
-                    // The client left: cancel, unless it is being served right now.
+                read = io.stream.read(&mut peek), if !closed && io.extra.len() < RESP_REQUEST_BYTES_MAX => match read {
                     Ok(0) | Err(_) => {
                         closed = true;
-                        if engine.writer.unblock(id) {
-                            engine.blocked.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&id);
-                            return Next::Close;
-                        }
+                        cancel = Some(Cancel::Leave);
                     }
+                    // The client's next requests, run once this one is answered.
                     Ok(n) => io.extra.extend_from_slice(peek.get(..n).unwrap_or_default()),
                 },
             }

@@ -72,6 +72,8 @@ enum Program<T> {
 
 /// A blocked transaction waiting for one of its keys to be written.
 struct Waiter<T> {
+    /// Order of blocking: waiters are served oldest first.
+    seq: u64,
     id: u64,
     keys: Vec<Vec<u8>>,
     program: BlockingProgram<T>,
@@ -219,6 +221,9 @@ impl<T: Send + 'static> Writer<T> {
         let supplementary = store.meta().supplementary;
         let waiters: Waiters<T> = Arc::default();
         let state = WriterThread {
+            applied_touched: Vec::new(),
+            serve_after_apply: Vec::new(),
+            waiter_seq: 0,
             counted: (0, 0),
             waiters: waiters.clone(),
             store,
@@ -476,6 +481,12 @@ impl TxnView<'_, '_> {
 
 struct WriterThread<T> {
     store: Arc<Store>,
+    /// Keys the last SI apply changed, for blocked clients it may serve.
+    applied_touched: Vec<Vec<u8>>,
+    /// Keys a batch serves blocked clients on before running its own transactions.
+    serve_after_apply: Vec<Vec<u8>>,
+    /// Numbers blocked transactions in the order they blocked.
+    waiter_seq: u64,
     /// What the commit being built changes in the key counts (see `Store::key_counts`).
     counted: (i64, i64),
     /// Blocked transactions (see [`BlockingProgram`]).
@@ -617,6 +628,13 @@ impl<T: Send + 'static> WriterThread<T> {
                         ApplyMode::Si { stream } => self.apply_si(stream, records, source_history),
                     };
                     let _ = reply.send(self.settle(result));
+                    // Records applied on an instance that takes writes of its own (SI) can
+                    // make blocked clients servable: serve them in a commit of their own.
+                    let touched = std::mem::take(&mut self.applied_touched);
+                    if !touched.is_empty() && self.store.write_refusal().is_none() {
+                        self.serve_after_apply = touched;
+                        self.commit_batch(&mut batch);
+                    }
                 }
                 Work::Rollback { to_seqno, new_epoch, reason, reply } => {
                     let result = self.rollback(to_seqno, new_epoch, &reason);
@@ -705,6 +723,19 @@ impl<T: Send + 'static> WriterThread<T> {
             let mut data = txn.open_table(DATA).map_err(redb_err("open the data table"))?;
             let mut journal = txn.open_table(JOURNAL).map_err(redb_err("open the journal table"))?;
             let mut cursor = Cursor { next, local };
+            let pre = std::mem::take(&mut self.serve_after_apply);
+            if !pre.is_empty() {
+                let read_only = read_only_message.as_deref();
+                self.serve_waiters(
+                    &mut data,
+                    &mut journal,
+                    pre,
+                    read_only,
+                    &mut cursor,
+                    replies,
+                    &mut enqueued,
+                )?;
+            }
             for request in batch.drain(..) {
                 enqueued.push(request.enqueued);
                 if request
@@ -742,7 +773,9 @@ impl<T: Send + 'static> WriterThread<T> {
                                 touched
                             }
                             Ran::Waiting => {
+                                self.waiter_seq += 1;
                                 let waiter = Waiter {
+                                    seq: self.waiter_seq,
                                     id,
                                     keys,
                                     program,
@@ -874,9 +907,13 @@ impl<T: Send + 'static> WriterThread<T> {
         replies: &mut Vec<Reply<T>>,
         enqueued: &mut Vec<Instant>,
     ) -> Result<(), StoreError> {
+        let mut touched: std::collections::HashSet<Vec<u8>> = touched.drain(..).collect();
         while !touched.is_empty() {
             let ready: Vec<Waiter<T>> = {
                 let mut waiters = self.waiters.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if waiters.is_empty() {
+                    return Ok(());
+                }
                 let all = std::mem::take(&mut *waiters);
                 let (ready, rest): (Vec<_>, Vec<_>) =
                     all.into_iter().partition(|w| w.keys.iter().any(|k| touched.contains(k)));
@@ -896,10 +933,11 @@ impl<T: Send + 'static> WriterThread<T> {
                     Ran::Aborted(message) => replies.push((waiter.reply, Err(TxnFailure::Aborted(message)))),
                 }
             }
-            // Still-blocked waiters keep their place ahead of any that blocked later.
-            let mut waiters = self.waiters.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            for w in unserved.into_iter().rev() {
-                waiters.push_front(w);
+            // Still-blocked waiters keep their place among the others: oldest first.
+            if !unserved.is_empty() {
+                let mut waiters = self.waiters.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                waiters.extend(unserved);
+                waiters.make_contiguous().sort_by_key(|w| w.seq);
             }
         }
         Ok(())
@@ -992,7 +1030,7 @@ impl<T: Send + 'static> WriterThread<T> {
                         }
                     }
                     self.count(&change.key, change.before.is_some(), change.after.is_some());
-                    touched.push(change.key.clone());
+                    touched.push(super::node::user_key(&change.key).to_vec());
                 }
                 if record.kind == RecordKind::Upgrade {
                     // The family's format moves: so does this instance's, in this commit — or
@@ -1136,7 +1174,7 @@ impl<T: Send + 'static> WriterThread<T> {
                         }
                     }
                     self.count(&change.key, before.is_some(), change.after.is_some());
-                    touched.push(change.key.clone());
+                    touched.push(super::node::user_key(&change.key).to_vec());
                     changes.push(KeyChange { key: change.key, before, after: change.after });
                 }
                 let local = Record {
@@ -1180,6 +1218,7 @@ impl<T: Send + 'static> WriterThread<T> {
             }
         }
         self.commit_applied(txn, committed, next - 1, &touched, streams, meta)?;
+        self.applied_touched = touched;
         Ok(last)
     }
 
@@ -1267,7 +1306,7 @@ impl<T: Send + 'static> WriterThread<T> {
                         }
                     }
                     self.count(&change.key, change.after.is_some(), change.before.is_some());
-                    touched.push(change.key.clone());
+                    touched.push(super::node::user_key(&change.key).to_vec());
                 }
                 if let Some(t) = streams_touched.get_mut(usize::from(record.stream)) {
                     *t = true;

@@ -417,6 +417,12 @@ fn move_one(db: &mut Db<'_>, src: &[u8], dst: &[u8], from: End, to: End) -> Resu
     db.typed_for_write(dst, Kind::List)?;
     let mut src_head = src_old.clone();
     let Some(value) = pop(db, src, &mut src_head, from)? else { return Ok(Frame::Null) };
+    if src == dst {
+        // A rotation: one head, stored once, so a one-element list keeps its key and expiry.
+        push(db, src, &mut src_head, to, &value)?;
+        db.store_collection(src, Some(&src_old), &src_head)?;
+        return Ok(Frame::Bulk(value));
+    }
     db.store_collection(src, Some(&src_old), &src_head)?;
     let (dst_old, mut dst_head) = open(db, dst)?;
     push(db, dst, &mut dst_head, to, &value)?;

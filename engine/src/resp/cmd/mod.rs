@@ -523,7 +523,8 @@ pub fn parse_float(bytes: &[u8]) -> Option<f64> {
         "inf" | "+inf" | "infinity" | "+infinity" => f64::INFINITY,
         "-inf" | "-infinity" => f64::NEG_INFINITY,
         _ if lower.contains("nan") || lower.contains("inf") => return None,
-        _ => s.parse::<f64>().ok()?,
+        // A finite literal too large for a double is an error, as strtod's ERANGE.
+        _ => s.parse::<f64>().ok().filter(|x| x.is_finite())?,
     };
     (!x.is_nan()).then_some(x)
 }

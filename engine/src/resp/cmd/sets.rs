@@ -159,10 +159,7 @@ fn srandmember(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
 
 fn smove(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
     let (src, dst, m) = (a.next_arg()?, a.next_arg()?, a.next_arg()?);
-    let Some(src_old) = db.typed_for_write(&src, Kind::Set)? else {
-        db.typed(&dst, Kind::Set)?;
-        return Ok(Frame::Integer(0));
-    };
+    let Some(src_old) = db.typed_for_write(&src, Kind::Set)? else { return Ok(Frame::Integer(0)) };
     let (dst_old, mut dst_head) = open(db, &dst)?;
     if src == dst {
         return Ok(Frame::Integer(i64::from(db.element(&src, SET_MEMBER, &m)?.is_some())));

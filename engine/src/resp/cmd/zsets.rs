@@ -152,7 +152,7 @@ fn zadd(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
     let (mut added, mut changed) = (0i64, 0i64);
     let mut incr_result: Option<f64> = None;
     for (value, member) in parsed {
-        let current = if old.is_some() { score(db, &key, &member)? } else { None };
+        let current = score(db, &key, &member)?;
         if (nx && current.is_some()) || (xx && current.is_none()) {
             continue;
         }

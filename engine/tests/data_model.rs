@@ -9,7 +9,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Read;
 
 use common::{Server, tempdir, wait_until};
 use redis::Commands;
@@ -107,12 +107,8 @@ fn churn(server: &Server) {
     wait_until("the expiry cycle to remove s:short", || server.seqno() == set_at + 1);
     assert!(server.journal().pop().unwrap().keys.iter().all(|k| k == "s:short"));
     // A consumer blocked on an empty list, served by a push from another client.
-    let mut consumer = std::net::TcpStream::connect(server.addr()).unwrap();
-    consumer.write_all(b"*3\r\n$5\r\nBLPOP\r\n$6\r\nl:work\r\n$1\r\n0\r\n").unwrap();
-    wait_until("the consumer to block", || {
-        let info: String = redis::cmd("INFO").arg("clients").query(&mut c).unwrap();
-        info.contains("blocked_clients:1")
-    });
+    let mut consumer = server.send_raw(&["BLPOP", "l:work", "0"]);
+    server.wait_blocked(1);
     let _: i64 = c.rpush("l:work", &["task-1", "task-2"]).unwrap();
     let mut reply = [0u8; 64];
     let n = consumer.read(&mut reply).unwrap();
@@ -250,12 +246,8 @@ fn si_streams_carry_collection_changes_with_their_tags() {
 
     // A client blocked on Malvern is served by an element that arrives over the stream, and
     // WATCH on Malvern sees changes that arrive over it.
-    let mut consumer = std::net::TcpStream::connect(malvern.addr()).unwrap();
-    consumer.write_all(b"*3\r\n$5\r\nBLPOP\r\n$5\r\nq:job\r\n$1\r\n0\r\n").unwrap();
-    wait_until("the consumer on Malvern to block", || {
-        let info: String = redis::cmd("INFO").arg("clients").query(&mut m).unwrap();
-        info.contains("blocked_clients:1")
-    });
+    let mut consumer = malvern.send_raw(&["BLPOP", "q:job", "0"]);
+    malvern.wait_blocked(1);
     let mut watcher = malvern.client();
     let () = redis::cmd("WATCH").arg("cart:1").query(&mut watcher).unwrap();
     let _: i64 = a.rpush("q:job", "j1").unwrap();

@@ -454,16 +454,12 @@ fn quit_and_inline_commands() {
 /// while blocked cancels it without popping anything.
 #[test]
 fn blocked_pops_touch_nothing_until_served_and_a_departed_client_pops_nothing() {
-    use std::io::{Read, Write};
+    use std::io::Read;
     let (_dir, server) = server();
     let mut c = server.client();
     let () = c.set("somekey", "somevalue").unwrap();
-    let mut blocked = std::net::TcpStream::connect(server.addr()).unwrap();
-    blocked.write_all(b"*4\r\n$10\r\nBRPOPLPUSH\r\n$3\r\nsrc\r\n$3\r\ndst\r\n$1\r\n0\r\n").unwrap();
-    common::wait_until("the client to block", || {
-        let info: String = redis::cmd("INFO").arg("clients").query(&mut c).unwrap();
-        info.contains("blocked_clients:1")
-    });
+    let mut blocked = server.send_raw(&["BRPOPLPUSH", "src", "dst", "0"]);
+    server.wait_blocked(1);
     let mut w = server.client();
     let () = redis::cmd("WATCH").arg("dst").query(&mut w).unwrap();
     let got: Option<(String,)> = redis::pipe().atomic().get("somekey").query(&mut w).unwrap();
@@ -475,17 +471,10 @@ fn blocked_pops_touch_nothing_until_served_and_a_departed_client_pops_nothing() 
     assert_eq!(&reply[..n], b"$7\r\nelement\r\n");
     assert_eq!(c.lrange::<_, Vec<String>>("dst", 0, -1).unwrap(), vec!["element"]);
     // A client that leaves while blocked is cancelled: a later push stays in the list.
-    let mut gone = std::net::TcpStream::connect(server.addr()).unwrap();
-    gone.write_all(b"*3\r\n$5\r\nBLPOP\r\n$4\r\nwork\r\n$1\r\n0\r\n").unwrap();
-    common::wait_until("the second client to block", || {
-        let info: String = redis::cmd("INFO").arg("clients").query(&mut c).unwrap();
-        info.contains("blocked_clients:1")
-    });
+    let gone = server.send_raw(&["BLPOP", "work", "0"]);
+    server.wait_blocked(1);
     drop(gone);
-    common::wait_until("the departed client to be cancelled", || {
-        let info: String = redis::cmd("INFO").arg("clients").query(&mut c).unwrap();
-        info.contains("blocked_clients:0")
-    });
+    server.wait_blocked(0);
     let _: i64 = c.rpush("work", "job").unwrap();
     assert_eq!(c.lrange::<_, Vec<String>>("work", 0, -1).unwrap(), vec!["job"]);
 }
@@ -496,7 +485,7 @@ fn blocked_pops_touch_nothing_until_served_and_a_departed_client_pops_nothing() 
 /// after a transaction touched (and emptied) a key one of them waits on.
 #[test]
 fn review_cases_of_the_data_model() {
-    use std::io::{Read, Write};
+    use std::io::Read;
     let (_dir, server) = server();
     let mut c = server.client();
     let _: i64 = c.rpush("k", "a").unwrap();
@@ -518,21 +507,10 @@ fn review_cases_of_the_data_model() {
     let () = c.set("str", "x").unwrap();
     assert_eq!(redis::cmd("SMOVE").arg("nosrc").arg("str").arg("m").query::<i64>(&mut c).unwrap(), 0);
 
-    let blocked = |cmd: &[u8]| {
-        let mut s = std::net::TcpStream::connect(server.addr()).unwrap();
-        s.write_all(cmd).unwrap();
-        s
-    };
-    let wait_blocked = |n: usize, c: &mut redis::Connection| {
-        common::wait_until("clients to block", || {
-            let info: String = redis::cmd("INFO").arg("clients").query(c).unwrap();
-            info.contains(&format!("blocked_clients:{n}"))
-        })
-    };
-    let mut w1 = blocked(b"*3\r\n$5\r\nBLPOP\r\n$1\r\nb\r\n$1\r\n0\r\n");
-    wait_blocked(1, &mut c);
-    let mut w2 = blocked(b"*4\r\n$5\r\nBLPOP\r\n$1\r\na\r\n$1\r\nb\r\n$1\r\n0\r\n");
-    wait_blocked(2, &mut c);
+    let mut w1 = server.send_raw(&["BLPOP", "b", "0"]);
+    server.wait_blocked(1);
+    let mut w2 = server.send_raw(&["BLPOP", "a", "b", "0"]);
+    server.wait_blocked(2);
     let () = redis::pipe().atomic().lpush("a", "x").lpop("a", None).ignore().ignore().query(&mut c).unwrap();
     let _: i64 = c.lpush("b", "v").unwrap();
     let mut reply = [0u8; 64];

@@ -408,7 +408,7 @@ async fn status(State(engine): State<Arc<Engine>>) -> Result<Json<Status>, ApiEr
     let store = &engine.store;
     let meta = store.meta();
     let seqno = store.committed_seqno();
-    let nodes = store.snapshot()?.len()?;
+    let nodes = store.snapshot()?.nodes()?;
     let seqnos = store.stream_seqnos();
     let own_family = crate::storage::meta::family_root(&meta.history).map_or(&meta.name, |r| &r.root_name);
     let mut streams = vec![StreamStatus {

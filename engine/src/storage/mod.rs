@@ -647,19 +647,13 @@ pub struct Snapshot {
     data: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
 }
 
-/// One step of a SCAN: the keys visited and whether any key remains after the last of them.
-#[derive(Debug, Default)]
-pub struct ScanPage {
-    pub keys: Vec<Vec<u8>>,
-    pub more: bool,
-}
-
 impl Snapshot {
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.data.get(key).map_err(redb_err("read a key"))?.map(|v| v.value().to_vec()))
     }
 
-    pub fn len(&self) -> Result<u64, StoreError> {
+    /// Entries of the data table: nodes (storage::node), O(1).
+    pub fn nodes(&self) -> Result<u64, StoreError> {
         self.data.len().map_err(redb_err("count keys"))
     }
 
@@ -669,14 +663,6 @@ impl Snapshot {
         use redb::ReadableTableMetadata;
         let table = self.txn.open_table(JOURNAL).map_err(redb_err("open the journal table"))?;
         Ok(table.stats().map_err(redb_err("measure the journal"))?.stored_bytes())
-    }
-
-    pub fn is_empty(&self) -> Result<bool, StoreError> {
-        Ok(self.len()? == 0)
-    }
-
-    pub fn scan(&self, after: Option<&[u8]>, count: usize) -> Result<ScanPage, StoreError> {
-        scan_table(&self.data, after, count)
     }
 
     /// Up to `limit` nodes in `range`, forwards or backwards.
@@ -795,7 +781,7 @@ impl Snapshot {
                 keys += 1;
             }
         }
-        let stored_keys = self.len()?;
+        let stored_keys = self.nodes()?;
         if stored_keys != keys {
             return Err(StoreError::JournalCorrupt {
                 reason: format!("data holds {stored_keys} keys but the journal accounts for {keys}"),
@@ -860,26 +846,4 @@ where
         }
     }
     Ok(out)
-}
-
-/// Visits up to `count` keys strictly after `after`, in key order.
-pub(crate) fn scan_table<T>(table: &T, after: Option<&[u8]>, count: usize) -> Result<ScanPage, StoreError>
-where
-    T: ReadableTable<&'static [u8], &'static [u8]>,
-{
-    let lower: Bound<&[u8]> = match after {
-        Some(key) => Bound::Excluded(key),
-        None => Bound::Unbounded,
-    };
-    let mut page = ScanPage::default();
-    let range = table.range::<&[u8]>((lower, Bound::Unbounded)).map_err(redb_err("scan keys"))?;
-    for entry in range {
-        let (key, _) = entry.map_err(redb_err("scan keys"))?;
-        if page.keys.len() == count {
-            page.more = true;
-            break;
-        }
-        page.keys.push(key.value().to_vec());
-    }
-    Ok(page)
 }

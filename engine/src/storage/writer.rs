@@ -22,14 +22,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use redb::{Database, ReadableTable, ReadableTableMetadata, Table};
+use redb::{Database, ReadableTable, Table};
 use tokio::sync::{mpsc, oneshot};
 
 use super::journal::{KeyChange, Record, RecordKind, STREAMS_MAX};
 use super::meta::{HistoryRecord, InstanceMeta, LastRollback, StreamState};
 use super::{
-    DATA, JOURNAL, META, META_INSTANCE, Pairs, Range, STREAMS, ScanPage, Store, StoreError, StreamSeqnos,
-    now_micros, redb_err, scan_table,
+    DATA, JOURNAL, META, META_INSTANCE, Pairs, Range, STREAMS, Store, StoreError, StreamSeqnos, now_micros,
+    redb_err,
 };
 use crate::base::error_chain;
 use crate::limits::{GROUP_COMMIT_TXNS_MAX, WRITER_QUEUE_TXNS_MAX};
@@ -423,18 +423,6 @@ impl TxnView<'_, '_> {
             self.note(key, previous, None);
         }
         Ok(existed)
-    }
-
-    pub fn len(&self) -> Result<u64, Abort> {
-        Ok(self.table.len().map_err(redb_err("count keys"))?)
-    }
-
-    pub fn is_empty(&self) -> Result<bool, Abort> {
-        Ok(self.len()? == 0)
-    }
-
-    pub fn scan(&self, after: Option<&[u8]>, count: usize) -> Result<ScanPage, Abort> {
-        Ok(scan_table(&*self.table, after, count)?)
     }
 
     fn note(&mut self, key: &[u8], previous: Option<Vec<u8>>, after: Option<Vec<u8>>) {

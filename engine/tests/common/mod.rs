@@ -367,7 +367,27 @@ pub fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
 }
 
 impl Server {
-    /// Starts an instance that can replicate: a replication listener and the shared secret.
+    /// Waits until exactly `n` clients are blocked (BLPOP and friends), as INFO reports it.
+    pub fn wait_blocked(&self, n: usize) {
+        let mut c = self.client();
+        wait_until(&format!("{n} blocked clients on {}", self.name), || {
+            let info: String = redis::cmd("INFO").arg("clients").query(&mut c).expect("INFO");
+            info.contains(&format!("blocked_clients:{n}\r\n"))
+        });
+    }
+
+    /// Opens a raw connection and sends `command` on it without reading the reply (a client
+    /// about to block).
+    pub fn send_raw(&self, command: &[&str]) -> std::net::TcpStream {
+        let mut out = format!("*{}\r\n", command.len());
+        for arg in command {
+            out.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        }
+        let mut stream = std::net::TcpStream::connect(self.addr()).expect("connect");
+        stream.write_all(out.as_bytes()).expect("write");
+        stream
+    }
+
     pub fn start_replicating(root: &Path, name: &str) -> Server {
         Self::start_replicating_with(root, name, &[])
     }

@@ -7,7 +7,6 @@
 
 use std::ops::Bound;
 
-use crate::frame::Frame;
 use crate::storage::Pairs;
 use crate::storage::node::{self, Head, Kind};
 use crate::storage::writer::{Abort, TxnView};
@@ -128,6 +127,14 @@ impl Db<'_> {
             Some(h) if h.kind != kind => Err(cmd_err(WRONGTYPE)),
             other => Ok(other),
         }
+    }
+
+    /// Opens `key` as a collection of `kind` for writing: its live head as stored (`None`
+    /// when absent) and the head to update (a new, empty one when absent).
+    pub fn open(&mut self, key: &[u8], kind: Kind) -> Result<(Option<Head>, Head), Abort> {
+        let old = self.typed_for_write(key, kind)?;
+        let head = old.clone().unwrap_or_else(|| Head::collection(kind));
+        Ok((old, head))
     }
 
     /// Writes `key`'s head, keeping the expiry index in step with `old` (the head it replaces).
@@ -363,9 +370,4 @@ fn end_bound(end: Option<&[u8]>) -> Bound<&[u8]> {
         Some(e) => Bound::Excluded(e),
         None => Bound::Unbounded,
     }
-}
-
-/// The reply for an optional value.
-pub fn bulk_or_null(v: Option<Vec<u8>>) -> Frame {
-    Frame::from_option(v)
 }

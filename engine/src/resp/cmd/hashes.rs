@@ -3,7 +3,7 @@
 
 use super::db::{Db, cmd_err};
 use super::keys::random_u64;
-use super::{Args, K1, R, RF, Spec, WF, data, format_double, pair_up, parse_float, parse_integer};
+use super::{Args, K1, R, RF, Spec, WF, data, format_double, parse_float, parse_integer};
 use crate::frame::Frame;
 use crate::storage::Pairs;
 use crate::storage::node::{HASH_FIELD, Head, Kind};
@@ -27,13 +27,6 @@ pub const SPECS: &[Spec] = &[
     data("hrandfield", -2, R, K1, hrandfield),
 ];
 
-/// Opens `key` as a hash for writing: its head as stored (if live) and the head to update.
-fn open(db: &mut Db<'_>, key: &[u8]) -> Result<(Option<Head>, Head), Abort> {
-    let old = db.typed_for_write(key, Kind::Hash)?;
-    let head = old.clone().unwrap_or_else(|| Head::collection(Kind::Hash));
-    Ok((old, head))
-}
-
 /// Sets `field`; whether it is new.
 fn put(db: &mut Db<'_>, key: &[u8], head: &mut Head, field: &[u8], value: &[u8]) -> Result<bool, Abort> {
     super::check_value_len(value.len())?;
@@ -45,18 +38,10 @@ fn put(db: &mut Db<'_>, key: &[u8], head: &mut Head, field: &[u8], value: &[u8])
     Ok(new)
 }
 
-fn field_pairs(a: &mut Args, name: &str) -> Result<Pairs, Abort> {
-    let rest = a.rest();
-    if !rest.len().is_multiple_of(2) {
-        return Err(cmd_err(format!("ERR wrong number of arguments for '{name}' command")));
-    }
-    Ok(pair_up(rest))
-}
-
 fn hset(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
     let key = a.next_arg()?;
-    let pairs = field_pairs(a, "hset")?;
-    let (old, mut head) = open(db, &key)?;
+    let pairs = a.pairs()?;
+    let (old, mut head) = db.open(&key, Kind::Hash)?;
     let mut added = 0;
     for (field, value) in pairs {
         if put(db, &key, &mut head, &field, &value)? {
@@ -69,8 +54,8 @@ fn hset(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
 
 fn hmset(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
     let key = a.next_arg()?;
-    let pairs = field_pairs(a, "hmset")?;
-    let (old, mut head) = open(db, &key)?;
+    let pairs = a.pairs()?;
+    let (old, mut head) = db.open(&key, Kind::Hash)?;
     for (field, value) in pairs {
         put(db, &key, &mut head, &field, &value)?;
     }
@@ -80,7 +65,7 @@ fn hmset(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
 
 fn hsetnx(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
     let (key, field, value) = (a.next_arg()?, a.next_arg()?, a.next_arg()?);
-    let (old, mut head) = open(db, &key)?;
+    let (old, mut head) = db.open(&key, Kind::Hash)?;
     if db.element(&key, HASH_FIELD, &field)?.is_some() {
         return Ok(Frame::Integer(0));
     }
@@ -167,7 +152,7 @@ fn hgetall(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
 fn hincrby(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
     let (key, f) = (a.next_arg()?, a.next_arg()?);
     let by = a.integer()?;
-    let (old, mut head) = open(db, &key)?;
+    let (old, mut head) = db.open(&key, Kind::Hash)?;
     let current = match db.element(&key, HASH_FIELD, &f)? {
         None => 0,
         Some(v) => parse_integer(&v).ok_or_else(|| cmd_err("ERR hash value is not an integer"))?,
@@ -184,7 +169,7 @@ fn hincrbyfloat(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
     if !by.is_finite() {
         return Err(cmd_err("ERR value is NaN or Infinity"));
     }
-    let (old, mut head) = open(db, &key)?;
+    let (old, mut head) = db.open(&key, Kind::Hash)?;
     let current = match db.element(&key, HASH_FIELD, &f)? {
         None => 0.0,
         Some(v) => parse_float(&v).ok_or_else(|| cmd_err("ERR hash value is not a float"))?,

@@ -62,13 +62,6 @@ fn idx(i: i64) -> [u8; 8] {
     node::sortable_i64(i)
 }
 
-/// The list at `key` for writing: its stored head (if live) and the head to update.
-fn open(db: &mut Db<'_>, key: &[u8]) -> Result<(Option<Head>, Head), Abort> {
-    let old = db.typed_for_write(key, Kind::List)?;
-    let head = old.clone().unwrap_or_else(|| Head::collection(Kind::List));
-    Ok((old, head))
-}
-
 pub fn push(db: &mut Db<'_>, key: &[u8], head: &mut Head, end: End, value: &[u8]) -> Result<(), Abort> {
     super::check_value_len(value.len())?;
     let at = match end {
@@ -104,7 +97,7 @@ pub fn pop(db: &mut Db<'_>, key: &[u8], head: &mut Head, end: End) -> Result<Opt
 
 fn push_generic(db: &mut Db<'_>, a: &mut Args, end: End, only_existing: bool) -> Result<Frame, Abort> {
     let key = a.next_arg()?;
-    let (old, mut head) = open(db, &key)?;
+    let (old, mut head) = db.open(&key, Kind::List)?;
     if only_existing && old.is_none() {
         return Ok(Frame::Integer(0));
     }
@@ -424,7 +417,7 @@ fn move_one(db: &mut Db<'_>, src: &[u8], dst: &[u8], from: End, to: End) -> Resu
         return Ok(Frame::Bulk(value));
     }
     db.store_collection(src, Some(&src_old), &src_head)?;
-    let (dst_old, mut dst_head) = open(db, dst)?;
+    let (dst_old, mut dst_head) = db.open(dst, Kind::List)?;
     push(db, dst, &mut dst_head, to, &value)?;
     db.store_collection(dst, dst_old.as_ref(), &dst_head)?;
     Ok(Frame::Bulk(value))
@@ -444,6 +437,11 @@ fn rpoplpush(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
 /// `[LEFT|RIGHT] [COUNT n]` after the keys of LMPOP/BLMPOP.
 fn mpop_options(a: &mut Args) -> Result<(End, u64), Abort> {
     let end = parse_end(&a.next_arg()?)?;
+    Ok((end, mpop_count(a)?))
+}
+
+/// The `[COUNT n]` that ends LMPOP, ZMPOP and their blocking forms (default 1).
+pub fn mpop_count(a: &mut Args) -> Result<u64, Abort> {
     let mut count = None;
     while let Some(option) = a.option() {
         match option.as_slice() {
@@ -457,7 +455,7 @@ fn mpop_options(a: &mut Args) -> Result<(End, u64), Abort> {
             _ => return Err(cmd_err("ERR syntax error")),
         }
     }
-    Ok((end, count.unwrap_or(1)))
+    Ok(count.unwrap_or(1))
 }
 
 /// Pops from the first non-empty list of `keys`: `[key, [elements]]`, or a null array.

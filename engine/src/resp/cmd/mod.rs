@@ -470,6 +470,16 @@ impl Args {
         self.items.len()
     }
 
+    /// The arguments not yet taken, in pairs (field value, key value …); Redis's arity
+    /// error when they do not pair up.
+    pub fn pairs(&mut self) -> Result<crate::storage::Pairs, Frame> {
+        let rest = self.rest();
+        if !rest.len().is_multiple_of(2) {
+            return Err(self.wrong_args());
+        }
+        Ok(pair_up(rest))
+    }
+
     /// Every argument not yet taken.
     pub fn rest(&mut self) -> Vec<Vec<u8>> {
         self.items.by_ref().collect()

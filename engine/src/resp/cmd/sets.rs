@@ -32,12 +32,6 @@ fn int(n: usize) -> Frame {
     Frame::Integer(i64::try_from(n).unwrap_or(i64::MAX))
 }
 
-fn open(db: &mut Db<'_>, key: &[u8]) -> Result<(Option<Head>, Head), Abort> {
-    let old = db.typed_for_write(key, Kind::Set)?;
-    let head = old.clone().unwrap_or_else(|| Head::collection(Kind::Set));
-    Ok((old, head))
-}
-
 /// Adds `member`; whether it is new.
 pub fn add(db: &mut Db<'_>, key: &[u8], head: &mut Head, member: &[u8]) -> Result<bool, Abort> {
     if db.element(key, SET_MEMBER, member)?.is_some() {
@@ -50,7 +44,7 @@ pub fn add(db: &mut Db<'_>, key: &[u8], head: &mut Head, member: &[u8]) -> Resul
 
 fn sadd(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
     let key = a.next_arg()?;
-    let (old, mut head) = open(db, &key)?;
+    let (old, mut head) = db.open(&key, Kind::Set)?;
     let mut added = 0;
     for m in a.rest() {
         if add(db, &key, &mut head, &m)? {
@@ -160,7 +154,7 @@ fn srandmember(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
 fn smove(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
     let (src, dst, m) = (a.next_arg()?, a.next_arg()?, a.next_arg()?);
     let Some(src_old) = db.typed_for_write(&src, Kind::Set)? else { return Ok(Frame::Integer(0)) };
-    let (dst_old, mut dst_head) = open(db, &dst)?;
+    let (dst_old, mut dst_head) = db.open(&dst, Kind::Set)?;
     if src == dst {
         return Ok(Frame::Integer(i64::from(db.element(&src, SET_MEMBER, &m)?.is_some())));
     }

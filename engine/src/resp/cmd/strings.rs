@@ -2,9 +2,8 @@
 
 use super::db::{Db, cmd_err};
 use super::keys::{ExpireArg, parse_expire_option};
-use super::{Args, K1, KALL, R, RF, Spec, W, WF, data, pair_up, parse_float, parse_integer};
+use super::{Args, K1, KALL, R, RF, Spec, W, WF, data, parse_float, parse_integer};
 use crate::frame::Frame;
-use crate::storage::Pairs;
 use crate::storage::node::Kind;
 use crate::storage::writer::Abort;
 
@@ -159,23 +158,15 @@ fn mget(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
     Ok(Frame::Array(out))
 }
 
-fn pairs(a: &mut Args, name: &str) -> Result<Pairs, Abort> {
-    let rest = a.rest();
-    if !rest.len().is_multiple_of(2) {
-        return Err(cmd_err(format!("ERR wrong number of arguments for '{name}' command")));
-    }
-    Ok(pair_up(rest))
-}
-
 fn mset(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
-    for (key, value) in pairs(a, "mset")? {
+    for (key, value) in a.pairs()? {
         db.set_string(&key, &value, 0, false)?;
     }
     Ok(Frame::ok())
 }
 
 fn msetnx(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
-    let pairs = pairs(a, "msetnx")?;
+    let pairs = a.pairs()?;
     for (key, _) in &pairs {
         if db.head(key)?.is_some() {
             return Ok(Frame::Integer(0));

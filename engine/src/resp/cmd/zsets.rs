@@ -107,12 +107,6 @@ fn remove(db: &mut Db<'_>, key: &[u8], head: &mut Head, member: &[u8]) -> Result
     Ok(true)
 }
 
-fn open(db: &mut Db<'_>, key: &[u8]) -> Result<(Option<Head>, Head), Abort> {
-    let old = db.typed_for_write(key, Kind::ZSet)?;
-    let head = old.clone().unwrap_or_else(|| Head::collection(Kind::ZSet));
-    Ok((old, head))
-}
-
 /// ZADD key [NX|XX] [GT|LT] [CH] [INCR] score member [score member …]
 fn zadd(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
     let key = a.next_arg()?;
@@ -148,7 +142,7 @@ fn zadd(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
         let score = parse_float(&s).ok_or_else(|| cmd_err("ERR value is not a valid float"))?;
         parsed.push((score, m));
     }
-    let (old, mut head) = open(db, &key)?;
+    let (old, mut head) = db.open(&key, Kind::ZSet)?;
     let (mut added, mut changed) = (0i64, 0i64);
     let mut incr_result: Option<f64> = None;
     for (value, member) in parsed {
@@ -186,7 +180,7 @@ fn zincrby(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
     let key = a.next_arg()?;
     let by = a.float()?;
     let member = a.next_arg()?;
-    let (old, mut head) = open(db, &key)?;
+    let (old, mut head) = db.open(&key, Kind::ZSet)?;
     let next = score(db, &key, &member)?.unwrap_or(0.0) + by;
     if next.is_nan() {
         return Err(cmd_err("ERR resulting score is not a number (NaN)"));
@@ -334,6 +328,15 @@ enum Span {
 }
 
 impl Span {
+    /// A span by lex (`[a`, `(a`, `-`, `+`) or by score (`1.5`, `(1.5`, `-inf`) from its bounds.
+    fn parse(lex: bool, lo: &[u8], hi: &[u8]) -> Result<Span, Abort> {
+        Ok(if lex {
+            Span::Lex(parse_lex_bound(lo)?, parse_lex_bound(hi)?)
+        } else {
+            Span::Score(parse_score_bound(lo)?, parse_score_bound(hi)?)
+        })
+    }
+
     fn contains(&self, score: f64, member: &[u8]) -> bool {
         match self {
             Span::Score(min, max) => min.above_min(score) && max.below_max(score),
@@ -450,11 +453,7 @@ fn run_range(db: &Db<'_>, key: &[u8], q: &RangeQuery, first: &[u8], second: &[u8
         }
         By::Score | By::Lex => {
             let (lo, hi) = if q.rev { (second, first) } else { (first, second) };
-            let span = if q.by == By::Score {
-                Span::Score(parse_score_bound(lo)?, parse_score_bound(hi)?)
-            } else {
-                Span::Lex(parse_lex_bound(lo)?, parse_lex_bound(hi)?)
-            };
+            let span = Span::parse(q.by == By::Lex, lo, hi)?;
             if db.typed(key, Kind::ZSet)?.is_none() {
                 return Ok(Vec::new());
             }
@@ -590,11 +589,7 @@ fn zrevrank(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
 fn count_span(db: &mut Db<'_>, a: &mut Args, lex: bool) -> Result<Frame, Abort> {
     let key = a.next_arg()?;
     let (lo, hi) = (a.next_arg()?, a.next_arg()?);
-    let span = if lex {
-        Span::Lex(parse_lex_bound(&lo)?, parse_lex_bound(&hi)?)
-    } else {
-        Span::Score(parse_score_bound(&lo)?, parse_score_bound(&hi)?)
-    };
+    let span = Span::parse(lex, &lo, &hi)?;
     if db.typed(&key, Kind::ZSet)?.is_none() {
         return Ok(Frame::Integer(0));
     }
@@ -631,11 +626,7 @@ fn zremrangebyrank(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
 fn remrange_span(db: &mut Db<'_>, a: &mut Args, lex: bool) -> Result<Frame, Abort> {
     let key = a.next_arg()?;
     let (lo, hi) = (a.next_arg()?, a.next_arg()?);
-    let span = if lex {
-        Span::Lex(parse_lex_bound(&lo)?, parse_lex_bound(&hi)?)
-    } else {
-        Span::Score(parse_score_bound(&lo)?, parse_score_bound(&hi)?)
-    };
+    let span = Span::parse(lex, &lo, &hi)?;
     let Some(old) = db.typed_for_write(&key, Kind::ZSet)? else { return Ok(Frame::Integer(0)) };
     let items = by_span(db, &key, &span, false, 0, usize::MAX)?;
     remove_items(db, &key, &old, &items)
@@ -715,20 +706,7 @@ fn mpop_options(a: &mut Args) -> Result<(bool, usize), Abort> {
         Some(b"MAX") => true,
         _ => return Err(cmd_err("ERR syntax error")),
     };
-    let mut count = None;
-    while let Some(option) = a.option() {
-        match option.as_slice() {
-            b"COUNT" if count.is_none() => {
-                let n = a.integer_or("ERR count should be greater than 0")?;
-                if n <= 0 {
-                    return Err(cmd_err("ERR count should be greater than 0"));
-                }
-                count = Some(usize::try_from(n).unwrap_or(usize::MAX));
-            }
-            _ => return Err(cmd_err("ERR syntax error")),
-        }
-    }
-    Ok((max, count.unwrap_or(1)))
+    Ok((max, usize::try_from(super::lists::mpop_count(a)?).unwrap_or(usize::MAX)))
 }
 
 fn mpop(db: &mut Db<'_>, keys: &[Vec<u8>], max: bool, count: usize) -> Result<Frame, Abort> {

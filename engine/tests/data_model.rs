@@ -31,7 +31,15 @@ fn dump(server: &Server) -> BTreeMap<String, (String, i64, String)> {
                 m.sort();
                 format!("{m:?}")
             }
-            "zset" => format!("{:?}", c.zrange_withscores::<_, Vec<(String, String)>>(&k, 0, -1).unwrap()),
+            "zset" => {
+                // The whole set, and what its rank index answers: a middle range, a rank, counts.
+                let all: Vec<(String, String)> = c.zrange_withscores(&k, 0, -1).unwrap();
+                let middle: Vec<String> = c.zrange(&k, 100, 104).unwrap();
+                let last = all.last().map(|(m, _)| m.clone()).unwrap_or_default();
+                let rank: Option<i64> = redis::cmd("ZRANK").arg(&k).arg(&last).query(&mut c).unwrap();
+                let low: i64 = c.zcount(&k, "-inf", "(50").unwrap();
+                format!("{all:?} {middle:?} {rank:?} {low}")
+            }
             "list" => format!("{:?}", c.lrange::<_, Vec<String>>(&k, 0, -1).unwrap()),
             other => panic!("unexpected type {other} of {k}"),
         };
@@ -70,6 +78,9 @@ fn seed(server: &Server) {
     let _: i64 = c.zadd_multiple("z:board", &[(10.5, "ann"), (3.0, "bob"), (7.0, "cy")]).unwrap();
     let _: i64 = c.rpush("l:queue", &["j1", "j2", "j3", "j4"]).unwrap();
     let _: i64 = c.rpush("l:jobs", &["a"]).unwrap();
+    // A sorted set large enough to keep a rank index (resp::cmd::zindex).
+    let board: Vec<(f64, String)> = (0..600).map(|i| (f64::from(i % 97), format!("p{i}"))).collect();
+    let _: i64 = c.zadd_multiple("z:big", &board).unwrap();
     // One transaction touching every type.
     let () = redis::pipe()
         .atomic()
@@ -92,6 +103,9 @@ fn churn(server: &Server) {
     let _: i64 = c.srem("set:tags", "red").unwrap();
     let _: i64 = c.zadd("z:board", "cy", 99.0).unwrap();
     let _: i64 = c.zrem("z:board", "ann").unwrap();
+    let _: i64 = redis::cmd("ZREMRANGEBYRANK").arg("z:big").arg(0).arg(199).query(&mut c).unwrap();
+    let _: f64 = c.zincr("z:big", "p599", 1000).unwrap();
+    let _: i64 = c.zadd_multiple("z:big", &[(-1.0, "n1"), (42.5, "n2")]).unwrap();
     let _: Option<String> = redis::cmd("LPOP").arg("l:queue").query(&mut c).unwrap();
     let () = redis::cmd("LSET").arg("l:queue").arg(1).arg("J2").query(&mut c).unwrap();
     let _: i64 = redis::cmd("LINSERT").arg("l:queue").arg("BEFORE").arg("j3").arg("x").query(&mut c).unwrap();
@@ -128,7 +142,7 @@ fn every_type_replicates_and_an_online_rollback_restores_every_key_exactly() {
     let seeded = ardmore.seqno();
     wait_until("BrynMawr to hold the seed", || brynmawr.seqno() == seeded);
     let before = dump(&ardmore);
-    assert_eq!(before.len(), 8, "{before:?}");
+    assert_eq!(before.len(), 9, "{before:?}");
     assert_eq!(dump(&brynmawr), before, "every type replicated, expiries included");
     assert!(before["h:user"].1 > 0 && before["s:ttl"].1 > 0 && before["s:plain"].1 == -1);
 

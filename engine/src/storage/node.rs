@@ -15,6 +15,7 @@
 //! set member    'E' len(key):u32be key 's' member          → ""
 //! zset score    'E' len(key):u32be key 'z' member          → score (f64, big-endian bits)
 //! zset order    'E' len(key):u32be key 'o' sortable(score) member → ""
+//! zset index    'E' len(key):u32be key 'r' level fence-key   → elements, children
 //! list element  'E' len(key):u32be key 'l' sortable(index) → value
 //! expiry index  'X' at_ms:u64be key                        → ""
 //! system        __strand/…                                 → raw value (the engine's own)
@@ -150,6 +151,8 @@ pub const HASH_FIELD: u8 = b'h';
 pub const SET_MEMBER: u8 = b's';
 pub const ZSET_SCORE: u8 = b'z';
 pub const ZSET_ORDER: u8 = b'o';
+/// A sorted set's rank index (`resp::cmd::zindex`): derived counts over its order nodes.
+pub const ZSET_RANK: u8 = b'r';
 pub const LIST_ITEM: u8 = b'l';
 
 pub fn head(key: &[u8]) -> Vec<u8> {
@@ -265,7 +268,7 @@ pub fn user_key(node: &[u8]) -> &[u8] {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Described {
     /// `string`, `hash`, `set`, `zset`, `list` (a head), `hash-field`, `set-member`,
-    /// `zset-member`, `zset-order`, `list-element`, `expiry-index`, `system`.
+    /// `zset-member`, `zset-order`, `zset-index`, `list-element`, `expiry-index`, `system`.
     pub node: &'static str,
     pub key: Vec<u8>,
     /// The field, member or list index (as decimal text) the node names.
@@ -324,6 +327,11 @@ pub fn describe(node: &[u8], value: Option<&[u8]>) -> Described {
                     d.value = sub
                         .first_chunk::<8>()
                         .map(|b| crate::base::format_double(from_sortable_f64(*b)).into_bytes());
+                }
+                ZSET_RANK => {
+                    d.node = "zset-index";
+                    d.element = None;
+                    d.value = None;
                 }
                 LIST_ITEM => {
                     d.node = "list-element";

@@ -152,11 +152,12 @@ impl Db<'_> {
     }
 
     /// Writes a collection's head after its element count changed; removes the key when the
-    /// collection became empty (Redis never keeps an empty collection).
+    /// collection became empty (Redis never keeps an empty collection), with any node its
+    /// elements leave behind (a sorted set's rank index).
     pub fn store_collection(&mut self, key: &[u8], old: Option<&Head>, new: &Head) -> Result<(), Abort> {
         if new.len == 0 {
             if let Some(old) = old {
-                self.remove_head(key, old)?;
+                self.delete_key(key, old)?;
             }
             return Ok(());
         }

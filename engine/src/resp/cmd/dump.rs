@@ -8,7 +8,7 @@
 use super::db::{Db, cmd_err};
 use super::{Args, K1, NOKEY, R, RF, Spec, W, data, parse_integer};
 use crate::frame::Frame;
-use crate::storage::node::{HASH_FIELD, Head, Kind, LIST_ITEM, SET_MEMBER, ZSET_ORDER, ZSET_SCORE};
+use crate::storage::node::{HASH_FIELD, Head, Kind, LIST_ITEM, SET_MEMBER, ZSET_ORDER};
 use crate::storage::writer::Abort;
 
 pub const SPECS: &[Spec] = &[
@@ -224,13 +224,7 @@ fn restore(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
                 if s.is_nan() {
                     return Err(cmd_err("ERR Bad data format"));
                 }
-                if db.element(&key, ZSET_SCORE, &m)?.is_none() {
-                    head.len += 1;
-                    let mut order = crate::storage::node::sortable_f64(s).to_vec();
-                    order.extend_from_slice(&m);
-                    db.put_element(&key, ZSET_ORDER, &order, b"")?;
-                    db.put_element(&key, ZSET_SCORE, &m, &s.to_bits().to_be_bytes())?;
-                }
+                super::zsets::put(db, &key, &mut head, &m, s)?;
             }
             finish(db, &key, head, at)?;
         }

@@ -20,6 +20,7 @@ pub mod server;
 pub mod sets;
 pub mod sort;
 pub mod strings;
+pub mod zindex;
 pub mod zsets;
 
 use std::collections::HashMap;

@@ -1,7 +1,8 @@
 //! Sorted-set commands. Each member has two nodes (`storage::node`): its score, and an order
 //! node named by (score, member) whose byte order is Redis's order, so ranges by score and by
-//! lex are a seek plus a walk (O(log n + m)). Ranges by rank walk from the nearer end
-//! (O(rank + m)): the nodes keep no subtree counts.
+//! lex are a seek plus a walk (O(log n + m)). A set larger than `zindex::FANOUT` also keeps a
+//! rank index (`zindex`), so ZRANK, ranges by rank, ZCOUNT and ZLEXCOUNT are a descent of it
+//! (O(log n), plus m for the members returned).
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -10,7 +11,7 @@ use super::db::{Db, cmd_err};
 use super::hashes::random_pick;
 use super::lists::parse_timeout;
 use super::sets::numkeys;
-use super::{Args, K1, NOKEY, R, RF, Spec, W, WF, data, format_double, parse_float, parse_integer};
+use super::{Args, K1, NOKEY, R, RF, Spec, W, WF, data, format_double, parse_float, parse_integer, zindex};
 use crate::frame::Frame;
 use crate::storage::node::{self, Head, Kind, SET_MEMBER, ZSET_ORDER, ZSET_SCORE};
 use crate::storage::writer::Abort;
@@ -64,7 +65,7 @@ fn decode_score(bytes: &[u8]) -> f64 {
 }
 
 /// An order node's sub-key: sortable score, then the member.
-fn order_sub(score: f64, member: &[u8]) -> Vec<u8> {
+pub(super) fn order_sub(score: f64, member: &[u8]) -> Vec<u8> {
     let mut sub = node::sortable_f64(score).to_vec();
     sub.extend_from_slice(member);
     sub
@@ -80,29 +81,32 @@ pub fn score(db: &Db<'_>, key: &[u8], member: &[u8]) -> Result<Option<f64>, Abor
 }
 
 /// Sets `member`'s score; whether it is new.
-fn put(db: &mut Db<'_>, key: &[u8], head: &mut Head, member: &[u8], new: f64) -> Result<bool, Abort> {
+pub fn put(db: &mut Db<'_>, key: &[u8], head: &mut Head, member: &[u8], new: f64) -> Result<bool, Abort> {
     let new = if new == 0.0 { 0.0 } else { new };
-    match score(db, key, member)? {
-        Some(old) if old == new => Ok(false),
-        Some(old) => {
-            db.remove_element(key, ZSET_ORDER, &order_sub(old, member))?;
-            db.put_element(key, ZSET_ORDER, &order_sub(new, member), b"")?;
-            db.put_element(key, ZSET_SCORE, member, &new.to_bits().to_be_bytes())?;
-            Ok(false)
-        }
-        None => {
-            db.put_element(key, ZSET_ORDER, &order_sub(new, member), b"")?;
-            db.put_element(key, ZSET_SCORE, member, &new.to_bits().to_be_bytes())?;
-            head.len += 1;
-            Ok(true)
-        }
+    let old = score(db, key, member)?;
+    if old == Some(new) {
+        return Ok(false);
     }
+    if let Some(old) = old {
+        let at = order_sub(old, member);
+        db.remove_element(key, ZSET_ORDER, &at)?;
+        zindex::removed(db, key, &at)?;
+    } else {
+        head.len += 1;
+    }
+    let at = order_sub(new, member);
+    db.put_element(key, ZSET_ORDER, &at, b"")?;
+    db.put_element(key, ZSET_SCORE, member, &new.to_bits().to_be_bytes())?;
+    zindex::inserted(db, key, head.len, &at)?;
+    Ok(old.is_none())
 }
 
-fn remove(db: &mut Db<'_>, key: &[u8], head: &mut Head, member: &[u8]) -> Result<bool, Abort> {
+pub fn remove(db: &mut Db<'_>, key: &[u8], head: &mut Head, member: &[u8]) -> Result<bool, Abort> {
     let Some(old) = score(db, key, member)? else { return Ok(false) };
-    db.remove_element(key, ZSET_ORDER, &order_sub(old, member))?;
+    let at = order_sub(old, member);
+    db.remove_element(key, ZSET_ORDER, &at)?;
     db.remove_element(key, ZSET_SCORE, member)?;
+    zindex::removed(db, key, &at)?;
     head.len = head.len.saturating_sub(1);
     Ok(true)
 }
@@ -227,32 +231,33 @@ fn zmscore(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
     Ok(Frame::Array(out))
 }
 
-/// Up to `limit` (member, score) from the low end (or the high end with `rev`), after
-/// skipping `skip`.
-fn by_rank(db: &Db<'_>, key: &[u8], rev: bool, skip: usize, limit: usize) -> Result<Scored, Abort> {
+/// Up to `limit` (member, score) from the low end (or the high end with `rev`) of a set of
+/// `len` members, after skipping `skip`: a descent of the rank index to the first, then a
+/// walk.
+fn by_rank(db: &Db<'_>, key: &[u8], len: u64, rev: bool, skip: usize, limit: usize) -> Result<Scored, Abort> {
+    let skip = skip as u64;
+    if skip >= len || limit == 0 {
+        return Ok(Vec::new());
+    }
+    let rank = if rev { len - 1 - skip } else { skip };
+    let Some(first) = zindex::select(db, key, rank)? else { return Ok(Vec::new()) };
     let mut out = Vec::new();
-    let mut cursor: Option<Vec<u8>> = None;
-    let mut skipped = 0usize;
+    let mut from = Bound::Included(first);
     while out.len() < limit {
-        let from = cursor.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
-        let want = (skip - skipped).saturating_add(limit - out.len()).clamp(1, 1024);
-        let batch = db.elements(key, ZSET_ORDER, from, rev, want)?;
-        if batch.is_empty() {
+        let bound = match &from {
+            Bound::Included(s) => Bound::Included(s.as_slice()),
+            Bound::Excluded(s) => Bound::Excluded(s.as_slice()),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let want = (limit - out.len()).min(1024);
+        let batch = db.elements(key, ZSET_ORDER, bound, rev, want)?;
+        let done = batch.len() < want;
+        let Some(last) = batch.last().map(|(s, _)| s.clone()) else { break };
+        out.extend(batch.iter().filter_map(|(sub, _)| split_order(sub)).map(|(score, member)| (member, score)));
+        if done {
             break;
         }
-        cursor = batch.last().map(|(s, _)| s.clone());
-        for (sub, _) in batch {
-            if skipped < skip {
-                skipped += 1;
-                continue;
-            }
-            if out.len() == limit {
-                break;
-            }
-            if let Some((score, member)) = split_order(&sub) {
-                out.push((member, score));
-            }
-        }
+        from = Bound::Excluded(last);
     }
     Ok(out)
 }
@@ -449,7 +454,7 @@ fn run_range(db: &Db<'_>, key: &[u8], q: &RangeQuery, first: &[u8], second: &[u8
             let Some(head) = db.typed(key, Kind::ZSet)? else { return Ok(Vec::new()) };
             let len = usize::try_from(head.len).unwrap_or(usize::MAX);
             let Some((s, e)) = super::lists::index_range(start, stop, len) else { return Ok(Vec::new()) };
-            by_rank(db, key, q.rev, s, e - s + 1)
+            by_rank(db, key, head.len, q.rev, s, e - s + 1)
         }
         By::Score | By::Lex => {
             let (lo, hi) = if q.rev { (second, first) } else { (first, second) };
@@ -555,26 +560,7 @@ fn rank(db: &mut Db<'_>, a: &mut Args, rev: bool) -> Result<Frame, Abort> {
     let (key, member) = (a.next_arg()?, a.next_arg()?);
     let Some(head) = db.typed(&key, Kind::ZSet)? else { return Ok(Frame::Null) };
     let Some(s) = score(db, &key, &member)? else { return Ok(Frame::Null) };
-    // Count the elements before it in walking order.
-    let target = order_sub(s, &member);
-    let mut before = 0u64;
-    let mut cursor: Option<Vec<u8>> = None;
-    loop {
-        let from = cursor.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
-        let batch = db.elements(&key, ZSET_ORDER, from, false, 1024)?;
-        let mut done = batch.len() < 1024;
-        for (sub, _) in &batch {
-            if *sub >= target {
-                done = true;
-                break;
-            }
-            before += 1;
-        }
-        if done {
-            break;
-        }
-        cursor = batch.last().map(|(s, _)| s.clone());
-    }
+    let before = zindex::count_before(db, &key, &order_sub(s, &member))?;
     let r = if rev { head.len - 1 - before } else { before };
     Ok(Frame::Integer(i64::try_from(r).unwrap_or(i64::MAX)))
 }
@@ -586,14 +572,67 @@ fn zrevrank(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
     rank(db, a, true)
 }
 
+/// Where a span's bound falls among the order nodes.
+enum Edge {
+    Start,
+    At(Vec<u8>),
+    End,
+}
+
+impl Span {
+    /// The span as a half-open range of order subs `[low, high)`; a lex span lies within the
+    /// score of the set's first member (`score`), as all members of a lex range share one.
+    fn edges(&self, score: f64) -> (Edge, Edge) {
+        let at_or_end = |s: Option<Vec<u8>>| s.map_or(Edge::End, Edge::At);
+        let after = |m: &[u8]| {
+            let mut s = order_sub(score, m);
+            s.push(0);
+            Edge::At(s)
+        };
+        match self {
+            Span::Score(min, max) => {
+                let lo = node::sortable_f64(min.value);
+                let hi = node::sortable_f64(max.value);
+                let low = if min.exclusive { at_or_end(node::prefix_end(&lo)) } else { Edge::At(lo.to_vec()) };
+                let high = if max.exclusive { Edge::At(hi.to_vec()) } else { at_or_end(node::prefix_end(&hi)) };
+                (low, high)
+            }
+            Span::Lex(min, max) => {
+                let low = match min {
+                    LexBound::Min => Edge::Start,
+                    LexBound::Max => Edge::End,
+                    LexBound::Incl(m) => Edge::At(order_sub(score, m)),
+                    LexBound::Excl(m) => after(m),
+                };
+                let high = match max {
+                    LexBound::Min => Edge::Start,
+                    LexBound::Max => Edge::End,
+                    LexBound::Incl(m) => after(m),
+                    LexBound::Excl(m) => Edge::At(order_sub(score, m)),
+                };
+                (low, high)
+            }
+        }
+    }
+}
+
+/// ZCOUNT and ZLEXCOUNT: the difference of two ranks (O(log n)).
 fn count_span(db: &mut Db<'_>, a: &mut Args, lex: bool) -> Result<Frame, Abort> {
     let key = a.next_arg()?;
     let (lo, hi) = (a.next_arg()?, a.next_arg()?);
     let span = Span::parse(lex, &lo, &hi)?;
-    if db.typed(&key, Kind::ZSet)?.is_none() {
-        return Ok(Frame::Integer(0));
-    }
-    let n = by_span(db, &key, &span, false, 0, usize::MAX)?.len();
+    let Some(head) = db.typed(&key, Kind::ZSet)? else { return Ok(Frame::Integer(0)) };
+    let first = db.elements(&key, ZSET_ORDER, Bound::Unbounded, false, 1)?;
+    let score = first.first().and_then(|(s, _)| split_order(s)).map_or(0.0, |(score, _)| score);
+    let (low, high) = span.edges(score);
+    let position = |db: &Db<'_>, edge: &Edge| -> Result<u64, Abort> {
+        match edge {
+            Edge::Start => Ok(0),
+            Edge::End => Ok(head.len),
+            Edge::At(sub) => zindex::count_before(db, &key, sub),
+        }
+    };
+    let n = position(db, &high)?.saturating_sub(position(db, &low)?);
     Ok(Frame::Integer(i64::try_from(n).unwrap_or(i64::MAX)))
 }
 
@@ -619,7 +658,7 @@ fn zremrangebyrank(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
     let Some(old) = db.typed_for_write(&key, Kind::ZSet)? else { return Ok(Frame::Integer(0)) };
     let len = usize::try_from(old.len).unwrap_or(usize::MAX);
     let Some((s, e)) = super::lists::index_range(start, stop, len) else { return Ok(Frame::Integer(0)) };
-    let items = by_rank(db, &key, false, s, e - s + 1)?;
+    let items = by_rank(db, &key, old.len, false, s, e - s + 1)?;
     remove_items(db, &key, &old, &items)
 }
 
@@ -641,7 +680,7 @@ fn zremrangebylex(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
 
 /// Pops up to `count` from the low (or, with `max`, the high) end of `key`.
 fn pop(db: &mut Db<'_>, key: &[u8], old: &Head, max: bool, count: usize) -> Result<Scored, Abort> {
-    let items = by_rank(db, key, max, 0, count)?;
+    let items = by_rank(db, key, old.len, max, 0, count)?;
     remove_items(db, key, old, &items)?;
     Ok(items)
 }

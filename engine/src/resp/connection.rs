@@ -689,7 +689,7 @@ impl State {
             Command::CommandList => server::command_list(),
             Command::CommandCount => server::command_count(),
             Command::CommandInfo(names) => server::command_info(&names),
-            Command::CommandDocs => Frame::Map(Vec::new()),
+            Command::CommandDocs(names) => cmd::docs::reply(&names),
             Command::ConfigGet(patterns) => server::config_get(engine, &patterns),
             Command::ConfigSet(pairs) => server::config_set(&pairs),
             Command::ConfigResetStat => Frame::ok(),

@@ -96,13 +96,7 @@ fn covering(db: &Db<'_>, key: &[u8], level: u8, at: &[u8]) -> Result<Fence, Abor
 }
 
 /// Up to `limit` fences at `level`, from `from` (inclusive, or exclusive) upward.
-fn fences(
-    db: &Db<'_>,
-    key: &[u8],
-    level: u8,
-    from: Bound<&[u8]>,
-    limit: usize,
-) -> Result<Vec<Fence>, Abort> {
+fn fences(db: &Db<'_>, key: &[u8], level: u8, from: Bound<&[u8]>, limit: usize) -> Result<Vec<Fence>, Abort> {
     let start = match from {
         Bound::Included(k) | Bound::Excluded(k) => sub(level, k),
         Bound::Unbounded => vec![level],
@@ -159,7 +153,8 @@ fn split(db: &mut Db<'_>, key: &[u8], mut level: u8, mut f: Fence, top: &mut u8)
         let half = usize::try_from(f.children / 2).unwrap_or(usize::MAX);
         let (upper_key, below) = if level == 1 {
             let walk = db.elements(key, ZSET_ORDER, Bound::Included(&f.key), false, half + 1)?;
-            let (k, _) = walk.get(half).ok_or_else(|| corrupt(key, "a fence counts more elements than it has"))?;
+            let (k, _) =
+                walk.get(half).ok_or_else(|| corrupt(key, "a fence counts more elements than it has"))?;
             (k.clone(), half as u64)
         } else {
             let kids = fences(db, key, level - 1, Bound::Included(&f.key), half + 1)?;
@@ -228,7 +223,8 @@ fn drop_empty(db: &mut Db<'_>, key: &[u8], mut level: u8, k: &[u8], top: u8) -> 
         if parent.children > 1 {
             // The next child takes over the key, at every level above that shares it.
             let next = fences(db, key, level, Bound::Excluded(k), 1)?;
-            let next = next.first().ok_or_else(|| corrupt(key, "a fence's next child is missing"))?.key.clone();
+            let next =
+                next.first().ok_or_else(|| corrupt(key, "a fence's next child is missing"))?.key.clone();
             parent.children -= 1;
             let mut above = level + 1;
             let mut f = parent;
@@ -321,7 +317,8 @@ pub fn count_before(db: &Db<'_>, key: &[u8], at: &[u8]) -> Result<u64, Abort> {
     let mut cursor = from;
     let mut inclusive = true;
     loop {
-        let bound = if inclusive { Bound::Included(cursor.as_slice()) } else { Bound::Excluded(cursor.as_slice()) };
+        let bound =
+            if inclusive { Bound::Included(cursor.as_slice()) } else { Bound::Excluded(cursor.as_slice()) };
         let walk = db.elements(key, ZSET_ORDER, bound, false, FANOUT as usize + 1)?;
         let full = walk.len() == FANOUT as usize + 1;
         let mut next = None;

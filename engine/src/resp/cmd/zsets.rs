@@ -253,7 +253,9 @@ fn by_rank(db: &Db<'_>, key: &[u8], len: u64, rev: bool, skip: usize, limit: usi
         let batch = db.elements(key, ZSET_ORDER, bound, rev, want)?;
         let done = batch.len() < want;
         let Some(last) = batch.last().map(|(s, _)| s.clone()) else { break };
-        out.extend(batch.iter().filter_map(|(sub, _)| split_order(sub)).map(|(score, member)| (member, score)));
+        out.extend(
+            batch.iter().filter_map(|(sub, _)| split_order(sub)).map(|(score, member)| (member, score)),
+        );
         if done {
             break;
         }
@@ -593,8 +595,10 @@ impl Span {
             Span::Score(min, max) => {
                 let lo = node::sortable_f64(min.value);
                 let hi = node::sortable_f64(max.value);
-                let low = if min.exclusive { at_or_end(node::prefix_end(&lo)) } else { Edge::At(lo.to_vec()) };
-                let high = if max.exclusive { Edge::At(hi.to_vec()) } else { at_or_end(node::prefix_end(&hi)) };
+                let low =
+                    if min.exclusive { at_or_end(node::prefix_end(&lo)) } else { Edge::At(lo.to_vec()) };
+                let high =
+                    if max.exclusive { Edge::At(hi.to_vec()) } else { at_or_end(node::prefix_end(&hi)) };
                 (low, high)
             }
             Span::Lex(min, max) => {

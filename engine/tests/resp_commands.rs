@@ -519,4 +519,19 @@ fn review_cases_of_the_data_model() {
     let _: i64 = c.lpush("b", "w").unwrap();
     let n = w2.read(&mut reply).unwrap();
     assert_eq!(&reply[..n], b"*2\r\n$1\r\nb\r\n$1\r\nw\r\n");
+
+    // A waiter on two keys, one of which becomes a string while it waits, is served from
+    // the other (as Redis serves the key that became ready), not answered WRONGTYPE.
+    let mut w3 = server.send_raw(&["BLPOP", "p", "q", "0"]);
+    server.wait_blocked(1);
+    let () = c.set("p", "now a string").unwrap();
+    let _: i64 = c.rpush("q", "job").unwrap();
+    let n = w3.read(&mut reply).unwrap();
+    assert_eq!(&reply[..n], b"*2\r\n$1\r\nq\r\n$3\r\njob\r\n");
+    let mut w4 = server.send_raw(&["BZMPOP", "0", "2", "zp", "zq", "MIN"]);
+    server.wait_blocked(1);
+    let () = c.set("zp", "x").unwrap();
+    let _: i64 = c.zadd("zq", "m", 1).unwrap();
+    let n = w4.read(&mut reply).unwrap();
+    assert_eq!(&reply[..n], b"*2\r\n$2\r\nzq\r\n*1\r\n*2\r\n$1\r\nm\r\n$1\r\n1\r\n");
 }

@@ -369,9 +369,10 @@ impl State {
         let id = self.id;
         let (unblock_tx, mut unblock_rx) = oneshot::channel::<bool>();
         engine.blocked.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id, unblock_tx);
-        // After its first run, a waiter none of whose keys holds the type it pops stays
-        // blocked, as in Redis (a key that became a string does not serve it); a wrong
-        // destination type (BLMOVE) is an error for the client.
+        // The first run checks every key's type, as Redis does before blocking. Later runs
+        // pop only from the keys that hold the type it pops (or are empty), as Redis serves
+        // the key that became ready even when another key it waits on now holds a string;
+        // a wrong destination type (BLMOVE) stays an error for the client.
         let mut first = true;
         let pops = if matches!(&command, Command::Data { spec, .. } if spec.name.starts_with("bz")) {
             crate::storage::node::Kind::ZSet
@@ -380,19 +381,28 @@ impl State {
         };
         let waited = keys.clone();
         let program: BlockingProgram<Frame> = Box::new(move |view| {
-            let outcome = command.execute_in_txn(view);
-            let retry = !std::mem::replace(&mut first, false);
-            match outcome {
+            let mut run = None;
+            if !std::mem::replace(&mut first, false) {
+                let db = cmd::db::Db { kv: view, now_ms: cmd::now_ms(), counts: None };
+                let mut servable = Vec::new();
+                for k in &waited {
+                    if db.head(k)?.is_none_or(|h| h.kind == pops) {
+                        servable.push(k.clone());
+                    }
+                }
+                if servable.is_empty() {
+                    return Ok(None);
+                }
+                if servable.len() < waited.len()
+                    && let Command::Data { spec, args } = &command
+                    && let Some(args) = cmd::lists::with_blocking_keys(spec.name, args, &servable)
+                {
+                    run = Some(Command::Data { spec, args });
+                }
+            }
+            match run.as_ref().unwrap_or(&command).execute_in_txn(view) {
                 Ok(Frame::Null | Frame::NullArray) => Ok(None),
                 Ok(served) => Ok(Some(served)),
-                Err(Abort::Command(m)) if retry && m.starts_with("WRONGTYPE") => {
-                    let db = cmd::db::Db { kv: view, now_ms: cmd::now_ms(), counts: None };
-                    let mut servable = false;
-                    for k in &waited {
-                        servable |= db.head(k)?.is_some_and(|h| h.kind == pops);
-                    }
-                    if servable { Err(Abort::Command(m)) } else { Ok(None) }
-                }
                 Err(e) => Err(e),
             }
         });

@@ -536,6 +536,27 @@ fn blmpop(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
     mpop(db, &keys, end, count)
 }
 
+/// A blocking command's arguments (after its name) with the keys it waits on replaced by
+/// `keys` (a subset, in order): how a waiter is served from the keys that hold what it pops
+/// when others now hold another type, as Redis serves the key that became ready.
+pub fn with_blocking_keys(name: &str, args: &[Vec<u8>], keys: &[Vec<u8>]) -> Option<Vec<Vec<u8>>> {
+    match name {
+        "blpop" | "brpop" | "bzpopmin" | "bzpopmax" => {
+            let mut out = keys.to_vec();
+            out.push(args.last()?.clone());
+            Some(out)
+        }
+        "blmpop" | "bzmpop" => {
+            let n = usize::try_from(parse_integer(args.get(1)?)?).ok()?;
+            let mut out = vec![args.first()?.clone(), keys.len().to_string().into_bytes()];
+            out.extend_from_slice(keys);
+            out.extend_from_slice(args.get(2 + n..)?);
+            Some(out)
+        }
+        _ => None,
+    }
+}
+
 /// The keys a blocking command waits on and its timeout in milliseconds (0: forever), or
 /// `None` for a command that never blocks. Arguments are after the command name.
 pub fn blocking_keys(name: &str, args: &[Vec<u8>]) -> Option<(Vec<Vec<u8>>, u64)> {

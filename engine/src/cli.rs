@@ -10,7 +10,7 @@ use crate::admin::client::Target;
 use crate::admin::{BackupRequest, CreateRequest, JournalEntry, Status};
 use crate::base::error_chain;
 use crate::engine::Config;
-use crate::limits::{CLIENTS_MAX_DEFAULT, DISK_RESERVE_BYTES_DEFAULT};
+use crate::limits::{CLIENTS_MAX_DEFAULT, DISK_RESERVE_BYTES_DEFAULT, TXN_IMAGE_BYTES_DEFAULT};
 use crate::storage::backup;
 
 #[derive(Debug, Parser)]
@@ -57,6 +57,11 @@ pub struct RunArgs {
     /// Commits are refused while the data volume has less free space than this.
     #[arg(long, default_value_t = DISK_RESERVE_BYTES_DEFAULT)]
     pub disk_reserve_bytes: u64,
+    /// Most bytes of before- and after-images one transaction may journal; a command past it
+    /// is refused with nothing changed (a transaction holds about three times this in
+    /// memory while it runs).
+    #[arg(long, default_value_t = TXN_IMAGE_BYTES_DEFAULT)]
+    pub max_txn_image_bytes: usize,
     /// Log filter (tracing syntax), overridden by RUST_LOG.
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -327,6 +332,7 @@ async fn run(args: RunArgs) -> i32 {
         password,
         max_clients: args.max_clients,
         disk_reserve_bytes: args.disk_reserve_bytes,
+        max_txn_image_bytes: args.max_txn_image_bytes,
         resp_port: 0,
         repl_addr: args.repl_addr,
         repl_secret,
@@ -368,7 +374,8 @@ async fn offline_rollback(dir: &std::path::Path, to: u64) -> Result<serde_json::
     let store = Arc::new(store);
     let metrics = Arc::new(crate::metrics::Metrics::new().map_err(|e| e.to_string())?);
     let (writer, thread) =
-        crate::storage::writer::Writer::<()>::spawn(store.clone(), 0, metrics).map_err(|e| e.to_string())?;
+        crate::storage::writer::Writer::<()>::spawn(store.clone(), 0, TXN_IMAGE_BYTES_DEFAULT, metrics)
+            .map_err(|e| e.to_string())?;
     let new_epoch = matches!(
         store.role(),
         crate::storage::meta::Role::Primary | crate::storage::meta::Role::SupplementaryPrimary

@@ -26,6 +26,8 @@ pub struct Config {
     pub password: Option<Vec<u8>>,
     pub max_clients: usize,
     pub disk_reserve_bytes: u64,
+    /// Most bytes of images one transaction may journal.
+    pub max_txn_image_bytes: usize,
     /// Filled in once the data port is bound (the configured port may be 0).
     pub resp_port: u16,
     /// Where this instance receives replication streams.

@@ -8,6 +8,12 @@
 //! has that expiry; a run that found a full batch is followed at once by another, otherwise
 //! the cycle sleeps [`INTERVAL`]. A run's cost is thus bounded by its batch, whatever the
 //! number of keys due.
+//!
+//! The same cycle **reclaims** the elements of deleted large collections (`storage::node`,
+//! "garbage"): each run removes at most [`RECLAIM_NODES_PER_RUN`] nodes or
+//! [`RECLAIM_BYTES_PER_RUN`] bytes in one journaled transaction, so deleting a collection of
+//! any size never makes one huge transaction, and a secondary is told of each removal in
+//! order like any write.
 
 use std::ops::Bound;
 use std::sync::Arc;
@@ -22,13 +28,23 @@ use crate::storage::writer::{Committed, TxnProgram};
 
 /// Most keys one run removes.
 pub const KEYS_PER_RUN: usize = 200;
+/// Most element nodes one reclaim run removes.
+pub const RECLAIM_NODES_PER_RUN: usize = 1024;
+/// Most bytes (node names and values) one reclaim run removes.
+pub const RECLAIM_BYTES_PER_RUN: usize = 4 * 1024 * 1024;
 /// Pause between runs that found less than a full batch.
 pub const INTERVAL: Duration = Duration::from_millis(100);
 
 /// Runs the cycle until shutdown.
 pub async fn run(engine: Arc<Engine>, mut shutdown: Shutdown) {
     loop {
-        let full = if engine.store.write_refusal().is_none() { run_once(&engine).await } else { false };
+        let full = if engine.store.write_refusal().is_none() {
+            let expired = run_once(&engine).await;
+            let reclaimed = reclaim_once(&engine).await;
+            expired || reclaimed
+        } else {
+            false
+        };
         if full {
             tokio::task::yield_now().await;
             continue;
@@ -113,6 +129,48 @@ async fn run_once(engine: &Engine) -> bool {
         Ok(_) => full,
         Err(e) => {
             tracing::debug!(error = %e, "expiry run did not commit");
+            false
+        }
+    }
+}
+
+/// One reclaim run; whether garbage is left.
+async fn reclaim_once(engine: &Engine) -> bool {
+    let pending = match engine.store.snapshot() {
+        Ok(snapshot) => {
+            let mut kv = ReadOnly(&snapshot);
+            let db = Db { kv: &mut kv, now_ms: 0, counts: None };
+            db.kv
+                .range((Bound::Included(node::GARBAGE_START), Bound::Excluded(node::GARBAGE_END)), false, 1)
+                .is_ok_and(|g| !g.is_empty())
+        }
+        Err(e) => {
+            tracing::warn!(error = %crate::base::error_chain(&e), "reclaim cycle cannot read");
+            false
+        }
+    };
+    if !pending {
+        return false;
+    }
+    let program: TxnProgram<Frame> = Box::new(move |view| {
+        let mut db = Db { kv: view, now_ms: crate::resp::cmd::now_ms(), counts: None };
+        let (removed, more) = db.reclaim(RECLAIM_NODES_PER_RUN, RECLAIM_BYTES_PER_RUN)?;
+        Ok(Frame::Array(vec![
+            Frame::Integer(i64::try_from(removed).unwrap_or(i64::MAX)),
+            Frame::Integer(i64::from(more)),
+        ]))
+    });
+    match engine.writer.submit(Vec::new(), program).await {
+        Ok(Committed::Done { output: Frame::Array(out), .. }) => match out.as_slice() {
+            [Frame::Integer(removed), Frame::Integer(more)] => {
+                engine.metrics.reclaimed_nodes_total.inc_by(u64::try_from(*removed).unwrap_or(0));
+                *more != 0
+            }
+            _ => false,
+        },
+        Ok(_) => false,
+        Err(e) => {
+            tracing::debug!(error = %e, "reclaim run did not commit");
             false
         }
     }

@@ -23,6 +23,14 @@ pub const MULTI_COMMANDS_MAX: usize = 10_000;
 /// Most argument bytes queued between MULTI and EXEC (bounds a transaction's memory and the
 /// size of its journal record).
 pub const MULTI_BYTES_MAX: usize = 128 * 1024 * 1024;
+/// Default for `--max-txn-image-bytes`: most bytes of node names and before- and
+/// after-images one transaction may journal (its
+/// record, its undo log and its encoding each hold about this much). A command that would
+/// pass it — RENAME or COPY of a collection larger than this, a store of a result this
+/// large, DEL or FLUSHALL of more string values than this — is refused with nothing
+/// changed, rather than growing its journal record without bound. Deleting a collection of
+/// any size stays small: its elements are reclaimed in bounded transactions.
+pub const TXN_IMAGE_BYTES_DEFAULT: usize = 1024 * 1024 * 1024;
 /// Most keys one WATCH session may watch.
 pub const WATCH_KEYS_MAX: usize = 10_000;
 /// Default for `--max-clients`: concurrent data-port connections.
@@ -53,6 +61,8 @@ const _: () = assert!(VALUE_BYTES_MAX <= RESP_BULK_BYTES_MAX);
 const _: () = assert!(KEY_BYTES_MAX + VALUE_BYTES_MAX < RESP_REQUEST_BYTES_MAX);
 // A transaction queue must hold at least one maximal request.
 const _: () = assert!(RESP_REQUEST_BYTES_MAX <= MULTI_BYTES_MAX);
+// A transaction can write its largest legal queue of arguments as after-images.
+const _: () = assert!(MULTI_BYTES_MAX < TXN_IMAGE_BYTES_DEFAULT);
 // A journal record's key count is a u32; every queued key takes at least one byte.
 const _: () = assert!(MULTI_BYTES_MAX < u32::MAX as usize);
 // Journal image lengths are u32 on disk.

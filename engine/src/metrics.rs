@@ -32,6 +32,7 @@ pub struct Metrics {
     pub connected_clients: IntGauge,
     pub rejected_clients_total: IntCounter,
     pub expired_keys_total: IntCounter,
+    pub reclaimed_nodes_total: IntCounter,
     pub resp_commands_total: IntCounterVec,
     pub resp_protocol_errors_total: IntCounter,
     pub storage_bytes: IntGauge,
@@ -170,6 +171,10 @@ impl Metrics {
             expired_keys_total: d.counter(
                 "strand_expired_keys_total",
                 "Keys the primary removed because their expiry passed (each removal is a journaled transaction).",
+            )?,
+            reclaimed_nodes_total: d.counter(
+                "strand_reclaimed_nodes_total",
+                "Element nodes of deleted large collections the primary's reclaim cycle removed (in bounded, journaled transactions).",
             )?,
             resp_commands_total: d.counter_vec(
                 "strand_resp_commands_total",

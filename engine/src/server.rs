@@ -52,8 +52,9 @@ pub async fn run_until(
         metrics.resp_commands_total.with_label_values(&[spec.name]).inc_by(0);
     }
     metrics.journal_seqno.set(i64::try_from(store.committed_seqno()).unwrap_or(i64::MAX));
-    let (writer, writer_thread) = Writer::spawn(store.clone(), config.disk_reserve_bytes, metrics.clone())
-        .map_err(|source| ServerError::Writer { source })?;
+    let (writer, writer_thread) =
+        Writer::spawn(store.clone(), config.disk_reserve_bytes, config.max_txn_image_bytes, metrics.clone())
+            .map_err(|source| ServerError::Writer { source })?;
 
     let resp = TcpListener::bind(config.resp_addr).await.map_err(|source| ServerError::Bind {
         what: "the data port",

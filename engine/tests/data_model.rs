@@ -289,3 +289,64 @@ fn si_streams_carry_collection_changes_with_their_tags() {
     assert_eq!(served.1, 2, "serving the consumer is Malvern's own transaction in stream 0");
     malvern.verify();
 }
+
+/// A large collection deleted whole: one small transaction removes its head (the elements
+/// become garbage), a new collection of the same name is written at once and never meets
+/// the old elements, the primary reclaims them in bounded transactions that replicate, and a
+/// rollback past the delete restores every element exactly.
+#[test]
+fn a_large_collection_is_deleted_in_one_small_transaction_and_reclaimed_in_bounded_ones() {
+    let dir = tempdir();
+    let ardmore = Server::start_replicating(dir.path(), "Ardmore");
+    let brynmawr = Server::start_replicating(dir.path(), "BrynMawr");
+    ardmore.ctl(&["promote"]);
+    brynmawr.ctl(&["receiver", "start"]);
+    ardmore.ctl(&["source", "start", "--receiver", "BrynMawr", "--addr", &brynmawr.repl_addr()]);
+
+    let mut c = ardmore.client();
+    for chunk in 0..10 {
+        let fields: Vec<(String, String)> =
+            (0..500).map(|i| (format!("f{}", chunk * 500 + i), format!("v{i}"))).collect();
+        let () = c.hset_multiple("big", &fields).unwrap();
+    }
+    let members: Vec<(f64, String)> = (0..3000).map(|i| (f64::from(i % 50), format!("m{i}"))).collect();
+    let _: i64 = c.zadd_multiple("zbig", &members).unwrap();
+    let items: Vec<String> = (0..3000).map(|i| format!("item{i}")).collect();
+    let _: i64 = c.rpush("lbig", &items).unwrap();
+    let seeded = ardmore.seqno();
+    let before = dump(&ardmore);
+    let nodes_before = ardmore.status()["nodes"].as_u64().unwrap();
+
+    let deleted: i64 = c.del(&["big", "zbig", "lbig"]).unwrap();
+    assert_eq!(deleted, 3);
+    let () = c.hset_multiple("big", &[("fresh", "1")]).unwrap();
+    let fresh: BTreeMap<String, String> = c.hgetall("big").unwrap();
+    assert_eq!(fresh.len(), 1, "the new hash never sees the old fields: {}", fresh.len());
+
+    // Reclaimed to the two nodes of the new hash, in bounded transactions.
+    wait_until("the reclaim cycle to remove every old element", || {
+        ardmore.status()["nodes"].as_u64() == Some(2)
+    });
+    let journal = ardmore.journal();
+    let del = &journal[usize::try_from(seeded).unwrap()];
+    assert!(del.keys.len() <= 10, "the DEL record holds {} nodes", del.keys.len());
+    let reclaims: Vec<_> = journal[usize::try_from(seeded).unwrap() + 2..].iter().collect();
+    let removed: usize = reclaims.iter().map(|r| r.keys.len()).sum();
+    assert!(removed + 2 >= usize::try_from(nodes_before).unwrap() - 6, "{removed} of {nodes_before}");
+    assert!(reclaims.len() >= 12, "{} reclaim transactions", reclaims.len());
+    assert!(reclaims.iter().all(|r| r.keys.len() <= 1025), "a reclaim transaction is bounded");
+
+    let last = ardmore.seqno();
+    wait_until("BrynMawr to hold the reclaim", || brynmawr.seqno() == last);
+    assert_eq!(brynmawr.status()["nodes"].as_u64(), Some(2));
+    assert_eq!(dump(&brynmawr), dump(&ardmore));
+    ardmore.verify();
+    brynmawr.verify();
+
+    // A rollback past the delete brings every element back, as it was.
+    ardmore.ctl(&["source", "stop", "--receiver", "BrynMawr"]);
+    ardmore.ctl(&["rollback", "--to-seqno", &seeded.to_string()]);
+    assert_eq!(dump(&ardmore), before);
+    assert_eq!(ardmore.status()["nodes"].as_u64(), Some(nodes_before));
+    ardmore.verify();
+}

@@ -535,3 +535,27 @@ fn review_cases_of_the_data_model() {
     let n = w4.read(&mut reply).unwrap();
     assert_eq!(&reply[..n], b"*2\r\n$2\r\nzq\r\n*1\r\n*2\r\n$1\r\nm\r\n$1\r\n1\r\n");
 }
+
+/// A command whose journal record would pass `--max-txn-image-bytes` is refused with nothing
+/// changed; deleting the same collection, however large, is one small transaction.
+#[test]
+fn a_transaction_past_the_image_bound_is_refused_whole() {
+    let dir = tempdir();
+    let server = Server::start(&dir.path().join("a"), "Ardmore", &["--max-txn-image-bytes", "1048576"]);
+    let mut c = server.client();
+    let value = "x".repeat(64 * 1024);
+    for i in 0..24 {
+        let _: i64 = c.hset("big", format!("f{i}"), &value).unwrap();
+    }
+    let seqno = server.seqno();
+    let err = redis::cmd("RENAME").arg("big").arg("moved").query::<()>(&mut c).unwrap_err();
+    assert!(err.to_string().contains("--max-txn-image-bytes"), "{err}");
+    let err = redis::cmd("COPY").arg("big").arg("copy").query::<i64>(&mut c).unwrap_err();
+    assert!(err.to_string().contains("nothing was changed"), "{err}");
+    assert_eq!(server.seqno(), seqno, "nothing was journaled");
+    assert_eq!(c.hlen::<_, i64>("big").unwrap(), 24);
+    assert_eq!(c.exists::<_, i64>(&["moved", "copy"]).unwrap(), 0);
+    let _: i64 = c.del("big").unwrap();
+    assert_eq!(c.exists::<_, i64>("big").unwrap(), 0);
+    server.verify();
+}

@@ -2,21 +2,28 @@
 //! globals (a name with subscripts, each node journaled on its own).
 //!
 //! Every application key has one **head** node, holding its type, its expiry and — for a
-//! string — its value, or — for a collection — its element count. Each element of a
-//! collection is a node of its own under the key's **element prefix**, so a change to one
-//! hash field, set member, sorted-set member or list element writes (and journals, with
-//! before- and after-image) that node and the head at most, never the whole collection.
-//! Keys with an expiry also have a node in the **expiry index**, ordered by time, which the
-//! primary's expiry cycle walks.
+//! string — its value, or — for a collection — its element count and generation. Each
+//! element of a collection is a node of its own under the key's **element prefix** (the key
+//! and the generation), so a change to one hash field, set member, sorted-set member or list
+//! element writes (and journals, with before- and after-image) that node and the head at
+//! most, never the whole collection. Keys with an expiry also have a node in the **expiry
+//! index**, ordered by time, which the primary's expiry cycle walks.
+//!
+//! A collection deleted whole (DEL, expiry, an overwrite) loses its head at once, and — when
+//! it is large — leaves its elements behind as **garbage**: one node naming its element
+//! prefix, which the primary's reclaim cycle removes in bounded, journaled transactions. A
+//! new collection of the same name gets a new generation, so it never meets the old elements;
+//! deleting a collection of any size is thus one small transaction.
 //!
 //! ```text
 //! head          'K' key                                   → type, expire_at_ms, payload
-//! hash field    'E' len(key):u32be key 'h' field           → value
-//! set member    'E' len(key):u32be key 's' member          → ""
-//! zset score    'E' len(key):u32be key 'z' member          → score (f64, big-endian bits)
-//! zset order    'E' len(key):u32be key 'o' sortable(score) member → ""
-//! zset index    'E' len(key):u32be key 'r' level fence-key   → elements, children
-//! list element  'E' len(key):u32be key 'l' sortable(index) → value
+//! hash field    'E' len(key):u32be key generation:u64be 'h' field           → value
+//! set member    'E' len(key):u32be key generation:u64be 's' member          → ""
+//! zset score    'E' len(key):u32be key generation:u64be 'z' member          → score (f64 bits)
+//! zset order    'E' len(key):u32be key generation:u64be 'o' sortable(score) member → ""
+//! zset index    'E' len(key):u32be key generation:u64be 'r' level fence-key → elements, children
+//! list element  'E' len(key):u32be key generation:u64be 'l' sortable(index) → value
+//! garbage       'G' element-prefix                        → "" (elements to reclaim)
 //! expiry index  'X' at_ms:u64be key                        → ""
 //! system        __strand/…                                 → raw value (the engine's own)
 //! ```
@@ -87,17 +94,38 @@ pub struct Head {
     pub len: u64,
     /// A list's first element index (elements are `first .. first + len`).
     pub first: i64,
+    /// A collection's generation: part of its element prefix, new for every collection
+    /// created (so a new collection never meets a deleted one's unreclaimed elements).
+    pub generation: u64,
+}
+
+/// A fresh generation: a per-process counter from a random start, so two collections of one
+/// name (even created by different processes, after a failover) differ.
+pub fn new_generation() -> u64 {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: OnceLock<AtomicU64> = OnceLock::new();
+    let next = NEXT.get_or_init(|| {
+        let mut seed = [0u8; 8];
+        if getrandom::fill(&mut seed).is_err() {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            seed = (now.as_nanos() as u64 ^ u64::from(std::process::id()).rotate_left(32)).to_be_bytes();
+        }
+        AtomicU64::new(u64::from_be_bytes(seed))
+    });
+    next.fetch_add(1, Ordering::Relaxed)
 }
 
 const HEAD_FIXED: usize = 1 + 8;
 
 impl Head {
     pub fn string(value: Vec<u8>, expire_at_ms: u64) -> Head {
-        Head { kind: Kind::String, expire_at_ms, value, len: 0, first: 0 }
+        Head { kind: Kind::String, expire_at_ms, value, len: 0, first: 0, generation: 0 }
     }
 
+    /// A new, empty collection, with a generation of its own.
     pub fn collection(kind: Kind) -> Head {
-        Head { kind, expire_at_ms: 0, value: Vec::new(), len: 0, first: 0 }
+        Head { kind, expire_at_ms: 0, value: Vec::new(), len: 0, first: 0, generation: new_generation() }
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -108,9 +136,13 @@ impl Head {
             Kind::String => out.extend_from_slice(&self.value),
             Kind::List => {
                 out.extend_from_slice(&self.len.to_be_bytes());
+                out.extend_from_slice(&self.generation.to_be_bytes());
                 out.extend_from_slice(&self.first.to_be_bytes());
             }
-            Kind::Hash | Kind::Set | Kind::ZSet => out.extend_from_slice(&self.len.to_be_bytes()),
+            Kind::Hash | Kind::Set | Kind::ZSet => {
+                out.extend_from_slice(&self.len.to_be_bytes());
+                out.extend_from_slice(&self.generation.to_be_bytes());
+            }
         }
         out
     }
@@ -120,18 +152,17 @@ impl Head {
         let kind = Kind::from_tag(tag)?;
         let (at, rest) = rest.split_first_chunk::<8>()?;
         let expire_at_ms = u64::from_be_bytes(*at);
-        let mut head = Head { kind, expire_at_ms, value: Vec::new(), len: 0, first: 0 };
-        match kind {
-            Kind::String => head.value = rest.to_vec(),
-            Kind::List => {
-                let (len, rest) = rest.split_first_chunk::<8>()?;
-                let (first, _) = rest.split_first_chunk::<8>()?;
-                head.len = u64::from_be_bytes(*len);
-                head.first = i64::from_be_bytes(*first);
-            }
-            Kind::Hash | Kind::Set | Kind::ZSet => {
-                head.len = u64::from_be_bytes(*rest.first_chunk::<8>()?);
-            }
+        let mut head = Head { kind, expire_at_ms, value: Vec::new(), len: 0, first: 0, generation: 0 };
+        if kind == Kind::String {
+            head.value = rest.to_vec();
+            return Some(head);
+        }
+        let (len, rest) = rest.split_first_chunk::<8>()?;
+        let (generation, rest) = rest.split_first_chunk::<8>()?;
+        head.len = u64::from_be_bytes(*len);
+        head.generation = u64::from_be_bytes(*generation);
+        if kind == Kind::List {
+            head.first = i64::from_be_bytes(*rest.first_chunk::<8>()?);
         }
         Some(head)
     }
@@ -144,6 +175,7 @@ impl Head {
 
 pub const HEAD: u8 = b'K';
 pub const ELEMENT: u8 = b'E';
+pub const GARBAGE: u8 = b'G';
 pub const EXPIRY: u8 = b'X';
 
 /// Element sub-tags.
@@ -166,28 +198,40 @@ pub fn head(key: &[u8]) -> Vec<u8> {
 pub const HEADS_START: &[u8] = b"K";
 pub const HEADS_END: &[u8] = b"L";
 
-/// The prefix under which every element node of `key` lies.
-pub fn elements(key: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(5 + key.len() + 1);
+/// The prefix under which every element node of generation `generation` of collection `key` lies.
+pub fn elements(key: &[u8], generation: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(5 + key.len() + 8 + 1);
     out.push(ELEMENT);
     out.extend_from_slice(&u32::try_from(key.len()).unwrap_or(u32::MAX).to_be_bytes());
     out.extend_from_slice(key);
+    out.extend_from_slice(&generation.to_be_bytes());
     out
 }
 
-/// The prefix of `key`'s elements with sub-tag `tag`.
-pub fn elements_of(key: &[u8], tag: u8) -> Vec<u8> {
-    let mut out = elements(key);
+/// The prefix of the elements with sub-tag `tag`.
+pub fn elements_of(key: &[u8], generation: u64, tag: u8) -> Vec<u8> {
+    let mut out = elements(key, generation);
     out.push(tag);
     out
 }
 
-/// An element node: `key`'s element `sub` under `tag`.
-pub fn element(key: &[u8], tag: u8, sub: &[u8]) -> Vec<u8> {
-    let mut out = elements_of(key, tag);
+/// An element node: element `sub` under `tag`.
+pub fn element(key: &[u8], generation: u64, tag: u8, sub: &[u8]) -> Vec<u8> {
+    let mut out = elements_of(key, generation, tag);
     out.extend_from_slice(sub);
     out
 }
+
+/// The garbage node naming an element prefix whose elements the reclaim cycle removes.
+pub fn garbage(key: &[u8], generation: u64) -> Vec<u8> {
+    let mut out = vec![GARBAGE];
+    out.extend_from_slice(&elements(key, generation));
+    out
+}
+
+/// First node of the garbage range (every garbage node sorts in `[GARBAGE_START, GARBAGE_END)`).
+pub const GARBAGE_START: &[u8] = b"G";
+pub const GARBAGE_END: &[u8] = b"H";
 
 pub fn expiry(at_ms: u64, key: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(9 + key.len());
@@ -259,6 +303,7 @@ pub fn user_key(node: &[u8]) -> &[u8] {
             None => rest,
         },
         Some((&EXPIRY, rest)) => rest.get(8..).unwrap_or_default(),
+        Some((&GARBAGE, rest)) if rest.first() == Some(&ELEMENT) => user_key(rest),
         _ => node,
     }
 }
@@ -299,7 +344,7 @@ pub fn describe(node: &[u8], value: Option<&[u8]>) -> Described {
                 head.map(|h| if h.kind == Kind::String { h.value } else { h.len.to_string().into_bytes() });
         }
         Some(&ELEMENT) => {
-            let prefix = elements(&d.key).len();
+            let prefix = elements(&d.key, 0).len();
             let (tag, sub) = match node.get(prefix..).and_then(<[u8]>::split_first) {
                 Some((&tag, sub)) => (tag, sub),
                 None => (0, &[][..]),
@@ -341,6 +386,10 @@ pub fn describe(node: &[u8], value: Option<&[u8]>) -> Described {
                 _ => d.node = "element",
             }
         }
+        Some(&GARBAGE) => {
+            d.node = "garbage";
+            d.value = None;
+        }
         Some(&EXPIRY) => {
             d.node = "expiry-index";
             d.expire_at_ms =
@@ -361,8 +410,15 @@ mod tests {
         for head in [
             Head::string(b"v".to_vec(), 0),
             Head::string(Vec::new(), 1_700_000_000_000),
-            Head { kind: Kind::List, expire_at_ms: 5, value: Vec::new(), len: 3, first: -7 },
-            Head { kind: Kind::Hash, expire_at_ms: 0, value: Vec::new(), len: 9, first: 0 },
+            Head { kind: Kind::List, expire_at_ms: 5, value: Vec::new(), len: 3, first: -7, generation: 12 },
+            Head {
+                kind: Kind::Hash,
+                expire_at_ms: 0,
+                value: Vec::new(),
+                len: 9,
+                first: 0,
+                generation: u64::MAX,
+            },
         ] {
             assert_eq!(Head::decode(&head.encode()), Some(head));
         }
@@ -392,14 +448,16 @@ mod tests {
     fn nodes_name_their_key() {
         let key = b"user:\xff1";
         assert_eq!(user_key(&head(key)), key);
-        assert_eq!(user_key(&element(key, HASH_FIELD, b"name")), key);
+        assert_eq!(user_key(&element(key, 7, HASH_FIELD, b"name")), key);
         assert_eq!(user_key(&expiry(42, key)), key);
+        assert_eq!(user_key(&garbage(key, 7)), key);
         assert_eq!(user_key(b"__strand/format"), b"__strand/format");
         // One key's elements never fall under another key's prefix.
-        assert!(!element(b"ab", HASH_FIELD, b"c").starts_with(&elements(b"a")));
+        assert!(!element(b"ab", 1, HASH_FIELD, b"c").starts_with(&elements(b"a", 1)));
+        assert!(!element(b"a", 2, HASH_FIELD, b"c").starts_with(&elements(b"a", 1)));
         assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
         assert_eq!(prefix_end(b"\xff\xff"), None);
-        let d = describe(&element(key, HASH_FIELD, b"name"), Some(b"ann"));
+        let d = describe(&element(key, 3, HASH_FIELD, b"name"), Some(b"ann"));
         assert_eq!(
             (d.node, d.element.as_deref(), d.value.as_deref()),
             ("hash-field", Some(&b"name"[..]), Some(&b"ann"[..]))

@@ -214,6 +214,7 @@ impl<T: Send + 'static> Writer<T> {
     pub fn spawn(
         store: Arc<Store>,
         disk_reserve_bytes: u64,
+        max_txn_image_bytes: usize,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<(Writer<T>, std::thread::JoinHandle<()>)> {
         let (tx, rx) = mpsc::channel(WRITER_QUEUE_TXNS_MAX);
@@ -228,6 +229,7 @@ impl<T: Send + 'static> Writer<T> {
             waiters: waiters.clone(),
             store,
             disk_reserve_bytes,
+            max_txn_image_bytes,
             metrics,
             buckets: vec![0; WATCH_BUCKETS],
             hasher: BuildHasherDefault::default(),
@@ -386,6 +388,9 @@ pub struct TxnView<'a, 't> {
     /// Every write in order: the node, its value before the write, and whether `changes` held
     /// it already. Undoing walks it backwards.
     log: Vec<(Vec<u8>, Option<Vec<u8>>, bool)>,
+    /// Bytes of node names and images written so far, and the most allowed.
+    bytes: usize,
+    bytes_max: usize,
     /// Set on a replicating secondary: the error every write gets.
     read_only: Option<&'a str>,
 }
@@ -407,8 +412,7 @@ impl TxnView<'_, '_> {
         system_key_guard(key)?;
         let previous =
             self.table.insert(key, value).map_err(redb_err("write a key"))?.map(|v| v.value().to_vec());
-        self.note(key, previous, Some(value.to_vec()));
-        Ok(())
+        self.note(key, previous, Some(value.to_vec()))
     }
 
     /// Removes `key`; returns whether it existed.
@@ -420,12 +424,17 @@ impl TxnView<'_, '_> {
         let previous = self.table.remove(key).map_err(redb_err("delete a key"))?.map(|v| v.value().to_vec());
         let existed = previous.is_some();
         if existed {
-            self.note(key, previous, None);
+            self.note(key, previous, None)?;
         }
         Ok(existed)
     }
 
-    fn note(&mut self, key: &[u8], previous: Option<Vec<u8>>, after: Option<Vec<u8>>) {
+    /// Records a write for the journal record and for undo. A transaction whose images
+    /// would pass `--max-txn-image-bytes` is refused here (and undone whole), before its record
+    /// could outgrow memory.
+    fn note(&mut self, key: &[u8], previous: Option<Vec<u8>>, after: Option<Vec<u8>>) -> Result<(), Abort> {
+        self.bytes += key.len() + previous.as_ref().map_or(0, Vec::len) + after.as_ref().map_or(0, Vec::len);
+        let over = self.bytes > self.bytes_max;
         let known = match self.changes.get_mut(key) {
             Some(change) => {
                 change.after = after;
@@ -437,6 +446,13 @@ impl TxnView<'_, '_> {
             }
         };
         self.log.push((key.to_vec(), previous, known));
+        if over {
+            return Err(Abort::Command(format!(
+                "ERR this command would journal more than {} bytes of before- and after-images in one transaction (--max-txn-image-bytes); nothing was changed. Work on data this large in parts (SCAN-family reads with UNLINK, HDEL, SREM, ZREM or LTRIM); deleting a large collection needs no such care",
+                self.bytes_max
+            )));
+        }
+        Ok(())
     }
 
     fn unwind(&mut self, to: usize) -> Result<(), StoreError> {
@@ -480,6 +496,8 @@ struct WriterThread<T> {
     /// Blocked transactions (see [`BlockingProgram`]).
     waiters: Waiters<T>,
     disk_reserve_bytes: u64,
+    /// Most bytes of images one transaction may journal (`--max-txn-image-bytes`).
+    max_txn_image_bytes: usize,
     metrics: Arc<Metrics>,
     /// Per hash bucket of keys: the version that last wrote a key in it.
     buckets: Vec<u64>,
@@ -828,7 +846,14 @@ impl<T: Send + 'static> WriterThread<T> {
         read_only: Option<&str>,
         cursor: &mut Cursor,
     ) -> Result<Ran<T>, StoreError> {
-        let mut view = TxnView { table: data, changes: BTreeMap::new(), log: Vec::new(), read_only };
+        let mut view = TxnView {
+            table: data,
+            changes: BTreeMap::new(),
+            log: Vec::new(),
+            bytes: 0,
+            bytes_max: self.max_txn_image_bytes,
+            read_only,
+        };
         let outcome = program(&mut view);
         // A node created and removed again inside the transaction is no change.
         view.changes.retain(|_, c| c.before.is_some() || c.after.is_some());

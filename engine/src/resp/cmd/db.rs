@@ -62,6 +62,12 @@ impl Kv for TxnView<'_, '_> {
 /// How many nodes one range read takes at a time when a command walks a whole collection.
 const BATCH: usize = 1024;
 
+/// Largest collection (in elements, and in bytes of its nodes) whose elements a delete removes
+/// in its own transaction; a larger one's become garbage for the reclaim cycle (as Redis
+/// frees large values lazily).
+pub const INLINE_DELETE_MAX: u64 = 64;
+pub const INLINE_DELETE_BYTES_MAX: usize = 64 * 1024;
+
 /// The data model over a [`Kv`], at one instant.
 pub struct Db<'a> {
     pub kv: &'a mut dyn Kv,
@@ -157,7 +163,8 @@ impl Db<'_> {
     pub fn store_collection(&mut self, key: &[u8], old: Option<&Head>, new: &Head) -> Result<(), Abort> {
         if new.len == 0 {
             if let Some(old) = old {
-                self.delete_key(key, old)?;
+                self.remove_elements(key, old.generation, usize::MAX)?;
+                self.remove_head(key, old)?;
             }
             return Ok(());
         }
@@ -176,23 +183,89 @@ impl Db<'_> {
         Ok(())
     }
 
-    /// Removes `key` whole: its elements, its expiry index node and its head.
+    /// Removes `key` whole: its head, its expiry index node, and its elements — at once for a
+    /// collection of at most [`INLINE_DELETE_MAX`] elements and [`INLINE_DELETE_BYTES_MAX`]
+    /// bytes; a larger one's elements become
+    /// garbage (one node), which the primary's reclaim cycle removes in bounded transactions,
+    /// so deleting a collection of any size is one small transaction.
     pub fn delete_key(&mut self, key: &[u8], head: &Head) -> Result<(), Abort> {
         if head.kind != Kind::String {
-            let prefix = node::elements(key);
-            let end = node::prefix_end(&prefix);
-            loop {
-                let batch =
-                    self.kv.range((Bound::Included(&prefix), end_bound(end.as_deref())), false, BATCH)?;
-                if batch.is_empty() {
-                    break;
-                }
-                for (n, _) in batch {
-                    self.kv.remove(&n)?;
-                }
+            let small = head.len <= INLINE_DELETE_MAX && {
+                let prefix = node::elements(key, head.generation);
+                let end = node::prefix_end(&prefix);
+                // Two nodes per sorted-set member, and its rank index: read a little past.
+                let nodes = self.kv.range(
+                    (Bound::Included(&prefix), end_bound(end.as_deref())),
+                    false,
+                    usize::try_from(INLINE_DELETE_MAX).unwrap_or(usize::MAX) * 3,
+                )?;
+                nodes.iter().map(|(n, v)| n.len() + v.len()).sum::<usize>() <= INLINE_DELETE_BYTES_MAX
+            };
+            if small {
+                self.remove_elements(key, head.generation, usize::MAX)?;
+            } else {
+                self.kv.put(&node::garbage(key, head.generation), b"")?;
             }
         }
         self.remove_head(key, head)
+    }
+
+    /// Removes up to `limit` element nodes of generation `generation` of `key`; how many.
+    pub fn remove_elements(&mut self, key: &[u8], generation: u64, limit: usize) -> Result<usize, Abort> {
+        let prefix = node::elements(key, generation);
+        let end = node::prefix_end(&prefix);
+        let mut removed = 0;
+        while removed < limit {
+            let want = (limit - removed).min(BATCH);
+            let batch = self.kv.range((Bound::Included(&prefix), end_bound(end.as_deref())), false, want)?;
+            let done = batch.len() < want;
+            for (n, _) in batch {
+                self.kv.remove(&n)?;
+                removed += 1;
+            }
+            if done {
+                break;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// One step of the reclaim cycle: removes element nodes of deleted collections, oldest
+    /// garbage first, until `max_nodes` nodes or `max_bytes` bytes (names and values) are
+    /// removed, and each garbage node whose elements are all gone. Returns how many element
+    /// nodes it removed, and whether garbage is left.
+    pub fn reclaim(&mut self, max_nodes: usize, max_bytes: usize) -> Result<(usize, bool), Abort> {
+        let (mut removed, mut bytes) = (0usize, 0usize);
+        loop {
+            let next = self.kv.range(
+                (Bound::Included(node::GARBAGE_START), Bound::Excluded(node::GARBAGE_END)),
+                false,
+                1,
+            )?;
+            let Some((garbage, _)) = next.into_iter().next() else { return Ok((removed, false)) };
+            let prefix = garbage.get(1..).unwrap_or_default().to_vec();
+            let end = node::prefix_end(&prefix);
+            loop {
+                if removed >= max_nodes || bytes >= max_bytes {
+                    return Ok((removed, true));
+                }
+                let want = (max_nodes - removed).min(BATCH);
+                let batch =
+                    self.kv.range((Bound::Included(&prefix), end_bound(end.as_deref())), false, want)?;
+                if batch.is_empty() {
+                    break;
+                }
+                for (n, v) in batch {
+                    if bytes >= max_bytes {
+                        return Ok((removed, true));
+                    }
+                    bytes += n.len() + v.len();
+                    self.kv.remove(&n)?;
+                    removed += 1;
+                }
+            }
+            self.kv.remove(&garbage)?;
+        }
     }
 
     /// Removes `key` if it is live; whether it was.
@@ -233,31 +306,51 @@ impl Db<'_> {
         self.put_head(key, old.as_ref(), &Head::string(value.to_vec(), at))
     }
 
-    /// One element node's value.
-    pub fn element(&self, key: &[u8], tag: u8, sub: &[u8]) -> Result<Option<Vec<u8>>, Abort> {
-        self.kv.get(&node::element(key, tag, sub))
+    /// One element node's value (`generation`: the collection's, from its head).
+    pub fn element(
+        &self,
+        key: &[u8],
+        generation: u64,
+        tag: u8,
+        sub: &[u8],
+    ) -> Result<Option<Vec<u8>>, Abort> {
+        self.kv.get(&node::element(key, generation, tag, sub))
     }
 
-    pub fn put_element(&mut self, key: &[u8], tag: u8, sub: &[u8], value: &[u8]) -> Result<(), Abort> {
-        self.kv.put(&node::element(key, tag, sub), value)
+    pub fn put_element(
+        &mut self,
+        key: &[u8],
+        generation: u64,
+        tag: u8,
+        sub: &[u8],
+        value: &[u8],
+    ) -> Result<(), Abort> {
+        self.kv.put(&node::element(key, generation, tag, sub), value)
     }
 
-    pub fn remove_element(&mut self, key: &[u8], tag: u8, sub: &[u8]) -> Result<bool, Abort> {
-        self.kv.remove(&node::element(key, tag, sub))
+    pub fn remove_element(
+        &mut self,
+        key: &[u8],
+        generation: u64,
+        tag: u8,
+        sub: &[u8],
+    ) -> Result<bool, Abort> {
+        self.kv.remove(&node::element(key, generation, tag, sub))
     }
 
-    /// Up to `limit` elements of `key` under `tag`, as (sub, value), starting at `from` (a
-    /// bound on the sub: `Unbounded` is the first, or with `rev` the last) and walking up,
-    /// or down with `rev`.
+    /// Up to `limit` elements of `key` (generation `generation`) under `tag`, as (sub,
+    /// value), starting at `from` (a bound on the sub: `Unbounded` is the first, or with
+    /// `rev` the last) and walking up, or down with `rev`.
     pub fn elements(
         &self,
         key: &[u8],
+        generation: u64,
         tag: u8,
         from: Bound<&[u8]>,
         rev: bool,
         limit: usize,
     ) -> Result<Pairs, Abort> {
-        let prefix = node::elements_of(key, tag);
+        let prefix = node::elements_of(key, generation, tag);
         let end = node::prefix_end(&prefix);
         let full = |sub: &[u8]| [prefix.as_slice(), sub].concat();
         let from_node = match from {
@@ -286,14 +379,14 @@ impl Db<'_> {
 
     /// Every element of `key` under `tag` (collections larger than a batch are read in
     /// batches).
-    pub fn all_elements(&self, key: &[u8], tag: u8) -> Result<Pairs, Abort> {
+    pub fn all_elements(&self, key: &[u8], generation: u64, tag: u8) -> Result<Pairs, Abort> {
         let mut out: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         loop {
             let from = match out.last() {
                 Some((s, _)) => Bound::Excluded(s.as_slice()),
                 None => Bound::Unbounded,
             };
-            let batch = self.elements(key, tag, from, false, BATCH)?;
+            let batch = self.elements(key, generation, tag, from, false, BATCH)?;
             let done = batch.len() < BATCH;
             out.extend(batch);
             if done {

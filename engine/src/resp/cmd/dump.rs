@@ -51,7 +51,7 @@ pub fn serialize(db: &Db<'_>, key: &[u8]) -> Result<Option<Vec<u8>>, Abort> {
                 _ => (b'l', LIST_ITEM),
             };
             out.push(tag);
-            let items = db.all_elements(key, node)?;
+            let items = db.all_elements(key, head.generation, node)?;
             out.extend_from_slice(&(items.len() as u64).to_le_bytes());
             for (sub, value) in items {
                 match head.kind {
@@ -66,7 +66,7 @@ pub fn serialize(db: &Db<'_>, key: &[u8]) -> Result<Option<Vec<u8>>, Abort> {
         }
         Kind::ZSet => {
             out.push(b'z');
-            let items = db.all_elements(key, ZSET_ORDER)?;
+            let items = db.all_elements(key, head.generation, ZSET_ORDER)?;
             out.extend_from_slice(&(items.len() as u64).to_le_bytes());
             for (sub, _) in items {
                 if let Some((score, member)) = sub.split_first_chunk::<8>() {
@@ -197,10 +197,10 @@ fn restore(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
         Value::Hash(pairs) => {
             let mut head = Head::collection(Kind::Hash);
             for (f, v) in pairs {
-                if db.element(&key, HASH_FIELD, &f)?.is_none() {
+                if db.element(&key, head.generation, HASH_FIELD, &f)?.is_none() {
                     head.len += 1;
                 }
-                db.put_element(&key, HASH_FIELD, &f, &v)?;
+                db.put_element(&key, head.generation, HASH_FIELD, &f, &v)?;
             }
             finish(db, &key, head, at)?;
         }

@@ -30,8 +30,8 @@ pub const SPECS: &[Spec] = &[
 /// Sets `field`; whether it is new.
 fn put(db: &mut Db<'_>, key: &[u8], head: &mut Head, field: &[u8], value: &[u8]) -> Result<bool, Abort> {
     super::check_value_len(value.len())?;
-    let new = db.element(key, HASH_FIELD, field)?.is_none();
-    db.put_element(key, HASH_FIELD, field, value)?;
+    let new = db.element(key, head.generation, HASH_FIELD, field)?.is_none();
+    db.put_element(key, head.generation, HASH_FIELD, field, value)?;
     if new {
         head.len += 1;
     }
@@ -66,7 +66,7 @@ fn hmset(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
 fn hsetnx(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
     let (key, field, value) = (a.next_arg()?, a.next_arg()?, a.next_arg()?);
     let (old, mut head) = db.open(&key, Kind::Hash)?;
-    if db.element(&key, HASH_FIELD, &field)?.is_some() {
+    if db.element(&key, head.generation, HASH_FIELD, &field)?.is_some() {
         return Ok(Frame::Integer(0));
     }
     put(db, &key, &mut head, &field, &value)?;
@@ -77,7 +77,7 @@ fn hsetnx(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
 /// A field's value, `None` when the key or field is absent.
 fn field(db: &Db<'_>, key: &[u8], field: &[u8]) -> Result<Option<Vec<u8>>, Abort> {
     match db.typed(key, Kind::Hash)? {
-        Some(_) => db.element(key, HASH_FIELD, field),
+        Some(h) => db.element(key, h.generation, HASH_FIELD, field),
         None => Ok(None),
     }
 }
@@ -89,10 +89,13 @@ fn hget(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
 
 fn hmget(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
     let key = a.next_arg()?;
-    let live = db.typed(&key, Kind::Hash)?.is_some();
+    let live = db.typed(&key, Kind::Hash)?;
     let mut out = Vec::new();
     for f in a.rest() {
-        out.push(Frame::from_option(if live { db.element(&key, HASH_FIELD, &f)? } else { None }));
+        out.push(Frame::from_option(match &live {
+            Some(h) => db.element(&key, h.generation, HASH_FIELD, &f)?,
+            None => None,
+        }));
     }
     Ok(Frame::Array(out))
 }
@@ -103,7 +106,7 @@ fn hdel(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
     let mut head = old.clone();
     let mut removed = 0;
     for f in a.rest() {
-        if db.remove_element(&key, HASH_FIELD, &f)? {
+        if db.remove_element(&key, head.generation, HASH_FIELD, &f)? {
             head.len = head.len.saturating_sub(1);
             removed += 1;
         }
@@ -130,7 +133,7 @@ fn hexists(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
 
 fn all(db: &Db<'_>, key: &[u8]) -> Result<Pairs, Abort> {
     match db.typed(key, Kind::Hash)? {
-        Some(_) => db.all_elements(key, HASH_FIELD),
+        Some(h) => db.all_elements(key, h.generation, HASH_FIELD),
         None => Ok(Vec::new()),
     }
 }
@@ -153,7 +156,7 @@ fn hincrby(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
     let (key, f) = (a.next_arg()?, a.next_arg()?);
     let by = a.integer()?;
     let (old, mut head) = db.open(&key, Kind::Hash)?;
-    let current = match db.element(&key, HASH_FIELD, &f)? {
+    let current = match db.element(&key, head.generation, HASH_FIELD, &f)? {
         None => 0,
         Some(v) => parse_integer(&v).ok_or_else(|| cmd_err("ERR hash value is not an integer"))?,
     };
@@ -170,7 +173,7 @@ fn hincrbyfloat(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
         return Err(cmd_err("ERR value is NaN or Infinity"));
     }
     let (old, mut head) = db.open(&key, Kind::Hash)?;
-    let current = match db.element(&key, HASH_FIELD, &f)? {
+    let current = match db.element(&key, head.generation, HASH_FIELD, &f)? {
         None => 0.0,
         Some(v) => parse_float(&v).ok_or_else(|| cmd_err("ERR hash value is not a float"))?,
     };

@@ -71,7 +71,7 @@ fn memory(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
     let mut bytes = head_bytes as u64;
     if head.kind != Kind::String {
         let limit = if samples == 0 { usize::MAX } else { samples.saturating_mul(100) };
-        let prefix = node::elements(&key);
+        let prefix = node::elements(&key, head.generation);
         let end = node::prefix_end(&prefix);
         let upper = match end.as_deref() {
             Some(e) => Bound::Excluded(e),
@@ -116,11 +116,14 @@ fn type_(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
     Ok(Frame::Simple(kind.into()))
 }
 
-/// Copies `from`'s value (head and elements, expiry included) to `to`, which must be absent.
+/// Copies `from`'s value (head and elements, expiry included) to `to`, which must be absent;
+/// a copied collection gets a generation of its own.
 fn copy_key(db: &mut Db<'_>, from: &[u8], head: &Head, to: &[u8]) -> Result<(), Abort> {
+    let mut copy = head.clone();
     if head.kind != Kind::String {
-        let prefix_len = node::elements(from).len();
-        let prefix = node::elements(from);
+        copy.generation = node::new_generation();
+        let prefix = node::elements(from, head.generation);
+        let prefix_len = prefix.len();
         let end = node::prefix_end(&prefix);
         let mut after: Option<Vec<u8>> = None;
         loop {
@@ -135,7 +138,7 @@ fn copy_key(db: &mut Db<'_>, from: &[u8], head: &Head, to: &[u8]) -> Result<(), 
             let batch = db.kv.range((lower, upper), false, 1024)?;
             let done = batch.len() < 1024;
             for (n, v) in &batch {
-                let mut target = node::elements(to);
+                let mut target = node::elements(to, copy.generation);
                 target.extend_from_slice(n.get(prefix_len..).unwrap_or_default());
                 db.kv.put(&target, v)?;
             }
@@ -145,7 +148,7 @@ fn copy_key(db: &mut Db<'_>, from: &[u8], head: &Head, to: &[u8]) -> Result<(), 
             }
         }
     }
-    db.put_head(to, None, head)
+    db.put_head(to, None, &copy)
 }
 
 fn rename_with(db: &mut Db<'_>, a: &mut Args, nx: bool) -> Result<Frame, Abort> {
@@ -281,23 +284,27 @@ fn flushall(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
         Some(_) => return Err(cmd_err("ERR syntax error")),
     }
     a.finish()?;
-    for prefix in [&[node::ELEMENT][..], &[node::HEAD], &[node::EXPIRY]] {
-        let end = node::prefix_end(prefix);
-        loop {
-            let upper = match end.as_deref() {
-                Some(e) => Bound::Excluded(e),
-                None => Bound::Unbounded,
-            };
-            let batch = db.kv.range((Bound::Included(prefix), upper), false, 1024)?;
-            if batch.is_empty() {
-                break;
-            }
-            for (n, _) in batch {
-                db.kv.remove(&n)?;
+    // Every key as DEL removes it: a large collection's elements become garbage for the
+    // reclaim cycle, so FLUSHALL journals heads (and small collections), not every element.
+    loop {
+        let batch = db.kv.range(
+            (Bound::Included(node::HEADS_START), Bound::Excluded(node::HEADS_END)),
+            false,
+            1024,
+        )?;
+        if batch.is_empty() {
+            return Ok(Frame::ok());
+        }
+        for (n, v) in batch {
+            let key = n.get(1..).unwrap_or_default();
+            match node::Head::decode(&v) {
+                Some(head) => db.delete_key(key, &head)?,
+                None => {
+                    db.kv.remove(&n)?;
+                }
             }
         }
     }
-    Ok(Frame::ok())
 }
 
 fn object(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
@@ -545,9 +552,7 @@ pub fn scan_step(
             Ok((items, last))
         }
         ScanTarget::Elements(key, kind) => {
-            if db.typed(key, *kind)?.is_none() {
-                return Ok((Vec::new(), None));
-            }
+            let Some(head) = db.typed(key, *kind)? else { return Ok((Vec::new(), None)) };
             let tag = match kind {
                 Kind::Hash => node::HASH_FIELD,
                 Kind::Set => node::SET_MEMBER,
@@ -557,7 +562,7 @@ pub fn scan_step(
                 Some(a) => Bound::Excluded(a),
                 None => Bound::Unbounded,
             };
-            let mut batch = db.elements(key, tag, from, false, count + 1)?;
+            let mut batch = db.elements(key, head.generation, tag, from, false, count + 1)?;
             let more = batch.len() > count;
             batch.truncate(count);
             let last = if more { batch.last().map(|(m, _)| m.clone()) } else { None };

@@ -72,7 +72,7 @@ pub fn push(db: &mut Db<'_>, key: &[u8], head: &mut Head, end: End, value: &[u8]
         }
         End::Right => head.first.saturating_add(i64::try_from(head.len).unwrap_or(i64::MAX)),
     };
-    db.put_element(key, LIST_ITEM, &idx(at), value)?;
+    db.put_element(key, head.generation, LIST_ITEM, &idx(at), value)?;
     head.len += 1;
     Ok(())
 }
@@ -86,8 +86,8 @@ pub fn pop(db: &mut Db<'_>, key: &[u8], head: &mut Head, end: End) -> Result<Opt
         End::Left => head.first,
         End::Right => head.first + i64::try_from(head.len).unwrap_or(i64::MAX) - 1,
     };
-    let value = db.element(key, LIST_ITEM, &idx(at))?;
-    db.remove_element(key, LIST_ITEM, &idx(at))?;
+    let value = db.element(key, head.generation, LIST_ITEM, &idx(at))?;
+    db.remove_element(key, head.generation, LIST_ITEM, &idx(at))?;
     head.len -= 1;
     if end == End::Left {
         head.first += 1;
@@ -197,7 +197,7 @@ fn lindex(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
     let index = a.integer()?;
     let Some(head) = db.typed(&key, Kind::List)? else { return Ok(Frame::Null) };
     match position(&head, index) {
-        Some(at) => Ok(Frame::from_option(db.element(&key, LIST_ITEM, &idx(at))?)),
+        Some(at) => Ok(Frame::from_option(db.element(&key, head.generation, LIST_ITEM, &idx(at))?)),
         None => Ok(Frame::Null),
     }
 }
@@ -209,7 +209,7 @@ fn lset(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
     let Some(head) = db.typed_for_write(&key, Kind::List)? else { return Err(cmd_err("ERR no such key")) };
     let at = position(&head, index).ok_or_else(|| cmd_err("ERR index out of range"))?;
     super::check_value_len(value.len())?;
-    db.put_element(&key, LIST_ITEM, &idx(at), &value)?;
+    db.put_element(&key, head.generation, LIST_ITEM, &idx(at), &value)?;
     Ok(Frame::ok())
 }
 
@@ -221,7 +221,14 @@ fn range(db: &Db<'_>, key: &[u8], head: &Head, start: usize, end: usize) -> Resu
     let mut next = from;
     while out.len() < want {
         let at = idx(next);
-        let batch = db.elements(key, LIST_ITEM, Bound::Included(&at), false, (want - out.len()).min(1024))?;
+        let batch = db.elements(
+            key,
+            head.generation,
+            LIST_ITEM,
+            Bound::Included(&at),
+            false,
+            (want - out.len()).min(1024),
+        )?;
         if batch.is_empty() {
             break;
         }
@@ -259,7 +266,12 @@ fn ltrim(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
     let (s, e) = keep.map_or((len, len), |(s, e)| (s, e + 1));
     // Remove what lies outside [s, e): no element moves.
     for i in (0..s).chain(e..len) {
-        db.remove_element(&key, LIST_ITEM, &idx(old.first + i64::try_from(i).unwrap_or(i64::MAX)))?;
+        db.remove_element(
+            &key,
+            old.generation,
+            LIST_ITEM,
+            &idx(old.first + i64::try_from(i).unwrap_or(i64::MAX)),
+        )?;
     }
     head.first = old.first + i64::try_from(s).unwrap_or(0);
     head.len = u64::try_from(e.saturating_sub(s)).unwrap_or(0);
@@ -278,11 +290,22 @@ fn rewrite(
     let mut head = old.clone();
     for (i, item) in items.iter().enumerate() {
         if before.get(i) != Some(item) {
-            db.put_element(key, LIST_ITEM, &idx(old.first + i64::try_from(i).unwrap_or(i64::MAX)), item)?;
+            db.put_element(
+                key,
+                old.generation,
+                LIST_ITEM,
+                &idx(old.first + i64::try_from(i).unwrap_or(i64::MAX)),
+                item,
+            )?;
         }
     }
     for i in items.len()..before.len() {
-        db.remove_element(key, LIST_ITEM, &idx(old.first + i64::try_from(i).unwrap_or(i64::MAX)))?;
+        db.remove_element(
+            key,
+            old.generation,
+            LIST_ITEM,
+            &idx(old.first + i64::try_from(i).unwrap_or(i64::MAX)),
+        )?;
     }
     head.len = items.len() as u64;
     db.store_collection(key, Some(old), &head)

@@ -34,10 +34,10 @@ fn int(n: usize) -> Frame {
 
 /// Adds `member`; whether it is new.
 pub fn add(db: &mut Db<'_>, key: &[u8], head: &mut Head, member: &[u8]) -> Result<bool, Abort> {
-    if db.element(key, SET_MEMBER, member)?.is_some() {
+    if db.element(key, head.generation, SET_MEMBER, member)?.is_some() {
         return Ok(false);
     }
-    db.put_element(key, SET_MEMBER, member, b"")?;
+    db.put_element(key, head.generation, SET_MEMBER, member, b"")?;
     head.len += 1;
     Ok(true)
 }
@@ -61,7 +61,7 @@ fn srem(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
     let mut head = old.clone();
     let mut removed = 0;
     for m in a.rest() {
-        if db.remove_element(&key, SET_MEMBER, &m)? {
+        if db.remove_element(&key, head.generation, SET_MEMBER, &m)? {
             head.len = head.len.saturating_sub(1);
             removed += 1;
         }
@@ -73,13 +73,16 @@ fn srem(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
 /// Every member of a set (empty when absent; WRONGTYPE for another type).
 pub fn members(db: &Db<'_>, key: &[u8]) -> Result<Vec<Vec<u8>>, Abort> {
     match db.typed(key, Kind::Set)? {
-        Some(_) => Ok(db.all_elements(key, SET_MEMBER)?.into_iter().map(|(m, _)| m).collect()),
+        Some(h) => Ok(db.all_elements(key, h.generation, SET_MEMBER)?.into_iter().map(|(m, _)| m).collect()),
         None => Ok(Vec::new()),
     }
 }
 
 fn is_member(db: &Db<'_>, key: &[u8], member: &[u8]) -> Result<bool, Abort> {
-    Ok(db.typed(key, Kind::Set)?.is_some() && db.element(key, SET_MEMBER, member)?.is_some())
+    match db.typed(key, Kind::Set)? {
+        Some(h) => Ok(db.element(key, h.generation, SET_MEMBER, member)?.is_some()),
+        None => Ok(false),
+    }
 }
 
 fn smembers(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
@@ -125,7 +128,7 @@ fn spop(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
     let picked = random_pick(members(db, &key)?, Some(count.unwrap_or(1)))?;
     let mut head = old.clone();
     for m in &picked {
-        db.remove_element(&key, SET_MEMBER, m)?;
+        db.remove_element(&key, head.generation, SET_MEMBER, m)?;
         head.len = head.len.saturating_sub(1);
     }
     db.store_collection(&key, Some(&old), &head)?;
@@ -156,9 +159,11 @@ fn smove(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
     let Some(src_old) = db.typed_for_write(&src, Kind::Set)? else { return Ok(Frame::Integer(0)) };
     let (dst_old, mut dst_head) = db.open(&dst, Kind::Set)?;
     if src == dst {
-        return Ok(Frame::Integer(i64::from(db.element(&src, SET_MEMBER, &m)?.is_some())));
+        return Ok(Frame::Integer(i64::from(
+            db.element(&src, src_old.generation, SET_MEMBER, &m)?.is_some(),
+        )));
     }
-    if !db.remove_element(&src, SET_MEMBER, &m)? {
+    if !db.remove_element(&src, src_old.generation, SET_MEMBER, &m)? {
         return Ok(Frame::Integer(0));
     }
     let mut src_head = src_old.clone();

@@ -35,7 +35,7 @@ fn lookup(db: &Db<'_>, pattern: &[u8], element: &[u8]) -> Result<Option<Vec<u8>>
     key.extend_from_slice(&key_pattern[star + 1..]);
     match (db.head(&key)?, field) {
         (Some(h), None) if h.kind == Kind::String => Ok(Some(h.value)),
-        (Some(h), Some(f)) if h.kind == Kind::Hash => db.element(&key, HASH_FIELD, f),
+        (Some(h), Some(f)) if h.kind == Kind::Hash => db.element(&key, h.generation, HASH_FIELD, f),
         _ => Ok(None),
     }
 }
@@ -61,9 +61,11 @@ fn sort_generic(db: &mut Db<'_>, a: &mut Args, can_store: bool) -> Result<Frame,
         None => Vec::new(),
         Some(h) => match h.kind {
             Kind::List => super::lists::all(db, &key, h)?,
-            Kind::Set => db.all_elements(&key, SET_MEMBER)?.into_iter().map(|(m, _)| m).collect(),
+            Kind::Set => {
+                db.all_elements(&key, h.generation, SET_MEMBER)?.into_iter().map(|(m, _)| m).collect()
+            }
             Kind::ZSet => db
-                .all_elements(&key, ZSET_ORDER)?
+                .all_elements(&key, h.generation, ZSET_ORDER)?
                 .into_iter()
                 .filter_map(|(sub, _)| sub.get(8..).map(<[u8]>::to_vec))
                 .collect(),

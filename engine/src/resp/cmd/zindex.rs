@@ -71,24 +71,24 @@ fn decode(key: &[u8], level: u8, sub: &[u8], value: &[u8]) -> Result<Fence, Abor
     }
 }
 
-fn write(db: &mut Db<'_>, key: &[u8], level: u8, f: &Fence) -> Result<(), Abort> {
+fn write(db: &mut Db<'_>, key: &[u8], generation: u64, level: u8, f: &Fence) -> Result<(), Abort> {
     let mut value = [0u8; 16];
     value[..8].copy_from_slice(&f.elements.to_be_bytes());
     value[8..].copy_from_slice(&f.children.to_be_bytes());
-    db.put_element(key, ZSET_RANK, &sub(level, &f.key), &value)
+    db.put_element(key, generation, ZSET_RANK, &sub(level, &f.key), &value)
 }
 
 /// The index's height: its root's level, 0 when the set has no index.
-fn height(db: &Db<'_>, key: &[u8]) -> Result<u8, Abort> {
-    let last = db.elements(key, ZSET_RANK, Bound::Unbounded, true, 1)?;
+fn height(db: &Db<'_>, key: &[u8], generation: u64) -> Result<u8, Abort> {
+    let last = db.elements(key, generation, ZSET_RANK, Bound::Unbounded, true, 1)?;
     Ok(last.first().and_then(|(s, _)| s.first().copied()).unwrap_or(0))
 }
 
 /// The fence at `level` covering `at` (an order sub, or a fence key): the last whose key is
 /// not above it.
-fn covering(db: &Db<'_>, key: &[u8], level: u8, at: &[u8]) -> Result<Fence, Abort> {
+fn covering(db: &Db<'_>, key: &[u8], generation: u64, level: u8, at: &[u8]) -> Result<Fence, Abort> {
     let bound = sub(level, at);
-    let found = db.elements(key, ZSET_RANK, Bound::Included(&bound), true, 1)?;
+    let found = db.elements(key, generation, ZSET_RANK, Bound::Included(&bound), true, 1)?;
     match found.first() {
         Some((s, v)) if s.first() == Some(&level) => decode(key, level, s, v),
         _ => Err(corrupt(key, &format!("no fence at level {level} at the empty key"))),
@@ -96,7 +96,14 @@ fn covering(db: &Db<'_>, key: &[u8], level: u8, at: &[u8]) -> Result<Fence, Abor
 }
 
 /// Up to `limit` fences at `level`, from `from` (inclusive, or exclusive) upward.
-fn fences(db: &Db<'_>, key: &[u8], level: u8, from: Bound<&[u8]>, limit: usize) -> Result<Vec<Fence>, Abort> {
+fn fences(
+    db: &Db<'_>,
+    key: &[u8],
+    generation: u64,
+    level: u8,
+    from: Bound<&[u8]>,
+    limit: usize,
+) -> Result<Vec<Fence>, Abort> {
     let start = match from {
         Bound::Included(k) | Bound::Excluded(k) => sub(level, k),
         Bound::Unbounded => vec![level],
@@ -106,7 +113,7 @@ fn fences(db: &Db<'_>, key: &[u8], level: u8, from: Bound<&[u8]>, limit: usize) 
         _ => Bound::Included(start.as_slice()),
     };
     let mut out = Vec::new();
-    for (s, v) in db.elements(key, ZSET_RANK, from, false, limit)? {
+    for (s, v) in db.elements(key, generation, ZSET_RANK, from, false, limit)? {
         if s.first() != Some(&level) {
             break;
         }
@@ -116,48 +123,55 @@ fn fences(db: &Db<'_>, key: &[u8], level: u8, from: Bound<&[u8]>, limit: usize) 
 }
 
 /// After order node `at` was written into a set that now has `len` members.
-pub fn inserted(db: &mut Db<'_>, key: &[u8], len: u64, at: &[u8]) -> Result<(), Abort> {
-    let mut top = height(db, key)?;
+pub fn inserted(db: &mut Db<'_>, key: &[u8], generation: u64, len: u64, at: &[u8]) -> Result<(), Abort> {
+    let mut top = height(db, key, generation)?;
     if top == 0 {
         if len <= FANOUT {
             return Ok(());
         }
         // Build: one root over every order node, split at once.
         let root = Fence { key: Vec::new(), elements: len, children: len };
-        write(db, key, 1, &root)?;
+        write(db, key, generation, 1, &root)?;
         top = 1;
-        return split(db, key, 1, root, &mut top);
+        return split(db, key, generation, 1, root, &mut top);
     }
     let mut leaf = None;
     for level in 1..=top {
-        let mut f = covering(db, key, level, at)?;
+        let mut f = covering(db, key, generation, level, at)?;
         f.elements += 1;
         if level == 1 {
             f.children += 1;
         }
-        write(db, key, level, &f)?;
+        write(db, key, generation, level, &f)?;
         if level == 1 {
             leaf = Some(f);
         }
     }
     match leaf {
-        Some(f) if f.children > FANOUT => split(db, key, 1, f, &mut top),
+        Some(f) if f.children > FANOUT => split(db, key, generation, 1, f, &mut top),
         _ => Ok(()),
     }
 }
 
 /// Splits fence `f` at `level` at its middle child, and its parent in turn while one has
 /// too many children; a root that splits gets a new root.
-fn split(db: &mut Db<'_>, key: &[u8], mut level: u8, mut f: Fence, top: &mut u8) -> Result<(), Abort> {
+fn split(
+    db: &mut Db<'_>,
+    key: &[u8],
+    generation: u64,
+    mut level: u8,
+    mut f: Fence,
+    top: &mut u8,
+) -> Result<(), Abort> {
     loop {
         let half = usize::try_from(f.children / 2).unwrap_or(usize::MAX);
         let (upper_key, below) = if level == 1 {
-            let walk = db.elements(key, ZSET_ORDER, Bound::Included(&f.key), false, half + 1)?;
+            let walk = db.elements(key, generation, ZSET_ORDER, Bound::Included(&f.key), false, half + 1)?;
             let (k, _) =
                 walk.get(half).ok_or_else(|| corrupt(key, "a fence counts more elements than it has"))?;
             (k.clone(), half as u64)
         } else {
-            let kids = fences(db, key, level - 1, Bound::Included(&f.key), half + 1)?;
+            let kids = fences(db, key, generation, level - 1, Bound::Included(&f.key), half + 1)?;
             let k = kids.get(half).ok_or_else(|| corrupt(key, "a fence counts more children than it has"))?;
             (k.key.clone(), kids.iter().take(half).map(|c| c.elements).sum())
         };
@@ -169,14 +183,14 @@ fn split(db: &mut Db<'_>, key: &[u8], mut level: u8, mut f: Fence, top: &mut u8)
         let lower = Fence { key: f.key, elements: below, children: half as u64 };
         if level == *top {
             let up = level.checked_add(1).ok_or_else(|| corrupt(key, "too many levels"))?;
-            write(db, key, up, &Fence { key: Vec::new(), elements: f.elements, children: 1 })?;
+            write(db, key, generation, up, &Fence { key: Vec::new(), elements: f.elements, children: 1 })?;
             *top = up;
         }
-        write(db, key, level, &lower)?;
-        write(db, key, level, &upper)?;
-        let mut parent = covering(db, key, level + 1, &upper.key)?;
+        write(db, key, generation, level, &lower)?;
+        write(db, key, generation, level, &upper)?;
+        let mut parent = covering(db, key, generation, level + 1, &upper.key)?;
         parent.children += 1;
-        write(db, key, level + 1, &parent)?;
+        write(db, key, generation, level + 1, &parent)?;
         if parent.children <= FANOUT {
             return Ok(());
         }
@@ -186,25 +200,25 @@ fn split(db: &mut Db<'_>, key: &[u8], mut level: u8, mut f: Fence, top: &mut u8)
 }
 
 /// After order node `at` was removed.
-pub fn removed(db: &mut Db<'_>, key: &[u8], at: &[u8]) -> Result<(), Abort> {
-    let top = height(db, key)?;
+pub fn removed(db: &mut Db<'_>, key: &[u8], generation: u64, at: &[u8]) -> Result<(), Abort> {
+    let top = height(db, key, generation)?;
     if top == 0 {
         return Ok(());
     }
     let mut leaf = None;
     for level in 1..=top {
-        let mut f = covering(db, key, level, at)?;
+        let mut f = covering(db, key, generation, level, at)?;
         f.elements = f.elements.checked_sub(1).ok_or_else(|| corrupt(key, "a fence counts no element"))?;
         if level == 1 {
             f.children = f.elements;
         }
-        write(db, key, level, &f)?;
+        write(db, key, generation, level, &f)?;
         if level == 1 {
             leaf = Some(f);
         }
     }
     match leaf {
-        Some(f) if f.elements == 0 && !f.key.is_empty() => drop_empty(db, key, 1, &f.key, top),
+        Some(f) if f.elements == 0 && !f.key.is_empty() => drop_empty(db, key, generation, 1, &f.key, top),
         _ => Ok(()),
     }
 }
@@ -212,30 +226,37 @@ pub fn removed(db: &mut Db<'_>, key: &[u8], at: &[u8]) -> Result<(), Abort> {
 /// Removes the empty fence at `level` with key `k` (never the empty key): its parent loses a
 /// child, or — where it was the parent's first child, sharing its key — the parent takes the
 /// next child's key, or goes too when it had no other child.
-fn drop_empty(db: &mut Db<'_>, key: &[u8], mut level: u8, k: &[u8], top: u8) -> Result<(), Abort> {
+fn drop_empty(
+    db: &mut Db<'_>,
+    key: &[u8],
+    generation: u64,
+    mut level: u8,
+    k: &[u8],
+    top: u8,
+) -> Result<(), Abort> {
     loop {
-        db.remove_element(key, ZSET_RANK, &sub(level, k))?;
-        let mut parent = covering(db, key, level + 1, k)?;
+        db.remove_element(key, generation, ZSET_RANK, &sub(level, k))?;
+        let mut parent = covering(db, key, generation, level + 1, k)?;
         if parent.key != k {
             parent.children -= 1;
-            return write(db, key, level + 1, &parent);
+            return write(db, key, generation, level + 1, &parent);
         }
         if parent.children > 1 {
             // The next child takes over the key, at every level above that shares it.
-            let next = fences(db, key, level, Bound::Excluded(k), 1)?;
+            let next = fences(db, key, generation, level, Bound::Excluded(k), 1)?;
             let next =
                 next.first().ok_or_else(|| corrupt(key, "a fence's next child is missing"))?.key.clone();
             parent.children -= 1;
             let mut above = level + 1;
             let mut f = parent;
             loop {
-                db.remove_element(key, ZSET_RANK, &sub(above, k))?;
+                db.remove_element(key, generation, ZSET_RANK, &sub(above, k))?;
                 f.key = next.clone();
-                write(db, key, above, &f)?;
+                write(db, key, generation, above, &f)?;
                 if above == top {
                     return Ok(());
                 }
-                let p = covering(db, key, above + 1, k)?;
+                let p = covering(db, key, generation, above + 1, k)?;
                 if p.key != k {
                     return Ok(());
                 }
@@ -251,7 +272,13 @@ fn drop_empty(db: &mut Db<'_>, key: &[u8], mut level: u8, k: &[u8], top: u8) -> 
 }
 
 /// The order sub `n` places after `from` (inclusive) in the order nodes.
-fn nth_from(db: &Db<'_>, key: &[u8], from: &[u8], mut n: u64) -> Result<Option<Vec<u8>>, Abort> {
+fn nth_from(
+    db: &Db<'_>,
+    key: &[u8],
+    generation: u64,
+    from: &[u8],
+    mut n: u64,
+) -> Result<Option<Vec<u8>>, Abort> {
     let mut cursor = Bound::Included(from.to_vec());
     loop {
         let want = usize::try_from(n.saturating_add(1)).unwrap_or(usize::MAX).min(1024);
@@ -260,7 +287,7 @@ fn nth_from(db: &Db<'_>, key: &[u8], from: &[u8], mut n: u64) -> Result<Option<V
             Bound::Excluded(c) => Bound::Excluded(c.as_slice()),
             Bound::Unbounded => Bound::Unbounded,
         };
-        let walk = db.elements(key, ZSET_ORDER, bound, false, want)?;
+        let walk = db.elements(key, generation, ZSET_ORDER, bound, false, want)?;
         let got = walk.len() as u64;
         if n < got {
             return Ok(walk.into_iter().nth(usize::try_from(n).unwrap_or(usize::MAX)).map(|(s, _)| s));
@@ -274,13 +301,13 @@ fn nth_from(db: &Db<'_>, key: &[u8], from: &[u8], mut n: u64) -> Result<Option<V
 }
 
 /// The order sub of the member at (0-based, lowest first) rank `rank`; `None` past the end.
-pub fn select(db: &Db<'_>, key: &[u8], rank: u64) -> Result<Option<Vec<u8>>, Abort> {
-    let top = height(db, key)?;
+pub fn select(db: &Db<'_>, key: &[u8], generation: u64, rank: u64) -> Result<Option<Vec<u8>>, Abort> {
+    let top = height(db, key, generation)?;
     let mut from: Vec<u8> = Vec::new();
     let mut rest = rank;
     for level in (1..top).rev() {
         let mut chosen = None;
-        for kid in fences(db, key, level, Bound::Included(&from), FANOUT as usize + 1)? {
+        for kid in fences(db, key, generation, level, Bound::Included(&from), FANOUT as usize + 1)? {
             if rest < kid.elements {
                 chosen = Some(kid.key);
                 break;
@@ -292,19 +319,19 @@ pub fn select(db: &Db<'_>, key: &[u8], rank: u64) -> Result<Option<Vec<u8>>, Abo
             None => return Ok(None),
         }
     }
-    nth_from(db, key, &from, rest)
+    nth_from(db, key, generation, &from, rest)
 }
 
 /// How many members sort before order sub `at` (a member's rank, given its order sub).
-pub fn count_before(db: &Db<'_>, key: &[u8], at: &[u8]) -> Result<u64, Abort> {
-    let top = height(db, key)?;
+pub fn count_before(db: &Db<'_>, key: &[u8], generation: u64, at: &[u8]) -> Result<u64, Abort> {
+    let top = height(db, key, generation)?;
     let mut from: Vec<u8> = Vec::new();
     let mut before = 0u64;
     // The children of the fence chosen at the level above are the first fences from its
     // key; any with a key not above `at` is one of them, as the next fence above is above it.
     for level in (1..top).rev() {
         let mut chosen: Option<Fence> = None;
-        for kid in fences(db, key, level, Bound::Included(&from), FANOUT as usize + 1)? {
+        for kid in fences(db, key, generation, level, Bound::Included(&from), FANOUT as usize + 1)? {
             if kid.key.as_slice() > at {
                 break;
             }
@@ -319,7 +346,7 @@ pub fn count_before(db: &Db<'_>, key: &[u8], at: &[u8]) -> Result<u64, Abort> {
     loop {
         let bound =
             if inclusive { Bound::Included(cursor.as_slice()) } else { Bound::Excluded(cursor.as_slice()) };
-        let walk = db.elements(key, ZSET_ORDER, bound, false, FANOUT as usize + 1)?;
+        let walk = db.elements(key, generation, ZSET_ORDER, bound, false, FANOUT as usize + 1)?;
         let full = walk.len() == FANOUT as usize + 1;
         let mut next = None;
         for (s, _) in walk {
@@ -341,14 +368,14 @@ pub fn count_before(db: &Db<'_>, key: &[u8], at: &[u8]) -> Result<u64, Abort> {
 
 /// Checks `key`'s index against its order nodes: every count, the nesting of keys, at most
 /// [`FANOUT`] children a fence, one root counting `len`. For tests; walks everything.
-pub fn check(db: &Db<'_>, key: &[u8], len: u64) -> Result<(), String> {
+pub fn check(db: &Db<'_>, key: &[u8], generation: u64, len: u64) -> Result<(), String> {
     let err = |e: Abort| format!("{e:?}");
     let order: Vec<Vec<u8>> = {
         let mut all = Vec::new();
         let mut from: Option<Vec<u8>> = None;
         loop {
             let b = from.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
-            let batch = db.elements(key, ZSET_ORDER, b, false, 1024).map_err(err)?;
+            let batch = db.elements(key, generation, ZSET_ORDER, b, false, 1024).map_err(err)?;
             let done = batch.len() < 1024;
             from = batch.last().map(|(s, _)| s.clone());
             all.extend(batch.into_iter().map(|(s, _)| s));
@@ -360,13 +387,13 @@ pub fn check(db: &Db<'_>, key: &[u8], len: u64) -> Result<(), String> {
     if order.len() as u64 != len {
         return Err(format!("{} order nodes, head says {len}", order.len()));
     }
-    let top = height(db, key).map_err(err)?;
+    let top = height(db, key, generation).map_err(err)?;
     if top == 0 {
         return if len <= FANOUT { Ok(()) } else { Err(format!("{len} members and no index")) };
     }
     let mut below: Vec<(Vec<u8>, u64)> = order.into_iter().map(|s| (s, 1)).collect();
     for level in 1..=top {
-        let fs = fences(db, key, level, Bound::Unbounded, usize::MAX).map_err(err)?;
+        let fs = fences(db, key, generation, level, Bound::Unbounded, usize::MAX).map_err(err)?;
         if fs.first().is_none_or(|f| !f.key.is_empty()) {
             return Err(format!("level {level} has no fence at the empty key"));
         }
@@ -463,20 +490,20 @@ mod tests {
                 }
             }
             if i % every == 0 {
-                check(&db, KEY, head.len).unwrap_or_else(|e| panic!("after op {i}: {e}"));
+                check(&db, KEY, head.generation, head.len).unwrap_or_else(|e| panic!("after op {i}: {e}"));
             }
         }
-        check(&db, KEY, head.len).expect("at the end");
+        check(&db, KEY, head.generation, head.len).expect("at the end");
         let mut order: Vec<Vec<u8>> = model.iter().map(|(m, s)| order_sub(*s, m)).collect();
         order.sort();
         for (rank, sub) in order.iter().enumerate() {
-            assert_eq!(count_before(&db, KEY, sub).expect("count"), rank as u64);
-            assert_eq!(select(&db, KEY, rank as u64).expect("select").as_ref(), Some(sub));
+            assert_eq!(count_before(&db, KEY, head.generation, sub).expect("count"), rank as u64);
+            assert_eq!(select(&db, KEY, head.generation, rank as u64).expect("select").as_ref(), Some(sub));
         }
-        assert_eq!(select(&db, KEY, order.len() as u64).expect("select past the end"), None);
+        assert_eq!(select(&db, KEY, head.generation, order.len() as u64).expect("select past the end"), None);
         let mut past = order.last().cloned().unwrap_or_default();
         past.push(0);
-        assert_eq!(count_before(&db, KEY, &past).expect("count"), order.len() as u64);
+        assert_eq!(count_before(&db, KEY, head.generation, &past).expect("count"), order.len() as u64);
     }
 
     proptest! {
@@ -503,17 +530,17 @@ mod tests {
             let m = scramble(i);
             zsets::put(&mut db, KEY, &mut head, &m.to_be_bytes(), f64::from(m % 97)).expect("put");
         }
-        assert_eq!(height(&db, KEY).expect("height"), 3);
-        check(&db, KEY, head.len).expect("grown");
+        assert_eq!(height(&db, KEY, head.generation).expect("height"), 3);
+        check(&db, KEY, head.generation, head.len).expect("grown");
         for i in (0..40_000u32).step_by(3) {
             zsets::remove(&mut db, KEY, &mut head, &scramble(i).to_be_bytes()).expect("remove");
         }
-        check(&db, KEY, head.len).expect("shrunk");
+        check(&db, KEY, head.generation, head.len).expect("shrunk");
         // Most of the rest, so that whole fences empty at every level.
         for i in (0..40_000u32).filter(|i| i % 3 != 0 && i % 50 != 1) {
             zsets::remove(&mut db, KEY, &mut head, &scramble(i).to_be_bytes()).expect("remove");
         }
-        check(&db, KEY, head.len).expect("nearly emptied");
+        check(&db, KEY, head.generation, head.len).expect("nearly emptied");
         let mut order: Vec<Vec<u8>> = (0..40_000u32)
             .filter(|i| i % 3 != 0 && i % 50 == 1)
             .map(scramble)
@@ -521,8 +548,11 @@ mod tests {
             .collect();
         order.sort();
         for rank in (0..order.len()).step_by(7) {
-            assert_eq!(count_before(&db, KEY, &order[rank]).expect("count"), rank as u64);
-            assert_eq!(select(&db, KEY, rank as u64).expect("select").as_ref(), Some(&order[rank]));
+            assert_eq!(count_before(&db, KEY, head.generation, &order[rank]).expect("count"), rank as u64);
+            assert_eq!(
+                select(&db, KEY, head.generation, rank as u64).expect("select").as_ref(),
+                Some(&order[rank])
+            );
         }
     }
 
@@ -538,10 +568,15 @@ mod tests {
                 zsets::remove(&mut db, KEY, &mut head, &(i - 1_000).to_be_bytes()).expect("remove");
             }
         }
-        check(&db, KEY, head.len).expect("consistent");
-        let fences = db.elements(KEY, ZSET_RANK, Bound::Unbounded, false, usize::MAX).expect("fences");
+        check(&db, KEY, head.generation, head.len).expect("consistent");
+        let fences = db
+            .elements(KEY, head.generation, ZSET_RANK, Bound::Unbounded, false, usize::MAX)
+            .expect("fences");
         assert!(fences.len() < 40, "{} fences for 1,000 members", fences.len());
-        assert_eq!(select(&db, KEY, 0).expect("select"), Some(order_sub(19_000.0, &19_000u32.to_be_bytes())));
+        assert_eq!(
+            select(&db, KEY, head.generation, 0).expect("select"),
+            Some(order_sub(19_000.0, &19_000u32.to_be_bytes()))
+        );
     }
 
     /// Emptying an indexed set leaves no node behind.

@@ -76,37 +76,39 @@ fn split_order(sub: &[u8]) -> Option<(f64, Vec<u8>)> {
     Some((node::from_sortable_f64(*score), member.to_vec()))
 }
 
-pub fn score(db: &Db<'_>, key: &[u8], member: &[u8]) -> Result<Option<f64>, Abort> {
-    Ok(db.element(key, ZSET_SCORE, member)?.map(|b| decode_score(&b)))
+pub fn score(db: &Db<'_>, key: &[u8], generation: u64, member: &[u8]) -> Result<Option<f64>, Abort> {
+    Ok(db.element(key, generation, ZSET_SCORE, member)?.map(|b| decode_score(&b)))
 }
 
 /// Sets `member`'s score; whether it is new.
 pub fn put(db: &mut Db<'_>, key: &[u8], head: &mut Head, member: &[u8], new: f64) -> Result<bool, Abort> {
     let new = if new == 0.0 { 0.0 } else { new };
-    let old = score(db, key, member)?;
+    let g = head.generation;
+    let old = score(db, key, g, member)?;
     if old == Some(new) {
         return Ok(false);
     }
     if let Some(old) = old {
         let at = order_sub(old, member);
-        db.remove_element(key, ZSET_ORDER, &at)?;
-        zindex::removed(db, key, &at)?;
+        db.remove_element(key, g, ZSET_ORDER, &at)?;
+        zindex::removed(db, key, g, &at)?;
     } else {
         head.len += 1;
     }
     let at = order_sub(new, member);
-    db.put_element(key, ZSET_ORDER, &at, b"")?;
-    db.put_element(key, ZSET_SCORE, member, &new.to_bits().to_be_bytes())?;
-    zindex::inserted(db, key, head.len, &at)?;
+    db.put_element(key, g, ZSET_ORDER, &at, b"")?;
+    db.put_element(key, g, ZSET_SCORE, member, &new.to_bits().to_be_bytes())?;
+    zindex::inserted(db, key, g, head.len, &at)?;
     Ok(old.is_none())
 }
 
 pub fn remove(db: &mut Db<'_>, key: &[u8], head: &mut Head, member: &[u8]) -> Result<bool, Abort> {
-    let Some(old) = score(db, key, member)? else { return Ok(false) };
+    let g = head.generation;
+    let Some(old) = score(db, key, g, member)? else { return Ok(false) };
     let at = order_sub(old, member);
-    db.remove_element(key, ZSET_ORDER, &at)?;
-    db.remove_element(key, ZSET_SCORE, member)?;
-    zindex::removed(db, key, &at)?;
+    db.remove_element(key, g, ZSET_ORDER, &at)?;
+    db.remove_element(key, g, ZSET_SCORE, member)?;
+    zindex::removed(db, key, g, &at)?;
     head.len = head.len.saturating_sub(1);
     Ok(true)
 }
@@ -150,7 +152,7 @@ fn zadd(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
     let (mut added, mut changed) = (0i64, 0i64);
     let mut incr_result: Option<f64> = None;
     for (value, member) in parsed {
-        let current = score(db, &key, &member)?;
+        let current = score(db, &key, head.generation, &member)?;
         if (nx && current.is_some()) || (xx && current.is_none()) {
             continue;
         }
@@ -185,7 +187,7 @@ fn zincrby(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
     let by = a.float()?;
     let member = a.next_arg()?;
     let (old, mut head) = db.open(&key, Kind::ZSet)?;
-    let next = score(db, &key, &member)?.unwrap_or(0.0) + by;
+    let next = score(db, &key, head.generation, &member)?.unwrap_or(0.0) + by;
     if next.is_nan() {
         return Err(cmd_err("ERR resulting score is not a number (NaN)"));
     }
@@ -215,18 +217,19 @@ fn zcard(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
 
 fn zscore(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
     let (key, m) = (a.next_arg()?, a.next_arg()?);
-    if db.typed(&key, Kind::ZSet)?.is_none() {
-        return Ok(Frame::Null);
-    }
-    Ok(score(db, &key, &m)?.map_or(Frame::Null, double))
+    let Some(head) = db.typed(&key, Kind::ZSet)? else { return Ok(Frame::Null) };
+    Ok(score(db, &key, head.generation, &m)?.map_or(Frame::Null, double))
 }
 
 fn zmscore(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
     let key = a.next_arg()?;
-    let live = db.typed(&key, Kind::ZSet)?.is_some();
+    let live = db.typed(&key, Kind::ZSet)?;
     let mut out = Vec::new();
     for m in a.rest() {
-        out.push(if live { score(db, &key, &m)?.map_or(Frame::Null, double) } else { Frame::Null });
+        out.push(match &live {
+            Some(h) => score(db, &key, h.generation, &m)?.map_or(Frame::Null, double),
+            None => Frame::Null,
+        });
     }
     Ok(Frame::Array(out))
 }
@@ -234,13 +237,21 @@ fn zmscore(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
 /// Up to `limit` (member, score) from the low end (or the high end with `rev`) of a set of
 /// `len` members, after skipping `skip`: a descent of the rank index to the first, then a
 /// walk.
-fn by_rank(db: &Db<'_>, key: &[u8], len: u64, rev: bool, skip: usize, limit: usize) -> Result<Scored, Abort> {
+fn by_rank(
+    db: &Db<'_>,
+    key: &[u8],
+    head: &Head,
+    rev: bool,
+    skip: usize,
+    limit: usize,
+) -> Result<Scored, Abort> {
+    let (len, g) = (head.len, head.generation);
     let skip = skip as u64;
     if skip >= len || limit == 0 {
         return Ok(Vec::new());
     }
     let rank = if rev { len - 1 - skip } else { skip };
-    let Some(first) = zindex::select(db, key, rank)? else { return Ok(Vec::new()) };
+    let Some(first) = zindex::select(db, key, g, rank)? else { return Ok(Vec::new()) };
     let mut out = Vec::new();
     let mut from = Bound::Included(first);
     while out.len() < limit {
@@ -250,7 +261,7 @@ fn by_rank(db: &Db<'_>, key: &[u8], len: u64, rev: bool, skip: usize, limit: usi
             Bound::Unbounded => Bound::Unbounded,
         };
         let want = (limit - out.len()).min(1024);
-        let batch = db.elements(key, ZSET_ORDER, bound, rev, want)?;
+        let batch = db.elements(key, g, ZSET_ORDER, bound, rev, want)?;
         let done = batch.len() < want;
         let Some(last) = batch.last().map(|(s, _)| s.clone()) else { break };
         out.extend(
@@ -366,6 +377,7 @@ impl Span {
 fn by_span(
     db: &Db<'_>,
     key: &[u8],
+    generation: u64,
     span: &Span,
     rev: bool,
     offset: usize,
@@ -379,7 +391,7 @@ fn by_span(
             node::prefix_end(&node::sortable_f64(max.value)).map(|end| (end, false))
         }
         (Span::Lex(bound, _), false) | (Span::Lex(_, bound), true) => {
-            let edge = db.elements(key, ZSET_ORDER, Bound::Unbounded, rev, 1)?;
+            let edge = db.elements(key, generation, ZSET_ORDER, Bound::Unbounded, rev, 1)?;
             match (edge.first().and_then(|(s, _)| split_order(s)), bound) {
                 (Some((score, _)), LexBound::Incl(m) | LexBound::Excl(m)) => {
                     Some((order_sub(score, m), true))
@@ -398,7 +410,7 @@ fn by_span(
             Some((s, false)) => Bound::Excluded(s.as_slice()),
             None => Bound::Unbounded,
         };
-        let batch = db.elements(key, ZSET_ORDER, from, rev, 256)?;
+        let batch = db.elements(key, generation, ZSET_ORDER, from, rev, 256)?;
         let Some(last) = batch.last().map(|(s, _)| s.clone()) else { break };
         for (sub, _) in batch {
             let Some((score, member)) = split_order(&sub) else { continue };
@@ -456,20 +468,26 @@ fn run_range(db: &Db<'_>, key: &[u8], q: &RangeQuery, first: &[u8], second: &[u8
             let Some(head) = db.typed(key, Kind::ZSet)? else { return Ok(Vec::new()) };
             let len = usize::try_from(head.len).unwrap_or(usize::MAX);
             let Some((s, e)) = super::lists::index_range(start, stop, len) else { return Ok(Vec::new()) };
-            by_rank(db, key, head.len, q.rev, s, e - s + 1)
+            by_rank(db, key, &head, q.rev, s, e - s + 1)
         }
         By::Score | By::Lex => {
             let (lo, hi) = if q.rev { (second, first) } else { (first, second) };
             let span = Span::parse(q.by == By::Lex, lo, hi)?;
-            if db.typed(key, Kind::ZSet)?.is_none() {
-                return Ok(Vec::new());
-            }
+            let Some(head) = db.typed(key, Kind::ZSet)? else { return Ok(Vec::new()) };
             let (offset, count) = q.limit.unwrap_or((0, -1));
             if offset < 0 {
                 return Ok(Vec::new());
             }
             let limit = if count < 0 { usize::MAX } else { usize::try_from(count).unwrap_or(usize::MAX) };
-            by_span(db, key, &span, q.rev, usize::try_from(offset).unwrap_or(usize::MAX), limit)
+            by_span(
+                db,
+                key,
+                head.generation,
+                &span,
+                q.rev,
+                usize::try_from(offset).unwrap_or(usize::MAX),
+                limit,
+            )
         }
     }
 }
@@ -561,8 +579,8 @@ fn zrangestore(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
 fn rank(db: &mut Db<'_>, a: &mut Args, rev: bool) -> Result<Frame, Abort> {
     let (key, member) = (a.next_arg()?, a.next_arg()?);
     let Some(head) = db.typed(&key, Kind::ZSet)? else { return Ok(Frame::Null) };
-    let Some(s) = score(db, &key, &member)? else { return Ok(Frame::Null) };
-    let before = zindex::count_before(db, &key, &order_sub(s, &member))?;
+    let Some(s) = score(db, &key, head.generation, &member)? else { return Ok(Frame::Null) };
+    let before = zindex::count_before(db, &key, head.generation, &order_sub(s, &member))?;
     let r = if rev { head.len - 1 - before } else { before };
     Ok(Frame::Integer(i64::try_from(r).unwrap_or(i64::MAX)))
 }
@@ -626,14 +644,14 @@ fn count_span(db: &mut Db<'_>, a: &mut Args, lex: bool) -> Result<Frame, Abort> 
     let (lo, hi) = (a.next_arg()?, a.next_arg()?);
     let span = Span::parse(lex, &lo, &hi)?;
     let Some(head) = db.typed(&key, Kind::ZSet)? else { return Ok(Frame::Integer(0)) };
-    let first = db.elements(&key, ZSET_ORDER, Bound::Unbounded, false, 1)?;
+    let first = db.elements(&key, head.generation, ZSET_ORDER, Bound::Unbounded, false, 1)?;
     let score = first.first().and_then(|(s, _)| split_order(s)).map_or(0.0, |(score, _)| score);
     let (low, high) = span.edges(score);
     let position = |db: &Db<'_>, edge: &Edge| -> Result<u64, Abort> {
         match edge {
             Edge::Start => Ok(0),
             Edge::End => Ok(head.len),
-            Edge::At(sub) => zindex::count_before(db, &key, sub),
+            Edge::At(sub) => zindex::count_before(db, &key, head.generation, sub),
         }
     };
     let n = position(db, &high)?.saturating_sub(position(db, &low)?);
@@ -662,7 +680,7 @@ fn zremrangebyrank(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
     let Some(old) = db.typed_for_write(&key, Kind::ZSet)? else { return Ok(Frame::Integer(0)) };
     let len = usize::try_from(old.len).unwrap_or(usize::MAX);
     let Some((s, e)) = super::lists::index_range(start, stop, len) else { return Ok(Frame::Integer(0)) };
-    let items = by_rank(db, &key, old.len, false, s, e - s + 1)?;
+    let items = by_rank(db, &key, &old, false, s, e - s + 1)?;
     remove_items(db, &key, &old, &items)
 }
 
@@ -671,7 +689,7 @@ fn remrange_span(db: &mut Db<'_>, a: &mut Args, lex: bool) -> Result<Frame, Abor
     let (lo, hi) = (a.next_arg()?, a.next_arg()?);
     let span = Span::parse(lex, &lo, &hi)?;
     let Some(old) = db.typed_for_write(&key, Kind::ZSet)? else { return Ok(Frame::Integer(0)) };
-    let items = by_span(db, &key, &span, false, 0, usize::MAX)?;
+    let items = by_span(db, &key, old.generation, &span, false, 0, usize::MAX)?;
     remove_items(db, &key, &old, &items)
 }
 
@@ -684,7 +702,7 @@ fn zremrangebylex(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
 
 /// Pops up to `count` from the low (or, with `max`, the high) end of `key`.
 fn pop(db: &mut Db<'_>, key: &[u8], old: &Head, max: bool, count: usize) -> Result<Scored, Abort> {
-    let items = by_rank(db, key, old.len, max, 0, count)?;
+    let items = by_rank(db, key, old, max, 0, count)?;
     remove_items(db, key, old, &items)?;
     Ok(items)
 }
@@ -782,11 +800,13 @@ fn bzmpop(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
 fn members_of(db: &Db<'_>, key: &[u8]) -> Result<Scored, Abort> {
     match db.head(key)? {
         None => Ok(Vec::new()),
-        Some(h) if h.kind == Kind::ZSet => {
-            Ok(db.all_elements(key, ZSET_SCORE)?.into_iter().map(|(m, v)| (m, decode_score(&v))).collect())
-        }
+        Some(h) if h.kind == Kind::ZSet => Ok(db
+            .all_elements(key, h.generation, ZSET_SCORE)?
+            .into_iter()
+            .map(|(m, v)| (m, decode_score(&v)))
+            .collect()),
         Some(h) if h.kind == Kind::Set => {
-            Ok(db.all_elements(key, SET_MEMBER)?.into_iter().map(|(m, _)| (m, 1.0)).collect())
+            Ok(db.all_elements(key, h.generation, SET_MEMBER)?.into_iter().map(|(m, _)| (m, 1.0)).collect())
         }
         Some(_) => Err(cmd_err(super::db::WRONGTYPE)),
     }

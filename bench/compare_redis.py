@@ -88,6 +88,45 @@ def bench_types(port, requests):
     return result
 
 
+BIG_ZSET = 200_000
+
+
+def load_big_zset(port):
+    """Sorted set `bigz`: members m:000000000000 … with their index as score (batches of 1000)."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        f = sock.makefile("rb")
+        for start in range(0, BIG_ZSET, 1000):
+            args = ["ZADD", "bigz"]
+            for i in range(start, min(start + 1000, BIG_ZSET)):
+                args += [str(i), f"m:{i:012d}"]
+            sock.sendall(f"*{len(args)}\r\n".encode() + b"".join(
+                f"${len(a)}\r\n{a}\r\n".encode() for a in args))
+            reply = f.readline()
+            if not reply.startswith(b":"):
+                sys.exit(f"loading bigz failed: {reply!r}")
+
+
+BIG_ZSET_TESTS = [
+    ("ZRANK (random member)", ["ZRANK", "bigz", "m:__rand_int__"]),
+    ("ZRANGE 10 at rank 100,000", ["ZRANGE", "bigz", "100000", "100009"]),
+    ("ZCOUNT over 150,000 members", ["ZCOUNT", "bigz", "1000", "150999"]),
+]
+
+
+def bench_big_zset(port, requests):
+    """Rank and count queries on a 200,000-member sorted set: {test: requests per second}."""
+    result = {}
+    for name, command in BIG_ZSET_TESTS:
+        cmd = ["redis-benchmark", "-p", str(port), "-c", "50", "-n", str(requests), "-r", str(BIG_ZSET),
+               "--csv"] + command
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        rows = list(csv.reader(io.StringIO(out)))
+        if len(rows) < 2 or len(rows[1]) < 2:
+            sys.exit(f"no result for {name} in redis-benchmark's output {out!r}")
+        result[name] = number(rows[1][1], f"the {name} rate in redis-benchmark's output {out!r}")
+    return result
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
@@ -123,11 +162,21 @@ def main():
                 for name, port in order:
                     runs[name].append(bench_types(port, 20000))
                     print(f"round {r + 1}/{args.rounds} {name}: {runs[name][-1]}", file=sys.stderr)
+            for port in (strand_port, redis_port):
+                load_big_zset(port)
+            for r in range(args.rounds):
+                order = [("strand", strand_port), ("redis", redis_port)]
+                if r % 2:
+                    order.reverse()
+                for name, port in order:
+                    runs[name][r].update(bench_big_zset(port, 20000))
+                    print(f"round {r + 1}/{args.rounds} {name} bigz: {runs[name][r]}", file=sys.stderr)
             lines = [
                 f"Raw disk fsync rate (4 KiB write + fdatasync, one at a time): **{rate:.0f}/s**",
                 "",
-                f"redis-benchmark's command set, 50 clients, no pipelining; medians of {args.rounds} rounds, "
-                "requests per second:",
+                f"redis-benchmark's command set, then rank and count queries on a sorted set of "
+                f"{BIG_ZSET:,} members (scores 0 … {BIG_ZSET - 1:,}); 50 clients, no pipelining; medians of "
+                f"{args.rounds} rounds, requests per second:",
                 "",
                 "| test | Strand | Redis (AOF always) | Strand / Redis |",
                 "|---|---:|---:|---:|",

@@ -377,6 +377,39 @@ impl Db<'_> {
             .collect())
     }
 
+    /// Up to `limit` elements of `key` under `tag` whose subs lie between `lo` and `hi`, in
+    /// order.
+    pub fn elements_between(
+        &self,
+        key: &[u8],
+        generation: u64,
+        tag: u8,
+        (lo, hi): (Bound<&[u8]>, Bound<&[u8]>),
+        limit: usize,
+    ) -> Result<Pairs, Abort> {
+        let prefix = node::elements_of(key, generation, tag);
+        let end = node::prefix_end(&prefix);
+        let full = |sub: &[u8]| [prefix.as_slice(), sub].concat();
+        let (lo_node, hi_node) = (lo.map(full), hi.map(full));
+        let lower = match &lo_node {
+            Bound::Included(n) => Bound::Included(n.as_slice()),
+            Bound::Excluded(n) => Bound::Excluded(n.as_slice()),
+            Bound::Unbounded => Bound::Included(prefix.as_slice()),
+        };
+        let upper = match &hi_node {
+            Bound::Included(n) => Bound::Included(n.as_slice()),
+            Bound::Excluded(n) => Bound::Excluded(n.as_slice()),
+            Bound::Unbounded => end_bound(end.as_deref()),
+        };
+        let skip = prefix.len();
+        Ok(self
+            .kv
+            .range((lower, upper), false, limit)?
+            .into_iter()
+            .map(|(n, v)| (n.get(skip..).unwrap_or_default().to_vec(), v))
+            .collect())
+    }
+
     /// Every element of `key` under `tag` (collections larger than a batch are read in
     /// batches).
     pub fn all_elements(&self, key: &[u8], generation: u64, tag: u8) -> Result<Pairs, Abort> {

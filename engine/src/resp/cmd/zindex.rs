@@ -328,39 +328,39 @@ pub fn count_before(db: &Db<'_>, key: &[u8], generation: u64, at: &[u8]) -> Resu
     let mut from: Vec<u8> = Vec::new();
     let mut before = 0u64;
     // The children of the fence chosen at the level above are the first fences from its
-    // key; any with a key not above `at` is one of them, as the next fence above is above it.
+    // key; those with a key not above `at` are all among them, as the next fence above is
+    // above it. Only those are read.
     for level in (1..top).rev() {
-        let mut chosen: Option<Fence> = None;
-        for kid in fences(db, key, generation, level, Bound::Included(&from), FANOUT as usize + 1)? {
-            if kid.key.as_slice() > at {
-                break;
-            }
-            if let Some(previous) = chosen.replace(kid) {
-                before += previous.elements;
-            }
+        let (lo, hi) = (sub(level, &from), sub(level, at));
+        let kids = db.elements_between(
+            key,
+            generation,
+            ZSET_RANK,
+            (Bound::Included(&lo), Bound::Included(&hi)),
+            FANOUT as usize + 1,
+        )?;
+        let Some(((last, _), earlier)) = kids.split_last() else {
+            return Err(corrupt(key, "a level has no fence at the empty key"));
+        };
+        for (s, v) in earlier {
+            before += decode(key, level, s, v)?.elements;
         }
-        from = chosen.ok_or_else(|| corrupt(key, "a level has no fence at the empty key"))?.key;
+        from = last.get(1..).unwrap_or_default().to_vec();
     }
-    let mut cursor = from;
-    let mut inclusive = true;
+    // The members under the chosen level-1 fence that sort before `at` (at most FANOUT when
+    // there is an index; a set without one has at most FANOUT members).
+    let mut cursor = Bound::Included(from);
     loop {
-        let bound =
-            if inclusive { Bound::Included(cursor.as_slice()) } else { Bound::Excluded(cursor.as_slice()) };
-        let walk = db.elements(key, generation, ZSET_ORDER, bound, false, FANOUT as usize + 1)?;
-        let full = walk.len() == FANOUT as usize + 1;
-        let mut next = None;
-        for (s, _) in walk {
-            if s.as_slice() >= at {
-                return Ok(before);
-            }
-            before += 1;
-            next = Some(s);
-        }
-        match next {
-            Some(s) if full => {
-                cursor = s;
-                inclusive = false;
-            }
+        let lo = match &cursor {
+            Bound::Included(c) => Bound::Included(c.as_slice()),
+            Bound::Excluded(c) => Bound::Excluded(c.as_slice()),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let walk = db.elements_between(key, generation, ZSET_ORDER, (lo, Bound::Excluded(at)), 1024)?;
+        let full = walk.len() == 1024;
+        before += walk.len() as u64;
+        match walk.into_iter().last() {
+            Some((s, _)) if full => cursor = Bound::Excluded(s),
             _ => return Ok(before),
         }
     }

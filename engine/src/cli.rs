@@ -10,7 +10,21 @@ use crate::admin::client::Target;
 use crate::admin::{BackupRequest, CreateRequest, JournalEntry, Status};
 use crate::base::error_chain;
 use crate::engine::Config;
-use crate::limits::{CLIENTS_MAX_DEFAULT, DISK_RESERVE_BYTES_DEFAULT, TXN_IMAGE_BYTES_DEFAULT};
+use crate::limits::{
+    CLIENTS_MAX_DEFAULT, DISK_RESERVE_BYTES_DEFAULT, TXN_IMAGE_BYTES_DEFAULT, TXN_IMAGE_BYTES_MIN,
+};
+
+/// `--max-txn-image-bytes`: at least [`TXN_IMAGE_BYTES_MIN`], so that any one key can still
+/// be written, overwritten and deleted.
+fn parse_txn_image_bytes(text: &str) -> Result<usize, String> {
+    let n: usize = text.parse().map_err(|e| format!("not a byte count: {e}"))?;
+    if n < TXN_IMAGE_BYTES_MIN {
+        return Err(format!(
+            "at least {TXN_IMAGE_BYTES_MIN} (32 MiB), so that any one key can still be written"
+        ));
+    }
+    Ok(n)
+}
 use crate::storage::backup;
 
 #[derive(Debug, Parser)]
@@ -60,7 +74,7 @@ pub struct RunArgs {
     /// Most bytes of before- and after-images one transaction may journal; a command past it
     /// is refused with nothing changed (a transaction holds about three times this in
     /// memory while it runs).
-    #[arg(long, default_value_t = TXN_IMAGE_BYTES_DEFAULT)]
+    #[arg(long, default_value_t = TXN_IMAGE_BYTES_DEFAULT, value_parser = parse_txn_image_bytes)]
     pub max_txn_image_bytes: usize,
     /// Log filter (tracing syntax), overridden by RUST_LOG.
     #[arg(long, default_value = "info")]

@@ -4,10 +4,11 @@
 //! own (it only hides a logically expired key from reads).
 //!
 //! Each run reads at most [`KEYS_PER_RUN`] due entries of the expiry index from a snapshot
-//! and removes them in one transaction, re-checking inside the writer that each key still
-//! has that expiry; a run that found a full batch is followed at once by another, otherwise
-//! the cycle sleeps [`INTERVAL`]. A run's cost is thus bounded by its batch, whatever the
-//! number of keys due.
+//! and removes them in one transaction (stopping early past [`EXPIRY_BYTES_PER_RUN`] of
+//! values), re-checking inside the writer that each key still has that expiry; a run that
+//! found a full batch or stopped early is followed at once by another, otherwise the cycle
+//! sleeps [`INTERVAL`]. A run's cost is thus bounded by its batch, whatever the number of
+//! keys due.
 //!
 //! The same cycle **reclaims** the elements of deleted large collections (`storage::node`,
 //! "garbage"): each run removes at most [`RECLAIM_NODES_PER_RUN`] nodes or
@@ -28,6 +29,9 @@ use crate::storage::writer::{Committed, TxnProgram};
 
 /// Most keys one run removes.
 pub const KEYS_PER_RUN: usize = 200;
+/// Most bytes of string values one expiry run removes (their before-images); the rest of its
+/// batch waits for the next run, which follows at once.
+pub const EXPIRY_BYTES_PER_RUN: usize = 64 * 1024 * 1024;
 /// Most element nodes one reclaim run removes.
 pub const RECLAIM_NODES_PER_RUN: usize = 1024;
 /// Most bytes (node names and values) one reclaim run removes.
@@ -101,13 +105,20 @@ async fn run_once(engine: &Engine) -> bool {
     let full = entries.len() == KEYS_PER_RUN;
     let program: TxnProgram<Frame> = Box::new(move |view| {
         let mut db = Db { kv: view, now_ms, counts: None };
-        let mut removed = 0;
+        let (mut removed, mut bytes, mut stopped) = (0, 0usize, false);
         for (at, key) in &entries {
+            if bytes >= EXPIRY_BYTES_PER_RUN {
+                stopped = true; // the rest in the next run, at once
+                break;
+            }
             // Only if the key still expires then (a write since the snapshot may have
             // changed it); `head_for_write` removes an expired key as a journaled delete.
             let head = db.kv.get(&node::head(key))?.and_then(|b| node::Head::decode(&b));
             match head {
                 Some(h) if h.expire_at_ms == *at => {
+                    // A string's value is its before-image; a collection's elements are
+                    // removed inline only when small (else reclaimed later).
+                    bytes += key.len() + h.value.len();
                     if h.expired(now_ms) && db.head_for_write(key)?.is_none() {
                         removed += 1;
                     }
@@ -119,16 +130,19 @@ async fn run_once(engine: &Engine) -> bool {
                 }
             }
         }
-        Ok(Frame::Integer(removed))
+        Ok(Frame::Array(vec![Frame::Integer(removed), Frame::Integer(i64::from(stopped))]))
     });
-    match engine.writer.submit(Vec::new(), program).await {
-        Ok(Committed::Done { output: Frame::Integer(n), .. }) => {
-            engine.metrics.expired_keys_total.inc_by(u64::try_from(n).unwrap_or(0));
-            full
-        }
+    match engine.writer.submit_housekeeping(program).await {
+        Ok(Committed::Done { output: Frame::Array(out), .. }) => match out.as_slice() {
+            [Frame::Integer(n), Frame::Integer(stopped)] => {
+                engine.metrics.expired_keys_total.inc_by(u64::try_from(*n).unwrap_or(0));
+                full || *stopped != 0
+            }
+            _ => full,
+        },
         Ok(_) => full,
         Err(e) => {
-            tracing::debug!(error = %e, "expiry run did not commit");
+            tracing::warn!(error = %e, "expiry run did not commit");
             false
         }
     }
@@ -160,7 +174,7 @@ async fn reclaim_once(engine: &Engine) -> bool {
             Frame::Integer(i64::from(more)),
         ]))
     });
-    match engine.writer.submit(Vec::new(), program).await {
+    match engine.writer.submit_housekeeping(program).await {
         Ok(Committed::Done { output: Frame::Array(out), .. }) => match out.as_slice() {
             [Frame::Integer(removed), Frame::Integer(more)] => {
                 engine.metrics.reclaimed_nodes_total.inc_by(u64::try_from(*removed).unwrap_or(0));
@@ -170,7 +184,7 @@ async fn reclaim_once(engine: &Engine) -> bool {
         },
         Ok(_) => false,
         Err(e) => {
-            tracing::debug!(error = %e, "reclaim run did not commit");
+            tracing::warn!(error = %e, "reclaim run did not commit");
             false
         }
     }

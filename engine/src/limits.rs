@@ -31,6 +31,8 @@ pub const MULTI_BYTES_MAX: usize = 128 * 1024 * 1024;
 /// changed, rather than growing its journal record without bound. Deleting a collection of
 /// any size stays small: its elements are reclaimed in bounded transactions.
 pub const TXN_IMAGE_BYTES_DEFAULT: usize = 1024 * 1024 * 1024;
+/// The least `--max-txn-image-bytes` may be.
+pub const TXN_IMAGE_BYTES_MIN: usize = 32 * 1024 * 1024;
 /// Most keys one WATCH session may watch.
 pub const WATCH_KEYS_MAX: usize = 10_000;
 /// Default for `--max-clients`: concurrent data-port connections.
@@ -61,6 +63,9 @@ const _: () = assert!(VALUE_BYTES_MAX <= RESP_BULK_BYTES_MAX);
 const _: () = assert!(KEY_BYTES_MAX + VALUE_BYTES_MAX < RESP_REQUEST_BYTES_MAX);
 // A transaction queue must hold at least one maximal request.
 const _: () = assert!(RESP_REQUEST_BYTES_MAX <= MULTI_BYTES_MAX);
+// Any one key can be overwritten (before- and after-image of a maximal value) within the
+// smallest bound.
+const _: () = assert!(2 * (KEY_BYTES_MAX + VALUE_BYTES_MAX) + 4 * 1024 * 1024 < TXN_IMAGE_BYTES_MIN);
 // A transaction can write its largest legal queue of arguments as after-images.
 const _: () = assert!(MULTI_BYTES_MAX < TXN_IMAGE_BYTES_DEFAULT);
 // A journal record's key count is a u32; every queued key takes at least one byte.

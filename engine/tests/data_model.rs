@@ -287,6 +287,18 @@ fn si_streams_carry_collection_changes_with_their_tags() {
     assert_eq!((own.0, own.1), (0, 1));
     let served = tagged.iter().find(|t| t.0 == 0 && t.2.contains(&"q:job".to_owned())).unwrap();
     assert_eq!(served.1, 2, "serving the consumer is Malvern's own transaction in stream 0");
+
+    // Both sides create the same hash: the stream's head wins, and Malvern's own elements
+    // (another generation) are left to its reclaim cycle, not orphaned.
+    let _: i64 = m.hset("both", "mine", 1).unwrap();
+    let nodes = malvern.status()["nodes"].as_u64().unwrap();
+    let _: i64 = a.hset("both", "theirs", 2).unwrap();
+    wait_until("Malvern to hold stream 1 seqno 7", || malvern.stream_seqno(1) == 7);
+    let both: BTreeMap<String, String> = m.hgetall("both").unwrap();
+    assert_eq!(both.keys().collect::<Vec<_>>(), ["theirs"]);
+    wait_until("Malvern to reclaim its own elements of both", || {
+        malvern.status()["nodes"].as_u64() == Some(nodes)
+    });
     malvern.verify();
 }
 

@@ -541,10 +541,12 @@ fn review_cases_of_the_data_model() {
 #[test]
 fn a_transaction_past_the_image_bound_is_refused_whole() {
     let dir = tempdir();
-    let server = Server::start(&dir.path().join("a"), "Ardmore", &["--max-txn-image-bytes", "1048576"]);
+    let refused = common::run_fails(&dir.path().join("b"), &["--max-txn-image-bytes", "1048576"]);
+    assert!(refused.contains("at least 33554432"), "{refused}");
+    let server = Server::start(&dir.path().join("a"), "Ardmore", &["--max-txn-image-bytes", "33554432"]);
     let mut c = server.client();
-    let value = "x".repeat(64 * 1024);
-    for i in 0..24 {
+    let value = "x".repeat(1024 * 1024);
+    for i in 0..40 {
         let _: i64 = c.hset("big", format!("f{i}"), &value).unwrap();
     }
     let seqno = server.seqno();
@@ -553,7 +555,7 @@ fn a_transaction_past_the_image_bound_is_refused_whole() {
     let err = redis::cmd("COPY").arg("big").arg("copy").query::<i64>(&mut c).unwrap_err();
     assert!(err.to_string().contains("nothing was changed"), "{err}");
     assert_eq!(server.seqno(), seqno, "nothing was journaled");
-    assert_eq!(c.hlen::<_, i64>("big").unwrap(), 24);
+    assert_eq!(c.hlen::<_, i64>("big").unwrap(), 40);
     assert_eq!(c.exists::<_, i64>(&["moved", "copy"]).unwrap(), 0);
     let _: i64 = c.del("big").unwrap();
     assert_eq!(c.exists::<_, i64>("big").unwrap(), 0);

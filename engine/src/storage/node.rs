@@ -194,6 +194,36 @@ pub fn head(key: &[u8]) -> Vec<u8> {
     out
 }
 
+/// When an applied change of head node `node` (the source's `source_before` → `after`) meets
+/// a local collection (`local`) of a generation the source did not know, the garbage node
+/// that leaves the local elements to the reclaim cycle.
+pub fn replaced_generation(
+    node: &[u8],
+    local: Option<&[u8]>,
+    source_before: Option<&[u8]>,
+    after: Option<&[u8]>,
+) -> Option<Vec<u8>> {
+    if !is_head(node) {
+        return None;
+    }
+    let local = Head::decode(local?)?;
+    if local.kind == Kind::String {
+        return None;
+    }
+    let same = |h: Option<&[u8]>| {
+        h.and_then(Head::decode).is_some_and(|h| h.kind != Kind::String && h.generation == local.generation)
+    };
+    if same(source_before) || same(after) {
+        return None;
+    }
+    Some(garbage(user_key(node), local.generation))
+}
+
+/// Whether `node` is a key's head.
+pub fn is_head(node: &[u8]) -> bool {
+    node.first() == Some(&HEAD)
+}
+
 /// First node of the head range (every head node sorts in `[HEADS_START, HEADS_END)`).
 pub const HEADS_START: &[u8] = b"K";
 pub const HEADS_END: &[u8] = b"L";
@@ -462,6 +492,13 @@ mod tests {
             (d.node, d.element.as_deref(), d.value.as_deref()),
             ("hash-field", Some(&b"name"[..]), Some(&b"ann"[..]))
         );
+        // A local collection replaced by a source that did not know it becomes garbage.
+        let coll = |g| Head { generation: g, ..Head::collection(Kind::Hash) }.encode();
+        let (mine, theirs) = (coll(1), coll(2));
+        assert_eq!(replaced_generation(&head(key), Some(&mine), None, Some(&theirs)), Some(garbage(key, 1)));
+        assert_eq!(replaced_generation(&head(key), Some(&mine), Some(&mine), None), None);
+        assert_eq!(replaced_generation(&head(key), Some(&mine), Some(&mine), Some(&mine)), None);
+        assert_eq!(replaced_generation(&element(key, 1, HASH_FIELD, b"f"), Some(&mine), None, None), None);
         let d = describe(&head(b"k"), Some(&Head::string(b"v".to_vec(), 9).encode()));
         assert_eq!((d.node, d.value.as_deref(), d.expire_at_ms), ("string", Some(&b"v"[..]), Some(9)));
     }

@@ -117,6 +117,9 @@ pub struct TxnRequest<T> {
     program: Program<T>,
     reply: oneshot::Sender<Result<Committed<T>, TxnFailure>>,
     enqueued: Instant,
+    /// The engine's own housekeeping (expiry, reclaim): not bounded by
+    /// `--max-txn-image-bytes`, and its removals of elements touch nobody's WATCH.
+    housekeeping: bool,
 }
 
 /// Clients read the engine's own keys but never write them.
@@ -269,7 +272,27 @@ impl<T: Send + 'static> Writer<T> {
         program: TxnProgram<T>,
     ) -> (TxnRequest<T>, oneshot::Receiver<Result<Committed<T>, TxnFailure>>) {
         let (reply, rx) = oneshot::channel();
-        (TxnRequest { watch, program: Program::Once(program), reply, enqueued: Instant::now() }, rx)
+        (
+            TxnRequest {
+                watch,
+                program: Program::Once(program),
+                reply,
+                enqueued: Instant::now(),
+                housekeeping: false,
+            },
+            rx,
+        )
+    }
+
+    /// Runs the engine's own housekeeping transaction (the expiry and reclaim cycles): it
+    /// is never refused for its size (each bounds its own work), and its removal of a
+    /// deleted collection's elements does not count as a write of the key for WATCH or
+    /// blocked clients (a new collection of that name may exist).
+    pub async fn submit_housekeeping(&self, program: TxnProgram<T>) -> Result<Committed<T>, TxnFailure> {
+        let (mut request, rx) = Self::request(Vec::new(), program);
+        request.housekeeping = true;
+        self.enqueue_all(vec![request]).await?;
+        rx.await.unwrap_or_else(|_| Err(TxnFailure::store(&StoreError::WriterGone)))
     }
 
     /// A blocking transaction to queue with [`Writer::enqueue_all`]: it runs once in queue
@@ -287,6 +310,7 @@ impl<T: Send + 'static> Writer<T> {
                 program: Program::Blocking { id, keys, program },
                 reply,
                 enqueued: Instant::now(),
+                housekeeping: false,
             },
             rx,
         )
@@ -448,7 +472,7 @@ impl TxnView<'_, '_> {
         self.log.push((key.to_vec(), previous, known));
         if over {
             return Err(Abort::Command(format!(
-                "ERR this command would journal more than {} bytes of before- and after-images in one transaction (--max-txn-image-bytes); nothing was changed. Work on data this large in parts (SCAN-family reads with UNLINK, HDEL, SREM, ZREM or LTRIM); deleting a large collection needs no such care",
+                "ERR this command would write more than {} bytes of nodes and before-images in one transaction (--max-txn-image-bytes); nothing was changed. Work on data this large in parts (SCAN-family reads with UNLINK, HDEL, SREM, ZREM or LTRIM); deleting a large collection needs no such care",
                 self.bytes_max
             )));
         }
@@ -753,6 +777,7 @@ impl<T: Send + 'static> WriterThread<T> {
                     continue;
                 }
                 let read_only = read_only_message.as_deref();
+                let housekeeping = request.housekeeping;
                 let touched = match request.program {
                     Program::Once(program) => {
                         let mut program = Some(program);
@@ -760,7 +785,14 @@ impl<T: Send + 'static> WriterThread<T> {
                             Some(p) => p(view).map(Some),
                             None => Ok(None),
                         };
-                        match self.run_txn(&mut data, &mut journal, &mut once, read_only, &mut cursor)? {
+                        match self.run_txn(
+                            &mut data,
+                            &mut journal,
+                            &mut once,
+                            read_only,
+                            housekeeping,
+                            &mut cursor,
+                        )? {
                             Ran::Done { output, seqno, touched } => {
                                 replies.push((request.reply, Ok(Committed::Done { output, seqno })));
                                 touched
@@ -773,7 +805,14 @@ impl<T: Send + 'static> WriterThread<T> {
                         }
                     }
                     Program::Blocking { id, keys, mut program } => {
-                        match self.run_txn(&mut data, &mut journal, &mut program, read_only, &mut cursor)? {
+                        match self.run_txn(
+                            &mut data,
+                            &mut journal,
+                            &mut program,
+                            read_only,
+                            false,
+                            &mut cursor,
+                        )? {
                             Ran::Done { output, seqno, touched } => {
                                 replies.push((request.reply, Ok(Committed::Done { output, seqno })));
                                 touched
@@ -844,6 +883,7 @@ impl<T: Send + 'static> WriterThread<T> {
         journal: &mut Table<'_, u64, &'static [u8]>,
         program: &mut dyn FnMut(&mut TxnView<'_, '_>) -> Result<Option<T>, Abort>,
         read_only: Option<&str>,
+        housekeeping: bool,
         cursor: &mut Cursor,
     ) -> Result<Ran<T>, StoreError> {
         let mut view = TxnView {
@@ -851,7 +891,7 @@ impl<T: Send + 'static> WriterThread<T> {
             changes: BTreeMap::new(),
             log: Vec::new(),
             bytes: 0,
-            bytes_max: self.max_txn_image_bytes,
+            bytes_max: if housekeeping { usize::MAX } else { self.max_txn_image_bytes },
             read_only,
         };
         let outcome = program(&mut view);
@@ -875,8 +915,13 @@ impl<T: Send + 'static> WriterThread<T> {
                 for c in &changes {
                     self.count(&c.key, c.before.is_some(), c.after.is_some());
                 }
-                let touched: Vec<Vec<u8>> =
-                    changes.iter().map(|c| super::node::user_key(&c.key).to_vec()).collect();
+                // Housekeeping touches keys through their heads only: its element removals
+                // belong to deleted generations.
+                let touched: Vec<Vec<u8>> = changes
+                    .iter()
+                    .filter(|c| !housekeeping || super::node::is_head(&c.key))
+                    .map(|c| super::node::user_key(&c.key).to_vec())
+                    .collect();
                 self.touch(touched.iter().map(Vec::as_slice));
                 // A supplementary instance counts its own transactions in stream 0 apart
                 // from the journal seqno (the seed's M34, M35 …).
@@ -936,7 +981,7 @@ impl<T: Send + 'static> WriterThread<T> {
             touched.clear();
             let mut unserved = Vec::new();
             for mut waiter in ready {
-                match self.run_txn(data, journal, &mut waiter.program, read_only, cursor)? {
+                match self.run_txn(data, journal, &mut waiter.program, read_only, false, cursor)? {
                     Ran::Done { output, seqno, touched: more } => {
                         enqueued.push(waiter.enqueued);
                         replies.push((waiter.reply, Ok(Committed::Done { output, seqno })));
@@ -1188,7 +1233,22 @@ impl<T: Send + 'static> WriterThread<T> {
                     }
                     self.count(&change.key, before.is_some(), change.after.is_some());
                     touched.push(super::node::user_key(&change.key).to_vec());
+                    // A local collection the source's change replaces without knowing it (both
+                    // sides created the key): its elements become garbage, as a local DEL's.
+                    let orphaned = super::node::replaced_generation(
+                        &change.key,
+                        before.as_deref(),
+                        change.before.as_deref(),
+                        change.after.as_deref(),
+                    );
                     changes.push(KeyChange { key: change.key, before, after: change.after });
+                    if let Some(garbage) = orphaned {
+                        let was = data
+                            .insert(garbage.as_slice(), &b""[..])
+                            .map_err(redb_err("write a key"))?
+                            .map(|v| v.value().to_vec());
+                        changes.push(KeyChange { key: garbage, before: was, after: Some(Vec::new()) });
+                    }
                 }
                 let local = Record {
                     kind: RecordKind::Update,

@@ -353,6 +353,21 @@ pub fn ctl(data_dir: &Path, args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// Runs `strand-engine run` for a new instance in `data_dir` with `args`, expecting it to
+/// refuse to start; its stderr.
+pub fn run_fails(data_dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(binary())
+        .arg("run")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--name", "Refused", "--resp-addr", "127.0.0.1:0"])
+        .args(args)
+        .output()
+        .expect("run the engine");
+    assert!(!out.status.success(), "the engine started with {args:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// How long replication may take to reach an expected state on a loaded 2-core machine
 /// (a source retries a failed connection within 5 s).
 pub const REPLICATION_TIMEOUT: Duration = Duration::from_secs(60);

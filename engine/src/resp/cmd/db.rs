@@ -61,6 +61,8 @@ impl Kv for TxnView<'_, '_> {
 
 /// How many nodes one range read takes at a time when a command walks a whole collection.
 const BATCH: usize = 1024;
+/// How many nodes one range read takes where values may be large and bytes are budgeted.
+const SMALL_BATCH: usize = 8;
 
 /// Largest collection (in elements, and in bytes of its nodes) whose elements a delete removes
 /// in its own transaction; a larger one's become garbage for the reclaim cycle (as Redis
@@ -168,8 +170,12 @@ impl Db<'_> {
             }
             return Ok(());
         }
-        if old.is_some_and(|o| o.len == new.len && o.first == new.first && o.expire_at_ms == new.expire_at_ms)
-        {
+        if old.is_some_and(|o| {
+            o.len == new.len
+                && o.first == new.first
+                && o.expire_at_ms == new.expire_at_ms
+                && o.generation == new.generation
+        }) {
             return Ok(());
         }
         self.put_head(key, old, new)
@@ -189,18 +195,22 @@ impl Db<'_> {
     /// garbage (one node), which the primary's reclaim cycle removes in bounded transactions,
     /// so deleting a collection of any size is one small transaction.
     pub fn delete_key(&mut self, key: &[u8], head: &Head) -> Result<(), Abort> {
-        if head.kind != Kind::String {
-            let small = head.len <= INLINE_DELETE_MAX && {
-                let prefix = node::elements(key, head.generation);
-                let end = node::prefix_end(&prefix);
-                // Two nodes per sorted-set member, and its rank index: read a little past.
-                let nodes = self.kv.range(
-                    (Bound::Included(&prefix), end_bound(end.as_deref())),
-                    false,
-                    usize::try_from(INLINE_DELETE_MAX).unwrap_or(usize::MAX) * 3,
+        self.delete_key_as(key, head, false)
+    }
+
+    /// [`Db::delete_key`], with `lazily`: every collection's elements become garbage, however
+    /// small (FLUSHALL: its transaction then grows with the keys, not their elements).
+    pub fn delete_key_as(&mut self, key: &[u8], head: &Head, lazily: bool) -> Result<(), Abort> {
+        if head.kind != Kind::String && lazily {
+            self.kv.put(&node::garbage(key, head.generation), b"")?;
+        } else if head.kind != Kind::String {
+            // Two nodes per sorted-set member (and an index): up to three nodes an element.
+            let small = head.len <= INLINE_DELETE_MAX
+                && self.prefix_within(
+                    &node::elements(key, head.generation),
+                    usize::try_from(INLINE_DELETE_MAX * 3).unwrap_or(usize::MAX),
+                    INLINE_DELETE_BYTES_MAX,
                 )?;
-                nodes.iter().map(|(n, v)| n.len() + v.len()).sum::<usize>() <= INLINE_DELETE_BYTES_MAX
-            };
             if small {
                 self.remove_elements(key, head.generation, usize::MAX)?;
             } else {
@@ -208,6 +218,31 @@ impl Db<'_> {
             }
         }
         self.remove_head(key, head)
+    }
+
+    /// Whether the nodes under `prefix` number at most `max_nodes` and take at most
+    /// `max_bytes` (names and values), read a few at a time so a large value is never read
+    /// beside many others.
+    fn prefix_within(&self, prefix: &[u8], max_nodes: usize, max_bytes: usize) -> Result<bool, Abort> {
+        let end = node::prefix_end(prefix);
+        let (mut nodes, mut bytes) = (0usize, 0usize);
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let lower = after.as_deref().map_or(Bound::Included(prefix), Bound::Excluded);
+            let batch = self.kv.range((lower, end_bound(end.as_deref())), false, SMALL_BATCH)?;
+            let done = batch.len() < SMALL_BATCH;
+            for (n, v) in &batch {
+                nodes += 1;
+                bytes += n.len() + v.len();
+                if nodes > max_nodes || bytes > max_bytes {
+                    return Ok(false);
+                }
+            }
+            if done {
+                return Ok(true);
+            }
+            after = batch.into_iter().last().map(|(n, _)| n);
+        }
     }
 
     /// Removes up to `limit` element nodes of generation `generation` of `key`; how many.
@@ -230,8 +265,8 @@ impl Db<'_> {
         Ok(removed)
     }
 
-    /// One step of the reclaim cycle: removes element nodes of deleted collections, oldest
-    /// garbage first, until `max_nodes` nodes or `max_bytes` bytes (names and values) are
+    /// One step of the reclaim cycle: removes element nodes of deleted collections, garbage
+    /// in key order, until `max_nodes` nodes or `max_bytes` bytes (names and values) are
     /// removed, and each garbage node whose elements are all gone. Returns how many element
     /// nodes it removed, and whether garbage is left.
     pub fn reclaim(&mut self, max_nodes: usize, max_bytes: usize) -> Result<(usize, bool), Abort> {
@@ -249,7 +284,8 @@ impl Db<'_> {
                 if removed >= max_nodes || bytes >= max_bytes {
                     return Ok((removed, true));
                 }
-                let want = (max_nodes - removed).min(BATCH);
+                // A few at a time: values can be large, and the byte budget is checked per node.
+                let want = (max_nodes - removed).min(SMALL_BATCH);
                 let batch =
                     self.kv.range((Bound::Included(&prefix), end_bound(end.as_deref())), false, want)?;
                 if batch.is_empty() {

@@ -284,8 +284,8 @@ fn flushall(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
         Some(_) => return Err(cmd_err("ERR syntax error")),
     }
     a.finish()?;
-    // Every key as DEL removes it: a large collection's elements become garbage for the
-    // reclaim cycle, so FLUSHALL journals heads (and small collections), not every element.
+    // Every key's head goes; every collection's elements become garbage for the reclaim
+    // cycle, so FLUSHALL journals the heads (and string values), not every element.
     loop {
         let batch = db.kv.range(
             (Bound::Included(node::HEADS_START), Bound::Excluded(node::HEADS_END)),
@@ -298,7 +298,7 @@ fn flushall(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
         for (n, v) in batch {
             let key = n.get(1..).unwrap_or_default();
             match node::Head::decode(&v) {
-                Some(head) => db.delete_key(key, &head)?,
+                Some(head) => db.delete_key_as(key, &head, true)?,
                 None => {
                     db.kv.remove(&n)?;
                 }

@@ -262,6 +262,11 @@ fn ltrim(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
     let Some(old) = db.typed_for_write(&key, Kind::List)? else { return Ok(Frame::ok()) };
     let len = usize::try_from(old.len).unwrap_or(usize::MAX);
     let keep = index_range(start, end, len);
+    if keep.is_none() {
+        // Trimmed to nothing: the key goes, its elements reclaimed like a DEL's.
+        db.delete_key(&key, &old)?;
+        return Ok(Frame::ok());
+    }
     let mut head = old.clone();
     let (s, e) = keep.map_or((len, len), |(s, e)| (s, e + 1));
     // Remove what lies outside [s, e): no element moves.

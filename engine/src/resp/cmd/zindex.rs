@@ -129,11 +129,7 @@ pub fn inserted(db: &mut Db<'_>, key: &[u8], generation: u64, len: u64, at: &[u8
         if len <= FANOUT {
             return Ok(());
         }
-        // Build: one root over every order node, split at once.
-        let root = Fence { key: Vec::new(), elements: len, children: len };
-        write(db, key, generation, 1, &root)?;
-        top = 1;
-        return split(db, key, generation, 1, root, &mut top);
+        return build(db, key, generation);
     }
     let mut leaf = None;
     for level in 1..=top {
@@ -151,6 +147,52 @@ pub fn inserted(db: &mut Db<'_>, key: &[u8], generation: u64, len: u64, at: &[u8
         Some(f) if f.children > FANOUT => split(db, key, generation, 1, f, &mut top),
         _ => Ok(()),
     }
+}
+
+/// Builds the index of a set that has none, bottom up: a level-1 fence every `FANOUT / 2`
+/// order nodes (the first at the empty key), then levels above it likewise, up to one root.
+fn build(db: &mut Db<'_>, key: &[u8], generation: u64) -> Result<(), Abort> {
+    const HALF: u64 = FANOUT / 2;
+    let mut below: Vec<(Vec<u8>, u64)> = Vec::new();
+    let mut current = Fence { key: Vec::new(), elements: 0, children: 0 };
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let from = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+        let batch = db.elements(key, generation, ZSET_ORDER, from, false, 1024)?;
+        let done = batch.len() < 1024;
+        for (sub, _) in batch {
+            if current.children == HALF {
+                write(db, key, generation, 1, &current)?;
+                below.push((current.key, current.elements));
+                current = Fence { key: sub.clone(), elements: 0, children: 0 };
+            }
+            current.elements += 1;
+            current.children += 1;
+            after = Some(sub);
+        }
+        if done {
+            break;
+        }
+    }
+    write(db, key, generation, 1, &current)?;
+    below.push((current.key, current.elements));
+    let mut level = 1u8;
+    while below.len() > 1 {
+        level = level.checked_add(1).ok_or_else(|| corrupt(key, "too many levels"))?;
+        let mut next = Vec::new();
+        for chunk in below.chunks(HALF as usize) {
+            let Some((first, _)) = chunk.first() else { continue };
+            let f = Fence {
+                key: first.clone(),
+                elements: chunk.iter().map(|(_, n)| n).sum(),
+                children: chunk.len() as u64,
+            };
+            write(db, key, generation, level, &f)?;
+            next.push((f.key, f.elements));
+        }
+        below = next;
+    }
+    Ok(())
 }
 
 /// Splits fence `f` at `level` at its middle child, and its parent in turn while one has
@@ -238,7 +280,8 @@ fn drop_empty(
         db.remove_element(key, generation, ZSET_RANK, &sub(level, k))?;
         let mut parent = covering(db, key, generation, level + 1, k)?;
         if parent.key != k {
-            parent.children -= 1;
+            parent.children =
+                parent.children.checked_sub(1).ok_or_else(|| corrupt(key, "a fence counts no child"))?;
             return write(db, key, generation, level + 1, &parent);
         }
         if parent.children > 1 {
@@ -246,7 +289,8 @@ fn drop_empty(
             let next = fences(db, key, generation, level, Bound::Excluded(k), 1)?;
             let next =
                 next.first().ok_or_else(|| corrupt(key, "a fence's next child is missing"))?.key.clone();
-            parent.children -= 1;
+            parent.children =
+                parent.children.checked_sub(1).ok_or_else(|| corrupt(key, "a fence counts no child"))?;
             let mut above = level + 1;
             let mut f = parent;
             loop {
@@ -553,6 +597,27 @@ mod tests {
                 select(&db, KEY, head.generation, rank as u64).expect("select").as_ref(),
                 Some(&order[rank])
             );
+        }
+    }
+
+    /// An index built at once over a set far larger than one fence.
+    #[test]
+    fn a_large_set_is_indexed_bottom_up() {
+        let mut kv = Memory::default();
+        let mut db = Db { kv: &mut kv, now_ms: 0, counts: None };
+        let generation = 9;
+        let mut order = Vec::new();
+        for i in 0..20_000u32 {
+            let sub = order_sub(f64::from(i % 13), &i.to_be_bytes());
+            db.put_element(KEY, generation, ZSET_ORDER, &sub, b"").expect("put");
+            order.push(sub);
+        }
+        order.sort();
+        inserted(&mut db, KEY, generation, 20_000, &order[0]).expect("build");
+        check(&db, KEY, generation, 20_000).expect("consistent");
+        assert_eq!(height(&db, KEY, generation).expect("height"), 3);
+        for rank in (0..order.len()).step_by(997) {
+            assert_eq!(count_before(&db, KEY, generation, &order[rank]).expect("count"), rank as u64);
         }
     }
 

@@ -581,7 +581,7 @@ fn rank(db: &mut Db<'_>, a: &mut Args, rev: bool) -> Result<Frame, Abort> {
     let Some(head) = db.typed(&key, Kind::ZSet)? else { return Ok(Frame::Null) };
     let Some(s) = score(db, &key, head.generation, &member)? else { return Ok(Frame::Null) };
     let before = zindex::count_before(db, &key, head.generation, &order_sub(s, &member))?;
-    let r = if rev { head.len - 1 - before } else { before };
+    let r = if rev { head.len.saturating_sub(before + 1) } else { before };
     Ok(Frame::Integer(i64::try_from(r).unwrap_or(i64::MAX)))
 }
 
@@ -666,6 +666,11 @@ fn zlexcount(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
 }
 
 fn remove_items(db: &mut Db<'_>, key: &[u8], old: &Head, items: &[(Vec<u8>, f64)]) -> Result<Frame, Abort> {
+    if items.len() as u64 == old.len {
+        // Every member: the key goes, its nodes reclaimed like a DEL's.
+        db.delete_key(key, old)?;
+        return Ok(Frame::Integer(i64::try_from(items.len()).unwrap_or(i64::MAX)));
+    }
     let mut head = old.clone();
     for (m, _) in items {
         remove(db, key, &mut head, m)?;

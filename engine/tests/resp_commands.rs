@@ -561,3 +561,68 @@ fn a_transaction_past_the_image_bound_is_refused_whole() {
     assert_eq!(c.exists::<_, i64>("big").unwrap(), 0);
     server.verify();
 }
+
+/// BITOP and BITFIELD as Redis answers them (Redis's own unit/bitfield and unit/bitops run
+/// by hand; docs/compatibility.md).
+#[test]
+fn bitop_and_bitfield() {
+    let (_dir, server) = server();
+    let mut c = server.client();
+    let () = c.set("a", "foobar").unwrap();
+    let () = c.set("b", "abcdef").unwrap();
+    let n: i64 =
+        redis::cmd("BITOP").arg("AND").arg("dest").arg("a").arg("b").arg("missing").query(&mut c).unwrap();
+    assert_eq!(n, 6);
+    assert_eq!(c.get::<_, Vec<u8>>("dest").unwrap(), vec![0; 6], "a missing key is zeros");
+    let _: i64 = redis::cmd("BITOP").arg("XOR").arg("dest").arg("a").arg("b").query(&mut c).unwrap();
+    let want: Vec<u8> = b"foobar".iter().zip(b"abcdef").map(|(x, y)| x ^ y).collect();
+    assert_eq!(c.get::<_, Vec<u8>>("dest").unwrap(), want);
+    let err = redis::cmd("BITOP").arg("NOT").arg("dest").arg("a").arg("b").query::<i64>(&mut c).unwrap_err();
+    assert!(err.to_string().contains("single source key"), "{err}");
+    let n: i64 = redis::cmd("BITOP").arg("OR").arg("dest").arg("none1").arg("none2").query(&mut c).unwrap();
+    assert_eq!((n, c.exists::<_, bool>("dest").unwrap()), (0, false), "an empty result deletes destkey");
+
+    let r: Vec<Option<i64>> = redis::cmd("BITFIELD")
+        .arg("bf")
+        .arg("SET")
+        .arg("u8")
+        .arg("#1")
+        .arg(250)
+        .arg("INCRBY")
+        .arg("u8")
+        .arg("#1")
+        .arg(10)
+        .arg("OVERFLOW")
+        .arg("SAT")
+        .arg("INCRBY")
+        .arg("u8")
+        .arg("#1")
+        .arg(300)
+        .arg("OVERFLOW")
+        .arg("FAIL")
+        .arg("INCRBY")
+        .arg("i4")
+        .arg(0)
+        .arg(8)
+        .arg("GET")
+        .arg("i16")
+        .arg(0)
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(r, vec![Some(0), Some(4), Some(255), None, Some(255)]);
+    assert_eq!(c.strlen::<_, i64>("bf").unwrap(), 2, "the string grew to hold field #1");
+    let r: Vec<i64> = redis::cmd("BITFIELD_RO").arg("bf").arg("GET").arg("u8").arg(8).query(&mut c).unwrap();
+    assert_eq!(r, vec![255]);
+    let err = redis::cmd("BITFIELD_RO")
+        .arg("bf")
+        .arg("SET")
+        .arg("u8")
+        .arg(0)
+        .arg(1)
+        .query::<()>(&mut c)
+        .unwrap_err();
+    assert!(err.to_string().contains("only supports the GET subcommand"), "{err}");
+    let err = redis::cmd("BITFIELD").arg("bf").arg("GET").arg("u64").arg(0).query::<()>(&mut c).unwrap_err();
+    assert!(err.to_string().contains("u64 is not supported"), "{err}");
+    server.verify();
+}

@@ -26,6 +26,14 @@ pub const DOCS: &[Doc] = &[
         "2.6.0",
         "Counts the set bits of a string, optionally within a byte or bit range.",
     ),
+    doc(
+        "bitfield",
+        "bitmap",
+        "3.2.0",
+        "Reads, sets and increments integer fields of any width at bit offsets of a string.",
+    ),
+    doc("bitfield_ro", "bitmap", "6.0.0", "Reads integer fields of any width at bit offsets of a string."),
+    doc("bitop", "bitmap", "2.6.0", "Stores the bitwise AND, OR, XOR or NOT of strings in a key."),
     doc("bitpos", "bitmap", "2.8.7", "Finds the first bit set to 0 or 1 in a string."),
     doc("blmove", "list", "6.2.0", "Moves an element from one list to another, blocking until one is there."),
     doc(

@@ -1,4 +1,4 @@
-//! DUMP and RESTORE in Strand's own serialized form, and the bit commands on strings.
+//! DUMP and RESTORE in Strand's own serialized form, and TIME, SAVE and SHUTDOWN.
 //!
 //! A DUMP payload is `ST`, a format version, the type, its elements, and a CRC-32 of all of
 //! it. It moves a key between Strand instances (or back into the same one); it is not
@@ -6,7 +6,7 @@
 //! RESTORE refuses a payload made by Redis with a clear error.
 
 use super::db::{Db, cmd_err};
-use super::{Args, K1, NOKEY, R, RF, Spec, W, data, parse_integer};
+use super::{Args, K1, NOKEY, R, RF, Spec, W, data};
 use crate::frame::Frame;
 use crate::storage::node::{HASH_FIELD, Head, Kind, LIST_ITEM, SET_MEMBER, ZSET_ORDER};
 use crate::storage::writer::Abort;
@@ -14,10 +14,6 @@ use crate::storage::writer::Abort;
 pub const SPECS: &[Spec] = &[
     data("dump", 2, R, K1, dump),
     data("restore", -4, W, K1, restore),
-    data("setbit", 4, W, K1, setbit),
-    data("getbit", 3, RF, K1, getbit),
-    data("bitcount", -2, R, K1, bitcount),
-    data("bitpos", -3, R, K1, bitpos),
     data("time", 1, RF, NOKEY, time),
     data("save", 1, NO_MULTI, NOKEY, save),
     data("shutdown", -1, NO_MULTI, NOKEY, shutdown),
@@ -235,115 +231,6 @@ fn restore(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
 fn finish(db: &mut Db<'_>, key: &[u8], mut head: Head, at: u64) -> Result<(), Abort> {
     head.expire_at_ms = at;
     db.store_collection(key, None, &head)
-}
-
-fn bit_offset(a: &mut Args) -> Result<u64, Abort> {
-    let n = a.integer_or("ERR bit offset is not an integer or out of range")?;
-    u64::try_from(n)
-        .ok()
-        .filter(|n| *n < 1 << 32)
-        .ok_or_else(|| cmd_err("ERR bit offset is not an integer or out of range"))
-}
-
-fn setbit(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
-    let key = a.next_arg()?;
-    let offset = bit_offset(a)?;
-    let bit = match a.next_arg()?.as_slice() {
-        b"0" => 0u8,
-        b"1" => 1u8,
-        _ => return Err(cmd_err("ERR bit is not an integer or out of range")),
-    };
-    let byte = usize::try_from(offset / 8).unwrap_or(usize::MAX);
-    super::check_value_len(byte.saturating_add(1))?;
-    let mut value = db.get_string(&key)?.unwrap_or_default();
-    if value.len() <= byte {
-        value.resize(byte + 1, 0);
-    }
-    let mask = 0x80u8 >> (offset % 8);
-    let old = value.get(byte).map_or(0, |b| u8::from(b & mask != 0));
-    if let Some(b) = value.get_mut(byte) {
-        if bit == 1 { *b |= mask } else { *b &= !mask }
-    }
-    db.set_string(&key, &value, 0, true)?;
-    Ok(Frame::Integer(i64::from(old)))
-}
-
-fn getbit(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
-    let key = a.next_arg()?;
-    let offset = bit_offset(a)?;
-    let value = db.get_string(&key)?.unwrap_or_default();
-    let byte = usize::try_from(offset / 8).unwrap_or(usize::MAX);
-    let bit = value.get(byte).map_or(0, |b| u8::from(b & (0x80u8 >> (offset % 8)) != 0));
-    Ok(Frame::Integer(i64::from(bit)))
-}
-
-/// `[start end [BYTE|BIT]]` as a bit range over a string of `len` bytes: (first, last) bit,
-/// or `None` when empty.
-fn bit_range(a: &mut Args, len: usize, need_end: bool) -> Result<Option<(u64, u64)>, Abort> {
-    let bits_total = (len as u64) * 8;
-    let Some(start) = a.optional() else {
-        return Ok((len > 0).then(|| (0, bits_total - 1)));
-    };
-    let start =
-        parse_integer(&start).ok_or_else(|| cmd_err("ERR value is not an integer or out of range"))?;
-    let end = match a.optional() {
-        Some(e) => {
-            Some(parse_integer(&e).ok_or_else(|| cmd_err("ERR value is not an integer or out of range"))?)
-        }
-        None if need_end => return Err(cmd_err("ERR syntax error")),
-        None => None,
-    };
-    let unit_bits = match a.option().as_deref() {
-        None | Some(b"BYTE") => false,
-        Some(b"BIT") => true,
-        Some(_) => return Err(cmd_err("ERR syntax error")),
-    };
-    a.finish()?;
-    let total = i64::try_from(if unit_bits { bits_total } else { len as u64 }).unwrap_or(i64::MAX);
-    let end = end.unwrap_or(total - 1);
-    let norm = |x: i64| if x < 0 { (total + x).max(0) } else { x };
-    let (s, e) = (norm(start), norm(end).min(total - 1));
-    if total == 0 || s > e {
-        return Ok(None);
-    }
-    let (s, e) = (s.unsigned_abs(), e.unsigned_abs());
-    Ok(Some(if unit_bits { (s, e) } else { (s * 8, e * 8 + 7) }))
-}
-
-fn bit_at(value: &[u8], i: u64) -> bool {
-    value.get(usize::try_from(i / 8).unwrap_or(usize::MAX)).is_some_and(|b| b & (0x80u8 >> (i % 8)) != 0)
-}
-
-fn bitcount(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
-    let key = a.next_arg()?;
-    let value = db.get_string(&key)?.unwrap_or_default();
-    let n = match bit_range(a, value.len(), true)? {
-        None => 0,
-        Some((s, e)) => (s..=e).filter(|&i| bit_at(&value, i)).count(),
-    };
-    Ok(Frame::Integer(i64::try_from(n).unwrap_or(i64::MAX)))
-}
-
-fn bitpos(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
-    let key = a.next_arg()?;
-    let want = match a.next_arg()?.as_slice() {
-        b"0" => false,
-        b"1" => true,
-        _ => return Err(cmd_err("ERR The bit argument must be 1 or 0.")),
-    };
-    let explicit_end = a.remaining() >= 2;
-    let Some(head) = db.typed(&key, Kind::String)? else {
-        return Ok(Frame::Integer(if want { -1 } else { 0 }));
-    };
-    let value = head.value;
-    let Some((s, e)) = bit_range(a, value.len(), false)? else { return Ok(Frame::Integer(-1)) };
-    match (s..=e).find(|&i| bit_at(&value, i) == want) {
-        Some(i) => Ok(Frame::Integer(i64::try_from(i).unwrap_or(i64::MAX))),
-        // Looking for a clear bit without an explicit end: the string is taken as padded
-        // with zeros on the right, as Redis does.
-        None if !want && !explicit_end => Ok(Frame::Integer(i64::try_from(e + 1).unwrap_or(i64::MAX))),
-        None => Ok(Frame::Integer(-1)),
-    }
 }
 
 fn time(db: &mut Db<'_>, _: &mut Args) -> Result<Frame, Abort> {

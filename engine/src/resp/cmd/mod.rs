@@ -11,6 +11,7 @@
 //! Reads outside a transaction run on a committed snapshot; writes, and every command inside
 //! MULTI/EXEC, run in the writer thread against a [`TxnView`].
 
+pub mod bits;
 pub mod db;
 pub mod docs;
 pub mod dump;
@@ -121,6 +122,7 @@ pub fn specs() -> impl Iterator<Item = &'static Spec> {
         .chain(sets::SPECS)
         .chain(lists::SPECS)
         .chain(zsets::SPECS)
+        .chain(bits::SPECS)
         .chain(dump::SPECS)
         .chain(sort::SPECS)
 }

@@ -132,11 +132,7 @@ fn churn(server: &Server) {
 #[test]
 fn every_type_replicates_and_an_online_rollback_restores_every_key_exactly() {
     let dir = tempdir();
-    let ardmore = Server::start_replicating(dir.path(), "Ardmore");
-    let brynmawr = Server::start_replicating(dir.path(), "BrynMawr");
-    ardmore.ctl(&["promote"]);
-    brynmawr.ctl(&["receiver", "start"]);
-    ardmore.ctl(&["source", "start", "--receiver", "BrynMawr", "--addr", &brynmawr.repl_addr()]);
+    let (ardmore, brynmawr) = Server::bc_pair(dir.path());
 
     seed(&ardmore);
     let seeded = ardmore.seqno();
@@ -205,11 +201,7 @@ fn every_type_replicates_and_an_online_rollback_restores_every_key_exactly() {
 #[test]
 fn a_secondary_hides_an_expired_key_but_only_the_primary_removes_it() {
     let dir = tempdir();
-    let ardmore = Server::start_replicating(dir.path(), "Ardmore");
-    let brynmawr = Server::start_replicating(dir.path(), "BrynMawr");
-    ardmore.ctl(&["promote"]);
-    brynmawr.ctl(&["receiver", "start"]);
-    ardmore.ctl(&["source", "start", "--receiver", "BrynMawr", "--addr", &brynmawr.repl_addr()]);
+    let (ardmore, brynmawr) = Server::bc_pair(dir.path());
     let mut p = ardmore.client();
     let () = redis::cmd("SET").arg("session").arg("abc").arg("PX").arg(400).query(&mut p).unwrap();
     let () = p.set("keep", "yes").unwrap();
@@ -309,11 +301,7 @@ fn si_streams_carry_collection_changes_with_their_tags() {
 #[test]
 fn a_large_collection_is_deleted_in_one_small_transaction_and_reclaimed_in_bounded_ones() {
     let dir = tempdir();
-    let ardmore = Server::start_replicating(dir.path(), "Ardmore");
-    let brynmawr = Server::start_replicating(dir.path(), "BrynMawr");
-    ardmore.ctl(&["promote"]);
-    brynmawr.ctl(&["receiver", "start"]);
-    ardmore.ctl(&["source", "start", "--receiver", "BrynMawr", "--addr", &brynmawr.repl_addr()]);
+    let (ardmore, brynmawr) = Server::bc_pair(dir.path());
 
     let mut c = ardmore.client();
     for chunk in 0..10 {

@@ -19,51 +19,15 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::cutdisk::{Disk, describe, seed_and_rounds};
 use common::writers::{Book, check, join_writers, writers};
 use common::{Rng, Server, tempdir, wait_until};
 use redis::Commands;
-use strand_cutfs::{CutReport, Mount};
-
-fn seed_and_rounds(default_rounds: usize) -> (u64, usize) {
-    common::seed_and_rounds("STRAND_POWERCUT_SEED", "STRAND_POWERCUT_ROUNDS", default_rounds)
-}
-
-/// A disk: a backing directory and the mount point where cutfs shows it.
-struct Disk {
-    backing: PathBuf,
-    mnt: PathBuf,
-}
-
-impl Disk {
-    fn new(root: &Path, name: &str) -> Disk {
-        let backing = root.join(format!("{name}.disk"));
-        let mnt = root.join(name);
-        std::fs::create_dir_all(&backing).unwrap();
-        std::fs::create_dir_all(&mnt).unwrap();
-        Disk { backing, mnt }
-    }
-
-    fn mount(&self) -> Mount {
-        Mount::new(&self.backing, &self.mnt).unwrap_or_else(|e| {
-            panic!(
-                "cannot mount cutfs at {} (needs root, /dev/fuse and fusermount3 from fuse3): {e}",
-                self.mnt.display()
-            )
-        })
-    }
-}
-
-fn describe(r: &CutReport) -> String {
-    format!(
-        "{} killed, {} bytes in {} files dropped, {} names undone",
-        r.killed, r.bytes_dropped, r.files_dropped, r.names_undone
-    )
-}
 
 #[test]
 fn acknowledged_writes_survive_power_cuts() {

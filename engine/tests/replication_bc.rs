@@ -50,11 +50,7 @@ fn lost_keys(txns: &[serde_json::Value]) -> Vec<String> {
 #[test]
 fn ardmore_crashes_brynmawr_takes_over_ardmore_rolls_off_a99_and_rejoins() {
     let dir = tempdir();
-    let mut ardmore = Server::start_replicating(dir.path(), "Ardmore");
-    let brynmawr = Server::start_replicating(dir.path(), "BrynMawr");
-    ardmore.ctl(&["promote"]);
-    brynmawr.ctl(&["receiver", "start"]);
-    ardmore.ctl(&["source", "start", "--receiver", "BrynMawr", "--addr", &brynmawr.repl_addr()]);
+    let (mut ardmore, brynmawr) = Server::bc_pair(dir.path());
 
     write(&ardmore, labels("A", 1..=98));
     wait_until("BrynMawr to hold A98", || brynmawr.seqno() == 98);
@@ -169,11 +165,7 @@ fn online_rollback_of_the_primary_and_a_secondary_with_autorollback_follows() {
 #[test]
 fn planned_switchover_loses_no_acknowledged_write() {
     let dir = tempdir();
-    let ardmore = Server::start_replicating(dir.path(), "Ardmore");
-    let brynmawr = Server::start_replicating(dir.path(), "BrynMawr");
-    ardmore.ctl(&["promote"]);
-    brynmawr.ctl(&["receiver", "start"]);
-    ardmore.ctl(&["source", "start", "--receiver", "BrynMawr", "--addr", &brynmawr.repl_addr()]);
+    let (ardmore, brynmawr) = Server::bc_pair(dir.path());
 
     let urls = [ardmore.url(), brynmawr.url()];
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

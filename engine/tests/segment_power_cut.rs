@@ -10,46 +10,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use common::cutdisk::{Disk, describe, seed_and_rounds};
 use common::{Rng, tempdir};
-use strand_cutfs::{CutReport, Mount};
-
-fn seed_and_rounds(default_rounds: usize) -> (u64, usize) {
-    common::seed_and_rounds("STRAND_POWERCUT_SEED", "STRAND_POWERCUT_ROUNDS", default_rounds)
-}
-
-/// A disk: a backing directory and the mount point where cutfs shows it.
-struct Disk {
-    backing: PathBuf,
-    mnt: PathBuf,
-}
-
-impl Disk {
-    fn new(root: &Path, name: &str) -> Disk {
-        let backing = root.join(format!("{name}.disk"));
-        let mnt = root.join(name);
-        std::fs::create_dir_all(&backing).unwrap();
-        std::fs::create_dir_all(&mnt).unwrap();
-        Disk { backing, mnt }
-    }
-
-    fn mount(&self) -> Mount {
-        Mount::new(&self.backing, &self.mnt).unwrap_or_else(|e| {
-            panic!(
-                "cannot mount cutfs at {} (needs root, /dev/fuse and fusermount3): {e}",
-                self.mnt.display()
-            )
-        })
-    }
-}
-
-fn describe(r: &CutReport) -> String {
-    format!("{} bytes in {} files dropped, {} names undone", r.bytes_dropped, r.files_dropped, r.names_undone)
-}
 
 /// Journal segments (decision 0002's write-ahead log, step 1) through power cuts: a writer
 /// appends groups of frames, syncs each group before counting it acknowledged, and starts a

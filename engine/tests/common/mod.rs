@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod cutdisk;
 pub mod proxy;
 pub mod writers;
 
@@ -482,6 +483,17 @@ impl Server {
 
     pub fn seqno(&self) -> u64 {
         self.status()["journal_seqno"].as_u64().expect("seqno")
+    }
+
+    /// Ardmore, promoted, streaming over BC to BrynMawr, a receiver: the family most tests
+    /// start from.
+    pub fn bc_pair(root: &Path) -> (Server, Server) {
+        let ardmore = Server::start_replicating(root, "Ardmore");
+        let brynmawr = Server::start_replicating(root, "BrynMawr");
+        ardmore.ctl(&["promote"]);
+        brynmawr.ctl(&["receiver", "start"]);
+        ardmore.ctl(&["source", "start", "--receiver", "BrynMawr", "--addr", &brynmawr.repl_addr()]);
+        (ardmore, brynmawr)
     }
 
     pub fn ctl(&self, args: &[&str]) -> serde_json::Value {

@@ -25,7 +25,7 @@ use crate::frame::Frame;
 use crate::resp::cmd::db::{Db, ReadOnly};
 use crate::shutdown::Shutdown;
 use crate::storage::node;
-use crate::storage::writer::{Committed, TxnProgram};
+use crate::storage::writer::{Abort, Committed, TxnProgram};
 
 /// Most keys one run removes.
 pub const KEYS_PER_RUN: usize = 200;
@@ -61,11 +61,7 @@ pub async fn run(engine: Arc<Engine>, mut shutdown: Shutdown) {
 }
 
 /// Entries of the expiry index due at `now_ms`: (expire_at_ms, key).
-pub fn due(
-    db: &Db<'_>,
-    now_ms: u64,
-    limit: usize,
-) -> Result<Vec<(u64, Vec<u8>)>, crate::storage::writer::Abort> {
+pub fn due(db: &Db<'_>, now_ms: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, Abort> {
     // Every entry at or before now: keys sort after the 9-byte prefix, so the bound is the
     // first entry of the next millisecond.
     let upper = node::expiry(now_ms.saturating_add(1), b"");
@@ -103,13 +99,11 @@ async fn run_once(engine: &Engine) -> bool {
         return false;
     }
     let full = entries.len() == KEYS_PER_RUN;
-    let program: TxnProgram<Frame> = Box::new(move |view| {
-        let mut db = Db { kv: view, now_ms, counts: None };
-        let (mut removed, mut bytes, mut stopped) = (0, 0usize, false);
+    let stopped = housekeep(engine, "expiry", &engine.metrics.expired_keys_total, move |db| {
+        let (mut removed, mut bytes) = (0u64, 0usize);
         for (at, key) in &entries {
             if bytes >= EXPIRY_BYTES_PER_RUN {
-                stopped = true; // the rest in the next run, at once
-                break;
+                return Ok((removed, true)); // the rest in the next run, at once
             }
             // Only if the key still expires then (a write since the snapshot may have
             // changed it); `head_for_write` removes an expired key as a journaled delete.
@@ -119,7 +113,7 @@ async fn run_once(engine: &Engine) -> bool {
                     // A string's value is its before-image; a collection's elements are
                     // removed inline only when small (else reclaimed later).
                     bytes += key.len() + h.value.len();
-                    if h.expired(now_ms) && db.head_for_write(key)?.is_none() {
+                    if h.expired(db.now_ms) && db.head_for_write(key)?.is_none() {
                         removed += 1;
                     }
                 }
@@ -130,19 +124,40 @@ async fn run_once(engine: &Engine) -> bool {
                 }
             }
         }
-        Ok(Frame::Array(vec![Frame::Integer(removed), Frame::Integer(i64::from(stopped))]))
+        Ok((removed, false))
+    })
+    .await;
+    full || stopped
+}
+
+/// Runs one housekeeping transaction (`Writer::submit_housekeeping`): `work` returns how
+/// many things it removed (added to `counter`) and whether more is left; that flag, or
+/// `false` when the run did not commit.
+async fn housekeep(
+    engine: &Engine,
+    what: &'static str,
+    counter: &prometheus::IntCounter,
+    work: impl FnOnce(&mut Db<'_>) -> Result<(u64, bool), Abort> + Send + 'static,
+) -> bool {
+    let program: TxnProgram<Frame> = Box::new(move |view| {
+        let mut db = Db { kv: view, now_ms: crate::resp::cmd::now_ms(), counts: None };
+        let (n, more) = work(&mut db)?;
+        Ok(Frame::Array(vec![
+            Frame::Integer(i64::try_from(n).unwrap_or(i64::MAX)),
+            Frame::Integer(i64::from(more)),
+        ]))
     });
     match engine.writer.submit_housekeeping(program).await {
         Ok(Committed::Done { output: Frame::Array(out), .. }) => match out.as_slice() {
-            [Frame::Integer(n), Frame::Integer(stopped)] => {
-                engine.metrics.expired_keys_total.inc_by(u64::try_from(*n).unwrap_or(0));
-                full || *stopped != 0
+            [Frame::Integer(n), Frame::Integer(more)] => {
+                counter.inc_by(u64::try_from(*n).unwrap_or(0));
+                *more != 0
             }
-            _ => full,
+            _ => false,
         },
-        Ok(_) => full,
+        Ok(_) => false,
         Err(e) => {
-            tracing::warn!(error = %e, "expiry run did not commit");
+            tracing::warn!(error = %e, "{what} run did not commit");
             false
         }
     }
@@ -150,14 +165,9 @@ async fn run_once(engine: &Engine) -> bool {
 
 /// One reclaim run; whether garbage is left.
 async fn reclaim_once(engine: &Engine) -> bool {
-    let pending = match engine.store.snapshot() {
-        Ok(snapshot) => {
-            let mut kv = ReadOnly(&snapshot);
-            let db = Db { kv: &mut kv, now_ms: 0, counts: None };
-            db.kv
-                .range((Bound::Included(node::GARBAGE_START), Bound::Excluded(node::GARBAGE_END)), false, 1)
-                .is_ok_and(|g| !g.is_empty())
-        }
+    let garbage = (Bound::Included(node::GARBAGE_START), Bound::Excluded(node::GARBAGE_END));
+    let pending = match engine.store.snapshot().and_then(|s| s.range(garbage, false, 1)) {
+        Ok(found) => !found.is_empty(),
         Err(e) => {
             tracing::warn!(error = %crate::base::error_chain(&e), "reclaim cycle cannot read");
             false
@@ -166,26 +176,9 @@ async fn reclaim_once(engine: &Engine) -> bool {
     if !pending {
         return false;
     }
-    let program: TxnProgram<Frame> = Box::new(move |view| {
-        let mut db = Db { kv: view, now_ms: crate::resp::cmd::now_ms(), counts: None };
+    housekeep(engine, "reclaim", &engine.metrics.reclaimed_nodes_total, |db| {
         let (removed, more) = db.reclaim(RECLAIM_NODES_PER_RUN, RECLAIM_BYTES_PER_RUN)?;
-        Ok(Frame::Array(vec![
-            Frame::Integer(i64::try_from(removed).unwrap_or(i64::MAX)),
-            Frame::Integer(i64::from(more)),
-        ]))
-    });
-    match engine.writer.submit_housekeeping(program).await {
-        Ok(Committed::Done { output: Frame::Array(out), .. }) => match out.as_slice() {
-            [Frame::Integer(removed), Frame::Integer(more)] => {
-                engine.metrics.reclaimed_nodes_total.inc_by(u64::try_from(*removed).unwrap_or(0));
-                *more != 0
-            }
-            _ => false,
-        },
-        Ok(_) => false,
-        Err(e) => {
-            tracing::warn!(error = %e, "reclaim run did not commit");
-            false
-        }
-    }
+        Ok((removed as u64, more))
+    })
+    .await
 }

@@ -400,11 +400,9 @@ impl State {
                     run = Some(Command::Data { spec, args });
                 }
             }
-            match run.as_ref().unwrap_or(&command).execute_in_txn(view) {
-                Ok(Frame::Null | Frame::NullArray) => Ok(None),
-                Ok(served) => Ok(Some(served)),
-                Err(e) => Err(e),
-            }
+            // A null reply is nothing to serve yet: the waiter keeps waiting.
+            let served = run.as_ref().unwrap_or(&command).execute_in_txn(view)?;
+            Ok((!matches!(served, Frame::Null | Frame::NullArray)).then_some(served))
         });
         // Replies to what came before in the pipeline go out now, as Redis sends them before
         // the client blocks.

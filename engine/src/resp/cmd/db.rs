@@ -165,7 +165,7 @@ impl Db<'_> {
     pub fn store_collection(&mut self, key: &[u8], old: Option<&Head>, new: &Head) -> Result<(), Abort> {
         if new.len == 0 {
             if let Some(old) = old {
-                self.remove_elements(key, old.generation, usize::MAX)?;
+                self.remove_elements(key, old.generation)?;
                 self.remove_head(key, old)?;
             }
             return Ok(());
@@ -212,7 +212,7 @@ impl Db<'_> {
                     INLINE_DELETE_BYTES_MAX,
                 )?;
             if small {
-                self.remove_elements(key, head.generation, usize::MAX)?;
+                self.remove_elements(key, head.generation)?;
             } else {
                 self.kv.put(&node::garbage(key, head.generation), b"")?;
             }
@@ -245,24 +245,43 @@ impl Db<'_> {
         }
     }
 
-    /// Removes up to `limit` element nodes of generation `generation` of `key`; how many.
-    pub fn remove_elements(&mut self, key: &[u8], generation: u64, limit: usize) -> Result<usize, Abort> {
-        let prefix = node::elements(key, generation);
-        let end = node::prefix_end(&prefix);
-        let mut removed = 0;
-        while removed < limit {
-            let want = (limit - removed).min(BATCH);
-            let batch = self.kv.range((Bound::Included(&prefix), end_bound(end.as_deref())), false, want)?;
-            let done = batch.len() < want;
-            for (n, _) in batch {
+    /// Removes every element node of generation `generation` of `key`.
+    fn remove_elements(&mut self, key: &[u8], generation: u64) -> Result<(), Abort> {
+        self.remove_under(&node::elements(key, generation), usize::MAX, usize::MAX)?;
+        Ok(())
+    }
+
+    /// Removes nodes under `prefix`, in order, until `max_nodes` nodes or `max_bytes` bytes
+    /// (names and values) are gone; (nodes removed, bytes removed, whether none is left). With
+    /// a byte budget it reads a few nodes at a time, as values can be large.
+    fn remove_under(
+        &mut self,
+        prefix: &[u8],
+        max_nodes: usize,
+        max_bytes: usize,
+    ) -> Result<(usize, usize, bool), Abort> {
+        let end = node::prefix_end(prefix);
+        let batch_size = if max_bytes == usize::MAX { BATCH } else { SMALL_BATCH };
+        let (mut removed, mut bytes) = (0usize, 0usize);
+        loop {
+            if removed >= max_nodes || bytes >= max_bytes {
+                return Ok((removed, bytes, false));
+            }
+            let want = (max_nodes - removed).min(batch_size);
+            let batch = self.kv.range((Bound::Included(prefix), end_bound(end.as_deref())), false, want)?;
+            let emptied = batch.len() < want;
+            for (n, v) in batch {
+                if bytes >= max_bytes {
+                    return Ok((removed, bytes, false));
+                }
+                bytes = bytes.saturating_add(n.len() + v.len());
                 self.kv.remove(&n)?;
                 removed += 1;
             }
-            if done {
-                break;
+            if emptied {
+                return Ok((removed, bytes, true));
             }
         }
-        Ok(removed)
     }
 
     /// One step of the reclaim cycle: removes element nodes of deleted collections, garbage
@@ -278,27 +297,15 @@ impl Db<'_> {
                 1,
             )?;
             let Some((garbage, _)) = next.into_iter().next() else { return Ok((removed, false)) };
-            let prefix = garbage.get(1..).unwrap_or_default().to_vec();
-            let end = node::prefix_end(&prefix);
-            loop {
-                if removed >= max_nodes || bytes >= max_bytes {
-                    return Ok((removed, true));
-                }
-                // A few at a time: values can be large, and the byte budget is checked per node.
-                let want = (max_nodes - removed).min(SMALL_BATCH);
-                let batch =
-                    self.kv.range((Bound::Included(&prefix), end_bound(end.as_deref())), false, want)?;
-                if batch.is_empty() {
-                    break;
-                }
-                for (n, v) in batch {
-                    if bytes >= max_bytes {
-                        return Ok((removed, true));
-                    }
-                    bytes += n.len() + v.len();
-                    self.kv.remove(&n)?;
-                    removed += 1;
-                }
+            let prefix = garbage.get(1..).unwrap_or_default();
+            let (n, b, emptied) = self.remove_under(
+                prefix,
+                max_nodes.saturating_sub(removed),
+                max_bytes.saturating_sub(bytes),
+            )?;
+            (removed, bytes) = (removed + n, bytes + b);
+            if !emptied {
+                return Ok((removed, true));
             }
             self.kv.remove(&garbage)?;
         }
@@ -386,41 +393,19 @@ impl Db<'_> {
         rev: bool,
         limit: usize,
     ) -> Result<Pairs, Abort> {
-        let prefix = node::elements_of(key, generation, tag);
-        let end = node::prefix_end(&prefix);
-        let full = |sub: &[u8]| [prefix.as_slice(), sub].concat();
-        let from_node = match from {
-            Bound::Included(s) | Bound::Excluded(s) => Some(full(s)),
-            Bound::Unbounded => None,
-        };
-        let from_bound = match (from, from_node.as_deref()) {
-            (Bound::Included(_), Some(n)) => Bound::Included(n),
-            (Bound::Excluded(_), Some(n)) => Bound::Excluded(n),
-            _ => Bound::Unbounded,
-        };
-        let range: Range<'_> = match (rev, from_bound) {
-            (false, Bound::Unbounded) => (Bound::Included(prefix.as_slice()), end_bound(end.as_deref())),
-            (false, b) => (b, end_bound(end.as_deref())),
-            (true, Bound::Unbounded) => (Bound::Included(prefix.as_slice()), end_bound(end.as_deref())),
-            (true, b) => (Bound::Included(prefix.as_slice()), b),
-        };
-        let skip = prefix.len();
-        Ok(self
-            .kv
-            .range(range, rev, limit)?
-            .into_iter()
-            .map(|(n, v)| (n.get(skip..).unwrap_or_default().to_vec(), v))
-            .collect())
+        let span = if rev { (Bound::Unbounded, from) } else { (from, Bound::Unbounded) };
+        self.elements_between(key, generation, tag, span, rev, limit)
     }
 
-    /// Up to `limit` elements of `key` under `tag` whose subs lie between `lo` and `hi`, in
-    /// order.
+    /// Up to `limit` elements of `key` under `tag` whose subs lie between `lo` and `hi`, as
+    /// (sub, value), in order (from the high end with `rev`).
     pub fn elements_between(
         &self,
         key: &[u8],
         generation: u64,
         tag: u8,
         (lo, hi): (Bound<&[u8]>, Bound<&[u8]>),
+        rev: bool,
         limit: usize,
     ) -> Result<Pairs, Abort> {
         let prefix = node::elements_of(key, generation, tag);
@@ -440,7 +425,7 @@ impl Db<'_> {
         let skip = prefix.len();
         Ok(self
             .kv
-            .range((lower, upper), false, limit)?
+            .range((lower, upper), rev, limit)?
             .into_iter()
             .map(|(n, v)| (n.get(skip..).unwrap_or_default().to_vec(), v))
             .collect())

@@ -381,6 +381,7 @@ pub fn count_before(db: &Db<'_>, key: &[u8], generation: u64, at: &[u8]) -> Resu
             generation,
             ZSET_RANK,
             (Bound::Included(&lo), Bound::Included(&hi)),
+            false,
             FANOUT as usize + 1,
         )?;
         let Some(((last, _), earlier)) = kids.split_last() else {
@@ -400,7 +401,8 @@ pub fn count_before(db: &Db<'_>, key: &[u8], generation: u64, at: &[u8]) -> Resu
             Bound::Excluded(c) => Bound::Excluded(c.as_slice()),
             Bound::Unbounded => Bound::Unbounded,
         };
-        let walk = db.elements_between(key, generation, ZSET_ORDER, (lo, Bound::Excluded(at)), 1024)?;
+        let walk =
+            db.elements_between(key, generation, ZSET_ORDER, (lo, Bound::Excluded(at)), false, 1024)?;
         let full = walk.len() == 1024;
         before += walk.len() as u64;
         match walk.into_iter().last() {

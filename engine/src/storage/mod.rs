@@ -15,6 +15,7 @@ pub mod journal;
 pub mod lostlog;
 pub mod meta;
 pub mod node;
+pub mod overlay;
 pub mod segment;
 pub mod writer;
 

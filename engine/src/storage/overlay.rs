@@ -1,0 +1,537 @@
+//! The overlay: every node written since the last checkpoint, versioned by journal seqno
+//! (decision 0002, step 2; not yet on the commit path).
+//!
+//! Once the journal is the write-ahead log, the database file (the *base*) lags the journal:
+//! it reflects the checkpoint seqno C, and everything committed after C lives here until a
+//! checkpoint applies it. The overlay is a list of [`Generation`]s, oldest first: the last one
+//! is *active* (the writer adds to it), the others are *frozen* (immutable, waiting for the
+//! checkpointer). A reader pins a [`SuperVersion`] — the list as it stood — and reads a node at
+//! a seqno S from the newest overlay version ≤ S, else from the base.
+//!
+//! Each node in a generation keeps every version written to it there, and the value it had
+//! before the first of them (the transaction's before-image, free from the journal record).
+//! That value is what makes a read correct when the base is *newer* than the reader's seqno:
+//! a checkpoint may apply a generation to the base between a reader's pin and its base
+//! snapshot, and a node whose every overlay version is above S then reads as it stood before
+//! them, not as the base now holds it.
+//!
+//! The one rule callers keep: a reader opens its base snapshot inside [`Overlay::pin_with`],
+//! and a generation is removed only after the base holds it ([`Overlay::checkpointed`]). Then
+//! every generation the base snapshot already reflects is in the pinned list, so a node the
+//! pinned list does not hold is unchanged in the base since the pinned checkpoint.
+//!
+//! Only the writer thread calls [`Overlay::apply`] and [`Overlay::freeze`]; the checkpointer
+//! applies a frozen generation only once its last seqno is durable.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use super::{Pairs, Range};
+
+/// One node's change in one transaction: its value before and after (`None`: absent).
+#[derive(Debug, Clone, Copy)]
+pub struct NodeChange<'a> {
+    pub key: &'a [u8],
+    pub before: Option<&'a [u8]>,
+    pub after: Option<&'a [u8]>,
+}
+
+/// Bytes a version costs beyond its key and value (seqno, option, list slot).
+const VERSION_OVERHEAD: usize = 32;
+
+/// The versions of one node inside one generation.
+#[derive(Debug)]
+struct Versions {
+    /// The node's value before this generation's first version of it.
+    before: Option<Box<[u8]>>,
+    /// `(seqno, value)` in ascending seqno order.
+    list: Vec<(u64, Option<Box<[u8]>>)>,
+}
+
+/// The value a generation gives a node at a seqno.
+enum AtSeqno<'a> {
+    /// The newest version at or below the seqno.
+    Version(Option<&'a [u8]>),
+    /// Every version here is above the seqno: the node stood as before them.
+    Before(Option<&'a [u8]>),
+}
+
+impl Versions {
+    fn at(&self, seqno: u64) -> AtSeqno<'_> {
+        let visible = self.list.partition_point(|(s, _)| *s <= seqno);
+        match visible.checked_sub(1).and_then(|i| self.list.get(i)) {
+            Some((_, value)) => AtSeqno::Version(value.as_deref()),
+            None => AtSeqno::Before(self.before.as_deref()),
+        }
+    }
+}
+
+/// Nodes written during one stretch of seqnos.
+#[derive(Debug, Default)]
+pub struct Generation {
+    nodes: RwLock<BTreeMap<Box<[u8]>, Versions>>,
+    bytes: AtomicUsize,
+    /// Highest seqno applied here; 0 while empty.
+    last_seqno: AtomicU64,
+}
+
+impl Generation {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<Box<[u8]>, Versions>> {
+        self.nodes.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds transaction `seqno`'s changes (seqnos only grow).
+    fn apply(&self, seqno: u64, changes: &[NodeChange<'_>]) {
+        let mut nodes = self.nodes.write().unwrap_or_else(PoisonError::into_inner);
+        let mut added = 0;
+        for change in changes {
+            let after = change.after.map(Box::<[u8]>::from);
+            added += VERSION_OVERHEAD + change.after.map_or(0, <[u8]>::len);
+            match nodes.get_mut(change.key) {
+                Some(versions) => match versions.list.last_mut() {
+                    Some((last, value)) if *last == seqno => *value = after,
+                    _ => versions.list.push((seqno, after)),
+                },
+                None => {
+                    added += change.key.len() + change.before.map_or(0, <[u8]>::len);
+                    let before = change.before.map(Box::<[u8]>::from);
+                    nodes.insert(change.key.into(), Versions { before, list: vec![(seqno, after)] });
+                }
+            }
+        }
+        self.bytes.fetch_add(added, Ordering::Relaxed);
+        self.last_seqno.fetch_max(seqno, Ordering::Release);
+    }
+
+    /// Approximate memory the generation holds.
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Highest seqno applied here (0 while empty): the checkpoint seqno once the base holds it.
+    pub fn last_seqno(&self) -> u64 {
+        self.last_seqno.load(Ordering::Acquire)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.read().is_empty()
+    }
+
+    /// Calls `f` with every node's last value here, in node order: what a checkpoint writes.
+    pub fn try_for_each_last<E>(
+        &self,
+        mut f: impl FnMut(&[u8], Option<&[u8]>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        for (key, versions) in self.read().iter() {
+            let last = versions.list.last().map_or(versions.before.as_deref(), |(_, v)| v.as_deref());
+            f(key, last)?;
+        }
+        Ok(())
+    }
+
+    /// The first node of this generation inside `(lo, hi)`: the lowest, or with `rev` the highest.
+    fn edge(&self, lo: Bound<&[u8]>, hi: Bound<&[u8]>, rev: bool) -> Option<Vec<u8>> {
+        let nodes = self.read();
+        let mut range = nodes.range::<[u8], _>((lo, hi));
+        let key = if rev { range.next_back() } else { range.next() };
+        key.map(|(k, _)| k.to_vec())
+    }
+}
+
+/// The overlay's generations as one reader pinned them.
+#[derive(Debug)]
+pub struct SuperVersion {
+    /// Oldest first; the last is the active one as of the pin.
+    generations: Vec<Arc<Generation>>,
+    /// The seqno the base reflected when this list was published.
+    checkpoint_seqno: u64,
+}
+
+impl SuperVersion {
+    /// The seqno the base reflected when this list was published; a reader's seqno is at
+    /// least this.
+    pub fn checkpoint_seqno(&self) -> u64 {
+        self.checkpoint_seqno
+    }
+
+    /// `key` as of `seqno`: `Some(value)` when the overlay decides it (`value` `None`: absent),
+    /// `None` when it holds no version of `key` and the base decides.
+    pub fn get(&self, key: &[u8], seqno: u64) -> Option<Option<Vec<u8>>> {
+        let mut before: Option<Option<Vec<u8>>> = None;
+        for generation in self.generations.iter().rev() {
+            let nodes = generation.read();
+            let Some(versions) = nodes.get(key) else { continue };
+            match versions.at(seqno) {
+                AtSeqno::Version(value) => return Some(value.map(<[u8]>::to_vec)),
+                // An older generation may still hold a version at or below `seqno`.
+                AtSeqno::Before(value) => before = Some(value.map(<[u8]>::to_vec)),
+            }
+        }
+        before
+    }
+
+    /// Up to `limit` nodes of `range` as of `seqno`, forwards or with `rev` backwards: the
+    /// overlay merged over `base`, which must iterate the base's nodes of the same range in
+    /// the same direction.
+    pub fn range<E>(
+        &self,
+        seqno: u64,
+        range: Range<'_>,
+        rev: bool,
+        limit: usize,
+        base: impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), E>>,
+    ) -> Result<Pairs, E> {
+        let mut out = Vec::new();
+        let (mut lo, mut hi) = (range.0.map(<[u8]>::to_vec), range.1.map(<[u8]>::to_vec));
+        let mut base = base.peekable();
+        let mut overlay = self.edge(&lo, &hi, rev);
+        while out.len() < limit {
+            let mut shadowed = None;
+            if let Some(Err(_)) = base.peek()
+                && let Some(Err(e)) = base.next()
+            {
+                return Err(e);
+            }
+            let base_key = match base.peek() {
+                Some(Ok((key, _))) => Some(key.as_slice()),
+                _ => None,
+            };
+            let overlay_first = match (&overlay, base_key) {
+                (None, None) => break,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (Some(o), Some(b)) => {
+                    if o.as_slice() == b {
+                        shadowed = base.next(); // the overlay decides this node
+                        true
+                    } else {
+                        (o.as_slice() < b) != rev
+                    }
+                }
+            };
+            if !overlay_first {
+                if let Some(Ok(pair)) = base.next() {
+                    out.push(pair);
+                }
+                continue;
+            }
+            let Some(key) = overlay.take() else { break };
+            match self.get(&key, seqno) {
+                Some(Some(value)) => out.push((key.clone(), value)),
+                Some(None) => {}
+                None => out.extend(shadowed.and_then(Result::ok)),
+            }
+            if rev {
+                hi = Bound::Excluded(key);
+            } else {
+                lo = Bound::Excluded(key);
+            }
+            overlay = self.edge(&lo, &hi, rev);
+        }
+        Ok(out)
+    }
+
+    /// The first node any generation holds inside `(lo, hi)`.
+    fn edge(&self, lo: &Bound<Vec<u8>>, hi: &Bound<Vec<u8>>, rev: bool) -> Option<Vec<u8>> {
+        let (lo, hi) = (lo.as_ref().map(Vec::as_slice), hi.as_ref().map(Vec::as_slice));
+        self.generations
+            .iter()
+            .filter_map(|g| g.edge(lo, hi, rev))
+            .reduce(|a, b| if (b < a) != rev { b } else { a })
+    }
+
+    /// Bytes every generation holds.
+    pub fn bytes(&self) -> usize {
+        self.generations.iter().map(|g| g.bytes()).sum()
+    }
+}
+
+/// The published overlay.
+#[derive(Debug)]
+pub struct Overlay {
+    current: RwLock<Arc<SuperVersion>>,
+}
+
+impl Overlay {
+    /// An empty overlay over a base at `checkpoint_seqno`.
+    pub fn new(checkpoint_seqno: u64) -> Overlay {
+        let first = SuperVersion { generations: vec![Arc::default()], checkpoint_seqno };
+        Overlay { current: RwLock::new(Arc::new(first)) }
+    }
+
+    fn current(&self) -> Arc<SuperVersion> {
+        self.current.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    fn publish(&self, change: impl FnOnce(&SuperVersion) -> SuperVersion) {
+        let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        *current = Arc::new(change(&current));
+    }
+
+    /// Pins the current list and, before any generation can leave it, calls `open` (which
+    /// opens the reader's base snapshot).
+    pub fn pin_with<R>(&self, open: impl FnOnce() -> R) -> (Arc<SuperVersion>, R) {
+        let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
+        let opened = open();
+        (current.clone(), opened)
+    }
+
+    /// Adds transaction `seqno`'s changes to the active generation (writer only).
+    pub fn apply(&self, seqno: u64, changes: &[NodeChange<'_>]) {
+        if let Some(active) = self.current().generations.last() {
+            active.apply(seqno, changes);
+        }
+    }
+
+    /// Freezes the active generation and starts a new one (writer only); returns the frozen
+    /// generation for the checkpointer, or `None` when the active one is empty.
+    pub fn freeze(&self) -> Option<Arc<Generation>> {
+        let mut frozen = None;
+        self.publish(|sv| {
+            let mut generations = sv.generations.clone();
+            if generations.last().is_some_and(|g| !g.is_empty()) {
+                frozen = generations.last().cloned();
+                generations.push(Arc::default());
+            }
+            SuperVersion { generations, checkpoint_seqno: sv.checkpoint_seqno }
+        });
+        frozen
+    }
+
+    /// The oldest frozen generation: the next one to checkpoint.
+    pub fn oldest_frozen(&self) -> Option<Arc<Generation>> {
+        let sv = self.current();
+        // The last generation is the active one.
+        if sv.generations.len() > 1 { sv.generations.first().cloned() } else { None }
+    }
+
+    /// Drops `generation` once the base holds it (and records its last seqno as the
+    /// checkpoint). Returns false, changing nothing, unless it is the oldest frozen one.
+    pub fn checkpointed(&self, generation: &Arc<Generation>) -> bool {
+        let mut removed = false;
+        self.publish(|sv| {
+            let mut generations = sv.generations.clone();
+            let mut checkpoint_seqno = sv.checkpoint_seqno;
+            if generations.len() > 1 && generations.first().is_some_and(|g| Arc::ptr_eq(g, generation)) {
+                generations.remove(0);
+                checkpoint_seqno = checkpoint_seqno.max(generation.last_seqno());
+                removed = true;
+            }
+            SuperVersion { generations, checkpoint_seqno }
+        });
+        removed
+    }
+
+    /// Bytes every generation holds (the writer stops taking groups past a bound).
+    pub fn bytes(&self) -> usize {
+        self.current().bytes()
+    }
+
+    /// The seqno the base reflects.
+    pub fn checkpoint_seqno(&self) -> u64 {
+        self.current().checkpoint_seqno
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn change<'a>(key: &'a [u8], before: Option<&'a [u8]>, after: Option<&'a [u8]>) -> NodeChange<'a> {
+        NodeChange { key, before, after }
+    }
+
+    type Pair = (Vec<u8>, Vec<u8>);
+
+    fn no_base() -> std::iter::Empty<Result<Pair, ()>> {
+        std::iter::empty()
+    }
+
+    #[test]
+    fn a_read_sees_the_newest_version_at_or_below_its_seqno() {
+        let overlay = Overlay::new(0);
+        overlay.apply(1, &[change(b"k", None, Some(b"one"))]);
+        overlay.apply(2, &[change(b"k", Some(b"one"), Some(b"two"))]);
+        overlay.apply(3, &[change(b"k", Some(b"two"), None)]);
+        let sv = overlay.current();
+        assert_eq!(sv.get(b"k", 0), Some(None), "before the first version: its before-image");
+        assert_eq!(sv.get(b"k", 1), Some(Some(b"one".to_vec())));
+        assert_eq!(sv.get(b"k", 2), Some(Some(b"two".to_vec())));
+        assert_eq!(sv.get(b"k", 3), Some(None), "deleted");
+        assert_eq!(sv.get(b"other", 3), None, "not in the overlay: the base decides");
+    }
+
+    #[test]
+    fn a_node_only_written_above_the_seqno_reads_as_before_even_when_the_base_moved_on() {
+        let overlay = Overlay::new(0);
+        overlay.apply(1, &[change(b"k", Some(b"base"), Some(b"new"))]);
+        let (sv, ()) = overlay.pin_with(|| ());
+        // The base now holds "new" (a checkpoint), but a reader at 0 must see "base".
+        assert_eq!(sv.get(b"k", 0), Some(Some(b"base".to_vec())));
+        let base = vec![Ok::<_, ()>((b"k".to_vec(), b"new".to_vec()))];
+        let pairs = sv.range(0, (Bound::Unbounded, Bound::Unbounded), false, 10, base.into_iter());
+        assert_eq!(pairs, Ok(vec![(b"k".to_vec(), b"base".to_vec())]));
+    }
+
+    #[test]
+    fn freezing_and_checkpointing_move_generations_in_order() {
+        let overlay = Overlay::new(5);
+        assert!(overlay.freeze().is_none(), "an empty active generation stays");
+        overlay.apply(6, &[change(b"a", None, Some(b"1"))]);
+        let first = overlay.freeze().expect("frozen");
+        overlay.apply(7, &[change(b"b", None, Some(b"2"))]);
+        let second = overlay.freeze().expect("frozen");
+        assert!(!overlay.checkpointed(&second), "only the oldest may leave");
+        assert_eq!(overlay.oldest_frozen().map(|g| Arc::ptr_eq(&g, &first)), Some(true));
+        assert!(overlay.checkpointed(&first));
+        assert_eq!(overlay.checkpoint_seqno(), 6);
+        assert!(overlay.checkpointed(&second));
+        assert_eq!(overlay.checkpoint_seqno(), 7);
+        assert!(overlay.oldest_frozen().is_none());
+        assert_eq!(overlay.current().get(b"a", 7), None, "checkpointed nodes are read from the base");
+    }
+
+    #[test]
+    fn a_range_merges_overlay_and_base_both_ways_with_a_limit() {
+        let overlay = Overlay::new(0);
+        overlay.apply(1, &[change(b"b", Some(b"old"), None), change(b"c", None, Some(b"C"))]);
+        let sv = overlay.current();
+        let base = || vec![Ok::<_, ()>((b"a".to_vec(), b"A".to_vec())), Ok((b"b".to_vec(), b"old".to_vec()))];
+        let all = (Bound::Unbounded, Bound::Unbounded);
+        let forward = sv.range(1, all, false, 10, base().into_iter());
+        assert_eq!(forward, Ok(vec![(b"a".to_vec(), b"A".to_vec()), (b"c".to_vec(), b"C".to_vec())]));
+        let backward = sv.range(1, all, true, 1, base().into_iter().rev());
+        assert_eq!(backward, Ok(vec![(b"c".to_vec(), b"C".to_vec())]));
+        assert_eq!(sv.range(1, all, false, 0, no_base()), Ok(vec![]));
+        let failing = vec![Err::<Pair, _>("disk")];
+        assert_eq!(sv.range(1, all, false, 10, failing.into_iter()), Err("disk"));
+    }
+
+    /// One step of the model test.
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// A transaction: (node, new value or delete) pairs.
+        Txn(Vec<(u8, Option<u8>)>),
+        /// Everything written so far becomes durable.
+        Sync,
+        Freeze,
+        /// Checkpoint the oldest frozen generation, if durable.
+        Checkpoint,
+        /// A reader pins, then `checkpoints` more generations it holds reach the base before
+        /// it opens its base snapshot, then it reads at a seqno chosen by `pick`.
+        Read {
+            checkpoints: u8,
+            pick: u16,
+            lo: u8,
+            hi: u8,
+            rev: bool,
+            limit: u8,
+        },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let write = (0u8..12, proptest::option::of(any::<u8>()));
+        prop_oneof![
+            4 => proptest::collection::vec(write, 1..4).prop_map(Op::Txn),
+            2 => Just(Op::Sync),
+            1 => Just(Op::Freeze),
+            1 => Just(Op::Checkpoint),
+            3 => (0u8..3, any::<u16>(), 0u8..13, 0u8..13, any::<bool>(), 0u8..8)
+                .prop_map(|(checkpoints, pick, lo, hi, rev, limit)| Op::Read { checkpoints, pick, lo, hi, rev, limit }),
+        ]
+    }
+
+    type Nodes = BTreeMap<Vec<u8>, Vec<u8>>;
+
+    /// Applies the oldest frozen generation to `base` if it is durable.
+    fn checkpoint(overlay: &Overlay, base: &mut Nodes, durable: u64) {
+        let Some(generation) = overlay.oldest_frozen() else { return };
+        if generation.last_seqno() > durable {
+            return;
+        }
+        let applied: Result<(), ()> = generation.try_for_each_last(|key, value| {
+            match value {
+                Some(v) => base.insert(key.to_vec(), v.to_vec()),
+                None => base.remove(key),
+            };
+            Ok(())
+        });
+        assert_eq!(applied, Ok(()));
+        assert!(overlay.checkpointed(&generation));
+    }
+
+    proptest! {
+        /// Reads at any seqno between the pinned checkpoint and the durable seqno equal the
+        /// model's state at that seqno, while generations freeze and checkpoints run —
+        /// including checkpoints between a reader's pin and its base snapshot.
+        #[test]
+        fn reads_match_a_model_while_checkpoints_run(ops in proptest::collection::vec(op(), 1..80)) {
+            let overlay = Overlay::new(0);
+            let mut base = Nodes::new();
+            // The model: the whole state after each seqno (index = seqno).
+            let mut states = vec![Nodes::new()];
+            let mut durable = 0u64;
+            for op in ops {
+                match op {
+                    Op::Txn(writes) => {
+                        let mut state = states.last().cloned().unwrap_or_default();
+                        let seqno = states.len() as u64;
+                        // Per node: its value before the transaction and after it.
+                        let mut changes: BTreeMap<Vec<u8>, [Option<Vec<u8>>; 2]> = BTreeMap::new();
+                        for (node, value) in writes {
+                            let key = vec![node];
+                            let before = state.get(&key).cloned();
+                            let after = value.map(|v| vec![v]);
+                            match &after {
+                                Some(v) => state.insert(key.clone(), v.clone()),
+                                None => state.remove(&key),
+                            };
+                            changes.entry(key).or_insert([before, None])[1] = after;
+                        }
+                        let list: Vec<NodeChange<'_>> = changes
+                            .iter()
+                            .map(|(k, [b, a])| change(k, b.as_deref(), a.as_deref()))
+                            .collect();
+                        overlay.apply(seqno, &list);
+                        states.push(state);
+                    }
+                    Op::Sync => durable = states.len() as u64 - 1,
+                    Op::Freeze => { overlay.freeze(); }
+                    Op::Checkpoint => checkpoint(&overlay, &mut base, durable),
+                    Op::Read { checkpoints, pick, lo, hi, rev, limit } => {
+                        let (sv, ()) = overlay.pin_with(|| ());
+                        // Generations the reader holds may reach the base before it opens it.
+                        for _ in 0..checkpoints {
+                            checkpoint(&overlay, &mut base, durable);
+                        }
+                        let snapshot = base.clone();
+                        let floor = sv.checkpoint_seqno();
+                        prop_assert!(floor <= durable);
+                        let seqno = floor + u64::from(pick) % (durable - floor + 1);
+                        let state = &states[seqno as usize];
+                        for node in 0u8..12 {
+                            let key = vec![node];
+                            let got = sv.get(&key, seqno).unwrap_or_else(|| snapshot.get(&key).cloned());
+                            prop_assert_eq!(got.as_ref(), state.get(&key), "node {} at seqno {}", node, seqno);
+                        }
+                        let (lo, hi) = (vec![lo.min(hi)], vec![lo.max(hi)]);
+                        let bounds = (Bound::Included(lo.as_slice()), Bound::Excluded(hi.as_slice()));
+                        let in_base = snapshot.range::<[u8], _>(bounds).map(|(k, v)| Ok::<_, ()>((k.clone(), v.clone())));
+                        let limit = usize::from(limit);
+                        let got = if rev {
+                            sv.range(seqno, bounds, true, limit, in_base.rev().collect::<Vec<_>>().into_iter())
+                        } else {
+                            sv.range(seqno, bounds, false, limit, in_base.collect::<Vec<_>>().into_iter())
+                        };
+                        let model = state.range::<[u8], _>(bounds).map(|(k, v)| (k.clone(), v.clone()));
+                        let want: Pairs = if rev { model.rev().take(limit).collect() } else { model.take(limit).collect() };
+                        prop_assert_eq!(got, Ok(want));
+                    }
+                }
+            }
+        }
+    }
+}

@@ -37,8 +37,15 @@ pub const TXN_IMAGE_BYTES_MIN: usize = 32 * 1024 * 1024;
 pub const WATCH_KEYS_MAX: usize = 10_000;
 /// Default for `--max-clients`: concurrent data-port connections.
 pub const CLIENTS_MAX_DEFAULT: usize = 10_000;
-/// Most transactions the writer folds into one redb commit (one fsync).
+/// Most transactions the writer folds into one group (one journal append, one fsync).
 pub const GROUP_COMMIT_TXNS_MAX: usize = 1024;
+/// The overlay's active generation is frozen and checkpointed once it holds this much; past
+/// twice this much in all, the writer waits for the checkpointer (decision 0002).
+pub const CHECKPOINT_OVERLAY_BYTES: usize = 64 * 1024 * 1024;
+/// A non-empty active generation is frozen and checkpointed at least this often.
+pub const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+/// A journal segment is closed and a new one started once it reaches this size.
+pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// Transactions waiting for the writer before submitters are made to wait.
 pub const WRITER_QUEUE_TXNS_MAX: usize = 4096;
 /// Most journal records one admin journal read returns.

@@ -33,6 +33,11 @@ pub struct Metrics {
     pub rejected_clients_total: IntCounter,
     pub expired_keys_total: IntCounter,
     pub reclaimed_nodes_total: IntCounter,
+    pub checkpoints_total: IntCounter,
+    pub checkpoint_failures_total: IntCounter,
+    pub checkpoint_duration_seconds: Histogram,
+    pub checkpoint_seqno: IntGauge,
+    pub overlay_bytes: IntGauge,
     pub resp_commands_total: IntCounterVec,
     pub resp_protocol_errors_total: IntCounter,
     pub storage_bytes: IntGauge,
@@ -150,7 +155,7 @@ impl Metrics {
             )?,
             journal_fsync_duration_seconds: d.histogram(
                 "strand_journal_fsync_duration_seconds",
-                "Duration of one durable redb commit (write and fsync) of a group.",
+                "Duration of making one group durable: appending its records to the journal segment and syncing it.",
                 latency(),
             )?,
             group_commit_transactions: d.histogram(
@@ -161,7 +166,7 @@ impl Metrics {
             journal_seqno: d.gauge("strand_journal_seqno", "Highest durable journal sequence number.")?,
             journal_bytes: d.gauge(
                 "strand_journal_bytes",
-                "Bytes the journal's records take inside the database file (measured every minute).",
+                "Bytes the journal's records take in the database file and the overlay (measured every minute).",
             )?,
             connected_clients: d.gauge("strand_connected_clients", "Open data-port connections.")?,
             rejected_clients_total: d.counter(
@@ -175,6 +180,27 @@ impl Metrics {
             reclaimed_nodes_total: d.counter(
                 "strand_reclaimed_nodes_total",
                 "Element nodes of deleted large collections the primary's reclaim cycle removed (in bounded, journaled transactions).",
+            )?,
+            checkpoints_total: d.counter(
+                "strand_checkpoints_total",
+                "Checkpoints: overlay generations applied to the database file in one durable commit.",
+            )?,
+            checkpoint_failures_total: d.counter(
+                "strand_checkpoint_failures_total",
+                "Checkpoints that failed (retried; commits go on in the journal until the overlay's bound).",
+            )?,
+            checkpoint_duration_seconds: d.histogram(
+                "strand_checkpoint_duration_seconds",
+                "Duration of one checkpoint (applying a generation to the database file and syncing it).",
+                latency(),
+            )?,
+            checkpoint_seqno: d.gauge(
+                "strand_checkpoint_seqno",
+                "Highest journal seqno the database file holds; later ones are in the journal segments and the overlay.",
+            )?,
+            overlay_bytes: d.gauge(
+                "strand_overlay_bytes",
+                "Memory held by transactions committed since the last checkpoint (the overlay).",
             )?,
             resp_commands_total: d.counter_vec(
                 "strand_resp_commands_total",

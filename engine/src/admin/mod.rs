@@ -408,7 +408,7 @@ async fn status(State(engine): State<Arc<Engine>>) -> Result<Json<Status>, ApiEr
     let store = &engine.store;
     let meta = store.meta();
     let seqno = store.committed_seqno();
-    let nodes = store.snapshot()?.nodes()?;
+    let nodes = store.key_counts().nodes;
     let seqnos = store.stream_seqnos();
     let own_family = crate::storage::meta::family_root(&meta.history).map_or(&meta.name, |r| &r.root_name);
     let mut streams = vec![StreamStatus {
@@ -599,6 +599,15 @@ async fn backup_handler(
     body: Result<Json<BackupRequest>, JsonRejection>,
 ) -> Result<Json<backup::BackupInfo>, ApiError> {
     let Json(request) = body?;
+    // The backup copies the database file: first bring it up to date from the journal.
+    engine.writer.checkpoint().await.map_err(|e| match e {
+        crate::storage::writer::TxnFailure::Store { code, message } => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+        }
+        crate::storage::writer::TxnFailure::Aborted(message) => {
+            ApiError::new(StatusCode::CONFLICT, "conflict", message)
+        }
+    })?;
     let store = engine.store.clone();
     let info = tokio::task::spawn_blocking(move || backup::backup(&store, &request.path))
         .await

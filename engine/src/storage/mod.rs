@@ -1,15 +1,21 @@
-//! Storage: one redb file per instance holding the data, the journal and the instance
-//! metadata, changed together in one atomic commit.
+//! Storage: the journal is the write-ahead log (decision 0002); one redb file per instance
+//! (the *base*) holds the data, the journal and the instance metadata as of the last
+//! checkpoint.
 //!
 //! - [`Store`] opens or creates the file, checks it (format version, journal without holes),
-//!   and hands out consistent read snapshots.
-//! - [`writer`] is the only code that writes: a thread that folds concurrent transactions into
-//!   one redb commit (group commit, one fsync) and acknowledges each only once it is durable.
+//!   replays the journal segments past its last checkpoint (forward recovery), and hands out
+//!   consistent read snapshots: the [`overlay`] of what was committed since the checkpoint,
+//!   over the base.
+//! - [`writer`] is the only code that commits: a thread that folds concurrent transactions into
+//!   one group, appends the group's records to a [`segment`] and syncs it (one fsync), and
+//!   acknowledges each only once it is durable. [`checkpoint`] brings the base up to date in
+//!   the background.
 //! - [`journal`] is the byte format of a journal record; [`meta`] the instance metadata.
 //! - [`backup`] writes consistent snapshots and restores them under a new identity.
 //! - [`lostlog`] is the Unreplicated Transaction Log every rollback writes before it commits.
 
 pub mod backup;
+pub mod checkpoint;
 pub mod format;
 pub mod journal;
 pub mod lostlog;
@@ -51,6 +57,8 @@ pub(crate) const META_INSTANCE: &str = "instance";
 
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "strand.redb";
+/// Directory of the journal segments inside the data directory.
+pub const JOURNAL_DIR: &str = "journal";
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -95,6 +103,14 @@ pub enum StoreError {
     WriterGone,
     #[error("replication stopped: {reason}")]
     Replication { reason: String },
+    #[error("the journal's write-ahead log failed")]
+    Segment { source: segment::SegmentError },
+}
+
+impl From<segment::SegmentError> for StoreError {
+    fn from(source: segment::SegmentError) -> Self {
+        StoreError::Segment { source }
+    }
 }
 
 impl StoreError {
@@ -113,6 +129,8 @@ impl StoreError {
             StoreError::Invalid { .. } => "invalid",
             StoreError::WriterGone => "shutting_down",
             StoreError::Replication { .. } => "replication",
+            StoreError::Segment { source: segment::SegmentError::Io { .. } } => "io",
+            StoreError::Segment { .. } => "journal_corrupt",
         }
     }
 }
@@ -171,6 +189,10 @@ pub struct Store {
     /// Keys and keys with an expiry, as of the committed seqno (DBSIZE, INFO keyspace): counted
     /// once at open, then kept in step by the writer at each commit.
     counts: std::sync::Mutex<KeyCounts>,
+    /// What was committed since the base's checkpoint.
+    pub(crate) overlay: overlay::Overlay,
+    /// Where the journal segments live.
+    journal_dir: PathBuf,
 }
 
 /// How many keys the data holds, and how many of them have an expiry.
@@ -178,6 +200,8 @@ pub struct Store {
 pub struct KeyCounts {
     pub keys: u64,
     pub expiring: u64,
+    /// Nodes of the data table (heads, elements, expiry index and the engine's own).
+    pub nodes: u64,
 }
 
 /// Writes stop this long before the role lease ends, so a group started just before the end
@@ -211,7 +235,9 @@ impl Store {
             sync_dir(parent).map_err(|source| StoreError::CreateDir { path: parent.to_owned(), source })?;
         }
         let meta = load_or_create_meta(&db, data_dir, create)?;
-        let committed = check_journal(&db)?;
+        let checkpoint = check_journal(&db)?;
+        let journal_dir = data_dir.join(JOURNAL_DIR);
+        let committed = replay_segments(&db, data_dir, &journal_dir, &meta, checkpoint)?;
         let stream_seqnos = read_stream_seqnos(&db)?;
         let counts = count_keys(&db)?;
         let meta_lease_required = meta.lease_required;
@@ -242,7 +268,14 @@ impl Store {
             lease_until_nanos: AtomicU64::new(0),
             clock: std::time::Instant::now(),
             counts: std::sync::Mutex::new(counts),
+            overlay: overlay::Overlay::new(committed),
+            journal_dir,
         })
+    }
+
+    /// Where the journal segments live.
+    pub fn journal_dir(&self) -> &Path {
+        &self.journal_dir
     }
 
     fn clock_nanos(&self) -> u64 {
@@ -359,10 +392,25 @@ impl Store {
 
     /// Applies what a commit changed to the counts (the writer calls it once the commit is
     /// durable, before anyone hears of it).
-    pub(crate) fn adjust_counts(&self, (keys, expiring): (i64, i64)) {
+    pub(crate) fn adjust_counts(&self, (keys, expiring, nodes): (i64, i64, i64)) {
         let mut c = self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         c.keys = c.keys.saturating_add_signed(keys);
         c.expiring = c.expiring.saturating_add_signed(expiring);
+        c.nodes = c.nodes.saturating_add_signed(nodes);
+    }
+
+    /// Takes the node count from the file, O(1) (after a direct change of the file, with
+    /// nothing in the overlay).
+    pub(crate) fn recount_nodes(&self) -> Result<(), StoreError> {
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(redb_err("begin a read transaction"))?;
+        let nodes = txn
+            .open_table(DATA)
+            .map_err(redb_err("open the data table"))?
+            .len()
+            .map_err(redb_err("count nodes"))?;
+        self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner).nodes = nodes;
+        Ok(())
     }
 
     /// Counts keys anew from the file (at open, and after the file was reopened).
@@ -470,12 +518,24 @@ impl Store {
             .ok_or(StoreError::Recovering)
     }
 
-    /// A consistent read-only view of everything committed so far.
+    /// A consistent read-only view of everything committed so far: the overlay pinned as of
+    /// the committed seqno, over a base snapshot opened while it is pinned.
     pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
         let db = self.db()?;
-        let txn = db.begin_read().map_err(redb_err("begin a read transaction"))?;
+        let (sv, (seqno, txn)) = self.overlay.pin_with(|| (self.committed_seqno(), db.begin_read()));
+        let txn = txn.map_err(redb_err("begin a read transaction"))?;
         let data = txn.open_table(DATA).map_err(redb_err("open the data table"))?;
-        Ok(Snapshot { txn, data })
+        Ok(Snapshot { txn, data, sv, seqno })
+    }
+
+    /// The writer's view: like [`Store::snapshot`], but reading the overlay at its newest,
+    /// versions not yet durable included (the group being formed reads its own writes).
+    pub(crate) fn snapshot_latest(&self) -> Result<Snapshot, StoreError> {
+        let db = self.db()?;
+        let (sv, txn) = self.overlay.pin_with(|| db.begin_read());
+        let txn = txn.map_err(redb_err("begin a read transaction"))?;
+        let data = txn.open_table(DATA).map_err(redb_err("open the data table"))?;
+        Ok(Snapshot { txn, data, sv, seqno: u64::MAX })
     }
 
     /// Size of the database file in bytes.
@@ -587,6 +647,142 @@ pub(crate) fn write_meta_now(db: &Database, meta: &InstanceMeta) -> Result<(), S
     txn.commit().map_err(redb_err("commit instance metadata"))
 }
 
+/// Forward recovery (GT.M's `mupip journal -recover -forward`, in small): replays the records
+/// of the journal segments in `dir` past `checkpoint` — the last seqno the database holds —
+/// into the database in one durable commit, then removes the segments (the database now holds
+/// all of it). The last segment's torn tail (a group whose write was cut short, never
+/// acknowledged) is cut off; a gap in the seqnos, damage followed by whole frames, or another
+/// instance's segment refuses the start. Returns the last seqno.
+fn replay_segments(
+    db: &Database,
+    data_dir: &Path,
+    dir: &Path,
+    meta: &InstanceMeta,
+    checkpoint: u64,
+) -> Result<u64, StoreError> {
+    if !dir.exists() {
+        std::fs::create_dir_all(dir)
+            .map_err(|source| StoreError::CreateDir { path: dir.to_owned(), source })?;
+        sync_dir(data_dir).map_err(|source| StoreError::CreateDir { path: data_dir.to_owned(), source })?;
+    }
+    let segments = segment::list(dir)?;
+    let mut records: Vec<(Record, Vec<u8>)> = Vec::new();
+    let mut next = checkpoint + 1;
+    for (i, (_, path)) in segments.iter().enumerate() {
+        let contents = if i + 1 == segments.len() {
+            segment::recover(path, &meta.creation_id)?.0
+        } else {
+            let contents = segment::read(path)?;
+            if contents.creation_id != meta.creation_id {
+                return Err(segment::SegmentError::Foreign {
+                    path: path.clone(),
+                    found: contents.creation_id,
+                    expected: meta.creation_id.clone(),
+                }
+                .into());
+            }
+            contents
+        };
+        for body in contents.frames {
+            let record =
+                Record::decode(&body).map_err(|source| StoreError::RecordDecode { seqno: next, source })?;
+            if record.seqno < next {
+                continue; // the database holds it already
+            }
+            if record.seqno != next {
+                return Err(StoreError::JournalCorrupt {
+                    reason: format!(
+                        "segment {} holds seqno {} where {next} was expected: a hole in the journal",
+                        path.display(),
+                        record.seqno
+                    ),
+                });
+            }
+            records.push((record, body));
+            next += 1;
+        }
+    }
+    if !records.is_empty() {
+        let mut streams = read_stream_seqnos(db)?;
+        let txn = db.begin_write().map_err(redb_err("begin a write transaction"))?;
+        {
+            let mut data = txn.open_table(DATA).map_err(redb_err("open the data table"))?;
+            let mut journal = txn.open_table(JOURNAL).map_err(redb_err("open the journal table"))?;
+            let mut table = txn.open_table(STREAMS).map_err(redb_err("open the streams table"))?;
+            for (record, body) in &records {
+                for change in &record.changes {
+                    let current = data
+                        .get(change.key.as_slice())
+                        .map_err(redb_err("read a key"))?
+                        .map(|v| v.value().to_vec());
+                    if current != change.before {
+                        return Err(StoreError::JournalCorrupt {
+                            reason: format!(
+                                "replaying record {}: key {} differs from its before-image",
+                                record.seqno,
+                                String::from_utf8_lossy(&change.key)
+                            ),
+                        });
+                    }
+                    match &change.after {
+                        Some(v) => data.insert(change.key.as_slice(), v.as_slice()).map(drop),
+                        None => data.remove(change.key.as_slice()).map(drop),
+                    }
+                    .map_err(redb_err("replay a journal record"))?;
+                }
+                journal.insert(record.seqno, body.as_slice()).map_err(redb_err("replay a journal record"))?;
+                if (record.stream != 0 || meta.supplementary)
+                    && let Some(slot) = streams.get_mut(usize::from(record.stream))
+                {
+                    *slot = record.stream_seqno;
+                }
+            }
+            for (stream, seqno) in streams.iter().enumerate() {
+                let stream = u8::try_from(stream).unwrap_or(0);
+                table.insert(stream, *seqno).map_err(redb_err("write the streams table"))?;
+            }
+        }
+        txn.commit().map_err(redb_err("commit the replayed journal"))?;
+        tracing::info!(from = checkpoint + 1, to = next - 1, "replayed the journal past the last checkpoint");
+    }
+    remove_segments(dir, u64::MAX)?;
+    Ok(next - 1)
+}
+
+/// Removes, oldest first, the segments in `dir` whose records all lie at or below `upto`. A
+/// segment's records end where the next one's begin, so the newest (the one the writer
+/// appends to) stays, unless `upto` is `u64::MAX`, which removes every one.
+pub(crate) fn remove_segments(dir: &Path, upto: u64) -> Result<usize, StoreError> {
+    let segments = segment::list(dir)?;
+    let mut removed = 0;
+    for (i, (_, path)) in segments.iter().enumerate() {
+        let whole = match segments.get(i + 1) {
+            // A segment's records end where the next one's begin.
+            Some((next_first, _)) => next_first.saturating_sub(1) <= upto,
+            None => upto == u64::MAX,
+        };
+        if !whole {
+            break;
+        }
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(segment::SegmentError::Io { action: "remove", path: path.clone(), source }.into());
+            }
+        }
+        removed += 1;
+    }
+    if removed > 0 {
+        sync_dir(dir).map_err(|source| segment::SegmentError::Io {
+            action: "sync",
+            path: dir.to_owned(),
+            source,
+        })?;
+    }
+    Ok(removed)
+}
+
 /// Checks that the journal's seqnos run without holes and returns the last one (0 if empty).
 pub(crate) fn check_journal(db: &Database) -> Result<u64, StoreError> {
     let txn = db.begin_read().map_err(redb_err("begin a read transaction"))?;
@@ -643,20 +839,42 @@ pub(crate) fn volume(path: &Path) -> Result<(u64, u64), StoreError> {
     Ok((avail.saturating_mul(frsize), blocks.saturating_mul(frsize)))
 }
 
-/// A consistent, read-only view of the committed state.
+/// A consistent, read-only view of the committed state: the overlay as of `seqno` over the
+/// base.
 pub struct Snapshot {
     txn: redb::ReadTransaction,
     data: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+    sv: Arc<overlay::SuperVersion>,
+    /// The committed seqno the view reflects.
+    seqno: u64,
 }
 
 impl Snapshot {
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.data.get(key).map_err(redb_err("read a key"))?.map(|v| v.value().to_vec()))
+        match self.sv.get(key, self.seqno) {
+            Some(value) => Ok(value),
+            None => Ok(self.data.get(key).map_err(redb_err("read a key"))?.map(|v| v.value().to_vec())),
+        }
     }
 
-    /// Entries of the data table: nodes (storage::node), O(1).
+    /// The committed seqno this view reflects.
+    pub fn seqno(&self) -> u64 {
+        self.seqno
+    }
+
+    /// Nodes of the data table as of this view (walks what the overlay holds).
     pub fn nodes(&self) -> Result<u64, StoreError> {
-        self.data.len().map_err(redb_err("count keys"))
+        let mut nodes = self.data.len().map_err(redb_err("count keys"))?;
+        for key in self.sv.node_keys() {
+            let now = self.sv.get(&key, self.seqno).is_some_and(|v| v.is_some());
+            let in_base = self.data.get(key.as_slice()).map_err(redb_err("read a key"))?.is_some();
+            match (now, in_base) {
+                (true, false) => nodes += 1,
+                (false, true) => nodes = nodes.saturating_sub(1),
+                _ => {}
+            }
+        }
+        Ok(nodes)
     }
 
     /// Bytes the journal's records take (keys and values; walks the journal's tree, so it
@@ -664,42 +882,101 @@ impl Snapshot {
     pub fn journal_bytes(&self) -> Result<u64, StoreError> {
         use redb::ReadableTableMetadata;
         let table = self.txn.open_table(JOURNAL).map_err(redb_err("open the journal table"))?;
-        Ok(table.stats().map_err(redb_err("measure the journal"))?.stored_bytes())
+        let base = table.stats().map_err(redb_err("measure the journal"))?.stored_bytes();
+        Ok(base + self.sv.records(0, self.seqno).iter().map(|(_, r)| r.len() as u64 + 8).sum::<u64>())
     }
 
     /// Up to `limit` nodes in `range`, forwards or backwards.
     pub fn range(&self, range: Range<'_>, rev: bool, limit: usize) -> Result<Pairs, StoreError> {
-        range_table(&self.data, range, rev, limit)
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let base = self.data.range::<&[u8]>(range).map_err(redb_err("read a range"))?;
+        let base: Box<dyn Iterator<Item = _>> = if rev { Box::new(base.rev()) } else { Box::new(base) };
+        let base = base.map(|entry| {
+            entry.map(|(k, v)| (k.value().to_vec(), v.value().to_vec())).map_err(redb_err("read a range"))
+        });
+        self.sv.range(self.seqno, range, rev, limit, base)
     }
 
     /// Journal records with seqnos in `from..=to`, decoded and checked.
     pub fn journal(&self, from: u64, to: u64) -> Result<Vec<Record>, StoreError> {
-        self.read_journal(from, to, |_, record, _| record)
+        let mut out = Vec::new();
+        self.for_each_record(from, to, |_, record, _| {
+            out.push(record);
+            Ok(())
+        })?;
+        Ok(out)
     }
 
     /// Encoded journal records `from..=to` with their seqno and commit time, checksums
     /// verified (what a replication source sends).
     pub fn journal_raw(&self, from: u64, to: u64) -> Result<Vec<(u64, u64, Vec<u8>)>, StoreError> {
-        self.read_journal(from, to, |seqno, record, bytes| (seqno, record.commit_time_micros, bytes.to_vec()))
+        let mut out = Vec::new();
+        self.for_each_record(from, to, |seqno, record, bytes| {
+            out.push((seqno, record.commit_time_micros, bytes.to_vec()));
+            Ok(())
+        })?;
+        Ok(out)
     }
 
-    /// Reads records `from..=to`, verifying each checksum, and maps each with `f`.
-    fn read_journal<T>(
+    /// Calls `f` with records `from..=to` (as far as this view reaches), each checksum
+    /// verified, in seqno order: the base's first, then the overlay's past them.
+    fn for_each_record(
         &self,
         from: u64,
         to: u64,
-        mut f: impl FnMut(u64, Record, &[u8]) -> T,
-    ) -> Result<Vec<T>, StoreError> {
+        mut f: impl FnMut(u64, Record, &[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let to = to.min(self.seqno);
+        if from > to {
+            return Ok(());
+        }
+        let mut next = from;
         let table = self.txn.open_table(JOURNAL).map_err(redb_err("open the journal table"))?;
-        let mut out = Vec::new();
         for entry in table.range(from..=to).map_err(redb_err("read the journal"))? {
             let (seqno, bytes) = entry.map_err(redb_err("read the journal"))?;
             let seqno = seqno.value();
             let record =
                 Record::decode(bytes.value()).map_err(|source| StoreError::RecordDecode { seqno, source })?;
-            out.push(f(seqno, record, bytes.value()));
+            f(seqno, record, bytes.value())?;
+            next = seqno + 1;
         }
-        Ok(out)
+        for (seqno, bytes) in self.sv.records(next, to) {
+            let record =
+                Record::decode(&bytes).map_err(|source| StoreError::RecordDecode { seqno, source })?;
+            f(seqno, record, &bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Records from `at` (capped at this view) backwards, until `f` says stop.
+    fn for_each_record_back(
+        &self,
+        at: u64,
+        mut f: impl FnMut(&Record) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        let at = at.min(self.seqno);
+        let mut below = at.saturating_add(1);
+        for (seqno, bytes) in self.sv.records(1, at).iter().rev() {
+            let record =
+                Record::decode(bytes).map_err(|source| StoreError::RecordDecode { seqno: *seqno, source })?;
+            below = *seqno;
+            if f(&record)? {
+                return Ok(());
+            }
+        }
+        let table = self.txn.open_table(JOURNAL).map_err(redb_err("open the journal table"))?;
+        for entry in table.range(..below).map_err(redb_err("read the journal"))?.rev() {
+            let (seqno, bytes) = entry.map_err(redb_err("read the journal"))?;
+            let seqno = seqno.value();
+            let record =
+                Record::decode(bytes.value()).map_err(|source| StoreError::RecordDecode { seqno, source })?;
+            if f(&record)? {
+                return Ok(());
+            }
+        }
+        Ok(())
     }
 
     /// Journal entries (seqno, stream, stream seqno, kind) from the end backwards, up to and
@@ -709,26 +986,25 @@ impl Snapshot {
         &self,
         mut stop: impl FnMut(&Record) -> bool,
     ) -> Result<Vec<crate::storage::journal::StreamEntry>, StoreError> {
-        let table = self.txn.open_table(JOURNAL).map_err(redb_err("open the journal table"))?;
         let mut out = Vec::new();
-        for entry in table.iter().map_err(redb_err("read the journal"))?.rev() {
-            let (seqno, bytes) = entry.map_err(redb_err("read the journal"))?;
-            let seqno = seqno.value();
-            let record =
-                Record::decode(bytes.value()).map_err(|source| StoreError::RecordDecode { seqno, source })?;
-            out.push(crate::storage::journal::StreamEntry::of(&record));
-            if stop(&record) {
-                break;
-            }
-        }
+        self.for_each_record_back(self.seqno, |record| {
+            out.push(crate::storage::journal::StreamEntry::of(record));
+            Ok(stop(record))
+        })?;
         out.reverse();
         Ok(out)
     }
 
     /// The stream seqno of the latest record of `stream` at or before `seqno`.
     pub fn last_of_stream(&self, stream: u8, seqno: u64) -> Result<Option<u64>, StoreError> {
-        let table = self.txn.open_table(JOURNAL).map_err(redb_err("open the journal table"))?;
-        last_of_stream(&table, stream, seqno)
+        let mut found = None;
+        self.for_each_record_back(seqno, |record| {
+            if record.stream == stream {
+                found = Some(record.stream_seqno);
+            }
+            Ok(found.is_some())
+        })?;
+        Ok(found)
     }
 
     /// Full check of the journal against the data: seqnos contiguous from 1, each record's
@@ -736,19 +1012,14 @@ impl Snapshot {
     /// after-image of every key equal to the stored data (and no stored key the journal never
     /// wrote).
     pub fn verify(&self) -> Result<VerifyReport, StoreError> {
-        let table = self.txn.open_table(JOURNAL).map_err(redb_err("open the journal table"))?;
         let mut latest: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
         let mut expected = 1u64;
-        for entry in table.iter().map_err(redb_err("read the journal"))? {
-            let (seqno, bytes) = entry.map_err(redb_err("read the journal"))?;
-            let seqno = seqno.value();
+        self.for_each_record(1, self.seqno, |seqno, record, _| {
             if seqno != expected {
                 return Err(StoreError::JournalCorrupt {
                     reason: format!("expected seqno {expected}, found {seqno}"),
                 });
             }
-            let record =
-                Record::decode(bytes.value()).map_err(|source| StoreError::RecordDecode { seqno, source })?;
             if record.seqno != seqno {
                 return Err(StoreError::JournalCorrupt {
                     reason: format!("record stored under {seqno} says it is {}", record.seqno),
@@ -767,6 +1038,16 @@ impl Snapshot {
                 latest.insert(change.key, change.after);
             }
             expected += 1;
+            Ok(())
+        })?;
+        if expected - 1 != self.seqno {
+            return Err(StoreError::JournalCorrupt {
+                reason: format!(
+                    "the journal ends at {} but the committed seqno is {}",
+                    expected - 1,
+                    self.seqno
+                ),
+            });
         }
         let mut keys = 0u64;
         for (key, value) in &latest {
@@ -818,34 +1099,12 @@ fn count_keys(db: &Database) -> Result<KeyCounts, StoreError> {
         }
         Ok(n)
     };
-    Ok(KeyCounts { keys: count(node::HEADS_START, node::HEADS_END)?, expiring: count(b"X", b"Y")? })
+    Ok(KeyCounts {
+        keys: count(node::HEADS_START, node::HEADS_END)?,
+        expiring: count(b"X", b"Y")?,
+        nodes: data.len().map_err(redb_err("count nodes"))?,
+    })
 }
 
 /// Node bounds of a range read.
 pub type Range<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
-
-/// Up to `limit` nodes (with values) in `range`, in node order or, with `rev`, backwards.
-pub(crate) fn range_table<T>(
-    table: &T,
-    range: Range<'_>,
-    rev: bool,
-    limit: usize,
-) -> Result<Pairs, StoreError>
-where
-    T: ReadableTable<&'static [u8], &'static [u8]>,
-{
-    let mut out = Vec::new();
-    if limit == 0 {
-        return Ok(out);
-    }
-    let iter = table.range::<&[u8]>(range).map_err(redb_err("read a range"))?;
-    let iter: Box<dyn Iterator<Item = _>> = if rev { Box::new(iter.rev()) } else { Box::new(iter) };
-    for entry in iter {
-        let (k, v) = entry.map_err(redb_err("read a range"))?;
-        out.push((k.value().to_vec(), v.value().to_vec()));
-        if out.len() == limit {
-            break;
-        }
-    }
-    Ok(out)
-}

@@ -28,7 +28,7 @@ use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
-use super::{Pairs, Range};
+use super::{Pairs, Range, StreamSeqnos};
 
 /// One node's change in one transaction: its value before and after (`None`: absent).
 #[derive(Debug, Clone, Copy)]
@@ -68,41 +68,113 @@ impl Versions {
     }
 }
 
-/// Nodes written during one stretch of seqnos.
+/// Nodes written during one stretch of seqnos, and the journal records that wrote them.
 #[derive(Debug, Default)]
 pub struct Generation {
-    nodes: RwLock<BTreeMap<Box<[u8]>, Versions>>,
+    inner: RwLock<Inner>,
     bytes: AtomicUsize,
-    /// Highest seqno applied here; 0 while empty.
+    /// Highest seqno of a record (or of changes given with [`Overlay::apply`]) here; 0 while
+    /// empty. A transaction's node writes do not move it: it may still abort.
     last_seqno: AtomicU64,
 }
 
+#[derive(Debug, Default)]
+struct Inner {
+    nodes: BTreeMap<Box<[u8]>, Versions>,
+    /// Encoded journal records by seqno, ascending.
+    records: Vec<(u64, Box<[u8]>)>,
+    /// Last stream seqno of every stream as of this generation's last record.
+    streams: StreamSeqnos,
+}
+
 impl Generation {
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<Box<[u8]>, Versions>> {
-        self.nodes.read().unwrap_or_else(PoisonError::into_inner)
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Adds transaction `seqno`'s changes (seqnos only grow).
     fn apply(&self, seqno: u64, changes: &[NodeChange<'_>]) {
-        let mut nodes = self.nodes.write().unwrap_or_else(PoisonError::into_inner);
-        let mut added = 0;
         for change in changes {
-            let after = change.after.map(Box::<[u8]>::from);
-            added += VERSION_OVERHEAD + change.after.map_or(0, <[u8]>::len);
-            match nodes.get_mut(change.key) {
-                Some(versions) => match versions.list.last_mut() {
-                    Some((last, value)) if *last == seqno => *value = after,
-                    _ => versions.list.push((seqno, after)),
-                },
-                None => {
-                    added += change.key.len() + change.before.map_or(0, <[u8]>::len);
-                    let before = change.before.map(Box::<[u8]>::from);
-                    nodes.insert(change.key.into(), Versions { before, list: vec![(seqno, after)] });
-                }
+            self.put(seqno, change.key, change.before, change.after);
+        }
+        self.last_seqno.fetch_max(seqno, Ordering::Release);
+    }
+
+    /// Writes `key` as of transaction `seqno` (at or above every seqno here); `before` is its
+    /// value before the write, kept if this is the generation's first version of it. A second
+    /// write of `key` by the same transaction replaces the first.
+    pub fn put(&self, seqno: u64, key: &[u8], before: Option<&[u8]>, after: Option<&[u8]>) {
+        let mut inner = self.write();
+        let value = after.map(Box::<[u8]>::from);
+        let mut added = VERSION_OVERHEAD + after.map_or(0, <[u8]>::len);
+        match inner.nodes.get_mut(key) {
+            Some(versions) => match versions.list.last_mut() {
+                Some((last, current)) if *last == seqno => *current = value,
+                _ => versions.list.push((seqno, value)),
+            },
+            None => {
+                added += key.len() + before.map_or(0, <[u8]>::len);
+                let before = before.map(Box::<[u8]>::from);
+                inner.nodes.insert(key.into(), Versions { before, list: vec![(seqno, value)] });
             }
         }
+        drop(inner);
         self.bytes.fetch_add(added, Ordering::Relaxed);
+    }
+
+    /// Undoes transaction `seqno`'s write of `key`: back to `previous` if the transaction
+    /// had written `key` before (`known`), else its version here is removed.
+    pub fn unput(&self, seqno: u64, key: &[u8], previous: Option<&[u8]>, known: bool) {
+        let mut inner = self.write();
+        let Some(versions) = inner.nodes.get_mut(key) else { return };
+        if known {
+            if let Some((last, current)) = versions.list.last_mut()
+                && *last == seqno
+            {
+                *current = previous.map(Box::<[u8]>::from);
+            }
+            return;
+        }
+        if versions.list.last().is_some_and(|(last, _)| *last == seqno) {
+            versions.list.pop();
+        }
+        if versions.list.is_empty() {
+            inner.nodes.remove(key);
+        }
+    }
+
+    /// Adds transaction `seqno`'s encoded journal record.
+    pub fn add_record(&self, seqno: u64, record: &[u8]) {
+        self.bytes.fetch_add(record.len() + VERSION_OVERHEAD, Ordering::Relaxed);
+        self.write().records.push((seqno, record.into()));
         self.last_seqno.fetch_max(seqno, Ordering::Release);
+    }
+
+    /// Records the stream seqnos as of this generation's last record.
+    pub fn set_streams(&self, streams: StreamSeqnos) {
+        self.write().streams = streams;
+    }
+
+    /// The stream seqnos as of this generation's last record.
+    pub fn streams(&self) -> StreamSeqnos {
+        self.read().streams
+    }
+
+    /// Forgets every version and record above `seqno` (a group that failed to become durable).
+    pub fn discard_above(&self, seqno: u64) {
+        let mut inner = self.write();
+        inner.nodes.retain(|_, versions| {
+            versions.list.retain(|(s, _)| *s <= seqno);
+            !versions.list.is_empty()
+        });
+        inner.records.retain(|(s, _)| *s <= seqno);
+        drop(inner);
+        let _ =
+            self.last_seqno.fetch_update(Ordering::AcqRel, Ordering::Acquire, |last| Some(last.min(seqno)));
     }
 
     /// Approximate memory the generation holds.
@@ -116,7 +188,8 @@ impl Generation {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.read().is_empty()
+        let inner = self.read();
+        inner.nodes.is_empty() && inner.records.is_empty()
     }
 
     /// Calls `f` with every node's last value here, in node order: what a checkpoint writes.
@@ -124,17 +197,25 @@ impl Generation {
         &self,
         mut f: impl FnMut(&[u8], Option<&[u8]>) -> Result<(), E>,
     ) -> Result<(), E> {
-        for (key, versions) in self.read().iter() {
+        for (key, versions) in self.read().nodes.iter() {
             let last = versions.list.last().map_or(versions.before.as_deref(), |(_, v)| v.as_deref());
             f(key, last)?;
         }
         Ok(())
     }
 
+    /// Calls `f` with every record here, in seqno order: what a checkpoint appends.
+    pub fn try_for_each_record<E>(&self, mut f: impl FnMut(u64, &[u8]) -> Result<(), E>) -> Result<(), E> {
+        for (seqno, record) in &self.read().records {
+            f(*seqno, record)?;
+        }
+        Ok(())
+    }
+
     /// The first node of this generation inside `(lo, hi)`: the lowest, or with `rev` the highest.
     fn edge(&self, lo: Bound<&[u8]>, hi: Bound<&[u8]>, rev: bool) -> Option<Vec<u8>> {
-        let nodes = self.read();
-        let mut range = nodes.range::<[u8], _>((lo, hi));
+        let inner = self.read();
+        let mut range = inner.nodes.range::<[u8], _>((lo, hi));
         let key = if rev { range.next_back() } else { range.next() };
         key.map(|(k, _)| k.to_vec())
     }
@@ -161,8 +242,8 @@ impl SuperVersion {
     pub fn get(&self, key: &[u8], seqno: u64) -> Option<Option<Vec<u8>>> {
         let mut before: Option<Option<Vec<u8>>> = None;
         for generation in self.generations.iter().rev() {
-            let nodes = generation.read();
-            let Some(versions) = nodes.get(key) else { continue };
+            let inner = generation.read();
+            let Some(versions) = inner.nodes.get(key) else { continue };
             match versions.at(seqno) {
                 AtSeqno::Version(value) => return Some(value.map(<[u8]>::to_vec)),
                 // An older generation may still hold a version at or below `seqno`.
@@ -246,6 +327,32 @@ impl SuperVersion {
     pub fn bytes(&self) -> usize {
         self.generations.iter().map(|g| g.bytes()).sum()
     }
+
+    /// Encoded journal records with seqnos in `from..=to`, oldest first.
+    pub fn records(&self, from: u64, to: u64) -> Vec<(u64, Vec<u8>)> {
+        let mut out = Vec::new();
+        for generation in &self.generations {
+            let inner = generation.read();
+            let start = inner.records.partition_point(|(s, _)| *s < from);
+            let held = inner.records.get(start..).unwrap_or_default();
+            out.extend(held.iter().take_while(|(s, _)| *s <= to).map(|(s, r)| (*s, r.to_vec())));
+        }
+        out
+    }
+
+    /// Every node any generation holds a version of, once each, in node order.
+    pub fn node_keys(&self) -> Vec<Vec<u8>> {
+        let mut keys = std::collections::BTreeSet::new();
+        for generation in &self.generations {
+            keys.extend(generation.read().nodes.keys().map(|k| k.to_vec()));
+        }
+        keys.into_iter().collect()
+    }
+
+    /// The seqno of the oldest record the overlay holds.
+    pub fn first_record_seqno(&self) -> Option<u64> {
+        self.generations.iter().find_map(|g| g.read().records.first().map(|(s, _)| *s))
+    }
 }
 
 /// The published overlay.
@@ -280,9 +387,24 @@ impl Overlay {
 
     /// Adds transaction `seqno`'s changes to the active generation (writer only).
     pub fn apply(&self, seqno: u64, changes: &[NodeChange<'_>]) {
-        if let Some(active) = self.current().generations.last() {
-            active.apply(seqno, changes);
-        }
+        self.active().apply(seqno, changes);
+    }
+
+    /// The generation the writer adds to.
+    pub fn active(&self) -> Arc<Generation> {
+        self.current().generations.last().cloned().unwrap_or_default()
+    }
+
+    /// How many generations wait for the checkpointer.
+    pub fn frozen(&self) -> usize {
+        self.current().generations.len().saturating_sub(1)
+    }
+
+    /// Starts over, empty, above a base that now reflects `checkpoint_seqno` (writer only,
+    /// after it changed the base itself with nothing in the overlay: a rollback, a metadata
+    /// change, an applied batch of replicated records).
+    pub fn reset(&self, checkpoint_seqno: u64) {
+        self.publish(|_| SuperVersion { generations: vec![Arc::default()], checkpoint_seqno });
     }
 
     /// Freezes the active generation and starts a new one (writer only); returns the frozen
@@ -408,6 +530,53 @@ mod tests {
         assert_eq!(sv.range(1, all, false, 0, no_base()), Ok(vec![]));
         let failing = vec![Err::<Pair, _>("disk")];
         assert_eq!(sv.range(1, all, false, 10, failing.into_iter()), Err("disk"));
+    }
+
+    #[test]
+    fn an_undone_write_and_a_discarded_group_leave_no_trace() {
+        let overlay = Overlay::new(0);
+        let active = overlay.active();
+        active.put(1, b"k", None, Some(b"one"));
+        active.add_record(1, b"r1");
+        active.put(2, b"k", Some(b"one"), Some(b"two"));
+        active.put(2, b"k", Some(b"two"), Some(b"three"));
+        active.unput(2, b"k", Some(b"two"), true);
+        assert_eq!(
+            overlay.current().get(b"k", 2),
+            Some(Some(b"two".to_vec())),
+            "back to the first write of 2"
+        );
+        active.unput(2, b"k", Some(b"one"), false);
+        active.put(2, b"new", None, Some(b"n"));
+        active.unput(2, b"new", None, false);
+        let sv = overlay.current();
+        assert_eq!(sv.get(b"k", u64::MAX), Some(Some(b"one".to_vec())));
+        assert_eq!(sv.get(b"new", u64::MAX), None, "a node only the undone write made is gone");
+        active.put(2, b"k", Some(b"one"), None);
+        active.add_record(2, b"r2");
+        active.discard_above(1);
+        assert_eq!(sv.get(b"k", u64::MAX), Some(Some(b"one".to_vec())));
+        assert_eq!(sv.records(1, 9), vec![(1, b"r1".to_vec())]);
+        assert_eq!(active.last_seqno(), 1);
+    }
+
+    #[test]
+    fn records_are_read_across_generations_by_seqno() {
+        let overlay = Overlay::new(0);
+        for seqno in 1..=3 {
+            overlay.active().add_record(seqno, &[u8::try_from(seqno).unwrap_or(0)]);
+            overlay.active().put(seqno, b"k", None, Some(b"v"));
+            overlay.freeze();
+        }
+        let sv = overlay.current();
+        assert_eq!(sv.records(2, 9), vec![(2, vec![2]), (3, vec![3])]);
+        assert_eq!(sv.records(1, 1), vec![(1, vec![1])]);
+        assert_eq!(sv.first_record_seqno(), Some(1));
+        assert_eq!(overlay.frozen(), 3);
+        overlay.reset(3);
+        assert_eq!(overlay.frozen(), 0);
+        assert_eq!(overlay.checkpoint_seqno(), 3);
+        assert_eq!(overlay.current().first_record_seqno(), None);
     }
 
     /// One step of the model test.

@@ -1,14 +1,25 @@
-//! The writer: the single thread that changes the database, with group commit.
+//! The writer: the single thread that commits, with group commit on the journal as the
+//! write-ahead log (decision 0002).
 //!
 //! Connections submit transactions as closures over a [`TxnView`]. The writer takes every
 //! transaction waiting in its queue (up to [`GROUP_COMMIT_TXNS_MAX`]), runs them one after
-//! another inside one redb write transaction — each with its own journal seqno and journal
-//! record — and commits once with `Durability::Immediate` (one fsync for the whole batch).
-//! Only then does any submitter hear back, so an acknowledged transaction is always durable.
+//! another — each with its own journal seqno and journal record — against the overlay over
+//! the database file, writing into the overlay's active generation under its seqno (invisible
+//! to readers, who read at the committed seqno). It then appends the group's records to the
+//! current journal segment with one write and syncs it (one fsync for the whole group). Only
+//! then is the committed seqno published and does any submitter hear back, so an
+//! acknowledged transaction is always durable. The [`super::checkpoint`] thread brings the
+//! database file up to date in the background.
 //!
 //! A transaction that aborts (a command error inside EXEC) is undone from its before-images
-//! before the next one runs and consumes no seqno. A failed commit fails every transaction
-//! in the batch; nothing of it is visible, and the seqnos are handed out again.
+//! before the next one runs and consumes no seqno. A failed group fails every transaction in
+//! it; its versions leave the overlay, its frames are cut off the segment, and the seqnos are
+//! handed out again.
+//!
+//! Rare work changes the database file directly in one durable redb commit, as before the
+//! journal became the log: applying replicated records, a rollback, a metadata change, a
+//! system key. It first checkpoints everything and removes every segment, so the file holds
+//! the whole journal and recovery has nothing to replay past it.
 //!
 //! Disk full: before each batch the writer checks the free space of the data volume and
 //! refuses the batch with [`StoreError::DiskFull`] when it is below the reserve, so redb never
@@ -22,17 +33,23 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use redb::{Database, ReadableTable, Table};
+use redb::{Database, ReadableTable};
 use tokio::sync::{mpsc, oneshot};
 
+use super::checkpoint::Checkpointer;
 use super::journal::{KeyChange, Record, RecordKind, STREAMS_MAX};
 use super::meta::{HistoryRecord, InstanceMeta, LastRollback, StreamState};
+use super::overlay::Generation;
+use super::segment::SegmentWriter;
 use super::{
-    DATA, JOURNAL, META, META_INSTANCE, Pairs, Range, STREAMS, Store, StoreError, StreamSeqnos, now_micros,
-    redb_err,
+    DATA, JOURNAL, META, META_INSTANCE, Pairs, Range, STREAMS, Snapshot, Store, StoreError, StreamSeqnos,
+    now_micros, redb_err,
 };
 use crate::base::error_chain;
-use crate::limits::{GROUP_COMMIT_TXNS_MAX, WRITER_QUEUE_TXNS_MAX};
+use crate::limits::{
+    CHECKPOINT_INTERVAL, CHECKPOINT_OVERLAY_BYTES, GROUP_COMMIT_TXNS_MAX, SEGMENT_BYTES,
+    WRITER_QUEUE_TXNS_MAX,
+};
 use crate::metrics::Metrics;
 
 /// Hash buckets recording the last seqno that wrote any key hashing to them; WATCH compares
@@ -198,6 +215,14 @@ enum Work<T> {
         upgrade_to: Option<u32>,
         reply: oneshot::Sender<Result<u64, TxnFailure>>,
     },
+    /// Freeze the overlay's active generation for the checkpointer (it asks when the
+    /// generation has waited a checkpoint interval).
+    Freeze,
+    /// Checkpoint everything (a backup reads the database file next); replies with the seqno
+    /// the file now holds.
+    Checkpoint {
+        reply: oneshot::Sender<Result<u64, TxnFailure>>,
+    },
 }
 
 /// Handle used to submit work; cheap to clone. The writer stops when all are dropped.
@@ -224,11 +249,23 @@ impl<T: Send + 'static> Writer<T> {
         let streams = store.stream_seqnos();
         let supplementary = store.meta().supplementary;
         let waiters: Waiters<T> = Arc::default();
+        let weak = tx.downgrade();
+        let ask_freeze = Box::new(move || {
+            if let Some(tx) = weak.upgrade() {
+                let _ = tx.try_send(Work::Freeze);
+            }
+        });
+        let checkpointer = Checkpointer::spawn(store.clone(), metrics.clone(), ask_freeze)?;
         let state = WriterThread {
+            checkpointer,
+            segment: None,
+            broken_segment: None,
+            segments_exist: true,
+            active_since: Instant::now(),
             applied_touched: Vec::new(),
             serve_after_apply: Vec::new(),
             waiter_seq: 0,
-            counted: (0, 0),
+            counted: (0, 0, 0),
             waiters: waiters.clone(),
             store,
             disk_reserve_bytes,
@@ -385,6 +422,12 @@ impl<T: Send + 'static> Writer<T> {
         self.call(Work::Meta { update, reply }, rx).await
     }
 
+    /// Checkpoints everything committed so far into the database file; the seqno it holds.
+    pub async fn checkpoint(&self) -> Result<u64, TxnFailure> {
+        let (reply, rx) = oneshot::channel();
+        self.call(Work::Checkpoint { reply }, rx).await
+    }
+
     /// Writes one of the engine's own keys as a journaled transaction; with `upgrade_to`, an
     /// `Upgrade` record that also moves the data to that format. The seqno it got.
     pub async fn system(
@@ -405,9 +448,15 @@ struct Change {
 }
 
 /// What a transaction program sees: the data as of every earlier transaction in its batch,
-/// plus its own changes, with before-images captured on first touch.
+/// plus its own changes, with before-images captured on first touch. Its writes go into the
+/// overlay's active generation under the seqno it will get, invisible to readers until the
+/// group is durable.
 pub struct TxnView<'a, 't> {
-    table: &'a mut Table<'t, &'static [u8], &'static [u8]>,
+    /// The overlay (active generation included) over the database file, read at its newest.
+    base: &'a Snapshot,
+    active: &'t Generation,
+    /// The seqno this transaction gets if it changes anything.
+    seqno: u64,
     changes: BTreeMap<Vec<u8>, Change>,
     /// Every write in order: the node, its value before the write, and whether `changes` held
     /// it already. Undoing walks it backwards.
@@ -421,12 +470,12 @@ pub struct TxnView<'a, 't> {
 
 impl TxnView<'_, '_> {
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Abort> {
-        Ok(self.table.get(key).map_err(redb_err("read a key"))?.map(|v| v.value().to_vec()))
+        Ok(self.base.get(key)?)
     }
 
     /// Up to `limit` nodes in `range`, forwards or backwards, as this transaction sees them.
     pub fn range(&self, range: Range<'_>, rev: bool, limit: usize) -> Result<Pairs, Abort> {
-        Ok(super::range_table(&*self.table, range, rev, limit)?)
+        Ok(self.base.range(range, rev, limit)?)
     }
 
     pub fn set(&mut self, key: &[u8], value: &[u8]) -> Result<(), Abort> {
@@ -434,8 +483,8 @@ impl TxnView<'_, '_> {
             return Err(Abort::Command(message.to_owned()));
         }
         system_key_guard(key)?;
-        let previous =
-            self.table.insert(key, value).map_err(redb_err("write a key"))?.map(|v| v.value().to_vec());
+        let previous = self.base.get(key)?;
+        self.active.put(self.seqno, key, previous.as_deref(), Some(value));
         self.note(key, previous, Some(value.to_vec()))
     }
 
@@ -445,9 +494,10 @@ impl TxnView<'_, '_> {
             return Err(Abort::Command(message.to_owned()));
         }
         system_key_guard(key)?;
-        let previous = self.table.remove(key).map_err(redb_err("delete a key"))?.map(|v| v.value().to_vec());
+        let previous = self.base.get(key)?;
         let existed = previous.is_some();
         if existed {
+            self.active.put(self.seqno, key, previous.as_deref(), None);
             self.note(key, previous, None)?;
         }
         Ok(existed)
@@ -482,14 +532,7 @@ impl TxnView<'_, '_> {
     fn unwind(&mut self, to: usize) -> Result<(), StoreError> {
         while self.log.len() > to {
             let Some((key, previous, known)) = self.log.pop() else { break };
-            match &previous {
-                Some(value) => {
-                    self.table.insert(key.as_slice(), value.as_slice()).map_err(redb_err("undo a write"))?;
-                }
-                None => {
-                    self.table.remove(key.as_slice()).map_err(redb_err("undo a write"))?;
-                }
-            }
+            self.active.unput(self.seqno, &key, previous.as_deref(), known);
             if known {
                 if let Some(change) = self.changes.get_mut(&key) {
                     change.after = previous;
@@ -509,14 +552,26 @@ impl TxnView<'_, '_> {
 
 struct WriterThread<T> {
     store: Arc<Store>,
+    checkpointer: Checkpointer,
+    /// The journal segment groups are appended to (`None` until the first group after
+    /// start, rotation, or a direct change of the database file).
+    segment: Option<SegmentWriter>,
+    /// Set when a failed group's frames could not be cut off the segment: the length and
+    /// chain value to cut back to before anything else is appended.
+    broken_segment: Option<(u64, u32)>,
+    /// Whether segments may exist on disk (so a direct change must remove them first).
+    segments_exist: bool,
+    /// When the active generation was last frozen.
+    active_since: Instant,
     /// Keys the last SI apply changed, for blocked clients it may serve.
     applied_touched: Vec<Vec<u8>>,
     /// Keys a batch serves blocked clients on before running its own transactions.
     serve_after_apply: Vec<Vec<u8>>,
     /// Numbers blocked transactions in the order they blocked.
     waiter_seq: u64,
-    /// What the commit being built changes in the key counts (see `Store::key_counts`).
-    counted: (i64, i64),
+    /// What the commit being built changes in the key counts (see `Store::key_counts`):
+    /// keys, keys with an expiry, nodes.
+    counted: (i64, i64, i64),
     /// Blocked transactions (see [`BlockingProgram`]).
     waiters: Waiters<T>,
     disk_reserve_bytes: u64,
@@ -544,6 +599,15 @@ struct Cursor {
     local: u64,
 }
 
+/// What a group's transactions read, and where they write.
+struct Out<'a> {
+    view: &'a Snapshot,
+    active: &'a Generation,
+    /// The group's encoded journal records, in seqno order.
+    records: &'a mut Vec<Vec<u8>>,
+    cursor: &'a mut Cursor,
+}
+
 /// How one transaction program ran inside a batch.
 enum Ran<T> {
     Done {
@@ -567,6 +631,8 @@ fn fail_work<T>(work: Work<T>, failure: &TxnFailure) {
         Work::Rollback { reply, .. } => drop(reply.send(Err(failure.clone()))),
         Work::Meta { reply, .. } => drop(reply.send(Err(failure.clone()))),
         Work::System { reply, .. } => drop(reply.send(Err(failure.clone()))),
+        Work::Checkpoint { reply } => drop(reply.send(Err(failure.clone()))),
+        Work::Freeze => {}
     }
 }
 
@@ -633,6 +699,10 @@ impl<T: Send + 'static> WriterThread<T> {
                 None => match rx.blocking_recv() {
                     Some(work) => work,
                     None => {
+                        // A clean stop leaves the database file complete: nothing to replay.
+                        if let Err(e) = self.checkpoint_all() {
+                            tracing::warn!(error = %error_chain(&e), "final checkpoint failed; the next start replays the journal");
+                        }
                         tracing::debug!("writer queue closed; writer stops");
                         return;
                     }
@@ -651,12 +721,10 @@ impl<T: Send + 'static> WriterThread<T> {
                     self.commit_batch(&mut batch);
                 }
                 Work::Apply { records, source_history, mode, reply } => {
-                    let result = match mode {
-                        ApplyMode::Bc { source_streams } => {
-                            self.apply(records, source_history, source_streams)
-                        }
-                        ApplyMode::Si { stream } => self.apply_si(stream, records, source_history),
-                    };
+                    let result = self.direct(|w| match mode {
+                        ApplyMode::Bc { source_streams } => w.apply(records, source_history, source_streams),
+                        ApplyMode::Si { stream } => w.apply_si(stream, records, source_history),
+                    });
                     let _ = reply.send(self.settle(result));
                     // Records applied on an instance that takes writes of its own (SI) can
                     // make blocked clients servable: serve them in a commit of their own.
@@ -667,19 +735,38 @@ impl<T: Send + 'static> WriterThread<T> {
                     }
                 }
                 Work::Rollback { to_seqno, new_epoch, reason, reply } => {
-                    let result = self.rollback(to_seqno, new_epoch, &reason);
+                    let result = self.direct(|w| w.rollback(to_seqno, new_epoch, &reason));
                     let _ = reply.send(self.settle(result));
                 }
                 Work::Meta { update, reply } => {
-                    let result = self.meta(update);
+                    let result = self.direct(|w| w.meta(update));
                     let _ = reply.send(self.settle(result));
                 }
                 Work::System { key, value, upgrade_to, reply } => {
-                    let result = self.system(key, value, upgrade_to);
+                    let result = self.direct(|w| w.system(key, value, upgrade_to));
+                    let _ = reply.send(self.settle(result));
+                }
+                Work::Freeze => self.freeze(),
+                Work::Checkpoint { reply } => {
+                    let result = self.checkpoint_all();
                     let _ = reply.send(self.settle(result));
                 }
             }
         }
+    }
+
+    /// Runs work that changes the database file directly (see the module's documentation).
+    fn direct<R>(
+        &mut self,
+        change: impl FnOnce(&mut Self) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        self.checkpoint_all()?;
+        let result = change(self);
+        self.store.overlay.reset(self.store.committed_seqno());
+        if let Err(e) = self.store.recount_nodes() {
+            tracing::warn!(error = %error_chain(&e), "cannot count nodes");
+        }
+        result
     }
 
     fn bucket(&self, key: &[u8]) -> usize {
@@ -730,164 +817,216 @@ impl<T: Send + 'static> WriterThread<T> {
     }
 
     /// Runs and commits the batch, pushing each transaction's outcome to `replies`. On error,
-    /// `replies` and what is left of `batch` together hold every transaction's reply handle.
+    /// `replies` and what is left of `batch` together hold every transaction's reply handle,
+    /// and nothing of the batch is left in the overlay or the journal.
     fn try_commit_batch(
         &mut self,
         batch: &mut Vec<TxnRequest<T>>,
         replies: &mut Vec<Reply<T>>,
     ) -> Result<(), StoreError> {
-        self.counted = (0, 0);
-        let free = self.store.free_bytes()?;
-        if free < self.disk_reserve_bytes {
-            self.store.degraded.store(true, Ordering::Release);
-            return Err(StoreError::DiskFull { free_bytes: free, reserve_bytes: self.disk_reserve_bytes });
-        }
-        let db = self.store.db()?;
+        self.counted = (0, 0, 0);
+        self.check_space()?;
+        self.make_room()?;
         let committed = self.store.committed_seqno();
-        let mut next = committed + 1;
+        let active = self.store.overlay.active();
         let mut enqueued = Vec::with_capacity(batch.len());
-        let read_only_message = self.store.write_refusal();
-        let mut local = self.streams[0];
-        let txn = db.begin_write().map_err(redb_err("begin a write transaction"))?;
-        {
-            let mut data = txn.open_table(DATA).map_err(redb_err("open the data table"))?;
-            let mut journal = txn.open_table(JOURNAL).map_err(redb_err("open the journal table"))?;
-            let mut cursor = Cursor { next, local };
-            let pre = std::mem::take(&mut self.serve_after_apply);
-            if !pre.is_empty() {
-                let read_only = read_only_message.as_deref();
-                self.serve_waiters(
-                    &mut data,
-                    &mut journal,
-                    pre,
-                    read_only,
-                    &mut cursor,
-                    replies,
-                    &mut enqueued,
-                )?;
-            }
-            for request in batch.drain(..) {
-                enqueued.push(request.enqueued);
-                if request
-                    .watch
-                    .iter()
-                    .any(|(key, seqno)| self.buckets.get(self.bucket(key)).is_some_and(|b| b > seqno))
-                {
-                    replies.push((request.reply, Ok(Committed::WatchConflict)));
-                    continue;
-                }
-                let read_only = read_only_message.as_deref();
-                let housekeeping = request.housekeeping;
-                let touched = match request.program {
-                    Program::Once(program) => {
-                        let mut program = Some(program);
-                        let mut once = |view: &mut TxnView<'_, '_>| match program.take() {
-                            Some(p) => p(view).map(Some),
-                            None => Ok(None),
-                        };
-                        match self.run_txn(
-                            &mut data,
-                            &mut journal,
-                            &mut once,
-                            read_only,
-                            housekeeping,
-                            &mut cursor,
-                        )? {
-                            Ran::Done { output, seqno, touched } => {
-                                replies.push((request.reply, Ok(Committed::Done { output, seqno })));
-                                touched
-                            }
-                            Ran::Waiting => Vec::new(),
-                            Ran::Aborted(message) => {
-                                replies.push((request.reply, Err(TxnFailure::Aborted(message))));
-                                Vec::new()
-                            }
-                        }
-                    }
-                    Program::Blocking { id, keys, mut program } => {
-                        match self.run_txn(
-                            &mut data,
-                            &mut journal,
-                            &mut program,
-                            read_only,
-                            false,
-                            &mut cursor,
-                        )? {
-                            Ran::Done { output, seqno, touched } => {
-                                replies.push((request.reply, Ok(Committed::Done { output, seqno })));
-                                touched
-                            }
-                            Ran::Waiting => {
-                                self.waiter_seq += 1;
-                                let waiter = Waiter {
-                                    seq: self.waiter_seq,
-                                    id,
-                                    keys,
-                                    program,
-                                    reply: request.reply,
-                                    enqueued: request.enqueued,
-                                };
-                                self.waiters
-                                    .lock()
-                                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                                    .push_back(waiter);
-                                Vec::new()
-                            }
-                            Ran::Aborted(message) => {
-                                replies.push((request.reply, Err(TxnFailure::Aborted(message))));
-                                Vec::new()
-                            }
-                        }
-                    }
-                };
-                self.serve_waiters(
-                    &mut data,
-                    &mut journal,
-                    touched,
-                    read_only,
-                    &mut cursor,
-                    replies,
-                    &mut enqueued,
-                )?;
-            }
-            next = cursor.next;
-            local = cursor.local;
-            let mut streams = self.streams;
-            streams[0] = local;
-            save_streams(&txn, &self.streams, &streams)?;
-        }
+        let mut records = Vec::new();
+        let mut cursor = Cursor { next: committed + 1, local: self.streams[0] };
+        let ran = self.run_group(batch, replies, &active, &mut records, &mut cursor, &mut enqueued);
         let started = Instant::now();
-        txn.commit().map_err(redb_err("commit"))?;
-        self.store.adjust_counts(std::mem::take(&mut self.counted));
+        let durable = ran.and_then(|()| match records.is_empty() {
+            true => Ok(()),
+            false => self.append_durably(committed + 1, &records),
+        });
+        if let Err(e) = durable {
+            active.discard_above(committed);
+            return Err(e);
+        }
         let fsync = started.elapsed();
+        let last = cursor.next - 1;
         let mut streams = self.streams;
-        streams[0] = local;
+        streams[0] = cursor.local;
         self.set_streams(streams);
-        self.store.publish(next - 1, None, self.version);
+        active.set_streams(streams);
+        self.store.adjust_counts(std::mem::take(&mut self.counted));
+        self.store.publish(last, None, self.version);
         self.store.degraded.store(false, Ordering::Release);
         let m = &self.metrics;
         m.journal_fsync_duration_seconds.observe(fsync.as_secs_f64());
         m.group_commit_transactions.observe(replies.len() as f64);
-        m.commits_total.inc_by(next - 1 - committed);
-        m.journal_seqno.set(i64::try_from(next - 1).unwrap_or(i64::MAX));
+        m.commits_total.inc_by(last - committed);
+        m.journal_seqno.set(i64::try_from(last).unwrap_or(i64::MAX));
         for at in enqueued {
             m.commit_duration_seconds.observe(at.elapsed().as_secs_f64());
         }
+        if active.bytes() >= CHECKPOINT_OVERLAY_BYTES || self.active_since.elapsed() >= CHECKPOINT_INTERVAL {
+            self.freeze();
+        }
+        self.metrics.overlay_bytes.set(i64::try_from(self.store.overlay.bytes()).unwrap_or(i64::MAX));
         Ok(())
+    }
+
+    /// Runs the batch's transactions (and the blocked ones they serve) into the overlay's
+    /// active generation, collecting their encoded journal records.
+    fn run_group(
+        &mut self,
+        batch: &mut Vec<TxnRequest<T>>,
+        replies: &mut Vec<Reply<T>>,
+        active: &Generation,
+        records: &mut Vec<Vec<u8>>,
+        cursor: &mut Cursor,
+        enqueued: &mut Vec<Instant>,
+    ) -> Result<(), StoreError> {
+        let view = self.store.snapshot_latest()?;
+        let mut out = Out { view: &view, active, records, cursor };
+        let read_only_message = self.store.write_refusal();
+        let read_only = read_only_message.as_deref();
+        let pre = std::mem::take(&mut self.serve_after_apply);
+        if !pre.is_empty() {
+            self.serve_waiters(&mut out, pre, read_only, replies, enqueued)?;
+        }
+        for request in batch.drain(..) {
+            enqueued.push(request.enqueued);
+            if request
+                .watch
+                .iter()
+                .any(|(key, seqno)| self.buckets.get(self.bucket(key)).is_some_and(|b| b > seqno))
+            {
+                replies.push((request.reply, Ok(Committed::WatchConflict)));
+                continue;
+            }
+            let housekeeping = request.housekeeping;
+            let touched = match request.program {
+                Program::Once(program) => {
+                    let mut program = Some(program);
+                    let mut once = |view: &mut TxnView<'_, '_>| match program.take() {
+                        Some(p) => p(view).map(Some),
+                        None => Ok(None),
+                    };
+                    match self.run_txn(&mut out, &mut once, read_only, housekeeping)? {
+                        Ran::Done { output, seqno, touched } => {
+                            replies.push((request.reply, Ok(Committed::Done { output, seqno })));
+                            touched
+                        }
+                        Ran::Waiting => Vec::new(),
+                        Ran::Aborted(message) => {
+                            replies.push((request.reply, Err(TxnFailure::Aborted(message))));
+                            Vec::new()
+                        }
+                    }
+                }
+                Program::Blocking { id, keys, mut program } => {
+                    match self.run_txn(&mut out, &mut program, read_only, false)? {
+                        Ran::Done { output, seqno, touched } => {
+                            replies.push((request.reply, Ok(Committed::Done { output, seqno })));
+                            touched
+                        }
+                        Ran::Waiting => {
+                            self.waiter_seq += 1;
+                            let waiter = Waiter {
+                                seq: self.waiter_seq,
+                                id,
+                                keys,
+                                program,
+                                reply: request.reply,
+                                enqueued: request.enqueued,
+                            };
+                            self.waiters
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .push_back(waiter);
+                            Vec::new()
+                        }
+                        Ran::Aborted(message) => {
+                            replies.push((request.reply, Err(TxnFailure::Aborted(message))));
+                            Vec::new()
+                        }
+                    }
+                }
+            };
+            self.serve_waiters(&mut out, touched, read_only, replies, enqueued)?;
+        }
+        Ok(())
+    }
+
+    /// Appends a group's records to the journal segment with one write and syncs it. On
+    /// failure the group's frames are cut off again, so the next group follows the last
+    /// durable frame (if even the cut fails, every group retries it first).
+    fn append_durably(&mut self, first_seqno: u64, records: &[Vec<u8>]) -> Result<(), StoreError> {
+        if let (Some((len, crc)), Some(segment)) = (self.broken_segment, self.segment.as_mut()) {
+            segment.cut_back(len, crc)?;
+            self.broken_segment = None;
+        }
+        if self.segment.as_ref().is_none_or(|s| s.bytes() >= SEGMENT_BYTES) {
+            let dir = self.store.journal_dir();
+            let creation_id = self.store.meta().creation_id;
+            match SegmentWriter::create(dir, first_seqno, &creation_id) {
+                Ok(segment) => self.segment = Some(segment),
+                Err(e) => {
+                    // A half-made segment would stand in the next attempt's way.
+                    let _ = std::fs::remove_file(dir.join(super::segment::file_name(first_seqno)));
+                    return Err(e.into());
+                }
+            }
+            self.segments_exist = true;
+        }
+        let Some(segment) = self.segment.as_mut() else { return Err(StoreError::Recovering) };
+        let (len, crc) = (segment.bytes(), segment.last_crc());
+        let written = segment.append(records).and_then(|_| segment.sync());
+        if let Err(e) = written {
+            if let Err(cut) = segment.cut_back(len, crc) {
+                tracing::error!(error = %error_chain(&cut), "cannot cut a failed group off the journal segment");
+                self.broken_segment = Some((len, crc));
+            }
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Freezes the active generation for the checkpointer.
+    fn freeze(&mut self) {
+        if self.store.overlay.freeze().is_some() {
+            self.checkpointer.wake();
+        }
+        self.active_since = Instant::now();
+    }
+
+    /// Past twice the overlay's bound, waits for the checkpointer before taking more.
+    fn make_room(&mut self) -> Result<(), StoreError> {
+        if self.store.overlay.bytes() >= 2 * CHECKPOINT_OVERLAY_BYTES {
+            self.freeze();
+            self.checkpointer.drain()?;
+        }
+        Ok(())
+    }
+
+    /// Checkpoints everything and removes every journal segment: the database file then holds
+    /// the whole journal, and may be changed directly.
+    fn checkpoint_all(&mut self) -> Result<u64, StoreError> {
+        self.freeze();
+        self.checkpointer.drain()?;
+        if self.segments_exist {
+            self.segment = None;
+            self.broken_segment = None;
+            super::remove_segments(self.store.journal_dir(), u64::MAX)?;
+            self.segments_exist = false;
+        }
+        Ok(self.store.committed_seqno())
     }
 
     /// Runs one transaction program inside the batch and journals what it changed.
     fn run_txn(
         &mut self,
-        data: &mut Table<'_, &'static [u8], &'static [u8]>,
-        journal: &mut Table<'_, u64, &'static [u8]>,
+        out: &mut Out<'_>,
         program: &mut dyn FnMut(&mut TxnView<'_, '_>) -> Result<Option<T>, Abort>,
         read_only: Option<&str>,
         housekeeping: bool,
-        cursor: &mut Cursor,
     ) -> Result<Ran<T>, StoreError> {
+        let cursor = &mut *out.cursor;
         let mut view = TxnView {
-            table: data,
+            base: out.view,
+            active: out.active,
+            seqno: cursor.next,
             changes: BTreeMap::new(),
             log: Vec::new(),
             bytes: 0,
@@ -939,9 +1078,9 @@ impl<T: Send + 'static> WriterThread<T> {
                     commit_time_micros: now_micros(),
                     changes,
                 };
-                journal
-                    .insert(seqno, record.encode().as_slice())
-                    .map_err(redb_err("append a journal record"))?;
+                let encoded = record.encode();
+                out.active.add_record(seqno, &encoded);
+                out.records.push(encoded);
                 Ok(Ran::Done { output, seqno: Some(seqno), touched })
             }
             Err(Abort::Command(message)) => {
@@ -954,14 +1093,11 @@ impl<T: Send + 'static> WriterThread<T> {
 
     /// Serves blocked transactions waiting on keys just written, oldest first, each right
     /// after the write that made it servable; what one serves can serve the next.
-    #[allow(clippy::too_many_arguments)]
     fn serve_waiters(
         &mut self,
-        data: &mut Table<'_, &'static [u8], &'static [u8]>,
-        journal: &mut Table<'_, u64, &'static [u8]>,
+        out: &mut Out<'_>,
         mut touched: Vec<Vec<u8>>,
         read_only: Option<&str>,
-        cursor: &mut Cursor,
         replies: &mut Vec<Reply<T>>,
         enqueued: &mut Vec<Instant>,
     ) -> Result<(), StoreError> {
@@ -981,7 +1117,7 @@ impl<T: Send + 'static> WriterThread<T> {
             touched.clear();
             let mut unserved = Vec::new();
             for mut waiter in ready {
-                match self.run_txn(data, journal, &mut waiter.program, read_only, false, cursor)? {
+                match self.run_txn(out, &mut waiter.program, read_only, false)? {
                     Ran::Done { output, seqno, touched: more } => {
                         enqueued.push(waiter.enqueued);
                         replies.push((waiter.reply, Ok(Committed::Done { output, seqno })));
@@ -1006,6 +1142,7 @@ impl<T: Send + 'static> WriterThread<T> {
         let (k, e) = super::node::count_delta(node, before, after);
         self.counted.0 += k;
         self.counted.1 += e;
+        self.counted.2 += i64::from(after) - i64::from(before);
     }
 
     /// Marks keys as written by a new version (for WATCH).
@@ -1035,7 +1172,7 @@ impl<T: Send + 'static> WriterThread<T> {
         source_history: Vec<HistoryRecord>,
         source_streams: Vec<StreamState>,
     ) -> Result<u64, StoreError> {
-        self.counted = (0, 0);
+        self.counted = (0, 0, 0);
         self.check_space()?;
         let db = self.store.db()?;
         let committed = self.store.committed_seqno();
@@ -1163,7 +1300,7 @@ impl<T: Send + 'static> WriterThread<T> {
         records: Vec<Record>,
         source_history: Vec<HistoryRecord>,
     ) -> Result<u64, StoreError> {
-        self.counted = (0, 0);
+        self.counted = (0, 0, 0);
         self.check_space()?;
         let db = self.store.db()?;
         let committed = self.store.committed_seqno();
@@ -1333,7 +1470,7 @@ impl<T: Send + 'static> WriterThread<T> {
         new_epoch: bool,
         reason: &str,
     ) -> Result<Option<LastRollback>, StoreError> {
-        self.counted = (0, 0);
+        self.counted = (0, 0, 0);
         let committed = self.store.committed_seqno();
         if to_seqno >= committed {
             return Ok(None);
@@ -1601,9 +1738,13 @@ impl<T: Send + 'static> WriterThread<T> {
                 // come from the last fsync): take the seqno from the file, not from memory.
                 match super::check_journal(&db) {
                     Ok(seqno) => {
-                        self.store.publish(seqno, None, self.version);
-                        if let Err(e) = self.store.recount(&db) {
-                            tracing::error!(error = %error_chain(&e), "cannot count keys after reopening");
+                        // Commits since the last checkpoint live in the overlay and the
+                        // journal segments: the file's own last seqno is then not the news.
+                        if self.store.overlay.bytes() == 0 {
+                            self.store.publish(seqno, None, self.version);
+                            if let Err(e) = self.store.recount(&db) {
+                                tracing::error!(error = %error_chain(&e), "cannot count keys after reopening");
+                            }
                         }
                         *self.store.db.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
                             Some(Arc::new(db));

@@ -1,0 +1,182 @@
+//! The checkpointer: a thread that brings the database file (the base) up to date from the
+//! overlay's frozen generations, oldest first, each in one durable redb commit holding its
+//! nodes' last values, its journal records and the stream seqnos as of its end — so the
+//! database's last journal seqno *is* its checkpoint. It then removes the journal segments
+//! whose records the base now holds.
+//!
+//! Only the writer freezes generations (between groups, once they are durable), and it wakes
+//! the checkpointer; it also waits for the checkpointer to drain before it changes the base
+//! itself (a rollback, a metadata change, an applied batch of replicated records). A failed
+//! checkpoint is logged, counted and retried; commits go on in the journal meanwhile, until
+//! the overlay's bound makes the writer wait (and then fail writes with the error).
+
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use super::overlay::Generation;
+use super::{DATA, JOURNAL, STREAMS, Store, StoreError, redb_err};
+use crate::base::error_chain;
+use crate::limits::CHECKPOINT_INTERVAL;
+use crate::metrics::Metrics;
+
+/// How long a failed checkpoint waits before it is tried again.
+const RETRY: Duration = Duration::from_millis(500);
+
+#[derive(Default)]
+struct State {
+    stop: bool,
+    /// A checkpoint is under way (its segment removal included).
+    busy: bool,
+    /// Why the last checkpoint failed; cleared by one that succeeds.
+    failure: Option<String>,
+}
+
+#[derive(Default)]
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes the checkpointer: a generation was frozen, or it should stop.
+    wake: Condvar,
+    /// Wakes whoever waits for a drain: a checkpoint finished or failed.
+    progress: Condvar,
+}
+
+/// Handle to the checkpointer thread (held by the writer).
+pub struct Checkpointer {
+    shared: Arc<Shared>,
+    store: Arc<Store>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    /// Starts the thread; `ask_freeze` asks the writer to freeze the active generation (called
+    /// when it has held commits for a checkpoint interval with nothing frozen).
+    pub fn spawn(
+        store: Arc<Store>,
+        metrics: Arc<Metrics>,
+        ask_freeze: Box<dyn Fn() + Send>,
+    ) -> std::io::Result<Checkpointer> {
+        let shared = Arc::new(Shared::default());
+        let (s, st) = (shared.clone(), store.clone());
+        let handle = std::thread::Builder::new()
+            .name("strand-checkpoint".into())
+            .spawn(move || run(&s, &st, &metrics, ask_freeze.as_ref()))?;
+        Ok(Checkpointer { shared, store, handle: Some(handle) })
+    }
+
+    /// Tells the checkpointer a generation was frozen.
+    pub fn wake(&self) {
+        let _state = self.shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+        self.shared.wake.notify_all();
+    }
+
+    /// Waits until no frozen generation is left; fails with the checkpointer's error if a
+    /// checkpoint fails meanwhile.
+    pub fn drain(&self) -> Result<(), StoreError> {
+        let mut state = self.shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.failure = None;
+        self.shared.wake.notify_all();
+        while state.busy || self.store.overlay.frozen() > 0 {
+            if let Some(reason) = state.failure.take() {
+                return Err(StoreError::Invalid { reason: format!("checkpoint failed: {reason}") });
+            }
+            state = self.shared.progress.wait(state).unwrap_or_else(PoisonError::into_inner);
+        }
+        Ok(())
+    }
+
+    /// Stops the thread once it has no frozen generation left to apply.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.shared.state.lock().unwrap_or_else(PoisonError::into_inner).stop = true;
+        self.shared.wake.notify_all();
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn run(shared: &Shared, store: &Store, metrics: &Metrics, ask_freeze: &dyn Fn()) {
+    loop {
+        let generation = {
+            let mut state = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+            loop {
+                if let Some(g) = store.overlay.oldest_frozen() {
+                    state.busy = true;
+                    break g;
+                }
+                if state.stop {
+                    return;
+                }
+                let (next, waited) = shared
+                    .wake
+                    .wait_timeout(state, CHECKPOINT_INTERVAL)
+                    .unwrap_or_else(PoisonError::into_inner);
+                state = next;
+                if waited.timed_out() && !store.overlay.active().is_empty() {
+                    ask_freeze();
+                }
+            }
+        };
+        let started = Instant::now();
+        let outcome = apply(store, &generation).and_then(|()| {
+            store.overlay.checkpointed(&generation);
+            super::remove_segments(store.journal_dir(), generation.last_seqno())
+        });
+        let mut state = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.busy = false;
+        match outcome {
+            Ok(_) => {
+                state.failure = None;
+                metrics.checkpoints_total.inc();
+                metrics.checkpoint_duration_seconds.observe(started.elapsed().as_secs_f64());
+                metrics.checkpoint_seqno.set(i64::try_from(generation.last_seqno()).unwrap_or(i64::MAX));
+                metrics.overlay_bytes.set(i64::try_from(store.overlay.bytes()).unwrap_or(i64::MAX));
+                shared.progress.notify_all();
+            }
+            Err(e) => {
+                tracing::error!(error = %error_chain(&e), "checkpoint failed; retrying");
+                metrics.checkpoint_failures_total.inc();
+                state.failure = Some(error_chain(&e));
+                shared.progress.notify_all();
+                if !state.stop {
+                    drop(shared.wake.wait_timeout(state, RETRY));
+                }
+            }
+        }
+    }
+}
+
+/// Applies `generation` to the base in one durable commit.
+fn apply(store: &Store, generation: &Generation) -> Result<(), StoreError> {
+    let db = store.db()?;
+    let txn = db.begin_write().map_err(redb_err("begin a checkpoint"))?;
+    {
+        let mut data = txn.open_table(DATA).map_err(redb_err("open the data table"))?;
+        generation.try_for_each_last(|key, value| {
+            match value {
+                Some(v) => data.insert(key, v).map(drop),
+                None => data.remove(key).map(drop),
+            }
+            .map_err(redb_err("checkpoint a node"))
+        })?;
+        let mut journal = txn.open_table(JOURNAL).map_err(redb_err("open the journal table"))?;
+        generation.try_for_each_record(|seqno, record| {
+            journal.insert(seqno, record).map(drop).map_err(redb_err("checkpoint a journal record"))
+        })?;
+        let mut streams = txn.open_table(STREAMS).map_err(redb_err("open the streams table"))?;
+        for (stream, seqno) in generation.streams().iter().enumerate() {
+            let stream = u8::try_from(stream).unwrap_or(0);
+            streams.insert(stream, *seqno).map_err(redb_err("checkpoint the stream seqnos"))?;
+        }
+    }
+    txn.commit().map_err(redb_err("commit a checkpoint"))
+}

@@ -11,8 +11,19 @@ use crate::admin::{BackupRequest, CreateRequest, JournalEntry, Status};
 use crate::base::error_chain;
 use crate::engine::Config;
 use crate::limits::{
-    CLIENTS_MAX_DEFAULT, DISK_RESERVE_BYTES_DEFAULT, TXN_IMAGE_BYTES_DEFAULT, TXN_IMAGE_BYTES_MIN,
+    CHECKPOINT_OVERLAY_BYTES, CLIENTS_MAX_DEFAULT, DISK_RESERVE_BYTES_DEFAULT, SEGMENT_BYTES,
+    TXN_IMAGE_BYTES_DEFAULT, TXN_IMAGE_BYTES_MIN,
 };
+
+/// `--checkpoint-bytes` and `--journal-segment-bytes`: at least 4 KiB (tests use small ones
+/// to checkpoint and rotate all the time).
+fn parse_wal_bytes(text: &str) -> Result<u64, String> {
+    let n: u64 = text.parse().map_err(|e| format!("not a byte count: {e}"))?;
+    if n < 4096 {
+        return Err("at least 4096".into());
+    }
+    Ok(n)
+}
 
 /// `--max-txn-image-bytes`: at least [`TXN_IMAGE_BYTES_MIN`], so that any one key can still
 /// be written, overwritten and deleted.
@@ -76,6 +87,14 @@ pub struct RunArgs {
     /// memory while it runs).
     #[arg(long, default_value_t = TXN_IMAGE_BYTES_DEFAULT, value_parser = parse_txn_image_bytes)]
     pub max_txn_image_bytes: usize,
+    /// Memory that transactions committed since the last checkpoint may hold (they are in
+    /// the journal, and in memory until the background checkpoint writes them into the
+    /// database file); past it they are checkpointed, and past twice it writes wait.
+    #[arg(long, default_value_t = CHECKPOINT_OVERLAY_BYTES as u64, value_parser = parse_wal_bytes)]
+    pub checkpoint_bytes: u64,
+    /// Size at which a journal segment file is closed and the next one begun.
+    #[arg(long, default_value_t = SEGMENT_BYTES, value_parser = parse_wal_bytes)]
+    pub journal_segment_bytes: u64,
     /// Log filter (tracing syntax), overridden by RUST_LOG.
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -347,6 +366,8 @@ async fn run(args: RunArgs) -> i32 {
         max_clients: args.max_clients,
         disk_reserve_bytes: args.disk_reserve_bytes,
         max_txn_image_bytes: args.max_txn_image_bytes,
+        checkpoint_bytes: usize::try_from(args.checkpoint_bytes).unwrap_or(usize::MAX),
+        segment_bytes: args.journal_segment_bytes,
         resp_port: 0,
         repl_addr: args.repl_addr,
         repl_secret,
@@ -387,9 +408,12 @@ async fn offline_rollback(dir: &std::path::Path, to: u64) -> Result<serde_json::
     })?;
     let store = Arc::new(store);
     let metrics = Arc::new(crate::metrics::Metrics::new().map_err(|e| e.to_string())?);
-    let (writer, thread) =
-        crate::storage::writer::Writer::<()>::spawn(store.clone(), 0, TXN_IMAGE_BYTES_DEFAULT, metrics)
-            .map_err(|e| e.to_string())?;
+    let (writer, thread) = crate::storage::writer::Writer::<()>::spawn(
+        store.clone(),
+        crate::storage::writer::WriterLimits { disk_reserve_bytes: 0, ..Default::default() },
+        metrics,
+    )
+    .map_err(|e| e.to_string())?;
     let new_epoch = matches!(
         store.role(),
         crate::storage::meta::Role::Primary | crate::storage::meta::Role::SupplementaryPrimary

@@ -28,6 +28,10 @@ pub struct Config {
     pub disk_reserve_bytes: u64,
     /// Most bytes of images one transaction may journal.
     pub max_txn_image_bytes: usize,
+    /// Overlay bytes that trigger a checkpoint (`--checkpoint-bytes`).
+    pub checkpoint_bytes: usize,
+    /// Journal segment size (`--journal-segment-bytes`).
+    pub segment_bytes: u64,
     /// Filled in once the data port is bound (the configured port may be 0).
     pub resp_port: u16,
     /// Where this instance receives replication streams.

@@ -13,7 +13,7 @@ use crate::engine::{Config, Engine};
 use crate::metrics::Metrics;
 use crate::replication::Context;
 use crate::shutdown::{self, Shutdown};
-use crate::storage::writer::Writer;
+use crate::storage::writer::{Writer, WriterLimits};
 use crate::storage::{CreateSpec, Store, StoreError};
 
 #[derive(Debug, Error)]
@@ -52,9 +52,17 @@ pub async fn run_until(
         metrics.resp_commands_total.with_label_values(&[spec.name]).inc_by(0);
     }
     metrics.journal_seqno.set(i64::try_from(store.committed_seqno()).unwrap_or(i64::MAX));
-    let (writer, writer_thread) =
-        Writer::spawn(store.clone(), config.disk_reserve_bytes, config.max_txn_image_bytes, metrics.clone())
-            .map_err(|source| ServerError::Writer { source })?;
+    let (writer, writer_thread) = Writer::spawn(
+        store.clone(),
+        WriterLimits {
+            disk_reserve_bytes: config.disk_reserve_bytes,
+            max_txn_image_bytes: config.max_txn_image_bytes,
+            checkpoint_bytes: config.checkpoint_bytes,
+            segment_bytes: config.segment_bytes,
+        },
+        metrics.clone(),
+    )
+    .map_err(|source| ServerError::Writer { source })?;
 
     let resp = TcpListener::bind(config.resp_addr).await.map_err(|source| ServerError::Bind {
         what: "the data port",

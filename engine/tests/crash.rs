@@ -19,11 +19,34 @@ use common::{Rng, Server, tempdir};
 
 #[test]
 fn acknowledged_writes_survive_sigkill() {
-    let (seed, rounds) = common::seed_and_rounds("STRAND_CRASH_SEED", "STRAND_CRASH_ROUNDS", 15);
+    kill_rounds("Crash", &[], 15);
+}
+
+/// The same with a tiny overlay bound and tiny journal segments: the checkpointer applies a
+/// generation to the database file and removes segments many times a second, and the
+/// writer rotates segments about as often, so the kills land during checkpoints, segment
+/// removals and rotations. Each round first checks that both happened since the restart.
+#[test]
+fn acknowledged_writes_survive_sigkill_during_checkpoints_and_rotation() {
+    kill_rounds("Churn", &["--checkpoint-bytes", "65536", "--journal-segment-bytes", "16384"], 10);
+}
+
+/// The value of counter `name` in the server's metrics.
+fn counter(server: &Server, name: &str) -> u64 {
+    let metrics = common::admin(&server.data_dir, "GET", "/metrics", None).unwrap().1;
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.trim().parse::<f64>().ok()))
+        .map_or(0, |v| v as u64)
+}
+
+fn kill_rounds(name: &str, flags: &[&str], default_rounds: usize) {
+    let (seed, rounds) = common::seed_and_rounds("STRAND_CRASH_SEED", "STRAND_CRASH_ROUNDS", default_rounds);
     println!("crash test seed {seed} ({rounds} rounds); replay with STRAND_CRASH_SEED={seed}");
     let mut rng = Rng(seed);
     let dir = tempdir();
-    let mut server = Server::start(&dir.path().join("crash"), "Crash", &[]);
+    let churn = !flags.is_empty();
+    let mut server = Server::start(&dir.path().join(name.to_lowercase()), name, flags);
     let book = Arc::new(Mutex::new(Book::new()));
     let never = Arc::new(AtomicBool::new(false));
     let mut committed = 0;
@@ -31,6 +54,14 @@ fn acknowledged_writes_survive_sigkill() {
         let handles = writers(&server.url(), &book, &never);
         let delay = 30 + rng.next() % 400;
         std::thread::sleep(Duration::from_millis(delay));
+        if churn {
+            // Wait (writers still running) until this incarnation has checkpointed and
+            // rotated, so the kill meets a writer and a checkpointer in full churn.
+            common::wait_until("checkpoints and rotations", || {
+                let segments = std::fs::read_dir(server.data_dir.join("journal")).map_or(0, |d| d.count());
+                counter(&server, "strand_checkpoints_total") >= 3 && segments >= 2
+            });
+        }
         server.kill9();
         join_writers(handles, &book);
         server.restart();

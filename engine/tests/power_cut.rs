@@ -31,13 +31,25 @@ use redis::Commands;
 
 #[test]
 fn acknowledged_writes_survive_power_cuts() {
-    let (seed, rounds) = seed_and_rounds(50);
+    cut_rounds("power", "Power", &[], 50);
+}
+
+/// The same with a tiny overlay bound and tiny journal segments, so the cuts land while the
+/// checkpointer commits to the database file and removes segments, and while the writer
+/// rotates them (crash.rs checks with the same flags that both happen many times a second).
+#[test]
+fn acknowledged_writes_survive_power_cuts_during_checkpoints_and_rotation() {
+    cut_rounds("churn", "Churn", &["--checkpoint-bytes", "65536", "--journal-segment-bytes", "16384"], 30);
+}
+
+fn cut_rounds(disk_name: &str, name: &str, flags: &[&str], default_rounds: usize) {
+    let (seed, rounds) = seed_and_rounds(default_rounds);
     println!("power-cut test seed {seed} ({rounds} rounds); replay with STRAND_POWERCUT_SEED={seed}");
     let mut rng = Rng(seed);
     let dir = tempdir();
-    let disk = Disk::new(dir.path(), "power");
+    let disk = Disk::new(dir.path(), disk_name);
     let mut mount = disk.mount();
-    let mut server = Server::start(&disk.mnt, "Power", &[]);
+    let mut server = Server::start(&disk.mnt, name, flags);
     let book = Arc::new(Mutex::new(Book::new()));
     let mut lost_bytes = 0u64;
     let mut committed = 0u64;

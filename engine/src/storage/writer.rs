@@ -225,6 +225,30 @@ enum Work<T> {
     },
 }
 
+/// The writer's bounds, from the command line.
+#[derive(Debug, Clone, Copy)]
+pub struct WriterLimits {
+    /// Groups are refused while the data volume has less free space than this.
+    pub disk_reserve_bytes: u64,
+    /// Most bytes of images one client transaction may journal (`--max-txn-image-bytes`).
+    pub max_txn_image_bytes: usize,
+    /// The active overlay generation is frozen and checkpointed past this (`--checkpoint-bytes`).
+    pub checkpoint_bytes: usize,
+    /// A journal segment is closed past this (`--journal-segment-bytes`).
+    pub segment_bytes: u64,
+}
+
+impl Default for WriterLimits {
+    fn default() -> Self {
+        WriterLimits {
+            disk_reserve_bytes: crate::limits::DISK_RESERVE_BYTES_DEFAULT,
+            max_txn_image_bytes: crate::limits::TXN_IMAGE_BYTES_DEFAULT,
+            checkpoint_bytes: CHECKPOINT_OVERLAY_BYTES,
+            segment_bytes: SEGMENT_BYTES,
+        }
+    }
+}
+
 /// Handle used to submit work; cheap to clone. The writer stops when all are dropped.
 pub struct Writer<T> {
     tx: mpsc::Sender<Work<T>>,
@@ -241,8 +265,7 @@ impl<T: Send + 'static> Writer<T> {
     /// Starts the writer thread for `store`.
     pub fn spawn(
         store: Arc<Store>,
-        disk_reserve_bytes: u64,
-        max_txn_image_bytes: usize,
+        limits: WriterLimits,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<(Writer<T>, std::thread::JoinHandle<()>)> {
         let (tx, rx) = mpsc::channel(WRITER_QUEUE_TXNS_MAX);
@@ -268,8 +291,7 @@ impl<T: Send + 'static> Writer<T> {
             counted: (0, 0, 0),
             waiters: waiters.clone(),
             store,
-            disk_reserve_bytes,
-            max_txn_image_bytes,
+            limits,
             metrics,
             buckets: vec![0; WATCH_BUCKETS],
             hasher: BuildHasherDefault::default(),
@@ -574,9 +596,7 @@ struct WriterThread<T> {
     counted: (i64, i64, i64),
     /// Blocked transactions (see [`BlockingProgram`]).
     waiters: Waiters<T>,
-    disk_reserve_bytes: u64,
-    /// Most bytes of images one transaction may journal (`--max-txn-image-bytes`).
-    max_txn_image_bytes: usize,
+    limits: WriterLimits,
     metrics: Arc<Metrics>,
     /// Per hash bucket of keys: the version that last wrote a key in it.
     buckets: Vec<u64>,
@@ -859,7 +879,9 @@ impl<T: Send + 'static> WriterThread<T> {
         for at in enqueued {
             m.commit_duration_seconds.observe(at.elapsed().as_secs_f64());
         }
-        if active.bytes() >= CHECKPOINT_OVERLAY_BYTES || self.active_since.elapsed() >= CHECKPOINT_INTERVAL {
+        if active.bytes() >= self.limits.checkpoint_bytes
+            || self.active_since.elapsed() >= CHECKPOINT_INTERVAL
+        {
             self.freeze();
         }
         self.metrics.overlay_bytes.set(i64::try_from(self.store.overlay.bytes()).unwrap_or(i64::MAX));
@@ -957,7 +979,7 @@ impl<T: Send + 'static> WriterThread<T> {
             segment.cut_back(len, crc)?;
             self.broken_segment = None;
         }
-        if self.segment.as_ref().is_none_or(|s| s.bytes() >= SEGMENT_BYTES) {
+        if self.segment.as_ref().is_none_or(|s| s.bytes() >= self.limits.segment_bytes) {
             let dir = self.store.journal_dir();
             let creation_id = self.store.meta().creation_id;
             match SegmentWriter::create(dir, first_seqno, &creation_id) {
@@ -993,7 +1015,7 @@ impl<T: Send + 'static> WriterThread<T> {
 
     /// Past twice the overlay's bound, waits for the checkpointer before taking more.
     fn make_room(&mut self) -> Result<(), StoreError> {
-        if self.store.overlay.bytes() >= 2 * CHECKPOINT_OVERLAY_BYTES {
+        if self.store.overlay.bytes() >= self.limits.checkpoint_bytes.saturating_mul(2) {
             self.freeze();
             self.checkpointer.drain()?;
         }
@@ -1030,7 +1052,7 @@ impl<T: Send + 'static> WriterThread<T> {
             changes: BTreeMap::new(),
             log: Vec::new(),
             bytes: 0,
-            bytes_max: if housekeeping { usize::MAX } else { self.max_txn_image_bytes },
+            bytes_max: if housekeeping { usize::MAX } else { self.limits.max_txn_image_bytes },
             read_only,
         };
         let outcome = program(&mut view);
@@ -1159,9 +1181,12 @@ impl<T: Send + 'static> WriterThread<T> {
 
     fn check_space(&self) -> Result<(), StoreError> {
         let free = self.store.free_bytes()?;
-        if free < self.disk_reserve_bytes {
+        if free < self.limits.disk_reserve_bytes {
             self.store.degraded.store(true, Ordering::Release);
-            return Err(StoreError::DiskFull { free_bytes: free, reserve_bytes: self.disk_reserve_bytes });
+            return Err(StoreError::DiskFull {
+                free_bytes: free,
+                reserve_bytes: self.limits.disk_reserve_bytes,
+            });
         }
         Ok(())
     }

@@ -68,7 +68,7 @@ fn journal_segments_keep_every_synced_frame_through_power_cuts() {
         }
         let mut writer = match writer {
             Some(w) => w,
-            None => SegmentWriter::create(&disk.mnt, next, ID).unwrap(),
+            None => SegmentWriter::create(&disk.mnt, next, ID, 0).unwrap(),
         };
         // Write until the cut makes the disk fail.
         let acked = Arc::new(std::sync::atomic::AtomicU64::new(acked_total));
@@ -87,7 +87,7 @@ fn journal_segments_keep_every_synced_frame_through_power_cuts() {
                 next += n;
                 counter.store(next - 1, Ordering::SeqCst);
                 if writer.bytes() > 256 * 1024 {
-                    match SegmentWriter::create(&mnt, next, ID) {
+                    match SegmentWriter::create(&mnt, next, ID, 0) {
                         Ok(w) => writer = w,
                         Err(_) => return,
                     }

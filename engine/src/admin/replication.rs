@@ -703,7 +703,8 @@ pub async fn source_stop(
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .remove(&receiver);
     match removed {
-        Some(handle) => handle.stop(),
+        // The reply waits until the stream has ended: a write after it is not sent.
+        Some(handle) => handle.stop_and_wait().await,
         None => {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,

@@ -58,6 +58,7 @@ pub struct SourceStatus {
 pub struct SourceHandle {
     status: Arc<Mutex<SourceStatus>>,
     stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
     pub link: SourceLink,
 }
 
@@ -73,6 +74,12 @@ impl SourceHandle {
     pub fn stop(&self) {
         let _ = self.stop.send(true);
     }
+
+    /// Stops the stream and waits until its task has ended: nothing is sent after this.
+    pub async fn stop_and_wait(self) {
+        self.stop();
+        let _ = self.task.await;
+    }
 }
 
 /// Starts the task for `link`; it runs until stopped.
@@ -85,8 +92,8 @@ pub fn spawn(ctx: Arc<Context>, link: SourceLink) -> SourceHandle {
         ..Default::default()
     }));
     let (stop, stop_rx) = watch::channel(false);
-    tokio::spawn(run(ctx, link.clone(), status.clone(), stop_rx));
-    SourceHandle { status, stop, link }
+    let task = tokio::spawn(run(ctx, link.clone(), status.clone(), stop_rx));
+    SourceHandle { status, stop, task, link }
 }
 
 fn update(status: &Mutex<SourceStatus>, f: impl FnOnce(&mut SourceStatus)) {
@@ -105,9 +112,11 @@ async fn run(
             break;
         }
         update(&status, |s| s.state = "connecting".into());
+        // Stop first: once asked to stop, nothing more is streamed.
         let outcome = tokio::select! {
-            r = stream_once(&ctx, &link, &status) => r,
+            biased;
             _ = stop.changed() => break,
+            r = stream_once(&ctx, &link, &status) => r,
         };
         match outcome {
             Ok(()) => backoff = Duration::from_millis(100),

@@ -27,8 +27,11 @@ struct State {
     stop: bool,
     /// A checkpoint is under way (its segment removal included).
     busy: bool,
-    /// Why the last checkpoint failed; cleared by one that succeeds.
-    failure: Option<String>,
+    /// Why the last checkpoint failed; taken by the next drain, cleared by a success.
+    failure: Option<StoreError>,
+    /// The last checkpoint failed on a redb I/O error: redb refuses all writes until the
+    /// file is reopened, which the writer does (see [`Checkpointer::take_io_failure`]).
+    io_failed: bool,
 }
 
 #[derive(Default)]
@@ -70,18 +73,30 @@ impl Checkpointer {
     }
 
     /// Waits until no frozen generation is left; fails with the checkpointer's error if a
-    /// checkpoint fails meanwhile.
+    /// checkpoint fails meanwhile (or if the thread is gone).
     pub fn drain(&self) -> Result<(), StoreError> {
         let mut state = self.shared.state.lock().unwrap_or_else(PoisonError::into_inner);
         state.failure = None;
         self.shared.wake.notify_all();
         while state.busy || self.store.overlay.frozen() > 0 {
-            if let Some(reason) = state.failure.take() {
-                return Err(StoreError::Invalid { reason: format!("checkpoint failed: {reason}") });
+            if let Some(e) = state.failure.take() {
+                return Err(e);
             }
-            state = self.shared.progress.wait(state).unwrap_or_else(PoisonError::into_inner);
+            if self.handle.as_ref().is_none_or(|h| h.is_finished()) {
+                return Err(StoreError::Invalid {
+                    reason: "the checkpoint thread has stopped; restart the engine (the journal keeps every commit)"
+                        .into(),
+                });
+            }
+            state = self.shared.progress.wait_timeout(state, RETRY).unwrap_or_else(PoisonError::into_inner).0;
         }
         Ok(())
+    }
+
+    /// Whether a checkpoint failed on a redb I/O error since the last call: the writer then
+    /// closes and reopens the file.
+    pub fn take_io_failure(&self) -> bool {
+        std::mem::take(&mut self.shared.state.lock().unwrap_or_else(PoisonError::into_inner).io_failed)
     }
 
     /// Stops the thread once it has no frozen generation left to apply.
@@ -128,7 +143,8 @@ fn run(shared: &Shared, store: &Store, metrics: &Metrics, ask_freeze: &dyn Fn())
         };
         let started = Instant::now();
         let outcome = apply(store, &generation).and_then(|()| {
-            store.overlay.checkpointed(&generation);
+            let removed = store.overlay.checkpointed(&generation);
+            debug_assert!(removed, "only the checkpointer removes generations, oldest first");
             super::remove_segments(store.journal_dir(), generation.last_seqno())
         });
         let mut state = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
@@ -138,18 +154,24 @@ fn run(shared: &Shared, store: &Store, metrics: &Metrics, ask_freeze: &dyn Fn())
                 state.failure = None;
                 metrics.checkpoints_total.inc();
                 metrics.checkpoint_duration_seconds.observe(started.elapsed().as_secs_f64());
-                metrics.checkpoint_seqno.set(i64::try_from(generation.last_seqno()).unwrap_or(i64::MAX));
+                metrics
+                    .checkpoint_seqno
+                    .set(i64::try_from(store.overlay.checkpoint_seqno()).unwrap_or(i64::MAX));
                 metrics.overlay_bytes.set(i64::try_from(store.overlay.bytes()).unwrap_or(i64::MAX));
                 shared.progress.notify_all();
             }
             Err(e) => {
-                tracing::error!(error = %error_chain(&e), "checkpoint failed; retrying");
                 metrics.checkpoint_failures_total.inc();
-                state.failure = Some(error_chain(&e));
-                shared.progress.notify_all();
-                if !state.stop {
-                    drop(shared.wake.wait_timeout(state, RETRY));
+                if state.stop {
+                    // Stopping: the journal segments keep every commit for the next start.
+                    tracing::warn!(error = %error_chain(&e), "checkpoint failed while stopping; the next start replays the journal");
+                    return;
                 }
+                tracing::error!(error = %error_chain(&e), "checkpoint failed; retrying");
+                state.io_failed |= matches!(e, StoreError::Redb { .. });
+                state.failure = Some(e);
+                shared.progress.notify_all();
+                drop(shared.wake.wait_timeout(state, RETRY));
             }
         }
     }

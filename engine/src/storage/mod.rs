@@ -665,6 +665,7 @@ fn replay_segments(
             .map_err(|source| StoreError::CreateDir { path: dir.to_owned(), source })?;
         sync_dir(data_dir).map_err(|source| StoreError::CreateDir { path: data_dir.to_owned(), source })?;
     }
+    segment::remove_unfinished(dir)?;
     let segments = segment::list(dir)?;
     let mut records: Vec<(Record, Vec<u8>)> = Vec::new();
     let mut next = checkpoint + 1;
@@ -883,7 +884,7 @@ impl Snapshot {
         use redb::ReadableTableMetadata;
         let table = self.txn.open_table(JOURNAL).map_err(redb_err("open the journal table"))?;
         let base = table.stats().map_err(redb_err("measure the journal"))?.stored_bytes();
-        Ok(base + self.sv.records(0, self.seqno).iter().map(|(_, r)| r.len() as u64 + 8).sum::<u64>())
+        Ok(base + self.sv.record_bytes())
     }
 
     /// Up to `limit` nodes in `range`, forwards or backwards.

@@ -1,7 +1,7 @@
 //! The overlay: every node written since the last checkpoint, versioned by journal seqno
-//! (decision 0002, step 2; not yet on the commit path).
+//! (decision 0002, step 2).
 //!
-//! Once the journal is the write-ahead log, the database file (the *base*) lags the journal:
+//! The journal is the write-ahead log, so the database file (the *base*) lags the journal:
 //! it reflects the checkpoint seqno C, and everything committed after C lives here until a
 //! checkpoint applies it. The overlay is a list of [`Generation`]s, oldest first: the last one
 //! is *active* (the writer adds to it), the others are *frozen* (immutable, waiting for the
@@ -111,9 +111,13 @@ impl Generation {
         let mut inner = self.write();
         let value = after.map(Box::<[u8]>::from);
         let mut added = VERSION_OVERHEAD + after.map_or(0, <[u8]>::len);
+        let mut freed = 0;
         match inner.nodes.get_mut(key) {
             Some(versions) => match versions.list.last_mut() {
-                Some((last, current)) if *last == seqno => *current = value,
+                Some((last, current)) if *last == seqno => {
+                    freed = VERSION_OVERHEAD + current.as_ref().map_or(0, |v| v.len());
+                    *current = value;
+                }
                 _ => versions.list.push((seqno, value)),
             },
             None => {
@@ -124,6 +128,12 @@ impl Generation {
         }
         drop(inner);
         self.bytes.fetch_add(added, Ordering::Relaxed);
+        self.release(freed);
+    }
+
+    /// Takes `n` bytes off the count (never below zero).
+    fn release(&self, n: usize) {
+        let _ = self.bytes.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| Some(b.saturating_sub(n)));
     }
 
     /// Undoes transaction `seqno`'s write of `key`: back to `previous` if the transaction
@@ -131,20 +141,28 @@ impl Generation {
     pub fn unput(&self, seqno: u64, key: &[u8], previous: Option<&[u8]>, known: bool) {
         let mut inner = self.write();
         let Some(versions) = inner.nodes.get_mut(key) else { return };
+        let mut freed = 0;
         if known {
             if let Some((last, current)) = versions.list.last_mut()
                 && *last == seqno
             {
+                freed = current.as_ref().map_or(0, |v| v.len());
                 *current = previous.map(Box::<[u8]>::from);
+                self.bytes.fetch_add(previous.map_or(0, <[u8]>::len), Ordering::Relaxed);
             }
-            return;
+        } else {
+            if versions.list.last().is_some_and(|(last, _)| *last == seqno)
+                && let Some((_, value)) = versions.list.pop()
+            {
+                freed = VERSION_OVERHEAD + value.map_or(0, |v| v.len());
+            }
+            if versions.list.is_empty() {
+                freed += key.len() + versions.before.as_ref().map_or(0, |v| v.len());
+                inner.nodes.remove(key);
+            }
         }
-        if versions.list.last().is_some_and(|(last, _)| *last == seqno) {
-            versions.list.pop();
-        }
-        if versions.list.is_empty() {
-            inner.nodes.remove(key);
-        }
+        drop(inner);
+        self.release(freed);
     }
 
     /// Adds transaction `seqno`'s encoded journal record.
@@ -172,6 +190,20 @@ impl Generation {
             !versions.list.is_empty()
         });
         inner.records.retain(|(s, _)| *s <= seqno);
+        let held: usize = inner
+            .nodes
+            .iter()
+            .map(|(k, v)| {
+                k.len()
+                    + v.before.as_ref().map_or(0, |b| b.len())
+                    + v.list
+                        .iter()
+                        .map(|(_, x)| VERSION_OVERHEAD + x.as_ref().map_or(0, |x| x.len()))
+                        .sum::<usize>()
+            })
+            .sum::<usize>()
+            + inner.records.iter().map(|(_, r)| r.len() + VERSION_OVERHEAD).sum::<usize>();
+        self.bytes.store(held, Ordering::Relaxed);
         drop(inner);
         let _ =
             self.last_seqno.fetch_update(Ordering::AcqRel, Ordering::Acquire, |last| Some(last.min(seqno)));
@@ -349,6 +381,14 @@ impl SuperVersion {
         keys.into_iter().collect()
     }
 
+    /// Bytes of the journal records the overlay holds.
+    pub fn record_bytes(&self) -> u64 {
+        self.generations
+            .iter()
+            .map(|g| g.read().records.iter().map(|(_, r)| r.len() as u64 + 8).sum::<u64>())
+            .sum()
+    }
+
     /// The seqno of the oldest record the overlay holds.
     pub fn first_record_seqno(&self) -> Option<u64> {
         self.generations.iter().find_map(|g| g.read().records.first().map(|(s, _)| *s))
@@ -449,6 +489,11 @@ impl Overlay {
     /// Bytes every generation holds (the writer stops taking groups past a bound).
     pub fn bytes(&self) -> usize {
         self.current().bytes()
+    }
+
+    /// Whether the overlay holds nothing: the base is all there is.
+    pub fn is_empty(&self) -> bool {
+        self.current().generations.iter().all(|g| g.is_empty())
     }
 
     /// The seqno the base reflects.
@@ -558,6 +603,25 @@ mod tests {
         assert_eq!(sv.get(b"k", u64::MAX), Some(Some(b"one".to_vec())));
         assert_eq!(sv.records(1, 9), vec![(1, b"r1".to_vec())]);
         assert_eq!(active.last_seqno(), 1);
+    }
+
+    #[test]
+    fn undone_and_discarded_writes_give_their_bytes_back() {
+        let overlay = Overlay::new(0);
+        let active = overlay.active();
+        active.put(1, b"kept", None, Some(b"value"));
+        active.add_record(1, b"record");
+        let held = active.bytes();
+        active.put(2, b"k", Some(b"old"), Some(b"one"));
+        active.put(2, b"k", Some(b"one"), Some(b"two"));
+        active.unput(2, b"k", Some(b"one"), true);
+        active.unput(2, b"k", Some(b"old"), false);
+        assert_eq!(active.bytes(), held, "an aborted transaction holds nothing");
+        active.put(3, b"k", None, Some(&[0; 1000]));
+        active.add_record(3, &[0; 1000]);
+        assert!(active.bytes() > held + 2000);
+        active.discard_above(1);
+        assert_eq!(active.bytes(), held, "a discarded group holds nothing");
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub const SEGMENT_FORMAT: u8 = 1;
 /// Largest frame body accepted: a longer length field is damage, never a record.
 pub const FRAME_BYTES_MAX: usize = 2 * 1024 * 1024 * 1024 - 1;
 const FRAME_HEADER: usize = 8;
+/// Suffix of a segment being created (see [`SegmentWriter::create`]).
+pub const TMP_SUFFIX: &str = ".tmp";
 
 #[derive(Debug, Error)]
 pub enum SegmentError {
@@ -56,6 +58,18 @@ fn io_err<'p>(action: &'static str, path: &'p Path) -> impl FnOnce(io::Error) ->
 /// The file name of the segment whose first record is `first_seqno`.
 pub fn file_name(first_seqno: u64) -> String {
     format!("{first_seqno:020}.sjl")
+}
+
+/// Removes segments left half-created by a crash (their names end in [`TMP_SUFFIX`]; they
+/// never held a record).
+pub fn remove_unfinished(dir: &Path) -> Result<(), SegmentError> {
+    for entry in std::fs::read_dir(dir).map_err(io_err("list", dir))? {
+        let entry = entry.map_err(io_err("list", dir))?;
+        if entry.file_name().to_str().is_some_and(|n| n.ends_with(TMP_SUFFIX)) {
+            std::fs::remove_file(entry.path()).map_err(io_err("remove", &entry.path()))?;
+        }
+    }
+    Ok(())
 }
 
 /// The segments in `dir`, as (first seqno, path), in journal order.
@@ -255,17 +269,55 @@ pub struct SegmentWriter {
 impl SegmentWriter {
     /// Creates segment `first_seqno` of instance `creation_id` in `dir` (which must not hold
     /// it yet), with its header written and synced, and the directory synced.
-    pub fn create(dir: &Path, first_seqno: u64, creation_id: &str) -> Result<SegmentWriter, SegmentError> {
+    ///
+    /// The header is written and synced under a temporary name that [`list`] ignores, then
+    /// renamed into place: a crash midway leaves no segment without a whole header.
+    ///
+    /// With `preallocate`, the file's blocks up to that size are allocated at once
+    /// (`fallocate`, best effort): an `fdatasync` after an append then has no file size to
+    /// record, which makes each group's sync cheaper. The allocated tail reads as zeros,
+    /// which no frame passes: a reader sees it as a torn tail.
+    pub fn create(
+        dir: &Path,
+        first_seqno: u64,
+        creation_id: &str,
+        preallocate: u64,
+    ) -> Result<SegmentWriter, SegmentError> {
         let path = dir.join(file_name(first_seqno));
+        if path.exists() {
+            // Made by an attempt whose directory sync failed: harmless while it holds no frame.
+            if !read(&path).is_ok_and(|c| c.frames.is_empty() && c.first_seqno == first_seqno) {
+                return Err(SegmentError::Io {
+                    action: "create",
+                    path,
+                    source: io::Error::new(
+                        io::ErrorKind::AlreadyExists,
+                        "a segment of that name holds records",
+                    ),
+                });
+            }
+        }
+        let tmp = dir.join(format!("{}{TMP_SUFFIX}", file_name(first_seqno)));
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(io_err("create", &path))?;
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(io_err("create", &tmp))?;
         let head = header(first_seqno, creation_id);
-        file.write_all(&head).map_err(io_err("write the header of", &path))?;
-        file.sync_data().map_err(io_err("sync", &path))?;
+        file.write_all(&head).map_err(io_err("write the header of", &tmp))?;
+        if preallocate > head.len() as u64 {
+            use std::os::fd::AsRawFd;
+            let len = libc::off_t::try_from(preallocate).unwrap_or(libc::off_t::MAX);
+            // SAFETY: fallocate on a file descriptor this function owns and keeps open.
+            let done = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
+            if done != 0 {
+                tracing::debug!(path = %tmp.display(), error = %io::Error::last_os_error(), "segment not preallocated");
+            }
+        }
+        file.sync_data().map_err(io_err("sync", &tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io_err("rename into place", &path))?;
         sync_dir(dir)?;
         let last_crc = head.last_chunk::<4>().map_or(0, |c| u32::from_le_bytes(*c));
         Ok(SegmentWriter { file, path, len: head.len() as u64, last_crc, first_seqno })
@@ -356,7 +408,7 @@ mod tests {
     #[test]
     fn written_frames_read_back_and_survive_a_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut w = SegmentWriter::create(dir.path(), 1, ID).expect("create");
+        let mut w = SegmentWriter::create(dir.path(), 1, ID, 0).expect("create");
         let written = bodies(50);
         w.append(&written[..20]).expect("append");
         w.append(&written[20..]).expect("append");
@@ -367,7 +419,7 @@ mod tests {
         again.append(&[b"after reopen".to_vec()]).expect("append");
         assert_eq!(read(w.path()).expect("read").frames.len(), 51);
         assert_eq!(list(dir.path()).expect("list"), vec![(1, dir.path().join(file_name(1)))]);
-        assert!(SegmentWriter::create(dir.path(), 1, ID).is_err(), "a segment is never created twice");
+        assert!(SegmentWriter::create(dir.path(), 1, ID, 0).is_err(), "a segment is never created twice");
         assert!(matches!(recover(w.path(), "other"), Err(SegmentError::Foreign { .. })));
     }
 
@@ -410,6 +462,43 @@ mod tests {
         let contents = parse(Path::new("s"), &mixed).expect("parse");
         assert_eq!(contents.frames.len(), 4);
         assert_eq!(contents.frames[3], b"new");
+    }
+
+    #[test]
+    fn a_crash_while_creating_leaves_no_segment_in_the_way() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A crash before the rename: a half-written temporary file, ignored and removed.
+        std::fs::write(dir.path().join(format!("{}{TMP_SUFFIX}", file_name(7))), b"STRAND").expect("write");
+        assert!(list(dir.path()).expect("list").is_empty());
+        remove_unfinished(dir.path()).expect("remove");
+        assert_eq!(std::fs::read_dir(dir.path()).expect("read").count(), 0);
+        // A crash after the rename but before any frame: creating it again replaces it.
+        drop(SegmentWriter::create(dir.path(), 7, ID, 4096).expect("create"));
+        let mut again = SegmentWriter::create(dir.path(), 7, ID, 4096).expect("create again");
+        again.append(&[b"one"]).expect("append");
+        again.sync().expect("sync");
+        // One holding a frame is never replaced.
+        assert!(SegmentWriter::create(dir.path(), 7, ID, 4096).is_err());
+        assert_eq!(read(&dir.path().join(file_name(7))).expect("read").frames, vec![b"one".to_vec()]);
+    }
+
+    #[test]
+    fn a_preallocated_segment_reads_its_zero_tail_as_torn() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut w = SegmentWriter::create(dir.path(), 1, ID, 64 * 1024).expect("create");
+        let written = bodies(10);
+        w.append(&written).expect("append");
+        w.sync().expect("sync");
+        let on_disk = std::fs::metadata(w.path()).expect("stat").len();
+        assert!(on_disk >= 64 * 1024, "the file was preallocated ({on_disk} bytes)");
+        let contents = read(w.path()).expect("read");
+        assert_eq!(contents.frames, written);
+        assert_eq!(contents.valid_len, w.bytes());
+        assert_eq!(contents.torn_bytes, on_disk - w.bytes(), "the zeros are a torn tail, not damage");
+        let (_, mut again) = recover(w.path(), ID).expect("recover");
+        again.append(&[b"after".to_vec()]).expect("append");
+        again.sync().expect("sync");
+        assert_eq!(read(w.path()).expect("read").frames.len(), 11);
     }
 
     #[test]

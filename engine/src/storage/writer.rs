@@ -714,6 +714,11 @@ impl<T: Send + 'static> WriterThread<T> {
                 }
                 continue;
             }
+            if self.checkpointer.take_io_failure() {
+                // redb refuses every write after an I/O error until the file is reopened.
+                self.close_after_io_error();
+                continue;
+            }
             let first = match self.pending.take() {
                 Some(work) => work,
                 None => match rx.blocking_recv() {
@@ -982,15 +987,9 @@ impl<T: Send + 'static> WriterThread<T> {
         if self.segment.as_ref().is_none_or(|s| s.bytes() >= self.limits.segment_bytes) {
             let dir = self.store.journal_dir();
             let creation_id = self.store.meta().creation_id;
-            match SegmentWriter::create(dir, first_seqno, &creation_id) {
-                Ok(segment) => self.segment = Some(segment),
-                Err(e) => {
-                    // A half-made segment would stand in the next attempt's way.
-                    let _ = std::fs::remove_file(dir.join(super::segment::file_name(first_seqno)));
-                    return Err(e.into());
-                }
-            }
             self.segments_exist = true;
+            self.segment =
+                Some(SegmentWriter::create(dir, first_seqno, &creation_id, self.limits.segment_bytes)?);
         }
         let Some(segment) = self.segment.as_mut() else { return Err(StoreError::Recovering) };
         let (len, crc) = (segment.bytes(), segment.last_crc());
@@ -1056,8 +1055,16 @@ impl<T: Send + 'static> WriterThread<T> {
             read_only,
         };
         let outcome = program(&mut view);
-        // A node created and removed again inside the transaction is no change.
-        view.changes.retain(|_, c| c.before.is_some() || c.after.is_some());
+        // A node created and removed again inside the transaction is no change: its version
+        // leaves the overlay too.
+        let (seqno, active) = (view.seqno, view.active);
+        view.changes.retain(|key, c| {
+            let changed = c.before.is_some() || c.after.is_some();
+            if !changed {
+                active.unput(seqno, key, None, false);
+            }
+            changed
+        });
         match outcome {
             Ok(None) => {
                 view.undo()?;
@@ -1067,6 +1074,23 @@ impl<T: Send + 'static> WriterThread<T> {
                 Ok(Ran::Done { output, seqno: None, touched: Vec::new() })
             }
             Ok(Some(output)) => {
+                // The record must fit one journal frame (the images, plus a little per node).
+                let size: usize = view
+                    .changes
+                    .iter()
+                    .map(|(k, c)| {
+                        64 + k.len()
+                            + c.before.as_ref().map_or(0, Vec::len)
+                            + c.after.as_ref().map_or(0, Vec::len)
+                    })
+                    .sum();
+                if size > super::segment::FRAME_BYTES_MAX {
+                    view.undo()?;
+                    return Ok(Ran::Aborted(format!(
+                        "ERR this transaction would journal about {size} bytes, more than one journal record holds ({}); nothing was changed",
+                        super::segment::FRAME_BYTES_MAX
+                    )));
+                }
                 let seqno = cursor.next;
                 cursor.next += 1;
                 let changes: Vec<KeyChange> = std::mem::take(&mut view.changes)
@@ -1765,7 +1789,7 @@ impl<T: Send + 'static> WriterThread<T> {
                     Ok(seqno) => {
                         // Commits since the last checkpoint live in the overlay and the
                         // journal segments: the file's own last seqno is then not the news.
-                        if self.store.overlay.bytes() == 0 {
+                        if self.store.overlay.is_empty() {
                             self.store.publish(seqno, None, self.version);
                             if let Err(e) = self.store.recount(&db) {
                                 tracing::error!(error = %error_chain(&e), "cannot count keys after reopening");

@@ -10,6 +10,8 @@
 
 mod common;
 
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -73,9 +75,14 @@ fn journal_segments_keep_every_synced_frame_through_power_cuts() {
         // Write until the cut makes the disk fail.
         let acked = Arc::new(std::sync::atomic::AtomicU64::new(acked_total));
         let group_seed = rng.next();
-        let mnt = disk.mnt.clone();
+        // New segments are made through a handle on the mounted directory: once the cut
+        // unmounts it, the mount point is a plain directory again, and a segment created
+        // by its path would land on the real disk and never fail.
+        let mounted = std::fs::File::open(&disk.mnt).unwrap();
+        let mnt = PathBuf::from(format!("/proc/self/fd/{}", mounted.as_raw_fd()));
         let counter = acked.clone();
         let handle = std::thread::spawn(move || {
+            let _mounted = mounted;
             let mut rng = Rng(group_seed | 1);
             let mut next = next;
             loop {

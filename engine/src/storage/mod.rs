@@ -732,7 +732,11 @@ fn replay_segments(
                     .map_err(redb_err("replay a journal record"))?;
                 }
                 journal.insert(record.seqno, body.as_slice()).map_err(redb_err("replay a journal record"))?;
-                if (record.stream != 0 || meta.supplementary)
+                let marker = matches!(
+                    record.kind,
+                    journal::RecordKind::StreamBase | journal::RecordKind::StreamResync
+                );
+                if (record.stream != 0 || marker || meta.supplementary)
                     && let Some(slot) = streams.get_mut(usize::from(record.stream))
                 {
                     *slot = record.stream_seqno;

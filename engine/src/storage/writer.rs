@@ -675,6 +675,26 @@ fn save_streams(
     Ok(())
 }
 
+/// The source's history records and SI stream states a BC secondary adopts once it has
+/// applied up to seqno `last`.
+fn adopted(
+    source_history: &[HistoryRecord],
+    source_streams: &[StreamState],
+    last: u64,
+) -> (Vec<HistoryRecord>, Vec<StreamState>) {
+    let history = source_history.iter().filter(|h| h.start_seqno <= last.max(1)).cloned().collect();
+    let streams = source_streams
+        .iter()
+        .filter(|s| s.since_journal_seqno <= last)
+        .map(|s| {
+            let mut s = s.clone();
+            s.history.retain(|h| h.journal_seqno <= last);
+            s
+        })
+        .collect();
+    (history, streams)
+}
+
 /// Moves `requests` into the group being formed, up to [`GROUP_COMMIT_TXNS_MAX`]; what does not
 /// fit comes back as the work to start the next group with.
 fn fill<T>(batch: &mut Vec<TxnRequest<T>>, mut requests: Vec<TxnRequest<T>>) -> Option<Work<T>> {
@@ -746,10 +766,14 @@ impl<T: Send + 'static> WriterThread<T> {
                     self.commit_batch(&mut batch);
                 }
                 Work::Apply { records, source_history, mode, reply } => {
-                    let result = self.direct(|w| match mode {
-                        ApplyMode::Bc { source_streams } => w.apply(records, source_history, source_streams),
-                        ApplyMode::Si { stream } => w.apply_si(stream, records, source_history),
-                    });
+                    let result = match mode {
+                        ApplyMode::Bc { source_streams } => {
+                            self.apply_bc(records, source_history, source_streams)
+                        }
+                        ApplyMode::Si { stream } => {
+                            self.direct(|w| w.apply_si(stream, records, source_history))
+                        }
+                    };
                     let _ = reply.send(self.settle(result));
                     // Records applied on an instance that takes writes of its own (SI) can
                     // make blocked clients servable: serve them in a commit of their own.
@@ -1215,6 +1239,115 @@ impl<T: Send + 'static> WriterThread<T> {
         Ok(())
     }
 
+    /// Applies received BC records: on the journal like a group of local transactions when
+    /// they change no metadata (the steady state of a stream), else directly in the file.
+    fn apply_bc(
+        &mut self,
+        records: Vec<Record>,
+        source_history: Vec<HistoryRecord>,
+        source_streams: Vec<StreamState>,
+    ) -> Result<u64, StoreError> {
+        let meta = self.store.meta();
+        let last = self.store.committed_seqno() + records.len() as u64;
+        let (history, streams) = adopted(&source_history, &source_streams, last);
+        let on_log = meta.role == super::meta::Role::Secondary
+            && meta.receiver.is_some()
+            && history == meta.history
+            && streams == meta.streams
+            && records.iter().all(|r| r.kind != RecordKind::Upgrade);
+        if on_log {
+            self.apply_on_log(records)
+        } else {
+            self.direct(|w| w.apply(records, source_history, source_streams))
+        }
+    }
+
+    /// Appends received records to the journal and the overlay as one group: each record's
+    /// before-images checked against this instance's data, its seqno the next one.
+    fn apply_on_log(&mut self, records: Vec<Record>) -> Result<u64, StoreError> {
+        self.counted = (0, 0, 0);
+        self.check_space()?;
+        self.make_room()?;
+        let committed = self.store.committed_seqno();
+        let active = self.store.overlay.active();
+        let mut streams = self.streams;
+        let mut touched: Vec<Vec<u8>> = Vec::new();
+        let mut encoded = Vec::with_capacity(records.len());
+        let ran = self.place_records(&records, committed, &active, &mut streams, &mut touched, &mut encoded);
+        let started = Instant::now();
+        let durable = ran.and_then(|()| match encoded.is_empty() {
+            true => Ok(()),
+            false => self.append_durably(committed + 1, &encoded),
+        });
+        if let Err(e) = durable {
+            active.discard_above(committed);
+            return Err(e);
+        }
+        let last = committed + encoded.len() as u64;
+        self.set_streams(streams);
+        active.set_streams(streams);
+        self.store.adjust_counts(std::mem::take(&mut self.counted));
+        self.touch(touched.iter().map(Vec::as_slice));
+        self.store.publish(last, None, self.version);
+        self.store.degraded.store(false, Ordering::Release);
+        let m = &self.metrics;
+        m.journal_fsync_duration_seconds.observe(started.elapsed().as_secs_f64());
+        m.commits_total.inc_by(last - committed);
+        m.journal_seqno.set(i64::try_from(last).unwrap_or(i64::MAX));
+        if active.bytes() >= self.limits.checkpoint_bytes
+            || self.active_since.elapsed() >= CHECKPOINT_INTERVAL
+        {
+            self.freeze();
+        }
+        self.metrics.overlay_bytes.set(i64::try_from(self.store.overlay.bytes()).unwrap_or(i64::MAX));
+        Ok(last)
+    }
+
+    /// Checks received records against the data and writes them into the active generation.
+    fn place_records(
+        &mut self,
+        records: &[Record],
+        committed: u64,
+        active: &Generation,
+        streams: &mut StreamSeqnos,
+        touched: &mut Vec<Vec<u8>>,
+        encoded: &mut Vec<Vec<u8>>,
+    ) -> Result<(), StoreError> {
+        let view = self.store.snapshot_latest()?;
+        for (next, record) in (committed + 1..).zip(records) {
+            if record.seqno != next {
+                return Err(StoreError::Replication {
+                    reason: format!("received seqno {} but the next expected is {next}", record.seqno),
+                });
+            }
+            for change in &record.changes {
+                let current = view.get(&change.key)?;
+                if current != change.before {
+                    return Err(StoreError::Replication {
+                        reason: format!(
+                            "record {} does not apply: key {} differs from its before-image; this instance diverged from its source",
+                            record.seqno,
+                            String::from_utf8_lossy(&change.key)
+                        ),
+                    });
+                }
+                active.put(record.seqno, &change.key, current.as_deref(), change.after.as_deref());
+                self.count(&change.key, change.before.is_some(), change.after.is_some());
+                touched.push(super::node::user_key(&change.key).to_vec());
+            }
+            let bytes = record.encode();
+            active.add_record(record.seqno, &bytes);
+            encoded.push(bytes);
+            let marker = matches!(record.kind, RecordKind::StreamBase | RecordKind::StreamResync);
+            if (record.stream != 0 || marker || self.supplementary)
+                && let Some(slot) = streams.get_mut(usize::from(record.stream))
+            {
+                *slot = record.stream_seqno;
+            }
+        }
+        Ok(())
+    }
+
     fn apply(
         &mut self,
         records: Vec<Record>,
@@ -1313,17 +1446,8 @@ impl<T: Send + 'static> WriterThread<T> {
                 }
                 next += 1;
             }
-            let last = next - 1;
-            meta.history = source_history.into_iter().filter(|h| h.start_seqno <= last.max(1)).collect();
-            // The source's SI streams, as far as this instance has applied them.
-            meta.streams = source_streams
-                .into_iter()
-                .filter(|s| s.since_journal_seqno <= last)
-                .map(|mut s| {
-                    s.history.retain(|h| h.journal_seqno <= last);
-                    s
-                })
-                .collect();
+            // The source's history records and SI streams, as far as this instance applied them.
+            (meta.history, meta.streams) = adopted(&source_history, &source_streams, next - 1);
         }
         if let Some((to, seqno)) = upgrade.filter(|(to, _)| *to > meta.format_version) {
             super::format::migrate(&txn, meta.format_version, to, seqno)?;

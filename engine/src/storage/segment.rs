@@ -247,6 +247,7 @@ pub fn recover(path: &Path, creation_id: &str) -> Result<(Contents, SegmentWrite
     }
     file.seek(SeekFrom::Start(contents.valid_len)).map_err(io_err("seek in", path))?;
     let writer = SegmentWriter {
+        buf: Vec::new(),
         file,
         path: path.to_path_buf(),
         len: contents.valid_len,
@@ -256,9 +257,14 @@ pub fn recover(path: &Path, creation_id: &str) -> Result<(Contents, SegmentWrite
     Ok((contents, writer))
 }
 
+/// The largest append buffer a segment writer keeps for the next group.
+const APPEND_BUFFER_KEPT: usize = 16 * 1024 * 1024;
+
 /// Appends frames to one segment.
 #[derive(Debug)]
 pub struct SegmentWriter {
+    /// The previous append's buffer, reused.
+    buf: Vec<u8>,
     file: File,
     path: PathBuf,
     len: u64,
@@ -320,12 +326,16 @@ impl SegmentWriter {
         std::fs::rename(&tmp, &path).map_err(io_err("rename into place", &path))?;
         sync_dir(dir)?;
         let last_crc = head.last_chunk::<4>().map_or(0, |c| u32::from_le_bytes(*c));
-        Ok(SegmentWriter { file, path, len: head.len() as u64, last_crc, first_seqno })
+        Ok(SegmentWriter { buf: Vec::new(), file, path, len: head.len() as u64, last_crc, first_seqno })
     }
 
     /// Appends `bodies` as frames with one write (not yet synced); the segment's length after.
     pub fn append<B: AsRef<[u8]>>(&mut self, bodies: &[B]) -> Result<u64, SegmentError> {
-        let mut out = Vec::with_capacity(bodies.iter().map(|b| b.as_ref().len() + FRAME_HEADER).sum());
+        // One buffer kept across groups: a large buffer freed per group makes the allocator
+        // consolidate its free lists every time (seen in a profile of the writer).
+        let mut out = std::mem::take(&mut self.buf);
+        out.clear();
+        out.reserve(bodies.iter().map(|b| b.as_ref().len() + FRAME_HEADER).sum());
         let mut crc = self.last_crc;
         for body in bodies {
             let body = body.as_ref();
@@ -338,8 +348,13 @@ impl SegmentWriter {
             }
             crc = encode_frame(&mut out, body, crc);
         }
-        self.file.write_all(&out).map_err(io_err("append to", &self.path))?;
-        self.len += out.len() as u64;
+        let written = self.file.write_all(&out).map_err(io_err("append to", &self.path));
+        let len = out.len() as u64;
+        if out.capacity() <= APPEND_BUFFER_KEPT {
+            self.buf = out;
+        }
+        written?;
+        self.len += len;
         self.last_crc = crc;
         Ok(self.len)
     }

@@ -488,11 +488,27 @@ pub struct TxnView<'a, 't> {
     bytes_max: usize,
     /// Set on a replicating secondary: the error every write gets.
     read_only: Option<&'a str>,
+    /// The last node read that this transaction had not written, and its value: commands
+    /// read a node before they write it, and the write then needs no second lookup.
+    last_read: std::cell::RefCell<Option<NodeRead>>,
 }
+
+/// A node and the value read for it (`None`: absent).
+type NodeRead = (Vec<u8>, Option<Vec<u8>>);
 
 impl TxnView<'_, '_> {
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Abort> {
-        Ok(self.base.get(key)?)
+        if let Some(change) = self.changes.get(key) {
+            return Ok(change.after.clone());
+        }
+        if let Some((k, v)) = self.last_read.borrow().as_ref()
+            && k.as_slice() == key
+        {
+            return Ok(v.clone());
+        }
+        let value = self.base.get(key)?;
+        *self.last_read.borrow_mut() = Some((key.to_vec(), value.clone()));
+        Ok(value)
     }
 
     /// Up to `limit` nodes in `range`, forwards or backwards, as this transaction sees them.
@@ -505,7 +521,7 @@ impl TxnView<'_, '_> {
             return Err(Abort::Command(message.to_owned()));
         }
         system_key_guard(key)?;
-        let previous = self.base.get(key)?;
+        let previous = self.get(key)?;
         self.active.put(self.seqno, key, previous.as_deref(), Some(value));
         self.note(key, previous, Some(value.to_vec()))
     }
@@ -516,7 +532,7 @@ impl TxnView<'_, '_> {
             return Err(Abort::Command(message.to_owned()));
         }
         system_key_guard(key)?;
-        let previous = self.base.get(key)?;
+        let previous = self.get(key)?;
         let existed = previous.is_some();
         if existed {
             self.active.put(self.seqno, key, previous.as_deref(), None);
@@ -1077,6 +1093,7 @@ impl<T: Send + 'static> WriterThread<T> {
             bytes: 0,
             bytes_max: if housekeeping { usize::MAX } else { self.limits.max_txn_image_bytes },
             read_only,
+            last_read: std::cell::RefCell::new(None),
         };
         let outcome = program(&mut view);
         // A node created and removed again inside the transaction is no change: its version

@@ -16,10 +16,12 @@
 //! it; its versions leave the overlay, its frames are cut off the segment, and the seqnos are
 //! handed out again.
 //!
-//! Rare work changes the database file directly in one durable redb commit, as before the
-//! journal became the log: applying replicated records, a rollback, a metadata change, a
-//! system key. It first checkpoints everything and removes every segment, so the file holds
-//! the whole journal and recovery has nothing to replay past it.
+//! Received BC records are applied the same way, one frame as one group, when they change
+//! no metadata. Rare work changes the database file directly in one durable redb commit, as
+//! before the journal became the log: a rollback, a metadata change, a system key, an SI
+//! apply, a BC frame that changes metadata. It first checkpoints everything and removes
+//! every segment, so the file holds the whole journal and recovery has nothing to replay
+//! past it.
 //!
 //! Disk full: before each batch the writer checks the free space of the data volume and
 //! refuses the batch with [`StoreError::DiskFull`] when it is below the reserve, so redb never

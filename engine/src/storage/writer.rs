@@ -490,7 +490,7 @@ pub struct TxnView<'a, 't> {
     bytes_max: usize,
     /// Set on a replicating secondary: the error every write gets.
     read_only: Option<&'a str>,
-    /// The last node read that this transaction had not written, and its value: commands
+    /// The last node read while this transaction had not written it, and its value: commands
     /// read a node before they write it, and the write then needs no second lookup.
     last_read: std::cell::RefCell<Option<NodeRead>>,
 }
@@ -518,12 +518,28 @@ impl TxnView<'_, '_> {
         Ok(self.base.range(range, rev, limit)?)
     }
 
+    /// `key`'s value before a write of it: the remembered read is taken, not copied (the
+    /// write makes it stale, and `changes` answers reads of `key` from now on).
+    fn read_for_write(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Abort> {
+        if let Some(change) = self.changes.get(key) {
+            return Ok(change.after.clone());
+        }
+        let mut last = self.last_read.borrow_mut();
+        if last.as_ref().is_some_and(|(k, _)| k.as_slice() == key)
+            && let Some((_, value)) = last.take()
+        {
+            return Ok(value);
+        }
+        drop(last);
+        Ok(self.base.get(key)?)
+    }
+
     pub fn set(&mut self, key: &[u8], value: &[u8]) -> Result<(), Abort> {
         if let Some(message) = self.read_only {
             return Err(Abort::Command(message.to_owned()));
         }
         system_key_guard(key)?;
-        let previous = self.get(key)?;
+        let previous = self.read_for_write(key)?;
         self.active.put(self.seqno, key, previous.as_deref(), Some(value));
         self.note(key, previous, Some(value.to_vec()))
     }
@@ -534,7 +550,7 @@ impl TxnView<'_, '_> {
             return Err(Abort::Command(message.to_owned()));
         }
         system_key_guard(key)?;
-        let previous = self.get(key)?;
+        let previous = self.read_for_write(key)?;
         let existed = previous.is_some();
         if existed {
             self.active.put(self.seqno, key, previous.as_deref(), None);
@@ -1267,11 +1283,19 @@ impl<T: Send + 'static> WriterThread<T> {
         source_streams: Vec<StreamState>,
     ) -> Result<u64, StoreError> {
         let meta = self.store.meta();
+        // A stream whose handshake raced a promotion must not apply into a primary.
+        if meta.role != super::meta::Role::Secondary || meta.receiver.is_none() {
+            return Err(StoreError::Replication {
+                reason: format!(
+                    "{} is {} without a BC receiver; it applies no received records",
+                    meta.name,
+                    meta.role.as_str()
+                ),
+            });
+        }
         let last = self.store.committed_seqno() + records.len() as u64;
         let (history, streams) = adopted(&source_history, &source_streams, last);
-        let on_log = meta.role == super::meta::Role::Secondary
-            && meta.receiver.is_some()
-            && history == meta.history
+        let on_log = history == meta.history
             && streams == meta.streams
             && records.iter().all(|r| r.kind != RecordKind::Upgrade);
         if on_log {

@@ -712,11 +712,7 @@ fn replay_segments(
             let mut table = txn.open_table(STREAMS).map_err(redb_err("open the streams table"))?;
             for (record, body) in &records {
                 for change in &record.changes {
-                    let current = data
-                        .get(change.key.as_slice())
-                        .map_err(redb_err("read a key"))?
-                        .map(|v| v.value().to_vec());
-                    if current != change.before {
+                    if !redo_change(&mut data, change)? {
                         return Err(StoreError::JournalCorrupt {
                             reason: format!(
                                 "replaying record {}: key {} differs from its before-image",
@@ -725,11 +721,6 @@ fn replay_segments(
                             ),
                         });
                     }
-                    match &change.after {
-                        Some(v) => data.insert(change.key.as_slice(), v.as_slice()).map(drop),
-                        None => data.remove(change.key.as_slice()).map(drop),
-                    }
-                    .map_err(redb_err("replay a journal record"))?;
                 }
                 journal.insert(record.seqno, body.as_slice()).map_err(redb_err("replay a journal record"))?;
                 let marker = matches!(
@@ -752,6 +743,25 @@ fn replay_segments(
     }
     remove_segments(dir, u64::MAX)?;
     Ok(next - 1)
+}
+
+/// Writes `change`'s after-image into `data` if the node holds its before-image; `false`,
+/// changing nothing, if it does not (the caller says what that means).
+pub(crate) fn redo_change(
+    data: &mut redb::Table<'_, &'static [u8], &'static [u8]>,
+    change: &journal::KeyChange,
+) -> Result<bool, StoreError> {
+    let current =
+        data.get(change.key.as_slice()).map_err(redb_err("read a key"))?.map(|v| v.value().to_vec());
+    if current != change.before {
+        return Ok(false);
+    }
+    match &change.after {
+        Some(v) => data.insert(change.key.as_slice(), v.as_slice()).map(drop),
+        None => data.remove(change.key.as_slice()).map(drop),
+    }
+    .map_err(redb_err("write a key"))?;
+    Ok(true)
 }
 
 /// Removes, oldest first, the segments in `dir` whose records all lie at or below `upto`. A

@@ -709,6 +709,17 @@ fn save_streams(
     Ok(())
 }
 
+/// A received record whose before-image of `key` differs from this instance's data.
+fn diverged(record: &Record, key: &[u8]) -> StoreError {
+    StoreError::Replication {
+        reason: format!(
+            "record {} does not apply: key {} differs from its before-image; this instance diverged from its source",
+            record.seqno,
+            String::from_utf8_lossy(key)
+        ),
+    }
+}
+
 /// The source's history records and SI stream states a BC secondary adopts once it has
 /// applied up to seqno `last`.
 fn adopted(
@@ -916,19 +927,49 @@ impl<T: Send + 'static> WriterThread<T> {
         let mut records = Vec::new();
         let mut cursor = Cursor { next: committed + 1, local: self.streams[0] };
         let ran = self.run_group(batch, replies, &active, &mut records, &mut cursor, &mut enqueued);
+        let fsync = self.make_durable(ran, committed, &active, &records)?;
+        let mut streams = self.streams;
+        streams[0] = cursor.local;
+        self.publish_group(&active, committed, cursor.next - 1, streams, fsync);
+        let m = &self.metrics;
+        m.group_commit_transactions.observe(replies.len() as f64);
+        for at in enqueued {
+            m.commit_duration_seconds.observe(at.elapsed().as_secs_f64());
+        }
+        Ok(())
+    }
+
+    /// Appends a group that `ran` into the active generation to the journal and syncs it;
+    /// on any failure, its versions and records leave the overlay. How long the sync took.
+    fn make_durable(
+        &mut self,
+        ran: Result<(), StoreError>,
+        committed: u64,
+        active: &Generation,
+        records: &[Vec<u8>],
+    ) -> Result<Duration, StoreError> {
         let started = Instant::now();
         let durable = ran.and_then(|()| match records.is_empty() {
             true => Ok(()),
-            false => self.append_durably(committed + 1, &records),
+            false => self.append_durably(committed + 1, records),
         });
         if let Err(e) = durable {
             active.discard_above(committed);
             return Err(e);
         }
-        let fsync = started.elapsed();
-        let last = cursor.next - 1;
-        let mut streams = self.streams;
-        streams[0] = cursor.local;
+        Ok(started.elapsed())
+    }
+
+    /// Publishes a durable group ending at `last`: stream seqnos, key counts, the committed
+    /// seqno, metrics; freezes the active generation when it is due for a checkpoint.
+    fn publish_group(
+        &mut self,
+        active: &Generation,
+        committed: u64,
+        last: u64,
+        streams: StreamSeqnos,
+        fsync: Duration,
+    ) {
         self.set_streams(streams);
         active.set_streams(streams);
         self.store.adjust_counts(std::mem::take(&mut self.counted));
@@ -936,19 +977,14 @@ impl<T: Send + 'static> WriterThread<T> {
         self.store.degraded.store(false, Ordering::Release);
         let m = &self.metrics;
         m.journal_fsync_duration_seconds.observe(fsync.as_secs_f64());
-        m.group_commit_transactions.observe(replies.len() as f64);
         m.commits_total.inc_by(last - committed);
         m.journal_seqno.set(i64::try_from(last).unwrap_or(i64::MAX));
-        for at in enqueued {
-            m.commit_duration_seconds.observe(at.elapsed().as_secs_f64());
-        }
         if active.bytes() >= self.limits.checkpoint_bytes
             || self.active_since.elapsed() >= CHECKPOINT_INTERVAL
         {
             self.freeze();
         }
         self.metrics.overlay_bytes.set(i64::try_from(self.store.overlay.bytes()).unwrap_or(i64::MAX));
-        Ok(())
     }
 
     /// Runs the batch's transactions (and the blocked ones they serve) into the overlay's
@@ -1317,32 +1353,10 @@ impl<T: Send + 'static> WriterThread<T> {
         let mut touched: Vec<Vec<u8>> = Vec::new();
         let mut encoded = Vec::with_capacity(records.len());
         let ran = self.place_records(&records, committed, &active, &mut streams, &mut touched, &mut encoded);
-        let started = Instant::now();
-        let durable = ran.and_then(|()| match encoded.is_empty() {
-            true => Ok(()),
-            false => self.append_durably(committed + 1, &encoded),
-        });
-        if let Err(e) = durable {
-            active.discard_above(committed);
-            return Err(e);
-        }
+        let fsync = self.make_durable(ran, committed, &active, &encoded)?;
         let last = committed + encoded.len() as u64;
-        self.set_streams(streams);
-        active.set_streams(streams);
-        self.store.adjust_counts(std::mem::take(&mut self.counted));
         self.touch(touched.iter().map(Vec::as_slice));
-        self.store.publish(last, None, self.version);
-        self.store.degraded.store(false, Ordering::Release);
-        let m = &self.metrics;
-        m.journal_fsync_duration_seconds.observe(started.elapsed().as_secs_f64());
-        m.commits_total.inc_by(last - committed);
-        m.journal_seqno.set(i64::try_from(last).unwrap_or(i64::MAX));
-        if active.bytes() >= self.limits.checkpoint_bytes
-            || self.active_since.elapsed() >= CHECKPOINT_INTERVAL
-        {
-            self.freeze();
-        }
-        self.metrics.overlay_bytes.set(i64::try_from(self.store.overlay.bytes()).unwrap_or(i64::MAX));
+        self.publish_group(&active, committed, last, streams, fsync);
         Ok(last)
     }
 
@@ -1366,13 +1380,7 @@ impl<T: Send + 'static> WriterThread<T> {
             for change in &record.changes {
                 let current = view.get(&change.key)?;
                 if current != change.before {
-                    return Err(StoreError::Replication {
-                        reason: format!(
-                            "record {} does not apply: key {} differs from its before-image; this instance diverged from its source",
-                            record.seqno,
-                            String::from_utf8_lossy(&change.key)
-                        ),
-                    });
+                    return Err(diverged(record, &change.key));
                 }
                 active.put(record.seqno, &change.key, current.as_deref(), change.after.as_deref());
                 self.count(&change.key, change.before.is_some(), change.after.is_some());
@@ -1427,27 +1435,8 @@ impl<T: Send + 'static> WriterThread<T> {
                     });
                 }
                 for change in &record.changes {
-                    let current = data
-                        .get(change.key.as_slice())
-                        .map_err(redb_err("read a key"))?
-                        .map(|v| v.value().to_vec());
-                    if current != change.before {
-                        return Err(StoreError::Replication {
-                            reason: format!(
-                                "record {} does not apply: key {} differs from its before-image; this instance diverged from its source",
-                                record.seqno,
-                                String::from_utf8_lossy(&change.key)
-                            ),
-                        });
-                    }
-                    match &change.after {
-                        Some(v) => {
-                            data.insert(change.key.as_slice(), v.as_slice())
-                                .map_err(redb_err("write a key"))?;
-                        }
-                        None => {
-                            data.remove(change.key.as_slice()).map_err(redb_err("delete a key"))?;
-                        }
+                    if !super::redo_change(&mut data, change)? {
+                        return Err(diverged(record, &change.key));
                     }
                     self.count(&change.key, change.before.is_some(), change.after.is_some());
                     touched.push(super::node::user_key(&change.key).to_vec());

@@ -969,7 +969,7 @@ def bench_upgrade(n):
             took.append(time.time() - t)
             gaps.append(results["upgrade_gap"][0])
         finally:
-            subprocess.run([os.path.join(HERE, "down"), dir], capture_output=True)
+            subprocess.run([os.path.join(HERE, "down"), dir, "--remove"], capture_output=True)
     print(json.dumps({
         "upgrade_write_gap_seconds": {"median": statistics.median(gaps), "all": gaps},
         "upgrade_scenario_seconds": {"median": statistics.median(took), "all": took},
@@ -1051,7 +1051,8 @@ def main():
         return 1
     finally:
         if not keep:
-            subprocess.run([os.path.join(HERE, "down"), dir], capture_output=True)
+            # A directory of our own goes too.
+            subprocess.run([os.path.join(HERE, "down"), dir] + ([] if rest else ["--remove"]), capture_output=True)
 
 
 if __name__ == "__main__":

@@ -203,7 +203,7 @@ def run(n, f, rest, settle, operator_binary, keep):
         return result
     finally:
         if not keep:
-            subprocess.run([os.path.join(HERE, "down"), dir], capture_output=True)
+            subprocess.run([os.path.join(HERE, "down"), dir, "--remove"], capture_output=True)
 
 
 def main():

@@ -95,6 +95,20 @@ pub struct RunArgs {
     /// Size at which a journal segment file is closed and the next one begun.
     #[arg(long, default_value_t = SEGMENT_BYTES, value_parser = parse_wal_bytes)]
     pub journal_segment_bytes: u64,
+    /// Bytes of the newest journal records kept even once every receiver has acknowledged
+    /// them (so a new member can still join by streaming); older acknowledged records are
+    /// trimmed after each checkpoint.
+    #[arg(long, default_value_t = crate::storage::retention::KEEP_BYTES_DEFAULT)]
+    pub journal_keep_bytes: u64,
+    /// Most bytes the journal may hold for receivers that have not acknowledged it: past it
+    /// the oldest records are trimmed anyway, and a receiver that still needs them must be
+    /// re-seeded. 0: no limit.
+    #[arg(long, default_value_t = 0)]
+    pub journal_retain_bytes: u64,
+    /// Records older than this many seconds are trimmed even if a receiver still needs them
+    /// (it must then be re-seeded). 0: no limit.
+    #[arg(long, default_value_t = 0)]
+    pub journal_retain_seconds: u64,
     /// Log filter (tracing syntax), overridden by RUST_LOG.
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -368,6 +382,12 @@ async fn run(args: RunArgs) -> i32 {
         max_txn_image_bytes: args.max_txn_image_bytes,
         checkpoint_bytes: usize::try_from(args.checkpoint_bytes).unwrap_or(usize::MAX),
         segment_bytes: args.journal_segment_bytes,
+        retention: crate::storage::retention::Retention {
+            keep_bytes: args.journal_keep_bytes,
+            retain_bytes: (args.journal_retain_bytes > 0).then_some(args.journal_retain_bytes),
+            retain_age: (args.journal_retain_seconds > 0)
+                .then(|| std::time::Duration::from_secs(args.journal_retain_seconds)),
+        },
         resp_port: 0,
         repl_addr: args.repl_addr,
         repl_secret,
@@ -518,6 +538,10 @@ async fn ctl_inner(args: CtlArgs) -> Result<(), String> {
                 println!("role:           {}", status.role);
                 println!("supplementary:  {}", status.supplementary);
                 println!("journal seqno:  {}", status.journal_seqno);
+                println!(
+                    "journal:        seqnos {}..={}, {} bytes",
+                    status.journal.first_seqno, status.journal_seqno, status.journal.bytes
+                );
                 for s in &status.streams {
                     println!(
                         "stream {:>2}:      seqno {} from {}",

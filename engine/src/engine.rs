@@ -32,6 +32,9 @@ pub struct Config {
     pub checkpoint_bytes: usize,
     /// Journal segment size (`--journal-segment-bytes`).
     pub segment_bytes: u64,
+    /// How much journal the database file keeps (`--journal-keep-bytes`,
+    /// `--journal-retain-bytes`, `--journal-retain-seconds`).
+    pub retention: crate::storage::retention::Retention,
     /// Filled in once the data port is bound (the configured port may be 0).
     pub resp_port: u16,
     /// Where this instance receives replication streams.

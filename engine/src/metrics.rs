@@ -29,6 +29,9 @@ pub struct Metrics {
     pub group_commit_transactions: Histogram,
     pub journal_seqno: IntGauge,
     pub journal_bytes: IntGauge,
+    pub journal_first_seqno: IntGauge,
+    pub journal_trimmed_records_total: IntCounter,
+    pub journal_trimmed_needed_total: IntCounter,
     pub connected_clients: IntGauge,
     pub rejected_clients_total: IntCounter,
     pub expired_keys_total: IntCounter,
@@ -62,6 +65,7 @@ pub struct Metrics {
     pub replication_backlog_transactions: IntGaugeVec,
     pub replication_lag_seconds: GaugeVec,
     pub replication_connected: IntGaugeVec,
+    pub replication_reseed_required: IntGaugeVec,
     pub receiver_state: IntGaugeVec,
     pub stream_seqno: IntGaugeVec,
     pub rollbacks_total: IntCounter,
@@ -69,7 +73,8 @@ pub struct Metrics {
 }
 
 /// The receiver states `strand_receiver_state` reports (one series each, 1 for the current).
-pub const RECEIVER_STATES: [&str; 5] = ["idle", "streaming", "rollback_required", "error", "stopped"];
+pub const RECEIVER_STATES: [&str; 6] =
+    ["idle", "streaming", "rollback_required", "needs_reseed", "error", "stopped"];
 
 /// Registers metrics and writes down what each is.
 struct Declare {
@@ -166,7 +171,19 @@ impl Metrics {
             journal_seqno: d.gauge("strand_journal_seqno", "Highest durable journal sequence number.")?,
             journal_bytes: d.gauge(
                 "strand_journal_bytes",
-                "Bytes the journal's records take in the database file and the overlay (measured every minute).",
+                "Bytes the journal's records take in the database file and the overlay.",
+            )?,
+            journal_first_seqno: d.gauge(
+                "strand_journal_first_seqno",
+                "The oldest journal seqno kept (1 until the journal is trimmed).",
+            )?,
+            journal_trimmed_records_total: d.counter(
+                "strand_journal_trimmed_records_total",
+                "Journal records trimmed off the journal's start (acknowledged by every receiver, or past a retention limit).",
+            )?,
+            journal_trimmed_needed_total: d.counter(
+                "strand_journal_trimmed_needed_total",
+                "Journal records a retention limit trimmed although a receiver still needed them (that receiver needs re-seeding).",
             )?,
             connected_clients: d.gauge("strand_connected_clients", "Open data-port connections.")?,
             rejected_clients_total: d.counter(
@@ -285,9 +302,14 @@ impl Metrics {
                 "1 while the stream to the receiver is streaming.",
                 &["receiver"],
             )?,
+            replication_reseed_required: d.gauge_vec(
+                "strand_replication_reseed_required",
+                "1 while the receiver needs records this instance's journal no longer holds: it must be re-seeded.",
+                &["receiver"],
+            )?,
             receiver_state: d.gauge_vec(
                 "strand_receiver_state",
-                "The receiver's state (idle, streaming, rollback_required, error, stopped): 1 for the current one; absent without a receiver.",
+                "The receiver's state (idle, streaming, rollback_required, needs_reseed, error, stopped): 1 for the current one; absent without a receiver.",
                 &["state"],
             )?,
             stream_seqno: d.gauge_vec(

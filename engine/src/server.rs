@@ -59,6 +59,7 @@ pub async fn run_until(
             max_txn_image_bytes: config.max_txn_image_bytes,
             checkpoint_bytes: config.checkpoint_bytes,
             segment_bytes: config.segment_bytes,
+            retention: config.retention,
         },
         metrics.clone(),
     )
@@ -101,7 +102,6 @@ pub async fn run_until(
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(link.receiver, handle);
     }
-    tokio::spawn(measure_journal(engine.clone(), shutdown.clone()));
     tokio::spawn(crate::expiry::run(engine.clone(), shutdown.clone()));
     engine.ready.store(true, Ordering::Release);
     tracing::info!(
@@ -201,22 +201,4 @@ async fn accept_loop(engine: Arc<Engine>, listener: TcpListener, mut shutdown: S
 /// Logs an error with its chain of causes.
 pub fn log_error(context: &str, e: &dyn std::error::Error) {
     tracing::error!(error = %error_chain(e), "{context}");
-}
-
-/// Measures the journal's size for `strand_journal_bytes` now and every minute, off the
-/// request path (it walks the journal's tree in a read transaction, which writers do not wait
-/// for).
-async fn measure_journal(engine: Arc<Engine>, mut shutdown: shutdown::Shutdown) {
-    loop {
-        let store = engine.store.clone();
-        match tokio::task::spawn_blocking(move || store.snapshot().and_then(|s| s.journal_bytes())).await {
-            Ok(Ok(bytes)) => engine.metrics.journal_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX)),
-            Ok(Err(e)) => tracing::warn!(error = %e, "cannot measure the journal"),
-            Err(e) => tracing::warn!(error = %e, "the journal measurement failed"),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
-            _ = shutdown.recv() => return,
-        }
-    }
 }

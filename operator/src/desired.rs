@@ -107,6 +107,18 @@ pub fn engine_args(inst: &Instance) -> Vec<String> {
         args.push("--password-file".to_owned());
         args.push("/etc/strand/auth/password".to_owned());
     }
+    if let Some(j) = &inst.spec.journal {
+        for (flag, value) in [
+            ("--journal-keep-bytes", j.keep_bytes),
+            ("--journal-retain-bytes", j.retain_bytes),
+            ("--journal-retain-seconds", j.retain_seconds),
+        ] {
+            if let Some(v) = value {
+                args.push(flag.to_owned());
+                args.push(v.to_string());
+            }
+        }
+    }
     args
 }
 
@@ -348,6 +360,7 @@ mod tests {
                 paused: false,
                 primary_update_strategy: Default::default(),
                 primary_update_method: Default::default(),
+                journal: None,
             },
         );
         inst.metadata.namespace = Some("prod".into());
@@ -383,6 +396,17 @@ mod tests {
         assert_eq!(claim_spec.storage_class_name.as_deref(), Some("standard"));
         assert_eq!(claim_spec.resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"].0, "1Gi");
         assert!(!engine_args(&instance(false)).contains(&"--supplementary".to_owned()));
+        assert!(!engine_args(&instance(false)).iter().any(|a| a.starts_with("--journal")), "engine defaults");
+        let mut bounded = instance(false);
+        bounded.spec.journal = Some(crate::crd::instance::JournalSpec {
+            keep_bytes: None,
+            retain_bytes: Some(1 << 30),
+            retain_seconds: Some(86_400),
+        });
+        let args = engine_args(&bounded);
+        assert!(args.windows(2).any(|w| w == ["--journal-retain-bytes", "1073741824"]), "{args:?}");
+        assert!(args.windows(2).any(|w| w == ["--journal-retain-seconds", "86400"]), "{args:?}");
+        assert!(!args.iter().any(|a| a == "--journal-keep-bytes"), "{args:?}");
         let mut with_auth = instance(false);
         with_auth.spec.auth_secret_ref = Some("app-auth".into());
         assert!(

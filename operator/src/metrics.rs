@@ -197,7 +197,7 @@ impl Metrics {
             )?,
             link_state: d.gauge_vec(
                 "strand_operator_link_state",
-                "The ReplicationLink's state (Streaming, CatchingUp, Connecting, RollbackRequired, …): 1 for the current one.",
+                "The ReplicationLink's state (Streaming, CatchingUp, Connecting, RollbackRequired, ReseedRequired, …): 1 for the current one.",
                 &["namespace", "family", "link", "state"],
             )?,
             link_lag: d.add(

@@ -373,6 +373,7 @@ mod tests {
                 paused: false,
                 primary_update_strategy: Default::default(),
                 primary_update_method: Default::default(),
+                journal: None,
             },
         )
     }

@@ -85,7 +85,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         let status = match &e {
             StoreError::Invalid { .. } => StatusCode::BAD_REQUEST,
-            StoreError::NameMismatch { .. } => StatusCode::CONFLICT,
+            StoreError::NameMismatch { .. } | StoreError::JournalTrimmed { .. } => StatusCode::CONFLICT,
             StoreError::DiskFull { .. } | StoreError::Recovering | StoreError::WriterGone => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -305,6 +305,7 @@ async fn metrics(State(engine): State<Arc<Engine>>) -> Response {
     m.replication_backlog_transactions.reset();
     m.replication_lag_seconds.reset();
     m.replication_connected.reset();
+    m.replication_reseed_required.reset();
     for s in engine.replication.source_statuses() {
         let s = crate::replication::source::finish_status(s, committed);
         m.replication_backlog_transactions
@@ -312,7 +313,12 @@ async fn metrics(State(engine): State<Arc<Engine>>) -> Response {
             .set(i64::try_from(s.backlog).unwrap_or(i64::MAX));
         m.replication_lag_seconds.with_label_values(&[&s.receiver]).set(s.lag_seconds);
         m.replication_connected.with_label_values(&[&s.receiver]).set(i64::from(s.state == "streaming"));
+        m.replication_reseed_required
+            .with_label_values(&[&s.receiver])
+            .set(i64::from(s.state == "needs_reseed"));
     }
+    m.journal_bytes.set(int(engine.store.journal_bytes()));
+    m.journal_first_seqno.set(int(engine.store.journal_first()));
     if meta.supplementary {
         let seqnos = engine.store.stream_seqnos();
         m.stream_seqno.reset();
@@ -380,6 +386,32 @@ pub struct Status {
     pub lease: LeaseView,
     pub receiver: Option<ReceiverView>,
     pub sources: Vec<crate::replication::source::SourceStatus>,
+    /// The journal's extent and retention.
+    #[serde(default)]
+    pub journal: JournalView,
+}
+
+/// Where the journal begins, how big it is, what holds it and how much of it is kept.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct JournalView {
+    /// The oldest seqno kept (1 until the journal is trimmed).
+    pub first_seqno: u64,
+    /// Bytes its records take (database file and overlay).
+    pub bytes: u64,
+    /// Readers that still need it from some seqno on (replication streams).
+    pub pins: Vec<JournalPinView>,
+    /// `--journal-keep-bytes`.
+    pub keep_bytes: u64,
+    /// `--journal-retain-bytes` (absent: no limit).
+    pub retain_bytes: Option<u64>,
+    /// `--journal-retain-seconds` (absent: no limit).
+    pub retain_seconds: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JournalPinView {
+    pub holder: String,
+    pub from_seqno: u64,
 }
 
 /// Whether a role lease is required, and how long the current one still runs.
@@ -464,6 +496,21 @@ async fn status(State(engine): State<Arc<Engine>>) -> Result<Json<Status>, ApiEr
                 .into_iter()
                 .map(|s| crate::replication::source::finish_status(s, committed))
                 .collect()
+        },
+        journal: {
+            let r = engine.config.retention;
+            JournalView {
+                first_seqno: store.journal_first(),
+                bytes: store.journal_bytes(),
+                pins: store
+                    .journal_pins()
+                    .into_iter()
+                    .map(|(holder, from_seqno)| JournalPinView { holder, from_seqno })
+                    .collect(),
+                keep_bytes: r.keep_bytes,
+                retain_bytes: r.retain_bytes,
+                retain_seconds: r.retain_age.map(|a| a.as_secs()),
+            }
         },
     }))
 }

@@ -42,6 +42,9 @@ fn failure(e: TxnFailure) -> ApiError {
                 None => ApiError::new(StatusCode::CONFLICT, "conflict", message.to_owned()),
             }
         }
+        TxnFailure::Store { code: "needs_reseed", message } => {
+            ApiError::new(StatusCode::CONFLICT, "needs_reseed", message)
+        }
         TxnFailure::Store { code, message } => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message),
         TxnFailure::Aborted(message) => ApiError::new(StatusCode::CONFLICT, "conflict", message),
     }

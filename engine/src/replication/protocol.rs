@@ -133,6 +133,11 @@ pub struct Auth {
     /// receiver as far as it applies the source's journal.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub streams: Vec<StreamState>,
+    /// The first seqno the source's journal holds (0 from a source that does not say): a
+    /// receiver that needs an earlier one refuses with `needs_reseed` before it changes
+    /// anything.
+    #[serde(default)]
+    pub journal_first: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -203,6 +208,8 @@ pub enum ProtocolError {
     Auth,
     #[error("this instance's history changed; negotiating again")]
     HistoryChanged,
+    #[error("{0}")]
+    NeedsReseed(String),
     #[error("refused by the receiver: {message} ({code})")]
     Refused {
         code: String,

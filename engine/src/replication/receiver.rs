@@ -339,6 +339,13 @@ async fn negotiate_bc(
     let meta = ctx.store.meta();
     let seqno = ctx.store.committed_seqno();
     let plan = history::plan(&meta.history, seqno, &auth.history, auth.seqno);
+    let wanted = match plan {
+        Plan::Stream { from } => from,
+        Plan::RollbackRequired { common, .. } => common + 1,
+    };
+    if source_lacks(ctx, wr, hello, auth, wanted).await {
+        return Ok(None);
+    }
     let mut rolled_back_to = None;
     let from = match plan {
         Plan::Stream { from } => from,
@@ -387,8 +394,12 @@ async fn negotiate_si(
             let message = error_chain(&e);
             tracing::warn!(source = %hello.name, error = %message, "cannot negotiate the SI stream");
             ctx.replication.set_receiver(|s| s.last_error = Some(message.clone()));
-            let code = match e {
+            let code = match &e {
                 StreamError::NoHistory { .. } => "no_history",
+                StreamError::Store(s) if s.code() == "needs_reseed" => {
+                    needs_reseed_here(ctx, &message);
+                    "needs_reseed"
+                }
                 _ => "negotiation_failed",
             };
             refuse(wr, code, message, None, None).await;
@@ -397,6 +408,15 @@ async fn negotiate_si(
     };
     let Negotiated { stream, family, plan } = negotiated;
     let name = ctx.store.meta().name;
+    let wanted = match plan {
+        SiPlan::Stream { from } | SiPlan::Rollback { from, .. } | SiPlan::NoResync { from } => Some(from),
+        SiPlan::Refuse { .. } | SiPlan::Reseed { .. } => None,
+    };
+    if let Some(wanted) = wanted
+        && source_lacks(ctx, wr, hello, auth, wanted).await
+    {
+        return Ok(None);
+    }
     let mut rolled_back_to = None;
     let from = match plan {
         SiPlan::Stream { from } => from,
@@ -537,6 +557,39 @@ async fn rollback_required(
     refuse(wr, "rollback_required", message, Some(common), Some(receiver_seqno)).await;
 }
 
+/// Whether the source's journal no longer reaches back to `from`, the first seqno this
+/// receiver needs: then it is refused with `needs_reseed`, before anything changes here.
+async fn source_lacks(
+    ctx: &Arc<Context>,
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    hello: &Hello,
+    auth: &Auth,
+    from: u64,
+) -> bool {
+    if auth.journal_first == 0 || from >= auth.journal_first {
+        return false;
+    }
+    let me = ctx.store.meta().name;
+    let message = format!(
+        "{me} needs {}'s journal from seqno {from}, but it begins at {} (older records were trimmed by its journal retention limit); re-seed {me} from {}",
+        hello.name, auth.journal_first, hello.name
+    );
+    ctx.replication.set_receiver(|s| s.source = Some(hello.name.clone()));
+    needs_reseed_here(ctx, &message);
+    refuse(wr, "needs_reseed", message, None, None).await;
+    true
+}
+
+/// Says loudly that this receiver cannot go on without being re-seeded.
+fn needs_reseed_here(ctx: &Context, message: &str) {
+    tracing::error!(%message, "this instance needs re-seeding; not receiving");
+    ctx.metrics.replication_errors_total.with_label_values(&["needs_reseed"]).inc();
+    ctx.replication.set_receiver(|s| {
+        s.state = "needs_reseed".into();
+        s.last_error = Some(message.to_owned());
+    });
+}
+
 /// Rolls back before streaming; `false` (after telling the source) if that failed.
 async fn roll_back(
     ctx: &Arc<Context>,
@@ -555,7 +608,13 @@ async fn roll_back(
             Ok(true)
         }
         Err(e) => {
-            refuse(wr, "rollback_failed", e.to_string(), Some(to), Some(receiver_seqno)).await;
+            let code = if e.code() == "needs_reseed" {
+                needs_reseed_here(ctx, &e.to_string());
+                "needs_reseed"
+            } else {
+                "rollback_failed"
+            };
+            refuse(wr, code, e.to_string(), Some(to), Some(receiver_seqno)).await;
             Err(ProtocolError::Io(std::io::Error::other(e.to_string())))
         }
     }

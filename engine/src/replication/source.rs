@@ -4,6 +4,12 @@
 //! commit as it happens. Acknowledgements tell it each receiver's backlog and lag. On any
 //! error it reconnects with back-off; if this instance's journal is rolled back under it, it
 //! reconnects so that the two sides negotiate again.
+//!
+//! While it runs, the stream pins the journal from the first seqno its receiver has not
+//! acknowledged (from the journal's start until the receiver first says where it is), so
+//! trimming leaves those records alone unless a retention limit says otherwise. A receiver
+//! that needs records the journal no longer holds is told so (`needs_reseed`) and nothing is
+//! streamed.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -19,7 +25,8 @@ use super::protocol::{
 };
 use crate::base::error_chain;
 use crate::storage::meta::{Role, SourceLink};
-use crate::storage::now_micros;
+use crate::storage::retention::Pin;
+use crate::storage::{StoreError, now_micros};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,7 +48,7 @@ pub struct SourceStatus {
     /// An SI stream (rather than BC).
     #[serde(default)]
     pub si: bool,
-    /// connecting, streaming, rollback_required, error
+    /// connecting, streaming, rollback_required, needs_reseed, error, stopped
     pub state: String,
     pub sent_seqno: u64,
     pub acked_seqno: u64,
@@ -92,7 +99,10 @@ pub fn spawn(ctx: Arc<Context>, link: SourceLink) -> SourceHandle {
         ..Default::default()
     }));
     let (stop, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(run(ctx, link.clone(), status.clone(), stop_rx));
+    let pin = Arc::new(
+        ctx.store.pin_journal(&format!("the stream to {}", link.receiver), ctx.store.journal_first()),
+    );
+    let task = tokio::spawn(run(ctx, link.clone(), status.clone(), pin, stop_rx));
     SourceHandle { status, stop, task, link }
 }
 
@@ -104,6 +114,7 @@ async fn run(
     ctx: Arc<Context>,
     link: SourceLink,
     status: Arc<Mutex<SourceStatus>>,
+    pin: Arc<Pin>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut backoff = Duration::from_millis(100);
@@ -116,7 +127,7 @@ async fn run(
         let outcome = tokio::select! {
             biased;
             _ = stop.changed() => break,
-            r = stream_once(&ctx, &link, &status) => r,
+            r = stream_once(&ctx, &link, &status, &pin) => r,
         };
         match outcome {
             Ok(()) => backoff = Duration::from_millis(100),
@@ -135,9 +146,15 @@ async fn run(
                 let message = error_chain(&e);
                 let state = match &e {
                     ProtocolError::Refused { code, .. } if code == "rollback_required" => "rollback_required",
+                    ProtocolError::Refused { code, .. } if code == "needs_reseed" => "needs_reseed",
+                    ProtocolError::NeedsReseed(_) => "needs_reseed",
                     _ => "error",
                 };
-                tracing::warn!(receiver = %link.receiver, addr = %link.addr, error = %message, "replication stream interrupted");
+                if state == "needs_reseed" {
+                    tracing::error!(receiver = %link.receiver, addr = %link.addr, error = %message, "the receiver needs re-seeding: this journal no longer holds what it needs");
+                } else {
+                    tracing::warn!(receiver = %link.receiver, addr = %link.addr, error = %message, "replication stream interrupted");
+                }
                 ctx.metrics.replication_errors_total.with_label_values(&[state]).inc();
                 update(&status, |s| {
                     s.state = state.into();
@@ -192,6 +209,7 @@ async fn stream_once(
     ctx: &Arc<Context>,
     link: &SourceLink,
     status: &Arc<Mutex<SourceStatus>>,
+    pin: &Arc<Pin>,
 ) -> Result<(), ProtocolError> {
     let (mut rd, mut wr, secret, nonce_s, challenge) =
         handshake(ctx, &link.addr, Mode::Source, link.si).await?;
@@ -216,10 +234,20 @@ async fn stream_once(
         history: meta.history.clone(),
         seqno,
         streams: if link.si { Vec::new() } else { meta.streams.clone() },
+        journal_first: ctx.store.journal_first(),
     };
     protocol::write_json(&mut wr, Kind::Auth, &auth).await?;
     let start: Start = timed(START_TIMEOUT, protocol::expect(&mut rd, Kind::Start)).await?;
     tracing::info!(receiver = %link.receiver, from = start.from, rolled_back_to = ?start.rolled_back_to, "streaming");
+    pin.set(start.from);
+    let first = ctx.store.journal_first();
+    if start.from < first {
+        // A retention limit trimmed what it needs since the handshake.
+        return Err(ProtocolError::NeedsReseed(format!(
+            "{} asks for seqno {} but this journal begins at {first} now; re-seed it",
+            link.receiver, start.from
+        )));
+    }
     update(status, |s| {
         s.state = "streaming".into();
         s.last_error = None;
@@ -233,9 +261,11 @@ async fn stream_once(
     let ack_engine = ctx.clone();
     let acked_notify = Arc::new(tokio::sync::Notify::new());
     let ack_wake = acked_notify.clone();
+    let ack_pin = pin.clone();
     let mut acks = tokio::spawn(async move {
         loop {
             let ack: Ack = protocol::expect(&mut rd, Kind::Ack).await?;
+            ack_pin.set(ack.seqno + 1);
             update(&ack_status, |s| {
                 s.acked_seqno = s.acked_seqno.max(ack.seqno);
                 while s.inflight.front().is_some_and(|(q, _)| *q <= ack.seqno) {
@@ -298,7 +328,10 @@ async fn stream_once(
                 tokio::task::spawn_blocking(move || store.snapshot().and_then(|s| s.journal_raw(next, to)))
                     .await
                     .map_err(|e| ProtocolError::Io(std::io::Error::other(e)))?
-                    .map_err(|e| ProtocolError::Io(std::io::Error::other(error_chain(&e))))?;
+                    .map_err(|e| match e {
+                        StoreError::JournalTrimmed { .. } => ProtocolError::NeedsReseed(error_chain(&e)),
+                        e => ProtocolError::Io(std::io::Error::other(error_chain(&e))),
+                    })?;
             if raw.is_empty() {
                 continue;
             }
@@ -401,6 +434,7 @@ pub async fn query(ctx: &Context, addr: &str) -> Result<protocol::HistoryAnswer,
         history: meta.history,
         seqno: ctx.store.committed_seqno(),
         streams: Vec::new(),
+        journal_first: ctx.store.journal_first(),
     };
     protocol::write_json(&mut wr, Kind::Auth, &auth).await?;
     timed(HANDSHAKE_TIMEOUT, protocol::expect(&mut rd, Kind::History)).await

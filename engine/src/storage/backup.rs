@@ -73,6 +73,8 @@ fn write_backup(store: &Store, path: &Path, tmp: &Path) -> Result<BackupInfo, St
     };
     let meta: InstanceMeta =
         serde_json::from_slice(&meta_bytes).map_err(|source| StoreError::MetaDecode { source })?;
+    // Where the (trimmed) journal begins travels with it.
+    let journal_base = super::retention::base_in(&snapshot)?;
 
     let data = snapshot.open_table(DATA).map_err(redb_err("open the data table"))?;
     let journal = snapshot.open_table(JOURNAL).map_err(redb_err("open the journal table"))?;
@@ -130,6 +132,13 @@ fn write_backup(store: &Store, path: &Path, tmp: &Path) -> Result<BackupInfo, St
         table.insert(META_INSTANCE, meta_bytes.as_slice()).map_err(redb_err("write metadata"))?;
         let backup_bytes = serde_json::to_vec(&info).map_err(|source| StoreError::MetaDecode { source })?;
         table.insert(META_BACKUP, backup_bytes.as_slice()).map_err(redb_err("write metadata"))?;
+        if journal_base.seqno > 0 {
+            let bytes =
+                serde_json::to_vec(&journal_base).map_err(|source| StoreError::MetaDecode { source })?;
+            table
+                .insert(super::retention::META_JOURNAL_BASE, bytes.as_slice())
+                .map_err(redb_err("write metadata"))?;
+        }
         txn.open_table(DATA).map_err(redb_err("create the data table"))?;
         txn.open_table(JOURNAL).map_err(redb_err("create the journal table"))?;
         let mut table = txn.open_table(STREAMS).map_err(redb_err("create the streams table"))?;

@@ -2,7 +2,7 @@
 //! overlay's frozen generations, oldest first, each in one durable redb commit holding its
 //! nodes' last values, its journal records and the stream seqnos as of its end — so the
 //! database's last journal seqno *is* its checkpoint. It then removes the journal segments
-//! whose records the base now holds.
+//! whose records the base now holds, and trims the base's journal as [`retention`] allows.
 //!
 //! Only the writer freezes generations (between groups, once they are durable), and it wakes
 //! the checkpointer; it also waits for the checkpointer to drain before it changes the base
@@ -14,7 +14,8 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::overlay::Generation;
-use super::{DATA, JOURNAL, STREAMS, Store, StoreError, redb_err};
+use super::retention::{self, Budget, Retention};
+use super::{DATA, JOURNAL, STREAMS, Store, StoreError, now_micros, redb_err};
 use crate::base::error_chain;
 use crate::limits::CHECKPOINT_INTERVAL;
 use crate::metrics::Metrics;
@@ -56,13 +57,14 @@ impl Checkpointer {
     pub fn spawn(
         store: Arc<Store>,
         metrics: Arc<Metrics>,
+        retention: Retention,
         ask_freeze: Box<dyn Fn() + Send>,
     ) -> std::io::Result<Checkpointer> {
         let shared = Arc::new(Shared::default());
         let (s, st) = (shared.clone(), store.clone());
         let handle = std::thread::Builder::new()
             .name("strand-checkpoint".into())
-            .spawn(move || run(&s, &st, &metrics, ask_freeze.as_ref()))?;
+            .spawn(move || run(&s, &st, &metrics, &retention, ask_freeze.as_ref()))?;
         Ok(Checkpointer { shared, store, handle: Some(handle) })
     }
 
@@ -119,7 +121,7 @@ impl Drop for Checkpointer {
     }
 }
 
-fn run(shared: &Shared, store: &Store, metrics: &Metrics, ask_freeze: &dyn Fn()) {
+fn run(shared: &Shared, store: &Store, metrics: &Metrics, retention: &Retention, ask_freeze: &dyn Fn()) {
     loop {
         let generation = {
             let mut state = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
@@ -142,10 +144,12 @@ fn run(shared: &Shared, store: &Store, metrics: &Metrics, ask_freeze: &dyn Fn())
             }
         };
         let started = Instant::now();
-        let outcome = apply(store, &generation).and_then(|()| {
+        let outcome = apply(store, &generation).and_then(|added| {
+            store.journal_resized(i64::try_from(added).unwrap_or(i64::MAX));
             let removed = store.overlay.checkpointed(&generation);
             debug_assert!(removed, "only the checkpointer removes generations, oldest first");
-            super::remove_segments(store.journal_dir(), generation.last_seqno())
+            super::remove_segments(store.journal_dir(), generation.last_seqno())?;
+            trim_journal(store, metrics, retention, generation.last_seqno())
         });
         let mut state = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
         state.busy = false;
@@ -158,6 +162,7 @@ fn run(shared: &Shared, store: &Store, metrics: &Metrics, ask_freeze: &dyn Fn())
                     .checkpoint_seqno
                     .set(i64::try_from(store.overlay.checkpoint_seqno()).unwrap_or(i64::MAX));
                 metrics.overlay_bytes.set(i64::try_from(store.overlay.bytes()).unwrap_or(i64::MAX));
+                metrics.journal_bytes.set(i64::try_from(store.journal_bytes()).unwrap_or(i64::MAX));
                 shared.progress.notify_all();
             }
             Err(e) => {
@@ -177,10 +182,60 @@ fn run(shared: &Shared, store: &Store, metrics: &Metrics, ask_freeze: &dyn Fn())
     }
 }
 
-/// Applies `generation` to the base in one durable commit.
-fn apply(store: &Store, generation: &Generation) -> Result<(), StoreError> {
+/// Takes off the base's journal what `retention` allows now that it holds up to `checkpoint`,
+/// saying loudly when a limit takes records a pin still needs.
+fn trim_journal(
+    store: &Store,
+    metrics: &Metrics,
+    retention: &Retention,
+    checkpoint: u64,
+) -> Result<(), StoreError> {
+    let pin = store.lowest_pin();
+    let total = store.journal_file_bytes();
+    let over_limit =
+        retention.retain_age.is_some() || retention.retain_bytes.is_some_and(|limit| total > limit);
+    if !over_limit && total <= retention.keep_bytes {
+        return Ok(());
+    }
+    let budget = Budget {
+        total,
+        released: pin.as_ref().map_or(checkpoint, |(_, from)| from.saturating_sub(1).min(checkpoint)),
+        last: checkpoint,
+        keep_bytes: retention.keep_bytes,
+        retain_bytes: retention.retain_bytes,
+        age_cutoff_micros: retention
+            .retain_age
+            .map(|age| now_micros().saturating_sub(u64::try_from(age.as_micros()).unwrap_or(u64::MAX))),
+    };
+    let Some(trimmed) = retention::trim(store.db()?.as_ref(), store.journal_base(), &budget)? else {
+        return Ok(());
+    };
+    store.journal_trimmed(&trimmed);
+    metrics.journal_trimmed_records_total.inc_by(trimmed.records);
+    metrics.journal_first_seqno.set(i64::try_from(trimmed.base.first()).unwrap_or(i64::MAX));
+    if let (Some(upto), Some((holder, from))) = (trimmed.past_pins, pin) {
+        metrics.journal_trimmed_needed_total.inc_by(upto.saturating_sub(from) + 1);
+        tracing::error!(
+            holder,
+            needed_from = from,
+            trimmed_to = upto,
+            "the journal's retention limit took off records {holder} still needs: it must be re-seeded"
+        );
+    }
+    tracing::debug!(
+        records = trimmed.records,
+        bytes = trimmed.bytes,
+        first = trimmed.base.first(),
+        "trimmed the journal"
+    );
+    Ok(())
+}
+
+/// Applies `generation` to the base in one durable commit; returns the journal bytes it added.
+fn apply(store: &Store, generation: &Generation) -> Result<u64, StoreError> {
     let db = store.db()?;
     let txn = db.begin_write().map_err(redb_err("begin a checkpoint"))?;
+    let mut added = 0;
     {
         let mut data = txn.open_table(DATA).map_err(redb_err("open the data table"))?;
         generation.try_for_each_last(|key, value| {
@@ -192,6 +247,7 @@ fn apply(store: &Store, generation: &Generation) -> Result<(), StoreError> {
         })?;
         let mut journal = txn.open_table(JOURNAL).map_err(redb_err("open the journal table"))?;
         generation.try_for_each_record(|seqno, record| {
+            added += retention::stored_bytes(record).unsigned_abs();
             journal.insert(seqno, record).map(drop).map_err(redb_err("checkpoint a journal record"))
         })?;
         let mut streams = txn.open_table(STREAMS).map_err(redb_err("open the streams table"))?;
@@ -200,5 +256,6 @@ fn apply(store: &Store, generation: &Generation) -> Result<(), StoreError> {
             streams.insert(stream, *seqno).map_err(redb_err("checkpoint the stream seqnos"))?;
         }
     }
-    txn.commit().map_err(redb_err("commit a checkpoint"))
+    txn.commit().map_err(redb_err("commit a checkpoint"))?;
+    Ok(added)
 }

@@ -66,6 +66,33 @@ impl RecordKind {
     }
 }
 
+/// A record's header fields (see [`Record::head`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    pub kind: RecordKind,
+    pub seqno: u64,
+    pub stream: u8,
+    pub stream_seqno: u64,
+    pub commit_time_micros: u64,
+}
+
+/// The body of an encoded record (all but its checksum), once the checksum is verified.
+fn checked_body(bytes: &[u8]) -> Result<&[u8], DecodeError> {
+    let body_len = bytes
+        .len()
+        .checked_sub(TRAILER_BYTES)
+        .ok_or_else(|| DecodeError::Truncated { offset: 0, needed: TRAILER_BYTES - bytes.len() })?;
+    let (body, trailer) = bytes.split_at(body_len);
+    let stored = u32::from_le_bytes(
+        trailer.try_into().map_err(|_| DecodeError::Truncated { offset: body_len, needed: TRAILER_BYTES })?,
+    );
+    let computed = crc32fast::hash(body);
+    if stored != computed {
+        return Err(DecodeError::Checksum { stored, computed });
+    }
+    Ok(body)
+}
+
 /// One key touched by a transaction: its value before and after. `None` means absent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyChange {
@@ -146,22 +173,27 @@ impl Record {
         out
     }
 
+    /// Decodes only a record's header (no key is copied), verifying its checksum first: what
+    /// trimming reads of each record it takes off.
+    pub fn head(bytes: &[u8]) -> Result<Head, DecodeError> {
+        let body = checked_body(bytes)?;
+        let mut r = Reader { bytes: body, offset: 0 };
+        let version = r.u8()?;
+        if version == 0 || version > RECORD_VERSION {
+            return Err(DecodeError::Version { version });
+        }
+        let kind = RecordKind::from_byte(r.u8()?)?;
+        let seqno = r.u64()?;
+        let stream = r.u8()?;
+        if stream >= STREAMS_MAX {
+            return Err(DecodeError::Stream { stream });
+        }
+        Ok(Head { kind, seqno, stream, stream_seqno: r.u64()?, commit_time_micros: r.u64()? })
+    }
+
     /// Decodes a record, verifying its checksum before reading any field.
     pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
-        let body_len = bytes
-            .len()
-            .checked_sub(TRAILER_BYTES)
-            .ok_or_else(|| DecodeError::Truncated { offset: 0, needed: TRAILER_BYTES - bytes.len() })?;
-        let (body, trailer) = bytes.split_at(body_len);
-        let stored = u32::from_le_bytes(
-            trailer
-                .try_into()
-                .map_err(|_| DecodeError::Truncated { offset: body_len, needed: TRAILER_BYTES })?,
-        );
-        let computed = crc32fast::hash(body);
-        if stored != computed {
-            return Err(DecodeError::Checksum { stored, computed });
-        }
+        let body = checked_body(bytes)?;
         let mut r = Reader { bytes: body, offset: 0 };
         let version = r.u8()?;
         if version == 0 || version > RECORD_VERSION {
@@ -308,6 +340,27 @@ mod tests {
                 KeyChange { key: b"b".to_vec(), before: Some(b"x".to_vec()), after: None },
             ],
         }
+    }
+
+    #[test]
+    fn head_reads_the_header_and_checks_the_checksum() {
+        let r = sample();
+        let bytes = r.encode();
+        let head = Record::head(&bytes).unwrap();
+        assert_eq!(
+            head,
+            Head {
+                kind: r.kind,
+                seqno: r.seqno,
+                stream: r.stream,
+                stream_seqno: r.stream_seqno,
+                commit_time_micros: r.commit_time_micros
+            }
+        );
+        let mut bad = bytes.clone();
+        bad[20] ^= 1;
+        assert!(matches!(Record::head(&bad), Err(DecodeError::Checksum { .. })));
+        assert!(Record::head(&bytes[..3]).is_err());
     }
 
     #[test]

@@ -13,6 +13,8 @@
 //! - [`journal`] is the byte format of a journal record; [`meta`] the instance metadata.
 //! - [`backup`] writes consistent snapshots and restores them under a new identity.
 //! - [`lostlog`] is the Unreplicated Transaction Log every rollback writes before it commits.
+//! - [`retention`] decides which journal records the file may drop (bounded journals), and
+//!   drops them after checkpoints.
 
 pub mod backup;
 pub mod checkpoint;
@@ -22,6 +24,7 @@ pub mod lostlog;
 pub mod meta;
 pub mod node;
 pub mod overlay;
+pub mod retention;
 pub mod segment;
 pub mod writer;
 
@@ -105,6 +108,10 @@ pub enum StoreError {
     Replication { reason: String },
     #[error("the journal's write-ahead log failed")]
     Segment { source: segment::SegmentError },
+    #[error(
+        "the journal no longer holds seqno {wanted}: it begins at {first} (older records were trimmed by the journal's retention); the instance that needs them must be re-seeded"
+    )]
+    JournalTrimmed { wanted: u64, first: u64 },
 }
 
 impl From<segment::SegmentError> for StoreError {
@@ -131,6 +138,7 @@ impl StoreError {
             StoreError::Replication { .. } => "replication",
             StoreError::Segment { source: segment::SegmentError::Io { .. } } => "io",
             StoreError::Segment { .. } => "journal_corrupt",
+            StoreError::JournalTrimmed { .. } => "needs_reseed",
         }
     }
 }
@@ -193,6 +201,19 @@ pub struct Store {
     pub(crate) overlay: overlay::Overlay,
     /// Where the journal segments live.
     journal_dir: PathBuf,
+    /// Where the file's journal begins, and its size.
+    journal: JournalExtent,
+    /// Readers that still need the journal from some seqno on (replication sources).
+    pins: Arc<retention::Pins>,
+}
+
+/// The extent of the file's journal (its records up to the checkpoint).
+#[derive(Debug)]
+struct JournalExtent {
+    /// What trimming has taken off its start.
+    base: RwLock<retention::JournalBase>,
+    /// Bytes its records take ([`retention::stored_bytes`] each).
+    bytes: AtomicU64,
 }
 
 /// How many keys the data holds, and how many of them have an expiry.
@@ -235,11 +256,13 @@ impl Store {
             sync_dir(parent).map_err(|source| StoreError::CreateDir { path: parent.to_owned(), source })?;
         }
         let meta = load_or_create_meta(&db, data_dir, create)?;
-        let checkpoint = check_journal(&db)?;
+        let base = retention::read_base(&db)?;
+        let checkpoint = check_journal(&db, &base)?;
         let journal_dir = data_dir.join(JOURNAL_DIR);
         let committed = replay_segments(&db, data_dir, &journal_dir, &meta, checkpoint)?;
         let stream_seqnos = read_stream_seqnos(&db)?;
         let counts = count_keys(&db)?;
+        let journal_bytes = measure_journal(&db)?;
         let meta_lease_required = meta.lease_required;
         tracing::info!(
             instance = %meta.name, journal_seqno = committed, role = meta.role.as_str(),
@@ -270,7 +293,72 @@ impl Store {
             counts: std::sync::Mutex::new(counts),
             overlay: overlay::Overlay::new(committed),
             journal_dir,
+            journal: JournalExtent { base: RwLock::new(base), bytes: AtomicU64::new(journal_bytes) },
+            pins: Arc::new(retention::Pins::default()),
         })
+    }
+
+    /// Reads the journal's extent from `db` again (after reopening it): checks the journal and
+    /// returns its last seqno.
+    pub(crate) fn reload_journal(&self, db: &Database) -> Result<u64, StoreError> {
+        let base = retention::read_base(db)?;
+        let last = check_journal(db, &base)?;
+        let bytes = measure_journal(db)?;
+        *self.journal.base.write().unwrap_or_else(std::sync::PoisonError::into_inner) = base;
+        self.journal.bytes.store(bytes, Ordering::Release);
+        Ok(last)
+    }
+
+    /// What trimming has taken off the journal's start.
+    pub fn journal_base(&self) -> retention::JournalBase {
+        *self.journal.base.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The first seqno the journal holds (1 until the journal is trimmed).
+    pub fn journal_first(&self) -> u64 {
+        self.journal_base().first()
+    }
+
+    /// Bytes the journal's records take: the file's and those committed since its checkpoint.
+    pub fn journal_bytes(&self) -> u64 {
+        self.journal.bytes.load(Ordering::Acquire) + self.overlay.pin_with(|| ()).0.record_bytes()
+    }
+
+    /// Bytes the file's journal records take.
+    pub(crate) fn journal_file_bytes(&self) -> u64 {
+        self.journal.bytes.load(Ordering::Acquire)
+    }
+
+    /// Records of `delta` bytes were added to (or, negative, taken off) the file's journal.
+    pub(crate) fn journal_resized(&self, delta: i64) {
+        if delta >= 0 {
+            self.journal.bytes.fetch_add(delta.unsigned_abs(), Ordering::AcqRel);
+        } else {
+            let _ = self.journal.bytes.fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                Some(b.saturating_sub(delta.unsigned_abs()))
+            });
+        }
+    }
+
+    /// A trim took records off the journal's start.
+    pub(crate) fn journal_trimmed(&self, trimmed: &retention::Trimmed) {
+        *self.journal.base.write().unwrap_or_else(std::sync::PoisonError::into_inner) = trimmed.base;
+        self.journal_resized(-i64::try_from(trimmed.bytes).unwrap_or(i64::MAX));
+    }
+
+    /// Claims the journal from `from` on for `holder` until the pin is dropped: records it
+    /// needs are trimmed only past a retention limit.
+    pub fn pin_journal(&self, holder: &str, from: u64) -> retention::Pin {
+        retention::Pin::new(&self.pins, holder, from)
+    }
+
+    /// Every pin on the journal, as (holder, lowest seqno needed).
+    pub fn journal_pins(&self) -> Vec<(String, u64)> {
+        self.pins.all()
+    }
+
+    pub(crate) fn lowest_pin(&self) -> Option<(String, u64)> {
+        self.pins.lowest()
     }
 
     /// Where the journal segments live.
@@ -584,9 +672,15 @@ fn load_or_create_meta(
     Ok(meta)
 }
 
-/// The stream seqno of the latest record of `stream` at or before journal seqno `seqno`
-/// (`None` if there is none): what a rollback to `seqno` leaves as the stream's position.
-pub(crate) fn last_of_stream<T>(journal: &T, stream: u8, seqno: u64) -> Result<Option<u64>, StoreError>
+/// The stream seqno of the latest record of `stream` at or before journal seqno `seqno` (0 if
+/// there is none): what a rollback to `seqno` leaves as the stream's position. Before the
+/// journal's first record, the journal base says.
+pub(crate) fn last_of_stream<T>(
+    journal: &T,
+    base: &retention::JournalBase,
+    stream: u8,
+    seqno: u64,
+) -> Result<u64, StoreError>
 where
     T: ReadableTable<u64, &'static [u8]>,
 {
@@ -595,10 +689,10 @@ where
         let record = Record::decode(bytes.value())
             .map_err(|source| StoreError::RecordDecode { seqno: at.value(), source })?;
         if record.stream == stream {
-            return Ok(Some(record.stream_seqno));
+            return Ok(record.stream_seqno);
         }
     }
-    Ok(None)
+    Ok(base.streams.get(usize::from(stream)).copied().unwrap_or(0))
 }
 
 /// Reads the stream seqno table (all zero when it does not exist yet).
@@ -798,19 +892,29 @@ pub(crate) fn remove_segments(dir: &Path, upto: u64) -> Result<usize, StoreError
     Ok(removed)
 }
 
-/// Checks that the journal's seqnos run without holes and returns the last one (0 if empty).
-pub(crate) fn check_journal(db: &Database) -> Result<u64, StoreError> {
+/// Checks that the journal's seqnos run without holes from just past `base` and returns the
+/// last one (0 if empty).
+pub(crate) fn check_journal(db: &Database, base: &retention::JournalBase) -> Result<u64, StoreError> {
     let txn = db.begin_read().map_err(redb_err("begin a read transaction"))?;
     let journal = txn.open_table(JOURNAL).map_err(redb_err("open the journal table"))?;
     let len = journal.len().map_err(redb_err("count journal records"))?;
     let first = journal.first().map_err(redb_err("read the first journal record"))?;
     let last = journal.last().map_err(redb_err("read the last journal record"))?;
     match (first, last) {
-        (None, None) => Ok(0),
+        (None, None) if base.seqno == 0 => Ok(0),
+        (None, None) => Err(StoreError::JournalCorrupt {
+            reason: format!("the journal is empty but was trimmed up to {}", base.seqno),
+        }),
         (Some((first, _)), Some((last, last_bytes))) => {
             let (first, last) = (first.value(), last.value());
-            if first != 1 {
-                return Err(StoreError::JournalCorrupt { reason: format!("first record is {first}, not 1") });
+            if first != base.first() {
+                return Err(StoreError::JournalCorrupt {
+                    reason: format!(
+                        "first record is {first}, not {} (trimmed up to {})",
+                        base.first(),
+                        base.seqno
+                    ),
+                });
             }
             if last - first + 1 != len {
                 return Err(StoreError::JournalCorrupt {
@@ -827,6 +931,16 @@ pub(crate) fn check_journal(db: &Database) -> Result<u64, StoreError> {
             Ok(last)
         }
         _ => Err(StoreError::JournalCorrupt { reason: "journal table is inconsistent".into() }),
+    }
+}
+
+/// Bytes the file's journal records take (walks the journal's tree: once per open).
+fn measure_journal(db: &Database) -> Result<u64, StoreError> {
+    let txn = db.begin_read().map_err(redb_err("begin a read transaction"))?;
+    match txn.open_table(JOURNAL) {
+        Ok(table) => Ok(table.stats().map_err(redb_err("measure the journal"))?.stored_bytes()),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+        Err(e) => Err(redb_err("open the journal table")(e)),
     }
 }
 
@@ -892,15 +1006,6 @@ impl Snapshot {
         Ok(nodes)
     }
 
-    /// Bytes the journal's records take (keys and values; walks the journal's tree, so it
-    /// is computed in the background, not per request).
-    pub fn journal_bytes(&self) -> Result<u64, StoreError> {
-        use redb::ReadableTableMetadata;
-        let table = self.txn.open_table(JOURNAL).map_err(redb_err("open the journal table"))?;
-        let base = table.stats().map_err(redb_err("measure the journal"))?.stored_bytes();
-        Ok(base + self.sv.record_bytes())
-    }
-
     /// Up to `limit` nodes in `range`, forwards or backwards.
     pub fn range(&self, range: Range<'_>, rev: bool, limit: usize) -> Result<Pairs, StoreError> {
         if limit == 0 {
@@ -949,6 +1054,11 @@ impl Snapshot {
         }
         let mut next = from;
         let table = self.txn.open_table(JOURNAL).map_err(redb_err("open the journal table"))?;
+        if let Some((first, _)) = table.first().map_err(redb_err("read the journal"))?
+            && from < first.value()
+        {
+            return Err(StoreError::JournalTrimmed { wanted: from, first: first.value() });
+        }
         for entry in table.range(from..=to).map_err(redb_err("read the journal"))? {
             let (seqno, bytes) = entry.map_err(redb_err("read the journal"))?;
             let seqno = seqno.value();
@@ -965,7 +1075,8 @@ impl Snapshot {
         Ok(())
     }
 
-    /// Records from `at` (capped at this view) backwards, until `f` says stop.
+    /// Records from `at` (capped at this view) backwards, until `f` says stop. Reaching the
+    /// start of a trimmed journal first is an error: what `f` looks for may have been there.
     fn for_each_record_back(
         &self,
         at: u64,
@@ -987,9 +1098,13 @@ impl Snapshot {
             let seqno = seqno.value();
             let record =
                 Record::decode(bytes.value()).map_err(|source| StoreError::RecordDecode { seqno, source })?;
+            below = seqno;
             if f(&record)? {
                 return Ok(());
             }
+        }
+        if below > 1 {
+            return Err(StoreError::JournalTrimmed { wanted: below - 1, first: below });
         }
         Ok(())
     }
@@ -1010,26 +1125,18 @@ impl Snapshot {
         Ok(out)
     }
 
-    /// The stream seqno of the latest record of `stream` at or before `seqno`.
-    pub fn last_of_stream(&self, stream: u8, seqno: u64) -> Result<Option<u64>, StoreError> {
-        let mut found = None;
-        self.for_each_record_back(seqno, |record| {
-            if record.stream == stream {
-                found = Some(record.stream_seqno);
-            }
-            Ok(found.is_some())
-        })?;
-        Ok(found)
-    }
-
-    /// Full check of the journal against the data: seqnos contiguous from 1, each record's
-    /// checksum, each before-image equal to the previous after-image of its key, and the last
-    /// after-image of every key equal to the stored data (and no stored key the journal never
-    /// wrote).
+    /// Full check of the journal against the data: seqnos contiguous from the journal's start,
+    /// each record's checksum, each before-image equal to the previous after-image of its key,
+    /// and the last after-image of every key equal to the stored data (and no stored key the
+    /// journal never wrote). A trimmed journal no longer holds the first image of every key: a
+    /// key's first before-image there is taken as given, and stored keys it never touches are
+    /// counted (`keys_before_journal`) instead of refused.
     pub fn verify(&self) -> Result<VerifyReport, StoreError> {
+        let base = retention::base_in(&self.txn)?;
+        let trimmed = base.seqno > 0;
         let mut latest: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
-        let mut expected = 1u64;
-        self.for_each_record(1, self.seqno, |seqno, record, _| {
+        let mut expected = base.first();
+        self.for_each_record(base.first(), self.seqno, |seqno, record, _| {
             if seqno != expected {
                 return Err(StoreError::JournalCorrupt {
                     reason: format!("expected seqno {expected}, found {seqno}"),
@@ -1041,7 +1148,11 @@ impl Snapshot {
                 });
             }
             for change in record.changes {
-                let previous = latest.get(&change.key).cloned().unwrap_or(None);
+                let previous = match latest.get(&change.key) {
+                    Some(previous) => previous.clone(),
+                    None if trimmed => change.before.clone(),
+                    None => None,
+                };
                 if previous != change.before {
                     return Err(StoreError::JournalCorrupt {
                         reason: format!(
@@ -1080,19 +1191,31 @@ impl Snapshot {
             }
         }
         let stored_keys = self.nodes()?;
-        if stored_keys != keys {
+        let keys_before_journal = stored_keys.saturating_sub(keys);
+        if stored_keys < keys || (!trimmed && keys_before_journal > 0) {
             return Err(StoreError::JournalCorrupt {
                 reason: format!("data holds {stored_keys} keys but the journal accounts for {keys}"),
             });
         }
-        Ok(VerifyReport { journal_seqno: expected - 1, keys })
+        Ok(VerifyReport {
+            journal_seqno: expected - 1,
+            journal_first_seqno: base.first(),
+            keys,
+            keys_before_journal,
+        })
     }
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct VerifyReport {
     pub journal_seqno: u64,
+    /// Where the journal begins (1 unless trimmed).
+    pub journal_first_seqno: u64,
+    /// Keys whose every change the journal holds.
     pub keys: u64,
+    /// Keys (nodes) the data holds that no retained journal record touches: written before
+    /// the journal's start (0 unless trimmed).
+    pub keys_before_journal: u64,
 }
 
 /// Nodes with their values, or any other pairs of byte strings.

@@ -42,6 +42,7 @@ use super::checkpoint::Checkpointer;
 use super::journal::{KeyChange, Record, RecordKind, STREAMS_MAX};
 use super::meta::{HistoryRecord, InstanceMeta, LastRollback, StreamState};
 use super::overlay::Generation;
+use super::retention::stored_bytes as record_bytes;
 use super::segment::SegmentWriter;
 use super::{
     DATA, JOURNAL, META, META_INSTANCE, Pairs, Range, STREAMS, Snapshot, Store, StoreError, StreamSeqnos,
@@ -126,6 +127,14 @@ pub enum TxnFailure {
 impl TxnFailure {
     fn store(e: &StoreError) -> Self {
         TxnFailure::Store { code: e.code(), message: error_chain(e) }
+    }
+
+    /// The stable error code ([`StoreError::code`], or `aborted`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            TxnFailure::Aborted(_) => "aborted",
+            TxnFailure::Store { code, .. } => code,
+        }
     }
 }
 
@@ -238,6 +247,8 @@ pub struct WriterLimits {
     pub checkpoint_bytes: usize,
     /// A journal segment is closed past this (`--journal-segment-bytes`).
     pub segment_bytes: u64,
+    /// How much journal the database file keeps.
+    pub retention: super::retention::Retention,
 }
 
 impl Default for WriterLimits {
@@ -247,6 +258,7 @@ impl Default for WriterLimits {
             max_txn_image_bytes: crate::limits::TXN_IMAGE_BYTES_DEFAULT,
             checkpoint_bytes: CHECKPOINT_OVERLAY_BYTES,
             segment_bytes: SEGMENT_BYTES,
+            retention: super::retention::Retention::default(),
         }
     }
 }
@@ -280,7 +292,7 @@ impl<T: Send + 'static> Writer<T> {
                 let _ = tx.try_send(Work::Freeze);
             }
         });
-        let checkpointer = Checkpointer::spawn(store.clone(), metrics.clone(), ask_freeze)?;
+        let checkpointer = Checkpointer::spawn(store.clone(), metrics.clone(), limits.retention, ask_freeze)?;
         let state = WriterThread {
             checkpointer,
             segment: None,
@@ -291,6 +303,7 @@ impl<T: Send + 'static> Writer<T> {
             serve_after_apply: Vec::new(),
             waiter_seq: 0,
             counted: (0, 0, 0),
+            journal_grown: 0,
             waiters: waiters.clone(),
             store,
             limits,
@@ -628,6 +641,8 @@ struct WriterThread<T> {
     /// What the commit being built changes in the key counts (see `Store::key_counts`):
     /// keys, keys with an expiry, nodes.
     counted: (i64, i64, i64),
+    /// Bytes a direct apply added to the file's journal, told to the store once it commits.
+    journal_grown: i64,
     /// Blocked transactions (see [`BlockingProgram`]).
     waiters: Waiters<T>,
     limits: WriterLimits,
@@ -1406,6 +1421,7 @@ impl<T: Send + 'static> WriterThread<T> {
         source_streams: Vec<StreamState>,
     ) -> Result<u64, StoreError> {
         self.counted = (0, 0, 0);
+        self.journal_grown = 0;
         self.check_space()?;
         let db = self.store.db()?;
         let committed = self.store.committed_seqno();
@@ -1465,8 +1481,10 @@ impl<T: Send + 'static> WriterThread<T> {
                     }
                     upgrade = Some((to, record.seqno));
                 }
+                let bytes = record.encode();
+                self.journal_grown += record_bytes(&bytes);
                 journal
-                    .insert(record.seqno, record.encode().as_slice())
+                    .insert(record.seqno, bytes.as_slice())
                     .map_err(redb_err("append a journal record"))?;
                 // Stream tags travel unchanged down a BC chain (the seed's Newtown), so that
                 // this instance can later take over the SI stream itself.
@@ -1506,6 +1524,7 @@ impl<T: Send + 'static> WriterThread<T> {
         source_history: Vec<HistoryRecord>,
     ) -> Result<u64, StoreError> {
         self.counted = (0, 0, 0);
+        self.journal_grown = 0;
         self.check_space()?;
         let db = self.store.db()?;
         let committed = self.store.committed_seqno();
@@ -1600,9 +1619,9 @@ impl<T: Send + 'static> WriterThread<T> {
                     commit_time_micros: record.commit_time_micros,
                     changes,
                 };
-                journal
-                    .insert(next, local.encode().as_slice())
-                    .map_err(redb_err("append a journal record"))?;
+                let bytes = local.encode();
+                self.journal_grown += record_bytes(&bytes);
+                journal.insert(next, bytes.as_slice()).map_err(redb_err("append a journal record"))?;
                 placed.push((record.seqno, next));
                 last = record.seqno;
                 next += 1;
@@ -1652,6 +1671,7 @@ impl<T: Send + 'static> WriterThread<T> {
         save_streams(&txn, &self.streams, &streams)?;
         let started = Instant::now();
         txn.commit().map_err(redb_err("commit replicated records"))?;
+        self.store.journal_resized(std::mem::take(&mut self.journal_grown));
         self.store.adjust_counts(std::mem::take(&mut self.counted));
         self.metrics.journal_fsync_duration_seconds.observe(started.elapsed().as_secs_f64());
         self.metrics.commits_total.inc_by(last - committed);
@@ -1680,7 +1700,13 @@ impl<T: Send + 'static> WriterThread<T> {
         if to_seqno >= committed {
             return Ok(None);
         }
+        let base = self.store.journal_base();
+        if to_seqno < base.seqno {
+            // Nothing is touched: the records past `to_seqno` are not all here to roll back.
+            return Err(StoreError::JournalTrimmed { wanted: to_seqno + 1, first: base.first() });
+        }
         let db = self.store.db()?;
+        let mut grown = 0;
         let mut meta = self.store.meta();
         let old_history = meta.history.clone();
         let old_streams = meta.streams.clone();
@@ -1700,6 +1726,7 @@ impl<T: Send + 'static> WriterThread<T> {
                     .ok_or_else(|| StoreError::JournalCorrupt {
                         reason: format!("record {seqno} is missing"),
                     })?;
+                grown -= record_bytes(&bytes);
                 let record =
                     Record::decode(&bytes).map_err(|source| StoreError::RecordDecode { seqno, source })?;
                 if record.kind == RecordKind::Upgrade {
@@ -1744,11 +1771,7 @@ impl<T: Send + 'static> WriterThread<T> {
                 let kept =
                     stream == 0 && self.supplementary || meta.streams.iter().any(|s| s.stream == stream);
                 if *t && let Some(slot) = streams.get_mut(k) {
-                    *slot = if kept {
-                        super::last_of_stream(&journal, stream, to_seqno)?.unwrap_or(0)
-                    } else {
-                        0
-                    };
+                    *slot = if kept { super::last_of_stream(&journal, &base, stream, to_seqno)? } else { 0 };
                 }
             }
             if new_epoch || meta.history.is_empty() {
@@ -1795,7 +1818,8 @@ impl<T: Send + 'static> WriterThread<T> {
         meta.last_rollback = Some(last.clone());
         let committed_result = put_meta(&txn, &meta)
             .and_then(|()| save_streams(&txn, &self.streams, &streams))
-            .and_then(|()| txn.commit().map_err(redb_err("commit the rollback")));
+            .and_then(|()| txn.commit().map_err(redb_err("commit the rollback")))
+            .map(|()| self.store.journal_resized(grown));
         if let Err(e) = committed_result {
             let _ = std::fs::remove_file(&pending);
             return Err(e);
@@ -1820,6 +1844,7 @@ impl<T: Send + 'static> WriterThread<T> {
         let mut meta = self.store.meta();
         let marker = update(&mut meta, committed).map_err(|reason| StoreError::Invalid { reason })?;
         let txn = db.begin_write().map_err(redb_err("begin a write transaction"))?;
+        let mut grown = 0;
         let mut seqno = committed;
         let mut streams = self.streams;
         {
@@ -1848,14 +1873,15 @@ impl<T: Send + 'static> WriterThread<T> {
                     changes: Vec::new(),
                 };
                 let mut journal = txn.open_table(JOURNAL).map_err(redb_err("open the journal table"))?;
-                journal
-                    .insert(seqno, record.encode().as_slice())
-                    .map_err(redb_err("append a journal record"))?;
+                let bytes = record.encode();
+                grown += record_bytes(&bytes);
+                journal.insert(seqno, bytes.as_slice()).map_err(redb_err("append a journal record"))?;
             }
             put_meta(&txn, &meta)?;
             save_streams(&txn, &self.streams, &streams)?;
         }
         txn.commit().map_err(redb_err("commit instance metadata"))?;
+        self.store.journal_resized(grown);
         self.metrics.journal_seqno.set(i64::try_from(seqno).unwrap_or(i64::MAX));
         self.set_streams(streams);
         self.store.publish(seqno, Some(meta.clone()), self.version);
@@ -1876,6 +1902,7 @@ impl<T: Send + 'static> WriterThread<T> {
         }
         let mut streams = self.streams;
         let txn = db.begin_write().map_err(redb_err("begin a write transaction"))?;
+        let grown;
         {
             let mut data = txn.open_table(DATA).map_err(redb_err("open the data table"))?;
             let before = data
@@ -1898,7 +1925,9 @@ impl<T: Send + 'static> WriterThread<T> {
                 changes: vec![KeyChange { key: key.clone(), before, after: Some(value) }],
             };
             let mut journal = txn.open_table(JOURNAL).map_err(redb_err("open the journal table"))?;
-            journal.insert(seqno, record.encode().as_slice()).map_err(redb_err("append a journal record"))?;
+            let bytes = record.encode();
+            grown = record_bytes(&bytes);
+            journal.insert(seqno, bytes.as_slice()).map_err(redb_err("append a journal record"))?;
         }
         if let Some(to) = upgrade_to {
             super::format::migrate(&txn, meta.format_version, to, seqno)?;
@@ -1908,6 +1937,7 @@ impl<T: Send + 'static> WriterThread<T> {
         }
         save_streams(&txn, &self.streams, &streams)?;
         txn.commit().map_err(redb_err("commit a system write"))?;
+        self.store.journal_resized(grown);
         self.touch(std::iter::once(key.as_slice()));
         self.version += 1;
         self.metrics.journal_seqno.set(i64::try_from(seqno).unwrap_or(i64::MAX));
@@ -1941,7 +1971,7 @@ impl<T: Send + 'static> WriterThread<T> {
             Ok(db) => {
                 // A commit that reported an error may still have reached the disk (the error can
                 // come from the last fsync): take the seqno from the file, not from memory.
-                match super::check_journal(&db) {
+                match self.store.reload_journal(&db) {
                     Ok(seqno) => {
                         // Commits since the last checkpoint live in the overlay and the
                         // journal segments: the file's own last seqno is then not the news.

@@ -413,7 +413,8 @@ impl Server {
         Self::start_replicating_with(root, name, &["--supplementary"])
     }
 
-    fn start_replicating_with(root: &Path, name: &str, more: &[&str]) -> Server {
+    /// Starts an instance that can replicate, with more `run` flags.
+    pub fn start_replicating_with(root: &Path, name: &str, more: &[&str]) -> Server {
         let secret = root.join("repl-secret");
         if !secret.exists() {
             std::fs::write(&secret, "test-replication-secret\n").expect("write secret");

@@ -562,7 +562,7 @@ async fn write_link(
         observed_generation: generation,
     };
     if status.state != previous.state
-        && matches!(status.state.as_deref(), Some("Blocked" | "RollbackRequired"))
+        && matches!(status.state.as_deref(), Some("Blocked" | "RollbackRequired" | "ReseedRequired"))
     {
         let note = format!(
             "{} → {}{}",

@@ -67,6 +67,31 @@ pub struct InstanceSpec {
     /// `primaryUpdateMethod`.
     #[serde(default)]
     pub primary_update_method: PrimaryUpdateMethod,
+    /// How much journal the engine keeps (docs/operations.md, "Bounded journals"); the
+    /// engine's defaults when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal: Option<JournalSpec>,
+}
+
+/// Journal retention. Records every receiver has acknowledged are trimmed after each
+/// checkpoint, past the newest `keepBytes`; records a receiver still needs are kept unless a
+/// retain limit is passed — then they go too, and that receiver must be re-seeded (its link
+/// shows `ReseedRequired`).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JournalSpec {
+    /// Bytes of the newest records kept even once every receiver has acknowledged them, so a
+    /// member added later can still join by streaming (engine default: 268435456, 256 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_bytes: Option<u64>,
+    /// Most bytes kept for receivers that lag or are gone; past it the oldest records are
+    /// trimmed anyway. Absent or 0: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retain_bytes: Option<u64>,
+    /// Records older than this many seconds are trimmed even if a receiver still needs them.
+    /// Absent or 0: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retain_seconds: Option<u64>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]

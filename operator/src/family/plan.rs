@@ -2074,6 +2074,7 @@ fn fill_from_source(
         "streaming" if s.backlog == 0 => "Streaming",
         "streaming" => "CatchingUp",
         "rollback_required" => "RollbackRequired",
+        "needs_reseed" => "ReseedRequired",
         _ => "Connecting",
     }
     .into();

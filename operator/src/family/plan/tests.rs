@@ -1189,3 +1189,20 @@ proptest! {
         }
     }
 }
+
+/// A source whose receiver needs records its journal no longer holds shows as
+/// ReseedRequired, with the engine's reason.
+#[test]
+fn a_receiver_needing_trimmed_records_shows_as_reseed_required() {
+    let mut report = LinkReport::default();
+    let source = Source {
+        receiver: "brynmawr".into(),
+        state: "needs_reseed".into(),
+        backlog: 500,
+        last_error: Some("brynmawr needs ardmore's journal from seqno 3, but it begins at 900".into()),
+        ..Source::default()
+    };
+    fill_from_source(&mut report, &source, None);
+    assert_eq!(report.state, "ReseedRequired");
+    assert_eq!(report.reason.as_deref(), source.last_error.as_deref());
+}

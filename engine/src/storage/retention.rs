@@ -1,0 +1,355 @@
+//! Bounded journals: which of the database file's journal records may go, and taking them off
+//! (decision 0002, step 6).
+//!
+//! The file's `journal` table holds every record from the journal's *start* to its last
+//! checkpoint. After each checkpoint the checkpointer trims records off the start:
+//!
+//! - records every **pin** is past — a pin is a reader that still needs the journal from some
+//!   seqno on: each configured replication source pins what its receiver has not acknowledged
+//!   (PostgreSQL's replication slots) — as long as at least `keep_bytes` of the newest records
+//!   stay (so a member added later, or a receiver briefly unconfigured, can still join by
+//!   streaming; PostgreSQL's `wal_keep_size`);
+//! - and, whatever the pins say, records past a retention limit the user sets: more than
+//!   `retain_bytes` in all, or older than `retain_age` (PostgreSQL's
+//!   `max_slot_wal_keep_size`). A receiver that needed them is told it needs re-seeding
+//!   (`needs_reseed`), never streamed around the hole.
+//!
+//! The file's last record always stays (it names the file's checkpoint). What trimming took
+//! off is summed up in the **journal base** — the last seqno trimmed and each stream's seqno
+//! as of it — stored in the metadata table in the same commit as the removal, so a rollback
+//! or a restart knows where the journal begins and each stream's position before it.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use redb::{Database, ReadableDatabase, ReadableTable};
+use serde::{Deserialize, Serialize};
+
+use super::journal::Record;
+use super::{JOURNAL, META, StoreError, StreamSeqnos, redb_err};
+
+/// The metadata key holding the [`JournalBase`] JSON document (absent: never trimmed).
+pub(crate) const META_JOURNAL_BASE: &str = "journal_base";
+
+/// Bytes of the newest journal records kept even when no pin needs them.
+pub const KEEP_BYTES_DEFAULT: u64 = 256 * 1024 * 1024;
+
+/// Records taken off in one redb commit (a long trim is several).
+const TRIM_RECORDS_PER_COMMIT: u64 = 100_000;
+
+/// How much journal the file keeps (`--journal-keep-bytes`, `--journal-retain-bytes`,
+/// `--journal-retain-seconds`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// The newest records kept even when every pin is past them.
+    pub keep_bytes: u64,
+    /// Past this many bytes the oldest records go even if a pin needs them (`None`: no limit).
+    pub retain_bytes: Option<u64>,
+    /// Records older than this go even if a pin needs them (`None`: no limit).
+    pub retain_age: Option<Duration>,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention { keep_bytes: KEEP_BYTES_DEFAULT, retain_bytes: None, retain_age: None }
+    }
+}
+
+/// What trimming has taken off the journal's start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalBase {
+    /// The last seqno taken off (0: never trimmed); the journal begins at `seqno + 1`.
+    pub seqno: u64,
+    /// Each stream's seqno as of `seqno`: its position before the journal's first record.
+    pub streams: StreamSeqnos,
+}
+
+impl JournalBase {
+    /// The first seqno the journal holds (or would hold).
+    pub fn first(&self) -> u64 {
+        self.seqno + 1
+    }
+}
+
+/// Reads the journal base (the default when the journal was never trimmed).
+pub(crate) fn read_base(db: &Database) -> Result<JournalBase, StoreError> {
+    base_in(&db.begin_read().map_err(redb_err("begin a read transaction"))?)
+}
+
+/// Reads the journal base as of a read transaction.
+pub(crate) fn base_in(txn: &redb::ReadTransaction) -> Result<JournalBase, StoreError> {
+    let table = match txn.open_table(META) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(JournalBase::default()),
+        Err(e) => return Err(redb_err("open the metadata table")(e)),
+    };
+    match table.get(META_JOURNAL_BASE).map_err(redb_err("read the journal base"))? {
+        Some(bytes) => {
+            serde_json::from_slice(bytes.value()).map_err(|source| StoreError::MetaDecode { source })
+        }
+        None => Ok(JournalBase::default()),
+    }
+}
+
+/// Bytes a record takes in the journal table (its key and its encoding), the unit of every
+/// journal size here.
+pub(crate) fn stored_bytes(record: &[u8]) -> i64 {
+    8 + i64::try_from(record.len()).unwrap_or(i64::MAX - 8)
+}
+
+/// Readers that still need the journal from some seqno on, by holder.
+#[derive(Debug, Default)]
+pub struct Pins {
+    pins: Mutex<BTreeMap<u64, (String, u64)>>,
+    next_id: AtomicU64,
+}
+
+impl Pins {
+    /// The lowest seqno some pin needs, and who holds it.
+    pub fn lowest(&self) -> Option<(String, u64)> {
+        let pins = self.pins.lock().unwrap_or_else(PoisonError::into_inner);
+        pins.values().min_by_key(|(_, from)| *from).cloned()
+    }
+
+    /// Every pin, as (holder, lowest seqno needed).
+    pub fn all(&self) -> Vec<(String, u64)> {
+        self.pins.lock().unwrap_or_else(PoisonError::into_inner).values().cloned().collect()
+    }
+}
+
+/// A reader's claim on the journal from `from` on; released when dropped.
+#[derive(Debug)]
+pub struct Pin {
+    pins: Arc<Pins>,
+    id: u64,
+}
+
+impl Pin {
+    /// Pins the journal from `from` on for `holder`.
+    pub fn new(pins: &Arc<Pins>, holder: &str, from: u64) -> Pin {
+        let id = pins.next_id.fetch_add(1, Ordering::Relaxed);
+        pins.pins.lock().unwrap_or_else(PoisonError::into_inner).insert(id, (holder.to_owned(), from));
+        Pin { pins: pins.clone(), id }
+    }
+
+    /// The holder now needs the journal from `from` on.
+    pub fn set(&self, from: u64) {
+        if let Some(pin) = self.pins.pins.lock().unwrap_or_else(PoisonError::into_inner).get_mut(&self.id) {
+            pin.1 = from;
+        }
+    }
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        self.pins.pins.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.id);
+    }
+}
+
+/// Why a record may be taken off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    /// Every pin is past it and enough newer records stay.
+    Released,
+    /// The journal holds more than `retain_bytes`.
+    RetainBytes,
+    /// It is older than `retain_age`.
+    RetainAge,
+}
+
+/// One trim's limits, fixed when it starts.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    /// Bytes the file's journal holds.
+    pub total: u64,
+    /// The highest seqno no pin needs (the checkpoint when there is no pin).
+    pub released: u64,
+    /// The file's last seqno: never taken off.
+    pub last: u64,
+    pub keep_bytes: u64,
+    pub retain_bytes: Option<u64>,
+    /// Records committed before this (microseconds since the epoch) are past `retain_age`.
+    pub age_cutoff_micros: Option<u64>,
+}
+
+impl Budget {
+    /// Whether the record `seqno` (`bytes` in the table, committed at `time_micros`) may be
+    /// taken off after `removed` bytes of older records were — records are considered oldest
+    /// first, and the first that may not stops the trim.
+    pub fn removable(&self, removed: u64, seqno: u64, bytes: u64, time_micros: u64) -> Option<Why> {
+        if seqno >= self.last {
+            return None;
+        }
+        let left = self.total.saturating_sub(removed);
+        if self.retain_bytes.is_some_and(|limit| left > limit) {
+            return Some(Why::RetainBytes);
+        }
+        if self.age_cutoff_micros.is_some_and(|cutoff| time_micros < cutoff) {
+            return Some(Why::RetainAge);
+        }
+        if seqno <= self.released && left.saturating_sub(bytes) >= self.keep_bytes {
+            return Some(Why::Released);
+        }
+        None
+    }
+}
+
+/// What one trim took off.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Trimmed {
+    pub records: u64,
+    pub bytes: u64,
+    /// The new journal base.
+    pub base: JournalBase,
+    /// The highest seqno taken off past every pin (a retention limit's doing), if any.
+    pub past_pins: Option<u64>,
+}
+
+/// Takes records off the journal's start as `budget` allows, in commits of at most
+/// [`TRIM_RECORDS_PER_COMMIT`] records, each with the new journal base. `None` when nothing
+/// could go.
+pub(crate) fn trim(db: &Database, base: JournalBase, budget: &Budget) -> Result<Option<Trimmed>, StoreError> {
+    let mut out = Trimmed { base, ..Trimmed::default() };
+    loop {
+        let txn = db.begin_write().map_err(redb_err("begin a journal trim"))?;
+        let mut batch = 0u64;
+        {
+            let mut journal = txn.open_table(JOURNAL).map_err(redb_err("open the journal table"))?;
+            let mut upto = None;
+            for entry in journal.range(out.base.seqno + 1..).map_err(redb_err("read the journal"))? {
+                let (seqno, bytes) = entry.map_err(redb_err("read the journal"))?;
+                let (seqno, bytes) = (seqno.value(), bytes.value());
+                if seqno != out.base.seqno + batch + 1 {
+                    return Err(StoreError::JournalCorrupt {
+                        reason: format!(
+                            "expected seqno {} at the journal's start, found {seqno}",
+                            out.base.seqno + batch + 1
+                        ),
+                    });
+                }
+                let record =
+                    Record::head(bytes).map_err(|source| StoreError::RecordDecode { seqno, source })?;
+                let size = stored_bytes(bytes).unsigned_abs();
+                let Some(why) = budget.removable(out.bytes, seqno, size, record.commit_time_micros) else {
+                    break;
+                };
+                if why != Why::Released && seqno > budget.released {
+                    out.past_pins = Some(seqno);
+                }
+                if let Some(slot) = out.base.streams.get_mut(usize::from(record.stream)) {
+                    *slot = record.stream_seqno;
+                }
+                out.bytes += size;
+                out.records += 1;
+                batch += 1;
+                upto = Some(seqno);
+                if batch == TRIM_RECORDS_PER_COMMIT {
+                    break;
+                }
+            }
+            let Some(upto) = upto else {
+                drop(journal);
+                txn.abort().map_err(redb_err("end a journal trim"))?;
+                return Ok((out.records > 0).then_some(out));
+            };
+            journal.retain_in(..=upto, |_, _| false).map_err(redb_err("trim the journal"))?;
+            out.base.seqno = upto;
+            let mut meta = txn.open_table(META).map_err(redb_err("open the metadata table"))?;
+            let bytes = serde_json::to_vec(&out.base).map_err(|source| StoreError::MetaDecode { source })?;
+            meta.insert(META_JOURNAL_BASE, bytes.as_slice()).map_err(redb_err("write the journal base"))?;
+        }
+        txn.commit().map_err(redb_err("commit a journal trim"))?;
+        if batch < TRIM_RECORDS_PER_COMMIT {
+            return Ok(Some(out));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn budget(total: u64, released: u64, last: u64, keep: u64) -> Budget {
+        Budget { total, released, last, keep_bytes: keep, retain_bytes: None, age_cutoff_micros: None }
+    }
+
+    #[test]
+    fn released_records_go_while_enough_newer_ones_stay() {
+        let b = budget(1000, 5, 10, 700);
+        assert_eq!(b.removable(0, 1, 100, 0), Some(Why::Released));
+        assert_eq!(b.removable(200, 3, 100, 0), Some(Why::Released)); // 800 left, 700 after
+        assert_eq!(b.removable(300, 4, 100, 0), None); // would leave 600 < 700
+        assert_eq!(budget(1000, 5, 10, 0).removable(400, 6, 100, 0), None); // pinned
+    }
+
+    #[test]
+    fn retention_limits_override_pins_but_never_the_last_record() {
+        let mut b = budget(1000, 0, 10, 0);
+        b.retain_bytes = Some(500);
+        assert_eq!(b.removable(0, 1, 100, 0), Some(Why::RetainBytes));
+        assert_eq!(b.removable(500, 6, 100, 0), None);
+        b.retain_bytes = None;
+        b.age_cutoff_micros = Some(50);
+        assert_eq!(b.removable(0, 1, 100, 49), Some(Why::RetainAge));
+        assert_eq!(b.removable(0, 1, 100, 50), None);
+        b.retain_bytes = Some(0);
+        assert_eq!(b.removable(0, 10, 100, 0), None);
+    }
+
+    #[test]
+    fn pins_report_the_lowest_and_go_when_dropped() {
+        let pins = Arc::new(Pins::default());
+        let a = Pin::new(&pins, "a", 10);
+        let b = Pin::new(&pins, "b", 5);
+        assert_eq!(pins.lowest(), Some(("b".into(), 5)));
+        b.set(20);
+        assert_eq!(pins.lowest(), Some(("a".into(), 10)));
+        drop(a);
+        assert_eq!(pins.lowest(), Some(("b".into(), 20)));
+        drop(b);
+        assert_eq!(pins.lowest(), None);
+    }
+
+    proptest! {
+        /// Trimming oldest first as `removable` allows never takes the last record, never
+        /// takes a pinned record unless a limit demands it, and leaves at least `keep` bytes
+        /// unless a limit demands less.
+        #[test]
+        fn a_trim_respects_pins_keep_and_limits(
+            sizes in prop::collection::vec(1u64..200, 1..60),
+            released in 0u64..70,
+            keep in 0u64..3000,
+            retain in prop::option::of(0u64..3000),
+        ) {
+            let total: u64 = sizes.iter().sum();
+            let last = sizes.len() as u64;
+            let mut b = budget(total, released, last, keep);
+            b.retain_bytes = retain;
+            let mut removed = 0;
+            let mut upto = 0;
+            for (i, size) in sizes.iter().enumerate() {
+                let seqno = i as u64 + 1;
+                match b.removable(removed, seqno, *size, 0) {
+                    Some(_) => { removed += size; upto = seqno; }
+                    None => break,
+                }
+            }
+            prop_assert!(upto < last);
+            let left = total - removed;
+            let forced = retain.is_some_and(|r| left + sizes.get(upto.saturating_sub(1) as usize).copied().unwrap_or(0) > r);
+            if upto > released {
+                prop_assert!(forced, "took pinned records without a limit");
+            }
+            if removed > 0 && left < keep {
+                prop_assert!(forced, "left {left} < keep {keep} without a limit");
+            }
+            if let Some(r) = retain {
+                // Over the limit only by what the last record holds.
+                prop_assert!(left <= r || upto + 1 == last);
+            }
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! Bounded journals between real engine processes: the journal stays flat under a steady
+//! write load once the receiver acknowledges; a stopped receiver's pin keeps what it needs;
+//! a retention limit trims past it and the receiver is told loudly that it needs re-seeding,
+//! changing nothing; a rollback into the trimmed part is refused; trimming survives restarts
+//! and `ctl verify` holds throughout.
+#![allow(clippy::unwrap_used, clippy::indexing_slicing)] // tests fail loudly by design
+
+mod common;
+
+use common::{Server, tempdir, wait_until};
+
+/// Checkpoints every 64 KiB and segments of 16 KiB: many checkpoints (and so trims) a second.
+const SMALL: [&str; 4] = ["--checkpoint-bytes", "65536", "--journal-segment-bytes", "16384"];
+const KEEP: u64 = 256 * 1024;
+
+fn flags<'a>(more: &[&'a str]) -> Vec<&'a str> {
+    let mut out = SMALL.to_vec();
+    out.extend_from_slice(more);
+    out
+}
+
+fn metric(server: &Server, series: &str) -> f64 {
+    let metrics = common::admin(&server.data_dir, "GET", "/metrics", None).unwrap().1;
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse::<f64>().ok()))
+        .unwrap_or_else(|| panic!("no series {series} in\n{metrics}"))
+}
+
+fn journal(server: &Server) -> (u64, u64) {
+    let s = server.status();
+    (s["journal"]["first_seqno"].as_u64().unwrap(), s["journal"]["bytes"].as_u64().unwrap())
+}
+
+/// `n` SETs of 200-byte values over 500 keys, pipelined 100 at a time.
+fn write(server: &Server, n: usize, tag: &str) {
+    let mut c = server.client();
+    let value = "v".repeat(200);
+    for chunk in 0..n.div_ceil(100) {
+        let mut p = redis::pipe();
+        for i in chunk * 100..((chunk + 1) * 100).min(n) {
+            p.cmd("SET").arg(format!("key:{}", i % 500)).arg(format!("{tag}:{i}:{value}")).ignore();
+        }
+        let () = p.query(&mut c).unwrap();
+    }
+}
+
+fn pair(root: &std::path::Path, source_flags: &[&str]) -> (Server, Server) {
+    let a = Server::start_replicating_with(root, "Ardmore", &flags(source_flags));
+    let b = Server::start_replicating_with(root, "BrynMawr", &flags(&["--journal-keep-bytes", "262144"]));
+    a.ctl(&["promote"]);
+    b.ctl(&["receiver", "start"]);
+    a.ctl(&["source", "start", "--receiver", "BrynMawr", "--addr", &b.repl_addr()]);
+    (a, b)
+}
+
+fn caught_up(a: &Server, b: &Server) {
+    let target = a.seqno();
+    wait_until("the receiver to catch up", || b.seqno() == target);
+}
+
+#[test]
+fn the_journal_stays_flat_under_steady_writes_once_acknowledged() {
+    let dir = tempdir();
+    let (mut a, b) = pair(dir.path(), &["--journal-keep-bytes", "262144"]);
+    let mut samples = Vec::new();
+    let mut file_sizes = Vec::new();
+    for round in 0..20 {
+        write(&a, 2_000, &format!("r{round}"));
+        caught_up(&a, &b);
+        samples.push(journal(&a));
+        file_sizes.push(a.status()["storage_bytes"].as_u64().unwrap());
+    }
+    println!("(first seqno, journal bytes) per round: {samples:?}");
+    println!("database file bytes per round: {file_sizes:?}");
+    // 40,000 transactions of ~330 bytes (13 MB of journal) went through; once past the
+    // first rounds the journal holds the kept 256 KiB plus what the overlay has not yet
+    // checkpointed (at most twice --checkpoint-bytes) and a checkpoint's worth more.
+    let bound = KEEP + 4 * 65_536;
+    for (round, (_, bytes)) in samples.iter().enumerate().skip(3) {
+        assert!(
+            *bytes <= bound,
+            "round {round}: the journal holds {bytes} bytes, above {bound}: {samples:?}"
+        );
+    }
+    let firsts: Vec<u64> = samples.iter().map(|(f, _)| *f).collect();
+    assert!(firsts.windows(2).all(|w| w[0] <= w[1]), "the journal's start went back: {firsts:?}");
+    assert!(firsts[19] > 35_000, "the journal was not trimmed: {firsts:?}");
+    // The database file reuses the trimmed pages: it stops growing.
+    let (half, end) = (file_sizes[9], file_sizes[19]);
+    assert!(end <= half + half / 4, "the database file grew from {half} to {end} bytes: {file_sizes:?}");
+    assert!(metric(&a, "strand_journal_trimmed_records_total") > 35_000.0);
+    assert_eq!(
+        metric(&a, "strand_journal_trimmed_needed_total"),
+        0.0,
+        "nothing a receiver needed was trimmed"
+    );
+    assert_eq!(
+        metric(&a, "strand_journal_first_seqno"),
+        a.status()["journal"]["first_seqno"].as_f64().unwrap()
+    );
+    // The receiver trims its own journal too (it has no receiver of its own: only the keep).
+    assert!(journal(&b).0 > 35_000, "the receiver's journal was not trimmed: {:?}", journal(&b));
+
+    // Verification holds on the trimmed journals: every key written since the journal's start
+    // agrees with the data; the rest are counted as written before it.
+    let report = a.verify();
+    assert_eq!(report["journal_first_seqno"].as_u64(), Some(samples[19].0), "{report}");
+    let nodes = a.status()["nodes"].as_u64().unwrap();
+    assert_eq!(
+        report["keys"].as_u64().unwrap() + report["keys_before_journal"].as_u64().unwrap(),
+        nodes,
+        "{report}"
+    );
+    b.verify();
+
+    // A restart opens the trimmed journal where it begins, and goes on streaming.
+    let first = journal(&a).0;
+    a.restart();
+    assert_eq!(journal(&a).0, first, "the journal's start is durable");
+    a.verify();
+    write(&a, 1_000, "after");
+    caught_up(&a, &b);
+    b.verify();
+}
+
+#[test]
+fn a_stopped_receiver_keeps_its_records_until_a_retention_limit_takes_them() {
+    let dir = tempdir();
+    let (a, mut b) = pair(dir.path(), &["--journal-keep-bytes", "0"]);
+    write(&a, 500, "first");
+    caught_up(&a, &b);
+    let acked = b.seqno();
+    b.stop();
+    // Without a limit the stopped receiver's pin holds everything it has not acknowledged,
+    // however far the journal would otherwise be trimmed (the keep is 0 here).
+    write(&a, 5_000, "while-down");
+    let (first, bytes) = journal(&a);
+    assert!(first <= acked + 1, "records the receiver needs were trimmed: first {first}, it acked {acked}");
+    assert!(bytes > 1_000_000, "{bytes}");
+    let pins = a.status()["journal"]["pins"].clone();
+    assert_eq!(pins[0]["holder"], "the stream to BrynMawr", "{pins}");
+    b.restart();
+    caught_up(&a, &b);
+    b.verify();
+    // Once it has acknowledged, the next checkpoints trim what it had pinned.
+    write(&a, 2_000, "after");
+    caught_up(&a, &b);
+    wait_until("the acknowledged records to be trimmed", || {
+        write(&a, 100, "more");
+        journal(&a).0 > acked + 5_000
+    });
+}
+
+#[test]
+fn a_receiver_behind_a_retention_limit_is_told_to_reseed_and_keeps_its_data() {
+    let dir = tempdir();
+    let (a, mut b) = pair(dir.path(), &["--journal-keep-bytes", "0", "--journal-retain-bytes", "131072"]);
+    write(&a, 500, "first");
+    caught_up(&a, &b);
+    let held = b.seqno();
+    b.stop();
+    write(&a, 5_000, "while-down");
+    let (first, bytes) = journal(&a);
+    assert!(
+        first > held + 1,
+        "the limit did not trim past the stopped receiver: first {first}, it holds {held}"
+    );
+    assert!(bytes <= 131_072 + 4 * 65_536, "{bytes}");
+    assert!(metric(&a, "strand_journal_trimmed_needed_total") > 0.0);
+    assert!(a.log_text().contains("still needs: it must be re-seeded"), "no loud log line");
+
+    b.restart();
+    wait_until("the source to report that the receiver needs re-seeding", || {
+        a.status()["sources"][0]["state"] == "needs_reseed"
+    });
+    let status = a.status();
+    let reason = status["sources"][0]["last_error"].as_str().unwrap();
+    assert!(reason.contains(&format!("from seqno {}", held + 1)) && reason.contains("re-seed"), "{reason}");
+    assert_eq!(metric(&a, "strand_replication_reseed_required{receiver=\"BrynMawr\"}"), 1.0);
+    let receiver = b.status()["receiver"].clone();
+    assert_eq!(receiver["state"], "needs_reseed", "{receiver}");
+    assert_eq!(metric(&b, "strand_receiver_state{state=\"needs_reseed\"}"), 1.0);
+    // Nothing changed on the receiver: no rollback, no partial stream.
+    assert_eq!(b.seqno(), held);
+    assert!(b.status()["last_rollback"].is_null());
+    b.verify();
+}
+
+#[test]
+fn a_rollback_into_the_trimmed_journal_is_refused_and_changes_nothing() {
+    let dir = tempdir();
+    // About 200 of the newest records are kept: enough to roll back a few.
+    let a = Server::start(&dir.path().join("ardmore"), "Ardmore", &flags(&["--journal-keep-bytes", "65536"]));
+    a.ctl(&["promote"]);
+    write(&a, 3_000, "w");
+    wait_until("the journal to be trimmed", || {
+        write(&a, 100, "more");
+        journal(&a).0 > 1_000
+    });
+    let (first, _) = journal(&a);
+    let seqno = a.seqno();
+    let err = a.ctl_fails(&["rollback", "--to-seqno", "10"]);
+    assert!(err.contains("needs_reseed") && err.contains("no longer holds seqno 11"), "{err}");
+    assert_eq!(a.seqno(), seqno);
+    assert!(a.status()["last_rollback"].is_null());
+    assert!(journal(&a).0 >= first);
+    // A rollback within what the journal holds still works.
+    let to = seqno - 5;
+    a.ctl(&["rollback", "--to-seqno", &to.to_string()]);
+    assert_eq!(a.seqno(), to);
+    a.verify();
+}

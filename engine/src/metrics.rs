@@ -32,6 +32,7 @@ pub struct Metrics {
     pub journal_first_seqno: IntGauge,
     pub journal_trimmed_records_total: IntCounter,
     pub journal_trimmed_needed_total: IntCounter,
+    pub journal_trim_failures_total: IntCounter,
     pub connected_clients: IntGauge,
     pub rejected_clients_total: IntCounter,
     pub expired_keys_total: IntCounter,
@@ -180,6 +181,10 @@ impl Metrics {
             journal_trimmed_records_total: d.counter(
                 "strand_journal_trimmed_records_total",
                 "Journal records trimmed off the journal's start (acknowledged by every receiver, or past a retention limit).",
+            )?,
+            journal_trim_failures_total: d.counter(
+                "strand_journal_trim_failures_total",
+                "Journal trims that failed (tried again after the next checkpoint; the journal grows meanwhile).",
             )?,
             journal_trimmed_needed_total: d.counter(
                 "strand_journal_trimmed_needed_total",

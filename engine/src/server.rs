@@ -102,6 +102,8 @@ pub async fn run_until(
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(link.receiver, handle);
     }
+    // Every configured stream now pins what its receiver needs: trimming may begin.
+    engine.store.set_trimming(true);
     tokio::spawn(crate::expiry::run(engine.clone(), shutdown.clone()));
     engine.ready.store(true, Ordering::Release);
     tracing::info!(
@@ -116,6 +118,8 @@ pub async fn run_until(
     stop.await;
     tracing::info!("shutting down");
     engine.ready.store(false, Ordering::Release);
+    // The streams stop below and drop their pins: the final checkpoint must not trim.
+    engine.store.set_trimming(false);
     trigger.fire();
     // Connections finish the requests they have read; admin servers finish in-flight calls.
     if let Ok(connections) = accept.await {

@@ -46,10 +46,14 @@ fn write(server: &Server, n: usize, tag: &str) {
 }
 
 fn pair(root: &std::path::Path, source_flags: &[&str]) -> (Server, Server) {
+    pair_with(root, source_flags, &["receiver", "start"])
+}
+
+fn pair_with(root: &std::path::Path, source_flags: &[&str], receiver_start: &[&str]) -> (Server, Server) {
     let a = Server::start_replicating_with(root, "Ardmore", &flags(source_flags));
     let b = Server::start_replicating_with(root, "BrynMawr", &flags(&["--journal-keep-bytes", "262144"]));
     a.ctl(&["promote"]);
-    b.ctl(&["receiver", "start"]);
+    b.ctl(receiver_start);
     a.ctl(&["source", "start", "--receiver", "BrynMawr", "--addr", &b.repl_addr()]);
     (a, b)
 }
@@ -65,24 +69,20 @@ fn the_journal_stays_flat_under_steady_writes_once_acknowledged() {
     let (mut a, b) = pair(dir.path(), &["--journal-keep-bytes", "262144"]);
     let mut samples = Vec::new();
     let mut file_sizes = Vec::new();
+    // 40,000 transactions of ~330 bytes (13 MB of journal) go through. Once the receiver has
+    // caught up, the next checkpoint (at the latest the 10-second one) trims the journal to
+    // the kept 256 KiB plus what the overlay has not yet checkpointed (at most twice
+    // --checkpoint-bytes) and a checkpoint's worth more; each round waits for that.
+    let bound = KEEP + 4 * 65_536;
     for round in 0..20 {
         write(&a, 2_000, &format!("r{round}"));
         caught_up(&a, &b);
+        wait_until("a checkpoint to trim the journal to the keep", || journal(&a).1 <= bound);
         samples.push(journal(&a));
         file_sizes.push(a.status()["storage_bytes"].as_u64().unwrap());
     }
     println!("(first seqno, journal bytes) per round: {samples:?}");
     println!("database file bytes per round: {file_sizes:?}");
-    // 40,000 transactions of ~330 bytes (13 MB of journal) went through; once past the
-    // first rounds the journal holds the kept 256 KiB plus what the overlay has not yet
-    // checkpointed (at most twice --checkpoint-bytes) and a checkpoint's worth more.
-    let bound = KEEP + 4 * 65_536;
-    for (round, (_, bytes)) in samples.iter().enumerate().skip(3) {
-        assert!(
-            *bytes <= bound,
-            "round {round}: the journal holds {bytes} bytes, above {bound}: {samples:?}"
-        );
-    }
     let firsts: Vec<u64> = samples.iter().map(|(f, _)| *f).collect();
     assert!(firsts.windows(2).all(|w| w[0] <= w[1]), "the journal's start went back: {firsts:?}");
     assert!(firsts[19] > 35_000, "the journal was not trimmed: {firsts:?}");
@@ -127,7 +127,7 @@ fn the_journal_stays_flat_under_steady_writes_once_acknowledged() {
 #[test]
 fn a_stopped_receiver_keeps_its_records_until_a_retention_limit_takes_them() {
     let dir = tempdir();
-    let (a, mut b) = pair(dir.path(), &["--journal-keep-bytes", "0"]);
+    let (mut a, mut b) = pair(dir.path(), &["--journal-keep-bytes", "0"]);
     write(&a, 500, "first");
     caught_up(&a, &b);
     let acked = b.seqno();
@@ -140,6 +140,11 @@ fn a_stopped_receiver_keeps_its_records_until_a_retention_limit_takes_them() {
     assert!(bytes > 1_000_000, "{bytes}");
     let pins = a.status()["journal"]["pins"].clone();
     assert_eq!(pins[0]["holder"], "the stream to BrynMawr", "{pins}");
+    // A clean stop (its final checkpoint) and a start (before the stream is back) keep them too.
+    a.restart_on(std::path::Path::new(common::binary()));
+    write(&a, 500, "after-restart");
+    let (first, _) = journal(&a);
+    assert!(first <= acked + 1, "a restart trimmed what the receiver needs: first {first}, it acked {acked}");
     b.restart();
     caught_up(&a, &b);
     b.verify();
@@ -171,16 +176,22 @@ fn a_receiver_behind_a_retention_limit_is_told_to_reseed_and_keeps_its_data() {
     assert!(a.log_text().contains("still needs: it must be re-seeded"), "no loud log line");
 
     b.restart();
-    wait_until("the source to report that the receiver needs re-seeding", || {
-        a.status()["sources"][0]["state"] == "needs_reseed"
+    // Each retry passes through "connecting": wait for one look that says it all.
+    wait_until("the source to report that the receiver needs re-seeding, and why", || {
+        let status = a.status();
+        let source = &status["sources"][0];
+        source["state"] == "needs_reseed"
+            && source["last_error"]
+                .as_str()
+                .is_some_and(|r| r.contains(&format!("from seqno {}", held + 1)) && r.contains("re-seed"))
     });
-    let status = a.status();
-    let reason = status["sources"][0]["last_error"].as_str().unwrap();
-    assert!(reason.contains(&format!("from seqno {}", held + 1)) && reason.contains("re-seed"), "{reason}");
-    assert_eq!(metric(&a, "strand_replication_reseed_required{receiver=\"BrynMawr\"}"), 1.0);
-    let receiver = b.status()["receiver"].clone();
-    assert_eq!(receiver["state"], "needs_reseed", "{receiver}");
-    assert_eq!(metric(&b, "strand_receiver_state{state=\"needs_reseed\"}"), 1.0);
+    wait_until("the source's metric to say so", || {
+        metric(&a, "strand_replication_reseed_required{receiver=\"BrynMawr\"}") == 1.0
+    });
+    wait_until("the receiver to say so", || {
+        b.status()["receiver"]["state"] == "needs_reseed"
+            && metric(&b, "strand_receiver_state{state=\"needs_reseed\"}") == 1.0
+    });
     // Nothing changed on the receiver: no rollback, no partial stream.
     assert_eq!(b.seqno(), held);
     assert!(b.status()["last_rollback"].is_null());
@@ -191,7 +202,8 @@ fn a_receiver_behind_a_retention_limit_is_told_to_reseed_and_keeps_its_data() {
 fn a_rollback_into_the_trimmed_journal_is_refused_and_changes_nothing() {
     let dir = tempdir();
     // About 200 of the newest records are kept: enough to roll back a few.
-    let a = Server::start(&dir.path().join("ardmore"), "Ardmore", &flags(&["--journal-keep-bytes", "65536"]));
+    let mut a =
+        Server::start(&dir.path().join("ardmore"), "Ardmore", &flags(&["--journal-keep-bytes", "65536"]));
     a.ctl(&["promote"]);
     write(&a, 3_000, "w");
     wait_until("the journal to be trimmed", || {
@@ -205,9 +217,39 @@ fn a_rollback_into_the_trimmed_journal_is_refused_and_changes_nothing() {
     assert_eq!(a.seqno(), seqno);
     assert!(a.status()["last_rollback"].is_null());
     assert!(journal(&a).0 >= first);
-    // A rollback within what the journal holds still works.
+    // A rollback within what the journal holds still works, down to just before its start
+    // (every record in the file rolled off), and the instance opens again afterwards.
     let to = seqno - 5;
     a.ctl(&["rollback", "--to-seqno", &to.to_string()]);
     assert_eq!(a.seqno(), to);
     a.verify();
+    let to = journal(&a).0 - 1;
+    a.ctl(&["rollback", "--to-seqno", &to.to_string()]);
+    assert_eq!(a.seqno(), to);
+    a.verify();
+    a.restart();
+    assert_eq!((a.seqno(), journal(&a).0), (to, to + 1));
+    write(&a, 10, "again");
+    a.verify();
+}
+
+/// A rollback on the source lowers its receivers' pins: the records it will send them again
+/// are kept, so a receiver that was down rejoins by rolling back, not by re-seeding.
+#[test]
+fn a_rollback_on_the_source_keeps_what_its_receivers_will_need_again() {
+    let dir = tempdir();
+    let (a, mut b) =
+        pair_with(dir.path(), &["--journal-keep-bytes", "65536"], &["receiver", "start", "--autorollback"]);
+    write(&a, 500, "first");
+    caught_up(&a, &b);
+    let acked = b.seqno();
+    b.stop();
+    a.ctl(&["rollback", "--to-seqno", &(acked - 10).to_string()]);
+    write(&a, 3_000, "new");
+    let (first, _) = journal(&a);
+    assert!(first <= acked - 9, "records past the rollback point were trimmed: first {first}");
+    b.restart();
+    caught_up(&a, &b);
+    assert_eq!(b.status()["last_rollback"]["from_seqno"].as_u64(), Some(acked - 9));
+    b.verify();
 }

@@ -767,7 +767,15 @@ async fn fetchresync_si(
         Resync::Autorollback,
     )
     .await
-    .map_err(|e| conflict(crate::base::error_chain(&e)))?;
+    .map_err(|e| {
+        let code = match &e {
+            crate::replication::streams::StreamError::Store(s) if s.code() == "needs_reseed" => {
+                "needs_reseed"
+            }
+            _ => "conflict",
+        };
+        ApiError::new(StatusCode::CONFLICT, code, crate::base::error_chain(&e))
+    })?;
     let committed = engine.store.committed_seqno();
     match n.plan {
         SiPlan::Rollback { to_seqno, from } => Ok((

@@ -262,7 +262,9 @@ async fn stream_once(
     let acked_notify = Arc::new(tokio::sync::Notify::new());
     let ack_wake = acked_notify.clone();
     let ack_pin = pin.clone();
-    let mut acks = tokio::spawn(async move {
+    // Aborted however this connection ends, so that a late acknowledgement of this
+    // connection never moves the pin or the status of the next one.
+    let mut acks = AbortOnDrop(tokio::spawn(async move {
         loop {
             let ack: Ack = protocol::expect(&mut rd, Kind::Ack).await?;
             ack_pin.set(ack.seqno + 1);
@@ -277,7 +279,7 @@ async fn stream_once(
         }
         #[allow(unreachable_code)]
         Ok::<(), ProtocolError>(())
-    });
+    }));
 
     let mut seqno_rx = ctx.store.subscribe();
     let mut next = start.from;
@@ -291,7 +293,7 @@ async fn stream_once(
         if in_flight.len() >= FRAMES_IN_FLIGHT_MAX {
             tokio::select! {
                 _ = acked_notify.notified() => continue,
-                r = &mut acks => {
+                r = &mut acks.0 => {
                     return match r {
                         Ok(Err(e)) => Err(e),
                         _ => Err(ProtocolError::Closed),
@@ -308,7 +310,7 @@ async fn stream_once(
             protocol::write_json(&mut wr, Kind::Streams, &update).await?;
         }
         if ctx.store.rollbacks() != rollbacks || committed + 1 < next {
-            acks.abort();
+            acks.0.abort();
             return Err(ProtocolError::Io(std::io::Error::other(
                 "this instance rolled back; negotiating again",
             )));
@@ -318,7 +320,7 @@ async fn stream_once(
         // source's new record) must reach the receiver before any transaction under it, or
         // the receiver would file them under the old one and later roll them back.
         if ctx.store.history_version() != history_version {
-            acks.abort();
+            acks.0.abort();
             return Err(ProtocolError::HistoryChanged);
         }
         if committed >= next {
@@ -329,7 +331,11 @@ async fn stream_once(
                     .await
                     .map_err(|e| ProtocolError::Io(std::io::Error::other(e)))?
                     .map_err(|e| match e {
-                        StoreError::JournalTrimmed { .. } => ProtocolError::NeedsReseed(error_chain(&e)),
+                        StoreError::JournalTrimmed { .. } => ProtocolError::NeedsReseed(format!(
+                            "{}; {} must be re-seeded",
+                            error_chain(&e),
+                            link.receiver
+                        )),
                         e => ProtocolError::Io(std::io::Error::other(error_chain(&e))),
                     })?;
             if raw.is_empty() {
@@ -358,20 +364,29 @@ async fn stream_once(
         tokio::select! {
             changed = seqno_rx.changed() => {
                 if changed.is_err() {
-                    acks.abort();
+                    acks.0.abort();
                     return Ok(());
                 }
             }
             _ = tokio::time::sleep(HEARTBEAT_INTERVAL) => {
                 protocol::write_json(&mut wr, Kind::Heartbeat, &Heartbeat { seqno: committed, time_micros: now_micros() }).await?;
             }
-            r = &mut acks => {
+            r = &mut acks.0 => {
                 return match r {
                     Ok(Err(e)) => Err(e),
                     _ => Err(ProtocolError::Closed),
                 };
             }
         }
+    }
+}
+
+/// A task aborted when this is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -78,7 +78,8 @@ fn write_backup(store: &Store, path: &Path, tmp: &Path) -> Result<BackupInfo, St
 
     let data = snapshot.open_table(DATA).map_err(redb_err("open the data table"))?;
     let journal = snapshot.open_table(JOURNAL).map_err(redb_err("open the journal table"))?;
-    let journal_seqno = journal.last().map_err(redb_err("read the journal"))?.map_or(0, |(k, _)| k.value());
+    let journal_seqno =
+        journal.last().map_err(redb_err("read the journal"))?.map_or(journal_base.seqno, |(k, _)| k.value());
 
     let mut nodes = 0u64;
     let mut pending: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(BACKUP_CHUNK_ENTRIES);

@@ -148,9 +148,16 @@ fn run(shared: &Shared, store: &Store, metrics: &Metrics, retention: &Retention,
             store.journal_resized(i64::try_from(added).unwrap_or(i64::MAX));
             let removed = store.overlay.checkpointed(&generation);
             debug_assert!(removed, "only the checkpointer removes generations, oldest first");
-            super::remove_segments(store.journal_dir(), generation.last_seqno())?;
-            trim_journal(store, metrics, retention, generation.last_seqno())
+            super::remove_segments(store.journal_dir(), generation.last_seqno()).map(drop)
         });
+        if outcome.is_ok()
+            && store.trimming()
+            && let Err(e) = trim_journal(store, metrics, retention, generation.last_seqno())
+        {
+            // The checkpoint stands; the next one trims again.
+            metrics.journal_trim_failures_total.inc();
+            tracing::error!(error = %error_chain(&e), "trimming the journal failed; tried again after the next checkpoint");
+        }
         let mut state = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
         state.busy = false;
         match outcome {
@@ -207,14 +214,20 @@ fn trim_journal(
             .retain_age
             .map(|age| now_micros().saturating_sub(u64::try_from(age.as_micros()).unwrap_or(u64::MAX))),
     };
-    let Some(trimmed) = retention::trim(store.db()?.as_ref(), store.journal_base(), &budget)? else {
-        return Ok(());
-    };
-    store.journal_trimmed(&trimmed);
-    metrics.journal_trimmed_records_total.inc_by(trimmed.records);
-    metrics.journal_first_seqno.set(i64::try_from(trimmed.base.first()).unwrap_or(i64::MAX));
-    if let (Some(upto), Some((holder, from))) = (trimmed.past_pins, pin) {
-        metrics.journal_trimmed_needed_total.inc_by(upto.saturating_sub(from) + 1);
+    let first_before = store.journal_first();
+    let mut past_pins = None;
+    let mut records = 0;
+    retention::trim(store.db()?.as_ref(), store.journal_base(), &budget, |batch| {
+        // Published batch by batch: a failure later leaves the store agreeing with the file.
+        store.journal_trimmed(batch);
+        metrics.journal_trimmed_records_total.inc_by(batch.records);
+        metrics.journal_first_seqno.set(i64::try_from(batch.base.first()).unwrap_or(i64::MAX));
+        past_pins = batch.past_pins.or(past_pins);
+        records += batch.records;
+    })?;
+    if let (Some(upto), Some((holder, from))) = (past_pins, pin) {
+        let from = from.max(first_before);
+        metrics.journal_trimmed_needed_total.inc_by((upto + 1).saturating_sub(from));
         tracing::error!(
             holder,
             needed_from = from,
@@ -222,12 +235,9 @@ fn trim_journal(
             "the journal's retention limit took off records {holder} still needs: it must be re-seeded"
         );
     }
-    tracing::debug!(
-        records = trimmed.records,
-        bytes = trimmed.bytes,
-        first = trimmed.base.first(),
-        "trimmed the journal"
-    );
+    if records > 0 {
+        tracing::debug!(records, first = store.journal_first(), "trimmed the journal");
+    }
     Ok(())
 }
 
@@ -247,8 +257,14 @@ fn apply(store: &Store, generation: &Generation) -> Result<u64, StoreError> {
         })?;
         let mut journal = txn.open_table(JOURNAL).map_err(redb_err("open the journal table"))?;
         generation.try_for_each_record(|seqno, record| {
-            added += retention::stored_bytes(record).unsigned_abs();
-            journal.insert(seqno, record).map(drop).map_err(redb_err("checkpoint a journal record"))
+            // A retried checkpoint may find its records there already (a commit that reported
+            // an error can still have reached the disk): only new ones add to the size.
+            let replaced =
+                journal.insert(seqno, record).map_err(redb_err("checkpoint a journal record"))?.is_some();
+            if !replaced {
+                added += retention::stored_bytes(record).unsigned_abs();
+            }
+            Ok::<(), StoreError>(())
         })?;
         let mut streams = txn.open_table(STREAMS).map_err(redb_err("open the streams table"))?;
         for (stream, seqno) in generation.streams().iter().enumerate() {

@@ -109,7 +109,7 @@ pub enum StoreError {
     #[error("the journal's write-ahead log failed")]
     Segment { source: segment::SegmentError },
     #[error(
-        "the journal no longer holds seqno {wanted}: it begins at {first} (older records were trimmed by the journal's retention); the instance that needs them must be re-seeded"
+        "the journal no longer holds seqno {wanted}: it begins at {first} (older records were trimmed by the journal's retention)"
     )]
     JournalTrimmed { wanted: u64, first: u64 },
 }
@@ -205,6 +205,9 @@ pub struct Store {
     journal: JournalExtent,
     /// Readers that still need the journal from some seqno on (replication sources).
     pins: Arc<retention::Pins>,
+    /// Whether checkpoints may trim the journal: only while every configured replication
+    /// stream holds its pin (not before the streams start, nor once they stop).
+    trimming: AtomicBool,
 }
 
 /// The extent of the file's journal (its records up to the checkpoint).
@@ -295,7 +298,23 @@ impl Store {
             journal_dir,
             journal: JournalExtent { base: RwLock::new(base), bytes: AtomicU64::new(journal_bytes) },
             pins: Arc::new(retention::Pins::default()),
+            trimming: AtomicBool::new(false),
         })
+    }
+
+    /// Allows (or stops) journal trimming after checkpoints.
+    pub fn set_trimming(&self, on: bool) {
+        self.trimming.store(on, Ordering::Release);
+    }
+
+    pub(crate) fn trimming(&self) -> bool {
+        self.trimming.load(Ordering::Acquire)
+    }
+
+    /// Lowers every pin to at most `from`: after a rollback to `from - 1`, the records its
+    /// receivers had acknowledged past it are gone and will be sent again.
+    pub(crate) fn lower_pins(&self, from: u64) {
+        self.pins.lower(from);
     }
 
     /// Reads the journal's extent from `db` again (after reopening it): checks the journal and
@@ -901,10 +920,8 @@ pub(crate) fn check_journal(db: &Database, base: &retention::JournalBase) -> Res
     let first = journal.first().map_err(redb_err("read the first journal record"))?;
     let last = journal.last().map_err(redb_err("read the last journal record"))?;
     match (first, last) {
-        (None, None) if base.seqno == 0 => Ok(0),
-        (None, None) => Err(StoreError::JournalCorrupt {
-            reason: format!("the journal is empty but was trimmed up to {}", base.seqno),
-        }),
+        // Empty, or every record rolled back down to the trimmed start.
+        (None, None) => Ok(base.seqno),
         (Some((first, _)), Some((last, last_bytes))) => {
             let (first, last) = (first.value(), last.value());
             if first != base.first() {
@@ -1054,10 +1071,9 @@ impl Snapshot {
         }
         let mut next = from;
         let table = self.txn.open_table(JOURNAL).map_err(redb_err("open the journal table"))?;
-        if let Some((first, _)) = table.first().map_err(redb_err("read the journal"))?
-            && from < first.value()
-        {
-            return Err(StoreError::JournalTrimmed { wanted: from, first: first.value() });
+        let first = retention::base_in(&self.txn)?.first();
+        if from < first {
+            return Err(StoreError::JournalTrimmed { wanted: from, first });
         }
         for entry in table.range(from..=to).map_err(redb_err("read the journal"))? {
             let (seqno, bytes) = entry.map_err(redb_err("read the journal"))?;

@@ -38,6 +38,9 @@ pub const KEEP_BYTES_DEFAULT: u64 = 256 * 1024 * 1024;
 
 /// Records taken off in one redb commit (a long trim is several).
 const TRIM_RECORDS_PER_COMMIT: u64 = 100_000;
+/// Commits one trim makes at most, so that a long one (the first after an upgrade) holds
+/// the checkpointer for a bounded time; the next checkpoint goes on with it.
+const TRIM_COMMITS_MAX: usize = 4;
 
 /// How much journal the file keeps (`--journal-keep-bytes`, `--journal-retain-bytes`,
 /// `--journal-retain-seconds`).
@@ -107,6 +110,13 @@ pub struct Pins {
 }
 
 impl Pins {
+    /// Lowers every pin to at most `from`.
+    pub fn lower(&self, from: u64) {
+        for pin in self.pins.lock().unwrap_or_else(PoisonError::into_inner).values_mut() {
+            pin.1 = pin.1.min(from);
+        }
+    }
+
     /// The lowest seqno some pin needs, and who holds it.
     pub fn lowest(&self) -> Option<(String, u64)> {
         let pins = self.pins.lock().unwrap_or_else(PoisonError::into_inner);
@@ -196,7 +206,7 @@ impl Budget {
     }
 }
 
-/// What one trim took off.
+/// What one trim commit took off.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Trimmed {
     pub records: u64,
@@ -208,63 +218,68 @@ pub struct Trimmed {
 }
 
 /// Takes records off the journal's start as `budget` allows, in commits of at most
-/// [`TRIM_RECORDS_PER_COMMIT`] records, each with the new journal base. `None` when nothing
-/// could go.
-pub(crate) fn trim(db: &Database, base: JournalBase, budget: &Budget) -> Result<Option<Trimmed>, StoreError> {
-    let mut out = Trimmed { base, ..Trimmed::default() };
-    loop {
+/// [`TRIM_RECORDS_PER_COMMIT`] records, each with the new journal base, and at most
+/// [`TRIM_COMMITS_MAX`] commits (the next checkpoint goes on). `committed` hears of each
+/// commit: what it took off and the new base.
+pub(crate) fn trim(
+    db: &Database,
+    mut base: JournalBase,
+    budget: &Budget,
+    mut committed: impl FnMut(&Trimmed),
+) -> Result<(), StoreError> {
+    let mut removed = 0;
+    for _ in 0..TRIM_COMMITS_MAX {
+        let mut batch = Trimmed { base, ..Trimmed::default() };
         let txn = db.begin_write().map_err(redb_err("begin a journal trim"))?;
-        let mut batch = 0u64;
         {
             let mut journal = txn.open_table(JOURNAL).map_err(redb_err("open the journal table"))?;
-            let mut upto = None;
-            for entry in journal.range(out.base.seqno + 1..).map_err(redb_err("read the journal"))? {
+            for entry in journal.range(base.seqno + 1..).map_err(redb_err("read the journal"))? {
                 let (seqno, bytes) = entry.map_err(redb_err("read the journal"))?;
                 let (seqno, bytes) = (seqno.value(), bytes.value());
-                if seqno != out.base.seqno + batch + 1 {
+                let expected = batch.base.seqno + 1;
+                if seqno != expected {
                     return Err(StoreError::JournalCorrupt {
-                        reason: format!(
-                            "expected seqno {} at the journal's start, found {seqno}",
-                            out.base.seqno + batch + 1
-                        ),
+                        reason: format!("expected seqno {expected} at the journal's start, found {seqno}"),
                     });
                 }
-                let record =
+                let head =
                     Record::head(bytes).map_err(|source| StoreError::RecordDecode { seqno, source })?;
                 let size = stored_bytes(bytes).unsigned_abs();
-                let Some(why) = budget.removable(out.bytes, seqno, size, record.commit_time_micros) else {
+                let Some(why) = budget.removable(removed, seqno, size, head.commit_time_micros) else {
                     break;
                 };
                 if why != Why::Released && seqno > budget.released {
-                    out.past_pins = Some(seqno);
+                    batch.past_pins = Some(seqno);
                 }
-                if let Some(slot) = out.base.streams.get_mut(usize::from(record.stream)) {
-                    *slot = record.stream_seqno;
+                if let Some(slot) = batch.base.streams.get_mut(usize::from(head.stream)) {
+                    *slot = head.stream_seqno;
                 }
-                out.bytes += size;
-                out.records += 1;
-                batch += 1;
-                upto = Some(seqno);
-                if batch == TRIM_RECORDS_PER_COMMIT {
+                batch.base.seqno = seqno;
+                batch.bytes += size;
+                batch.records += 1;
+                removed += size;
+                if batch.records == TRIM_RECORDS_PER_COMMIT {
                     break;
                 }
             }
-            let Some(upto) = upto else {
+            if batch.records == 0 {
                 drop(journal);
                 txn.abort().map_err(redb_err("end a journal trim"))?;
-                return Ok((out.records > 0).then_some(out));
-            };
-            journal.retain_in(..=upto, |_, _| false).map_err(redb_err("trim the journal"))?;
-            out.base.seqno = upto;
+                return Ok(());
+            }
+            journal.retain_in(..=batch.base.seqno, |_, _| false).map_err(redb_err("trim the journal"))?;
             let mut meta = txn.open_table(META).map_err(redb_err("open the metadata table"))?;
-            let bytes = serde_json::to_vec(&out.base).map_err(|source| StoreError::MetaDecode { source })?;
-            meta.insert(META_JOURNAL_BASE, bytes.as_slice()).map_err(redb_err("write the journal base"))?;
+            let json = serde_json::to_vec(&batch.base).map_err(|source| StoreError::MetaDecode { source })?;
+            meta.insert(META_JOURNAL_BASE, json.as_slice()).map_err(redb_err("write the journal base"))?;
         }
         txn.commit().map_err(redb_err("commit a journal trim"))?;
-        if batch < TRIM_RECORDS_PER_COMMIT {
-            return Ok(Some(out));
+        committed(&batch);
+        base = batch.base;
+        if batch.records < TRIM_RECORDS_PER_COMMIT {
+            return Ok(());
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -311,6 +326,65 @@ mod tests {
         assert_eq!(pins.lowest(), Some(("b".into(), 20)));
         drop(b);
         assert_eq!(pins.lowest(), None);
+    }
+
+    /// Records 1..=10 alternating streams 0 and 3, committed at times 100, 200, …
+    fn journal_db() -> (tempfile::TempDir, Database) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("t.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut journal = txn.open_table(JOURNAL).unwrap();
+            for seqno in 1..=10u64 {
+                let record = Record {
+                    kind: super::super::journal::RecordKind::Update,
+                    seqno,
+                    stream: if seqno % 2 == 0 { 3 } else { 0 },
+                    stream_seqno: seqno * 10,
+                    commit_time_micros: seqno * 100,
+                    changes: Vec::new(),
+                };
+                journal.insert(seqno, record.encode().as_slice()).unwrap();
+            }
+        }
+        txn.commit().unwrap();
+        (dir, db)
+    }
+
+    fn left(db: &Database) -> Vec<u64> {
+        let txn = db.begin_read().unwrap();
+        let journal = txn.open_table(JOURNAL).unwrap();
+        journal.iter().unwrap().map(|e| e.unwrap().0.value()).collect()
+    }
+
+    #[test]
+    fn a_trim_takes_released_records_and_sums_up_each_stream_in_the_base() {
+        let (_dir, db) = journal_db();
+        let mut b = budget(10_000, 6, 10, 0);
+        let mut seen = Vec::new();
+        trim(&db, JournalBase::default(), &b, |t| seen.push(*t)).unwrap();
+        assert_eq!(left(&db), (7..=10).collect::<Vec<_>>());
+        let [t] = seen.as_slice() else { panic!("one commit: {seen:?}") };
+        assert_eq!((t.records, t.base.seqno, t.past_pins), (6, 6, None));
+        // The last record of each stream up to 6: seqno 5 (stream 0), seqno 6 (stream 3).
+        assert_eq!((t.base.streams[0], t.base.streams[3], t.base.streams[5]), (50, 60, 0));
+        assert_eq!(read_base(&db).unwrap(), t.base);
+        // A rollback's stream position before the start comes from the base.
+        let txn = db.begin_read().unwrap();
+        let journal = txn.open_table(JOURNAL).unwrap();
+        let base = t.base;
+        assert_eq!(super::super::last_of_stream(&journal, &base, 3, 6).unwrap(), 60);
+        assert_eq!(super::super::last_of_stream(&journal, &base, 3, 9).unwrap(), 80);
+        assert_eq!(super::super::last_of_stream(&journal, &base, 5, 9).unwrap(), 0);
+        drop((journal, txn));
+
+        // An age limit takes older records past the pins, and says so.
+        b.released = 6;
+        b.age_cutoff_micros = Some(850);
+        let mut seen = Vec::new();
+        trim(&db, base, &b, |t| seen.push(*t)).unwrap();
+        assert_eq!(left(&db), vec![9, 10]);
+        assert_eq!(seen.first().map(|t| (t.records, t.past_pins)), Some((2, Some(8))));
     }
 
     proptest! {

@@ -1819,7 +1819,10 @@ impl<T: Send + 'static> WriterThread<T> {
         let committed_result = put_meta(&txn, &meta)
             .and_then(|()| save_streams(&txn, &self.streams, &streams))
             .and_then(|()| txn.commit().map_err(redb_err("commit the rollback")))
-            .map(|()| self.store.journal_resized(grown));
+            .map(|()| {
+                self.store.journal_resized(grown);
+                self.store.lower_pins(to_seqno + 1);
+            });
         if let Err(e) = committed_result {
             let _ = std::fs::remove_file(&pending);
             return Err(e);

@@ -94,6 +94,10 @@ struct State {
     last_seqno: u64,
     /// Writes of the current pipeline not yet handed to the writer (their slots are pending).
     outbox: Vec<TxnRequest<Frame>>,
+    /// The view the reads of the current pipeline share, with the key counts taken just
+    /// before it: every request of a batch was received before it was opened, and a write
+    /// in the batch drops it (the next read opens one that sees the write).
+    view: Option<(crate::storage::KeyCounts, crate::storage::Snapshot)>,
 }
 
 pub async fn serve(engine: Arc<Engine>, mut stream: TcpStream, id: u64, mut shutdown: Shutdown) {
@@ -111,6 +115,7 @@ pub async fn serve(engine: Arc<Engine>, mut stream: TcpStream, id: u64, mut shut
         next_cursor: 1,
         last_seqno: 0,
         outbox: Vec::new(),
+        view: None,
     };
     let mut input: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut output: Vec<u8> = Vec::with_capacity(16 * 1024);
@@ -139,6 +144,7 @@ pub async fn serve(engine: Arc<Engine>, mut stream: TcpStream, id: u64, mut shut
             }
         }
         input.drain(..consumed);
+        state.view = None;
         state.flush(&engine).await;
         if !slots.is_empty() {
             output.clear();
@@ -315,7 +321,12 @@ impl State {
             slots.push(Slot::Ready(reply, proto));
             return Next::Continue;
         }
-        match command.class() {
+        let class = command.class();
+        if class != Class::Read {
+            // Anything else may change what a read sees (a write, a blocking pop, EXEC…).
+            self.view = None;
+        }
+        match class {
             Class::Write if let Some(refusal) = engine.store.write_refusal() => {
                 slots.push(Slot::Ready(Frame::Error(refusal), proto));
                 Next::Continue
@@ -506,6 +517,7 @@ impl State {
         slots: &mut Vec<Slot>,
     ) {
         let (request, rx) = Writer::request(watch, program);
+        self.view = None;
         self.outbox.push(request);
         slots.push(Slot::Pending(rx, mode, self.proto));
     }
@@ -523,17 +535,25 @@ impl State {
     }
 
     fn read(&mut self, engine: &Engine, command: Command) -> Frame {
-        // Counts first: a snapshot taken after them is at least as new (DBSIZE may count a
-        // key committed in between as not yet there, never the other way round).
-        let counts = engine.store.key_counts();
-        let snapshot = match engine.store.snapshot() {
-            Ok(s) => s,
-            Err(e) => return Frame::error(format!("ERR {}", error_chain(&e))),
+        let (counts, snapshot) = match self.view.take() {
+            Some(view) => view,
+            None => {
+                // Counts first: a snapshot taken after them is at least as new (DBSIZE may
+                // count a key committed in between as not yet there, never the other way).
+                let counts = engine.store.key_counts();
+                match engine.store.snapshot() {
+                    Ok(s) => (counts, s),
+                    Err(e) => return Frame::error(format!("ERR {}", error_chain(&e))),
+                }
+            }
         };
-        if let Command::Scan { cursor, pattern, count, target } = command {
-            return self.scan(&snapshot, cursor, pattern.as_deref(), count, &target);
-        }
-        command.execute_read(&snapshot, counts).unwrap_or_else(abort_frame)
+        let reply = if let Command::Scan { cursor, pattern, count, target } = command {
+            self.scan(&snapshot, cursor, pattern.as_deref(), count, &target)
+        } else {
+            command.execute_read(&snapshot, counts).unwrap_or_else(abort_frame)
+        };
+        self.view = Some((counts, snapshot));
+        reply
     }
 
     fn scan(

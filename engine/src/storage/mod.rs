@@ -1049,9 +1049,12 @@ impl Snapshot {
     /// Encoded journal records `from..=to` with their seqno and commit time, checksums
     /// verified (what a replication source sends).
     pub fn journal_raw(&self, from: u64, to: u64) -> Result<Vec<(u64, u64, Vec<u8>)>, StoreError> {
+        // Only the header is decoded (its checksum covers the whole record): the receiver
+        // decodes the rest.
         let mut out = Vec::new();
-        self.for_each_record(from, to, |seqno, record, bytes| {
-            out.push((seqno, record.commit_time_micros, bytes.to_vec()));
+        self.for_each_raw(from, to, |seqno, bytes| {
+            let head = Record::head(&bytes).map_err(|source| StoreError::RecordDecode { seqno, source })?;
+            out.push((seqno, head.commit_time_micros, bytes));
             Ok(())
         })?;
         Ok(out)
@@ -1064,6 +1067,21 @@ impl Snapshot {
         from: u64,
         to: u64,
         mut f: impl FnMut(u64, Record, &[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.for_each_raw(from, to, |seqno, bytes| {
+            let record =
+                Record::decode(&bytes).map_err(|source| StoreError::RecordDecode { seqno, source })?;
+            f(seqno, record, &bytes)
+        })
+    }
+
+    /// Calls `f` with the encoded records `from..=to` (as far as this view reaches), in
+    /// seqno order: the base's first, then the overlay's past them.
+    fn for_each_raw(
+        &self,
+        from: u64,
+        to: u64,
+        mut f: impl FnMut(u64, Vec<u8>) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         let to = to.min(self.seqno);
         if from > to {
@@ -1078,15 +1096,11 @@ impl Snapshot {
         for entry in table.range(from..=to).map_err(redb_err("read the journal"))? {
             let (seqno, bytes) = entry.map_err(redb_err("read the journal"))?;
             let seqno = seqno.value();
-            let record =
-                Record::decode(bytes.value()).map_err(|source| StoreError::RecordDecode { seqno, source })?;
-            f(seqno, record, bytes.value())?;
+            f(seqno, bytes.value().to_vec())?;
             next = seqno + 1;
         }
         for (seqno, bytes) in self.sv.records(next, to) {
-            let record =
-                Record::decode(&bytes).map_err(|source| StoreError::RecordDecode { seqno, source })?;
-            f(seqno, record, &bytes)?;
+            f(seqno, bytes)?;
         }
         Ok(())
     }

@@ -77,10 +77,11 @@ impl Replication {
         out
     }
 
-    /// How many receivers have acknowledged `seqno` or later.
-    pub fn acknowledged(&self, seqno: u64) -> usize {
+    /// How many receivers have acknowledged `seqno` or later, counting only acknowledgements
+    /// made since the last rollback (`epoch`: the store's pins epoch).
+    pub fn acknowledged(&self, seqno: u64, epoch: u64) -> usize {
         let sources = self.sources.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        sources.values().filter(|h| h.acked() >= seqno).count()
+        sources.values().filter(|h| h.acked_in(epoch).is_some_and(|acked| acked >= seqno)).count()
     }
 
     /// Ends the active receiver connection, if any.

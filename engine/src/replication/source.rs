@@ -60,6 +60,10 @@ pub struct SourceStatus {
     /// Commit times of sent, unacknowledged records (for lag).
     #[serde(skip)]
     inflight: VecDeque<(u64, u64)>,
+    /// The pins' epoch this stream's acknowledgements are counted in: after a rollback they
+    /// name records that may be gone, until the next connection starts afresh.
+    #[serde(skip)]
+    epoch: u64,
 }
 
 pub struct SourceHandle {
@@ -74,8 +78,10 @@ impl SourceHandle {
         self.status.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
-    pub fn acked(&self) -> u64 {
-        self.status.lock().unwrap_or_else(std::sync::PoisonError::into_inner).acked_seqno
+    /// The seqno acknowledged, if counted in the pins' `epoch` (no rollback since).
+    pub fn acked_in(&self, epoch: u64) -> Option<u64> {
+        let status = self.status.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        (status.epoch == epoch).then_some(status.acked_seqno)
     }
 
     pub fn stop(&self) {
@@ -226,6 +232,9 @@ async fn stream_once(
     // Capture the journal's state before announcing it: a rollback after this point is seen
     // by the generation check below.
     let rollbacks = ctx.store.rollbacks();
+    // Positions this connection learns (the receiver's start, its acknowledgements) move the
+    // pin only while no rollback has lowered the pins since (it also bumps `rollbacks`).
+    let epoch = ctx.store.pins_epoch();
     let history_version = ctx.store.history_version();
     let mut streams_version = ctx.store.streams_version();
     let seqno = ctx.store.committed_seqno();
@@ -239,7 +248,9 @@ async fn stream_once(
     protocol::write_json(&mut wr, Kind::Auth, &auth).await?;
     let start: Start = timed(START_TIMEOUT, protocol::expect(&mut rd, Kind::Start)).await?;
     tracing::info!(receiver = %link.receiver, from = start.from, rolled_back_to = ?start.rolled_back_to, "streaming");
-    pin.set(start.from);
+    if !pin.set_at(epoch, start.from) {
+        return Err(ProtocolError::Io(std::io::Error::other("this instance rolled back; negotiating again")));
+    }
     let first = ctx.store.journal_first();
     if start.from < first {
         // A retention limit trimmed what it needs since the handshake.
@@ -254,6 +265,7 @@ async fn stream_once(
         s.sent_seqno = start.from.saturating_sub(1);
         s.acked_seqno = start.from.saturating_sub(1);
         s.inflight.clear();
+        s.epoch = epoch;
     });
 
     // Acknowledgements arrive on the read half.
@@ -267,7 +279,12 @@ async fn stream_once(
     let mut acks = AbortOnDrop(tokio::spawn(async move {
         loop {
             let ack: Ack = protocol::expect(&mut rd, Kind::Ack).await?;
-            ack_pin.set(ack.seqno + 1);
+            if !ack_pin.set_at(epoch, ack.seqno + 1) {
+                // Acknowledges records a rollback took off: neither the pin nor WAIT may
+                // count them. The main loop ends this connection.
+                ack_wake.notify_one();
+                continue;
+            }
             update(&ack_status, |s| {
                 s.acked_seqno = s.acked_seqno.max(ack.seqno);
                 while s.inflight.front().is_some_and(|(q, _)| *q <= ack.seqno) {
@@ -286,6 +303,11 @@ async fn stream_once(
     // Last seqno of each frame sent and not yet acknowledged.
     let mut in_flight: VecDeque<u64> = VecDeque::new();
     loop {
+        if ctx.store.rollbacks() != rollbacks {
+            return Err(ProtocolError::Io(std::io::Error::other(
+                "this instance rolled back; negotiating again",
+            )));
+        }
         let acked = status.lock().unwrap_or_else(std::sync::PoisonError::into_inner).acked_seqno;
         while in_flight.front().is_some_and(|last| *last <= acked) {
             in_flight.pop_front();

@@ -240,14 +240,14 @@ async fn wait(engine: &Engine, target: u64, replicas: usize, timeout_ms: u64) ->
         (timeout_ms > 0).then(|| tokio::time::Instant::now() + std::time::Duration::from_millis(timeout_ms));
     loop {
         let notified = engine.replication.acks.notified();
-        let count = engine.replication.acknowledged(target);
+        let count = engine.replication.acknowledged(target, engine.store.pins_epoch());
         if count >= replicas {
             return Frame::Integer(i64::try_from(count).unwrap_or(i64::MAX));
         }
         match deadline {
             Some(d) => {
                 if tokio::time::timeout_at(d, notified).await.is_err() {
-                    let count = engine.replication.acknowledged(target);
+                    let count = engine.replication.acknowledged(target, engine.store.pins_epoch());
                     return Frame::Integer(i64::try_from(count).unwrap_or(i64::MAX));
                 }
             }

@@ -144,22 +144,26 @@ fn run(shared: &Shared, store: &Store, metrics: &Metrics, retention: &Retention,
             }
         };
         let started = Instant::now();
-        let outcome = apply(store, &generation).and_then(|added| {
+        let outcome = apply(store, &generation).and_then(|(added, records)| {
             store.journal_resized(i64::try_from(added).unwrap_or(i64::MAX));
             let removed = store.overlay.checkpointed(&generation);
             debug_assert!(removed, "only the checkpointer removes generations, oldest first");
-            super::remove_segments(store.journal_dir(), generation.last_seqno()).map(drop)
+            super::remove_segments(store.journal_dir(), generation.last_seqno()).map(|_| records)
         });
-        if outcome.is_ok()
+        let mut trim_io_failed = false;
+        if let Ok(records) = outcome
             && store.trimming()
-            && let Err(e) = trim_journal(store, metrics, retention, generation.last_seqno())
+            && let Err(e) = trim_journal(store, metrics, retention, generation.last_seqno(), records)
         {
-            // The checkpoint stands; the next one trims again.
+            // The checkpoint stands; the next one trims again (after the writer reopened the
+            // file, if redb failed: it refuses writes until then).
             metrics.journal_trim_failures_total.inc();
             tracing::error!(error = %error_chain(&e), "trimming the journal failed; tried again after the next checkpoint");
+            trim_io_failed = matches!(e, StoreError::Redb { .. });
         }
         let mut state = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
         state.busy = false;
+        state.io_failed |= trim_io_failed;
         match outcome {
             Ok(_) => {
                 state.failure = None;
@@ -196,6 +200,7 @@ fn trim_journal(
     metrics: &Metrics,
     retention: &Retention,
     checkpoint: u64,
+    brought: u64,
 ) -> Result<(), StoreError> {
     let pin = store.lowest_pin();
     let total = store.journal_file_bytes();
@@ -217,7 +222,7 @@ fn trim_journal(
     let first_before = store.journal_first();
     let mut past_pins = None;
     let mut records = 0;
-    retention::trim(store.db()?.as_ref(), store.journal_base(), &budget, |batch| {
+    retention::trim(store.db()?.as_ref(), store.journal_base(), &budget, brought, |batch| {
         // Published batch by batch: a failure later leaves the store agreeing with the file.
         store.journal_trimmed(batch);
         metrics.journal_trimmed_records_total.inc_by(batch.records);
@@ -241,11 +246,13 @@ fn trim_journal(
     Ok(())
 }
 
-/// Applies `generation` to the base in one durable commit; returns the journal bytes it added.
-fn apply(store: &Store, generation: &Generation) -> Result<u64, StoreError> {
+/// Applies `generation` to the base in one durable commit; returns the journal bytes it added
+/// and how many records it holds.
+fn apply(store: &Store, generation: &Generation) -> Result<(u64, u64), StoreError> {
     let db = store.db()?;
     let txn = db.begin_write().map_err(redb_err("begin a checkpoint"))?;
     let mut added = 0;
+    let mut records = 0;
     {
         let mut data = txn.open_table(DATA).map_err(redb_err("open the data table"))?;
         generation.try_for_each_last(|key, value| {
@@ -264,6 +271,7 @@ fn apply(store: &Store, generation: &Generation) -> Result<u64, StoreError> {
             if !replaced {
                 added += retention::stored_bytes(record).unsigned_abs();
             }
+            records += 1;
             Ok::<(), StoreError>(())
         })?;
         let mut streams = txn.open_table(STREAMS).map_err(redb_err("open the streams table"))?;
@@ -273,5 +281,5 @@ fn apply(store: &Store, generation: &Generation) -> Result<u64, StoreError> {
         }
     }
     txn.commit().map_err(redb_err("commit a checkpoint"))?;
-    Ok(added)
+    Ok((added, records))
 }

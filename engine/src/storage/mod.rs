@@ -376,6 +376,11 @@ impl Store {
         self.pins.all()
     }
 
+    /// The pins' epoch: bumped by every rollback (see [`retention::Pin::set_at`]).
+    pub fn pins_epoch(&self) -> u64 {
+        self.pins.epoch()
+    }
+
     pub(crate) fn lowest_pin(&self) -> Option<(String, u64)> {
         self.pins.lowest()
     }
@@ -1054,7 +1059,12 @@ impl Snapshot {
         let mut out = Vec::new();
         self.for_each_raw(from, to, |seqno, bytes| {
             let head = Record::head(&bytes).map_err(|source| StoreError::RecordDecode { seqno, source })?;
-            out.push((seqno, head.commit_time_micros, bytes));
+            if head.seqno != seqno {
+                return Err(StoreError::JournalCorrupt {
+                    reason: format!("record stored under {seqno} says it is {}", head.seqno),
+                });
+            }
+            out.push((seqno, head.commit_time_micros, bytes.into_owned()));
             Ok(())
         })?;
         Ok(out)
@@ -1076,12 +1086,12 @@ impl Snapshot {
     }
 
     /// Calls `f` with the encoded records `from..=to` (as far as this view reaches), in
-    /// seqno order: the base's first, then the overlay's past them.
+    /// seqno order: the base's first (borrowed from redb), then the overlay's past them.
     fn for_each_raw(
         &self,
         from: u64,
         to: u64,
-        mut f: impl FnMut(u64, Vec<u8>) -> Result<(), StoreError>,
+        mut f: impl FnMut(u64, std::borrow::Cow<'_, [u8]>) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         let to = to.min(self.seqno);
         if from > to {
@@ -1096,11 +1106,11 @@ impl Snapshot {
         for entry in table.range(from..=to).map_err(redb_err("read the journal"))? {
             let (seqno, bytes) = entry.map_err(redb_err("read the journal"))?;
             let seqno = seqno.value();
-            f(seqno, bytes.value().to_vec())?;
+            f(seqno, std::borrow::Cow::Borrowed(bytes.value()))?;
             next = seqno + 1;
         }
         for (seqno, bytes) in self.sv.records(next, to) {
-            f(seqno, bytes)?;
+            f(seqno, std::borrow::Cow::Owned(bytes))?;
         }
         Ok(())
     }

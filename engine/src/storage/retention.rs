@@ -38,9 +38,11 @@ pub const KEEP_BYTES_DEFAULT: u64 = 256 * 1024 * 1024;
 
 /// Records taken off in one redb commit (a long trim is several).
 const TRIM_RECORDS_PER_COMMIT: u64 = 100_000;
-/// Commits one trim makes at most, so that a long one (the first after an upgrade) holds
-/// the checkpointer for a bounded time; the next checkpoint goes on with it.
-const TRIM_COMMITS_MAX: usize = 4;
+/// Commits one trim makes at least before it leaves the rest to the next checkpoint (a long
+/// one, the first after an upgrade, then holds the checkpointer for a bounded time).
+/// Besides these, a trim may take as many records as its checkpoint brought in, so that under
+/// any steady load trimming keeps up.
+pub const TRIM_COMMITS_MIN: u64 = 4;
 
 /// How much journal the file keeps (`--journal-keep-bytes`, `--journal-retain-bytes`,
 /// `--journal-retain-seconds`).
@@ -105,27 +107,44 @@ pub(crate) fn stored_bytes(record: &[u8]) -> i64 {
 /// Readers that still need the journal from some seqno on, by holder.
 #[derive(Debug, Default)]
 pub struct Pins {
-    pins: Mutex<BTreeMap<u64, (String, u64)>>,
+    inner: Mutex<PinsInner>,
     next_id: AtomicU64,
 }
 
+#[derive(Debug, Default)]
+struct PinsInner {
+    pins: BTreeMap<u64, (String, u64)>,
+    /// Bumped by every [`Pins::lower`] (a rollback): a position learnt before it is stale.
+    epoch: u64,
+}
+
 impl Pins {
-    /// Lowers every pin to at most `from`.
+    fn lock(&self) -> std::sync::MutexGuard<'_, PinsInner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Lowers every pin to at most `from` and starts a new epoch.
     pub fn lower(&self, from: u64) {
-        for pin in self.pins.lock().unwrap_or_else(PoisonError::into_inner).values_mut() {
+        let mut inner = self.lock();
+        inner.epoch += 1;
+        for pin in inner.pins.values_mut() {
             pin.1 = pin.1.min(from);
         }
     }
 
+    /// The current epoch (see [`Pin::set_at`]).
+    pub fn epoch(&self) -> u64 {
+        self.lock().epoch
+    }
+
     /// The lowest seqno some pin needs, and who holds it.
     pub fn lowest(&self) -> Option<(String, u64)> {
-        let pins = self.pins.lock().unwrap_or_else(PoisonError::into_inner);
-        pins.values().min_by_key(|(_, from)| *from).cloned()
+        self.lock().pins.values().min_by_key(|(_, from)| *from).cloned()
     }
 
     /// Every pin, as (holder, lowest seqno needed).
     pub fn all(&self) -> Vec<(String, u64)> {
-        self.pins.lock().unwrap_or_else(PoisonError::into_inner).values().cloned().collect()
+        self.lock().pins.values().cloned().collect()
     }
 }
 
@@ -140,21 +159,35 @@ impl Pin {
     /// Pins the journal from `from` on for `holder`.
     pub fn new(pins: &Arc<Pins>, holder: &str, from: u64) -> Pin {
         let id = pins.next_id.fetch_add(1, Ordering::Relaxed);
-        pins.pins.lock().unwrap_or_else(PoisonError::into_inner).insert(id, (holder.to_owned(), from));
+        pins.lock().pins.insert(id, (holder.to_owned(), from));
         Pin { pins: pins.clone(), id }
     }
 
     /// The holder now needs the journal from `from` on.
     pub fn set(&self, from: u64) {
-        if let Some(pin) = self.pins.pins.lock().unwrap_or_else(PoisonError::into_inner).get_mut(&self.id) {
+        if let Some(pin) = self.pins.lock().pins.get_mut(&self.id) {
             pin.1 = from;
         }
+    }
+
+    /// As [`Pin::set`], but only if no rollback happened since `epoch` ([`Pins::epoch`]): a
+    /// position the holder learnt before a rollback may name records that are gone. Whether
+    /// it was set.
+    pub fn set_at(&self, epoch: u64, from: u64) -> bool {
+        let mut inner = self.pins.lock();
+        if inner.epoch != epoch {
+            return false;
+        }
+        if let Some(pin) = inner.pins.get_mut(&self.id) {
+            pin.1 = from;
+        }
+        true
     }
 }
 
 impl Drop for Pin {
     fn drop(&mut self) {
-        self.pins.pins.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.id);
+        self.pins.lock().pins.remove(&self.id);
     }
 }
 
@@ -219,16 +252,18 @@ pub struct Trimmed {
 
 /// Takes records off the journal's start as `budget` allows, in commits of at most
 /// [`TRIM_RECORDS_PER_COMMIT`] records, each with the new journal base, and at most
-/// [`TRIM_COMMITS_MAX`] commits (the next checkpoint goes on). `committed` hears of each
-/// commit: what it took off and the new base.
+/// [`TRIM_COMMITS_MIN`] commits plus enough for `brought` records (what the checkpoint
+/// brought in; the next checkpoint goes on). `committed` hears of each commit: what it took
+/// off and the new base.
 pub(crate) fn trim(
     db: &Database,
     mut base: JournalBase,
     budget: &Budget,
+    brought: u64,
     mut committed: impl FnMut(&Trimmed),
 ) -> Result<(), StoreError> {
     let mut removed = 0;
-    for _ in 0..TRIM_COMMITS_MAX {
+    for _ in 0..TRIM_COMMITS_MIN + brought.div_ceil(TRIM_RECORDS_PER_COMMIT) {
         let mut batch = Trimmed { base, ..Trimmed::default() };
         let txn = db.begin_write().map_err(redb_err("begin a journal trim"))?;
         {
@@ -328,6 +363,19 @@ mod tests {
         assert_eq!(pins.lowest(), None);
     }
 
+    #[test]
+    fn a_rollback_lowers_pins_and_makes_older_positions_stale() {
+        let pins = Arc::new(Pins::default());
+        let a = Pin::new(&pins, "a", 100);
+        let epoch = pins.epoch();
+        assert!(a.set_at(epoch, 120));
+        pins.lower(50);
+        assert_eq!(pins.lowest(), Some(("a".into(), 50)));
+        assert!(!a.set_at(epoch, 130), "a position from before the rollback");
+        assert_eq!(pins.lowest(), Some(("a".into(), 50)));
+        assert!(a.set_at(pins.epoch(), 60));
+    }
+
     /// Records 1..=10 alternating streams 0 and 3, committed at times 100, 200, …
     fn journal_db() -> (tempfile::TempDir, Database) {
         let dir = tempfile::tempdir().unwrap();
@@ -362,7 +410,7 @@ mod tests {
         let (_dir, db) = journal_db();
         let mut b = budget(10_000, 6, 10, 0);
         let mut seen = Vec::new();
-        trim(&db, JournalBase::default(), &b, |t| seen.push(*t)).unwrap();
+        trim(&db, JournalBase::default(), &b, 0, |t| seen.push(*t)).unwrap();
         assert_eq!(left(&db), (7..=10).collect::<Vec<_>>());
         let [t] = seen.as_slice() else { panic!("one commit: {seen:?}") };
         assert_eq!((t.records, t.base.seqno, t.past_pins), (6, 6, None));
@@ -382,7 +430,7 @@ mod tests {
         b.released = 6;
         b.age_cutoff_micros = Some(850);
         let mut seen = Vec::new();
-        trim(&db, base, &b, |t| seen.push(*t)).unwrap();
+        trim(&db, base, &b, 0, |t| seen.push(*t)).unwrap();
         assert_eq!(left(&db), vec![9, 10]);
         assert_eq!(seen.first().map(|t| (t.records, t.past_pins)), Some((2, Some(8))));
     }

@@ -1819,10 +1819,7 @@ impl<T: Send + 'static> WriterThread<T> {
         let committed_result = put_meta(&txn, &meta)
             .and_then(|()| save_streams(&txn, &self.streams, &streams))
             .and_then(|()| txn.commit().map_err(redb_err("commit the rollback")))
-            .map(|()| {
-                self.store.journal_resized(grown);
-                self.store.lower_pins(to_seqno + 1);
-            });
+            .map(|()| self.store.journal_resized(grown));
         if let Err(e) = committed_result {
             let _ = std::fs::remove_file(&pending);
             return Err(e);
@@ -1835,7 +1832,12 @@ impl<T: Send + 'static> WriterThread<T> {
         self.metrics.journal_seqno.set(i64::try_from(to_seqno).unwrap_or(i64::MAX));
         self.touch(touched.iter().map(Vec::as_slice));
         self.set_streams(streams);
+        // Sources see the rollback before their pins move: an acknowledgement arriving in
+        // between is either counted and then lowered, or refused as stale — and the source
+        // that refused it finds the rollback and negotiates again. No checkpoint (and so no
+        // trim) runs while the writer does this direct work.
         self.store.note_rollback();
+        self.store.lower_pins(to_seqno + 1);
         self.store.publish(to_seqno, Some(meta), self.version);
         tracing::warn!(from = to_seqno + 1, to = committed, log = %last.log_path, reason, "rolled back");
         Ok(Some(last))

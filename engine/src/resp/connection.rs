@@ -97,7 +97,16 @@ struct State {
     /// The view the reads of the current pipeline share, with the key counts taken just
     /// before it: every request of a batch was received before it was opened, and a write
     /// in the batch drops it (the next read opens one that sees the write).
-    view: Option<(crate::storage::KeyCounts, crate::storage::Snapshot)>,
+    /// Expiry is judged at the time the view was opened.
+    view: Option<ReadView>,
+}
+
+/// What the reads of one pipeline share: the key counts, then the snapshot opened after
+/// them, and the time expiry is judged at.
+struct ReadView {
+    counts: crate::storage::KeyCounts,
+    snapshot: crate::storage::Snapshot,
+    now_ms: u64,
 }
 
 pub async fn serve(engine: Arc<Engine>, mut stream: TcpStream, id: u64, mut shutdown: Shutdown) {
@@ -535,30 +544,31 @@ impl State {
     }
 
     fn read(&mut self, engine: &Engine, command: Command) -> Frame {
-        let (counts, snapshot) = match self.view.take() {
+        let view = match self.view.take() {
             Some(view) => view,
             None => {
                 // Counts first: a snapshot taken after them is at least as new (DBSIZE may
                 // count a key committed in between as not yet there, never the other way).
                 let counts = engine.store.key_counts();
                 match engine.store.snapshot() {
-                    Ok(s) => (counts, s),
+                    Ok(snapshot) => ReadView { counts, snapshot, now_ms: cmd::now_ms() },
                     Err(e) => return Frame::error(format!("ERR {}", error_chain(&e))),
                 }
             }
         };
         let reply = if let Command::Scan { cursor, pattern, count, target } = command {
-            self.scan(&snapshot, cursor, pattern.as_deref(), count, &target)
+            self.scan(&view.snapshot, view.now_ms, cursor, pattern.as_deref(), count, &target)
         } else {
-            command.execute_read(&snapshot, counts).unwrap_or_else(abort_frame)
+            command.execute_read(&view.snapshot, view.counts, view.now_ms).unwrap_or_else(abort_frame)
         };
-        self.view = Some((counts, snapshot));
+        self.view = Some(view);
         reply
     }
 
     fn scan(
         &mut self,
         snapshot: &crate::storage::Snapshot,
+        now_ms: u64,
         cursor: u64,
         pattern: Option<&[u8]>,
         count: usize,
@@ -573,7 +583,7 @@ impl State {
             }
         };
         let mut kv = cmd::db::ReadOnly(snapshot);
-        let db = cmd::db::Db { kv: &mut kv, now_ms: cmd::now_ms(), counts: None };
+        let db = cmd::db::Db { kv: &mut kv, now_ms, counts: None };
         let (items, last) = match cmd::keys::scan_step(&db, target, after.as_deref(), pattern, count) {
             Ok(step) => step,
             Err(e) => return abort_frame(e),

@@ -351,13 +351,16 @@ impl Command {
 
     /// Executes a read command against a committed snapshot; `counts` are the store's key
     /// counts for DBSIZE.
+    /// `now_ms`: the time expiry is judged at — when the snapshot was opened, so that a key
+    /// is seen as it was then.
     pub fn execute_read(
         &self,
         snapshot: &crate::storage::Snapshot,
         counts: crate::storage::KeyCounts,
+        now_ms: u64,
     ) -> Result<Frame, Abort> {
         let mut kv = db::ReadOnly(snapshot);
-        let mut db = Db { kv: &mut kv, now_ms: now_ms(), counts: Some(counts) };
+        let mut db = Db { kv: &mut kv, now_ms, counts: Some(counts) };
         self.run(&mut db)
     }
 

@@ -103,7 +103,7 @@ OVERVIEW = [
           [{"color": "blue", "value": None}]), 4, 4),
     (stat("Links not streaming",
           'count(strand_operator_link_state{%s, state!~"Streaming|CatchingUp|Paused|AwaitingUpgrade"} == 1) or vector(0)' % SEL,
-          "Links whose target receives nothing (Connecting, RollbackRequired, Blocked, Unreachable).",
+          "Links whose target receives nothing (Connecting, RollbackRequired, ReseedRequired, Blocked, Unreachable).",
           [{"color": "green", "value": None}, {"color": "red", "value": 1}]), 4, 4),
     (timeseries("Journal seqno", [target(engine("strand_journal_seqno"), "{{name}}")],
                 description="Highest durable journal sequence number per instance: secondaries follow the primary."), 12, 8),

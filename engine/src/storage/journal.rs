@@ -76,6 +76,23 @@ pub struct Head {
     pub commit_time_micros: u64,
 }
 
+impl Head {
+    /// Reads the header fields, checking the version and the stream.
+    fn read(r: &mut Reader<'_>) -> Result<Head, DecodeError> {
+        let version = r.u8()?;
+        if version == 0 || version > RECORD_VERSION {
+            return Err(DecodeError::Version { version });
+        }
+        let kind = RecordKind::from_byte(r.u8()?)?;
+        let seqno = r.u64()?;
+        let stream = r.u8()?;
+        if stream >= STREAMS_MAX {
+            return Err(DecodeError::Stream { stream });
+        }
+        Ok(Head { kind, seqno, stream, stream_seqno: r.u64()?, commit_time_micros: r.u64()? })
+    }
+}
+
 /// The body of an encoded record (all but its checksum), once the checksum is verified.
 fn checked_body(bytes: &[u8]) -> Result<&[u8], DecodeError> {
     let body_len = bytes
@@ -176,37 +193,13 @@ impl Record {
     /// Decodes only a record's header (no key is copied), verifying its checksum first: what
     /// trimming reads of each record it takes off.
     pub fn head(bytes: &[u8]) -> Result<Head, DecodeError> {
-        let body = checked_body(bytes)?;
-        let mut r = Reader { bytes: body, offset: 0 };
-        let version = r.u8()?;
-        if version == 0 || version > RECORD_VERSION {
-            return Err(DecodeError::Version { version });
-        }
-        let kind = RecordKind::from_byte(r.u8()?)?;
-        let seqno = r.u64()?;
-        let stream = r.u8()?;
-        if stream >= STREAMS_MAX {
-            return Err(DecodeError::Stream { stream });
-        }
-        Ok(Head { kind, seqno, stream, stream_seqno: r.u64()?, commit_time_micros: r.u64()? })
+        Head::read(&mut Reader { bytes: checked_body(bytes)?, offset: 0 })
     }
 
     /// Decodes a record, verifying its checksum before reading any field.
     pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
-        let body = checked_body(bytes)?;
-        let mut r = Reader { bytes: body, offset: 0 };
-        let version = r.u8()?;
-        if version == 0 || version > RECORD_VERSION {
-            return Err(DecodeError::Version { version });
-        }
-        let kind = RecordKind::from_byte(r.u8()?)?;
-        let seqno = r.u64()?;
-        let stream = r.u8()?;
-        if stream >= STREAMS_MAX {
-            return Err(DecodeError::Stream { stream });
-        }
-        let stream_seqno = r.u64()?;
-        let commit_time_micros = r.u64()?;
+        let mut r = Reader { bytes: checked_body(bytes)?, offset: 0 };
+        let Head { kind, seqno, stream, stream_seqno, commit_time_micros } = Head::read(&mut r)?;
         let count = r.u32()?;
         // Each key needs at least KEY_BYTES_MIN; never trust a count that could not fit in what
         // is left, or a corrupt count would make us allocate without bound.

@@ -1426,17 +1426,8 @@ impl<T: Send + 'static> WriterThread<T> {
         let db = self.store.db()?;
         let committed = self.store.committed_seqno();
         let mut next = committed + 1;
+        // apply_bc checked the role on this thread, the only one that changes it.
         let mut meta = self.store.meta();
-        // A stream whose handshake raced a promotion must not apply into a primary.
-        if meta.role != super::meta::Role::Secondary || meta.receiver.is_none() {
-            return Err(StoreError::Replication {
-                reason: format!(
-                    "{} is {} without a BC receiver; it applies no received records",
-                    meta.name,
-                    meta.role.as_str()
-                ),
-            });
-        }
         let mut streams = self.streams;
         let txn = db.begin_write().map_err(redb_err("begin a write transaction"))?;
         let mut touched: Vec<Vec<u8>> = Vec::new();

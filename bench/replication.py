@@ -39,13 +39,13 @@ from benchlib import ENGINE, ROOT, ensure_engine, free_port, number, work_dir
 
 
 class Engine:
-    def __init__(self, work, name, secret):
+    def __init__(self, work, name, secret, *more):
         self.dir = os.path.join(work, name)
         self.port, self.repl = free_port(), free_port()
         self.proc = subprocess.Popen(
             [ENGINE, "run", "--data-dir", self.dir, "--name", name, "--resp-addr", f"127.0.0.1:{self.port}",
              "--repl-addr", f"127.0.0.1:{self.repl}", "--repl-secret-file", secret, "--disk-reserve-bytes", "0",
-             "--log-level", "warn"], stderr=subprocess.DEVNULL)
+             "--log-level", "warn", *more], stderr=subprocess.DEVNULL)
         deadline = time.time() + 30
         while time.time() < deadline:
             if self.ctl("ready", check=False) is not None:

@@ -109,6 +109,10 @@ pub struct RunArgs {
     /// (it must then be re-seeded). 0: no limit.
     #[arg(long, default_value_t = 0)]
     pub journal_retain_seconds: u64,
+    /// Most bytes per second this instance sends when it seeds a receiver from a snapshot
+    /// (so seeding a new member does not starve the primary's disk or network). 0: no limit.
+    #[arg(long, default_value_t = 0)]
+    pub seed_rate_bytes: u64,
     /// Log filter (tracing syntax), overridden by RUST_LOG.
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -260,6 +264,10 @@ pub enum ReceiverAction {
         /// SI only: when ahead of the source, resume from the common point without rolling back.
         #[arg(long)]
         noresync: bool,
+        /// BC only: when the source's journal no longer reaches back to what this instance
+        /// needs, replace its data with a snapshot of the source's (instead of refusing).
+        #[arg(long)]
+        seed: bool,
         /// SI only, first start for a source family: a backup of a member of that family whose
         /// data this instance holds (seeds the stream's history and position).
         #[arg(long, value_name = "BACKUP")]
@@ -388,6 +396,7 @@ async fn run(args: RunArgs) -> i32 {
             retain_age: (args.journal_retain_seconds > 0)
                 .then(|| std::time::Duration::from_secs(args.journal_retain_seconds)),
         },
+        seed_rate_bytes: (args.seed_rate_bytes > 0).then_some(args.seed_rate_bytes),
         resp_port: 0,
         repl_addr: args.repl_addr,
         repl_secret,
@@ -634,7 +643,16 @@ async fn ctl_inner(args: CtlArgs) -> Result<(), String> {
         }
         CtlCommand::Receiver {
             action:
-                ReceiverAction::Start { autorollback, si, noresync, updateresync, reuse, updateresync_from, term },
+                ReceiverAction::Start {
+                    autorollback,
+                    si,
+                    noresync,
+                    seed,
+                    updateresync,
+                    reuse,
+                    updateresync_from,
+                    term,
+                },
         } => {
             let updateresync = match updateresync {
                 Some(p) if p.is_relative() => {
@@ -646,6 +664,7 @@ async fn ctl_inner(args: CtlArgs) -> Result<(), String> {
                 "autorollback": autorollback,
                 "si": si,
                 "noresync": noresync,
+                "seed": seed,
                 "updateresync": updateresync,
                 "reuse": reuse,
                 "updateresync_from": updateresync_from,

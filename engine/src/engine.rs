@@ -35,6 +35,8 @@ pub struct Config {
     /// How much journal the database file keeps (`--journal-keep-bytes`,
     /// `--journal-retain-bytes`, `--journal-retain-seconds`).
     pub retention: crate::storage::retention::Retention,
+    /// Most bytes per second a snapshot is sent at (`--seed-rate-bytes`).
+    pub seed_rate_bytes: Option<u64>,
     /// Filled in once the data port is bound (the configured port may be 0).
     pub resp_port: u16,
     /// Where this instance receives replication streams.

@@ -12,7 +12,8 @@
 //!    head per key, a node per collection element, an expiry index); [`storage::writer`] is
 //!    the group-commit writer thread; [`storage::journal`] the
 //!    record format; [`storage::meta`] the instance metadata; [`storage::lostlog`] the
-//!    Unreplicated Transaction Log; [`storage::backup`] backups and restores.
+//!    Unreplicated Transaction Log; [`storage::backup`] backups and restores; [`storage::seed`]
+//!    snapshots for seeding a secondary.
 //! 3. [`replication`]: BC and SI streams, working on a [`replication::Context`] (store,
 //!    writer, metrics, replication state), not on the whole engine.
 //! 4. [`engine`]: the [`engine::Engine`] the data port and the admin API share (the

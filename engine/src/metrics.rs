@@ -67,6 +67,8 @@ pub struct Metrics {
     pub replication_lag_seconds: GaugeVec,
     pub replication_connected: IntGaugeVec,
     pub replication_reseed_required: IntGaugeVec,
+    pub replication_seeds_total: IntCounterVec,
+    pub replication_seed_nodes_received_total: IntCounter,
     pub receiver_state: IntGaugeVec,
     pub stream_seqno: IntGaugeVec,
     pub rollbacks_total: IntCounter,
@@ -74,8 +76,8 @@ pub struct Metrics {
 }
 
 /// The receiver states `strand_receiver_state` reports (one series each, 1 for the current).
-pub const RECEIVER_STATES: [&str; 6] =
-    ["idle", "streaming", "rollback_required", "needs_reseed", "error", "stopped"];
+pub const RECEIVER_STATES: [&str; 7] =
+    ["idle", "seeding", "streaming", "rollback_required", "needs_reseed", "error", "stopped"];
 
 /// Registers metrics and writes down what each is.
 struct Declare {
@@ -265,13 +267,22 @@ impl Metrics {
                 "Replication connections ended or refused, by cause.",
                 &["error"],
             )?,
+            replication_seeds_total: d.counter_vec(
+                "strand_replication_seeds_total",
+                "Seedings of this instance from a source's snapshot, by result (installed, failed).",
+                &["result"],
+            )?,
+            replication_seed_nodes_received_total: d.counter(
+                "strand_replication_seed_nodes_received_total",
+                "Data nodes received in snapshots (seeding progress).",
+            )?,
             replication_records_sent_total: d.counter(
                 "strand_replication_records_sent_total",
                 "Journal records sent to receivers.",
             )?,
             replication_bytes_sent_total: d.counter(
                 "strand_replication_bytes_sent_total",
-                "Bytes of journal records sent to receivers.",
+                "Bytes of journal records and snapshots sent to receivers.",
             )?,
             replication_records_applied_total: d.counter(
                 "strand_replication_records_applied_total",
@@ -314,7 +325,7 @@ impl Metrics {
             )?,
             receiver_state: d.gauge_vec(
                 "strand_receiver_state",
-                "The receiver's state (idle, streaming, rollback_required, needs_reseed, error, stopped): 1 for the current one; absent without a receiver.",
+                "The receiver's state (idle, seeding, streaming, rollback_required, needs_reseed, error, stopped): 1 for the current one; absent without a receiver.",
                 &["state"],
             )?,
             stream_seqno: d.gauge_vec(

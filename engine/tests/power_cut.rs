@@ -252,3 +252,120 @@ fn an_online_rollback_is_all_or_nothing_under_power_cuts() {
     server.kill9();
     mount.cut();
 }
+
+/// Snapshot seeding cut by a power cut on the receiver, at a random point: while the new
+/// database file is being built, once it is complete, and after it was swapped in while the
+/// receiver streams what followed. After the restart the receiver holds either its old data
+/// (here: none) or the whole snapshot, never a mixture; `/v1/verify` passes either way; and
+/// once the stream is pointed at it again it completes and equals the primary. The source only
+/// reads while it seeds, so cutting it is the pair test above.
+#[test]
+fn a_seeding_survives_power_cuts_on_the_receiver() {
+    let (seed, rounds) = seed_and_rounds(9);
+    println!("power-cut seeding test seed {seed} ({rounds} rounds); replay with STRAND_POWERCUT_SEED={seed}");
+    let mut rng = Rng(seed);
+    let dir = tempdir();
+    let secret = dir.path().join("repl-secret");
+    std::fs::write(&secret, "test-replication-secret\n").unwrap();
+    let secret = secret.to_str().unwrap().to_owned();
+    let repl = ["--repl-addr", "127.0.0.1:0", "--repl-secret-file", secret.as_str()];
+    let small =
+        ["--checkpoint-bytes", "65536", "--journal-segment-bytes", "16384", "--journal-keep-bytes", "0"];
+    // The primary trims everything no receiver holds, and sends snapshots at 256 KiB a second
+    // (so that a cut can be aimed at a point of the seeding).
+    let mut primary_flags = repl.to_vec();
+    primary_flags.extend_from_slice(&small);
+    primary_flags.extend_from_slice(&["--seed-rate-bytes", "262144"]);
+    let primary = Server::start(&dir.path().join("Primary"), "Primary", &primary_flags);
+    primary.ctl(&["promote"]);
+    let mut c = primary.client();
+    for i in 0..2_000 {
+        let () = c.set(format!("k:{i}"), format!("{i}:{}", "v".repeat(300))).unwrap();
+    }
+    wait_until("the primary to trim its journal", || {
+        primary.status()["journal"]["first_seqno"].as_u64().unwrap() > 1_000
+    });
+    let mut secondary_flags = repl.to_vec();
+    secondary_flags.extend_from_slice(&small[..4]);
+    let (mut before_install, mut after_install) = (0, 0);
+    for round in 0..rounds {
+        // A new member each round, on its own disk.
+        let disk = Disk::new(dir.path(), &format!("seed{round}"));
+        let mut mount = disk.mount();
+        let mut secondary = Server::start(&disk.mnt, "Secondary", &secondary_flags);
+        secondary.ctl(&["receiver", "start", "--seed"]);
+        let link = |s: &Server| {
+            let _ = common::ctl(&primary.data_dir, &["source", "stop", "--receiver", "Secondary"]);
+            primary.ctl(&["source", "start", "--receiver", "Secondary", "--addr", &s.repl_addr()]);
+        };
+        // Writes go on throughout: the stream after the snapshot carries them.
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (url, stop) = (primary.url(), stop.clone());
+            std::thread::spawn(move || {
+                let mut c = redis::Client::open(url).unwrap().get_connection().unwrap();
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let () = c.set(format!("during:{round}:{}", i % 500), i).unwrap();
+                    i += 1;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            })
+        };
+        link(&secondary);
+        // A third of the rounds cut while the file is built, at a random share of the
+        // snapshot; a third as soon as every node has arrived (the file's last commit, the
+        // swap); a third once it is swapped in, at a random moment of the streaming after it.
+        let seeding = |s: &Server| s.status()["receiver"]["seed"].clone();
+        let aim = if round % 3 == 0 {
+            let share = rng.next() % 90;
+            wait_until("the seeding to reach the aimed share", || {
+                let p = seeding(&secondary);
+                p["nodes_received"].as_u64().unwrap_or(0) * 100
+                    >= p["nodes_total"].as_u64().unwrap_or(1) * share
+                    && p["nodes_total"].as_u64().unwrap_or(0) > 0
+            });
+            format!("at {share}% of the snapshot")
+        } else if round % 3 == 1 {
+            wait_until("every node of the snapshot to arrive", || {
+                let p = seeding(&secondary);
+                p["nodes_total"].as_u64().is_some_and(|n| n > 0) && p["nodes_received"] == p["nodes_total"]
+            });
+            "as the last node arrived".to_owned()
+        } else {
+            wait_until("the seeding to be installed", || seeding(&secondary)["installed"] == true);
+            let delay = rng.next() % 300;
+            std::thread::sleep(Duration::from_millis(delay));
+            format!("{delay} ms after the swap")
+        };
+        let report = mount.cut();
+        secondary.kill9();
+        mount = disk.mount();
+        secondary.restart();
+        let what = format!("seed {seed} round {round} (cut {aim})");
+        let seqno = secondary.seqno();
+        let nodes = secondary.status()["nodes"].as_u64().unwrap();
+        if seqno == 0 {
+            assert_eq!(nodes, 0, "{what}: an unfinished seeding left data behind");
+            before_install += 1;
+        } else {
+            assert!(nodes >= 2_000, "{what}: a seeded instance holds a part of the snapshot ({nodes} nodes)");
+            after_install += 1;
+        }
+        assert!(!disk.mnt.join("seed.partial").exists(), "{what}: the unfinished file outlived the start");
+        secondary.verify();
+        link(&secondary);
+        stop.store(true, Ordering::Relaxed);
+        writer.join().unwrap();
+        let target = primary.seqno();
+        wait_until("the secondary to catch up with the primary", || secondary.seqno() == target);
+        assert_eq!(dump(&secondary), dump(&primary), "{what}: the secondary differs from the primary");
+        secondary.verify();
+        println!("round {round}: cut {aim} ({}); restarted at seqno {seqno}", describe(&report));
+        let _ = common::ctl(&primary.data_dir, &["source", "stop", "--receiver", "Secondary"]);
+        secondary.kill9();
+        mount.cut();
+    }
+    println!("{before_install} cuts before the swap, {after_install} after it");
+    assert!(before_install > 0 && after_install > 0, "the cuts did not land on both sides of the swap");
+}

@@ -108,12 +108,19 @@ pub fn request(
             ("POST", "/v1/demote".into(), Some(json!({ "term": term })), CALL_TIMEOUT)
         }
         Action::ReceiverStart {
-            si, autorollback, noresync, updateresync, updateresync_from, term, ..
+            si,
+            autorollback,
+            noresync,
+            seed,
+            updateresync,
+            updateresync_from,
+            term,
+            ..
         } => (
             "POST",
             "/v1/receiver/start".into(),
             Some(json!({
-                "si": si, "autorollback": autorollback, "noresync": noresync,
+                "si": si, "autorollback": autorollback, "noresync": noresync, "seed": seed,
                 "updateresync": updateresync, "updateresync_from": updateresync_from, "term": term,
             })),
             CALL_TIMEOUT,

@@ -106,7 +106,10 @@ pub struct Receiver {
     pub si: bool,
     #[serde(default)]
     pub noresync: bool,
-    /// idle, streaming, rollback_required, needs_reseed, error, stopped
+    /// BC: seeds from a snapshot when the source's journal does not reach back.
+    #[serde(default)]
+    pub seed: bool,
+    /// idle, seeding, streaming, rollback_required, needs_reseed, error, stopped
     #[serde(default)]
     pub state: String,
     #[serde(default)]
@@ -129,7 +132,7 @@ pub struct Source {
     pub addr: String,
     #[serde(default)]
     pub si: bool,
-    /// connecting, streaming, rollback_required, needs_reseed, error, stopped
+    /// connecting, seeding, streaming, rollback_required, needs_reseed, error, stopped
     pub state: String,
     pub acked_seqno: u64,
     pub backlog: u64,

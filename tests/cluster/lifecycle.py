@@ -6,7 +6,8 @@ unreplicated-transaction log, never anywhere else:
 
   switchover by YAML, switchover by the plugin, the operator SIGKILLed mid-switchover, the
   primary SIGKILLed and kept down, the primary frozen past the failover delay then thawed,
-  SI re-pointing with Malvern in step and with Malvern ahead, a drain of the primary through
+  SI re-pointing with Malvern in step and with Malvern ahead, a new member seeded from a
+  snapshot of a primary whose journal no longer reaches back, a drain of the primary through
   the Eviction API, two operator replicas whose leader is killed and frozen, and the
   hot-standby version upgrade (docs/upgrades.md), unsupervised and supervised.
 
@@ -562,6 +563,59 @@ def scenario_si_malvern_ahead(c, results):
     log("  malvern was ahead: rolled off %d transactions into %s and streams from %s" % (rb["transactions"], rb["logPath"], other))
 
 
+def scenario_seeding(c, results):
+    """A member the primary's journal no longer reaches joins from a snapshot: Paoli, alone
+    and keeping no journal past what receivers need, takes writes until a checkpoint trims
+    its journal; then Wayne and a BC link are applied, and the operator's receiver (always
+    started with seeding allowed) takes Paoli's snapshot and streams on from it."""
+    c.k("apply", "-f", "-", input="""
+apiVersion: strand.dev/v1alpha1
+kind: Instance
+metadata: {name: paoli}
+spec: {image: strand-engine:0.1.0, storage: {size: 1Gi}, journal: {keepBytes: 0}}
+""")
+    c.wait("family paoli healthy", 180, lambda: c.healthy("paoli"))
+    addr = "%s:6379" % c.pod_ip("paoli")
+    conn = Conn(addr, 5)
+    try:
+        for i in range(2000):
+            kind, value = conn.command("SET", "seed-%d" % i, "v" * 100)
+            if kind != "ok":
+                raise Fail("SET on paoli: %s" % value)
+    finally:
+        conn.close()
+    c.wait("paoli's journal to be trimmed", 60,
+           lambda: c.engine("paoli", "/v1/status")["journal"]["first_seqno"] > 1000)
+    c.k("apply", "-f", "-", input="""
+apiVersion: strand.dev/v1alpha1
+kind: Instance
+metadata: {name: wayne}
+spec: {image: strand-engine:0.1.0, storage: {size: 1Gi}}
+---
+apiVersion: strand.dev/v1alpha1
+kind: ReplicationLink
+metadata: {name: paoli-to-wayne}
+spec: {source: paoli, target: wayne, mode: BC, autorollback: true}
+""")
+    c.wait("the link to stream", 180, lambda: c.status("replicationlink", "paoli-to-wayne").get("state") == "Streaming"
+           and c.healthy("paoli"))
+    receiver = c.engine("wayne", "/v1/status")["receiver"]
+    seed = receiver.get("seed") or {}
+    if not seed.get("installed") or seed.get("nodes_total", 0) < 2000:
+        raise Fail("wayne joined without a snapshot: %r" % receiver)
+    want = resp_command(addr, "DBSIZE")
+    got = resp_command("%s:6379" % c.pod_ip("wayne"), "DBSIZE")
+    if want != got or want[1] < 2000:
+        raise Fail("wayne holds %r keys, paoli %r" % (got, want))
+    kind, value = resp_command("%s:6379" % c.pod_ip("wayne"), "GET", "seed-1999")
+    if value != "v" * 100:
+        raise Fail("wayne's seed-1999: %r %r" % (kind, value))
+    log("  wayne seeded from a snapshot of %d nodes at seqno %d in %.2fs, then streamed"
+        % (seed["nodes_total"], seed["seqno"], seed["seconds"]))
+    c.k("delete", "replicationlink", "paoli-to-wayne", "--wait=true")
+    c.k("delete", "instance", "wayne", "paoli", "--wait=true", "--timeout=120s")
+
+
 def scenario_eviction(c, results):
     primary = c.family()["primary"]
     other = "brynmawr" if primary == "ardmore" else "ardmore"
@@ -928,6 +982,7 @@ SCENARIOS = [
     ("frozen-primary", scenario_frozen_primary),
     ("rollback-by-plugin", scenario_rollback_by_plugin),
     ("si-malvern-ahead", scenario_si_malvern_ahead),
+    ("seeding", scenario_seeding),
     ("eviction", scenario_eviction),
     ("two-replicas", scenario_two_replicas),
     # Last: they leave the families on the next version.

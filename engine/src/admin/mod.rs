@@ -432,6 +432,9 @@ pub struct ReceiverView {
     pub si: bool,
     #[serde(default)]
     pub noresync: bool,
+    /// Seeds from a snapshot when the source's journal does not reach back far enough.
+    #[serde(default)]
+    pub seed: bool,
     #[serde(flatten)]
     pub status: crate::replication::ReceiverStatus,
 }
@@ -486,6 +489,7 @@ async fn status(State(engine): State<Arc<Engine>>) -> Result<Json<Status>, ApiEr
             autorollback: r.autorollback,
             si: r.si,
             noresync: r.noresync,
+            seed: r.seed,
             status: engine.replication.receiver_status(),
         }),
         sources: {

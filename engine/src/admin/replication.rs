@@ -8,7 +8,7 @@
 //! | POST   | /v1/lease                  | grant/renew the primary's role lease for its term    |
 //! | POST   | /v1/prepare-upgrade        | GemStone step 1–2: create what the next format needs (a journaled write) |
 //! | POST   | /v1/upgrade-format         | GemStone `upgradeImage`: the `Upgrade` record, the data moves to this binary's format |
-//! | POST   | /v1/receiver/start         | `mupip replicate -receiver -start [-autorollback]`; SI: `-noresync`, `-updateresync=file`, `-reuse` |
+//! | POST   | /v1/receiver/start         | `mupip replicate -receiver -start [-autorollback]`; SI: `-noresync`, `-updateresync=file`, `-reuse`; BC: `seed` (ours) |
 //! | POST   | /v1/receiver/stop          | `mupip replicate -receiver -shutdown`                |
 //! | POST   | /v1/sources                | `mupip replicate -source -start -secondary=…`        |
 //! | DELETE | /v1/sources/{receiver}     | `mupip replicate -source -shutdown`                  |
@@ -392,6 +392,10 @@ pub struct ReceiverStart {
     /// SI only: when ahead, resume from the common point without rolling back.
     #[serde(default)]
     pub noresync: bool,
+    /// BC only: when the source's journal no longer reaches back far enough, replace this
+    /// instance's data with a snapshot of the source's instead of refusing.
+    #[serde(default)]
+    pub seed: bool,
     /// SI only, first start for a family: path of a backup of a member of the source family
     /// whose data this instance holds; seeds the stream's history and position.
     #[serde(default)]
@@ -420,6 +424,12 @@ fn check_receiver_options(r: &ReceiverStart) -> Result<(), ApiError> {
         return Err(bad_request(
             "noresync_suppl_only",
             "--noresync applies only to SI streams (GT.M NORESYNCSUPPLONLY); a BC receiver that is ahead rolls back (--autorollback) or refuses",
+        ));
+    }
+    if r.seed && r.si {
+        return Err(bad_request(
+            "seed_bc_only",
+            "--seed applies to BC receivers; an SI receiver joins a family with --updateresync or --updateresync-from",
         ));
     }
     if r.noresync && r.autorollback {
@@ -522,8 +532,12 @@ pub async fn receiver_start(
         (None, Some(addr)) => Some(fetch_seed(&engine, addr).await?),
         (None, None) => None,
     };
-    let config =
-        ReceiverConfig { autorollback: request.autorollback, si: request.si, noresync: request.noresync };
+    let config = ReceiverConfig {
+        autorollback: request.autorollback,
+        si: request.si,
+        noresync: request.noresync,
+        seed: request.seed,
+    };
     let reuse = request.reuse.clone();
     let term = request.term;
     let before = engine.store.meta().term;

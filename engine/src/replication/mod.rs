@@ -43,6 +43,8 @@ pub struct Context {
 /// Replication state shared by the admin API, the sources and the receiver.
 pub struct Replication {
     pub secret: Option<Vec<u8>>,
+    /// Most bytes per second a snapshot is sent at (`None`: no limit).
+    pub seed_rate_bytes: Option<u64>,
     pub sources: Mutex<HashMap<String, source::SourceHandle>>,
     pub receiver: Mutex<ReceiverStatus>,
     /// Bumped to make the active receiver connection end (receiver stop, promote).
@@ -52,9 +54,10 @@ pub struct Replication {
 }
 
 impl Replication {
-    pub fn new(secret: Option<Vec<u8>>) -> Self {
+    pub fn new(secret: Option<Vec<u8>>, seed_rate_bytes: Option<u64>) -> Self {
         Replication {
             secret,
+            seed_rate_bytes,
             sources: Mutex::new(HashMap::new()),
             receiver: Mutex::new(ReceiverStatus::default()),
             receiver_generation: tokio::sync::watch::Sender::new(0),
@@ -93,7 +96,7 @@ impl Replication {
 /// What the receiver side is doing.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ReceiverStatus {
-    /// idle, streaming, rollback_required, error
+    /// idle, seeding, streaming, rollback_required, needs_reseed, error
     pub state: String,
     pub source: Option<String>,
     /// The SI stream being received (`None` for BC).
@@ -105,4 +108,19 @@ pub struct ReceiverStatus {
     pub last_error: Option<String>,
     /// Seqno of the last failover record received (the primary handed over).
     pub failover_seqno: Option<u64>,
+    /// The snapshot being received, or the last one installed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<SeedProgress>,
+}
+
+/// A seeding's progress (storage::seed).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SeedProgress {
+    /// The seqno the snapshot reflects.
+    pub seqno: u64,
+    pub nodes_total: u64,
+    pub nodes_received: u64,
+    /// Set once the snapshot is the instance's data.
+    pub installed: bool,
+    pub seconds: f64,
 }

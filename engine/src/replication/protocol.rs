@@ -33,6 +33,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::storage::journal::Record;
 use crate::storage::meta::{HistoryRecord, StreamState};
+use crate::storage::seed::Node;
 
 /// The protocol this binary speaks (1 for a normal build, 2 for `next-version`); peers one
 /// step apart interoperate (crate::version).
@@ -60,6 +61,16 @@ pub enum Kind {
     History = 9,
     /// The source's SI stream states changed (BC from a supplementary instance).
     Streams = 10,
+    /// Receiver → source, in place of `Start`: the source's journal does not reach back to
+    /// what this receiver needs; send a snapshot (storage::seed).
+    Seed = 11,
+    /// Source → receiver: what the snapshot is of (`SeedHeader`).
+    SeedHeader = 12,
+    /// Source → receiver: a chunk of the snapshot's nodes.
+    SeedNodes = 13,
+    /// Source → receiver: the snapshot is complete (`SeedEnd`); the receiver then answers
+    /// `Start` from the snapshot's seqno + 1, or `Refuse`.
+    SeedEnd = 14,
 }
 
 impl Kind {
@@ -75,6 +86,10 @@ impl Kind {
             8 => Kind::Ack,
             9 => Kind::History,
             10 => Kind::Streams,
+            11 => Kind::Seed,
+            12 => Kind::SeedHeader,
+            13 => Kind::SeedNodes,
+            14 => Kind::SeedEnd,
             _ => return None,
         })
     }
@@ -174,6 +189,20 @@ pub struct Ack {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StreamsUpdate {
     pub streams: Vec<StreamState>,
+}
+
+/// A receiver's request for a snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SeedRequest {
+    /// The first seqno the receiver needed (for the source's log).
+    pub wanted: u64,
+}
+
+/// The end of a snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SeedEnd {
+    /// Nodes sent.
+    pub nodes: u64,
 }
 
 /// The answer to a `Query` hello (sent in place of `Start`).
@@ -286,13 +315,10 @@ pub fn parse<T: for<'de> Deserialize<'de>>(kind: Kind, payload: &[u8]) -> Result
     serde_json::from_slice(payload).map_err(|e| ProtocolError::Malformed { kind, reason: e.to_string() })
 }
 
-/// Reads a frame that must be of `expected` kind (a `Refuse` becomes an error).
-pub async fn expect<R: AsyncReadExt + Unpin, T: for<'de> Deserialize<'de>>(
-    r: &mut R,
-    expected: Kind,
-) -> Result<T, ProtocolError> {
+/// Reads a frame of any kind but `Refuse`, which becomes an error.
+pub async fn read_reply<R: AsyncReadExt + Unpin>(r: &mut R) -> Result<(Kind, Vec<u8>), ProtocolError> {
     let (kind, payload) = read_frame(r).await?;
-    if kind == Kind::Refuse && expected != Kind::Refuse {
+    if kind == Kind::Refuse {
         let refuse: Refuse = parse(kind, &payload)?;
         return Err(ProtocolError::Refused {
             code: refuse.code,
@@ -302,6 +328,15 @@ pub async fn expect<R: AsyncReadExt + Unpin, T: for<'de> Deserialize<'de>>(
             term: refuse.term,
         });
     }
+    Ok((kind, payload))
+}
+
+/// Reads a frame that must be of `expected` kind (a `Refuse` becomes an error).
+pub async fn expect<R: AsyncReadExt + Unpin, T: for<'de> Deserialize<'de>>(
+    r: &mut R,
+    expected: Kind,
+) -> Result<T, ProtocolError> {
+    let (kind, payload) = if expected == Kind::Refuse { read_frame(r).await? } else { read_reply(r).await? };
     if kind != expected {
         return Err(ProtocolError::Unexpected { expected, got: kind });
     }
@@ -336,6 +371,53 @@ pub fn decode_records(payload: &[u8]) -> Result<Vec<Record>, ProtocolError> {
         let len = u32::from_le_bytes(take(4)?.try_into().map_err(|_| bad("length".into()))?) as usize;
         let bytes = take(len)?;
         out.push(Record::decode(bytes).map_err(|e| bad(e.to_string()))?);
+    }
+    Ok(out)
+}
+
+/// A chunk of snapshot nodes: `u32 count`, then `u32 len` + key and `u32 len` + value each.
+pub fn encode_nodes(nodes: &[Node]) -> Vec<u8> {
+    let total: usize = nodes.iter().map(|(k, v)| 8 + k.len() + v.len()).sum();
+    let mut out = Vec::with_capacity(4 + total);
+    out.extend_from_slice(&(nodes.len() as u32).to_le_bytes());
+    for (k, v) in nodes {
+        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+        out.extend_from_slice(k);
+        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+        out.extend_from_slice(v);
+    }
+    out
+}
+
+pub fn decode_nodes(payload: &[u8]) -> Result<Vec<Node>, ProtocolError> {
+    fn bad(reason: String) -> ProtocolError {
+        ProtocolError::Malformed { kind: Kind::SeedNodes, reason }
+    }
+    fn take<'a>(rest: &mut &'a [u8], n: usize) -> Result<&'a [u8], ProtocolError> {
+        if rest.len() < n {
+            return Err(bad(format!("needed {n} more bytes")));
+        }
+        let (head, tail) = rest.split_at(n);
+        *rest = tail;
+        Ok(head)
+    }
+    fn length(rest: &mut &[u8]) -> Result<usize, ProtocolError> {
+        let bytes: [u8; 4] = take(rest, 4)?.try_into().map_err(|_| bad("length".into()))?;
+        Ok(u32::from_le_bytes(bytes) as usize)
+    }
+    let mut rest = payload;
+    let count = length(&mut rest)?;
+    // Each node takes at least 8 bytes: a count beyond that is a lie, not an allocation.
+    let mut out = Vec::with_capacity(count.min(payload.len() / 8));
+    for _ in 0..count {
+        let klen = length(&mut rest)?;
+        let key = take(&mut rest, klen)?.to_vec();
+        let vlen = length(&mut rest)?;
+        let value = take(&mut rest, vlen)?.to_vec();
+        out.push((key, value));
+    }
+    if !rest.is_empty() {
+        return Err(bad(format!("{} bytes after the last node", rest.len())));
     }
     Ok(out)
 }
@@ -384,6 +466,22 @@ mod tests {
         let huge = ((FRAME_BYTES_MAX + 1) as u32).to_le_bytes();
         assert!(matches!(read_frame(&mut huge.as_slice()).await, Err(ProtocolError::TooLarge(_))));
         assert!(matches!(read_frame(&mut &buf[..buf.len() - 1]).await, Err(ProtocolError::Closed)));
+    }
+
+    #[test]
+    fn nodes_roundtrip_and_bad_chunks_are_refused() {
+        let nodes: Vec<Node> = vec![(b"a".to_vec(), b"1".to_vec()), (b"key".to_vec(), Vec::new())];
+        let bytes = encode_nodes(&nodes);
+        assert_eq!(decode_nodes(&bytes).unwrap(), nodes);
+        for cut in 0..bytes.len() {
+            assert!(decode_nodes(&bytes[..cut]).is_err(), "a chunk cut at {cut} was taken");
+        }
+        let mut long = bytes.clone();
+        long.push(0);
+        assert!(decode_nodes(&long).is_err());
+        let mut lying = bytes;
+        lying[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(decode_nodes(&lying).is_err());
     }
 
     #[test]

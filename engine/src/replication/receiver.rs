@@ -16,7 +16,8 @@ use tokio::net::{TcpListener, TcpStream};
 use super::Context;
 use super::history::{self, Plan};
 use super::protocol::{
-    self, Ack, Auth, Challenge, Hello, HistoryAnswer, Kind, Mode, ProtocolError, Refuse, Start, StreamsUpdate,
+    self, Ack, Auth, Challenge, Hello, HistoryAnswer, Kind, Mode, ProtocolError, Refuse, SeedEnd,
+    SeedRequest, Start, StreamsUpdate,
 };
 use super::si::{Resync, SiPlan};
 use super::streams::{self, Negotiated, StreamError};
@@ -24,6 +25,7 @@ use crate::base::error_chain;
 use crate::shutdown::Shutdown;
 use crate::storage::journal::RecordKind;
 use crate::storage::meta::{self, Role};
+use crate::storage::seed::{Builder, Node, SeedHeader};
 use crate::storage::writer::{ApplyMode, Marker};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -215,7 +217,12 @@ async fn serve(
     } else {
         negotiate_bc(ctx, &mut wr, &hello, &auth, &config).await?
     };
-    let Some((from, rolled_back_to, mode)) = negotiated else { return Ok(()) };
+    let Some((mut from, rolled_back_to, mode)) = negotiated else { return Ok(()) };
+    if !config.si && auth.journal_first > from {
+        // The source's journal begins past what this instance needs (config.seed holds, or
+        // negotiation would have refused): replace the data with a snapshot of the source's.
+        from = seed(ctx, &mut rd, &mut wr, &hello, from, &mut generation, &mut shutdown).await? + 1;
+    }
     // A new member's first source (another family's history until now): negotiation has made
     // this instance part of the source's family, whose term it now takes.
     if !config.si && auth_term_pending(ctx, &hello, &auth) {
@@ -343,7 +350,9 @@ async fn negotiate_bc(
         Plan::Stream { from } => from,
         Plan::RollbackRequired { common, .. } => common + 1,
     };
-    if source_lacks(ctx, wr, hello, auth, wanted).await {
+    // A receiver that may be seeded is seeded after the plan below (a rollback first, if it
+    // holds what the source does not); one that may not is refused before anything changes.
+    if !config.seed && source_lacks(ctx, wr, hello, auth, wanted).await {
         return Ok(None);
     }
     let mut rolled_back_to = None;
@@ -618,6 +627,160 @@ async fn roll_back(
             Err(ProtocolError::Io(std::io::Error::other(e.to_string())))
         }
     }
+}
+
+/// Asks the source for a snapshot, builds it into a new database file beside the instance's
+/// and has the writer swap it in (storage::seed); the seqno the instance then holds. A seeding
+/// cut short (the connection, a stop, a full disk) leaves the instance's data as it was.
+#[allow(clippy::too_many_arguments)]
+async fn seed(
+    ctx: &Arc<Context>,
+    rd: &mut tokio::net::tcp::OwnedReadHalf,
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    hello: &Hello,
+    wanted: u64,
+    generation: &mut tokio::sync::watch::Receiver<u64>,
+    shutdown: &mut Shutdown,
+) -> Result<u64, ProtocolError> {
+    let started = std::time::Instant::now();
+    // Receiving may be cut short by a stop; completing the file and swapping it in may not
+    // (the writer must never be handed a file that is being removed).
+    let received = tokio::select! {
+        r = receive_snapshot(ctx, rd, wr, hello, wanted, started) => r,
+        _ = generation.changed() => Err(ProtocolError::Io(std::io::Error::other("the receiver was stopped during seeding"))),
+        _ = shutdown.recv() => Err(ProtocolError::Io(std::io::Error::other("shutting down during seeding"))),
+    };
+    let result = match received {
+        Ok((builder, header)) => install(ctx, builder, header).await,
+        Err(e) => Err(e),
+    };
+    match &result {
+        Ok(seqno) => {
+            ctx.metrics.replication_seeds_total.with_label_values(&["installed"]).inc();
+            let seconds = started.elapsed().as_secs_f64();
+            ctx.replication.set_receiver(|s| {
+                if let Some(p) = &mut s.seed {
+                    p.installed = true;
+                    p.seconds = seconds;
+                }
+            });
+            tracing::info!(source = %hello.name, seqno, seconds, "seeded from a snapshot");
+        }
+        Err(e) => {
+            ctx.metrics.replication_seeds_total.with_label_values(&["failed"]).inc();
+            // Whatever the builder left is removed here or at the next start; the instance's
+            // own file was never touched.
+            if let Err(e) = crate::storage::seed::remove_partial(ctx.store.data_dir()) {
+                tracing::warn!(error = %error_chain(&e), "cannot remove an unfinished seeding's file");
+            }
+            let message =
+                format!("seeding from {} failed; the data is unchanged: {}", hello.name, error_chain(e));
+            tracing::warn!(%message, "seeding failed");
+            ctx.replication.set_receiver(|s| {
+                s.state = "error".into();
+                s.last_error = Some(message.clone());
+            });
+        }
+    }
+    result
+}
+
+/// Receives a whole snapshot into a new file (not yet complete: see [`install`]).
+async fn receive_snapshot(
+    ctx: &Arc<Context>,
+    rd: &mut tokio::net::tcp::OwnedReadHalf,
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    hello: &Hello,
+    wanted: u64,
+    started: std::time::Instant,
+) -> Result<(Builder, SeedHeader), ProtocolError> {
+    let io = |e: crate::storage::StoreError| ProtocolError::Io(std::io::Error::other(error_chain(&e)));
+    tracing::warn!(source = %hello.name, wanted, "the source's journal does not reach back far enough; seeding from its snapshot (this instance's data is replaced)");
+    protocol::write_json(wr, Kind::Seed, &SeedRequest { wanted }).await?;
+    ctx.replication.set_receiver(|s| {
+        s.state = "seeding".into();
+        s.source = Some(hello.name.clone());
+        s.last_error = None;
+        s.seed = None;
+    });
+    let header: SeedHeader = timed(SILENCE_TIMEOUT, protocol::expect(rd, Kind::SeedHeader)).await?;
+    if !crate::storage::meta::FORMAT_VERSIONS_SUPPORTED.contains(&header.format_version) {
+        let message = format!(
+            "{}'s data is at format {}, which strand {} cannot hold; seed it with a newer binary",
+            hello.name,
+            header.format_version,
+            crate::VERSION
+        );
+        refuse(wr, "format_version", message.clone(), None, None).await;
+        return Err(ProtocolError::Version(message));
+    }
+    ctx.replication.set_receiver(|s| {
+        s.seed =
+            Some(super::SeedProgress { seqno: header.seqno, nodes_total: header.nodes, ..Default::default() })
+    });
+    // The file is written on a blocking thread while the next chunks arrive.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Node>>(4);
+    let data_dir = ctx.store.data_dir().to_owned();
+    let builder = tokio::task::spawn_blocking(move || {
+        let mut builder = Builder::create(&data_dir)?;
+        while let Some(chunk) = rx.blocking_recv() {
+            builder.add(&chunk)?;
+        }
+        Ok::<_, crate::storage::StoreError>(builder)
+    });
+    let mut end: Option<SeedEnd> = None;
+    loop {
+        let (kind, payload) = timed(SILENCE_TIMEOUT, protocol::read_frame(rd)).await?;
+        match kind {
+            Kind::SeedNodes => {
+                let nodes = protocol::decode_nodes(&payload)?;
+                let n = nodes.len() as u64;
+                if tx.send(nodes).await.is_err() {
+                    // The builder stopped: its error is reported below.
+                    break;
+                }
+                ctx.metrics.replication_seed_nodes_received_total.inc_by(n);
+                ctx.metrics.replication_bytes_applied_total.inc_by(payload.len() as u64);
+                ctx.replication.set_receiver(|s| {
+                    if let Some(p) = &mut s.seed {
+                        p.nodes_received += n;
+                        p.seconds = started.elapsed().as_secs_f64();
+                    }
+                });
+            }
+            Kind::SeedEnd => {
+                end = Some(protocol::parse(kind, &payload)?);
+                break;
+            }
+            got => return Err(ProtocolError::Unexpected { expected: Kind::SeedNodes, got }),
+        }
+    }
+    drop(tx);
+    let builder = builder.await.map_err(|e| ProtocolError::Io(std::io::Error::other(e)))?.map_err(io)?;
+    let end =
+        end.ok_or_else(|| ProtocolError::Io(std::io::Error::other("the seeded file's writer stopped")))?;
+    if end.nodes != header.nodes || builder.nodes() != header.nodes {
+        return Err(ProtocolError::Malformed {
+            kind: Kind::SeedEnd,
+            reason: format!(
+                "the snapshot promised {} nodes, the source sent {} and {} arrived",
+                header.nodes,
+                end.nodes,
+                builder.nodes()
+            ),
+        });
+    }
+    Ok((builder, header))
+}
+
+/// Completes the seeded file durably and has the writer swap it in; the seqno it holds.
+async fn install(ctx: &Arc<Context>, builder: Builder, header: SeedHeader) -> Result<u64, ProtocolError> {
+    let meta = ctx.store.meta();
+    let path = tokio::task::spawn_blocking(move || builder.finish(&header, meta))
+        .await
+        .map_err(|e| ProtocolError::Io(std::io::Error::other(e)))?
+        .map_err(|e| ProtocolError::Io(std::io::Error::other(error_chain(&e))))?;
+    ctx.writer.install_seed(path).await.map_err(|e| ProtocolError::Io(std::io::Error::other(e.to_string())))
 }
 
 /// Most records merged into one durable apply when frames queue up (receiver behind).

@@ -21,11 +21,13 @@ use tokio::sync::watch;
 
 use super::Context;
 use super::protocol::{
-    self, Ack, Auth, Challenge, Heartbeat, Hello, Kind, Mode, ProtocolError, Start, StreamsUpdate,
+    self, Ack, Auth, Challenge, Heartbeat, Hello, Kind, Mode, ProtocolError, SeedEnd, SeedRequest, Start,
+    StreamsUpdate,
 };
 use crate::base::error_chain;
 use crate::storage::meta::{Role, SourceLink};
 use crate::storage::retention::Pin;
+use crate::storage::seed::{CHUNK_BYTES_MIN, CHUNK_BYTES_TARGET, Node, SeedHeader, read_snapshot};
 use crate::storage::{StoreError, now_micros};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -48,7 +50,7 @@ pub struct SourceStatus {
     /// An SI stream (rather than BC).
     #[serde(default)]
     pub si: bool,
-    /// connecting, streaming, rollback_required, needs_reseed, error, stopped
+    /// connecting, seeding, streaming, rollback_required, needs_reseed, error, stopped
     pub state: String,
     pub sent_seqno: u64,
     pub acked_seqno: u64,
@@ -246,7 +248,17 @@ async fn stream_once(
         journal_first: ctx.store.journal_first(),
     };
     protocol::write_json(&mut wr, Kind::Auth, &auth).await?;
-    let start: Start = timed(START_TIMEOUT, protocol::expect(&mut rd, Kind::Start)).await?;
+    let (kind, payload) = timed(START_TIMEOUT, protocol::read_reply(&mut rd)).await?;
+    let start: Start = match kind {
+        Kind::Start => protocol::parse(kind, &payload)?,
+        Kind::Seed => {
+            let request: SeedRequest = protocol::parse(kind, &payload)?;
+            send_snapshot(ctx, link, status, pin, epoch, &mut wr, &request).await?;
+            // The receiver swaps the snapshot in before it answers.
+            timed(START_TIMEOUT, protocol::expect(&mut rd, Kind::Start)).await?
+        }
+        got => return Err(ProtocolError::Unexpected { expected: Kind::Start, got }),
+    };
     tracing::info!(receiver = %link.receiver, from = start.from, rolled_back_to = ?start.rolled_back_to, "streaming");
     if !pin.set_at(epoch, start.from) {
         return Err(ProtocolError::Io(std::io::Error::other("this instance rolled back; negotiating again")));
@@ -401,6 +413,86 @@ async fn stream_once(
             }
         }
     }
+}
+
+/// What the snapshot reader hands the connection.
+enum Part {
+    Header(Box<SeedHeader>),
+    Nodes(Vec<Node>),
+}
+
+/// Sends a snapshot of this instance's database file to a receiver that asked to be seeded:
+/// its header, its nodes in chunks, and its end. The journal is pinned from the snapshot's
+/// seqno on first, so the records that follow it stay for the stream.
+async fn send_snapshot(
+    ctx: &Arc<Context>,
+    link: &SourceLink,
+    status: &Arc<Mutex<SourceStatus>>,
+    pin: &Arc<Pin>,
+    epoch: u64,
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    request: &SeedRequest,
+) -> Result<(), ProtocolError> {
+    update(status, |s| {
+        s.state = "seeding".into();
+        s.last_error = None;
+    });
+    let first = ctx.store.journal_first();
+    tracing::info!(receiver = %link.receiver, wanted = request.wanted, journal_first = first, "seeding the receiver from a snapshot");
+    let started = std::time::Instant::now();
+    let rate = ctx.replication.seed_rate_bytes;
+    // Smaller chunks under a rate limit, so that it is kept smoothly.
+    let chunk_bytes = rate.map_or(CHUNK_BYTES_TARGET, |r| {
+        usize::try_from(r / 8).unwrap_or(usize::MAX).clamp(CHUNK_BYTES_MIN, CHUNK_BYTES_TARGET)
+    });
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Part>(4);
+    let store = ctx.store.clone();
+    let reader = tokio::task::spawn_blocking(move || {
+        let chunks = tx.clone();
+        read_snapshot(
+            &store,
+            chunk_bytes,
+            |header| tx.blocking_send(Part::Header(Box::new(header))).is_ok(),
+            |nodes| chunks.blocking_send(Part::Nodes(nodes)).is_ok(),
+        )
+    });
+    let mut seqno = 0;
+    let mut bytes = 0u64;
+    while let Some(part) = rx.recv().await {
+        match part {
+            Part::Header(header) => {
+                seqno = header.seqno;
+                if !pin.set_at(epoch, header.seqno + 1) {
+                    return Err(ProtocolError::Io(std::io::Error::other(
+                        "this instance rolled back; negotiating again",
+                    )));
+                }
+                protocol::write_json(wr, Kind::SeedHeader, &*header).await?;
+            }
+            Part::Nodes(nodes) => {
+                let payload = protocol::encode_nodes(&nodes);
+                bytes += payload.len() as u64;
+                protocol::write_frame(wr, Kind::SeedNodes, &payload).await?;
+                ctx.metrics.replication_bytes_sent_total.inc_by(payload.len() as u64);
+                if let Some(rate) = rate {
+                    // Not ahead of the rate: sent bytes take at least bytes / rate seconds.
+                    let due = Duration::from_secs_f64(bytes as f64 / rate as f64);
+                    tokio::time::sleep(due.saturating_sub(started.elapsed())).await;
+                }
+            }
+        }
+    }
+    let nodes = reader
+        .await
+        .map_err(|e| ProtocolError::Io(std::io::Error::other(e)))?
+        .map_err(|e| ProtocolError::Io(std::io::Error::other(error_chain(&e))))?;
+    protocol::write_json(wr, Kind::SeedEnd, &SeedEnd { nodes }).await?;
+    update(status, |s| s.bytes_sent += bytes);
+    tracing::info!(
+        receiver = %link.receiver, seqno, nodes, bytes, seconds = started.elapsed().as_secs_f64(),
+        "snapshot sent"
+    );
+    Ok(())
 }
 
 /// A task aborted when this is dropped.

@@ -172,6 +172,10 @@ pub struct ReceiverConfig {
     /// SI only: when ahead of the source, resume from the common point without rolling back.
     #[serde(default)]
     pub noresync: bool,
+    /// BC only: when the source's journal no longer reaches back to what this instance needs,
+    /// take a snapshot of the source's data instead of refusing (`needs_reseed`).
+    #[serde(default)]
+    pub seed: bool,
 }
 
 /// An outgoing replication stream to a receiver.

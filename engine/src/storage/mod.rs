@@ -25,6 +25,7 @@ pub mod meta;
 pub mod node;
 pub mod overlay;
 pub mod retention;
+pub mod seed;
 pub mod segment;
 pub mod writer;
 
@@ -248,6 +249,8 @@ impl Store {
     pub fn open(data_dir: &Path, create: Option<&CreateSpec>) -> Result<Store, StoreError> {
         std::fs::create_dir_all(data_dir)
             .map_err(|source| StoreError::CreateDir { path: data_dir.to_owned(), source })?;
+        // A seeding cut short leaves its unfinished file; the instance is the one in place.
+        seed::remove_partial(data_dir)?;
         let db_path = data_dir.join(DB_FILE);
         let db = Database::create(&db_path)
             .map_err(|source| StoreError::Open { path: db_path.clone(), source })?;

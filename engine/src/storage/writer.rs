@@ -46,7 +46,7 @@ use super::retention::stored_bytes as record_bytes;
 use super::segment::SegmentWriter;
 use super::{
     DATA, JOURNAL, META, META_INSTANCE, Pairs, Range, STREAMS, Snapshot, Store, StoreError, StreamSeqnos,
-    now_micros, redb_err,
+    now_micros, read_meta, redb_err, sync_dir,
 };
 use crate::base::error_chain;
 use crate::limits::{
@@ -232,6 +232,12 @@ enum Work<T> {
     /// Checkpoint everything (a backup reads the database file next); replies with the seqno
     /// the file now holds.
     Checkpoint {
+        reply: oneshot::Sender<Result<u64, TxnFailure>>,
+    },
+    /// Replace the database file with a complete seeded one (storage::seed); replies with the
+    /// seqno it holds.
+    InstallSeed {
+        path: std::path::PathBuf,
         reply: oneshot::Sender<Result<u64, TxnFailure>>,
     },
 }
@@ -463,6 +469,13 @@ impl<T: Send + 'static> Writer<T> {
     pub async fn checkpoint(&self) -> Result<u64, TxnFailure> {
         let (reply, rx) = oneshot::channel();
         self.call(Work::Checkpoint { reply }, rx).await
+    }
+
+    /// Replaces the database file with the complete seeded file at `path` (built by
+    /// [`super::seed::Builder`] in the data directory); the seqno the instance then holds.
+    pub async fn install_seed(&self, path: std::path::PathBuf) -> Result<u64, TxnFailure> {
+        let (reply, rx) = oneshot::channel();
+        self.call(Work::InstallSeed { path, reply }, rx).await
     }
 
     /// Writes one of the engine's own keys as a journaled transaction; with `upgrade_to`, an
@@ -700,7 +713,9 @@ fn fail_work<T>(work: Work<T>, failure: &TxnFailure) {
         Work::Rollback { reply, .. } => drop(reply.send(Err(failure.clone()))),
         Work::Meta { reply, .. } => drop(reply.send(Err(failure.clone()))),
         Work::System { reply, .. } => drop(reply.send(Err(failure.clone()))),
-        Work::Checkpoint { reply } => drop(reply.send(Err(failure.clone()))),
+        Work::Checkpoint { reply } | Work::InstallSeed { reply, .. } => {
+            drop(reply.send(Err(failure.clone())))
+        }
         Work::Freeze => {}
     }
 }
@@ -858,6 +873,10 @@ impl<T: Send + 'static> WriterThread<T> {
                 Work::Freeze => self.freeze(),
                 Work::Checkpoint { reply } => {
                     let result = self.checkpoint_all();
+                    let _ = reply.send(self.settle(result));
+                }
+                Work::InstallSeed { path, reply } => {
+                    let result = self.install_seed(&path);
                     let _ = reply.send(self.settle(result));
                 }
             }
@@ -1942,6 +1961,76 @@ impl<T: Send + 'static> WriterThread<T> {
         Ok(seqno)
     }
 
+    /// Swaps a seeded file in: everything committed so far is checkpointed (so no journal
+    /// segment can replay onto the new file), the seeded file is renamed over the database
+    /// file and the directory synced, and the store takes up the new file's state. Readers
+    /// that opened the old file finish on it.
+    fn install_seed(&mut self, path: &std::path::Path) -> Result<u64, StoreError> {
+        // The metadata as it is now (a change since the file was built is kept), with the
+        // snapshot's history, streams and format.
+        let current = self.store.meta();
+        super::seed::rewrite_meta(path, |seeded| {
+            if current.role != super::meta::Role::Secondary {
+                return Err(StoreError::Invalid {
+                    reason: format!(
+                        "{} is {} now, no longer a replicating secondary; the seeding is abandoned",
+                        current.name,
+                        current.role.as_str()
+                    ),
+                });
+            }
+            Ok(super::seed::merged(current.clone(), seeded))
+        })?;
+        self.checkpoint_all()?;
+        let db_path = self.store.db_path().to_owned();
+        let data_dir = self.store.data_dir().to_owned();
+        std::fs::rename(path, &db_path)
+            .map_err(|source| StoreError::CreateDir { path: db_path.clone(), source })?;
+        // From here the seeded file is the instance's (after a crash too, once the directory
+        // is synced): should taking it up fail, the file is closed and the writer reopens it.
+        let taken = sync_dir(&data_dir)
+            .map_err(|source| StoreError::CreateDir { path: data_dir.clone(), source })
+            .and_then(|()| {
+                Database::create(&db_path)
+                    .map_err(|source| StoreError::Open { path: db_path.clone(), source })
+            })
+            .and_then(|db| self.take_up(db));
+        match taken {
+            Ok(seqno) => {
+                tracing::info!(journal_seqno = seqno, "seeded file installed");
+                Ok(seqno)
+            }
+            Err(e) => {
+                self.close_after_io_error();
+                Err(e)
+            }
+        }
+    }
+
+    /// Takes up the state of a database file that replaced the store's (nothing in the
+    /// overlay, no journal segments): metadata, journal extent, stream seqnos, key counts.
+    /// Every key may have changed, so WATCH sees them all changed; the instance's own sources
+    /// see a rollback and negotiate again.
+    fn take_up(&mut self, db: Database) -> Result<u64, StoreError> {
+        let meta = read_meta(&db)?.ok_or_else(|| StoreError::Invalid {
+            reason: "the new database file has no instance metadata".into(),
+        })?;
+        let seqno = self.store.reload_journal(&db)?;
+        let streams = super::read_stream_seqnos(&db)?;
+        self.store.recount(&db)?;
+        *self.store.db.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(db));
+        self.store.overlay.reset(seqno);
+        self.set_streams(streams);
+        self.supplementary = meta.supplementary;
+        self.version += 1;
+        self.buckets.fill(self.version);
+        self.metrics.journal_seqno.set(i64::try_from(seqno).unwrap_or(i64::MAX));
+        self.store.note_rollback();
+        self.store.lower_pins(seqno + 1);
+        self.store.publish(seqno, Some(meta), self.version);
+        Ok(seqno)
+    }
+
     /// redb refuses all access after an I/O error: close the file so it can be reopened.
     fn close_after_io_error(&mut self) {
         self.store.degraded.store(true, Ordering::Release);
@@ -1964,26 +2053,22 @@ impl<T: Send + 'static> WriterThread<T> {
 
     fn reopen(&mut self) {
         match Database::create(self.store.db_path()) {
-            Ok(db) => {
-                // A commit that reported an error may still have reached the disk (the error can
-                // come from the last fsync): take the seqno from the file, not from memory.
-                match self.store.reload_journal(&db) {
-                    Ok(seqno) => {
-                        // Commits since the last checkpoint live in the overlay and the
-                        // journal segments: the file's own last seqno is then not the news.
-                        if self.store.overlay.is_empty() {
-                            self.store.publish(seqno, None, self.version);
-                            if let Err(e) = self.store.recount(&db) {
-                                tracing::error!(error = %error_chain(&e), "cannot count keys after reopening");
-                            }
-                        }
-                        *self.store.db.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
-                            Some(Arc::new(db));
-                        tracing::info!(journal_seqno = seqno, "database reopened after an I/O error");
-                    }
-                    Err(e) => tracing::error!(error = %error_chain(&e), "reopened database fails its check"),
+            // A commit that reported an error may still have reached the disk (the error can
+            // come from the last fsync): take the state from the file, not from memory. With
+            // commits since the last checkpoint in the overlay and the journal segments, the
+            // file's own state is not the news: only its journal extent is read again.
+            Ok(db) if self.store.overlay.is_empty() => match self.take_up(db) {
+                Ok(seqno) => tracing::info!(journal_seqno = seqno, "database reopened after an I/O error"),
+                Err(e) => tracing::error!(error = %error_chain(&e), "reopened database fails its check"),
+            },
+            Ok(db) => match self.store.reload_journal(&db) {
+                Ok(seqno) => {
+                    *self.store.db.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                        Some(Arc::new(db));
+                    tracing::info!(journal_seqno = seqno, "database reopened after an I/O error");
                 }
-            }
+                Err(e) => tracing::error!(error = %error_chain(&e), "reopened database fails its check"),
+            },
             Err(e) => tracing::warn!(error = %error_chain(&e), "database still cannot be reopened"),
         }
     }

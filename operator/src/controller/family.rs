@@ -539,7 +539,7 @@ async fn write_link(
     let generation = link.metadata.generation;
     let ready = match report.state.as_str() {
         "Streaming" | "CatchingUp" => Some(true),
-        "Connecting" => None,
+        "Connecting" | "Seeding" => None,
         _ => Some(false),
     };
     let status = ReplicationLinkStatus {

@@ -75,13 +75,14 @@ pub struct InstanceSpec {
 
 /// Journal retention. Records every receiver has acknowledged are trimmed after each
 /// checkpoint, past the newest `keepBytes`; records a receiver still needs are kept unless a
-/// retain limit is passed — then they go too, and that receiver must be re-seeded (its link
-/// shows `ReseedRequired`).
+/// retain limit is passed — then they go too, and that receiver is re-seeded from a snapshot
+/// (its link shows `Seeding`; an SI target shows `ReseedRequired`).
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct JournalSpec {
     /// Bytes of the newest records kept even once every receiver has acknowledged them, so a
-    /// member added later can still join by streaming (engine default: 268435456, 256 MiB).
+    /// member that was away a while catches up by streaming rather than by a snapshot
+    /// (engine default: 268435456, 256 MiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_bytes: Option<u64>,
     /// Most bytes kept for receivers that lag or are gone; past it the oldest records are

@@ -69,8 +69,9 @@ pub enum Mode {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReplicationLinkStatus {
-    /// Connecting, CatchingUp, Streaming, RollbackRequired, ReseedRequired (the source's
-    /// journal no longer holds what the target needs), Blocked, Paused, Unreachable,
+    /// Connecting, Seeding (a BC target the source's journal no longer reaches takes a
+    /// snapshot of the source's data), CatchingUp, Streaming, RollbackRequired,
+    /// ReseedRequired (the source's journal no longer holds what an SI target needs), Blocked, Paused, Unreachable,
     /// Deleting, AwaitingUpgrade (its target waits for its turn in an image upgrade).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,

@@ -203,6 +203,8 @@ pub enum Action {
         si: bool,
         autorollback: bool,
         noresync: bool,
+        /// BC: seed from the source's snapshot when its journal no longer reaches back.
+        seed: bool,
         updateresync: Option<String>,
         updateresync_from: Option<String>,
         term: Option<u64>,
@@ -293,15 +295,21 @@ impl Action {
                 si,
                 autorollback,
                 noresync,
+                seed,
                 updateresync,
                 updateresync_from,
                 ..
             } => {
                 format!(
-                    "started {} receiver on {instance}{}{}{}",
+                    "started {} receiver on {instance}{}{}{}{}",
                     if *si { "an SI" } else { "a BC" },
                     if *autorollback { " with autorollback" } else { "" },
                     if *noresync { " with noresync" } else { "" },
+                    if *seed {
+                        " (seeded from a snapshot if the source's journal does not reach back)"
+                    } else {
+                        ""
+                    },
                     updateresync
                         .as_deref()
                         .or(updateresync_from.as_deref())
@@ -1713,13 +1721,18 @@ impl<'v, 'a> Planner<'v, 'a> {
             let receiver_ok = e
                 .receiver
                 .as_ref()
-                .is_some_and(|r| !r.si && r.autorollback == l.spec.autorollback && !r.noresync);
+                .is_some_and(|r| !r.si && r.autorollback == l.spec.autorollback && !r.noresync && r.seed);
             if !receiver_ok || e.term < term || writable(e) {
+                // Always allowed to be seeded: a member the source's journal no longer reaches
+                // (new, or left behind a retention limit) takes a snapshot instead of waiting
+                // for a person; one that holds transactions the source lacks still rolls back
+                // (autorollback) or is refused first.
                 self.act(Action::ReceiverStart {
                     instance: m.name.to_owned(),
                     si: false,
                     autorollback: l.spec.autorollback,
                     noresync: false,
+                    seed: true,
                     updateresync: None,
                     updateresync_from: None,
                     term: Some(term),
@@ -1836,6 +1849,7 @@ impl<'v, 'a> Planner<'v, 'a> {
                     si: true,
                     autorollback: l.spec.autorollback,
                     noresync: l.spec.noresync,
+                    seed: false,
                     updateresync: if needs_seed { l.spec.updateresync.clone() } else { None },
                     updateresync_from: if seed_from_source {
                         self.member(root).and_then(|m| m.repl_addr).map(str::to_owned)
@@ -2075,6 +2089,7 @@ fn fill_from_source(
         "streaming" => "CatchingUp",
         "rollback_required" => "RollbackRequired",
         "needs_reseed" => "ReseedRequired",
+        "seeding" => "Seeding",
         _ => "Connecting",
     }
     .into();

@@ -324,13 +324,14 @@ impl Sim {
                 s.term = s.term.max(*term);
                 s.role = "secondary".into();
             }
-            Action::ReceiverStart { autorollback, term, .. } => {
+            Action::ReceiverStart { autorollback, seed, term, .. } => {
                 if s.writable_role() {
                     return false;
                 }
                 s.role = "secondary".into();
                 s.receiver = Some(Receiver {
                     autorollback: *autorollback,
+                    seed: *seed,
                     state: "idle".into(),
                     ..Default::default()
                 });
@@ -1205,4 +1206,13 @@ fn a_receiver_needing_trimmed_records_shows_as_reseed_required() {
     fill_from_source(&mut report, &source, None);
     assert_eq!(report.state, "ReseedRequired");
     assert_eq!(report.reason.as_deref(), source.last_error.as_deref());
+}
+
+/// A source sending its snapshot to a receiver being seeded shows as Seeding.
+#[test]
+fn a_receiver_being_seeded_shows_as_seeding() {
+    let mut report = LinkReport::default();
+    let source = Source { receiver: "brynmawr".into(), state: "seeding".into(), ..Source::default() };
+    fill_from_source(&mut report, &source, None);
+    assert_eq!(report.state, "Seeding");
 }

@@ -1,0 +1,282 @@
+//! Seeding a secondary from a snapshot (decision 0002, step 7).
+//!
+//! The source reads one read snapshot of its database file — the data, the stream seqnos and
+//! the metadata as of the file's last journal seqno S (its last checkpoint) — and hands it out
+//! in chunks of nodes ([`read_snapshot`]). The receiver writes them into a fresh redb file
+//! beside its own ([`Builder`]), commits it durably with an empty journal whose base is S (as
+//! if trimmed up to S: see [`super::retention::JournalBase`]), the source's history and stream
+//! states as of S, and its own identity and replication settings; the writer then swaps it in
+//! (`Writer::install_seed`: checkpoint, rename over the database file, directory sync, reopen)
+//! and the receiver streams the journal from S + 1.
+//!
+//! A seeding cut short at any point leaves the old file in place: the new one is built under
+//! [`SEED_FILE`], which the next start (or the next seeding) removes, and only a complete,
+//! durably committed file is renamed into place.
+
+use std::path::{Path, PathBuf};
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use serde::{Deserialize, Serialize};
+
+use super::format::CATALOG;
+use super::meta::{HistoryRecord, InstanceMeta, StreamState};
+use super::retention::{JournalBase, META_JOURNAL_BASE};
+use super::{DATA, JOURNAL, META, META_INSTANCE, STREAMS, Store, StoreError, StreamSeqnos, redb_err};
+
+/// Where a seeding builds the new database file, in the data directory.
+pub const SEED_FILE: &str = "seed.partial";
+/// Largest target size of one chunk of nodes (one replication frame); a chunk holds at least
+/// one node, so it may be larger by one node.
+pub const CHUNK_BYTES_TARGET: usize = 4 * 1024 * 1024;
+/// Smallest target size of a chunk (a rate-limited seeding sends smaller ones).
+pub const CHUNK_BYTES_MIN: usize = 64 * 1024;
+
+/// What a snapshot is of: sent before its nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeedHeader {
+    /// The journal seqno the snapshot reflects: the receiver streams from the next one.
+    pub seqno: u64,
+    /// The source's history records as of `seqno`.
+    pub history: Vec<HistoryRecord>,
+    /// The source's SI stream states as of `seqno` (a supplementary family).
+    pub streams: Vec<StreamState>,
+    /// Each stream's last seqno as of `seqno`.
+    pub stream_seqnos: StreamSeqnos,
+    /// Nodes the data table holds (the receiver checks it got exactly these).
+    pub nodes: u64,
+    /// The data's format and the release that wrote it.
+    pub format_version: u32,
+    pub format_written_by: Option<String>,
+    /// Format 2's catalog (empty before).
+    pub catalog: Vec<(String, String)>,
+    /// The family's term as the source knows it.
+    pub term: u64,
+}
+
+/// One node of the data table: its key and value.
+pub type Node = (Vec<u8>, Vec<u8>);
+
+/// Reads a consistent snapshot of `store`'s database file: calls `header` once, then `chunk`
+/// with every node in key order, in chunks of about `chunk_bytes`. Either returning `false`
+/// stops the read (the peer went away). Returns the number of nodes handed out.
+pub fn read_snapshot(
+    store: &Store,
+    chunk_bytes: usize,
+    header: impl FnOnce(SeedHeader) -> bool,
+    mut chunk: impl FnMut(Vec<Node>) -> bool,
+) -> Result<u64, StoreError> {
+    let db = store.db()?;
+    let txn = db.begin_read().map_err(redb_err("begin a read transaction"))?;
+    let meta: InstanceMeta = {
+        let table = txn.open_table(META).map_err(redb_err("open the metadata table"))?;
+        let bytes = table
+            .get(META_INSTANCE)
+            .map_err(redb_err("read instance metadata"))?
+            .ok_or_else(|| StoreError::Invalid { reason: "instance has no metadata".into() })?;
+        serde_json::from_slice(bytes.value()).map_err(|source| StoreError::MetaDecode { source })?
+    };
+    let base = super::retention::base_in(&txn)?;
+    let journal = txn.open_table(JOURNAL).map_err(redb_err("open the journal table"))?;
+    let seqno = journal.last().map_err(redb_err("read the journal"))?.map_or(base.seqno, |(k, _)| k.value());
+    drop(journal);
+    let mut stream_seqnos = StreamSeqnos::default();
+    match txn.open_table(STREAMS) {
+        Ok(table) => {
+            for entry in table.iter().map_err(redb_err("read the streams table"))? {
+                let (k, v) = entry.map_err(redb_err("read the streams table"))?;
+                if let Some(slot) = stream_seqnos.get_mut(usize::from(k.value())) {
+                    *slot = v.value();
+                }
+            }
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(redb_err("open the streams table")(e)),
+    }
+    let mut catalog = Vec::new();
+    match txn.open_table(CATALOG) {
+        Ok(table) => {
+            for entry in table.iter().map_err(redb_err("read the catalog"))? {
+                let (k, v) = entry.map_err(redb_err("read the catalog"))?;
+                catalog.push((k.value().to_owned(), v.value().to_owned()));
+            }
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(redb_err("open the catalog")(e)),
+    }
+    let data = txn.open_table(DATA).map_err(redb_err("open the data table"))?;
+    let nodes = data.len().map_err(redb_err("count nodes"))?;
+    let head = SeedHeader {
+        seqno,
+        history: meta.history,
+        streams: meta.streams,
+        stream_seqnos,
+        nodes,
+        format_version: meta.format_version,
+        format_written_by: meta.format_written_by,
+        catalog,
+        term: meta.term,
+    };
+    if !header(head) {
+        return Ok(0);
+    }
+    let mut sent = 0u64;
+    let mut pending: Vec<Node> = Vec::new();
+    let mut bytes = 0usize;
+    for entry in data.iter().map_err(redb_err("read the data"))? {
+        let (k, v) = entry.map_err(redb_err("read the data"))?;
+        let (k, v) = (k.value().to_vec(), v.value().to_vec());
+        bytes += 8 + k.len() + v.len();
+        pending.push((k, v));
+        if bytes >= chunk_bytes {
+            sent += pending.len() as u64;
+            bytes = 0;
+            if !chunk(std::mem::take(&mut pending)) {
+                return Ok(sent);
+            }
+        }
+    }
+    if !pending.is_empty() {
+        sent += pending.len() as u64;
+        if !chunk(pending) {
+            return Ok(sent);
+        }
+    }
+    Ok(sent)
+}
+
+/// A new database file being filled from a snapshot.
+pub struct Builder {
+    db: Database,
+    path: PathBuf,
+    nodes: u64,
+}
+
+impl Builder {
+    /// Starts a new file in `data_dir`, replacing what an earlier seeding left.
+    pub fn create(data_dir: &Path) -> Result<Builder, StoreError> {
+        let path = data_dir.join(SEED_FILE);
+        remove_partial(data_dir)?;
+        let db = Database::create(&path).map_err(|source| StoreError::Open { path: path.clone(), source })?;
+        Ok(Builder { db, path, nodes: 0 })
+    }
+
+    /// Nodes written so far.
+    pub fn nodes(&self) -> u64 {
+        self.nodes
+    }
+
+    /// Writes one chunk (in key order, as [`read_snapshot`] gives them). Not durable on its
+    /// own: [`Builder::finish`] makes everything durable at once.
+    pub fn add(&mut self, chunk: &[Node]) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write().map_err(redb_err("begin a write transaction"))?;
+        txn.set_durability(Durability::None).map_err(|e| StoreError::Invalid { reason: e.to_string() })?;
+        {
+            let mut table = txn.open_table(DATA).map_err(redb_err("open the data table"))?;
+            for (k, v) in chunk {
+                table.insert(k.as_slice(), v.as_slice()).map_err(redb_err("write a seeded node"))?;
+            }
+        }
+        txn.commit().map_err(redb_err("commit seeded nodes"))?;
+        self.nodes += chunk.len() as u64;
+        Ok(())
+    }
+
+    /// Completes the file: `meta` (the receiver's own identity and settings) takes the
+    /// snapshot's history, stream states, format and term; the journal is empty, based at the
+    /// snapshot's seqno. Committed durably; returns the file's path for the swap.
+    pub fn finish(self, header: &SeedHeader, mut meta: InstanceMeta) -> Result<PathBuf, StoreError> {
+        if self.nodes != header.nodes {
+            return Err(StoreError::Invalid {
+                reason: format!("the snapshot promised {} nodes but {} arrived", header.nodes, self.nodes),
+            });
+        }
+        // As of the snapshot (the file's metadata already is; this only makes it certain).
+        meta.history = header.history.iter().filter(|h| h.start_seqno <= header.seqno).cloned().collect();
+        meta.streams =
+            header.streams.iter().filter(|s| s.since_journal_seqno <= header.seqno).cloned().collect();
+        for s in &mut meta.streams {
+            s.history.retain(|h| h.journal_seqno <= header.seqno);
+        }
+        meta.format_version = header.format_version;
+        meta.format_written_by = header.format_written_by.clone();
+        meta.term = meta.term.max(header.term);
+        let base = JournalBase { seqno: header.seqno, streams: header.stream_seqnos };
+        let txn = self.db.begin_write().map_err(redb_err("begin a write transaction"))?;
+        {
+            let mut table = txn.open_table(META).map_err(redb_err("open the metadata table"))?;
+            let bytes = serde_json::to_vec(&meta).map_err(|source| StoreError::MetaDecode { source })?;
+            table.insert(META_INSTANCE, bytes.as_slice()).map_err(redb_err("write instance metadata"))?;
+            if base.seqno > 0 {
+                let bytes = serde_json::to_vec(&base).map_err(|source| StoreError::MetaDecode { source })?;
+                table
+                    .insert(META_JOURNAL_BASE, bytes.as_slice())
+                    .map_err(redb_err("write the journal base"))?;
+            }
+            txn.open_table(DATA).map_err(redb_err("create the data table"))?;
+            txn.open_table(JOURNAL).map_err(redb_err("create the journal table"))?;
+            let mut streams = txn.open_table(STREAMS).map_err(redb_err("create the streams table"))?;
+            for (stream, seqno) in header.stream_seqnos.iter().enumerate() {
+                if *seqno > 0 {
+                    let stream = u8::try_from(stream).unwrap_or(u8::MAX);
+                    streams.insert(stream, *seqno).map_err(redb_err("write the streams table"))?;
+                }
+            }
+            if !header.catalog.is_empty() {
+                let mut catalog = txn.open_table(CATALOG).map_err(redb_err("create the catalog"))?;
+                for (k, v) in &header.catalog {
+                    catalog.insert(k.as_str(), v.as_str()).map_err(redb_err("write the catalog"))?;
+                }
+            }
+        }
+        txn.commit().map_err(redb_err("commit the seeded file"))?;
+        drop(self.db);
+        Ok(self.path)
+    }
+}
+
+/// The metadata of an instance seeded from a snapshot whose file carries `seeded`: the
+/// instance's own identity, role and replication settings as they are now (`local`), with the
+/// snapshot's history, SI stream states and data format, and the higher of the two terms.
+pub fn merged(local: InstanceMeta, seeded: &InstanceMeta) -> InstanceMeta {
+    InstanceMeta {
+        history: seeded.history.clone(),
+        streams: seeded.streams.clone(),
+        format_version: seeded.format_version,
+        format_written_by: seeded.format_written_by.clone(),
+        term: local.term.max(seeded.term),
+        ..local
+    }
+}
+
+/// Writes `meta` into the seeded file at `path` (durably), before it is swapped in.
+pub(crate) fn rewrite_meta(
+    path: &Path,
+    f: impl FnOnce(&InstanceMeta) -> Result<InstanceMeta, StoreError>,
+) -> Result<(), StoreError> {
+    // `open`, not `create`: a file that is not there is an error, never a new empty instance.
+    let db = Database::open(path).map_err(|source| StoreError::Open { path: path.to_owned(), source })?;
+    let seeded = super::read_meta(&db)?.ok_or_else(|| StoreError::Invalid {
+        reason: format!("{} has no instance metadata", path.display()),
+    })?;
+    let meta = f(&seeded)?;
+    let txn = db.begin_write().map_err(redb_err("begin a write transaction"))?;
+    {
+        let mut table = txn.open_table(META).map_err(redb_err("open the metadata table"))?;
+        let bytes = serde_json::to_vec(&meta).map_err(|source| StoreError::MetaDecode { source })?;
+        table.insert(META_INSTANCE, bytes.as_slice()).map_err(redb_err("write instance metadata"))?;
+    }
+    txn.commit().map_err(redb_err("commit the seeded file's metadata"))
+}
+
+/// Removes what a seeding cut short left in `data_dir` (at start, and before a new one).
+pub fn remove_partial(data_dir: &Path) -> Result<(), StoreError> {
+    let path = data_dir.join(SEED_FILE);
+    match std::fs::remove_file(&path) {
+        Ok(()) => {
+            tracing::info!(path = %path.display(), "removed an unfinished seeding's file");
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(StoreError::CreateDir { path, source }),
+    }
+}

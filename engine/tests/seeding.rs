@@ -1,0 +1,246 @@
+//! Seeding from a snapshot between real engine processes (decision 0002, step 7): a new
+//! member joins a primary whose journal no longer reaches back to its start; a member left
+//! behind a retention limit is re-seeded once allowed to be, and refused until then; a
+//! seeding cut short by a killed receiver or a killed source leaves the receiver's data as it
+//! was; a receiver that holds transactions its source lacks rolls them back into a log first.
+#![allow(clippy::unwrap_used, clippy::indexing_slicing)] // tests fail loudly by design
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{Server, lost_logs, tempdir, wait_until};
+
+/// Checkpoints every 64 KiB and segments of 16 KiB: many checkpoints (and so trims) a second.
+const SMALL: [&str; 4] = ["--checkpoint-bytes", "65536", "--journal-segment-bytes", "16384"];
+/// A source keeps nothing past what its receivers need.
+const KEEP_NOTHING: [&str; 2] = ["--journal-keep-bytes", "0"];
+
+fn flags<'a>(more: &[&'a str]) -> Vec<&'a str> {
+    let mut out = SMALL.to_vec();
+    out.extend_from_slice(more);
+    out
+}
+
+fn metric(server: &Server, series: &str) -> f64 {
+    let metrics = common::admin(&server.data_dir, "GET", "/metrics", None).unwrap().1;
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse::<f64>().ok()))
+        .unwrap_or(0.0)
+}
+
+fn journal_first(server: &Server) -> u64 {
+    server.status()["journal"]["first_seqno"].as_u64().unwrap()
+}
+
+/// Writes `rounds` pipelines of every data type: strings (some with a TTL), hashes, lists,
+/// sets and sorted sets, over a few hundred keys.
+fn write(server: &Server, rounds: usize, tag: &str) {
+    let mut c = server.client();
+    for r in 0..rounds {
+        let mut p = redis::pipe();
+        for i in 0..20 {
+            let k = (r * 20 + i) % 300;
+            p.cmd("SET").arg(format!("s:{k}")).arg(format!("{tag}:{r}:{i}:{}", "x".repeat(100))).ignore();
+            p.cmd("HSET").arg(format!("h:{}", k % 40)).arg(format!("f{i}")).arg(format!("{tag}{r}")).ignore();
+            p.cmd("RPUSH").arg(format!("l:{}", k % 10)).arg(format!("{tag}{r}:{i}")).ignore();
+            p.cmd("SADD").arg(format!("set:{}", k % 25)).arg(format!("m{}", (r + i) % 70)).ignore();
+            p.cmd("ZADD").arg("z").arg(r * 20 + i).arg(format!("z{}", k % 90)).ignore();
+        }
+        p.cmd("SET").arg(format!("ttl:{tag}:{r}")).arg("v").arg("EX").arg(3600).ignore();
+        let () = p.query(&mut c).unwrap();
+    }
+}
+
+/// Every key's DUMP and whether it has an expiry: two instances with equal data agree.
+fn contents(server: &Server) -> BTreeMap<String, (Vec<u8>, bool)> {
+    let mut c = server.client();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut c).unwrap();
+    keys.into_iter()
+        .map(|k| {
+            let dump: Vec<u8> = redis::cmd("DUMP").arg(&k).query(&mut c).unwrap();
+            let pttl: i64 = redis::cmd("PTTL").arg(&k).query(&mut c).unwrap();
+            (k, (dump, pttl > 0))
+        })
+        .collect()
+}
+
+fn same_data(a: &Server, b: &Server) {
+    let (ca, cb) = (contents(a), contents(b));
+    assert!(ca.len() > 300, "too little data to compare: {}", ca.len());
+    assert_eq!(ca.len(), cb.len(), "key counts differ");
+    for (k, v) in &ca {
+        assert_eq!(cb.get(k), Some(v), "key {k} differs");
+    }
+}
+
+/// Points Ardmore's stream at BrynMawr's replication port again (it changes at a restart).
+fn relink(a: &Server, b: &Server) {
+    a.ctl(&["source", "stop", "--receiver", "BrynMawr"]);
+    a.ctl(&["source", "start", "--receiver", "BrynMawr", "--addr", &b.repl_addr()]);
+}
+
+fn caught_up(a: &Server, b: &Server) {
+    let target = a.seqno();
+    wait_until("the receiver to catch up", || b.seqno() == target);
+}
+
+/// A primary that has trimmed its journal past its start (no receiver holds it back).
+fn trimmed_primary(root: &std::path::Path, more: &[&str]) -> Server {
+    let mut all = KEEP_NOTHING.to_vec();
+    all.extend_from_slice(more);
+    let a = Server::start_replicating_with(root, "Ardmore", &flags(&all));
+    a.ctl(&["promote"]);
+    write(&a, 150, "before");
+    // The next checkpoint (at the latest the 10-second one) trims what no one needs.
+    wait_until("the primary to trim its journal", || journal_first(&a) > 1_000);
+    a
+}
+
+#[test]
+fn a_new_member_joins_from_a_snapshot_when_the_journal_no_longer_reaches_back() {
+    let dir = tempdir();
+    let a = trimmed_primary(dir.path(), &[]);
+    let mut b = Server::start_replicating_with(dir.path(), "BrynMawr", &flags(&[]));
+    b.ctl(&["receiver", "start", "--seed"]);
+    a.ctl(&["source", "start", "--receiver", "BrynMawr", "--addr", &b.repl_addr()]);
+    caught_up(&a, &b);
+    let status = b.status();
+    let seed = &status["receiver"]["seed"];
+    assert_eq!(seed["installed"], true, "{status}");
+    let seeded_at = seed["seqno"].as_u64().unwrap();
+    assert!(seeded_at >= journal_first(&a) - 1, "{status}");
+    assert_eq!(seed["nodes_total"], seed["nodes_received"], "{status}");
+    // The new member's journal begins after the snapshot; it holds what followed.
+    assert!(journal_first(&b) <= seeded_at + 1, "{status}");
+    assert_eq!(status["history"], a.status()["history"], "the new member is of the primary's family");
+    assert_eq!(metric(&b, "strand_replication_seeds_total{result=\"installed\"}"), 1.0);
+    same_data(&a, &b);
+    b.verify();
+
+    // It goes on streaming, survives a crash, and can itself be verified at every point.
+    write(&a, 40, "after");
+    caught_up(&a, &b);
+    same_data(&a, &b);
+    b.restart();
+    relink(&a, &b);
+    write(&a, 40, "after-restart");
+    caught_up(&a, &b);
+    same_data(&a, &b);
+    b.verify();
+    a.verify();
+    assert!(lost_logs(&b.data_dir).is_empty(), "an empty member lost nothing");
+    assert_eq!(
+        metric(&b, "strand_replication_seeds_total{result=\"installed\"}"),
+        0.0,
+        "no seeding after restart"
+    );
+}
+
+#[test]
+fn a_member_left_behind_is_refused_until_it_may_be_seeded() {
+    let dir = tempdir();
+    let a = Server::start_replicating_with(
+        dir.path(),
+        "Ardmore",
+        &flags(&["--journal-keep-bytes", "0", "--journal-retain-bytes", "200000"]),
+    );
+    let mut b = Server::start_replicating_with(dir.path(), "BrynMawr", &flags(&[]));
+    a.ctl(&["promote"]);
+    b.ctl(&["receiver", "start"]);
+    a.ctl(&["source", "start", "--receiver", "BrynMawr", "--addr", &b.repl_addr()]);
+    write(&a, 20, "first");
+    caught_up(&a, &b);
+    let before = b.seqno();
+    b.stop();
+    write(&a, 150, "while-down");
+    wait_until("the retention limit to trim past the stopped receiver", || journal_first(&a) > before + 1);
+    b.restart();
+    relink(&a, &b);
+    wait_until("the receiver to be refused", || b.status()["receiver"]["state"] == "needs_reseed");
+    assert_eq!(b.seqno(), before, "a refused receiver changes nothing");
+
+    // Allowed to be seeded, it is replaced by a snapshot and streams on.
+    b.ctl(&["receiver", "start", "--seed"]);
+    caught_up(&a, &b);
+    assert_eq!(b.status()["receiver"]["seed"]["installed"], true);
+    same_data(&a, &b);
+    b.verify();
+    assert!(lost_logs(&b.data_dir).is_empty(), "a member that was only behind lost nothing");
+}
+
+#[test]
+fn a_seeding_cut_short_leaves_the_old_data_and_completes_later() {
+    let dir = tempdir();
+    // 32 KiB a second: the snapshot (some 200 KB) takes seconds, so it is cut in the middle.
+    let a = trimmed_primary(dir.path(), &["--seed-rate-bytes", "32768"]);
+    let mut b = Server::start_replicating_with(dir.path(), "BrynMawr", &flags(&[]));
+    b.ctl(&["receiver", "start", "--seed"]);
+    let mut c = b.client();
+    let () = redis::cmd("PING").query(&mut c).unwrap();
+    a.ctl(&["source", "start", "--receiver", "BrynMawr", "--addr", &b.repl_addr()]);
+    let received = |b: &Server| b.status()["receiver"]["seed"]["nodes_received"].as_u64().unwrap_or(0);
+    wait_until("part of the snapshot to arrive", || received(&b) > 0);
+    assert_eq!(b.status()["receiver"]["state"], "seeding");
+    // Cut by the receiver's death: its own (empty) data is what restarts.
+    b.kill9();
+    assert!(b.data_dir.join("seed.partial").exists(), "the unfinished file was being built");
+    b.restart();
+    assert!(!b.data_dir.join("seed.partial").exists(), "a start removes the unfinished file");
+    assert_eq!(b.seqno(), 0, "nothing of the snapshot became the data");
+    b.verify();
+    relink(&a, &b);
+
+    // Cut by the source's stop: the same. Then the source goes on and seeding completes.
+    wait_until("the seeding to start again", || received(&b) > 0);
+    a.ctl(&["source", "stop", "--receiver", "BrynMawr"]);
+    wait_until("the receiver to give up the seeding", || b.status()["receiver"]["state"] != "seeding");
+    assert_eq!(b.seqno(), 0);
+    assert!(metric(&b, "strand_replication_seeds_total{result=\"failed\"}") >= 1.0);
+    b.verify();
+    a.ctl(&["source", "start", "--receiver", "BrynMawr", "--addr", &b.repl_addr()]);
+    caught_up(&a, &b);
+    same_data(&a, &b);
+    b.verify();
+}
+
+#[test]
+fn an_old_primary_rolls_its_own_transactions_into_a_log_before_it_is_seeded() {
+    let dir = tempdir();
+    // Ardmore keeps its own journal (so it can roll back); BrynMawr, its successor, nothing.
+    let mut a = Server::start_replicating_with(dir.path(), "Ardmore", &flags(&[]));
+    let b = Server::start_replicating_with(dir.path(), "BrynMawr", &flags(&KEEP_NOTHING));
+    a.ctl(&["promote"]);
+    b.ctl(&["receiver", "start"]);
+    a.ctl(&["source", "start", "--receiver", "BrynMawr", "--addr", &b.repl_addr()]);
+    write(&a, 5, "shared");
+    caught_up(&a, &b);
+    // Ardmore commits ten transactions BrynMawr never receives, then fails.
+    a.ctl(&["source", "stop", "--receiver", "BrynMawr"]);
+    let mut c = a.client();
+    for i in 0..10 {
+        let () = redis::cmd("SET").arg(format!("only-on-a:{i}")).arg(i).query(&mut c).unwrap();
+    }
+    let a_last = a.seqno();
+    a.kill9();
+    // BrynMawr takes over, writes on and trims past the point the two share.
+    let common = b.seqno();
+    b.ctl(&["promote"]);
+    write(&b, 150, "b-alone");
+    wait_until("the new primary to trim past the common point", || journal_first(&b) > common + 1);
+    // Ardmore returns as its secondary, allowed to roll back and to be seeded.
+    a.restart();
+    let term = b.status()["term"].as_u64().unwrap().to_string();
+    a.ctl(&["demote", "--term", &term]);
+    a.ctl(&["receiver", "start", "--seed", "--autorollback"]);
+    b.ctl(&["source", "start", "--receiver", "Ardmore", "--addr", &a.repl_addr()]);
+    caught_up(&b, &a);
+    same_data(&b, &a);
+    a.verify();
+    let logs = lost_logs(&a.data_dir);
+    assert_eq!(logs.len(), 1, "Ardmore's own transactions are in one log: {logs:?}");
+    let lost = common::lost_seqnos(&a.data_dir, &logs[0]);
+    assert_eq!(lost, (common + 1..=a_last).collect::<Vec<_>>());
+    assert_eq!(a.status()["receiver"]["seed"]["installed"], true);
+}

@@ -16,6 +16,10 @@ pub const VERSION: &str = env!("STRAND_VERSION");
 pub const FORMAT: u32 = parse(env!("STRAND_FORMAT_VERSION"));
 /// The replication protocol this binary speaks.
 pub const PROTOCOL: u16 = parse(env!("STRAND_PROTOCOL_VERSION")) as u16;
+/// What this binary does that a binary of the same protocol may not (admin status
+/// `features`): `seed`, a BC receiver seeded from a snapshot (`receiver start --seed`; the
+/// source says it can send one in its `Auth`).
+pub const FEATURES: &[&str] = &["seed"];
 /// Every format this binary can open.
 pub const FORMATS_SUPPORTED: &[u32] = if FORMAT >= 2 { &[FORMAT - 1, FORMAT] } else { &[FORMAT] };
 

@@ -104,13 +104,14 @@ fn a_new_member_joins_from_a_snapshot_when_the_journal_no_longer_reaches_back() 
     let a = trimmed_primary(dir.path(), &[]);
     let mut b = Server::start_replicating_with(dir.path(), "BrynMawr", &flags(&[]));
     b.ctl(&["receiver", "start", "--seed"]);
+    let first = journal_first(&a);
     a.ctl(&["source", "start", "--receiver", "BrynMawr", "--addr", &b.repl_addr()]);
     caught_up(&a, &b);
     let status = b.status();
     let seed = &status["receiver"]["seed"];
     assert_eq!(seed["installed"], true, "{status}");
     let seeded_at = seed["seqno"].as_u64().unwrap();
-    assert!(seeded_at >= journal_first(&a) - 1, "{status}");
+    assert!(seeded_at + 1 >= first, "the snapshot is older than the journal it replaces: {status}");
     assert_eq!(seed["nodes_total"], seed["nodes_received"], "{status}");
     // The new member's journal begins after the snapshot; it holds what followed.
     assert!(journal_first(&b) <= seeded_at + 1, "{status}");
@@ -174,31 +175,47 @@ fn a_member_left_behind_is_refused_until_it_may_be_seeded() {
 fn a_seeding_cut_short_leaves_the_old_data_and_completes_later() {
     let dir = tempdir();
     // 32 KiB a second: the snapshot (some 200 KB) takes seconds, so it is cut in the middle.
-    let a = trimmed_primary(dir.path(), &["--seed-rate-bytes", "32768"]);
+    let a = Server::start_replicating_with(
+        dir.path(),
+        "Ardmore",
+        &flags(&["--journal-keep-bytes", "0", "--seed-rate-bytes", "32768"]),
+    );
     let mut b = Server::start_replicating_with(dir.path(), "BrynMawr", &flags(&[]));
+    a.ctl(&["promote"]);
+    b.ctl(&["receiver", "start"]);
+    a.ctl(&["source", "start", "--receiver", "BrynMawr", "--addr", &b.repl_addr()]);
+    write(&a, 20, "old");
+    caught_up(&a, &b);
+    // BrynMawr falls behind and Ardmore's journal leaves it: it holds data of its own now.
+    let (old, before) = (contents(&b), b.seqno());
+    a.ctl(&["source", "stop", "--receiver", "BrynMawr"]);
+    write(&a, 150, "new");
+    wait_until("the primary to trim past the receiver", || journal_first(&a) > before + 1);
+    let unchanged = |b: &Server, what: &str| {
+        assert_eq!(b.seqno(), before, "{what}: nothing of the snapshot became the data");
+        assert_eq!(contents(b), old, "{what}: the old data changed");
+        b.verify();
+    };
+
+    // Cut by the receiver's death, in the middle of the snapshot.
     b.ctl(&["receiver", "start", "--seed"]);
-    let mut c = b.client();
-    let () = redis::cmd("PING").query(&mut c).unwrap();
     a.ctl(&["source", "start", "--receiver", "BrynMawr", "--addr", &b.repl_addr()]);
     let received = |b: &Server| b.status()["receiver"]["seed"]["nodes_received"].as_u64().unwrap_or(0);
     wait_until("part of the snapshot to arrive", || received(&b) > 0);
+    wait_until("the new file to be built", || b.data_dir.join("seed.partial").exists());
     assert_eq!(b.status()["receiver"]["state"], "seeding");
-    // Cut by the receiver's death: its own (empty) data is what restarts.
     b.kill9();
-    assert!(b.data_dir.join("seed.partial").exists(), "the unfinished file was being built");
     b.restart();
     assert!(!b.data_dir.join("seed.partial").exists(), "a start removes the unfinished file");
-    assert_eq!(b.seqno(), 0, "nothing of the snapshot became the data");
-    b.verify();
-    relink(&a, &b);
+    unchanged(&b, "after the receiver was killed");
 
     // Cut by the source's stop: the same. Then the source goes on and seeding completes.
+    relink(&a, &b);
     wait_until("the seeding to start again", || received(&b) > 0);
     a.ctl(&["source", "stop", "--receiver", "BrynMawr"]);
     wait_until("the receiver to give up the seeding", || b.status()["receiver"]["state"] != "seeding");
-    assert_eq!(b.seqno(), 0);
     assert!(metric(&b, "strand_replication_seeds_total{result=\"failed\"}") >= 1.0);
-    b.verify();
+    unchanged(&b, "after the source stopped");
     a.ctl(&["source", "start", "--receiver", "BrynMawr", "--addr", &b.repl_addr()]);
     caught_up(&a, &b);
     same_data(&a, &b);

@@ -119,10 +119,17 @@ pub fn request(
         } => (
             "POST",
             "/v1/receiver/start".into(),
-            Some(json!({
-                "si": si, "autorollback": autorollback, "noresync": noresync, "seed": seed,
-                "updateresync": updateresync, "updateresync_from": updateresync_from, "term": term,
-            })),
+            Some({
+                let mut body = json!({
+                    "si": si, "autorollback": autorollback, "noresync": noresync,
+                    "updateresync": updateresync, "updateresync_from": updateresync_from, "term": term,
+                });
+                // Only when asked for: a binary without the feature refuses unknown fields.
+                if *seed && let Some(fields) = body.as_object_mut() {
+                    fields.insert("seed".into(), json!(true));
+                }
+                body
+            }),
             CALL_TIMEOUT,
         ),
         Action::ReceiverStop { .. } => ("POST", "/v1/receiver/stop".into(), None, CALL_TIMEOUT),
@@ -211,4 +218,33 @@ pub async fn status(addr: &str, token: &str) -> Result<EngineStatus, EngineError
         status: 200,
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn receiver_start(seed: bool) -> Action {
+        Action::ReceiverStart {
+            instance: "brynmawr".into(),
+            si: false,
+            autorollback: true,
+            noresync: false,
+            seed,
+            updateresync: None,
+            updateresync_from: None,
+            term: Some(2),
+        }
+    }
+
+    /// `seed` is sent only when asked for: an engine without the feature refuses unknown
+    /// fields, so the operator must not name it to one.
+    #[test]
+    fn a_receiver_start_names_seed_only_when_asked_for() {
+        let (_, path, body, _) = request(&receiver_start(true), Duration::from_secs(1), 0);
+        assert_eq!(path, "/v1/receiver/start");
+        assert_eq!(body.as_ref().and_then(|b| b.get("seed")), Some(&serde_json::json!(true)));
+        let (_, _, body, _) = request(&receiver_start(false), Duration::from_secs(1), 0);
+        assert!(body.is_some_and(|b| b.get("seed").is_none()));
+    }
 }

@@ -36,6 +36,9 @@ pub struct EngineStatus {
     pub binary_format_version: u32,
     #[serde(default)]
     pub protocol_version: u16,
+    /// What the binary can do beyond its protocol (`seed`); absent from older binaries.
+    #[serde(default)]
+    pub features: Vec<String>,
     /// Set in version-mismatch mode (a newer binary on older data): why clients are refused.
     #[serde(default)]
     pub version_mismatch: Option<String>,

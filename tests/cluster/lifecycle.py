@@ -574,7 +574,8 @@ kind: Instance
 metadata: {name: paoli}
 spec: {image: strand-engine:0.1.0, storage: {size: 1Gi}, journal: {keepBytes: 0}}
 """)
-    c.wait("family paoli healthy", 180, lambda: c.healthy("paoli"))
+    # Alone it is standalone (it takes writes); the link below makes it its family's primary.
+    c.wait("paoli to take writes", 180, lambda: c.engine("paoli", "/v1/status")["role"] == "standalone")
     addr = "%s:6379" % c.pod_ip("paoli")
     conn = Conn(addr, 5)
     try:

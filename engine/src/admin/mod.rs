@@ -367,6 +367,9 @@ pub struct Status {
     pub binary_format_version: u32,
     /// The replication protocol this binary speaks.
     pub protocol_version: u16,
+    /// What this binary can do beyond its protocol version, for a client that must work with
+    /// older engines too (the operator): `seed` (a BC receiver may be seeded from a snapshot).
+    pub features: Vec<String>,
     /// Set in version-mismatch mode: why clients are refused.
     pub version_mismatch: Option<String>,
     /// Whether the data holds what the next format needs (`ctl prepare-upgrade` ran).
@@ -469,6 +472,7 @@ async fn status(State(engine): State<Arc<Engine>>) -> Result<Json<Status>, ApiEr
         format_version: meta.format_version,
         binary_version: crate::VERSION.to_owned(),
         binary_format_version: crate::version::FORMAT,
+        features: crate::version::FEATURES.iter().map(|f| (*f).to_owned()).collect(),
         protocol_version: crate::version::PROTOCOL,
         version_mismatch: store.version_mismatch(),
         upgrade_prepared: store.snapshot()?.get(crate::storage::format::PREPARED_KEY)?.is_some(),

@@ -153,6 +153,9 @@ pub struct Auth {
     /// anything.
     #[serde(default)]
     pub journal_first: u64,
+    /// The source can send a snapshot (`Seed`); a source that does not say cannot.
+    #[serde(default)]
+    pub snapshots: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -352,7 +352,7 @@ async fn negotiate_bc(
     };
     // A receiver that may be seeded is seeded after the plan below (a rollback first, if it
     // holds what the source does not); one that may not is refused before anything changes.
-    if !config.seed && source_lacks(ctx, wr, hello, auth, wanted).await {
+    if !(config.seed && auth.snapshots) && source_lacks(ctx, wr, hello, auth, wanted).await {
         return Ok(None);
     }
     let mut rolled_back_to = None;
@@ -579,9 +579,14 @@ async fn source_lacks(
         return false;
     }
     let me = ctx.store.meta().name;
+    let how = if auth.snapshots {
+        format!("re-seed {me}: start its receiver with --seed to take a snapshot of {}", hello.name)
+    } else {
+        format!("{}'s binary cannot send a snapshot: re-seed {me} from a backup of it", hello.name)
+    };
     let message = format!(
-        "{me} needs {}'s journal from seqno {from}, but it begins at {} (older records were trimmed by its journal retention limit); re-seed {me} from {}",
-        hello.name, auth.journal_first, hello.name
+        "{me} needs {}'s journal from seqno {from}, but it begins at {} (older records were trimmed by its journal retention limit); {how}",
+        hello.name, auth.journal_first
     );
     ctx.replication.set_receiver(|s| s.source = Some(hello.name.clone()));
     needs_reseed_here(ctx, &message);
@@ -643,6 +648,8 @@ async fn seed(
     shutdown: &mut Shutdown,
 ) -> Result<u64, ProtocolError> {
     let started = std::time::Instant::now();
+    // What the swap may replace: nothing committed after this.
+    let expected_seqno = ctx.store.committed_seqno();
     // Receiving may be cut short by a stop; completing the file and swapping it in may not
     // (the writer must never be handed a file that is being removed).
     let received = tokio::select! {
@@ -651,7 +658,7 @@ async fn seed(
         _ = shutdown.recv() => Err(ProtocolError::Io(std::io::Error::other("shutting down during seeding"))),
     };
     let result = match received {
-        Ok((builder, header)) => install(ctx, builder, header).await,
+        Ok((builder, header)) => install(ctx, builder, header, expected_seqno).await,
         Err(e) => Err(e),
     };
     match &result {
@@ -673,8 +680,7 @@ async fn seed(
             if let Err(e) = crate::storage::seed::remove_partial(ctx.store.data_dir()) {
                 tracing::warn!(error = %error_chain(&e), "cannot remove an unfinished seeding's file");
             }
-            let message =
-                format!("seeding from {} failed; the data is unchanged: {}", hello.name, error_chain(e));
+            let message = format!("seeding from {} failed: {}", hello.name, error_chain(e));
             tracing::warn!(%message, "seeding failed");
             ctx.replication.set_receiver(|s| {
                 s.state = "error".into();
@@ -752,6 +758,8 @@ async fn receive_snapshot(
                 end = Some(protocol::parse(kind, &payload)?);
                 break;
             }
+            // A rate-limited source says it is there between chunks.
+            Kind::Heartbeat => {}
             got => return Err(ProtocolError::Unexpected { expected: Kind::SeedNodes, got }),
         }
     }
@@ -774,13 +782,21 @@ async fn receive_snapshot(
 }
 
 /// Completes the seeded file durably and has the writer swap it in; the seqno it holds.
-async fn install(ctx: &Arc<Context>, builder: Builder, header: SeedHeader) -> Result<u64, ProtocolError> {
+async fn install(
+    ctx: &Arc<Context>,
+    builder: Builder,
+    header: SeedHeader,
+    expected_seqno: u64,
+) -> Result<u64, ProtocolError> {
     let meta = ctx.store.meta();
     let path = tokio::task::spawn_blocking(move || builder.finish(&header, meta))
         .await
         .map_err(|e| ProtocolError::Io(std::io::Error::other(e)))?
         .map_err(|e| ProtocolError::Io(std::io::Error::other(error_chain(&e))))?;
-    ctx.writer.install_seed(path).await.map_err(|e| ProtocolError::Io(std::io::Error::other(e.to_string())))
+    ctx.writer
+        .install_seed(path, expected_seqno)
+        .await
+        .map_err(|e| ProtocolError::Io(std::io::Error::other(e.to_string())))
 }
 
 /// Most records merged into one durable apply when frames queue up (receiver behind).

@@ -34,6 +34,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The receiver may roll back before answering; that can take a while for a big backlog.
 const START_TIMEOUT: Duration = Duration::from_secs(600);
+/// After a snapshot the receiver makes a file of the whole data durable and counts its keys.
+const SEEDED_START_TIMEOUT: Duration = Duration::from_secs(3600);
+/// A snapshot frame the receiver does not take within this long ends the seeding.
+const SEED_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 /// Sent-but-unacknowledged records remembered for the lag computation.
@@ -246,16 +250,17 @@ async fn stream_once(
         seqno,
         streams: if link.si { Vec::new() } else { meta.streams.clone() },
         journal_first: ctx.store.journal_first(),
+        snapshots: !link.si,
     };
     protocol::write_json(&mut wr, Kind::Auth, &auth).await?;
     let (kind, payload) = timed(START_TIMEOUT, protocol::read_reply(&mut rd)).await?;
     let start: Start = match kind {
         Kind::Start => protocol::parse(kind, &payload)?,
-        Kind::Seed => {
+        Kind::Seed if !link.si => {
             let request: SeedRequest = protocol::parse(kind, &payload)?;
-            send_snapshot(ctx, link, status, pin, epoch, &mut wr, &request).await?;
-            // The receiver swaps the snapshot in before it answers.
-            timed(START_TIMEOUT, protocol::expect(&mut rd, Kind::Start)).await?
+            send_snapshot(ctx, link, status, pin, (epoch, rollbacks), &mut wr, &request).await?;
+            // The receiver completes the file and swaps it in before it answers.
+            timed(SEEDED_START_TIMEOUT, protocol::expect(&mut rd, Kind::Start)).await?
         }
         got => return Err(ProtocolError::Unexpected { expected: Kind::Start, got }),
     };
@@ -429,10 +434,15 @@ async fn send_snapshot(
     link: &SourceLink,
     status: &Arc<Mutex<SourceStatus>>,
     pin: &Arc<Pin>,
-    epoch: u64,
+    (epoch, rollbacks): (u64, u64),
     wr: &mut tokio::net::tcp::OwnedWriteHalf,
     request: &SeedRequest,
 ) -> Result<(), ProtocolError> {
+    let rolled_back = || {
+        ProtocolError::Io(std::io::Error::other(
+            "this instance rolled back during the seeding; negotiating again",
+        ))
+    };
     update(status, |s| {
         s.state = "seeding".into();
         s.last_error = None;
@@ -463,21 +473,31 @@ async fn send_snapshot(
             Part::Header(header) => {
                 seqno = header.seqno;
                 if !pin.set_at(epoch, header.seqno + 1) {
-                    return Err(ProtocolError::Io(std::io::Error::other(
-                        "this instance rolled back; negotiating again",
-                    )));
+                    return Err(rolled_back());
                 }
-                protocol::write_json(wr, Kind::SeedHeader, &*header).await?;
+                let payload = serde_json::to_vec(&*header).map_err(|e| ProtocolError::Malformed {
+                    kind: Kind::SeedHeader,
+                    reason: e.to_string(),
+                })?;
+                seed_write(wr, Kind::SeedHeader, &payload).await?;
             }
             Part::Nodes(nodes) => {
                 let payload = protocol::encode_nodes(&nodes);
                 bytes += payload.len() as u64;
-                protocol::write_frame(wr, Kind::SeedNodes, &payload).await?;
+                seed_write(wr, Kind::SeedNodes, &payload).await?;
                 ctx.metrics.replication_bytes_sent_total.inc_by(payload.len() as u64);
                 if let Some(rate) = rate {
                     // Not ahead of the rate: sent bytes take at least bytes / rate seconds.
+                    // Heartbeats meanwhile, so a slow rate never reads as a silent source.
                     let due = Duration::from_secs_f64(bytes as f64 / rate as f64);
-                    tokio::time::sleep(due.saturating_sub(started.elapsed())).await;
+                    while let Some(wait) = due.checked_sub(started.elapsed()).filter(|w| !w.is_zero()) {
+                        tokio::time::sleep(wait.min(HEARTBEAT_INTERVAL)).await;
+                        let beat =
+                            serde_json::to_vec(&Heartbeat { seqno, time_micros: now_micros() }).map_err(
+                                |e| ProtocolError::Malformed { kind: Kind::Heartbeat, reason: e.to_string() },
+                            )?;
+                        seed_write(wr, Kind::Heartbeat, &beat).await?;
+                    }
                 }
             }
         }
@@ -486,13 +506,31 @@ async fn send_snapshot(
         .await
         .map_err(|e| ProtocolError::Io(std::io::Error::other(e)))?
         .map_err(|e| ProtocolError::Io(std::io::Error::other(error_chain(&e))))?;
-    protocol::write_json(wr, Kind::SeedEnd, &SeedEnd { nodes }).await?;
+    // A rollback since the handshake may have taken records the snapshot holds: the receiver
+    // must not install it (it would hold transactions the family no longer has).
+    if ctx.store.rollbacks() != rollbacks || ctx.store.pins_epoch() != epoch {
+        return Err(rolled_back());
+    }
+    let end = serde_json::to_vec(&SeedEnd { nodes })
+        .map_err(|e| ProtocolError::Malformed { kind: Kind::SeedEnd, reason: e.to_string() })?;
+    seed_write(wr, Kind::SeedEnd, &end).await?;
     update(status, |s| s.bytes_sent += bytes);
     tracing::info!(
         receiver = %link.receiver, seqno, nodes, bytes, seconds = started.elapsed().as_secs_f64(),
         "snapshot sent"
     );
     Ok(())
+}
+
+/// Writes one frame of a seeding, giving up on a receiver that does not take it.
+async fn seed_write(
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    kind: Kind,
+    payload: &[u8],
+) -> Result<(), ProtocolError> {
+    tokio::time::timeout(SEED_WRITE_TIMEOUT, protocol::write_frame(wr, kind, payload))
+        .await
+        .map_err(|_| ProtocolError::Io(std::io::Error::other("the receiver stopped taking the snapshot")))?
 }
 
 /// A task aborted when this is dropped.
@@ -564,6 +602,7 @@ pub async fn query(ctx: &Context, addr: &str) -> Result<protocol::HistoryAnswer,
         seqno: ctx.store.committed_seqno(),
         streams: Vec::new(),
         journal_first: ctx.store.journal_first(),
+        snapshots: false,
     };
     protocol::write_json(&mut wr, Kind::Auth, &auth).await?;
     timed(HANDSHAKE_TIMEOUT, protocol::expect(&mut rd, Kind::History)).await

@@ -128,6 +128,11 @@ pub fn read_snapshot(
         bytes += 8 + k.len() + v.len();
         pending.push((k, v));
         if bytes >= chunk_bytes {
+            // The writer closes the file after an I/O error and waits for every reader of it:
+            // a snapshot (which may be long) lets go at once.
+            if store.db().is_err() {
+                return Err(StoreError::Recovering);
+            }
             sent += pending.len() as u64;
             bytes = 0;
             if !chunk(std::mem::take(&mut pending)) {

@@ -238,6 +238,7 @@ enum Work<T> {
     /// seqno it holds.
     InstallSeed {
         path: std::path::PathBuf,
+        expected_seqno: u64,
         reply: oneshot::Sender<Result<u64, TxnFailure>>,
     },
 }
@@ -320,6 +321,7 @@ impl<T: Send + 'static> Writer<T> {
             pending: None,
             streams,
             supplementary,
+            replaced_pending: false,
         };
         let handle = std::thread::Builder::new().name("strand-writer".into()).spawn(move || state.run(rx))?;
         Ok((Writer { tx, waiters }, handle))
@@ -473,9 +475,15 @@ impl<T: Send + 'static> Writer<T> {
 
     /// Replaces the database file with the complete seeded file at `path` (built by
     /// [`super::seed::Builder`] in the data directory); the seqno the instance then holds.
-    pub async fn install_seed(&self, path: std::path::PathBuf) -> Result<u64, TxnFailure> {
+    /// `expected_seqno` is the seqno the instance held when it asked for the snapshot: if it
+    /// committed anything since (a promotion and writes, meanwhile), the seeding is abandoned.
+    pub async fn install_seed(
+        &self,
+        path: std::path::PathBuf,
+        expected_seqno: u64,
+    ) -> Result<u64, TxnFailure> {
         let (reply, rx) = oneshot::channel();
-        self.call(Work::InstallSeed { path, reply }, rx).await
+        self.call(Work::InstallSeed { path, expected_seqno, reply }, rx).await
     }
 
     /// Writes one of the engine's own keys as a journaled transaction; with `upgrade_to`, an
@@ -671,6 +679,9 @@ struct WriterThread<T> {
     streams: StreamSeqnos,
     /// A supplementary instance numbers its own transactions in stream 0 separately.
     supplementary: bool,
+    /// A seeded file replaced the database file but could not be taken up: the reopen takes
+    /// it up as a replacement.
+    replaced_pending: bool,
 }
 
 type Reply<T> = (oneshot::Sender<Result<Committed<T>, TxnFailure>>, Result<Committed<T>, TxnFailure>);
@@ -875,8 +886,8 @@ impl<T: Send + 'static> WriterThread<T> {
                     let result = self.checkpoint_all();
                     let _ = reply.send(self.settle(result));
                 }
-                Work::InstallSeed { path, reply } => {
-                    let result = self.install_seed(&path);
+                Work::InstallSeed { path, expected_seqno, reply } => {
+                    let result = self.install_seed(&path, expected_seqno);
                     let _ = reply.send(self.settle(result));
                 }
             }
@@ -1965,22 +1976,35 @@ impl<T: Send + 'static> WriterThread<T> {
     /// segment can replay onto the new file), the seeded file is renamed over the database
     /// file and the directory synced, and the store takes up the new file's state. Readers
     /// that opened the old file finish on it.
-    fn install_seed(&mut self, path: &std::path::Path) -> Result<u64, StoreError> {
-        // The metadata as it is now (a change since the file was built is kept), with the
-        // snapshot's history, streams and format.
+    fn install_seed(&mut self, path: &std::path::Path, expected_seqno: u64) -> Result<u64, StoreError> {
+        // Nothing may have happened here since the snapshot was asked for that the swap would
+        // discard: no commit, no change of role or receiver.
         let current = self.store.meta();
-        super::seed::rewrite_meta(path, |seeded| {
-            if current.role != super::meta::Role::Secondary {
-                return Err(StoreError::Invalid {
-                    reason: format!(
-                        "{} is {} now, no longer a replicating secondary; the seeding is abandoned",
-                        current.name,
-                        current.role.as_str()
-                    ),
-                });
-            }
-            Ok(super::seed::merged(current.clone(), seeded))
-        })?;
+        let abandoned = |why: String| StoreError::Invalid {
+            reason: format!("{}: the seeding is abandoned, the data is unchanged", why),
+        };
+        if current.role != super::meta::Role::Secondary {
+            return Err(abandoned(format!(
+                "{} is {} now, no longer a replicating secondary",
+                current.name,
+                current.role.as_str()
+            )));
+        }
+        if !current.receiver.as_ref().is_some_and(|r| r.seed && !r.si) {
+            return Err(abandoned(format!(
+                "{}'s receiver was stopped or restarted without --seed",
+                current.name
+            )));
+        }
+        let committed = self.store.committed_seqno();
+        if committed != expected_seqno {
+            return Err(abandoned(format!(
+                "{} is at seqno {committed} now, not {expected_seqno} as when it asked for the snapshot",
+                current.name
+            )));
+        }
+        // The metadata as it is now, with the snapshot's history, streams and format.
+        super::seed::rewrite_meta(path, |seeded| Ok(super::seed::merged(current.clone(), seeded)))?;
         self.checkpoint_all()?;
         let db_path = self.store.db_path().to_owned();
         let data_dir = self.store.data_dir().to_owned();
@@ -1994,39 +2018,43 @@ impl<T: Send + 'static> WriterThread<T> {
                 Database::create(&db_path)
                     .map_err(|source| StoreError::Open { path: db_path.clone(), source })
             })
-            .and_then(|db| self.take_up(db));
+            .and_then(|db| self.take_up(db, true));
         match taken {
             Ok(seqno) => {
                 tracing::info!(journal_seqno = seqno, "seeded file installed");
                 Ok(seqno)
             }
             Err(e) => {
+                // The reopen takes the new file up as a replacement.
+                self.replaced_pending = true;
                 self.close_after_io_error();
                 Err(e)
             }
         }
     }
 
-    /// Takes up the state of a database file that replaced the store's (nothing in the
-    /// overlay, no journal segments): metadata, journal extent, stream seqnos, key counts.
-    /// Every key may have changed, so WATCH sees them all changed; the instance's own sources
-    /// see a rollback and negotiate again.
-    fn take_up(&mut self, db: Database) -> Result<u64, StoreError> {
+    /// Takes up the state of the database file (nothing in the overlay, no journal segments):
+    /// metadata, journal extent, stream seqnos, key counts. With `replaced` (a seeded file took
+    /// the old one's place) every key may have changed, so WATCH sees them all changed and the
+    /// instance's own sources see a rollback and negotiate again.
+    fn take_up(&mut self, db: Database, replaced: bool) -> Result<u64, StoreError> {
         let meta = read_meta(&db)?.ok_or_else(|| StoreError::Invalid {
-            reason: "the new database file has no instance metadata".into(),
+            reason: "the database file has no instance metadata".into(),
         })?;
-        let seqno = self.store.reload_journal(&db)?;
         let streams = super::read_stream_seqnos(&db)?;
         self.store.recount(&db)?;
+        let seqno = self.store.reload_journal(&db)?;
         *self.store.db.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(db));
         self.store.overlay.reset(seqno);
         self.set_streams(streams);
         self.supplementary = meta.supplementary;
-        self.version += 1;
-        self.buckets.fill(self.version);
         self.metrics.journal_seqno.set(i64::try_from(seqno).unwrap_or(i64::MAX));
-        self.store.note_rollback();
-        self.store.lower_pins(seqno + 1);
+        if replaced {
+            self.version += 1;
+            self.buckets.fill(self.version);
+            self.store.note_rollback();
+            self.store.lower_pins(seqno + 1);
+        }
         self.store.publish(seqno, Some(meta), self.version);
         Ok(seqno)
     }
@@ -2057,8 +2085,11 @@ impl<T: Send + 'static> WriterThread<T> {
             // come from the last fsync): take the state from the file, not from memory. With
             // commits since the last checkpoint in the overlay and the journal segments, the
             // file's own state is not the news: only its journal extent is read again.
-            Ok(db) if self.store.overlay.is_empty() => match self.take_up(db) {
-                Ok(seqno) => tracing::info!(journal_seqno = seqno, "database reopened after an I/O error"),
+            Ok(db) if self.store.overlay.is_empty() => match self.take_up(db, self.replaced_pending) {
+                Ok(seqno) => {
+                    self.replaced_pending = false;
+                    tracing::info!(journal_seqno = seqno, "database reopened after an I/O error");
+                }
                 Err(e) => tracing::error!(error = %error_chain(&e), "reopened database fails its check"),
             },
             Ok(db) => match self.store.reload_journal(&db) {

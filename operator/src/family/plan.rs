@@ -1718,21 +1718,21 @@ impl<'v, 'a> Planner<'v, 'a> {
                     continue;
                 }
             }
-            let receiver_ok = e
-                .receiver
-                .as_ref()
-                .is_some_and(|r| !r.si && r.autorollback == l.spec.autorollback && !r.noresync && r.seed);
+            // Allowed to be seeded wherever the binary can be: a member the source's journal no
+            // longer reaches (new, or left behind a retention limit) takes a snapshot instead
+            // of waiting for a person; one that holds transactions the source lacks still
+            // rolls back (autorollback) or is refused first.
+            let seed = e.features.iter().any(|f| f == "seed");
+            let receiver_ok = e.receiver.as_ref().is_some_and(|r| {
+                !r.si && r.autorollback == l.spec.autorollback && !r.noresync && r.seed == seed
+            });
             if !receiver_ok || e.term < term || writable(e) {
-                // Always allowed to be seeded: a member the source's journal no longer reaches
-                // (new, or left behind a retention limit) takes a snapshot instead of waiting
-                // for a person; one that holds transactions the source lacks still rolls back
-                // (autorollback) or is refused first.
                 self.act(Action::ReceiverStart {
                     instance: m.name.to_owned(),
                     si: false,
                     autorollback: l.spec.autorollback,
                     noresync: false,
-                    seed: true,
+                    seed,
                     updateresync: None,
                     updateresync_from: None,
                     term: Some(term),

@@ -52,6 +52,7 @@ impl Engine {
                 repl_addr: Some(format!("{name}:7070")),
                 format_version: 1,
                 binary_format_version: 1,
+                features: vec!["seed".into()],
                 ..Default::default()
             },
             up: true,
@@ -654,6 +655,23 @@ fn a_new_pair_founds_the_family_and_streams() {
     let plan = sim.tick(500);
     assert_eq!(plan.actions, [Action::Lease { instance: "ardmore".into(), term: 1 }]);
     assert!(!plan.busy);
+}
+
+/// A BC receiver is started with seeding allowed where its binary can be seeded, and without
+/// where it cannot (an older binary refuses the field): neither is started again and again.
+#[test]
+fn receivers_are_seeded_where_their_binary_can_be() {
+    for can in [true, false] {
+        let mut sim = Sim::new(&["ardmore", "brynmawr"], &[("ardmore", "brynmawr")]);
+        if !can {
+            sim.engines.get_mut("brynmawr").unwrap().status.features.clear();
+        }
+        assert!(sim.run(10_000, Sim::healthy), "{:?}", sim.status);
+        let receiver = sim.engines["brynmawr"].status.receiver.clone().unwrap();
+        assert_eq!(receiver.seed, can);
+        let plan = sim.tick(500);
+        assert_eq!(plan.actions, [Action::Lease { instance: "ardmore".into(), term: 1 }], "at rest");
+    }
 }
 
 #[test]

@@ -126,7 +126,7 @@ def strand_rounds(work, secret, keys, rounds):
         while standby.seqno() < target:
             time.sleep(0.05)
         took = time.time() - t0
-        seed = standby.admin("/v1/status")["receiver"].get("seed") or {}
+        seed = standby.admin("/v1/status")["receiver"].get("snapshot") or {}
         if not seed.get("installed") or seed.get("nodes_total", 0) < keys:
             sys.exit(f"the standby caught up without a full seeding: {seed}")
         print(f"strand round {r}: seeded {seed['nodes_total']:,} nodes in {took:.1f} s", file=sys.stderr)

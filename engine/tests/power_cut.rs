@@ -316,7 +316,7 @@ fn a_seeding_survives_power_cuts_on_the_receiver() {
         // A third of the rounds cut while the file is built, at a random share of the
         // snapshot; a third as soon as every node has arrived (the file's last commit, the
         // swap); a third once it is swapped in, at a random moment of the streaming after it.
-        let seeding = |s: &Server| s.status()["receiver"]["seed"].clone();
+        let seeding = |s: &Server| s.status()["receiver"]["snapshot"].clone();
         let aim = if round % 3 == 0 {
             let share = rng.next() % 90;
             wait_until("the seeding to reach the aimed share", || {

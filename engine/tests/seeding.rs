@@ -108,8 +108,9 @@ fn a_new_member_joins_from_a_snapshot_when_the_journal_no_longer_reaches_back() 
     a.ctl(&["source", "start", "--receiver", "BrynMawr", "--addr", &b.repl_addr()]);
     caught_up(&a, &b);
     let status = b.status();
-    let seed = &status["receiver"]["seed"];
+    let seed = &status["receiver"]["snapshot"];
     assert_eq!(seed["installed"], true, "{status}");
+    assert_eq!(status["receiver"]["seed"], true, "the receiver's setting, apart from its progress: {status}");
     let seeded_at = seed["seqno"].as_u64().unwrap();
     assert!(seeded_at + 1 >= first, "the snapshot is older than the journal it replaces: {status}");
     assert_eq!(seed["nodes_total"], seed["nodes_received"], "{status}");
@@ -165,7 +166,7 @@ fn a_member_left_behind_is_refused_until_it_may_be_seeded() {
     // Allowed to be seeded, it is replaced by a snapshot and streams on.
     b.ctl(&["receiver", "start", "--seed"]);
     caught_up(&a, &b);
-    assert_eq!(b.status()["receiver"]["seed"]["installed"], true);
+    assert_eq!(b.status()["receiver"]["snapshot"]["installed"], true);
     same_data(&a, &b);
     b.verify();
     assert!(lost_logs(&b.data_dir).is_empty(), "a member that was only behind lost nothing");
@@ -200,7 +201,7 @@ fn a_seeding_cut_short_leaves_the_old_data_and_completes_later() {
     // Cut by the receiver's death, in the middle of the snapshot.
     b.ctl(&["receiver", "start", "--seed"]);
     a.ctl(&["source", "start", "--receiver", "BrynMawr", "--addr", &b.repl_addr()]);
-    let received = |b: &Server| b.status()["receiver"]["seed"]["nodes_received"].as_u64().unwrap_or(0);
+    let received = |b: &Server| b.status()["receiver"]["snapshot"]["nodes_received"].as_u64().unwrap_or(0);
     wait_until("part of the snapshot to arrive", || received(&b) > 0);
     wait_until("the new file to be built", || b.data_dir.join("seed.partial").exists());
     assert_eq!(b.status()["receiver"]["state"], "seeding");
@@ -259,5 +260,5 @@ fn an_old_primary_rolls_its_own_transactions_into_a_log_before_it_is_seeded() {
     assert_eq!(logs.len(), 1, "Ardmore's own transactions are in one log: {logs:?}");
     let lost = common::lost_seqnos(&a.data_dir, &logs[0]);
     assert_eq!(lost, (common + 1..=a_last).collect::<Vec<_>>());
-    assert_eq!(a.status()["receiver"]["seed"]["installed"], true);
+    assert_eq!(a.status()["receiver"]["snapshot"]["installed"], true);
 }

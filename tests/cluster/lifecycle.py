@@ -601,7 +601,7 @@ spec: {source: paoli, target: wayne, mode: BC, autorollback: true}
     c.wait("the link to stream", 180, lambda: c.status("replicationlink", "paoli-to-wayne").get("state") == "Streaming"
            and c.healthy("paoli"))
     receiver = c.engine("wayne", "/v1/status")["receiver"]
-    seed = receiver.get("seed") or {}
+    seed = receiver.get("snapshot") or {}
     if not seed.get("installed") or seed.get("nodes_total", 0) < 2000:
         raise Fail("wayne joined without a snapshot: %r" % receiver)
     want = resp_command(addr, "DBSIZE")

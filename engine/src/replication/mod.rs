@@ -108,9 +108,10 @@ pub struct ReceiverStatus {
     pub last_error: Option<String>,
     /// Seqno of the last failover record received (the primary handed over).
     pub failover_seqno: Option<u64>,
-    /// The snapshot being received, or the last one installed.
+    /// The snapshot being received, or the last one installed (the configuration's `seed`
+    /// says whether the receiver may be seeded at all).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub seed: Option<SeedProgress>,
+    pub snapshot: Option<SeedProgress>,
 }
 
 /// A seeding's progress (storage::seed).

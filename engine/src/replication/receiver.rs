@@ -666,7 +666,7 @@ async fn seed(
             ctx.metrics.replication_seeds_total.with_label_values(&["installed"]).inc();
             let seconds = started.elapsed().as_secs_f64();
             ctx.replication.set_receiver(|s| {
-                if let Some(p) = &mut s.seed {
+                if let Some(p) = &mut s.snapshot {
                     p.installed = true;
                     p.seconds = seconds;
                 }
@@ -707,7 +707,7 @@ async fn receive_snapshot(
         s.state = "seeding".into();
         s.source = Some(hello.name.clone());
         s.last_error = None;
-        s.seed = None;
+        s.snapshot = None;
     });
     let header: SeedHeader = timed(SILENCE_TIMEOUT, protocol::expect(rd, Kind::SeedHeader)).await?;
     if !crate::storage::meta::FORMAT_VERSIONS_SUPPORTED.contains(&header.format_version) {
@@ -721,7 +721,7 @@ async fn receive_snapshot(
         return Err(ProtocolError::Version(message));
     }
     ctx.replication.set_receiver(|s| {
-        s.seed =
+        s.snapshot =
             Some(super::SeedProgress { seqno: header.seqno, nodes_total: header.nodes, ..Default::default() })
     });
     // The file is written on a blocking thread while the next chunks arrive.
@@ -748,7 +748,7 @@ async fn receive_snapshot(
                 ctx.metrics.replication_seed_nodes_received_total.inc_by(n);
                 ctx.metrics.replication_bytes_applied_total.inc_by(payload.len() as u64);
                 ctx.replication.set_receiver(|s| {
-                    if let Some(p) = &mut s.seed {
+                    if let Some(p) = &mut s.snapshot {
                         p.nodes_received += n;
                         p.seconds = started.elapsed().as_secs_f64();
                     }

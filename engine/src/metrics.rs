@@ -348,6 +348,11 @@ impl Metrics {
                 &crate::version::PROTOCOL.to_string(),
             ])
             .set(1);
+        // Every outcome is known in advance: exported from the start, at 0 (rate() and
+        // increase() then see the first seeding).
+        for result in ["installed", "failed"] {
+            m.replication_seeds_total.with_label_values(&[result]);
+        }
         Ok(m)
     }
 

@@ -26,7 +26,7 @@ use crate::shutdown::Shutdown;
 use crate::storage::journal::RecordKind;
 use crate::storage::meta::{self, Role};
 use crate::storage::seed::{Builder, Node, SeedHeader};
-use crate::storage::writer::{ApplyMode, Marker};
+use crate::storage::writer::{ApplyMode, Marker, SeedExpectation};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A source sends at least a heartbeat every second; silence this long means it is gone.
@@ -648,8 +648,8 @@ async fn seed(
     shutdown: &mut Shutdown,
 ) -> Result<u64, ProtocolError> {
     let started = std::time::Instant::now();
-    // What the swap may replace: nothing committed after this.
-    let expected_seqno = ctx.store.committed_seqno();
+    // What the swap may replace: this instance as it is now, nothing committed or changed after.
+    let expected = SeedExpectation::of(&ctx.store);
     // Receiving may be cut short by a stop; completing the file and swapping it in may not
     // (the writer must never be handed a file that is being removed).
     let received = tokio::select! {
@@ -658,7 +658,7 @@ async fn seed(
         _ = shutdown.recv() => Err(ProtocolError::Io(std::io::Error::other("shutting down during seeding"))),
     };
     let result = match received {
-        Ok((builder, header)) => install(ctx, builder, header, expected_seqno).await,
+        Ok((builder, header)) => install(ctx, builder, header, expected).await,
         Err(e) => Err(e),
     };
     match &result {
@@ -786,7 +786,7 @@ async fn install(
     ctx: &Arc<Context>,
     builder: Builder,
     header: SeedHeader,
-    expected_seqno: u64,
+    expected: SeedExpectation,
 ) -> Result<u64, ProtocolError> {
     let meta = ctx.store.meta();
     let path = tokio::task::spawn_blocking(move || builder.finish(&header, meta))
@@ -794,7 +794,7 @@ async fn install(
         .map_err(|e| ProtocolError::Io(std::io::Error::other(e)))?
         .map_err(|e| ProtocolError::Io(std::io::Error::other(error_chain(&e))))?;
     ctx.writer
-        .install_seed(path, expected_seqno)
+        .install_seed(path, expected)
         .await
         .map_err(|e| ProtocolError::Io(std::io::Error::other(e.to_string())))
 }

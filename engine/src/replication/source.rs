@@ -468,7 +468,13 @@ async fn send_snapshot(
     });
     let mut seqno = 0;
     let mut bytes = 0u64;
+    let closing = || ProtocolError::Io(std::io::Error::other("this instance's database is being reopened"));
     while let Some(part) = rx.recv().await {
+        // The writer closing the file (after an I/O error) waits for the snapshot's reader:
+        // dropping the channel lets it go at once.
+        if ctx.store.is_closing() {
+            return Err(closing());
+        }
         match part {
             Part::Header(header) => {
                 seqno = header.seqno;
@@ -492,6 +498,9 @@ async fn send_snapshot(
                     let due = Duration::from_secs_f64(bytes as f64 / rate as f64);
                     while let Some(wait) = due.checked_sub(started.elapsed()).filter(|w| !w.is_zero()) {
                         tokio::time::sleep(wait.min(HEARTBEAT_INTERVAL)).await;
+                        if ctx.store.is_closing() {
+                            return Err(closing());
+                        }
                         let beat =
                             serde_json::to_vec(&Heartbeat { seqno, time_micros: now_micros() }).map_err(
                                 |e| ProtocolError::Malformed { kind: Kind::Heartbeat, reason: e.to_string() },

@@ -625,6 +625,12 @@ impl Store {
         self.degraded.load(Ordering::Acquire)
     }
 
+    /// Whether the writer has taken the file away to reopen it (it waits for the readers that
+    /// hold it: a long one lets go).
+    pub fn is_closing(&self) -> bool {
+        self.db.read().unwrap_or_else(std::sync::PoisonError::into_inner).is_none()
+    }
+
     pub(crate) fn db(&self) -> Result<Arc<Database>, StoreError> {
         self.db
             .read()

@@ -130,7 +130,7 @@ pub fn read_snapshot(
         if bytes >= chunk_bytes {
             // The writer closes the file after an I/O error and waits for every reader of it:
             // a snapshot (which may be long) lets go at once.
-            if store.db().is_err() {
+            if store.is_closing() {
                 return Err(StoreError::Recovering);
             }
             sent += pending.len() as u64;
@@ -283,5 +283,109 @@ pub fn remove_partial(data_dir: &Path) -> Result<(), StoreError> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(source) => Err(StoreError::CreateDir { path, source }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::storage::meta::{ReceiverConfig, Role};
+    use crate::storage::writer::{Marker, SeedExpectation, Writer, WriterLimits};
+    use crate::storage::{CreateSpec, StreamSeqnos};
+
+    fn header(seqno: u64, nodes: u64, from: &InstanceMeta) -> SeedHeader {
+        SeedHeader {
+            seqno,
+            history: from.history.clone(),
+            streams: Vec::new(),
+            stream_seqnos: StreamSeqnos::default(),
+            nodes,
+            format_version: from.format_version,
+            format_written_by: None,
+            catalog: Vec::new(),
+            term: 7,
+        }
+    }
+
+    fn built(store: &Store, seqno: u64) -> PathBuf {
+        let mut b = Builder::create(store.data_dir()).unwrap();
+        b.add(&[(b"a".to_vec(), b"1".to_vec()), (b"b".to_vec(), b"2".to_vec())]).unwrap();
+        b.finish(&header(seqno, 2, &store.meta()), store.meta()).unwrap()
+    }
+
+    /// The writer swaps a seeded file in only over the instance as it was when it asked: a
+    /// commit, a new term or a changed receiver since then abandons the swap and changes
+    /// nothing; otherwise the instance holds the snapshot and its journal begins after it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_seeded_file_replaces_only_the_instance_that_asked_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = CreateSpec { name: "brynmawr".into(), supplementary: false };
+        let store = Arc::new(Store::open(dir.path(), Some(&spec)).unwrap());
+        let metrics = Arc::new(crate::metrics::Metrics::new().unwrap());
+        let (writer, _thread) = Writer::<()>::spawn(store.clone(), WriterLimits::default(), metrics).unwrap();
+        let receiver = ReceiverConfig { autorollback: false, si: false, noresync: false, seed: true };
+        let r = receiver.clone();
+        writer
+            .update_meta(Box::new(move |m, _| {
+                m.role = Role::Secondary;
+                m.receiver = Some(r);
+                Ok(None)
+            }))
+            .await
+            .unwrap();
+        let asked = SeedExpectation::of(&store);
+
+        // Something committed since (a failover record here): abandoned.
+        writer.update_meta(Box::new(|_, _| Ok(Some(Marker::failover())))).await.unwrap();
+        let err = writer.install_seed(built(&store, 500), asked.clone()).await.unwrap_err();
+        assert!(err.to_string().contains("abandoned"), "{err}");
+        assert_eq!(store.committed_seqno(), 1);
+        assert_eq!(store.journal_first(), 1);
+
+        // A new term since: abandoned.
+        let asked = SeedExpectation::of(&store);
+        writer
+            .update_meta(Box::new(|m, _| {
+                m.term += 1;
+                Ok(None)
+            }))
+            .await
+            .unwrap();
+        assert!(writer.install_seed(built(&store, 500), asked).await.is_err());
+        assert_eq!(store.committed_seqno(), 1);
+
+        // The receiver started again without seeding: abandoned.
+        let asked = SeedExpectation::of(&store);
+        let off = ReceiverConfig { seed: false, ..receiver.clone() };
+        writer
+            .update_meta(Box::new(move |m, _| {
+                m.receiver = Some(off);
+                Ok(None)
+            }))
+            .await
+            .unwrap();
+        assert!(writer.install_seed(built(&store, 500), asked).await.is_err());
+        assert_eq!(store.snapshot().unwrap().get(b"a").unwrap(), None);
+
+        // As it was: installed.
+        writer
+            .update_meta(Box::new(move |m, _| {
+                m.receiver = Some(receiver);
+                Ok(None)
+            }))
+            .await
+            .unwrap();
+        let asked = SeedExpectation::of(&store);
+        assert_eq!(writer.install_seed(built(&store, 500), asked).await.unwrap(), 500);
+        assert_eq!(store.committed_seqno(), 500);
+        assert_eq!(store.journal_first(), 501);
+        assert_eq!(store.snapshot().unwrap().get(b"b").unwrap(), Some(b"2".to_vec()));
+        let meta = store.meta();
+        assert_eq!((meta.name.as_str(), meta.role, meta.term), ("brynmawr", Role::Secondary, 7));
+        assert!(!dir.path().join(SEED_FILE).exists());
     }
 }

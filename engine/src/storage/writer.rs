@@ -183,6 +183,21 @@ impl Marker {
 /// transaction. Gets the metadata and the committed seqno (the marker, if any, takes the next).
 pub type MetaUpdate = Box<dyn FnOnce(&mut InstanceMeta, u64) -> Result<Option<Marker>, String> + Send>;
 
+/// What an instance was when it asked for a snapshot: the swap goes ahead only if it still is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeedExpectation {
+    pub seqno: u64,
+    pub term: u64,
+    pub receiver: Option<super::meta::ReceiverConfig>,
+}
+
+impl SeedExpectation {
+    pub fn of(store: &Store) -> Self {
+        let meta = store.meta();
+        SeedExpectation { seqno: store.committed_seqno(), term: meta.term, receiver: meta.receiver }
+    }
+}
+
 /// How received records are applied.
 #[derive(Debug, Clone)]
 pub enum ApplyMode {
@@ -238,7 +253,7 @@ enum Work<T> {
     /// seqno it holds.
     InstallSeed {
         path: std::path::PathBuf,
-        expected_seqno: u64,
+        expected: SeedExpectation,
         reply: oneshot::Sender<Result<u64, TxnFailure>>,
     },
 }
@@ -475,15 +490,16 @@ impl<T: Send + 'static> Writer<T> {
 
     /// Replaces the database file with the complete seeded file at `path` (built by
     /// [`super::seed::Builder`] in the data directory); the seqno the instance then holds.
-    /// `expected_seqno` is the seqno the instance held when it asked for the snapshot: if it
-    /// committed anything since (a promotion and writes, meanwhile), the seeding is abandoned.
+    /// `expected` is the instance as it was when it asked for the snapshot: if it committed
+    /// anything since, or its term or receiver changed (a promotion, a failover, a stop), the
+    /// seeding is abandoned and nothing changes.
     pub async fn install_seed(
         &self,
         path: std::path::PathBuf,
-        expected_seqno: u64,
+        expected: SeedExpectation,
     ) -> Result<u64, TxnFailure> {
         let (reply, rx) = oneshot::channel();
-        self.call(Work::InstallSeed { path, expected_seqno, reply }, rx).await
+        self.call(Work::InstallSeed { path, expected, reply }, rx).await
     }
 
     /// Writes one of the engine's own keys as a journaled transaction; with `upgrade_to`, an
@@ -886,8 +902,8 @@ impl<T: Send + 'static> WriterThread<T> {
                     let result = self.checkpoint_all();
                     let _ = reply.send(self.settle(result));
                 }
-                Work::InstallSeed { path, expected_seqno, reply } => {
-                    let result = self.install_seed(&path, expected_seqno);
+                Work::InstallSeed { path, expected, reply } => {
+                    let result = self.install_seed(&path, &expected);
                     let _ = reply.send(self.settle(result));
                 }
             }
@@ -1733,23 +1749,46 @@ impl<T: Send + 'static> WriterThread<T> {
         let old_streams = meta.streams.clone();
         let mut streams = self.streams;
         let mut streams_touched = [false; STREAMS_MAX as usize];
+        let at = now_micros();
+        let path = crate::storage::lostlog::final_path(
+            self.store.data_dir(),
+            &meta.name,
+            to_seqno + 1,
+            committed,
+            at,
+        );
+        let header = crate::storage::lostlog::Header {
+            format: crate::storage::lostlog::FORMAT.into(),
+            instance: meta.name.clone(),
+            creation_id: meta.creation_id.clone(),
+            from_seqno: to_seqno + 1,
+            to_seqno: committed,
+            transactions: committed - to_seqno,
+            rolled_back_at_micros: at,
+            reason: reason.to_owned(),
+        };
         let txn = db.begin_write().map_err(redb_err("begin a write transaction"))?;
-        let mut lost = Vec::new();
         let mut touched: Vec<Vec<u8>> = Vec::new();
-        {
+        let pending = {
             let mut data = txn.open_table(DATA).map_err(redb_err("open the data table"))?;
             let mut journal = txn.open_table(JOURNAL).map_err(redb_err("open the journal table"))?;
-            for seqno in (to_seqno + 1..=committed).rev() {
-                let bytes = journal
-                    .remove(seqno)
-                    .map_err(redb_err("remove a journal record"))?
-                    .map(|v| v.value().to_vec())
-                    .ok_or_else(|| StoreError::JournalCorrupt {
-                        reason: format!("record {seqno} is missing"),
-                    })?;
-                grown -= record_bytes(&bytes);
+            // The rolled-off records, read and taken off the journal in one pass, in order.
+            let mut records = Vec::with_capacity(usize::try_from(committed - to_seqno).unwrap_or(0));
+            for entry in journal
+                .extract_from_if(to_seqno + 1.., |_, _| true)
+                .map_err(redb_err("remove journal records"))?
+            {
+                let (seqno, bytes) = entry.map_err(redb_err("remove journal records"))?;
+                let (seqno, bytes) = (seqno.value(), bytes.value());
+                let expected = to_seqno + 1 + records.len() as u64;
+                if seqno != expected {
+                    return Err(StoreError::JournalCorrupt {
+                        reason: format!("record {expected} is missing"),
+                    });
+                }
+                grown -= record_bytes(bytes);
                 let record =
-                    Record::decode(&bytes).map_err(|source| StoreError::RecordDecode { seqno, source })?;
+                    Record::decode(bytes).map_err(|source| StoreError::RecordDecode { seqno, source })?;
                 if record.kind == RecordKind::Upgrade {
                     // Nothing is touched: the transaction is dropped with this error.
                     return Err(StoreError::Invalid {
@@ -1758,27 +1797,61 @@ impl<T: Send + 'static> WriterThread<T> {
                         ),
                     });
                 }
+                records.push(record);
+            }
+            if to_seqno + records.len() as u64 != committed {
+                return Err(StoreError::JournalCorrupt {
+                    reason: format!("record {} is missing", to_seqno + 1 + records.len() as u64),
+                });
+            }
+            // Each node goes back to its before-image in the earliest record that changed it
+            // (what applying every before-image newest first leaves), written in key order.
+            let mut restores: BTreeMap<&[u8], Option<&[u8]>> = BTreeMap::new();
+            for record in records.iter().rev() {
                 for change in record.changes.iter().rev() {
-                    match &change.before {
-                        Some(v) => {
-                            data.insert(change.key.as_slice(), v.as_slice())
-                                .map_err(redb_err("restore a key"))?;
-                        }
-                        None => {
-                            data.remove(change.key.as_slice()).map_err(redb_err("restore a key"))?;
-                        }
-                    }
+                    restores.insert(&change.key, change.before.as_deref());
                     self.count(&change.key, change.after.is_some(), change.before.is_some());
                     touched.push(super::node::user_key(&change.key).to_vec());
                 }
                 if let Some(t) = streams_touched.get_mut(usize::from(record.stream)) {
                     *t = true;
                 }
-                lost.push(crate::storage::lostlog::LostTransaction::from_record(
-                    &record,
-                    &old_history,
-                    &old_streams,
-                ));
+            }
+            // The lost-transaction log is written (and synced, before the rollback commits:
+            // nothing is rolled off unlogged) while the data is restored.
+            let (logged, restored) = std::thread::scope(|scope| {
+                let log = scope.spawn(|| {
+                    let lost: Vec<_> = records
+                        .iter()
+                        .map(|r| {
+                            crate::storage::lostlog::LostTransaction::from_record(
+                                r,
+                                &old_history,
+                                &old_streams,
+                            )
+                        })
+                        .collect();
+                    crate::storage::lostlog::write_pending(&path, &header, &lost)
+                });
+                let restored = restores.iter().try_for_each(|(key, before)| {
+                    match before {
+                        Some(v) => data.insert(*key, *v).map(|_| ()),
+                        None => data.remove(*key).map(|_| ()),
+                    }
+                    .map_err(redb_err("restore a key"))
+                });
+                let logged = log.join().unwrap_or_else(|_| {
+                    Err(crate::storage::lostlog::LostLogError::Write {
+                        path: path.clone(),
+                        source: std::io::Error::other("the log writer panicked"),
+                    })
+                });
+                (logged, restored)
+            });
+            let pending = logged.map_err(|e| StoreError::Invalid { reason: error_chain(&e) })?;
+            if let Err(e) = restored {
+                let _ = std::fs::remove_file(&pending);
+                return Err(e);
             }
             meta.history.retain(|h| h.start_seqno <= to_seqno);
             // SI streams: forget those begun after the rollback point and history learnt
@@ -1804,30 +1877,8 @@ impl<T: Send + 'static> WriterThread<T> {
                     journal_seqno: to_seqno,
                 });
             }
-        }
-        let at = now_micros();
-        let path = crate::storage::lostlog::final_path(
-            self.store.data_dir(),
-            &meta.name,
-            to_seqno + 1,
-            committed,
-            at,
-        );
-        let header = crate::storage::lostlog::Header {
-            format: crate::storage::lostlog::FORMAT.into(),
-            instance: meta.name.clone(),
-            creation_id: meta.creation_id.clone(),
-            from_seqno: to_seqno + 1,
-            to_seqno: committed,
-            transactions: committed - to_seqno,
-            rolled_back_at_micros: at,
-            reason: reason.to_owned(),
+            pending
         };
-        // In journal order, as they were committed (they were collected newest first).
-        lost.reverse();
-        // The log is durable before the rollback commits: nothing is rolled off unlogged.
-        let pending = crate::storage::lostlog::write_pending(&path, &header, &lost)
-            .map_err(|e| StoreError::Invalid { reason: error_chain(&e) })?;
         let last = LastRollback {
             log_path: path.to_string_lossy().into_owned(),
             from_seqno: to_seqno + 1,
@@ -1976,7 +2027,11 @@ impl<T: Send + 'static> WriterThread<T> {
     /// segment can replay onto the new file), the seeded file is renamed over the database
     /// file and the directory synced, and the store takes up the new file's state. Readers
     /// that opened the old file finish on it.
-    fn install_seed(&mut self, path: &std::path::Path, expected_seqno: u64) -> Result<u64, StoreError> {
+    fn install_seed(
+        &mut self,
+        path: &std::path::Path,
+        expected: &SeedExpectation,
+    ) -> Result<u64, StoreError> {
         // Nothing may have happened here since the snapshot was asked for that the swap would
         // discard: no commit, no change of role or receiver.
         let current = self.store.meta();
@@ -1990,21 +2045,28 @@ impl<T: Send + 'static> WriterThread<T> {
                 current.role.as_str()
             )));
         }
-        if !current.receiver.as_ref().is_some_and(|r| r.seed && !r.si) {
+        if !current.receiver.as_ref().is_some_and(|r| r.seed && !r.si)
+            || current.receiver != expected.receiver
+        {
+            return Err(abandoned(format!("{}'s receiver was stopped or started again", current.name)));
+        }
+        if current.term != expected.term {
             return Err(abandoned(format!(
-                "{}'s receiver was stopped or restarted without --seed",
-                current.name
+                "{}'s family moved to term {} since it asked for the snapshot (at term {})",
+                current.name, current.term, expected.term
             )));
         }
         let committed = self.store.committed_seqno();
-        if committed != expected_seqno {
+        if committed != expected.seqno {
             return Err(abandoned(format!(
-                "{} is at seqno {committed} now, not {expected_seqno} as when it asked for the snapshot",
-                current.name
+                "{} is at seqno {committed} now, not {} as when it asked for the snapshot",
+                current.name, expected.seqno
             )));
         }
-        // The metadata as it is now, with the snapshot's history, streams and format.
-        super::seed::rewrite_meta(path, |seeded| Ok(super::seed::merged(current.clone(), seeded)))?;
+        // The metadata as it is now, with the snapshot's history, streams and format. A
+        // failure here is the new file's, never a reason to close the instance's own.
+        super::seed::rewrite_meta(path, |seeded| Ok(super::seed::merged(current.clone(), seeded)))
+            .map_err(|e| abandoned(format!("the seeded file cannot be completed ({})", error_chain(&e))))?;
         self.checkpoint_all()?;
         let db_path = self.store.db_path().to_owned();
         let data_dir = self.store.data_dir().to_owned();
@@ -2034,9 +2096,9 @@ impl<T: Send + 'static> WriterThread<T> {
     }
 
     /// Takes up the state of the database file (nothing in the overlay, no journal segments):
-    /// metadata, journal extent, stream seqnos, key counts. With `replaced` (a seeded file took
-    /// the old one's place) every key may have changed, so WATCH sees them all changed and the
-    /// instance's own sources see a rollback and negotiate again.
+    /// metadata, journal extent, stream seqnos, key counts; WATCH sees every key changed. With
+    /// `replaced` (a seeded file took the old one's place) the instance's own sources also see
+    /// a rollback and negotiate again.
     fn take_up(&mut self, db: Database, replaced: bool) -> Result<u64, StoreError> {
         let meta = read_meta(&db)?.ok_or_else(|| StoreError::Invalid {
             reason: "the database file has no instance metadata".into(),
@@ -2049,9 +2111,11 @@ impl<T: Send + 'static> WriterThread<T> {
         self.set_streams(streams);
         self.supplementary = meta.supplementary;
         self.metrics.journal_seqno.set(i64::try_from(seqno).unwrap_or(i64::MAX));
+        // A commit that reported an error may have reached the file: WATCH sees every key
+        // changed either way.
+        self.version += 1;
+        self.buckets.fill(self.version);
         if replaced {
-            self.version += 1;
-            self.buckets.fill(self.version);
             self.store.note_rollback();
             self.store.lower_pins(seqno + 1);
         }

@@ -56,3 +56,11 @@ def number(text, what):
         return float(text)
     except (TypeError, ValueError):
         sys.exit(f"cannot read {what} from {text!r}")
+
+
+def publish(report, out):
+    """Prints the report's table and, with --out, writes it to that file too."""
+    print(report)
+    if out:
+        with open(out, "w") as f:
+            f.write(report)

@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 
-from benchlib import ENGINE, ensure_engine, free_port, number, work_dir
+from benchlib import ENGINE, ensure_engine, free_port, number, publish, work_dir
 
 
 def wait_port(port, proc, what):
@@ -186,10 +186,7 @@ def main():
                 r_med = statistics.median(run[test] for run in runs["redis"])
                 lines.append(f"| {test} | {s_med:.0f} | {r_med:.0f} | {s_med / r_med:.2f} |")
             report = "\n".join(lines) + "\n"
-            print(report)
-            if args.out:
-                with open(args.out, "w") as f:
-                    f.write(report)
+            publish(report, args.out)
             return
         cases = []
         for test in ("set", "get"):
@@ -236,10 +233,7 @@ def main():
         r = statistics.median(results[case]["redis"])
         lines.append(f"| {test.upper()} | {clients} | {pipeline} | {s:.0f} | {r:.0f} | {s / r:.2f} |")
     report = "\n".join(lines) + "\n"
-    print(report)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(report)
+    publish(report, args.out)
 
 
 if __name__ == "__main__":

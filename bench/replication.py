@@ -35,7 +35,7 @@ import subprocess
 import sys
 import time
 
-from benchlib import ENGINE, ROOT, ensure_engine, free_port, number, work_dir
+from benchlib import ENGINE, ROOT, ensure_engine, free_port, number, publish, work_dir
 
 
 class Engine:
@@ -281,10 +281,7 @@ def main():
     lines.append(f"| (building the backlog: Strand redis-benchmark -P 64 / GT.M one mumps loop) | {c[2]:.1f} s | "
                  + (f"{gtm['catchup'][2]:.1f} s | |" if gtm else "n/a | |"))
     report = "| measurement | Strand | GT.M 7.0-005 | Strand / GT.M (rate) |\n|---|---:|---:|---:|\n" + "\n".join(lines) + "\n"
-    print(report)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(report)
+    publish(report, args.out)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import subprocess
 import sys
 import time
 
-from benchlib import ensure_engine, free_port, number, work_dir
+from benchlib import ensure_engine, free_port, number, publish, work_dir
 from replication import Engine
 
 
@@ -205,10 +205,7 @@ def main():
             f"| {r / s:.2f} |")
         rows.append(f"| rounds | {', '.join(f'{t:.1f}' for t in strand)} s | {', '.join(f'{t:.1f}' for t in times)} s | |")
     report = "| measurement | Strand | Redis 7.0 | Strand / Redis (rate) |\n|---|---:|---:|---:|\n" + "\n".join(rows) + "\n"
-    print(report)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(report)
+    publish(report, args.out)
 
 
 if __name__ == "__main__":

@@ -7,25 +7,9 @@
 
 mod common;
 
-use common::{Server, tempdir, wait_until};
+use common::{Server, small_wal, tempdir, wait_until};
 
-/// Checkpoints every 64 KiB and segments of 16 KiB: many checkpoints (and so trims) a second.
-const SMALL: [&str; 4] = ["--checkpoint-bytes", "65536", "--journal-segment-bytes", "16384"];
 const KEEP: u64 = 256 * 1024;
-
-fn flags<'a>(more: &[&'a str]) -> Vec<&'a str> {
-    let mut out = SMALL.to_vec();
-    out.extend_from_slice(more);
-    out
-}
-
-fn metric(server: &Server, series: &str) -> f64 {
-    let metrics = common::admin(&server.data_dir, "GET", "/metrics", None).unwrap().1;
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse::<f64>().ok()))
-        .unwrap_or_else(|| panic!("no series {series} in\n{metrics}"))
-}
 
 fn journal(server: &Server) -> (u64, u64) {
     let s = server.status();
@@ -50,8 +34,8 @@ fn pair(root: &std::path::Path, source_flags: &[&str]) -> (Server, Server) {
 }
 
 fn pair_with(root: &std::path::Path, source_flags: &[&str], receiver_start: &[&str]) -> (Server, Server) {
-    let a = Server::start_replicating_with(root, "Ardmore", &flags(source_flags));
-    let b = Server::start_replicating_with(root, "BrynMawr", &flags(&["--journal-keep-bytes", "262144"]));
+    let a = Server::start_replicating_with(root, "Ardmore", &small_wal(source_flags));
+    let b = Server::start_replicating_with(root, "BrynMawr", &small_wal(&["--journal-keep-bytes", "262144"]));
     a.ctl(&["promote"]);
     b.ctl(receiver_start);
     a.ctl(&["source", "start", "--receiver", "BrynMawr", "--addr", &b.repl_addr()]);
@@ -89,14 +73,10 @@ fn the_journal_stays_flat_under_steady_writes_once_acknowledged() {
     // The database file reuses the trimmed pages: it stops growing.
     let (half, end) = (file_sizes[9], file_sizes[19]);
     assert!(end <= half + half / 4, "the database file grew from {half} to {end} bytes: {file_sizes:?}");
-    assert!(metric(&a, "strand_journal_trimmed_records_total") > 35_000.0);
+    assert!(a.metric("strand_journal_trimmed_records_total") > 35_000.0);
+    assert_eq!(a.metric("strand_journal_trimmed_needed_total"), 0.0, "nothing a receiver needed was trimmed");
     assert_eq!(
-        metric(&a, "strand_journal_trimmed_needed_total"),
-        0.0,
-        "nothing a receiver needed was trimmed"
-    );
-    assert_eq!(
-        metric(&a, "strand_journal_first_seqno"),
+        a.metric("strand_journal_first_seqno"),
         a.status()["journal"]["first_seqno"].as_f64().unwrap()
     );
     // The receiver trims its own journal too (it has no receiver of its own: only the keep).
@@ -172,7 +152,7 @@ fn a_receiver_behind_a_retention_limit_is_told_to_reseed_and_keeps_its_data() {
         "the limit did not trim past the stopped receiver: first {first}, it holds {held}"
     );
     assert!(bytes <= 131_072 + 4 * 65_536, "{bytes}");
-    assert!(metric(&a, "strand_journal_trimmed_needed_total") > 0.0);
+    assert!(a.metric("strand_journal_trimmed_needed_total") > 0.0);
     assert!(a.log_text().contains("still needs: it must be re-seeded"), "no loud log line");
 
     b.restart();
@@ -186,11 +166,11 @@ fn a_receiver_behind_a_retention_limit_is_told_to_reseed_and_keeps_its_data() {
                 .is_some_and(|r| r.contains(&format!("from seqno {}", held + 1)) && r.contains("re-seed"))
     });
     wait_until("the source's metric to say so", || {
-        metric(&a, "strand_replication_reseed_required{receiver=\"BrynMawr\"}") == 1.0
+        a.metric("strand_replication_reseed_required{receiver=\"BrynMawr\"}") == 1.0
     });
     wait_until("the receiver to say so", || {
         b.status()["receiver"]["state"] == "needs_reseed"
-            && metric(&b, "strand_receiver_state{state=\"needs_reseed\"}") == 1.0
+            && b.metric("strand_receiver_state{state=\"needs_reseed\"}") == 1.0
     });
     // Nothing changed on the receiver: no rollback, no partial stream.
     assert_eq!(b.seqno(), held);
@@ -203,7 +183,7 @@ fn a_rollback_into_the_trimmed_journal_is_refused_and_changes_nothing() {
     let dir = tempdir();
     // About 200 of the newest records are kept: enough to roll back a few.
     let mut a =
-        Server::start(&dir.path().join("ardmore"), "Ardmore", &flags(&["--journal-keep-bytes", "65536"]));
+        Server::start(&dir.path().join("ardmore"), "Ardmore", &small_wal(&["--journal-keep-bytes", "65536"]));
     a.ctl(&["promote"]);
     write(&a, 3_000, "w");
     wait_until("the journal to be trimmed", || {

@@ -9,26 +9,10 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{Server, lost_logs, tempdir, wait_until};
+use common::{Server, lost_logs, small_wal, tempdir, wait_until};
 
-/// Checkpoints every 64 KiB and segments of 16 KiB: many checkpoints (and so trims) a second.
-const SMALL: [&str; 4] = ["--checkpoint-bytes", "65536", "--journal-segment-bytes", "16384"];
 /// A source keeps nothing past what its receivers need.
 const KEEP_NOTHING: [&str; 2] = ["--journal-keep-bytes", "0"];
-
-fn flags<'a>(more: &[&'a str]) -> Vec<&'a str> {
-    let mut out = SMALL.to_vec();
-    out.extend_from_slice(more);
-    out
-}
-
-fn metric(server: &Server, series: &str) -> f64 {
-    let metrics = common::admin(&server.data_dir, "GET", "/metrics", None).unwrap().1;
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse::<f64>().ok()))
-        .unwrap_or(0.0)
-}
 
 fn journal_first(server: &Server) -> u64 {
     server.status()["journal"]["first_seqno"].as_u64().unwrap()
@@ -90,7 +74,7 @@ fn caught_up(a: &Server, b: &Server) {
 fn trimmed_primary(root: &std::path::Path, more: &[&str]) -> Server {
     let mut all = KEEP_NOTHING.to_vec();
     all.extend_from_slice(more);
-    let a = Server::start_replicating_with(root, "Ardmore", &flags(&all));
+    let a = Server::start_replicating_with(root, "Ardmore", &small_wal(&all));
     a.ctl(&["promote"]);
     write(&a, 150, "before");
     // The next checkpoint (at the latest the 10-second one) trims what no one needs.
@@ -102,7 +86,7 @@ fn trimmed_primary(root: &std::path::Path, more: &[&str]) -> Server {
 fn a_new_member_joins_from_a_snapshot_when_the_journal_no_longer_reaches_back() {
     let dir = tempdir();
     let a = trimmed_primary(dir.path(), &[]);
-    let mut b = Server::start_replicating_with(dir.path(), "BrynMawr", &flags(&[]));
+    let mut b = Server::start_replicating_with(dir.path(), "BrynMawr", &small_wal(&[]));
     b.ctl(&["receiver", "start", "--seed"]);
     let first = journal_first(&a);
     a.ctl(&["source", "start", "--receiver", "BrynMawr", "--addr", &b.repl_addr()]);
@@ -117,7 +101,7 @@ fn a_new_member_joins_from_a_snapshot_when_the_journal_no_longer_reaches_back() 
     // The new member's journal begins after the snapshot; it holds what followed.
     assert!(journal_first(&b) <= seeded_at + 1, "{status}");
     assert_eq!(status["history"], a.status()["history"], "the new member is of the primary's family");
-    assert_eq!(metric(&b, "strand_replication_seeds_total{result=\"installed\"}"), 1.0);
+    assert_eq!(b.metric("strand_replication_seeds_total{result=\"installed\"}"), 1.0);
     same_data(&a, &b);
     b.verify();
 
@@ -134,7 +118,7 @@ fn a_new_member_joins_from_a_snapshot_when_the_journal_no_longer_reaches_back() 
     a.verify();
     assert!(lost_logs(&b.data_dir).is_empty(), "an empty member lost nothing");
     assert_eq!(
-        metric(&b, "strand_replication_seeds_total{result=\"installed\"}"),
+        b.metric("strand_replication_seeds_total{result=\"installed\"}"),
         0.0,
         "no seeding after restart"
     );
@@ -146,9 +130,9 @@ fn a_member_left_behind_is_refused_until_it_may_be_seeded() {
     let a = Server::start_replicating_with(
         dir.path(),
         "Ardmore",
-        &flags(&["--journal-keep-bytes", "0", "--journal-retain-bytes", "200000"]),
+        &small_wal(&["--journal-keep-bytes", "0", "--journal-retain-bytes", "200000"]),
     );
-    let mut b = Server::start_replicating_with(dir.path(), "BrynMawr", &flags(&[]));
+    let mut b = Server::start_replicating_with(dir.path(), "BrynMawr", &small_wal(&[]));
     a.ctl(&["promote"]);
     b.ctl(&["receiver", "start"]);
     a.ctl(&["source", "start", "--receiver", "BrynMawr", "--addr", &b.repl_addr()]);
@@ -179,9 +163,9 @@ fn a_seeding_cut_short_leaves_the_old_data_and_completes_later() {
     let a = Server::start_replicating_with(
         dir.path(),
         "Ardmore",
-        &flags(&["--journal-keep-bytes", "0", "--seed-rate-bytes", "32768"]),
+        &small_wal(&["--journal-keep-bytes", "0", "--seed-rate-bytes", "32768"]),
     );
-    let mut b = Server::start_replicating_with(dir.path(), "BrynMawr", &flags(&[]));
+    let mut b = Server::start_replicating_with(dir.path(), "BrynMawr", &small_wal(&[]));
     a.ctl(&["promote"]);
     b.ctl(&["receiver", "start"]);
     a.ctl(&["source", "start", "--receiver", "BrynMawr", "--addr", &b.repl_addr()]);
@@ -215,7 +199,7 @@ fn a_seeding_cut_short_leaves_the_old_data_and_completes_later() {
     wait_until("the seeding to start again", || received(&b) > 0);
     a.ctl(&["source", "stop", "--receiver", "BrynMawr"]);
     wait_until("the receiver to give up the seeding", || b.status()["receiver"]["state"] != "seeding");
-    assert!(metric(&b, "strand_replication_seeds_total{result=\"failed\"}") >= 1.0);
+    assert!(b.metric("strand_replication_seeds_total{result=\"failed\"}") >= 1.0);
     unchanged(&b, "after the source stopped");
     a.ctl(&["source", "start", "--receiver", "BrynMawr", "--addr", &b.repl_addr()]);
     caught_up(&a, &b);
@@ -227,8 +211,8 @@ fn a_seeding_cut_short_leaves_the_old_data_and_completes_later() {
 fn an_old_primary_rolls_its_own_transactions_into_a_log_before_it_is_seeded() {
     let dir = tempdir();
     // Ardmore keeps its own journal (so it can roll back); BrynMawr, its successor, nothing.
-    let mut a = Server::start_replicating_with(dir.path(), "Ardmore", &flags(&[]));
-    let b = Server::start_replicating_with(dir.path(), "BrynMawr", &flags(&KEEP_NOTHING));
+    let mut a = Server::start_replicating_with(dir.path(), "Ardmore", &small_wal(&[]));
+    let b = Server::start_replicating_with(dir.path(), "BrynMawr", &small_wal(&KEEP_NOTHING));
     a.ctl(&["promote"]);
     b.ctl(&["receiver", "start"]);
     a.ctl(&["source", "start", "--receiver", "BrynMawr", "--addr", &b.repl_addr()]);

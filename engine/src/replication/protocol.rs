@@ -252,6 +252,13 @@ pub enum ProtocolError {
     },
 }
 
+impl ProtocolError {
+    /// A failure at this end that is not the protocol's: a local error, a stop, a timeout.
+    pub fn other(message: impl std::fmt::Display) -> Self {
+        ProtocolError::Io(std::io::Error::other(message.to_string()))
+    }
+}
+
 pub async fn write_frame<W: AsyncWriteExt + Unpin>(
     w: &mut W,
     kind: Kind,

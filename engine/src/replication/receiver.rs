@@ -105,7 +105,7 @@ async fn timed<T>(
     d: Duration,
     f: impl std::future::Future<Output = Result<T, ProtocolError>>,
 ) -> Result<T, ProtocolError> {
-    tokio::time::timeout(d, f).await.map_err(|_| ProtocolError::Io(std::io::Error::other("timed out")))?
+    tokio::time::timeout(d, f).await.map_err(|_| ProtocolError::other("timed out"))?
 }
 
 /// Clears the "one source at a time" flag when the connection ends, however it ends.
@@ -233,7 +233,7 @@ async fn serve(
                 Ok(None)
             }))
             .await
-            .map_err(|e| ProtocolError::Io(std::io::Error::other(e.to_string())))?;
+            .map_err(|e| ProtocolError::other(e.to_string()))?;
     }
     protocol::write_json(&mut wr, Kind::Start, &Start { from, rolled_back_to }).await?;
     let stream = match &mode {
@@ -474,7 +474,7 @@ async fn negotiate_si(
                 .await;
             if let Err(e) = result {
                 refuse(wr, "noresync_failed", e.to_string(), Some(common), None).await;
-                return Err(ProtocolError::Io(std::io::Error::other(e.to_string())));
+                return Err(ProtocolError::other(e.to_string()));
             }
             tracing::warn!(source = %hello.name, stream, common, "noresync: resuming from the common point without rolling back");
             from
@@ -528,7 +528,7 @@ async fn check_term(
                 Ok(None)
             }))
             .await
-            .map_err(|e| ProtocolError::Io(std::io::Error::other(e.to_string())))?;
+            .map_err(|e| ProtocolError::other(e.to_string()))?;
     }
     Ok(true)
 }
@@ -629,7 +629,7 @@ async fn roll_back(
                 "rollback_failed"
             };
             refuse(wr, code, e.to_string(), Some(to), Some(receiver_seqno)).await;
-            Err(ProtocolError::Io(std::io::Error::other(e.to_string())))
+            Err(ProtocolError::other(e.to_string()))
         }
     }
 }
@@ -654,8 +654,8 @@ async fn seed(
     // (the writer must never be handed a file that is being removed).
     let received = tokio::select! {
         r = receive_snapshot(ctx, rd, wr, hello, wanted, started) => r,
-        _ = generation.changed() => Err(ProtocolError::Io(std::io::Error::other("the receiver was stopped during seeding"))),
-        _ = shutdown.recv() => Err(ProtocolError::Io(std::io::Error::other("shutting down during seeding"))),
+        _ = generation.changed() => Err(ProtocolError::other("the receiver was stopped during seeding")),
+        _ = shutdown.recv() => Err(ProtocolError::other("shutting down during seeding")),
     };
     let result = match received {
         Ok((builder, header)) => install(ctx, builder, header, expected).await,
@@ -700,7 +700,7 @@ async fn receive_snapshot(
     wanted: u64,
     started: std::time::Instant,
 ) -> Result<(Builder, SeedHeader), ProtocolError> {
-    let io = |e: crate::storage::StoreError| ProtocolError::Io(std::io::Error::other(error_chain(&e)));
+    let io = |e: crate::storage::StoreError| ProtocolError::other(error_chain(&e));
     tracing::warn!(source = %hello.name, wanted, "the source's journal does not reach back far enough; seeding from its snapshot (this instance's data is replaced)");
     protocol::write_json(wr, Kind::Seed, &SeedRequest { wanted }).await?;
     ctx.replication.set_receiver(|s| {
@@ -764,17 +764,15 @@ async fn receive_snapshot(
         }
     }
     drop(tx);
-    let builder = builder.await.map_err(|e| ProtocolError::Io(std::io::Error::other(e)))?.map_err(io)?;
-    let end =
-        end.ok_or_else(|| ProtocolError::Io(std::io::Error::other("the seeded file's writer stopped")))?;
-    if end.nodes != header.nodes || builder.nodes() != header.nodes {
+    let builder = builder.await.map_err(ProtocolError::other)?.map_err(io)?;
+    let end = end.ok_or_else(|| ProtocolError::other("the seeded file's writer stopped"))?;
+    // What arrived is counted against the header when the file is completed.
+    if end.nodes != header.nodes {
         return Err(ProtocolError::Malformed {
             kind: Kind::SeedEnd,
             reason: format!(
-                "the snapshot promised {} nodes, the source sent {} and {} arrived",
-                header.nodes,
-                end.nodes,
-                builder.nodes()
+                "the snapshot promised {} nodes, the source says it sent {}",
+                header.nodes, end.nodes
             ),
         });
     }
@@ -788,15 +786,12 @@ async fn install(
     header: SeedHeader,
     expected: SeedExpectation,
 ) -> Result<u64, ProtocolError> {
-    let meta = ctx.store.meta();
-    let path = tokio::task::spawn_blocking(move || builder.finish(&header, meta))
-        .await
-        .map_err(|e| ProtocolError::Io(std::io::Error::other(e)))?
-        .map_err(|e| ProtocolError::Io(std::io::Error::other(error_chain(&e))))?;
-    ctx.writer
-        .install_seed(path, expected)
-        .await
-        .map_err(|e| ProtocolError::Io(std::io::Error::other(e.to_string())))
+    let (path, header) =
+        tokio::task::spawn_blocking(move || builder.finish(&header).map(|path| (path, header)))
+            .await
+            .map_err(ProtocolError::other)?
+            .map_err(|e| ProtocolError::other(error_chain(&e)))?;
+    ctx.writer.install_seed(path, header, expected).await.map_err(|e| ProtocolError::other(e.to_string()))
 }
 
 /// Most records merged into one durable apply when frames queue up (receiver behind).
@@ -820,7 +815,7 @@ async fn receive(
         loop {
             let frame = tokio::time::timeout(SILENCE_TIMEOUT, protocol::read_frame(rd))
                 .await
-                .map_err(|_| ProtocolError::Io(std::io::Error::other("source silent for too long")))
+                .map_err(|_| ProtocolError::other("source silent for too long"))
                 .and_then(|r| r);
             let failed = frame.is_err();
             if tx.send(frame).await.is_err() {
@@ -884,7 +879,7 @@ async fn receive(
                     .writer
                     .apply(records, auth.history.clone(), mode.clone())
                     .await
-                    .map_err(|e| ProtocolError::Io(std::io::Error::other(e.to_string())))?;
+                    .map_err(|e| ProtocolError::other(e.to_string()))?;
                 ctx.metrics.replication_apply_duration_seconds.observe(started.elapsed().as_secs_f64());
                 ctx.metrics.replication_records_applied_total.inc_by(n);
                 ctx.metrics.replication_bytes_applied_total.inc_by(bytes as u64);

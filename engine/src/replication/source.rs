@@ -213,7 +213,7 @@ async fn timed<T>(
     d: Duration,
     f: impl std::future::Future<Output = Result<T, ProtocolError>>,
 ) -> Result<T, ProtocolError> {
-    tokio::time::timeout(d, f).await.map_err(|_| ProtocolError::Io(std::io::Error::other("timed out")))?
+    tokio::time::timeout(d, f).await.map_err(|_| ProtocolError::other("timed out"))?
 }
 
 /// One connection: handshake, then stream until an error or a rollback under us.
@@ -266,7 +266,7 @@ async fn stream_once(
     };
     tracing::info!(receiver = %link.receiver, from = start.from, rolled_back_to = ?start.rolled_back_to, "streaming");
     if !pin.set_at(epoch, start.from) {
-        return Err(ProtocolError::Io(std::io::Error::other("this instance rolled back; negotiating again")));
+        return Err(ProtocolError::other("this instance rolled back; negotiating again"));
     }
     let first = ctx.store.journal_first();
     if start.from < first {
@@ -321,9 +321,7 @@ async fn stream_once(
     let mut in_flight: VecDeque<u64> = VecDeque::new();
     loop {
         if ctx.store.rollbacks() != rollbacks {
-            return Err(ProtocolError::Io(std::io::Error::other(
-                "this instance rolled back; negotiating again",
-            )));
+            return Err(ProtocolError::other("this instance rolled back; negotiating again"));
         }
         let acked = status.lock().unwrap_or_else(std::sync::PoisonError::into_inner).acked_seqno;
         while in_flight.front().is_some_and(|last| *last <= acked) {
@@ -350,9 +348,7 @@ async fn stream_once(
         }
         if ctx.store.rollbacks() != rollbacks || committed + 1 < next {
             acks.0.abort();
-            return Err(ProtocolError::Io(std::io::Error::other(
-                "this instance rolled back; negotiating again",
-            )));
+            return Err(ProtocolError::other("this instance rolled back; negotiating again"));
         }
         // Metadata is published before the seqno: records up to `committed` are covered by
         // the history read here. A new record (this instance was promoted, or adopted its own
@@ -368,14 +364,14 @@ async fn stream_once(
             let raw =
                 tokio::task::spawn_blocking(move || store.snapshot().and_then(|s| s.journal_raw(next, to)))
                     .await
-                    .map_err(|e| ProtocolError::Io(std::io::Error::other(e)))?
+                    .map_err(ProtocolError::other)?
                     .map_err(|e| match e {
                         StoreError::JournalTrimmed { .. } => ProtocolError::NeedsReseed(format!(
                             "{}; {} must be re-seeded",
                             error_chain(&e),
                             link.receiver
                         )),
-                        e => ProtocolError::Io(std::io::Error::other(error_chain(&e))),
+                        e => ProtocolError::other(error_chain(&e)),
                     })?;
             if raw.is_empty() {
                 continue;
@@ -438,11 +434,8 @@ async fn send_snapshot(
     wr: &mut tokio::net::tcp::OwnedWriteHalf,
     request: &SeedRequest,
 ) -> Result<(), ProtocolError> {
-    let rolled_back = || {
-        ProtocolError::Io(std::io::Error::other(
-            "this instance rolled back during the seeding; negotiating again",
-        ))
-    };
+    let rolled_back =
+        || ProtocolError::other("this instance rolled back during the seeding; negotiating again");
     update(status, |s| {
         s.state = "seeding".into();
         s.last_error = None;
@@ -468,7 +461,7 @@ async fn send_snapshot(
     });
     let mut seqno = 0;
     let mut bytes = 0u64;
-    let closing = || ProtocolError::Io(std::io::Error::other("this instance's database is being reopened"));
+    let closing = || ProtocolError::other("this instance's database is being reopened");
     while let Some(part) = rx.recv().await {
         // The writer closing the file (after an I/O error) waits for the snapshot's reader:
         // dropping the channel lets it go at once.
@@ -481,16 +474,12 @@ async fn send_snapshot(
                 if !pin.set_at(epoch, header.seqno + 1) {
                     return Err(rolled_back());
                 }
-                let payload = serde_json::to_vec(&*header).map_err(|e| ProtocolError::Malformed {
-                    kind: Kind::SeedHeader,
-                    reason: e.to_string(),
-                })?;
-                seed_write(wr, Kind::SeedHeader, &payload).await?;
+                seed_write(protocol::write_json(wr, Kind::SeedHeader, &*header)).await?;
             }
             Part::Nodes(nodes) => {
                 let payload = protocol::encode_nodes(&nodes);
                 bytes += payload.len() as u64;
-                seed_write(wr, Kind::SeedNodes, &payload).await?;
+                seed_write(protocol::write_frame(wr, Kind::SeedNodes, &payload)).await?;
                 ctx.metrics.replication_bytes_sent_total.inc_by(payload.len() as u64);
                 if let Some(rate) = rate {
                     // Not ahead of the rate: sent bytes take at least bytes / rate seconds.
@@ -501,28 +490,21 @@ async fn send_snapshot(
                         if ctx.store.is_closing() {
                             return Err(closing());
                         }
-                        let beat =
-                            serde_json::to_vec(&Heartbeat { seqno, time_micros: now_micros() }).map_err(
-                                |e| ProtocolError::Malformed { kind: Kind::Heartbeat, reason: e.to_string() },
-                            )?;
-                        seed_write(wr, Kind::Heartbeat, &beat).await?;
+                        let beat = Heartbeat { seqno, time_micros: now_micros() };
+                        seed_write(protocol::write_json(wr, Kind::Heartbeat, &beat)).await?;
                     }
                 }
             }
         }
     }
-    let nodes = reader
-        .await
-        .map_err(|e| ProtocolError::Io(std::io::Error::other(e)))?
-        .map_err(|e| ProtocolError::Io(std::io::Error::other(error_chain(&e))))?;
+    let nodes =
+        reader.await.map_err(ProtocolError::other)?.map_err(|e| ProtocolError::other(error_chain(&e)))?;
     // A rollback since the handshake may have taken records the snapshot holds: the receiver
     // must not install it (it would hold transactions the family no longer has).
     if ctx.store.rollbacks() != rollbacks || ctx.store.pins_epoch() != epoch {
         return Err(rolled_back());
     }
-    let end = serde_json::to_vec(&SeedEnd { nodes })
-        .map_err(|e| ProtocolError::Malformed { kind: Kind::SeedEnd, reason: e.to_string() })?;
-    seed_write(wr, Kind::SeedEnd, &end).await?;
+    seed_write(protocol::write_json(wr, Kind::SeedEnd, &SeedEnd { nodes })).await?;
     update(status, |s| s.bytes_sent += bytes);
     tracing::info!(
         receiver = %link.receiver, seqno, nodes, bytes, seconds = started.elapsed().as_secs_f64(),
@@ -533,13 +515,11 @@ async fn send_snapshot(
 
 /// Writes one frame of a seeding, giving up on a receiver that does not take it.
 async fn seed_write(
-    wr: &mut tokio::net::tcp::OwnedWriteHalf,
-    kind: Kind,
-    payload: &[u8],
+    write: impl std::future::Future<Output = Result<(), ProtocolError>>,
 ) -> Result<(), ProtocolError> {
-    tokio::time::timeout(SEED_WRITE_TIMEOUT, protocol::write_frame(wr, kind, payload))
+    tokio::time::timeout(SEED_WRITE_TIMEOUT, write)
         .await
-        .map_err(|_| ProtocolError::Io(std::io::Error::other("the receiver stopped taking the snapshot")))?
+        .map_err(|_| ProtocolError::other("the receiver stopped taking the snapshot"))?
 }
 
 /// A task aborted when this is dropped.
@@ -568,7 +548,7 @@ async fn handshake(ctx: &Context, addr: &str, mode: Mode, si: bool) -> Result<Ha
     let secret = ctx.replication.secret.clone().ok_or(ProtocolError::Auth)?;
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
         .await
-        .map_err(|_| ProtocolError::Io(std::io::Error::other(format!("connecting to {addr} timed out"))))??;
+        .map_err(|_| ProtocolError::other(format!("connecting to {addr} timed out")))??;
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
     let meta = ctx.store.meta();

@@ -730,8 +730,12 @@ where
 
 /// Reads the stream seqno table (all zero when it does not exist yet).
 pub(crate) fn read_stream_seqnos(db: &Database) -> Result<StreamSeqnos, StoreError> {
+    stream_seqnos_in(&db.begin_read().map_err(redb_err("begin a read transaction"))?)
+}
+
+/// The stream seqno table as of a read transaction.
+pub(crate) fn stream_seqnos_in(txn: &redb::ReadTransaction) -> Result<StreamSeqnos, StoreError> {
     let mut out = [0u64; journal::STREAMS_MAX as usize];
-    let txn = db.begin_read().map_err(redb_err("begin a read transaction"))?;
     let table = match txn.open_table(STREAMS) {
         Ok(table) => table,
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(out),
@@ -747,7 +751,11 @@ pub(crate) fn read_stream_seqnos(db: &Database) -> Result<StreamSeqnos, StoreErr
 }
 
 pub(crate) fn read_meta(db: &Database) -> Result<Option<InstanceMeta>, StoreError> {
-    let txn = db.begin_read().map_err(redb_err("begin a read transaction"))?;
+    meta_in(&db.begin_read().map_err(redb_err("begin a read transaction"))?)
+}
+
+/// The instance metadata as of a read transaction.
+pub(crate) fn meta_in(txn: &redb::ReadTransaction) -> Result<Option<InstanceMeta>, StoreError> {
     let table = match txn.open_table(META) {
         Ok(table) => table,
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),

@@ -3,11 +3,12 @@
 //! The source reads one read snapshot of its database file — the data, the stream seqnos and
 //! the metadata as of the file's last journal seqno S (its last checkpoint) — and hands it out
 //! in chunks of nodes ([`read_snapshot`]). The receiver writes them into a fresh redb file
-//! beside its own ([`Builder`]), commits it durably with an empty journal whose base is S (as
-//! if trimmed up to S: see [`super::retention::JournalBase`]), the source's history and stream
-//! states as of S, and its own identity and replication settings; the writer then swaps it in
-//! (`Writer::install_seed`: checkpoint, rename over the database file, directory sync, reopen)
-//! and the receiver streams the journal from S + 1.
+//! beside its own ([`Builder`]) and commits it durably with an empty journal whose base is S
+//! (as if trimmed up to S: see [`super::retention::JournalBase`]). The writer then gives it
+//! the instance metadata — its own identity and settings as they are then, with the
+//! snapshot's history, stream states, format and term ([`merged`]) — and swaps it in
+//! (`Writer::install_seed`: checkpoint, rename over the database file, directory sync, take
+//! up its state), and the receiver streams the journal from S + 1.
 //!
 //! A seeding cut short at any point leaves the old file in place: the new one is built under
 //! [`SEED_FILE`], which the next start (or the next seeding) removes, and only a complete,
@@ -67,31 +68,13 @@ pub fn read_snapshot(
 ) -> Result<u64, StoreError> {
     let db = store.db()?;
     let txn = db.begin_read().map_err(redb_err("begin a read transaction"))?;
-    let meta: InstanceMeta = {
-        let table = txn.open_table(META).map_err(redb_err("open the metadata table"))?;
-        let bytes = table
-            .get(META_INSTANCE)
-            .map_err(redb_err("read instance metadata"))?
-            .ok_or_else(|| StoreError::Invalid { reason: "instance has no metadata".into() })?;
-        serde_json::from_slice(bytes.value()).map_err(|source| StoreError::MetaDecode { source })?
-    };
+    let meta = super::meta_in(&txn)?
+        .ok_or_else(|| StoreError::Invalid { reason: "instance has no metadata".into() })?;
     let base = super::retention::base_in(&txn)?;
     let journal = txn.open_table(JOURNAL).map_err(redb_err("open the journal table"))?;
     let seqno = journal.last().map_err(redb_err("read the journal"))?.map_or(base.seqno, |(k, _)| k.value());
     drop(journal);
-    let mut stream_seqnos = StreamSeqnos::default();
-    match txn.open_table(STREAMS) {
-        Ok(table) => {
-            for entry in table.iter().map_err(redb_err("read the streams table"))? {
-                let (k, v) = entry.map_err(redb_err("read the streams table"))?;
-                if let Some(slot) = stream_seqnos.get_mut(usize::from(k.value())) {
-                    *slot = v.value();
-                }
-            }
-        }
-        Err(redb::TableError::TableDoesNotExist(_)) => {}
-        Err(e) => return Err(redb_err("open the streams table")(e)),
-    }
+    let stream_seqnos = super::stream_seqnos_in(&txn)?;
     let mut catalog = Vec::new();
     match txn.open_table(CATALOG) {
         Ok(table) => {
@@ -186,31 +169,19 @@ impl Builder {
         Ok(())
     }
 
-    /// Completes the file: `meta` (the receiver's own identity and settings) takes the
-    /// snapshot's history, stream states, format and term; the journal is empty, based at the
-    /// snapshot's seqno. Committed durably; returns the file's path for the swap.
-    pub fn finish(self, header: &SeedHeader, mut meta: InstanceMeta) -> Result<PathBuf, StoreError> {
+    /// Completes the data of the file: the journal is empty, based at the snapshot's seqno,
+    /// with the snapshot's stream seqnos and catalog. Committed durably; returns the file's
+    /// path. The instance metadata is the writer's to add, at the swap ([`write_meta`]).
+    pub fn finish(self, header: &SeedHeader) -> Result<PathBuf, StoreError> {
         if self.nodes != header.nodes {
             return Err(StoreError::Invalid {
                 reason: format!("the snapshot promised {} nodes but {} arrived", header.nodes, self.nodes),
             });
         }
-        // As of the snapshot (the file's metadata already is; this only makes it certain).
-        meta.history = header.history.iter().filter(|h| h.start_seqno <= header.seqno).cloned().collect();
-        meta.streams =
-            header.streams.iter().filter(|s| s.since_journal_seqno <= header.seqno).cloned().collect();
-        for s in &mut meta.streams {
-            s.history.retain(|h| h.journal_seqno <= header.seqno);
-        }
-        meta.format_version = header.format_version;
-        meta.format_written_by = header.format_written_by.clone();
-        meta.term = meta.term.max(header.term);
         let base = JournalBase { seqno: header.seqno, streams: header.stream_seqnos };
         let txn = self.db.begin_write().map_err(redb_err("begin a write transaction"))?;
         {
             let mut table = txn.open_table(META).map_err(redb_err("open the metadata table"))?;
-            let bytes = serde_json::to_vec(&meta).map_err(|source| StoreError::MetaDecode { source })?;
-            table.insert(META_INSTANCE, bytes.as_slice()).map_err(redb_err("write instance metadata"))?;
             if base.seqno > 0 {
                 let bytes = serde_json::to_vec(&base).map_err(|source| StoreError::MetaDecode { source })?;
                 table
@@ -239,35 +210,28 @@ impl Builder {
     }
 }
 
-/// The metadata of an instance seeded from a snapshot whose file carries `seeded`: the
-/// instance's own identity, role and replication settings as they are now (`local`), with the
-/// snapshot's history, SI stream states and data format, and the higher of the two terms.
-pub fn merged(local: InstanceMeta, seeded: &InstanceMeta) -> InstanceMeta {
+/// The metadata of an instance seeded from the snapshot `header` describes: its own
+/// identity, role and replication settings as they are now (`local`), with the snapshot's
+/// history, SI stream states and data format, and the higher of the two terms.
+pub fn merged(local: InstanceMeta, header: &SeedHeader) -> InstanceMeta {
     InstanceMeta {
-        history: seeded.history.clone(),
-        streams: seeded.streams.clone(),
-        format_version: seeded.format_version,
-        format_written_by: seeded.format_written_by.clone(),
-        term: local.term.max(seeded.term),
+        history: header.history.clone(),
+        streams: header.streams.clone(),
+        format_version: header.format_version,
+        format_written_by: header.format_written_by.clone(),
+        term: local.term.max(header.term),
         ..local
     }
 }
 
-/// Writes `meta` into the seeded file at `path` (durably), before it is swapped in.
-pub(crate) fn rewrite_meta(
-    path: &Path,
-    f: impl FnOnce(&InstanceMeta) -> Result<InstanceMeta, StoreError>,
-) -> Result<(), StoreError> {
+/// Writes the instance metadata into the seeded file at `path`, durably, before the swap.
+pub(crate) fn write_meta(path: &Path, meta: &InstanceMeta) -> Result<(), StoreError> {
     // `open`, not `create`: a file that is not there is an error, never a new empty instance.
     let db = Database::open(path).map_err(|source| StoreError::Open { path: path.to_owned(), source })?;
-    let seeded = super::read_meta(&db)?.ok_or_else(|| StoreError::Invalid {
-        reason: format!("{} has no instance metadata", path.display()),
-    })?;
-    let meta = f(&seeded)?;
     let txn = db.begin_write().map_err(redb_err("begin a write transaction"))?;
     {
         let mut table = txn.open_table(META).map_err(redb_err("open the metadata table"))?;
-        let bytes = serde_json::to_vec(&meta).map_err(|source| StoreError::MetaDecode { source })?;
+        let bytes = serde_json::to_vec(meta).map_err(|source| StoreError::MetaDecode { source })?;
         table.insert(META_INSTANCE, bytes.as_slice()).map_err(redb_err("write instance metadata"))?;
     }
     txn.commit().map_err(redb_err("commit the seeded file's metadata"))
@@ -311,10 +275,16 @@ mod tests {
         }
     }
 
-    fn built(store: &Store, seqno: u64) -> PathBuf {
+    fn built(store: &Store, seqno: u64) -> (PathBuf, SeedHeader) {
         let mut b = Builder::create(store.data_dir()).unwrap();
         b.add(&[(b"a".to_vec(), b"1".to_vec()), (b"b".to_vec(), b"2".to_vec())]).unwrap();
-        b.finish(&header(seqno, 2, &store.meta()), store.meta()).unwrap()
+        let header = header(seqno, 2, &store.meta());
+        (b.finish(&header).unwrap(), header)
+    }
+
+    async fn install(writer: &Writer<()>, store: &Store, asked: SeedExpectation) -> Result<u64, String> {
+        let (path, header) = built(store, 500);
+        writer.install_seed(path, header, asked).await.map_err(|e| e.to_string())
     }
 
     /// The writer swaps a seeded file in only over the instance as it was when it asked: a
@@ -341,7 +311,7 @@ mod tests {
 
         // Something committed since (a failover record here): abandoned.
         writer.update_meta(Box::new(|_, _| Ok(Some(Marker::failover())))).await.unwrap();
-        let err = writer.install_seed(built(&store, 500), asked.clone()).await.unwrap_err();
+        let err = install(&writer, &store, asked.clone()).await.unwrap_err();
         assert!(err.to_string().contains("abandoned"), "{err}");
         assert_eq!(store.committed_seqno(), 1);
         assert_eq!(store.journal_first(), 1);
@@ -355,7 +325,7 @@ mod tests {
             }))
             .await
             .unwrap();
-        assert!(writer.install_seed(built(&store, 500), asked).await.is_err());
+        assert!(install(&writer, &store, asked).await.is_err());
         assert_eq!(store.committed_seqno(), 1);
 
         // The receiver started again without seeding: abandoned.
@@ -368,7 +338,7 @@ mod tests {
             }))
             .await
             .unwrap();
-        assert!(writer.install_seed(built(&store, 500), asked).await.is_err());
+        assert!(install(&writer, &store, asked).await.is_err());
         assert_eq!(store.snapshot().unwrap().get(b"a").unwrap(), None);
 
         // As it was: installed.
@@ -380,7 +350,7 @@ mod tests {
             .await
             .unwrap();
         let asked = SeedExpectation::of(&store);
-        assert_eq!(writer.install_seed(built(&store, 500), asked).await.unwrap(), 500);
+        assert_eq!(install(&writer, &store, asked).await.unwrap(), 500);
         assert_eq!(store.committed_seqno(), 500);
         assert_eq!(store.journal_first(), 501);
         assert_eq!(store.snapshot().unwrap().get(b"b").unwrap(), Some(b"2".to_vec()));

@@ -253,6 +253,7 @@ enum Work<T> {
     /// seqno it holds.
     InstallSeed {
         path: std::path::PathBuf,
+        header: Box<super::seed::SeedHeader>,
         expected: SeedExpectation,
         reply: oneshot::Sender<Result<u64, TxnFailure>>,
     },
@@ -496,10 +497,11 @@ impl<T: Send + 'static> Writer<T> {
     pub async fn install_seed(
         &self,
         path: std::path::PathBuf,
+        header: super::seed::SeedHeader,
         expected: SeedExpectation,
     ) -> Result<u64, TxnFailure> {
         let (reply, rx) = oneshot::channel();
-        self.call(Work::InstallSeed { path, expected, reply }, rx).await
+        self.call(Work::InstallSeed { path, header: Box::new(header), expected, reply }, rx).await
     }
 
     /// Writes one of the engine's own keys as a journaled transaction; with `upgrade_to`, an
@@ -902,8 +904,8 @@ impl<T: Send + 'static> WriterThread<T> {
                     let result = self.checkpoint_all();
                     let _ = reply.send(self.settle(result));
                 }
-                Work::InstallSeed { path, expected, reply } => {
-                    let result = self.install_seed(&path, &expected);
+                Work::InstallSeed { path, header, expected, reply } => {
+                    let result = self.install_seed(&path, &header, &expected);
                     let _ = reply.send(self.settle(result));
                 }
             }
@@ -2030,6 +2032,7 @@ impl<T: Send + 'static> WriterThread<T> {
     fn install_seed(
         &mut self,
         path: &std::path::Path,
+        header: &super::seed::SeedHeader,
         expected: &SeedExpectation,
     ) -> Result<u64, StoreError> {
         // Nothing may have happened here since the snapshot was asked for that the swap would
@@ -2045,9 +2048,8 @@ impl<T: Send + 'static> WriterThread<T> {
                 current.role.as_str()
             )));
         }
-        if !current.receiver.as_ref().is_some_and(|r| r.seed && !r.si)
-            || current.receiver != expected.receiver
-        {
+        // It asked as a secondary whose BC receiver may be seeded.
+        if current.receiver != expected.receiver {
             return Err(abandoned(format!("{}'s receiver was stopped or started again", current.name)));
         }
         if current.term != expected.term {
@@ -2065,7 +2067,7 @@ impl<T: Send + 'static> WriterThread<T> {
         }
         // The metadata as it is now, with the snapshot's history, streams and format. A
         // failure here is the new file's, never a reason to close the instance's own.
-        super::seed::rewrite_meta(path, |seeded| Ok(super::seed::merged(current.clone(), seeded)))
+        super::seed::write_meta(path, &super::seed::merged(current.clone(), header))
             .map_err(|e| abandoned(format!("the seeded file cannot be completed ({})", error_chain(&e))))?;
         self.checkpoint_all()?;
         let db_path = self.store.db_path().to_owned();

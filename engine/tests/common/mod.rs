@@ -500,6 +500,26 @@ impl Server {
     pub fn ctl(&self, args: &[&str]) -> serde_json::Value {
         ctl_json(&self.data_dir, args)
     }
+
+    /// The value of one series of the engine's `/metrics` (fails if it is not exported).
+    pub fn metric(&self, series: &str) -> f64 {
+        let metrics = admin(&self.data_dir, "GET", "/metrics", None).expect("metrics").1;
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse::<f64>().ok()))
+            .unwrap_or_else(|| panic!("no series {series} in\n{metrics}"))
+    }
+}
+
+/// Checkpoints every 64 KiB and journal segments of 16 KiB: many checkpoints (and so trims)
+/// and rotations a second.
+pub const SMALL_WAL: [&str; 4] = ["--checkpoint-bytes", "65536", "--journal-segment-bytes", "16384"];
+
+/// [`SMALL_WAL`] and `more`.
+pub fn small_wal<'a>(more: &[&'a str]) -> Vec<&'a str> {
+    let mut out = SMALL_WAL.to_vec();
+    out.extend_from_slice(more);
+    out
 }
 
 /// One journal entry as the tests look at it.

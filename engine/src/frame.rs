@@ -12,7 +12,7 @@ const HEADER_LINE_BYTES_MAX: usize = 32;
 /// A reply value. `Null` and `Map` render differently in RESP2 and RESP3.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
-    Simple(String),
+    Simple(std::borrow::Cow<'static, str>),
     Error(String),
     Integer(i64),
     Bulk(Vec<u8>),

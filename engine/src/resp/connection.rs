@@ -347,7 +347,7 @@ impl State {
                 self.block(engine, command, keys, timeout_ms, slots, io).await
             }
             Class::Write => {
-                let program: TxnProgram<Frame> = Box::new(move |view| command.execute_in_txn(view));
+                let program: TxnProgram<Frame> = Box::new(move |view| command.execute_once_in_txn(view));
                 self.submit(Vec::new(), program, Mode::Single, slots);
                 Next::Continue
             }

@@ -158,32 +158,49 @@ pub enum DecodeError {
 impl Record {
     /// Encodes the record and appends its checksum.
     pub fn encode(&self) -> Vec<u8> {
-        assert!(self.stream < STREAMS_MAX, "stream out of range is a programmer error");
-        let images: usize = self
-            .changes
-            .iter()
-            .map(|c| {
-                4 + c.key.len()
-                    + 5
-                    + c.before.as_ref().map_or(0, Vec::len)
-                    + 5
-                    + c.after.as_ref().map_or(0, Vec::len)
+        let changes =
+            self.changes.iter().map(|c| (c.key.as_slice(), c.before.as_deref(), c.after.as_deref()));
+        Record::encode_parts(self.header(), changes)
+    }
+
+    /// The record's fields but its changes.
+    pub fn header(&self) -> Head {
+        Head {
+            kind: self.kind,
+            seqno: self.seqno,
+            stream: self.stream,
+            stream_seqno: self.stream_seqno,
+            commit_time_micros: self.commit_time_micros,
+        }
+    }
+
+    /// [`Record::encode`] of a record given as its head and its changes `(key, before,
+    /// after)`, in key order, without building it.
+    pub fn encode_parts<'c>(
+        head: Head,
+        changes: impl ExactSizeIterator<Item = (&'c [u8], Option<&'c [u8]>, Option<&'c [u8]>)> + Clone,
+    ) -> Vec<u8> {
+        assert!(head.stream < STREAMS_MAX, "stream out of range is a programmer error");
+        let images: usize = changes
+            .clone()
+            .map(|(key, before, after)| {
+                4 + key.len() + 5 + before.map_or(0, <[u8]>::len) + 5 + after.map_or(0, <[u8]>::len)
             })
             .sum();
         let mut out = Vec::with_capacity(HEADER_BYTES + images + TRAILER_BYTES);
         out.push(RECORD_VERSION);
-        out.push(self.kind.to_byte());
-        out.extend_from_slice(&self.seqno.to_le_bytes());
-        out.push(self.stream);
-        out.extend_from_slice(&self.stream_seqno.to_le_bytes());
-        out.extend_from_slice(&self.commit_time_micros.to_le_bytes());
-        let count = u32::try_from(self.changes.len())
-            .expect("key count is bounded by MULTI_BYTES_MAX / 1 byte per key");
+        out.push(head.kind.to_byte());
+        out.extend_from_slice(&head.seqno.to_le_bytes());
+        out.push(head.stream);
+        out.extend_from_slice(&head.stream_seqno.to_le_bytes());
+        out.extend_from_slice(&head.commit_time_micros.to_le_bytes());
+        let count =
+            u32::try_from(changes.len()).expect("key count is bounded by MULTI_BYTES_MAX / 1 byte per key");
         out.extend_from_slice(&count.to_le_bytes());
-        for change in &self.changes {
-            put_bytes(&mut out, &change.key);
-            put_image(&mut out, change.before.as_deref());
-            put_image(&mut out, change.after.as_deref());
+        for (key, before, after) in changes {
+            put_bytes(&mut out, key);
+            put_image(&mut out, before);
+            put_image(&mut out, after);
         }
         let crc = crc32fast::hash(&out);
         out.extend_from_slice(&crc.to_le_bytes());

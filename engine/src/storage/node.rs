@@ -128,12 +128,24 @@ impl Head {
         Head { kind, expire_at_ms: 0, value: Vec::new(), len: 0, first: 0, generation: new_generation() }
     }
 
+    /// The head node of a string: [`Head::encode`] of [`Head::string`] without the copy.
+    pub fn encode_string(value: &[u8], expire_at_ms: u64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEAD_FIXED + value.len());
+        out.push(Kind::String.tag());
+        out.extend_from_slice(&expire_at_ms.to_be_bytes());
+        out.extend_from_slice(value);
+        out
+    }
+
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(HEAD_FIXED + self.value.len().max(16));
+        if self.kind == Kind::String {
+            return Head::encode_string(&self.value, self.expire_at_ms);
+        }
+        let mut out = Vec::with_capacity(HEAD_FIXED + 24);
         out.push(self.kind.tag());
         out.extend_from_slice(&self.expire_at_ms.to_be_bytes());
         match self.kind {
-            Kind::String => out.extend_from_slice(&self.value),
+            Kind::String => {}
             Kind::List => {
                 out.extend_from_slice(&self.len.to_be_bytes());
                 out.extend_from_slice(&self.generation.to_be_bytes());
@@ -165,6 +177,18 @@ impl Head {
             head.first = i64::from_be_bytes(*rest.first_chunk::<8>()?);
         }
         Some(head)
+    }
+
+    /// [`Head::decode`] of a node value the caller gives up: a string's value is the buffer
+    /// itself, moved down over the fixed part, not a copy.
+    pub fn decode_owned(mut bytes: Vec<u8>) -> Option<Head> {
+        if bytes.first() != Some(&Kind::String.tag()) {
+            return Head::decode(&bytes);
+        }
+        let at = bytes.get(1..HEAD_FIXED)?.first_chunk::<8>()?;
+        let expire_at_ms = u64::from_be_bytes(*at);
+        bytes.drain(..HEAD_FIXED);
+        Some(Head::string(bytes, expire_at_ms))
     }
 
     /// Whether the key is logically gone at `now_ms`.

@@ -82,7 +82,7 @@ pub struct Generation {
 struct Inner {
     nodes: BTreeMap<Box<[u8]>, Versions>,
     /// Encoded journal records by seqno, ascending.
-    records: Vec<(u64, Box<[u8]>)>,
+    records: Vec<(u64, Vec<u8>)>,
     /// Last stream seqno of every stream as of this generation's last record.
     streams: StreamSeqnos,
 }
@@ -136,30 +136,20 @@ impl Generation {
         let _ = self.bytes.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| Some(b.saturating_sub(n)));
     }
 
-    /// Undoes transaction `seqno`'s write of `key`: back to `previous` if the transaction
-    /// had written `key` before (`known`), else its version here is removed.
-    pub fn unput(&self, seqno: u64, key: &[u8], previous: Option<&[u8]>, known: bool) {
+    /// Takes transaction `seqno`'s version of `key` out again (the transaction aborted): the
+    /// node stands as before it, and is forgotten if that version was its only one here.
+    pub fn unput(&self, seqno: u64, key: &[u8]) {
         let mut inner = self.write();
         let Some(versions) = inner.nodes.get_mut(key) else { return };
         let mut freed = 0;
-        if known {
-            if let Some((last, current)) = versions.list.last_mut()
-                && *last == seqno
-            {
-                freed = current.as_ref().map_or(0, |v| v.len());
-                *current = previous.map(Box::<[u8]>::from);
-                self.bytes.fetch_add(previous.map_or(0, <[u8]>::len), Ordering::Relaxed);
-            }
-        } else {
-            if versions.list.last().is_some_and(|(last, _)| *last == seqno)
-                && let Some((_, value)) = versions.list.pop()
-            {
-                freed = VERSION_OVERHEAD + value.map_or(0, |v| v.len());
-            }
-            if versions.list.is_empty() {
-                freed += key.len() + versions.before.as_ref().map_or(0, |v| v.len());
-                inner.nodes.remove(key);
-            }
+        if versions.list.last().is_some_and(|(last, _)| *last == seqno)
+            && let Some((_, value)) = versions.list.pop()
+        {
+            freed = VERSION_OVERHEAD + value.map_or(0, |v| v.len());
+        }
+        if versions.list.is_empty() {
+            freed += key.len() + versions.before.as_ref().map_or(0, |v| v.len());
+            inner.nodes.remove(key);
         }
         drop(inner);
         self.release(freed);
@@ -167,9 +157,21 @@ impl Generation {
 
     /// Adds transaction `seqno`'s encoded journal record.
     pub fn add_record(&self, seqno: u64, record: &[u8]) {
-        self.bytes.fetch_add(record.len() + VERSION_OVERHEAD, Ordering::Relaxed);
-        self.write().records.push((seqno, record.into()));
-        self.last_seqno.fetch_max(seqno, Ordering::Release);
+        self.add_records(seqno, std::iter::once(record.to_vec()));
+    }
+
+    /// Adds the encoded journal records of transactions `first`, `first + 1` …
+    pub fn add_records(&self, first: u64, records: impl ExactSizeIterator<Item = Vec<u8>>) {
+        let Some(last) = (records.len() as u64).checked_sub(1).map(|n| first + n) else { return };
+        let mut inner = self.write();
+        let mut added = 0;
+        for (seqno, record) in (first..).zip(records) {
+            added += record.len() + VERSION_OVERHEAD;
+            inner.records.push((seqno, record));
+        }
+        drop(inner);
+        self.bytes.fetch_add(added, Ordering::Relaxed);
+        self.last_seqno.fetch_max(last, Ordering::Release);
     }
 
     /// Records the stream seqnos as of this generation's last record.
@@ -585,15 +587,10 @@ mod tests {
         active.add_record(1, b"r1");
         active.put(2, b"k", Some(b"one"), Some(b"two"));
         active.put(2, b"k", Some(b"two"), Some(b"three"));
-        active.unput(2, b"k", Some(b"two"), true);
-        assert_eq!(
-            overlay.current().get(b"k", 2),
-            Some(Some(b"two".to_vec())),
-            "back to the first write of 2"
-        );
-        active.unput(2, b"k", Some(b"one"), false);
+        assert_eq!(overlay.current().get(b"k", 2), Some(Some(b"three".to_vec())), "one version per seqno");
+        active.unput(2, b"k");
         active.put(2, b"new", None, Some(b"n"));
-        active.unput(2, b"new", None, false);
+        active.unput(2, b"new");
         let sv = overlay.current();
         assert_eq!(sv.get(b"k", u64::MAX), Some(Some(b"one".to_vec())));
         assert_eq!(sv.get(b"new", u64::MAX), None, "a node only the undone write made is gone");
@@ -614,8 +611,7 @@ mod tests {
         let held = active.bytes();
         active.put(2, b"k", Some(b"old"), Some(b"one"));
         active.put(2, b"k", Some(b"one"), Some(b"two"));
-        active.unput(2, b"k", Some(b"one"), true);
-        active.unput(2, b"k", Some(b"old"), false);
+        active.unput(2, b"k");
         assert_eq!(active.bytes(), held, "an aborted transaction holds nothing");
         active.put(3, b"k", None, Some(&[0; 1000]));
         active.add_record(3, &[0; 1000]);

@@ -534,9 +534,6 @@ pub struct TxnView<'a, 't> {
     /// The seqno this transaction gets if it changes anything.
     seqno: u64,
     changes: BTreeMap<Vec<u8>, Change>,
-    /// Every write in order: the node, its value before the write, and whether `changes` held
-    /// it already. Undoing walks it backwards.
-    log: Vec<(Vec<u8>, Option<Vec<u8>>, bool)>,
     /// Bytes of node names and images written so far, and the most allowed.
     bytes: usize,
     bytes_max: usize,
@@ -544,24 +541,41 @@ pub struct TxnView<'a, 't> {
     read_only: Option<&'a str>,
     /// The last node read while this transaction had not written it, and its value: commands
     /// read a node before they write it, and the write then needs no second lookup.
-    last_read: std::cell::RefCell<Option<NodeRead>>,
+    last_read: std::cell::RefCell<LastRead>,
 }
 
-/// A node and the value read for it (`None`: absent).
-type NodeRead = (Vec<u8>, Option<Vec<u8>>);
+/// A node and the value read for it; the node's buffer is kept from read to read.
+#[derive(Default)]
+struct LastRead {
+    node: Vec<u8>,
+    /// `None`: nothing remembered; `Some(None)`: the node is absent.
+    value: Option<Option<Vec<u8>>>,
+}
+
+impl LastRead {
+    fn holds(&self, node: &[u8]) -> bool {
+        self.value.is_some() && self.node == node
+    }
+}
 
 impl TxnView<'_, '_> {
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Abort> {
         if let Some(change) = self.changes.get(key) {
             return Ok(change.after.clone());
         }
-        if let Some((k, v)) = self.last_read.borrow().as_ref()
-            && k.as_slice() == key
         {
-            return Ok(v.clone());
+            let last = self.last_read.borrow();
+            if last.holds(key)
+                && let Some(value) = &last.value
+            {
+                return Ok(value.clone());
+            }
         }
         let value = self.base.get(key)?;
-        *self.last_read.borrow_mut() = Some((key.to_vec(), value.clone()));
+        let mut last = self.last_read.borrow_mut();
+        last.node.clear();
+        last.node.extend_from_slice(key);
+        last.value = Some(value.clone());
         Ok(value)
     }
 
@@ -577,8 +591,8 @@ impl TxnView<'_, '_> {
             return Ok(change.after.clone());
         }
         let mut last = self.last_read.borrow_mut();
-        if last.as_ref().is_some_and(|(k, _)| k.as_slice() == key)
-            && let Some((_, value)) = last.take()
+        if last.holds(key)
+            && let Some(value) = last.value.take()
         {
             return Ok(value);
         }
@@ -587,13 +601,18 @@ impl TxnView<'_, '_> {
     }
 
     pub fn set(&mut self, key: &[u8], value: &[u8]) -> Result<(), Abort> {
+        self.set_owned(key, value.to_vec())
+    }
+
+    /// [`TxnView::set`] with a value the caller no longer needs (no copy is made of it).
+    pub fn set_owned(&mut self, key: &[u8], value: Vec<u8>) -> Result<(), Abort> {
         if let Some(message) = self.read_only {
             return Err(Abort::Command(message.to_owned()));
         }
         system_key_guard(key)?;
         let previous = self.read_for_write(key)?;
-        self.active.put(self.seqno, key, previous.as_deref(), Some(value));
-        self.note(key, previous, Some(value.to_vec()))
+        self.active.put(self.seqno, key, previous.as_deref(), Some(&value));
+        self.note(key, previous, Some(value))
     }
 
     /// Removes `key`; returns whether it existed.
@@ -611,24 +630,18 @@ impl TxnView<'_, '_> {
         Ok(existed)
     }
 
-    /// Records a write for the journal record and for undo. A transaction whose images
-    /// would pass `--max-txn-image-bytes` is refused here (and undone whole), before its record
-    /// could outgrow memory.
+    /// Records a write for the journal record. A transaction whose images would pass
+    /// `--max-txn-image-bytes` is refused here (and undone whole), before its record could
+    /// outgrow memory.
     fn note(&mut self, key: &[u8], previous: Option<Vec<u8>>, after: Option<Vec<u8>>) -> Result<(), Abort> {
         self.bytes += key.len() + previous.as_ref().map_or(0, Vec::len) + after.as_ref().map_or(0, Vec::len);
-        let over = self.bytes > self.bytes_max;
-        let known = match self.changes.get_mut(key) {
-            Some(change) => {
-                change.after = after;
-                true
-            }
+        match self.changes.get_mut(key) {
+            Some(change) => change.after = after,
             None => {
-                self.changes.insert(key.to_vec(), Change { before: previous.clone(), after });
-                false
+                self.changes.insert(key.to_vec(), Change { before: previous, after });
             }
-        };
-        self.log.push((key.to_vec(), previous, known));
-        if over {
+        }
+        if self.bytes > self.bytes_max {
             return Err(Abort::Command(format!(
                 "ERR this command would write more than {} bytes of nodes and before-images in one transaction (--max-txn-image-bytes); nothing was changed. Work on data this large in parts (SCAN-family reads with UNLINK, HDEL, SREM, ZREM or LTRIM); deleting a large collection needs no such care",
                 self.bytes_max
@@ -637,24 +650,13 @@ impl TxnView<'_, '_> {
         Ok(())
     }
 
-    fn unwind(&mut self, to: usize) -> Result<(), StoreError> {
-        while self.log.len() > to {
-            let Some((key, previous, known)) = self.log.pop() else { break };
-            self.active.unput(self.seqno, &key, previous.as_deref(), known);
-            if known {
-                if let Some(change) = self.changes.get_mut(&key) {
-                    change.after = previous;
-                }
-            } else {
-                self.changes.remove(&key);
-            }
+    /// Takes every write of the transaction back out of the overlay (used when the program
+    /// aborts or waits): the overlay keeps one version per node and seqno, so removing this
+    /// transaction's leaves each node as it stood before.
+    fn undo(&mut self) {
+        for key in std::mem::take(&mut self.changes).into_keys() {
+            self.active.unput(self.seqno, &key);
         }
-        Ok(())
-    }
-
-    /// Puts every touched key back to its before-image (used when the program aborts).
-    fn undo(&mut self) -> Result<(), StoreError> {
-        self.unwind(0)
     }
 }
 
@@ -708,6 +710,8 @@ type Reply<T> = (oneshot::Sender<Result<Committed<T>, TxnFailure>>, Result<Commi
 struct Cursor {
     next: u64,
     local: u64,
+    /// The commit time of the group's records: they become durable together.
+    now_micros: u64,
 }
 
 /// What a group's transactions read, and where they write.
@@ -988,9 +992,9 @@ impl<T: Send + 'static> WriterThread<T> {
         let active = self.store.overlay.active();
         let mut enqueued = Vec::with_capacity(batch.len());
         let mut records = Vec::new();
-        let mut cursor = Cursor { next: committed + 1, local: self.streams[0] };
+        let mut cursor = Cursor { next: committed + 1, local: self.streams[0], now_micros: now_micros() };
         let ran = self.run_group(batch, replies, &active, &mut records, &mut cursor, &mut enqueued);
-        let fsync = self.make_durable(ran, committed, &active, &records)?;
+        let fsync = self.make_durable(ran, committed, &active, &mut records)?;
         let mut streams = self.streams;
         streams[0] = cursor.local;
         self.publish_group(&active, committed, cursor.next - 1, streams, fsync);
@@ -1009,7 +1013,7 @@ impl<T: Send + 'static> WriterThread<T> {
         ran: Result<(), StoreError>,
         committed: u64,
         active: &Generation,
-        records: &[Vec<u8>],
+        records: &mut Vec<Vec<u8>>,
     ) -> Result<Duration, StoreError> {
         let started = Instant::now();
         let durable = ran.and_then(|()| match records.is_empty() {
@@ -1020,7 +1024,11 @@ impl<T: Send + 'static> WriterThread<T> {
             active.discard_above(committed);
             return Err(e);
         }
-        Ok(started.elapsed())
+        let synced = started.elapsed();
+        // The records join their versions only now: nothing reads a group's records before it
+        // is durable, and they are moved, not copied.
+        active.add_records(committed + 1, records.drain(..));
+        Ok(synced)
     }
 
     /// Publishes a durable group ending at `last`: stream seqnos, key counts, the committed
@@ -1206,11 +1214,10 @@ impl<T: Send + 'static> WriterThread<T> {
             active: out.active,
             seqno: cursor.next,
             changes: BTreeMap::new(),
-            log: Vec::new(),
             bytes: 0,
             bytes_max: if housekeeping { usize::MAX } else { self.limits.max_txn_image_bytes },
             read_only,
-            last_read: std::cell::RefCell::new(None),
+            last_read: std::cell::RefCell::default(),
         };
         let outcome = program(&mut view);
         // A node created and removed again inside the transaction is no change: its version
@@ -1219,13 +1226,13 @@ impl<T: Send + 'static> WriterThread<T> {
         view.changes.retain(|key, c| {
             let changed = c.before.is_some() || c.after.is_some();
             if !changed {
-                active.unput(seqno, key, None, false);
+                active.unput(seqno, key);
             }
             changed
         });
         match outcome {
             Ok(None) => {
-                view.undo()?;
+                view.undo();
                 Ok(Ran::Waiting)
             }
             Ok(Some(output)) if view.changes.is_empty() => {
@@ -1243,7 +1250,7 @@ impl<T: Send + 'static> WriterThread<T> {
                     })
                     .sum();
                 if size > super::segment::FRAME_BYTES_MAX {
-                    view.undo()?;
+                    view.undo();
                     return Ok(Ran::Aborted(format!(
                         "ERR this transaction would journal about {size} bytes, more than one journal record holds ({}); nothing was changed",
                         super::segment::FRAME_BYTES_MAX
@@ -1251,21 +1258,23 @@ impl<T: Send + 'static> WriterThread<T> {
                 }
                 let seqno = cursor.next;
                 cursor.next += 1;
-                let changes: Vec<KeyChange> = std::mem::take(&mut view.changes)
-                    .into_iter()
-                    .map(|(key, c)| KeyChange { key, before: c.before, after: c.after })
-                    .collect();
-                for c in &changes {
-                    self.count(&c.key, c.before.is_some(), c.after.is_some());
+                let changes = std::mem::take(&mut view.changes);
+                for (key, c) in &changes {
+                    self.count(key, c.before.is_some(), c.after.is_some());
                 }
                 // Housekeeping touches keys through their heads only: its element removals
                 // belong to deleted generations.
-                let touched: Vec<Vec<u8>> = changes
-                    .iter()
-                    .filter(|c| !housekeeping || super::node::is_head(&c.key))
-                    .map(|c| super::node::user_key(&c.key).to_vec())
-                    .collect();
-                self.touch(touched.iter().map(Vec::as_slice));
+                let user_keys = || {
+                    changes
+                        .keys()
+                        .filter(|key| !housekeeping || super::node::is_head(key))
+                        .map(|key| super::node::user_key(key))
+                };
+                self.touch(user_keys());
+                // Blocked clients are served by the keys a transaction wrote (only the writer
+                // adds waiters, so none can appear before the next transaction).
+                let touched: Vec<Vec<u8>> =
+                    if self.has_waiters() { user_keys().map(<[u8]>::to_vec).collect() } else { Vec::new() };
                 // A supplementary instance counts its own transactions in stream 0 apart
                 // from the journal seqno (the seed's M34, M35 …).
                 let stream_seqno = if self.supplementary {
@@ -1274,21 +1283,20 @@ impl<T: Send + 'static> WriterThread<T> {
                 } else {
                     seqno
                 };
-                let record = Record {
+                let head = super::journal::Head {
                     kind: RecordKind::Update,
                     seqno,
                     stream: 0,
                     stream_seqno,
-                    commit_time_micros: now_micros(),
-                    changes,
+                    commit_time_micros: cursor.now_micros,
                 };
-                let encoded = record.encode();
-                out.active.add_record(seqno, &encoded);
-                out.records.push(encoded);
+                let images =
+                    changes.iter().map(|(key, c)| (key.as_slice(), c.before.as_deref(), c.after.as_deref()));
+                out.records.push(Record::encode_parts(head, images));
                 Ok(Ran::Done { output, seqno: Some(seqno), touched })
             }
             Err(Abort::Command(message)) => {
-                view.undo()?;
+                view.undo();
                 Ok(Ran::Aborted(message))
             }
             Err(Abort::Store(e)) => Err(e),
@@ -1305,6 +1313,9 @@ impl<T: Send + 'static> WriterThread<T> {
         replies: &mut Vec<Reply<T>>,
         enqueued: &mut Vec<Instant>,
     ) -> Result<(), StoreError> {
+        if touched.is_empty() {
+            return Ok(());
+        }
         let mut touched: std::collections::HashSet<Vec<u8>> = touched.drain(..).collect();
         while !touched.is_empty() {
             let ready: Vec<Waiter<T>> = {
@@ -1339,6 +1350,10 @@ impl<T: Send + 'static> WriterThread<T> {
             }
         }
         Ok(())
+    }
+
+    fn has_waiters(&self) -> bool {
+        !self.waiters.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_empty()
     }
 
     /// Notes a node's change for the key counts of the commit being built.
@@ -1416,8 +1431,8 @@ impl<T: Send + 'static> WriterThread<T> {
         let mut touched: Vec<Vec<u8>> = Vec::new();
         let mut encoded = Vec::with_capacity(records.len());
         let ran = self.place_records(&records, committed, &active, &mut streams, &mut touched, &mut encoded);
-        let fsync = self.make_durable(ran, committed, &active, &encoded)?;
         let last = committed + encoded.len() as u64;
+        let fsync = self.make_durable(ran, committed, &active, &mut encoded)?;
         self.touch(touched.iter().map(Vec::as_slice));
         self.publish_group(&active, committed, last, streams, fsync);
         Ok(last)
@@ -1449,9 +1464,7 @@ impl<T: Send + 'static> WriterThread<T> {
                 self.count(&change.key, change.before.is_some(), change.after.is_some());
                 touched.push(super::node::user_key(&change.key).to_vec());
             }
-            let bytes = record.encode();
-            active.add_record(record.seqno, &bytes);
-            encoded.push(bytes);
+            encoded.push(record.encode());
             let marker = matches!(record.kind, RecordKind::StreamBase | RecordKind::StreamResync);
             if (record.stream != 0 || marker || self.supplementary)
                 && let Some(slot) = streams.get_mut(usize::from(record.stream))

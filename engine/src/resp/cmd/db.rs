@@ -19,6 +19,10 @@ pub trait Kv {
     fn get(&self, node: &[u8]) -> Result<Option<Vec<u8>>, Abort>;
     fn range(&self, range: Range<'_>, rev: bool, limit: usize) -> Result<Pairs, Abort>;
     fn put(&mut self, node: &[u8], value: &[u8]) -> Result<(), Abort>;
+    /// [`Kv::put`] of a value the caller gives up.
+    fn put_owned(&mut self, node: &[u8], value: Vec<u8>) -> Result<(), Abort> {
+        self.put(node, &value)
+    }
     fn remove(&mut self, node: &[u8]) -> Result<bool, Abort>;
 }
 
@@ -53,6 +57,9 @@ impl Kv for TxnView<'_, '_> {
     }
     fn put(&mut self, node: &[u8], value: &[u8]) -> Result<(), Abort> {
         TxnView::set(self, node, value)
+    }
+    fn put_owned(&mut self, node: &[u8], value: Vec<u8>) -> Result<(), Abort> {
+        TxnView::set_owned(self, node, value)
     }
     fn remove(&mut self, node: &[u8]) -> Result<bool, Abort> {
         TxnView::delete(self, node)
@@ -96,7 +103,7 @@ impl Db<'_> {
     fn raw_head(&self, key: &[u8]) -> Result<Option<Head>, Abort> {
         match self.kv.get(&node::head(key))? {
             None => Ok(None),
-            Some(bytes) => Head::decode(&bytes).map(Some).ok_or_else(|| {
+            Some(bytes) => Head::decode_owned(bytes).map(Some).ok_or_else(|| {
                 cmd_err(format!("ERR key {} has an unreadable head node", String::from_utf8_lossy(key)))
             }),
         }
@@ -147,16 +154,20 @@ impl Db<'_> {
 
     /// Writes `key`'s head, keeping the expiry index in step with `old` (the head it replaces).
     pub fn put_head(&mut self, key: &[u8], old: Option<&Head>, new: &Head) -> Result<(), Abort> {
-        let old_at = old.map_or(0, |h| h.expire_at_ms);
-        if old_at != new.expire_at_ms {
+        self.put_head_node(key, old.map_or(0, |h| h.expire_at_ms), new.expire_at_ms, new.encode())
+    }
+
+    /// Writes `key`'s encoded head, moving its expiry node from `old_at` to `new_at`.
+    fn put_head_node(&mut self, key: &[u8], old_at: u64, new_at: u64, encoded: Vec<u8>) -> Result<(), Abort> {
+        if old_at != new_at {
             if old_at != 0 {
                 self.kv.remove(&node::expiry(old_at, key))?;
             }
-            if new.expire_at_ms != 0 {
-                self.kv.put(&node::expiry(new.expire_at_ms, key), b"")?;
+            if new_at != 0 {
+                self.kv.put(&node::expiry(new_at, key), b"")?;
             }
         }
-        self.kv.put(&node::head(key), &new.encode())
+        self.kv.put_owned(&node::head(key), encoded)
     }
 
     /// Writes a collection's head after its element count changed; removes the key when the
@@ -338,15 +349,29 @@ impl Db<'_> {
     ) -> Result<(), Abort> {
         crate::resp::cmd::check_value_len(value.len())?;
         let old = self.head_for_write(key)?;
-        let at = match (&old, keep_ttl) {
+        self.store_string(key, old.as_ref(), value, expire_at_ms, keep_ttl)
+    }
+
+    /// [`Db::set_string`] over `old`, the head [`Db::head_for_write`] just gave for `key`.
+    pub fn store_string(
+        &mut self,
+        key: &[u8],
+        old: Option<&Head>,
+        value: &[u8],
+        expire_at_ms: u64,
+        keep_ttl: bool,
+    ) -> Result<(), Abort> {
+        crate::resp::cmd::check_value_len(value.len())?;
+        let at = match (old, keep_ttl) {
             (Some(h), true) => h.expire_at_ms,
             _ => expire_at_ms,
         };
-        if let Some(h) = old.as_ref().filter(|h| h.kind != Kind::String) {
+        let mut old_at = old.map_or(0, |h| h.expire_at_ms);
+        if let Some(h) = old.filter(|h| h.kind != Kind::String) {
             self.delete_key(key, h)?;
-            return self.put_head(key, None, &Head::string(value.to_vec(), at));
+            old_at = 0;
         }
-        self.put_head(key, old.as_ref(), &Head::string(value.to_vec(), at))
+        self.put_head_node(key, old_at, at, Head::encode_string(value, at))
     }
 
     /// One element node's value (`generation`: the collection's, from its head).

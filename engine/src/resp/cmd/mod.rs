@@ -324,16 +324,31 @@ impl Command {
         Ok((command, spec.name))
     }
 
-    /// Runs a data command against `db`.
+    /// Runs a data command against `db` (a copy of its arguments: a command that may run
+    /// again, inside MULTI or while blocked, keeps them).
     pub fn run(&self, db: &mut Db<'_>) -> Result<Frame, Abort> {
         match self {
-            Command::Data { spec, args } => {
-                let run = spec
-                    .run
-                    .ok_or_else(|| Abort::Command(format!("ERR {} is not a data command", spec.name)))?;
-                let mut a = Args { name: spec.name, items: args.clone().into_iter() };
-                run(db, &mut a)
-            }
+            Command::Data { spec, args } => Command::run_data(spec, args.clone(), db),
+            other => other.run_other(db),
+        }
+    }
+
+    /// [`Command::run`] of a command that runs once: its arguments are handed over, not copied.
+    pub fn run_once(self, db: &mut Db<'_>) -> Result<Frame, Abort> {
+        match self {
+            Command::Data { spec, args } => Command::run_data(spec, args, db),
+            other => other.run_other(db),
+        }
+    }
+
+    fn run_data(spec: &'static Spec, args: Vec<Vec<u8>>, db: &mut Db<'_>) -> Result<Frame, Abort> {
+        let run =
+            spec.run.ok_or_else(|| Abort::Command(format!("ERR {} is not a data command", spec.name)))?;
+        run(db, &mut Args { name: spec.name, items: args.into_iter() })
+    }
+
+    fn run_other(&self, _db: &mut Db<'_>) -> Result<Frame, Abort> {
+        match self {
             Command::Ping(None) => Ok(Frame::Simple("PONG".into())),
             Command::Ping(Some(m)) | Command::Echo(m) => Ok(Frame::Bulk(m.clone())),
             other => Err(Abort::Command(format!("ERR {other:?} is not allowed here"))),
@@ -354,20 +369,26 @@ impl Command {
     /// `now_ms`: the time expiry is judged at — when the snapshot was opened, so that a key
     /// is seen as it was then.
     pub fn execute_read(
-        &self,
+        self,
         snapshot: &crate::storage::Snapshot,
         counts: crate::storage::KeyCounts,
         now_ms: u64,
     ) -> Result<Frame, Abort> {
         let mut kv = db::ReadOnly(snapshot);
         let mut db = Db { kv: &mut kv, now_ms, counts: Some(counts) };
-        self.run(&mut db)
+        self.run_once(&mut db)
     }
 
     /// Executes a read or write command inside the writer.
     pub fn execute_in_txn(&self, view: &mut TxnView<'_, '_>) -> Result<Frame, Abort> {
         let mut db = Db { kv: view, now_ms: now_ms(), counts: None };
         self.run(&mut db)
+    }
+
+    /// [`Command::execute_in_txn`] of a command that runs once.
+    pub fn execute_once_in_txn(self, view: &mut TxnView<'_, '_>) -> Result<Frame, Abort> {
+        let mut db = Db { kv: view, now_ms: now_ms(), counts: None };
+        self.run_once(&mut db)
     }
 
     /// The keys this command names (for WATCH-free bookkeeping and blocking).
@@ -430,8 +451,10 @@ impl Args {
     }
 
     pub fn next_arg(&mut self) -> Result<Vec<u8>, Frame> {
-        let wrong = self.wrong_args();
-        self.items.next().ok_or(wrong)
+        match self.items.next() {
+            Some(item) => Ok(item),
+            None => Err(self.wrong_args()),
+        }
     }
 
     pub fn optional(&mut self) -> Option<Vec<u8>> {

@@ -135,7 +135,7 @@ fn spec_frame(spec: &Spec) -> Frame {
     Frame::Array(vec![
         Frame::bulk(spec.name),
         Frame::Integer(spec.arity),
-        Frame::Array(spec.flags.iter().map(|f| Frame::Simple((*f).to_owned())).collect()),
+        Frame::Array(spec.flags.iter().map(|f| Frame::Simple((*f).into())).collect()),
         Frame::Integer(spec.first_key),
         Frame::Integer(spec.last_key),
         Frame::Integer(spec.step),

@@ -55,19 +55,20 @@ fn set(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
         }
     }
     let at = expire.map(|e| e.at_ms(db.now_ms)).transpose()?;
-    let old = db.head(&key)?;
-    let old_value = match (&old, get) {
+    // One read of the key for the whole command; an expired key is removed by it, as any
+    // write that meets one does.
+    let mut old = db.head_for_write(&key)?;
+    let old_value = match (&mut old, get) {
         (Some(h), true) if h.kind != Kind::String => return Err(cmd_err(super::db::WRONGTYPE)),
-        (Some(h), true) => Some(h.value.clone()),
+        (Some(h), true) => Some(std::mem::take(&mut h.value)),
         _ => None,
     };
     let allowed = !(nx && old.is_some() || xx && old.is_none());
     if allowed {
-        match at {
-            Some(at) if at <= db.now_ms => {
-                db.delete(&key)?;
-            }
-            at => db.set_string(&key, &value, at.unwrap_or(0), keep_ttl)?,
+        match (at, &old) {
+            (Some(at), Some(h)) if at <= db.now_ms => db.delete_key(&key, h)?,
+            (Some(at), None) if at <= db.now_ms => {}
+            (at, old) => db.store_string(&key, old.as_ref(), &value, at.unwrap_or(0), keep_ttl)?,
         }
     }
     Ok(match (get, allowed) {

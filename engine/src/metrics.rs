@@ -27,6 +27,7 @@ pub struct Metrics {
     pub commit_duration_seconds: Histogram,
     pub journal_fsync_duration_seconds: Histogram,
     pub group_commit_transactions: Histogram,
+    pub commit_groups_overlapped_total: IntCounter,
     pub journal_seqno: IntGauge,
     pub journal_bytes: IntGauge,
     pub journal_first_seqno: IntGauge,
@@ -163,13 +164,17 @@ impl Metrics {
             )?,
             journal_fsync_duration_seconds: d.histogram(
                 "strand_journal_fsync_duration_seconds",
-                "Duration of making one group durable: appending its records to the journal segment and syncing it.",
+                "Duration of one commit group's journal sync (fdatasync of the segment its records were appended to).",
                 latency(),
             )?,
             group_commit_transactions: d.histogram(
                 "strand_group_commit_transactions",
                 "Transactions sharing one durable commit.",
                 vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0],
+            )?,
+            commit_groups_overlapped_total: d.counter(
+                "strand_commit_groups_overlapped_total",
+                "Commit groups handed to the sync thread so that the transactions queued behind them ran while they synced.",
             )?,
             journal_seqno: d.gauge("strand_journal_seqno", "Highest durable journal sequence number.")?,
             journal_bytes: d.gauge(

@@ -50,6 +50,7 @@ fn kill_rounds(name: &str, flags: &[&str], default_rounds: usize) {
     let book = Arc::new(Mutex::new(Book::new()));
     let never = Arc::new(AtomicBool::new(false));
     let mut committed = 0;
+    let mut overlapped = 0;
     for round in 0..rounds {
         let handles = writers(&server.url(), &book, &never);
         let delay = 30 + rng.next() % 400;
@@ -62,6 +63,8 @@ fn kill_rounds(name: &str, flags: &[&str], default_rounds: usize) {
                 counter(&server, "strand_checkpoints_total") >= 3 && segments >= 2
             });
         }
+        // Whether kills can meet a group syncing on the sync thread while the next one runs.
+        overlapped += counter(&server, "strand_commit_groups_overlapped_total");
         server.kill9();
         join_writers(handles, &book);
         server.restart();
@@ -69,4 +72,6 @@ fn kill_rounds(name: &str, flags: &[&str], default_rounds: usize) {
         println!("round {round}: killed after {delay} ms, {committed} ops committed in all");
     }
     assert!(committed > 0, "no write was ever acknowledged; the test proved nothing");
+    assert!(overlapped > 0, "no commit group ever synced while the next one ran; the kills never met one");
+    println!("{overlapped} groups synced while the next one ran");
 }

@@ -27,6 +27,7 @@ pub mod overlay;
 pub mod retention;
 pub mod seed;
 pub mod segment;
+pub mod syncer;
 pub mod writer;
 
 use std::collections::HashMap;

@@ -25,6 +25,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use thiserror::Error;
 
@@ -248,7 +249,7 @@ pub fn recover(path: &Path, creation_id: &str) -> Result<(Contents, SegmentWrite
     file.seek(SeekFrom::Start(contents.valid_len)).map_err(io_err("seek in", path))?;
     let writer = SegmentWriter {
         buf: Vec::new(),
-        file,
+        file: Arc::new(file),
         path: path.to_path_buf(),
         len: contents.valid_len,
         last_crc: contents.last_crc,
@@ -265,7 +266,8 @@ const APPEND_BUFFER_KEPT: usize = 16 * 1024 * 1024;
 pub struct SegmentWriter {
     /// The previous append's buffer, reused.
     buf: Vec<u8>,
-    file: File,
+    /// Shared with [`SyncHandle`]s, which sync it from another thread.
+    file: Arc<File>,
     path: PathBuf,
     len: u64,
     last_crc: u32,
@@ -326,7 +328,14 @@ impl SegmentWriter {
         std::fs::rename(&tmp, &path).map_err(io_err("rename into place", &path))?;
         sync_dir(dir)?;
         let last_crc = head.last_chunk::<4>().map_or(0, |c| u32::from_le_bytes(*c));
-        Ok(SegmentWriter { buf: Vec::new(), file, path, len: head.len() as u64, last_crc, first_seqno })
+        Ok(SegmentWriter {
+            buf: Vec::new(),
+            file: Arc::new(file),
+            path,
+            len: head.len() as u64,
+            last_crc,
+            first_seqno,
+        })
     }
 
     /// Appends `bodies` as frames with one write (not yet synced); the segment's length after.
@@ -348,7 +357,7 @@ impl SegmentWriter {
             }
             crc = encode_frame(&mut out, body, crc);
         }
-        let written = self.file.write_all(&out).map_err(io_err("append to", &self.path));
+        let written = (&*self.file).write_all(&out).map_err(io_err("append to", &self.path));
         let len = out.len() as u64;
         if out.capacity() <= APPEND_BUFFER_KEPT {
             self.buf = out;
@@ -362,6 +371,12 @@ impl SegmentWriter {
     /// Makes everything appended so far durable (`fdatasync`).
     pub fn sync(&self) -> Result<(), SegmentError> {
         self.file.sync_data().map_err(io_err("sync", &self.path))
+    }
+
+    /// A handle that syncs what was appended so far from another thread, while this writer
+    /// appends the next group (whose frames the sync may then also cover).
+    pub fn sync_handle(&self) -> SyncHandle {
+        SyncHandle { file: Arc::clone(&self.file), path: self.path.clone() }
     }
 
     /// The segment's size in bytes: its header and every frame appended.
@@ -380,7 +395,7 @@ impl SegmentWriter {
     /// the next group's frames follow the last durable one.
     pub fn cut_back(&mut self, len: u64, last_crc: u32) -> Result<(), SegmentError> {
         self.file.set_len(len).map_err(io_err("cut back", &self.path))?;
-        self.file.seek(SeekFrom::Start(len)).map_err(io_err("seek in", &self.path))?;
+        (&*self.file).seek(SeekFrom::Start(len)).map_err(io_err("seek in", &self.path))?;
         self.file.sync_data().map_err(io_err("sync", &self.path))?;
         self.len = len;
         self.last_crc = last_crc;
@@ -393,6 +408,19 @@ impl SegmentWriter {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// See [`SegmentWriter::sync_handle`].
+pub struct SyncHandle {
+    file: Arc<File>,
+    path: PathBuf,
+}
+
+impl SyncHandle {
+    /// [`SegmentWriter::sync`].
+    pub fn sync(&self) -> Result<(), SegmentError> {
+        self.file.sync_data().map_err(io_err("sync", &self.path))
     }
 }
 

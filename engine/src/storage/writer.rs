@@ -44,6 +44,7 @@ use super::meta::{HistoryRecord, InstanceMeta, LastRollback, StreamState};
 use super::overlay::Generation;
 use super::retention::stored_bytes as record_bytes;
 use super::segment::SegmentWriter;
+use super::syncer::{Syncer, timed};
 use super::{
     DATA, JOURNAL, META, META_INSTANCE, Pairs, Range, STREAMS, Snapshot, Store, StoreError, StreamSeqnos,
     now_micros, read_meta, redb_err, sync_dir,
@@ -318,6 +319,10 @@ impl<T: Send + 'static> Writer<T> {
         let checkpointer = Checkpointer::spawn(store.clone(), metrics.clone(), limits.retention, ask_freeze)?;
         let state = WriterThread {
             checkpointer,
+            syncer: {
+                let store = store.clone();
+                Syncer::spawn(move |group, synced| finish_synced(&store, group, synced))?
+            },
             segment: None,
             broken_segment: None,
             segments_exist: true,
@@ -663,6 +668,8 @@ impl TxnView<'_, '_> {
 struct WriterThread<T> {
     store: Arc<Store>,
     checkpointer: Checkpointer,
+    /// Syncs a group's journal frames, and publishes it, while the next group runs.
+    syncer: Syncer<Group<T>, SyncOutcome<T>>,
     /// The journal segment groups are appended to (`None` until the first group after
     /// start, rotation, or a direct change of the database file).
     segment: Option<SegmentWriter>,
@@ -704,9 +711,85 @@ struct WriterThread<T> {
     replaced_pending: bool,
 }
 
-type Reply<T> = (oneshot::Sender<Result<Committed<T>, TxnFailure>>, Result<Committed<T>, TxnFailure>);
+type ReplyTx<T> = oneshot::Sender<Result<Committed<T>, TxnFailure>>;
+type Reply<T> = (ReplyTx<T>, Result<Committed<T>, TxnFailure>);
 
 /// The next journal seqno and stream-0 seqno while a batch runs.
+/// A commit group that ran and whose records were appended to the journal, unsynced.
+struct Group<T> {
+    /// The seqno committed before the group, and its last.
+    committed: u64,
+    last: u64,
+    active: Arc<Generation>,
+    records: Vec<Vec<u8>>,
+    streams: StreamSeqnos,
+    counted: (i64, i64, i64),
+    /// The WATCH version as of its last transaction.
+    version: u64,
+    replies: Vec<Reply<T>>,
+    enqueued: Vec<Instant>,
+    /// The segment's length and chain value before the group's frames (`None`: it has none).
+    cut: Option<(u64, u32)>,
+}
+
+/// What the group run after one still syncing starts from.
+struct After {
+    last: u64,
+    streams: StreamSeqnos,
+}
+
+impl<T> Group<T> {
+    fn next_after(&self) -> After {
+        After { last: self.last, streams: self.streams }
+    }
+}
+
+/// A group published by [`publish_synced`], for the writer's bookkeeping.
+struct Published {
+    committed: u64,
+    last: u64,
+    streams: StreamSeqnos,
+    fsync: Duration,
+    transactions: usize,
+    enqueued: Vec<Instant>,
+}
+
+/// What the syncer gives back: a published group, or a group whose sync failed.
+type SyncOutcome<T> = Result<Published, Box<(StoreError, Group<T>)>>;
+
+/// Publishes a group once its records are durable and answers its transactions (on the
+/// syncer's thread, or the writer's): its records join its versions in the overlay, then
+/// the store shows its seqno, stream seqnos and key counts.
+fn publish_synced<T>(store: &Store, mut group: Group<T>, fsync: Duration) -> Published {
+    group.active.add_records(group.committed + 1, group.records.drain(..));
+    group.active.set_streams(group.streams);
+    store.publish_streams(group.streams);
+    store.adjust_counts(group.counted);
+    store.publish(group.last, None, group.version);
+    store.degraded.store(false, Ordering::Release);
+    let published = Published {
+        committed: group.committed,
+        last: group.last,
+        streams: group.streams,
+        fsync,
+        transactions: group.replies.len(),
+        enqueued: group.enqueued,
+    };
+    for (reply, outcome) in group.replies {
+        // A client that went away no longer needs its answer.
+        let _ = reply.send(outcome);
+    }
+    published
+}
+
+/// The syncer's finish: publishes the group if its sync succeeded, else gives it back.
+fn finish_synced<T>(store: &Store, group: Group<T>, (synced, took): super::syncer::Synced) -> SyncOutcome<T> {
+    match synced {
+        Ok(()) => Ok(publish_synced(store, group, took)),
+        Err(e) => Err(Box::new((e.into(), group))),
+    }
+}
+
 struct Cursor {
     next: u64,
     local: u64,
@@ -871,7 +954,7 @@ impl<T: Send + 'static> WriterThread<T> {
                             Err(_) => break,
                         }
                     }
-                    self.commit_batch(&mut batch);
+                    self.commit_batch(&mut batch, &mut rx);
                 }
                 Work::Apply { records, source_history, mode, reply } => {
                     let result = match mode {
@@ -888,7 +971,7 @@ impl<T: Send + 'static> WriterThread<T> {
                     let touched = std::mem::take(&mut self.applied_touched);
                     if !touched.is_empty() && self.store.write_refusal().is_none() {
                         self.serve_after_apply = touched;
-                        self.commit_batch(&mut batch);
+                        self.commit_batch(&mut batch, &mut rx);
                     }
                 }
                 Work::Rollback { to_seqno, new_epoch, reason, reply } => {
@@ -947,63 +1030,186 @@ impl<T: Send + 'static> WriterThread<T> {
         })
     }
 
-    fn commit_batch(&mut self, batch: &mut Vec<TxnRequest<T>>) {
-        let size = batch.len();
-        let mut replies = Vec::with_capacity(size);
-        if let Err(e) = self.try_commit_batch(batch, &mut replies) {
-            if matches!(e, StoreError::DiskFull { .. }) {
-                tracing::warn!(error = %error_chain(&e), transactions = size, "commit refused");
-            } else {
-                tracing::error!(error = %error_chain(&e), transactions = size, "commit failed");
+    /// Commits the batch, and while its journal sync runs, the transactions queued behind it
+    /// (see [`super::syncer`]): each group is published and answered once its own sync
+    /// returns, in order.
+    fn commit_batch(&mut self, batch: &mut Vec<TxnRequest<T>>, rx: &mut mpsc::Receiver<Work<T>>) {
+        let mut group = self.run_batch(batch, None);
+        while let Some(current) = group.take() {
+            let overlap = current.cut.is_some() && self.may_overlap() && self.take_txns(batch, rx);
+            let Some(handle) = self.segment.as_ref().filter(|_| overlap).map(SegmentWriter::sync_handle)
+            else {
+                let synced = self.sync_segment(current.cut);
+                match synced {
+                    Ok(took) => {
+                        let published = publish_synced(&self.store, current, took);
+                        self.note_published(published, true);
+                    }
+                    Err(e) => self.fail_groups(&e, current, None),
+                }
+                return;
+            };
+            let next_after = current.next_after();
+            self.metrics.commit_groups_overlapped_total.inc();
+            let outcome = match self.syncer.start(handle, current) {
+                Ok(()) => {
+                    let next = self.run_batch(batch, Some(&next_after));
+                    (self.syncer.wait(), next)
+                }
+                // The sync thread is gone: sync here, before running more.
+                Err((handle, current)) => (Some(finish_synced(&self.store, current, timed(&handle))), None),
+            };
+            match outcome {
+                (Some(Ok(published)), next) => {
+                    self.note_published(published, next.is_none());
+                    group = next;
+                }
+                (Some(Err(failed)), next) => {
+                    let (e, failed) = *failed;
+                    self.cut_off(failed.cut);
+                    self.fail_groups(&e, failed, next);
+                }
+                (None, next) => {
+                    // The group and its clients' answers are lost with the thread: start over
+                    // from the file and the journal, as after an I/O error.
+                    tracing::error!("the journal's sync thread stopped; the instance reopens its file");
+                    if let Some(next) = next {
+                        self.cut_off(next.cut);
+                        self.fail_groups(&StoreError::Recovering, next, None);
+                    }
+                    self.close_after_io_error();
+                }
             }
-            self.metrics.commit_failures_total.with_label_values(&[e.code()]).inc();
-            if matches!(e, StoreError::Redb { .. }) {
-                self.close_after_io_error();
-            }
-            // Nothing of the batch committed: every transaction in it, whether it already ran
-            // or not, fails with the same error.
-            let failure = TxnFailure::store(&e);
-            replies = replies
-                .into_iter()
-                .map(|(reply, _)| reply)
-                .chain(batch.drain(..).map(|r| r.reply))
-                .map(|reply| (reply, Err(failure.clone())))
-                .collect();
-        }
-        batch.clear();
-        for (reply, outcome) in replies {
-            // A client that went away no longer needs its answer.
-            let _ = reply.send(outcome);
         }
     }
 
-    /// Runs and commits the batch, pushing each transaction's outcome to `replies`. On error,
-    /// `replies` and what is left of `batch` together hold every transaction's reply handle,
-    /// and nothing of the batch is left in the overlay or the journal.
-    fn try_commit_batch(
+    /// Fails `group` and `next` (which read what `group` wrote, and whose frames follow its
+    /// own), leaving nothing of either in the overlay; their frames were cut off already.
+    fn fail_groups(&mut self, e: &StoreError, group: Group<T>, next: Option<Group<T>>) {
+        group.active.discard_above(group.committed);
+        let replies = group.replies.into_iter().chain(next.into_iter().flat_map(|n| n.replies));
+        self.fail_replies(e, replies.map(|(reply, _)| reply).collect());
+    }
+
+    /// Runs a batch and appends its records to the journal, unsynced; `after` is the group
+    /// still syncing that it follows. On failure every transaction of the batch is answered
+    /// with the error, and nothing of it is left in the overlay or the journal.
+    fn run_batch(&mut self, batch: &mut Vec<TxnRequest<T>>, after: Option<&After>) -> Option<Group<T>> {
+        let mut replies = Vec::with_capacity(batch.len());
+        match self.try_run_batch(batch, &mut replies, after) {
+            Ok(group) => Some(group),
+            Err(e) => {
+                let pending =
+                    replies.into_iter().map(|(reply, _)| reply).chain(batch.drain(..).map(|r| r.reply));
+                self.fail_replies(&e, pending.collect());
+                None
+            }
+        }
+    }
+
+    /// Logs and counts a failed commit, answers every one of `replies` with it, and closes
+    /// the file after an I/O error.
+    fn fail_replies(&mut self, e: &StoreError, replies: Vec<ReplyTx<T>>) {
+        if matches!(e, StoreError::DiskFull { .. }) {
+            tracing::warn!(error = %error_chain(e), transactions = replies.len(), "commit refused");
+        } else {
+            tracing::error!(error = %error_chain(e), transactions = replies.len(), "commit failed");
+        }
+        self.metrics.commit_failures_total.with_label_values(&[e.code()]).inc();
+        if matches!(e, StoreError::Redb { .. }) {
+            self.close_after_io_error();
+        }
+        // Nothing of the batch committed: every transaction in it, whether it already ran
+        // or not, fails with the same error.
+        let failure = TxnFailure::store(e);
+        for reply in replies {
+            // A client that went away no longer needs its answer.
+            let _ = reply.send(Err(failure.clone()));
+        }
+    }
+
+    /// Runs the batch into the overlay and appends its records to the journal segment.
+    fn try_run_batch(
         &mut self,
         batch: &mut Vec<TxnRequest<T>>,
         replies: &mut Vec<Reply<T>>,
-    ) -> Result<(), StoreError> {
+        after: Option<&After>,
+    ) -> Result<Group<T>, StoreError> {
         self.counted = (0, 0, 0);
         self.check_space()?;
-        self.make_room()?;
-        let committed = self.store.committed_seqno();
+        if after.is_none() {
+            self.make_room()?;
+        }
+        let committed = after.map_or_else(|| self.store.committed_seqno(), |a| a.last);
+        let mut streams = after.map_or(self.streams, |a| a.streams);
         let active = self.store.overlay.active();
         let mut enqueued = Vec::with_capacity(batch.len());
         let mut records = Vec::new();
-        let mut cursor = Cursor { next: committed + 1, local: self.streams[0], now_micros: now_micros() };
+        let mut cursor = Cursor { next: committed + 1, local: streams[0], now_micros: now_micros() };
         let ran = self.run_group(batch, replies, &active, &mut records, &mut cursor, &mut enqueued);
-        let fsync = self.make_durable(ran, committed, &active, &mut records)?;
-        let mut streams = self.streams;
+        let cut = match ran.and_then(|()| self.append(committed + 1, &records)) {
+            Ok(cut) => cut,
+            Err(e) => {
+                active.discard_above(committed);
+                return Err(e);
+            }
+        };
         streams[0] = cursor.local;
-        self.publish_group(&active, committed, cursor.next - 1, streams, fsync);
+        Ok(Group {
+            committed,
+            last: cursor.next - 1,
+            active,
+            records,
+            streams,
+            counted: std::mem::take(&mut self.counted),
+            version: self.version,
+            replies: std::mem::take(replies),
+            enqueued,
+            cut,
+        })
+    }
+
+    /// The writer's part of publishing a group (the store's was done by [`publish_synced`]):
+    /// its stream seqnos, metrics, and a freeze when due and nothing runs under it.
+    fn note_published(&mut self, published: Published, may_freeze: bool) {
+        self.streams = published.streams;
         let m = &self.metrics;
-        m.group_commit_transactions.observe(replies.len() as f64);
-        for at in enqueued {
+        m.group_commit_transactions.observe(published.transactions as f64);
+        for at in published.enqueued {
             m.commit_duration_seconds.observe(at.elapsed().as_secs_f64());
         }
-        Ok(())
+        self.published(published.committed, published.last, published.fsync, may_freeze);
+    }
+
+    /// Whether the next group may run while this one syncs: only while nothing would freeze
+    /// the active generation or start a new segment under the group in flight.
+    fn may_overlap(&self) -> bool {
+        let overlay = &self.store.overlay;
+        self.broken_segment.is_none()
+            && self.segment.as_ref().is_some_and(|s| s.bytes() < self.limits.segment_bytes)
+            && overlay.active().bytes() < self.limits.checkpoint_bytes
+            && overlay.bytes() < self.limits.checkpoint_bytes.saturating_mul(2)
+            && self.active_since.elapsed() < CHECKPOINT_INTERVAL
+    }
+
+    /// Fills `batch` with transactions already queued, up to other work; whether it got any.
+    fn take_txns(&mut self, batch: &mut Vec<TxnRequest<T>>, rx: &mut mpsc::Receiver<Work<T>>) -> bool {
+        match self.pending.take() {
+            Some(Work::Txns(requests)) => self.pending = fill(batch, requests),
+            Some(other) => {
+                self.pending = Some(other);
+                return false;
+            }
+            None => {}
+        }
+        while self.pending.is_none() && batch.len() < GROUP_COMMIT_TXNS_MAX {
+            match rx.try_recv() {
+                Ok(Work::Txns(requests)) => self.pending = fill(batch, requests),
+                Ok(other) => self.pending = Some(other),
+                Err(_) => break,
+            }
+        }
+        !batch.is_empty()
     }
 
     /// Appends a group that `ran` into the active generation to the journal and syncs it;
@@ -1016,10 +1222,9 @@ impl<T: Send + 'static> WriterThread<T> {
         records: &mut Vec<Vec<u8>>,
     ) -> Result<Duration, StoreError> {
         let started = Instant::now();
-        let durable = ran.and_then(|()| match records.is_empty() {
-            true => Ok(()),
-            false => self.append_durably(committed + 1, records),
-        });
+        let durable = ran
+            .and_then(|()| self.append(committed + 1, records))
+            .and_then(|cut| self.sync_segment(cut).map(|_| ()));
         if let Err(e) = durable {
             active.discard_above(committed);
             return Err(e);
@@ -1046,12 +1251,20 @@ impl<T: Send + 'static> WriterThread<T> {
         self.store.adjust_counts(std::mem::take(&mut self.counted));
         self.store.publish(last, None, self.version);
         self.store.degraded.store(false, Ordering::Release);
+        self.published(committed, last, fsync, true);
+    }
+
+    /// Metrics of a published group, and the freeze of the active generation when due —
+    /// not under a group still in flight, whose versions are in it.
+    fn published(&mut self, committed: u64, last: u64, fsync: Duration, may_freeze: bool) {
         let m = &self.metrics;
         m.journal_fsync_duration_seconds.observe(fsync.as_secs_f64());
         m.commits_total.inc_by(last - committed);
         m.journal_seqno.set(i64::try_from(last).unwrap_or(i64::MAX));
-        if active.bytes() >= self.limits.checkpoint_bytes
-            || self.active_since.elapsed() >= CHECKPOINT_INTERVAL
+        let active = self.store.overlay.active();
+        if may_freeze
+            && (active.bytes() >= self.limits.checkpoint_bytes
+                || self.active_since.elapsed() >= CHECKPOINT_INTERVAL)
         {
             self.freeze();
         }
@@ -1141,10 +1354,14 @@ impl<T: Send + 'static> WriterThread<T> {
         Ok(())
     }
 
-    /// Appends a group's records to the journal segment with one write and syncs it. On
-    /// failure the group's frames are cut off again, so the next group follows the last
-    /// durable frame (if even the cut fails, every group retries it first).
-    fn append_durably(&mut self, first_seqno: u64, records: &[Vec<u8>]) -> Result<(), StoreError> {
+    /// Appends a group's records to the journal segment with one write, unsynced; where the
+    /// segment stood before them (`None`: no records). On failure the group's frames are cut
+    /// off again, so the next group follows the last durable frame (if even the cut fails,
+    /// every group retries it first).
+    fn append(&mut self, first_seqno: u64, records: &[Vec<u8>]) -> Result<Option<(u64, u32)>, StoreError> {
+        if records.is_empty() {
+            return Ok(None);
+        }
         if let (Some((len, crc)), Some(segment)) = (self.broken_segment, self.segment.as_mut()) {
             segment.cut_back(len, crc)?;
             self.broken_segment = None;
@@ -1157,16 +1374,35 @@ impl<T: Send + 'static> WriterThread<T> {
                 Some(SegmentWriter::create(dir, first_seqno, &creation_id, self.limits.segment_bytes)?);
         }
         let Some(segment) = self.segment.as_mut() else { return Err(StoreError::Recovering) };
-        let (len, crc) = (segment.bytes(), segment.last_crc());
-        let written = segment.append(records).and_then(|_| segment.sync());
-        if let Err(e) = written {
-            if let Err(cut) = segment.cut_back(len, crc) {
-                tracing::error!(error = %error_chain(&cut), "cannot cut a failed group off the journal segment");
-                self.broken_segment = Some((len, crc));
-            }
+        let cut = (segment.bytes(), segment.last_crc());
+        if let Err(e) = segment.append(records) {
+            self.cut_off(Some(cut));
             return Err(e.into());
         }
-        Ok(())
+        Ok(Some(cut))
+    }
+
+    /// Syncs the segment after [`WriterThread::append`] gave `cut`; on failure the frames
+    /// after `cut` are cut off. How long the sync took.
+    fn sync_segment(&mut self, cut: Option<(u64, u32)>) -> Result<Duration, StoreError> {
+        let started = Instant::now();
+        let Some(segment) = self.segment.as_ref().filter(|_| cut.is_some()) else {
+            return Ok(Duration::ZERO);
+        };
+        if let Err(e) = segment.sync() {
+            self.cut_off(cut);
+            return Err(e.into());
+        }
+        Ok(started.elapsed())
+    }
+
+    /// Cuts the segment back to `cut`: the frames of groups that failed.
+    fn cut_off(&mut self, cut: Option<(u64, u32)>) {
+        let (Some((len, crc)), Some(segment)) = (cut, self.segment.as_mut()) else { return };
+        if let Err(e) = segment.cut_back(len, crc) {
+            tracing::error!(error = %error_chain(&e), "cannot cut a failed group off the journal segment");
+            self.broken_segment = Some((len, crc));
+        }
     }
 
     /// Freezes the active generation for the checkpointer.

@@ -134,6 +134,16 @@ pub fn find_spec(name: &str) -> Option<&'static Spec> {
     BY_NAME.get(name).copied()
 }
 
+/// [`find_spec`] of a command name as sent, in any case (lowered on the stack: no name is
+/// longer than the buffer).
+fn find_spec_bytes(name: &[u8]) -> Option<&'static Spec> {
+    let mut lower = [0u8; 32];
+    let lower = lower.get_mut(..name.len())?;
+    lower.copy_from_slice(name);
+    lower.make_ascii_lowercase();
+    std::str::from_utf8(lower).ok().and_then(find_spec)
+}
+
 /// A parsed command with validated arguments.
 #[derive(Debug, Clone)]
 pub enum Command {
@@ -244,9 +254,8 @@ impl Command {
         let Some(name_bytes) = args.next() else {
             return Err(Frame::error("ERR empty command"));
         };
-        let name = String::from_utf8_lossy(&name_bytes).to_ascii_lowercase();
         let rest: Vec<Vec<u8>> = args.collect();
-        let Some(spec) = find_spec(&name) else {
+        let Some(spec) = find_spec_bytes(&name_bytes) else {
             let preview: Vec<String> =
                 rest.iter().take(4).map(|a| format!("'{}'", String::from_utf8_lossy(a))).collect();
             return Err(Frame::error(format!(
@@ -662,6 +671,18 @@ fn parse_command(a: &mut Args) -> Result<Command, Frame> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every command is found by its name as sent, in any case, without a heap copy of it.
+    #[test]
+    fn every_command_is_found_in_any_case() {
+        for spec in specs() {
+            assert!(spec.name.len() <= 32, "{} is longer than find_spec_bytes's buffer", spec.name);
+            let upper = spec.name.to_ascii_uppercase();
+            assert!(find_spec_bytes(upper.as_bytes()).is_some_and(|s| s.name == spec.name), "{upper}");
+        }
+        assert!(find_spec_bytes(&[b'g'; 40]).is_none());
+        assert!(find_spec_bytes(b"g\xffet").is_none());
+    }
 
     /// COMMAND DOCS has a row for every command and none for a command it does not know.
     #[test]

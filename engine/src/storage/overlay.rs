@@ -23,7 +23,7 @@
 //! Only the writer thread calls [`Overlay::apply`] and [`Overlay::freeze`]; the checkpointer
 //! applies a frozen generation only once its last seqno is durable.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeSet, HashMap};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -80,7 +80,11 @@ pub struct Generation {
 
 #[derive(Debug, Default)]
 struct Inner {
-    nodes: BTreeMap<Box<[u8]>, Versions>,
+    /// Every node's versions, by node: point reads and writes (a hash lookup, where a B-tree
+    /// search compares the key a hundred times).
+    nodes: HashMap<Arc<[u8]>, Versions>,
+    /// The same nodes in order: range reads and checkpoints.
+    order: BTreeSet<Arc<[u8]>>,
     /// Encoded journal records by seqno, ascending.
     records: Vec<(u64, Vec<u8>)>,
     /// Last stream seqno of every stream as of this generation's last record.
@@ -123,7 +127,9 @@ impl Generation {
             None => {
                 added += key.len() + before.map_or(0, <[u8]>::len);
                 let before = before.map(Box::<[u8]>::from);
-                inner.nodes.insert(key.into(), Versions { before, list: vec![(seqno, value)] });
+                let key: Arc<[u8]> = key.into();
+                inner.order.insert(Arc::clone(&key));
+                inner.nodes.insert(key, Versions { before, list: vec![(seqno, value)] });
             }
         }
         drop(inner);
@@ -150,6 +156,7 @@ impl Generation {
         if versions.list.is_empty() {
             freed += key.len() + versions.before.as_ref().map_or(0, |v| v.len());
             inner.nodes.remove(key);
+            inner.order.remove(key);
         }
         drop(inner);
         self.release(freed);
@@ -191,6 +198,8 @@ impl Generation {
             versions.list.retain(|(s, _)| *s <= seqno);
             !versions.list.is_empty()
         });
+        let Inner { nodes, order, .. } = &mut *inner;
+        order.retain(|key| nodes.contains_key(key));
         inner.records.retain(|(s, _)| *s <= seqno);
         let held: usize = inner
             .nodes
@@ -231,7 +240,9 @@ impl Generation {
         &self,
         mut f: impl FnMut(&[u8], Option<&[u8]>) -> Result<(), E>,
     ) -> Result<(), E> {
-        for (key, versions) in self.read().nodes.iter() {
+        let inner = self.read();
+        for key in &inner.order {
+            let Some(versions) = inner.nodes.get(key) else { continue };
             let last = versions.list.last().map_or(versions.before.as_deref(), |(_, v)| v.as_deref());
             f(key, last)?;
         }
@@ -249,9 +260,9 @@ impl Generation {
     /// The first node of this generation inside `(lo, hi)`: the lowest, or with `rev` the highest.
     fn edge(&self, lo: Bound<&[u8]>, hi: Bound<&[u8]>, rev: bool) -> Option<Vec<u8>> {
         let inner = self.read();
-        let mut range = inner.nodes.range::<[u8], _>((lo, hi));
+        let mut range = inner.order.range::<[u8], _>((lo, hi));
         let key = if rev { range.next_back() } else { range.next() };
-        key.map(|(k, _)| k.to_vec())
+        key.map(|k| k.to_vec())
     }
 }
 
@@ -378,7 +389,7 @@ impl SuperVersion {
     pub fn node_keys(&self) -> Vec<Vec<u8>> {
         let mut keys = std::collections::BTreeSet::new();
         for generation in &self.generations {
-            keys.extend(generation.read().nodes.keys().map(|k| k.to_vec()));
+            keys.extend(generation.read().order.iter().map(|k| k.to_vec()));
         }
         keys.into_iter().collect()
     }
@@ -508,6 +519,7 @@ impl Overlay {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::collections::BTreeMap;
 
     fn change<'a>(key: &'a [u8], before: Option<&'a [u8]>, after: Option<&'a [u8]>) -> NodeChange<'a> {
         NodeChange { key, before, after }

@@ -61,6 +61,36 @@ pub fn file_name(first_seqno: u64) -> String {
     format!("{first_seqno:020}.sjl")
 }
 
+/// The spare segment: blocks zero-filled and synced ahead of need (see [`prepare_spare`]).
+/// Its name ends in [`TMP_SUFFIX`]: [`list`] ignores it and a start removes it.
+const SPARE: &str = "spare.sjl.tmp";
+
+/// Writes a zero-filled, synced file of `bytes` bytes in `dir`, whose blocks the next segment
+/// takes over ([`SegmentWriter::create_from_spare`]). Appends into written blocks change no
+/// file metadata, so a group's `fdatasync` is a data flush alone; appends into `fallocate`d
+/// blocks convert their extents, which costs a filesystem journal commit per sync (on ext4
+/// about twice the time, and it waits for every other file's ordered data). PostgreSQL
+/// zero-fills its WAL segments for the same reason. On failure nothing is left behind.
+pub fn prepare_spare(dir: &Path, bytes: u64) -> Result<PathBuf, SegmentError> {
+    let path = dir.join(SPARE);
+    let filled = (|| {
+        let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(&path)?;
+        let zeros = vec![0u8; 1 << 20];
+        let mut left = bytes;
+        while left > 0 {
+            let n = usize::try_from(left).unwrap_or(usize::MAX).min(zeros.len());
+            file.write_all(zeros.get(..n).unwrap_or_default())?;
+            left -= n as u64;
+        }
+        file.sync_data()
+    })();
+    if let Err(source) = filled {
+        let _ = std::fs::remove_file(&path);
+        return Err(SegmentError::Io { action: "prepare", path, source });
+    }
+    Ok(path)
+}
+
 /// Removes segments left half-created by a crash (their names end in [`TMP_SUFFIX`]; they
 /// never held a record).
 pub fn remove_unfinished(dir: &Path) -> Result<(), SegmentError> {
@@ -324,8 +354,21 @@ impl SegmentWriter {
                 tracing::debug!(path = %tmp.display(), error = %io::Error::last_os_error(), "segment not preallocated");
             }
         }
-        file.sync_data().map_err(io_err("sync", &tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io_err("rename into place", &path))?;
+        SegmentWriter::put_in_place(dir, file, &tmp, path, &head, first_seqno)
+    }
+
+    /// Syncs `file` (written under the name `from`, its header `head` first), renames it to
+    /// `path` and syncs the directory: the segment exists, whole, from then on.
+    fn put_in_place(
+        dir: &Path,
+        file: File,
+        from: &Path,
+        path: PathBuf,
+        head: &[u8],
+        first_seqno: u64,
+    ) -> Result<SegmentWriter, SegmentError> {
+        file.sync_data().map_err(io_err("sync", from))?;
+        std::fs::rename(from, &path).map_err(io_err("rename into place", &path))?;
         sync_dir(dir)?;
         let last_crc = head.last_chunk::<4>().map_or(0, |c| u32::from_le_bytes(*c));
         Ok(SegmentWriter {
@@ -377,6 +420,29 @@ impl SegmentWriter {
     /// appends the next group (whose frames the sync may then also cover).
     pub fn sync_handle(&self) -> SyncHandle {
         SyncHandle { file: Arc::clone(&self.file), path: self.path.clone() }
+    }
+
+    /// [`SegmentWriter::create`] over the blocks of a spare made by [`prepare_spare`]: the
+    /// header is written and synced into it, and it is renamed into place.
+    pub fn create_from_spare(
+        dir: &Path,
+        spare: &Path,
+        first_seqno: u64,
+        creation_id: &str,
+    ) -> Result<SegmentWriter, SegmentError> {
+        let path = dir.join(file_name(first_seqno));
+        if path.exists() {
+            return Err(SegmentError::Io {
+                action: "create",
+                path,
+                source: io::Error::new(io::ErrorKind::AlreadyExists, "the segment exists"),
+            });
+        }
+        let mut file =
+            OpenOptions::new().read(true).write(true).open(spare).map_err(io_err("open", spare))?;
+        let head = header(first_seqno, creation_id);
+        file.write_all(&head).map_err(io_err("write the header of", spare))?;
+        SegmentWriter::put_in_place(dir, file, spare, path, &head, first_seqno)
     }
 
     /// The segment's size in bytes: its header and every frame appended.
@@ -523,6 +589,31 @@ mod tests {
         // One holding a frame is never replaced.
         assert!(SegmentWriter::create(dir.path(), 7, ID, 4096).is_err());
         assert_eq!(read(&dir.path().join(file_name(7))).expect("read").frames, vec![b"one".to_vec()]);
+    }
+
+    #[test]
+    fn a_segment_made_from_a_spare_holds_its_frames_and_a_zero_tail() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spare = prepare_spare(dir.path(), 64 * 1024).expect("prepare");
+        assert!(list(dir.path()).expect("list").is_empty(), "a spare is no segment");
+        let mut w = SegmentWriter::create_from_spare(dir.path(), &spare, 5, ID).expect("create");
+        assert!(!spare.exists(), "the spare became the segment");
+        let written = bodies(10);
+        w.append(&written).expect("append");
+        w.sync().expect("sync");
+        let contents = read(w.path()).expect("read");
+        assert_eq!((contents.first_seqno, &contents.frames), (5, &written));
+        assert_eq!(contents.torn_bytes, 64 * 1024 - w.bytes(), "the zeros are a torn tail, not damage");
+        let (_, mut again) = recover(w.path(), ID).expect("recover");
+        again.append(&[b"after".to_vec()]).expect("append");
+        again.sync().expect("sync");
+        assert_eq!(read(w.path()).expect("read").frames.len(), 11);
+        // A segment of that name already there is never written over.
+        let spare = prepare_spare(dir.path(), 4096).expect("prepare");
+        assert!(SegmentWriter::create_from_spare(dir.path(), &spare, 5, ID).is_err());
+        assert_eq!(read(w.path()).expect("read").frames.len(), 11);
+        remove_unfinished(dir.path()).expect("remove");
+        assert!(!spare.exists(), "a start removes a spare");
     }
 
     #[test]

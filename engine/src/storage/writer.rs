@@ -319,6 +319,7 @@ impl<T: Send + 'static> Writer<T> {
         let checkpointer = Checkpointer::spawn(store.clone(), metrics.clone(), limits.retention, ask_freeze)?;
         let state = WriterThread {
             checkpointer,
+            spare: None,
             syncer: {
                 let store = store.clone();
                 Syncer::spawn(move |group, synced| finish_synced(&store, group, synced))?
@@ -668,6 +669,8 @@ impl TxnView<'_, '_> {
 struct WriterThread<T> {
     store: Arc<Store>,
     checkpointer: Checkpointer,
+    /// Zero-fills the next journal segment's blocks in the background.
+    spare: Option<std::thread::JoinHandle<Result<std::path::PathBuf, super::segment::SegmentError>>>,
     /// Syncs a group's journal frames, and publishes it, while the next group runs.
     syncer: Syncer<Group<T>, SyncOutcome<T>>,
     /// The journal segment groups are appended to (`None` until the first group after
@@ -1367,11 +1370,29 @@ impl<T: Send + 'static> WriterThread<T> {
             self.broken_segment = None;
         }
         if self.segment.as_ref().is_none_or(|s| s.bytes() >= self.limits.segment_bytes) {
-            let dir = self.store.journal_dir();
-            let creation_id = self.store.meta().creation_id;
+            let store = Arc::clone(&self.store);
+            let dir = store.journal_dir();
+            let creation_id = store.meta().creation_id;
             self.segments_exist = true;
-            self.segment =
-                Some(SegmentWriter::create(dir, first_seqno, &creation_id, self.limits.segment_bytes)?);
+            let from_spare = self.take_spare().and_then(|spare| {
+                SegmentWriter::create_from_spare(dir, &spare, first_seqno, &creation_id)
+                    .inspect_err(|e| tracing::debug!(error = %error_chain(e), "spare segment not used"))
+                    .ok()
+            });
+            self.segment = match from_spare {
+                Some(segment) => Some(segment),
+                None => {
+                    Some(SegmentWriter::create(dir, first_seqno, &creation_id, self.limits.segment_bytes)?)
+                }
+            };
+        }
+        // The next segment's blocks are zero-filled once this one is half full: not at a start
+        // or a rotation, where they would compete with the writes that follow for the disk
+        // (the first segment after a start is `fallocate`d).
+        if self.spare.is_none()
+            && self.segment.as_ref().is_some_and(|s| s.bytes() >= self.limits.segment_bytes / 2)
+        {
+            self.prepare_spare();
         }
         let Some(segment) = self.segment.as_mut() else { return Err(StoreError::Recovering) };
         let cut = (segment.bytes(), segment.last_crc());
@@ -1380,6 +1401,43 @@ impl<T: Send + 'static> WriterThread<T> {
             return Err(e.into());
         }
         Ok(Some(cut))
+    }
+
+    /// Starts zero-filling the next segment's blocks in the background
+    /// ([`super::segment::prepare_spare`]), unless one is under way or the volume has too
+    /// little room to spare a segment's size beside the reserve.
+    fn prepare_spare(&mut self) {
+        let bytes = self.limits.segment_bytes;
+        let room = self.store.free_bytes().unwrap_or(0);
+        if self.spare.is_some()
+            || room < bytes.saturating_mul(2).saturating_add(self.limits.disk_reserve_bytes)
+        {
+            return;
+        }
+        let dir = self.store.journal_dir().to_owned();
+        let spawned = std::thread::Builder::new()
+            .name("strand-spare".into())
+            .spawn(move || super::segment::prepare_spare(&dir, bytes));
+        match spawned {
+            Ok(handle) => self.spare = Some(handle),
+            Err(e) => tracing::debug!(error = %e, "cannot start preparing a spare segment"),
+        }
+    }
+
+    /// The spare segment, if it is ready. A preparation still running is left to finish for
+    /// the segment after: no commit waits for zeros to be written.
+    fn take_spare(&mut self) -> Option<std::path::PathBuf> {
+        if !self.spare.as_ref().is_some_and(std::thread::JoinHandle::is_finished) {
+            return None;
+        }
+        match self.spare.take()?.join() {
+            Ok(Ok(path)) => Some(path),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %error_chain(&e), "no spare segment");
+                None
+            }
+            Err(_) => None,
+        }
     }
 
     /// Syncs the segment after [`WriterThread::append`] gave `cut`; on failure the frames

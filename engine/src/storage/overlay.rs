@@ -176,8 +176,9 @@ impl Generation {
             added += record.len() + VERSION_OVERHEAD;
             inner.records.push((seqno, record));
         }
-        drop(inner);
+        // Counted under the lock: `discard_above` recounts under it from another thread.
         self.bytes.fetch_add(added, Ordering::Relaxed);
+        drop(inner);
         self.last_seqno.fetch_max(last, Ordering::Release);
     }
 

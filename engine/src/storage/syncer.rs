@@ -54,7 +54,7 @@ impl<J: Send + 'static, O: Send + 'static> Syncer<J, O> {
 }
 
 /// Syncs the segment behind `handle`, timed.
-pub fn timed(handle: &SyncHandle) -> Synced {
+fn timed(handle: &SyncHandle) -> Synced {
     let started = Instant::now();
     let result = handle.sync();
     (result, started.elapsed())

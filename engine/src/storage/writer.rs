@@ -44,7 +44,7 @@ use super::meta::{HistoryRecord, InstanceMeta, LastRollback, StreamState};
 use super::overlay::Generation;
 use super::retention::stored_bytes as record_bytes;
 use super::segment::SegmentWriter;
-use super::syncer::{Syncer, timed};
+use super::syncer::Syncer;
 use super::{
     DATA, JOURNAL, META, META_INSTANCE, Pairs, Range, STREAMS, Snapshot, Store, StoreError, StreamSeqnos,
     now_micros, read_meta, redb_err, sync_dir,
@@ -320,6 +320,7 @@ impl<T: Send + 'static> Writer<T> {
         let state = WriterThread {
             checkpointer,
             spare: None,
+            blocked_in_group: Vec::new(),
             syncer: {
                 let store = store.clone();
                 Syncer::spawn(move |group, synced| finish_synced(&store, group, synced))?
@@ -669,6 +670,8 @@ impl TxnView<'_, '_> {
 struct WriterThread<T> {
     store: Arc<Store>,
     checkpointer: Checkpointer,
+    /// Keys of the clients that blocked in the group being run.
+    blocked_in_group: Vec<Vec<u8>>,
     /// Zero-fills the next journal segment's blocks in the background.
     spare: Option<std::thread::JoinHandle<Result<std::path::PathBuf, super::segment::SegmentError>>>,
     /// Syncs a group's journal frames, and publishes it, while the next group runs.
@@ -718,6 +721,16 @@ type ReplyTx<T> = oneshot::Sender<Result<Committed<T>, TxnFailure>>;
 type Reply<T> = (ReplyTx<T>, Result<Committed<T>, TxnFailure>);
 
 /// The next journal seqno and stream-0 seqno while a batch runs.
+impl<T> Drop for WriterThread<T> {
+    fn drop(&mut self) {
+        // A spare still being zero-filled has its file open: it finishes first, so a writer
+        // opened on the same directory later cannot take a file still being written.
+        if let Some(spare) = self.spare.take() {
+            let _ = spare.join();
+        }
+    }
+}
+
 /// A commit group that ran and whose records were appended to the journal, unsynced.
 struct Group<T> {
     /// The seqno committed before the group, and its last.
@@ -729,6 +742,8 @@ struct Group<T> {
     counted: (i64, i64, i64),
     /// The WATCH version as of its last transaction.
     version: u64,
+    /// Keys of the clients that blocked in it: if it fails, they blocked on what it wrote.
+    blocked: Vec<Vec<u8>>,
     replies: Vec<Reply<T>>,
     enqueued: Vec<Instant>,
     /// The segment's length and chain value before the group's frames (`None`: it has none).
@@ -769,7 +784,6 @@ fn publish_synced<T>(store: &Store, mut group: Group<T>, fsync: Duration) -> Pub
     store.publish_streams(group.streams);
     store.adjust_counts(group.counted);
     store.publish(group.last, None, group.version);
-    store.degraded.store(false, Ordering::Release);
     let published = Published {
         committed: group.committed,
         last: group.last,
@@ -1038,44 +1052,61 @@ impl<T: Send + 'static> WriterThread<T> {
     /// returns, in order.
     fn commit_batch(&mut self, batch: &mut Vec<TxnRequest<T>>, rx: &mut mpsc::Receiver<Work<T>>) {
         let mut group = self.run_batch(batch, None);
-        while let Some(current) = group.take() {
+        let mut served_again = false;
+        loop {
+            let Some(current) = group.take() else {
+                // Clients that blocked in a failed group are run again now, once (if that
+                // fails too, the next batch runs them first).
+                if served_again || self.serve_after_apply.is_empty() || self.store.db().is_err() {
+                    return;
+                }
+                served_again = true;
+                group = self.run_batch(batch, None);
+                continue;
+            };
             let overlap = current.cut.is_some() && self.may_overlap() && self.take_txns(batch, rx);
             let Some(handle) = self.segment.as_ref().filter(|_| overlap).map(SegmentWriter::sync_handle)
             else {
-                let synced = self.sync_segment(current.cut);
-                match synced {
-                    Ok(took) => {
-                        let published = publish_synced(&self.store, current, took);
-                        self.note_published(published, true);
-                    }
-                    Err(e) => self.fail_groups(&e, current, None),
+                self.sync_inline(current);
+                if batch.is_empty() {
+                    continue;
                 }
-                return;
+                group = self.run_batch(batch, None);
+                continue;
             };
             let next_after = current.next_after();
-            self.metrics.commit_groups_overlapped_total.inc();
-            let outcome = match self.syncer.start(handle, current) {
-                Ok(()) => {
-                    let next = self.run_batch(batch, Some(&next_after));
-                    (self.syncer.wait(), next)
-                }
-                // The sync thread is gone: sync here, before running more.
-                Err((handle, current)) => (Some(finish_synced(&self.store, current, timed(&handle))), None),
+            let (committed, cut, active) = (current.committed, current.cut, Arc::clone(&current.active));
+            let current = match self.syncer.start(handle, current) {
+                Ok(()) => None,
+                Err((_, current)) => Some(current),
             };
-            match outcome {
-                (Some(Ok(published)), next) => {
-                    self.note_published(published, next.is_none());
+            if let Some(current) = current {
+                // The sync thread is gone: sync here, then run what was taken.
+                self.sync_inline(current);
+                group = self.run_batch(batch, None);
+                continue;
+            }
+            let next = self.run_batch(batch, Some(&next_after));
+            match self.syncer.wait() {
+                Some(Ok(published)) => {
+                    self.note_published(published, next.is_none(), next.is_some());
                     group = next;
                 }
-                (Some(Err(failed)), next) => {
+                Some(Err(failed)) => {
                     let (e, failed) = *failed;
                     self.cut_off(failed.cut);
                     self.fail_groups(&e, failed, next);
                 }
-                (None, next) => {
-                    // The group and its clients' answers are lost with the thread: start over
-                    // from the file and the journal, as after an I/O error.
+                None => {
+                    // The group went down with the thread. If it was not published, nothing of
+                    // it may stay: its versions leave the overlay, its frames the segment (its
+                    // clients see the writer's answer channel close). Then start over from the
+                    // file and the journal, as after an I/O error.
                     tracing::error!("the journal's sync thread stopped; the instance reopens its file");
+                    if self.store.committed_seqno() < next_after.last {
+                        active.discard_above(committed);
+                        self.cut_off(cut);
+                    }
                     if let Some(next) = next {
                         self.cut_off(next.cut);
                         self.fail_groups(&StoreError::Recovering, next, None);
@@ -1086,12 +1117,30 @@ impl<T: Send + 'static> WriterThread<T> {
         }
     }
 
+    /// Syncs and publishes `group` on this thread (or fails it).
+    fn sync_inline(&mut self, group: Group<T>) {
+        match self.sync_segment(group.cut) {
+            Ok(took) => {
+                let published = publish_synced(&self.store, group, took);
+                self.note_published(published, true, true);
+            }
+            Err(e) => self.fail_groups(&e, group, None),
+        }
+    }
+
     /// Fails `group` and `next` (which read what `group` wrote, and whose frames follow its
     /// own), leaving nothing of either in the overlay; their frames were cut off already.
     fn fail_groups(&mut self, e: &StoreError, group: Group<T>, next: Option<Group<T>>) {
         group.active.discard_above(group.committed);
-        let replies = group.replies.into_iter().chain(next.into_iter().flat_map(|n| n.replies));
-        self.fail_replies(e, replies.map(|(reply, _)| reply).collect());
+        // Clients that blocked in either group blocked on writes that are now gone: they
+        // are run again before the next batch (or right away, below).
+        self.serve_after_apply.extend(group.blocked);
+        let mut replies: Vec<_> = group.replies.into_iter().map(|(reply, _)| reply).collect();
+        if let Some(next) = next {
+            self.serve_after_apply.extend(next.blocked);
+            replies.extend(next.replies.into_iter().map(|(reply, _)| reply));
+        }
+        self.fail_replies(e, replies);
     }
 
     /// Runs a batch and appends its records to the journal, unsynced; `after` is the group
@@ -1139,6 +1188,7 @@ impl<T: Send + 'static> WriterThread<T> {
         after: Option<&After>,
     ) -> Result<Group<T>, StoreError> {
         self.counted = (0, 0, 0);
+        self.blocked_in_group.clear();
         self.check_space()?;
         if after.is_none() {
             self.make_room()?;
@@ -1166,6 +1216,7 @@ impl<T: Send + 'static> WriterThread<T> {
             streams,
             counted: std::mem::take(&mut self.counted),
             version: self.version,
+            blocked: std::mem::take(&mut self.blocked_in_group),
             replies: std::mem::take(replies),
             enqueued,
             cut,
@@ -1174,7 +1225,11 @@ impl<T: Send + 'static> WriterThread<T> {
 
     /// The writer's part of publishing a group (the store's was done by [`publish_synced`]):
     /// its stream seqnos, metrics, and a freeze when due and nothing runs under it.
-    fn note_published(&mut self, published: Published, may_freeze: bool) {
+    /// `clear_degraded`: no group after it failed (its failure set the flag).
+    fn note_published(&mut self, published: Published, may_freeze: bool, clear_degraded: bool) {
+        if clear_degraded {
+            self.store.degraded.store(false, Ordering::Release);
+        }
         self.streams = published.streams;
         let m = &self.metrics;
         m.group_commit_transactions.observe(published.transactions as f64);
@@ -1331,6 +1386,7 @@ impl<T: Send + 'static> WriterThread<T> {
                         }
                         Ran::Waiting => {
                             self.waiter_seq += 1;
+                            self.blocked_in_group.extend(keys.iter().cloned());
                             let waiter = Waiter {
                                 seq: self.waiter_seq,
                                 id,
@@ -1457,9 +1513,17 @@ impl<T: Send + 'static> WriterThread<T> {
     /// Cuts the segment back to `cut`: the frames of groups that failed.
     fn cut_off(&mut self, cut: Option<(u64, u32)>) {
         let (Some((len, crc)), Some(segment)) = (cut, self.segment.as_mut()) else { return };
-        if let Err(e) = segment.cut_back(len, crc) {
-            tracing::error!(error = %error_chain(&e), "cannot cut a failed group off the journal segment");
-            self.broken_segment = Some((len, crc));
+        match segment.cut_back(len, crc) {
+            // A cut still owed past this one (a later group's) is covered by it.
+            Ok(()) if self.broken_segment.is_some_and(|(owed, _)| owed >= len) => self.broken_segment = None,
+            Ok(()) => {}
+            Err(e) => {
+                tracing::error!(error = %error_chain(&e), "cannot cut a failed group off the journal segment");
+                // Of two cuts owed, the shorter one covers both.
+                if self.broken_segment.is_none_or(|(owed, _)| len < owed) {
+                    self.broken_segment = Some((len, crc));
+                }
+            }
         }
     }
 

@@ -1077,7 +1077,10 @@ impl<T: Send + 'static> WriterThread<T> {
             let next_after = current.next_after();
             let (committed, cut, active) = (current.committed, current.cut, Arc::clone(&current.active));
             let current = match self.syncer.start(handle, current) {
-                Ok(()) => None,
+                Ok(()) => {
+                    self.metrics.commit_groups_overlapped_total.inc();
+                    None
+                }
                 Err((_, current)) => Some(current),
             };
             if let Some(current) = current {

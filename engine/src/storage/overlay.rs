@@ -162,7 +162,9 @@ impl Generation {
         self.release(freed);
     }
 
-    /// Adds transaction `seqno`'s encoded journal record.
+    /// Adds transaction `seqno`'s encoded journal record (tests; the writer adds a group's
+    /// records at once with [`Generation::add_records`]).
+    #[cfg(test)]
     pub fn add_record(&self, seqno: u64, record: &[u8]) {
         self.add_records(seqno, std::iter::once(record.to_vec()));
     }

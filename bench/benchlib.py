@@ -1,6 +1,8 @@
 """What the benchmark scripts share: the release binary (rebuilt when its sources changed),
 free loopback ports, and a work directory that is on a real disk."""
 
+import csv
+import io
 import os
 import socket
 import subprocess
@@ -56,6 +58,19 @@ def number(text, what):
         return float(text)
     except (TypeError, ValueError):
         sys.exit(f"cannot read {what} from {text!r}")
+
+
+def bench(port, test, clients, pipeline, requests, keyspace=100000):
+    """One redis-benchmark run of `test` (64-byte values over `keyspace` random keys): its
+    requests per second."""
+    cmd = ["redis-benchmark", "-p", str(port), "-t", test, "-c", str(clients), "-n", str(requests),
+           "-P", str(pipeline), "-r", str(keyspace), "-d", "64", "--csv"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    rows = list(csv.reader(io.StringIO(out)))
+    for row in rows[1:]:
+        if len(row) > 1 and row[0].upper().startswith(test.upper()):
+            return number(row[1], f"the {test} rate in redis-benchmark's output {out!r}")
+    sys.exit(f"no result in redis-benchmark output: {out}")
 
 
 def publish(report, out):

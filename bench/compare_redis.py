@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 
-from benchlib import ENGINE, ensure_engine, free_port, number, publish, work_dir
+from benchlib import ENGINE, bench, ensure_engine, free_port, number, publish, work_dir
 
 
 def wait_port(port, proc, what):
@@ -58,17 +58,6 @@ def fsync_rate(directory, seconds=2.0):
         os.close(fd)
         os.unlink(path)
     return n / (time.time() - start)
-
-
-def bench(port, test, clients, pipeline, requests):
-    cmd = ["redis-benchmark", "-p", str(port), "-t", test, "-c", str(clients), "-n", str(requests),
-           "-P", str(pipeline), "-r", "100000", "-d", "64", "--csv"]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    rows = list(csv.reader(io.StringIO(out)))
-    for row in rows[1:]:
-        if len(row) > 1 and row[0].upper().startswith(test.upper()):
-            return number(row[1], f"the {test} rate in redis-benchmark's output {out!r}")
-    sys.exit(f"no result in redis-benchmark output: {out}")
 
 
 TYPES_TESTS = "set,get,incr,lpush,rpush,lpop,rpop,sadd,hset,spop,zadd,zpopmin,lrange_100,mset"

@@ -8,7 +8,10 @@ processes, loopback, same disk):
    lag reported by the primary are sampled every 100 ms; medians and maxima. GT.M's backlog is
    sampled as its primary's last posted seqno minus its standby's last applied one (its
    source's "not acknowledged" count trails far behind while it streams).
-3. rollback: time to roll back --rollback transactions (default 100,000) into an
+3. what a receiver costs its primary (Strand only): durable SETs from 50 clients on the
+   primary with its source stopped and with it streaming to the standby, alternating for
+   --rounds rounds (default 3), medians and their ratio.
+4. rollback: time to roll back --rollback transactions (default 100,000) into an
    unreplicated-transaction log.
 
 GT.M (Debian's fis-gtm) runs the same three measurements with its own tools: a passive
@@ -22,7 +25,8 @@ event for both: the standby's last applied seqno reaches the primary's last seqn
 update process"). A figure that cannot be read fails the run. The work directory
 ($STRAND_BENCH_DIR, else the system's temporary directory) must not be a tmpfs.
 
-Usage: bench/replication.py [--catchup N] [--rollback N] [--no-gtm] [--out FILE]
+Usage: bench/replication.py [--catchup N] [--rollback N] [--rounds N] [--apply-interval-ms N]
+                            [--no-gtm] [--out FILE]
 """
 
 import argparse
@@ -35,7 +39,7 @@ import subprocess
 import sys
 import time
 
-from benchlib import ENGINE, ROOT, ensure_engine, free_port, number, publish, work_dir
+from benchlib import ENGINE, ROOT, bench, ensure_engine, free_port, number, publish, work_dir
 
 
 class Engine:
@@ -209,6 +213,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--catchup", type=int, default=1_000_000)
     ap.add_argument("--rollback", type=int, default=100_000)
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of the receiver-cost measurement")
+    ap.add_argument("--cost-requests", type=int, default=100_000,
+                    help="SETs per run of the receiver-cost measurement")
+    ap.add_argument("--apply-interval-ms", type=int,
+                    help="the standby's --apply-interval-ms (default: the engine's own default)")
     ap.add_argument("--out")
     ap.add_argument("--no-gtm", action="store_true")
     args = ap.parse_args()
@@ -226,7 +235,8 @@ def main():
         load(primary.port, args.catchup)
         backlog = primary.seqno()
         build = time.time() - t0
-        standby = Engine(work, "BrynMawr", secret)
+        paced = [] if args.apply_interval_ms is None else ["--apply-interval-ms", str(args.apply_interval_ms)]
+        standby = Engine(work, "BrynMawr", secret, *paced)
         standby.ctl("receiver", "start")
         t0 = time.time()
         primary.ctl("source", "start", "--receiver", "BrynMawr", "--addr", f"127.0.0.1:{standby.repl}")
@@ -237,11 +247,11 @@ def main():
         strand = {"catchup": (catchup, backlog / catchup, build)}
 
         # 2. steady-state lag under a write load
-        bench = subprocess.Popen(["redis-benchmark", "-p", str(primary.port), "-t", "set", "-n", "200000", "-c", "50",
+        writer = subprocess.Popen(["redis-benchmark", "-p", str(primary.port), "-t", "set", "-n", "200000", "-c", "50",
                                   "-r", "1000000", "-d", "64", "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         backlogs, lags = [], []
         t0 = time.time()
-        while bench.poll() is None:
+        while writer.poll() is None:
             b = primary.admin("/v1/backlog")[0]
             backlogs.append(b["backlog"])
             lags.append(b["lag_seconds"])
@@ -250,11 +260,30 @@ def main():
         print(f"lag: {len(lags)} samples", file=sys.stderr)
         strand["lag"] = (statistics.median(backlogs), max(backlogs), 200000 / load_time,
                          statistics.median(lags), max(lags))
+
+        # 3. what a receiver costs the primary
+        alone, attached = [], []
+        running = True  # the source, since the catch-up
+        for r in range(args.rounds):
+            for streaming in ((True, False) if r % 2 else (False, True)):
+                if streaming and not running:
+                    primary.ctl("source", "start", "--receiver", "BrynMawr", "--addr", f"127.0.0.1:{standby.repl}")
+                elif running and not streaming:
+                    primary.ctl("source", "stop", "--receiver", "BrynMawr")
+                running = streaming
+                while streaming and standby.seqno() < primary.seqno():
+                    time.sleep(0.05)
+                rate = bench(primary.port, "set", 50, 1, args.cost_requests, keyspace=1_000_000)
+                (attached if streaming else alone).append(rate)
+                print(f"receiver cost round {r + 1}: {'attached' if streaming else 'standalone'} {rate:,.0f}/s",
+                      file=sys.stderr)
+        strand["cost"] = (statistics.median(alone), statistics.median(attached), alone, attached)
         standby.stop()
 
-        # 3. rollback
+        # 4. rollback
         target = primary.seqno() - args.rollback
-        primary.ctl("source", "stop", "--receiver", "BrynMawr")
+        if running:
+            primary.ctl("source", "stop", "--receiver", "BrynMawr")
         t0 = time.time()
         done = primary.ctl("rollback", "--to-seqno", str(target))
         took = time.time() - t0
@@ -281,6 +310,15 @@ def main():
     lines.append(f"| (building the backlog: Strand redis-benchmark -P 64 / GT.M one mumps loop) | {c[2]:.1f} s | "
                  + (f"{gtm['catchup'][2]:.1f} s | |" if gtm else "n/a | |"))
     report = "| measurement | Strand | GT.M 7.0-005 | Strand / GT.M (rate) |\n|---|---:|---:|---:|\n" + "\n".join(lines) + "\n"
+    alone, attached, alone_runs, attached_runs = strand["cost"]
+
+    def runs(xs):
+        return ", ".join(f"{x:,.0f}" for x in xs)
+
+    report += ("\n| Strand primary, durable SETs from 50 clients (median of "
+               f"{args.rounds}) | standalone | one receiver attached | attached / standalone |\n|---|---:|---:|---:|\n"
+               f"| requests per second | {alone:,.0f} | {attached:,.0f} | {attached / alone:.2f} |\n"
+               f"| rounds | {runs(alone_runs)} | {runs(attached_runs)} | |\n")
     publish(report, args.out)
 
 

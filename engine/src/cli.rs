@@ -113,6 +113,14 @@ pub struct RunArgs {
     /// (so seeding a new member does not starve the primary's disk or network). 0: no limit.
     #[arg(long, default_value_t = 0)]
     pub seed_rate_bytes: u64,
+    /// Least milliseconds between two applies of this instance's receiver while it keeps up
+    /// with its source: what arrives meanwhile is applied and made durable with one
+    /// `fdatasync`, so a standby syncs at most this often instead of once per commit group
+    /// of its primary (whose disk it usually shares). Its acknowledgements — and a WAIT for
+    /// them — come up to this much later. 0: apply every frame as it arrives. A receiver
+    /// catching up (full frames) never waits.
+    #[arg(long, default_value_t = 10)]
+    pub apply_interval_ms: u64,
     /// Log filter (tracing syntax), overridden by RUST_LOG.
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -397,6 +405,7 @@ async fn run(args: RunArgs) -> i32 {
                 .then(|| std::time::Duration::from_secs(args.journal_retain_seconds)),
         },
         seed_rate_bytes: (args.seed_rate_bytes > 0).then_some(args.seed_rate_bytes),
+        apply_interval: std::time::Duration::from_millis(args.apply_interval_ms),
         resp_port: 0,
         repl_addr: args.repl_addr,
         repl_secret,

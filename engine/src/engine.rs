@@ -37,6 +37,8 @@ pub struct Config {
     pub retention: crate::storage::retention::Retention,
     /// Most bytes per second a snapshot is sent at (`--seed-rate-bytes`).
     pub seed_rate_bytes: Option<u64>,
+    /// Least time between a standby's applies while it keeps up (`--apply-interval-ms`).
+    pub apply_interval: std::time::Duration,
     /// Filled in once the data port is bound (the configured port may be 0).
     pub resp_port: u16,
     /// Where this instance receives replication streams.

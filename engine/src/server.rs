@@ -81,8 +81,11 @@ pub async fn run_until(
         None => None,
     };
     let repl_local = repl.as_ref().and_then(|l| l.local_addr().ok());
-    let replication =
-        crate::replication::Replication::new(config.repl_secret.clone(), config.seed_rate_bytes);
+    let replication = crate::replication::Replication::new(
+        config.repl_secret.clone(),
+        config.seed_rate_bytes,
+        config.apply_interval,
+    );
     let core = Arc::new(Context { store, writer, metrics, replication });
     let engine = Arc::new(Engine::new(core, config, repl_local));
     let (trigger, shutdown) = shutdown::channel();

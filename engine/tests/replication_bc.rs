@@ -255,6 +255,48 @@ fn wait_counts_receivers_that_acknowledged_the_last_write() {
     assert!(err.to_string().contains("numreplicas"), "{err}");
 }
 
+/// A standby that keeps up gathers what arrives within `--apply-interval-ms` into one durable
+/// apply (one fsync), instead of one apply per commit of its primary: BrynMawr (250 ms) makes
+/// at most one apply per 250 ms of the run, Malvern (0, every frame as it arrives) one per
+/// frame, while both receive every write and WAIT counts both.
+#[test]
+fn a_standby_keeping_up_applies_at_most_once_per_interval() {
+    let dir = tempdir();
+    let ardmore = Server::start_replicating(dir.path(), "Ardmore");
+    let brynmawr = Server::start_replicating_with(dir.path(), "BrynMawr", &["--apply-interval-ms", "250"]);
+    let malvern = Server::start_replicating_with(dir.path(), "Malvern", &["--apply-interval-ms", "0"]);
+    ardmore.ctl(&["promote"]);
+    for standby in [&brynmawr, &malvern] {
+        standby.ctl(&["receiver", "start"]);
+        let name = standby.status()["name"].as_str().expect("name").to_owned();
+        ardmore.ctl(&["source", "start", "--receiver", &name, "--addr", &standby.repl_addr()]);
+        wait_until("the standby to catch up", || standby.seqno() == ardmore.seqno());
+    }
+    let applies = |s: &Server| s.metric("strand_replication_apply_duration_seconds_count");
+    let (paced_before, eager_before) = (applies(&brynmawr), applies(&malvern));
+    let started = std::time::Instant::now();
+    let mut c = ardmore.client();
+    for i in 0..40 {
+        let () = c.set(format!("k{i}"), i).unwrap();
+        // Commits 10 ms apart: each its own commit group and, to an eager standby, its own frame.
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(redis::cmd("WAIT").arg(2).arg(0).query::<i64>(&mut c).unwrap(), 2);
+    let paced = applies(&brynmawr) - paced_before;
+    let eager = applies(&malvern) - eager_before;
+    let elapsed = started.elapsed();
+    // Apply starts are at least 250 ms apart: at most one per 250 ms, plus the first.
+    let bound = (elapsed.as_millis() / 250 + 1) as f64;
+    assert!(paced >= 1.0 && paced <= bound, "{paced} applies in {elapsed:?} (at most {bound})");
+    assert!(eager > paced, "the eager standby applied {eager} times, the paced one {paced}");
+    for standby in [&brynmawr, &malvern] {
+        assert_eq!(standby.seqno(), ardmore.seqno());
+        let got: Vec<Option<i64>> = (0..40).map(|i| standby.client().get(format!("k{i}")).unwrap()).collect();
+        assert_eq!(got, (0..40).map(Some).collect::<Vec<_>>());
+        standby.verify();
+    }
+}
+
 /// A stopped instance can be rolled back offline (so a crashed primary never takes a write
 /// before it has rolled back); the same command is refused while a server runs.
 #[test]

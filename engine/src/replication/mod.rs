@@ -45,6 +45,10 @@ pub struct Replication {
     pub secret: Option<Vec<u8>>,
     /// Most bytes per second a snapshot is sent at (`None`: no limit).
     pub seed_rate_bytes: Option<u64>,
+    /// Least time between two applies of a receiver that keeps up: what arrives meanwhile is
+    /// made durable with one `fdatasync`, so a standby does not sync as often as its primary
+    /// (they usually share a disk). Zero: apply each frame as it arrives.
+    pub apply_interval: std::time::Duration,
     pub sources: Mutex<HashMap<String, source::SourceHandle>>,
     pub receiver: Mutex<ReceiverStatus>,
     /// Bumped to make the active receiver connection end (receiver stop, promote).
@@ -54,10 +58,15 @@ pub struct Replication {
 }
 
 impl Replication {
-    pub fn new(secret: Option<Vec<u8>>, seed_rate_bytes: Option<u64>) -> Self {
+    pub fn new(
+        secret: Option<Vec<u8>>,
+        seed_rate_bytes: Option<u64>,
+        apply_interval: std::time::Duration,
+    ) -> Self {
         Replication {
             secret,
             seed_rate_bytes,
+            apply_interval,
             sources: Mutex::new(HashMap::new()),
             receiver: Mutex::new(ReceiverStatus::default()),
             receiver_generation: tokio::sync::watch::Sender::new(0),

@@ -797,6 +797,37 @@ async fn install(
 /// Most records merged into one durable apply when frames queue up (receiver behind).
 const APPLY_RECORDS_MAX: usize = 16 * 1000;
 
+/// Received frames taken for one apply.
+#[derive(Default)]
+struct Batch {
+    records: Vec<crate::storage::journal::Record>,
+    bytes: usize,
+    frames: usize,
+}
+
+impl Batch {
+    /// Takes one frame: its records, or the source's stream states (BC), or a heartbeat.
+    fn take(&mut self, (kind, payload): (Kind, Vec<u8>), mode: &mut ApplyMode) -> Result<(), ProtocolError> {
+        self.frames += 1;
+        match kind {
+            Kind::Records => {
+                self.bytes += payload.len();
+                self.records.extend(protocol::decode_records(&payload)?);
+            }
+            Kind::Heartbeat => {}
+            Kind::Streams => {
+                let update: StreamsUpdate = serde_json::from_slice(&payload)
+                    .map_err(|e| ProtocolError::Malformed { kind: Kind::Streams, reason: e.to_string() })?;
+                if let ApplyMode::Bc { source_streams } = mode {
+                    *source_streams = update.streams;
+                }
+            }
+            kind => return Err(ProtocolError::Unexpected { expected: Kind::Records, got: kind }),
+        }
+        Ok(())
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn receive(
     ctx: &Arc<Context>,
@@ -828,6 +859,10 @@ async fn receive(
         }
     };
     let applier = async {
+        // When the last apply started: the next one waits until `apply_interval` past it for
+        // more frames, unless a full frame's worth is there (a receiver catching up never waits).
+        let interval = ctx.replication.apply_interval;
+        let mut last_apply: Option<tokio::time::Instant> = None;
         loop {
             let first = tokio::select! {
                 f = rx.recv() => f,
@@ -835,34 +870,32 @@ async fn receive(
                 _ = shutdown.recv() => return Ok(()),
             };
             let Some(first) = first else { return Err(ProtocolError::Closed) };
-            let mut records = Vec::new();
-            let mut bytes = 0usize;
-            let mut frames = 0usize;
+            let mut batch = Batch::default();
             let mut next = Some(first);
             while let Some(frame) = next.take() {
-                frames += 1;
-                match frame? {
-                    (Kind::Records, payload) => {
-                        bytes += payload.len();
-                        records.extend(protocol::decode_records(&payload)?);
-                    }
-                    (Kind::Heartbeat, _) => {}
-                    (Kind::Streams, payload) => {
-                        let update: StreamsUpdate = serde_json::from_slice(&payload).map_err(|e| {
-                            ProtocolError::Malformed { kind: Kind::Streams, reason: e.to_string() }
-                        })?;
-                        if let ApplyMode::Bc { source_streams } = &mut mode {
-                            *source_streams = update.streams;
-                        }
-                    }
-                    (kind, _) => {
-                        return Err(ProtocolError::Unexpected { expected: Kind::Records, got: kind });
-                    }
-                }
-                if records.len() < APPLY_RECORDS_MAX {
+                batch.take(frame?, &mut mode)?;
+                if batch.records.len() < APPLY_RECORDS_MAX {
                     next = rx.try_recv().ok();
                 }
             }
+            if let Some(deadline) = last_apply.filter(|_| !interval.is_zero()).map(|t| t + interval)
+                && !batch.records.is_empty()
+            {
+                let sleep = tokio::time::sleep_until(deadline);
+                tokio::pin!(sleep);
+                while batch.records.len() < protocol::BATCH_RECORDS_MAX {
+                    tokio::select! {
+                        f = rx.recv() => match f {
+                            Some(frame) => batch.take(frame?, &mut mode)?,
+                            None => return Err(ProtocolError::Closed),
+                        },
+                        () = &mut sleep => break,
+                        _ = generation.changed() => return Ok(()),
+                        _ = shutdown.recv() => return Ok(()),
+                    }
+                }
+            }
+            let Batch { records, bytes, frames } = batch;
             tracing::debug!(frames, records = records.len(), queued = rx.len(), "applying");
             let applied = if records.is_empty() {
                 match &mode {
@@ -875,6 +908,7 @@ async fn receive(
                 let n = records.len() as u64;
                 let failover = records.iter().rev().find(|r| r.kind == RecordKind::Failover).map(|r| r.seqno);
                 let started = std::time::Instant::now();
+                last_apply = Some(tokio::time::Instant::now());
                 let applied = ctx
                     .writer
                     .apply(records, auth.history.clone(), mode.clone())

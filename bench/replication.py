@@ -14,7 +14,7 @@ processes, loopback, same disk):
 4. rollback: time to roll back --rollback transactions (default 100,000) into an
    unreplicated-transaction log.
 
-GT.M (Debian's fis-gtm) runs the same three measurements with its own tools: a passive
+GT.M (Debian's fis-gtm) runs measurements 1, 2 and 4 with its own tools: a passive
 source server collects the backlog, activation starts the catch-up; `mupip journal -rollback
 -backward -resync` rolls back into a lost-transaction file; a mumps process writes the load.
 Each GT.M transaction is a mini-transaction setting one 64-byte global node, as each Strand
@@ -221,6 +221,8 @@ def main():
     ap.add_argument("--out")
     ap.add_argument("--no-gtm", action="store_true")
     args = ap.parse_args()
+    if args.rounds < 1:
+        sys.exit("--rounds must be at least 1")
     ensure_engine()
     work = work_dir("strand-repl-bench-")
     secret = os.path.join(work, "secret")

@@ -117,9 +117,10 @@ pub struct RunArgs {
     /// with its source: what arrives meanwhile is applied and made durable with one
     /// `fdatasync`, so a standby syncs at most this often instead of once per commit group
     /// of its primary (whose disk it usually shares). Its acknowledgements — and a WAIT for
-    /// them — come up to this much later. 0: apply every frame as it arrives. A receiver
-    /// catching up (full frames) never waits.
-    #[arg(long, default_value_t = 10)]
+    /// them — come up to about twice this much later (a source with two frames unacknowledged
+    /// holds the next commit until the ack). 0: apply every frame as it arrives. A receiver
+    /// catching up (full frames) never waits. At most 1000.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=1000))]
     pub apply_interval_ms: u64,
     /// Log filter (tracing syntax), overridden by RUST_LOG.
     #[arg(long, default_value = "info")]

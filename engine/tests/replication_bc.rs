@@ -270,8 +270,17 @@ fn a_standby_keeping_up_applies_at_most_once_per_interval() {
         standby.ctl(&["receiver", "start"]);
         let name = standby.status()["name"].as_str().expect("name").to_owned();
         ardmore.ctl(&["source", "start", "--receiver", &name, "--addr", &standby.repl_addr()]);
-        wait_until("the standby to catch up", || standby.seqno() == ardmore.seqno());
     }
+    wait_until("both streams to stream", || {
+        let backlog = ardmore.ctl(&["backlog", "--json"]);
+        let states: Vec<&str> = backlog
+            .as_array()
+            .expect("backlog")
+            .iter()
+            .map(|b| b["state"].as_str().expect("state"))
+            .collect();
+        states == ["streaming", "streaming"]
+    });
     let applies = |s: &Server| s.metric("strand_replication_apply_duration_seconds_count");
     let (paced_before, eager_before) = (applies(&brynmawr), applies(&malvern));
     let started = std::time::Instant::now();
@@ -281,7 +290,7 @@ fn a_standby_keeping_up_applies_at_most_once_per_interval() {
         // Commits 10 ms apart: each its own commit group and, to an eager standby, its own frame.
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    assert_eq!(redis::cmd("WAIT").arg(2).arg(0).query::<i64>(&mut c).unwrap(), 2);
+    assert_eq!(redis::cmd("WAIT").arg(2).arg(30_000).query::<i64>(&mut c).unwrap(), 2);
     let paced = applies(&brynmawr) - paced_before;
     let eager = applies(&malvern) - eager_before;
     let elapsed = started.elapsed();

@@ -871,10 +871,15 @@ async fn receive(
             };
             let Some(first) = first else { return Err(ProtocolError::Closed) };
             let mut batch = Batch::default();
+            // The stream broke: the whole frames received before are applied first.
+            let mut ended: Option<ProtocolError> = None;
             let mut next = Some(first);
             while let Some(frame) = next.take() {
-                batch.take(frame?, &mut mode)?;
-                if batch.records.len() < APPLY_RECORDS_MAX {
+                match frame {
+                    Ok(frame) => batch.take(frame, &mut mode)?,
+                    Err(e) => ended = Some(e),
+                }
+                if batch.records.len() < APPLY_RECORDS_MAX && ended.is_none() {
                     next = rx.try_recv().ok();
                 }
             }
@@ -883,11 +888,12 @@ async fn receive(
             {
                 let sleep = tokio::time::sleep_until(deadline);
                 tokio::pin!(sleep);
-                while batch.records.len() < protocol::BATCH_RECORDS_MAX {
+                while batch.records.len() < protocol::BATCH_RECORDS_MAX && ended.is_none() {
                     tokio::select! {
                         f = rx.recv() => match f {
-                            Some(frame) => batch.take(frame?, &mut mode)?,
-                            None => return Err(ProtocolError::Closed),
+                            Some(Ok(frame)) => batch.take(frame, &mut mode)?,
+                            Some(Err(e)) => ended = Some(e),
+                            None => ended = Some(ProtocolError::Closed),
                         },
                         () = &mut sleep => break,
                         _ = generation.changed() => return Ok(()),
@@ -896,6 +902,11 @@ async fn receive(
                 }
             }
             let Batch { records, bytes, frames } = batch;
+            if records.is_empty()
+                && let Some(e) = ended
+            {
+                return Err(e);
+            }
             tracing::debug!(frames, records = records.len(), queued = rx.len(), "applying");
             let applied = if records.is_empty() {
                 match &mode {
@@ -928,6 +939,9 @@ async fn receive(
                 }
                 applied
             };
+            if let Some(e) = ended {
+                return Err(e);
+            }
             protocol::write_json(wr, Kind::Ack, &Ack { seqno: applied }).await?;
         }
     };

@@ -42,6 +42,10 @@ import time
 from benchlib import ENGINE, ROOT, bench, ensure_engine, free_port, number, publish, work_dir
 
 
+# Every engine started, so that a run that fails part-way leaves none running.
+ENGINES = []
+
+
 class Engine:
     def __init__(self, work, name, secret, *more):
         self.dir = os.path.join(work, name)
@@ -50,6 +54,7 @@ class Engine:
             [ENGINE, "run", "--data-dir", self.dir, "--name", name, "--resp-addr", f"127.0.0.1:{self.port}",
              "--repl-addr", f"127.0.0.1:{self.repl}", "--repl-secret-file", secret, "--disk-reserve-bytes", "0",
              "--log-level", "warn", *more], stderr=subprocess.DEVNULL)
+        ENGINES.append(self)
         deadline = time.time() + 30
         while time.time() < deadline:
             if self.ctl("ready", check=False) is not None:
@@ -297,6 +302,10 @@ def main():
         if not args.no_gtm:
             gtm_round(work, args.catchup, args.rollback, gtm)
     finally:
+        for engine in ENGINES:
+            if engine.proc.poll() is None:
+                engine.proc.kill()
+                engine.proc.wait()
         shutil.rmtree(work, ignore_errors=True)
     c, g = strand["catchup"], gtm.get("catchup")
     lines.append(f"| catch-up of a {args.catchup:,}-transaction backlog | {c[0]:.1f} s ({c[1]:,.0f}/s) | "

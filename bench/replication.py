@@ -255,7 +255,7 @@ def main():
 
         # 2. steady-state lag under a write load
         writer = subprocess.Popen(["redis-benchmark", "-p", str(primary.port), "-t", "set", "-n", "200000", "-c", "50",
-                                  "-r", "1000000", "-d", "64", "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                   "-r", "1000000", "-d", "64", "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         backlogs, lags = [], []
         t0 = time.time()
         while writer.poll() is None:

@@ -1728,12 +1728,22 @@ impl<T: Send + 'static> WriterThread<T> {
     /// Marks keys as written by a new version (for WATCH).
     fn touch<'k>(&mut self, keys: impl Iterator<Item = &'k [u8]>) {
         self.version += 1;
-        let version = self.version;
         for key in keys {
-            let bucket = self.bucket(key);
-            if let Some(b) = self.buckets.get_mut(bucket) {
-                *b = version;
-            }
+            self.mark(self.bucket(key));
+        }
+    }
+
+    /// Marks the WATCH buckets of written keys ([`WriterThread::bucket`]) with a new version.
+    fn touch_buckets(&mut self, buckets: &[usize]) {
+        self.version += 1;
+        for &bucket in buckets {
+            self.mark(bucket);
+        }
+    }
+
+    fn mark(&mut self, bucket: usize) {
+        if let Some(b) = self.buckets.get_mut(bucket) {
+            *b = self.version;
         }
     }
 
@@ -1789,12 +1799,12 @@ impl<T: Send + 'static> WriterThread<T> {
         let committed = self.store.committed_seqno();
         let active = self.store.overlay.active();
         let mut streams = self.streams;
-        let mut touched: Vec<Vec<u8>> = Vec::new();
+        let mut touched: Vec<usize> = Vec::new();
         let mut encoded = Vec::with_capacity(records.len());
         let ran = self.place_records(&records, committed, &active, &mut streams, &mut touched, &mut encoded);
         let last = committed + encoded.len() as u64;
         let fsync = self.make_durable(ran, committed, &active, &mut encoded)?;
-        self.touch(touched.iter().map(Vec::as_slice));
+        self.touch_buckets(&touched);
         self.publish_group(&active, committed, last, streams, fsync);
         Ok(last)
     }
@@ -1806,7 +1816,7 @@ impl<T: Send + 'static> WriterThread<T> {
         committed: u64,
         active: &Generation,
         streams: &mut StreamSeqnos,
-        touched: &mut Vec<Vec<u8>>,
+        touched: &mut Vec<usize>,
         encoded: &mut Vec<Vec<u8>>,
     ) -> Result<(), StoreError> {
         let view = self.store.snapshot_latest()?;
@@ -1823,7 +1833,7 @@ impl<T: Send + 'static> WriterThread<T> {
                 }
                 active.put(record.seqno, &change.key, current.as_deref(), change.after.as_deref());
                 self.count(&change.key, change.before.is_some(), change.after.is_some());
-                touched.push(super::node::user_key(&change.key).to_vec());
+                touched.push(self.bucket(super::node::user_key(&change.key)));
             }
             encoded.push(record.encode());
             let marker = matches!(record.kind, RecordKind::StreamBase | RecordKind::StreamResync);

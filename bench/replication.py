@@ -14,6 +14,10 @@ processes, loopback, same disk):
 4. rollback: time to roll back --rollback transactions (default 100,000) into an
    unreplicated-transaction log.
 
+Measurements 1, 2 and 4 run --repeats times (default 3), Strand and GT.M alternating which goes
+first, each round on fresh instances; the table gives their medians and each round's times.
+Measurement 3 runs in the first round.
+
 GT.M (Debian's fis-gtm) runs measurements 1, 2 and 4 with its own tools: a passive
 source server collects the backlog, activation starts the catch-up; `mupip journal -rollback
 -backward -resync` rolls back into a lost-transaction file; a mumps process writes the load.
@@ -25,8 +29,8 @@ event for both: the standby's last applied seqno reaches the primary's last seqn
 update process"). A figure that cannot be read fails the run. The work directory
 ($STRAND_BENCH_DIR, else the system's temporary directory) must not be a tmpfs.
 
-Usage: bench/replication.py [--catchup N] [--rollback N] [--rounds N] [--apply-interval-ms N]
-                            [--no-gtm] [--out FILE]
+Usage: bench/replication.py [--catchup N] [--rollback N] [--repeats N] [--rounds N]
+                            [--apply-interval-ms N] [--no-gtm] [--out FILE]
 """
 
 import argparse
@@ -214,63 +218,47 @@ def load(port, n, clients=50, pipeline=64):
                     "-P", str(pipeline), "-r", "1000000", "-d", "64", "-q"], capture_output=True, check=True)
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--catchup", type=int, default=1_000_000)
-    ap.add_argument("--rollback", type=int, default=100_000)
-    ap.add_argument("--rounds", type=int, default=3, help="rounds of the receiver-cost measurement")
-    ap.add_argument("--cost-requests", type=int, default=100_000,
-                    help="SETs per run of the receiver-cost measurement")
-    ap.add_argument("--apply-interval-ms", type=int,
-                    help="the standby's --apply-interval-ms (default: the engine's own default)")
-    ap.add_argument("--out")
-    ap.add_argument("--no-gtm", action="store_true")
-    args = ap.parse_args()
-    if args.rounds < 1:
-        sys.exit("--rounds must be at least 1")
-    ensure_engine()
-    work = work_dir("strand-repl-bench-")
-    secret = os.path.join(work, "secret")
-    with open(secret, "w") as f:
-        f.write("bench-secret\n")
-    lines = []
-    try:
-        # 1. catch-up
-        primary = Engine(work, "Ardmore", secret)
-        primary.ctl("promote")
-        t0 = time.time()
-        load(primary.port, args.catchup)
-        backlog = primary.seqno()
-        build = time.time() - t0
-        paced = [] if args.apply_interval_ms is None else ["--apply-interval-ms", str(args.apply_interval_ms)]
-        standby = Engine(work, "BrynMawr", secret, *paced)
-        standby.ctl("receiver", "start")
-        t0 = time.time()
-        primary.ctl("source", "start", "--receiver", "BrynMawr", "--addr", f"127.0.0.1:{standby.repl}")
-        while standby.seqno() < backlog:
-            time.sleep(0.05)
-        catchup = time.time() - t0
-        print(f"catch-up: {backlog} transactions in {catchup:.1f} s", file=sys.stderr)
-        strand = {"catchup": (catchup, backlog / catchup, build)}
+def strand_round(args, work, secret, cost):
+    """One round of Strand's measurements in `work`: catch-up, lag, (with `cost`) what a
+    receiver costs its primary, rollback."""
+    strand = {}
+    # 1. catch-up
+    primary = Engine(work, "Ardmore", secret)
+    primary.ctl("promote")
+    t0 = time.time()
+    load(primary.port, args.catchup)
+    backlog = primary.seqno()
+    build = time.time() - t0
+    paced = [] if args.apply_interval_ms is None else ["--apply-interval-ms", str(args.apply_interval_ms)]
+    standby = Engine(work, "BrynMawr", secret, *paced)
+    standby.ctl("receiver", "start")
+    t0 = time.time()
+    primary.ctl("source", "start", "--receiver", "BrynMawr", "--addr", f"127.0.0.1:{standby.repl}")
+    while standby.seqno() < backlog:
+        time.sleep(0.05)
+    catchup = time.time() - t0
+    print(f"catch-up: {backlog} transactions in {catchup:.1f} s", file=sys.stderr)
+    strand["catchup"] = (catchup, backlog / catchup, build)
 
-        # 2. steady-state lag under a write load
-        writer = subprocess.Popen(["redis-benchmark", "-p", str(primary.port), "-t", "set", "-n", "200000", "-c", "50",
-                                   "-r", "1000000", "-d", "64", "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        backlogs, lags = [], []
-        t0 = time.time()
-        while writer.poll() is None:
-            b = primary.admin("/v1/backlog")[0]
-            backlogs.append(b["backlog"])
-            lags.append(b["lag_seconds"])
-            time.sleep(0.1)
-        load_time = time.time() - t0
-        print(f"lag: {len(lags)} samples", file=sys.stderr)
-        strand["lag"] = (statistics.median(backlogs), max(backlogs), 200000 / load_time,
-                         statistics.median(lags), max(lags))
+    # 2. steady-state lag under a write load
+    writer = subprocess.Popen(["redis-benchmark", "-p", str(primary.port), "-t", "set", "-n", "200000", "-c", "50",
+                               "-r", "1000000", "-d", "64", "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    backlogs, lags = [], []
+    t0 = time.time()
+    while writer.poll() is None:
+        b = primary.admin("/v1/backlog")[0]
+        backlogs.append(b["backlog"])
+        lags.append(b["lag_seconds"])
+        time.sleep(0.1)
+    load_time = time.time() - t0
+    print(f"lag: {len(lags)} samples", file=sys.stderr)
+    strand["lag"] = (statistics.median(backlogs), max(backlogs), 200000 / load_time,
+                     statistics.median(lags), max(lags))
 
-        # 3. what a receiver costs the primary
+    # 3. what a receiver costs the primary
+    running = True  # the source, since the catch-up
+    if cost:
         alone, attached = [], []
-        running = True  # the source, since the catch-up
         for r in range(args.rounds):
             for streaming in ((True, False) if r % 2 else (False, True)):
                 if streaming and not running:
@@ -285,47 +273,103 @@ def main():
                 print(f"receiver cost round {r + 1}: {'attached' if streaming else 'standalone'} {rate:,.0f}/s",
                       file=sys.stderr)
         strand["cost"] = (statistics.median(alone), statistics.median(attached), alone, attached)
-        standby.stop()
+    standby.stop()
 
-        # 4. rollback
-        target = primary.seqno() - args.rollback
-        if running:
-            primary.ctl("source", "stop", "--receiver", "BrynMawr")
-        t0 = time.time()
-        done = primary.ctl("rollback", "--to-seqno", str(target))
-        took = time.time() - t0
-        n = done["rollback"]["transactions"]
-        print(f"rollback: {n} in {took:.1f} s", file=sys.stderr)
-        strand["rollback"] = (took, n / took)
-        primary.stop()
-        gtm = {}
-        if not args.no_gtm:
-            gtm_round(work, args.catchup, args.rollback, gtm)
+    # 4. rollback
+    target = primary.seqno() - args.rollback
+    if running:
+        primary.ctl("source", "stop", "--receiver", "BrynMawr")
+    t0 = time.time()
+    done = primary.ctl("rollback", "--to-seqno", str(target))
+    took = time.time() - t0
+    n = done["rollback"]["transactions"]
+    print(f"rollback: {n} in {took:.1f} s", file=sys.stderr)
+    strand["rollback"] = (took, n / took)
+    primary.stop()
+    return strand
+
+
+def median_of(rounds, name, i):
+    """The median of field `i` of measurement `name` over rounds."""
+    return statistics.median(r[name][i] for r in rounds)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--catchup", type=int, default=1_000_000)
+    ap.add_argument("--rollback", type=int, default=100_000)
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="rounds of catch-up, lag and rollback, Strand and GT.M alternating (medians)")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of the receiver-cost measurement")
+    ap.add_argument("--cost-requests", type=int, default=100_000,
+                    help="SETs per run of the receiver-cost measurement")
+    ap.add_argument("--apply-interval-ms", type=int,
+                    help="the standby's --apply-interval-ms (default: the engine's own default)")
+    ap.add_argument("--out")
+    ap.add_argument("--no-gtm", action="store_true")
+    args = ap.parse_args()
+    if args.rounds < 1 or args.repeats < 1:
+        sys.exit("--rounds and --repeats must be at least 1")
+    ensure_engine()
+    work = work_dir("strand-repl-bench-")
+    secret = os.path.join(work, "secret")
+    with open(secret, "w") as f:
+        f.write("bench-secret\n")
+    strands, gtms = [], []
+    try:
+        for r in range(args.repeats):
+            here = os.path.join(work, f"round-{r + 1}")
+            os.makedirs(here)
+            print(f"round {r + 1}/{args.repeats}", file=sys.stderr)
+            # Alternate which peer goes first: the disk's speed drifts over minutes.
+            order = ("strand", "gtm") if r % 2 == 0 else ("gtm", "strand")
+            for peer in order:
+                if peer == "strand":
+                    strands.append(strand_round(args, here, secret, cost=(r == 0)))
+                    shutil.rmtree(os.path.join(here, "Ardmore"), ignore_errors=True)
+                    shutil.rmtree(os.path.join(here, "BrynMawr"), ignore_errors=True)
+                elif not args.no_gtm:
+                    gtm = {}
+                    gtm_round(here, args.catchup, args.rollback, gtm)
+                    gtms.append(gtm)
+                    for name in ("Ardmore", "BrynMawr"):
+                        shutil.rmtree(os.path.join(here, "gtm-" + name), ignore_errors=True)
     finally:
         for engine in ENGINES:
             if engine.proc.poll() is None:
                 engine.proc.kill()
                 engine.proc.wait()
         shutil.rmtree(work, ignore_errors=True)
-    c, g = strand["catchup"], gtm.get("catchup")
+
+    def runs(xs, fmt="{:,.0f}"):
+        return ", ".join(fmt.format(x) for x in xs)
+
+    n = args.repeats
+    lines = []
+    c = [median_of(strands, "catchup", i) for i in range(3)]
+    g = [median_of(gtms, "catchup", i) for i in range(3)] if gtms else None
     lines.append(f"| catch-up of a {args.catchup:,}-transaction backlog | {c[0]:.1f} s ({c[1]:,.0f}/s) | "
                  + (f"{g[0]:.1f} s ({g[1]:,.0f}/s) | {c[1] / g[1]:.2f} |" if g else "n/a | |"))
-    r, g = strand["rollback"], gtm.get("rollback")
-    lines.append(f"| rollback of {args.rollback:,} transactions into the lost-transaction log | {r[0]:.1f} s ({r[1]:,.0f}/s) | "
-                 + (f"{g[0]:.1f} s ({g[1]:,.0f}/s) | {r[1] / g[1]:.2f} |" if g else "n/a | |"))
-    lag, g = strand["lag"], gtm.get("lag")
+    rb = [median_of(strands, "rollback", i) for i in range(2)]
+    g = [median_of(gtms, "rollback", i) for i in range(2)] if gtms else None
+    lines.append(f"| rollback of {args.rollback:,} transactions into the lost-transaction log | {rb[0]:.1f} s ({rb[1]:,.0f}/s) | "
+                 + (f"{g[0]:.1f} s ({g[1]:,.0f}/s) | {rb[1] / g[1]:.2f} |" if g else "n/a | |"))
+    lag = [median_of(strands, "lag", i) for i in range(5)]
+    g = [median_of(gtms, "lag", i) for i in range(3)] if gtms else None
     lines.append(f"| backlog under a write load, median / max (Strand: redis-benchmark 50 clients at {lag[2]:,.0f}/s; "
-                 + (f"GT.M: one mumps writer at {g[2]:,.0f}/s) | {lag[0]:.0f} / {lag[1]} | {g[0]:.0f} / {g[1]} | different loads: no ratio |" if g
-                    else f"GT.M not run) | {lag[0]:.0f} / {lag[1]} | n/a | |"))
+                 + (f"GT.M: one mumps writer at {g[2]:,.0f}/s) | {lag[0]:.0f} / {lag[1]:.0f} | {g[0]:.0f} / {g[1]:.0f} | different loads: no ratio |" if g
+                    else f"GT.M not run) | {lag[0]:.0f} / {lag[1]:.0f} | n/a | |"))
     lines.append(f"| Strand lag under its load, median / max | {lag[3] * 1000:.1f} / {lag[4] * 1000:.1f} ms | | |")
     lines.append(f"| (building the backlog: Strand redis-benchmark -P 64 / GT.M one mumps loop) | {c[2]:.1f} s | "
-                 + (f"{gtm['catchup'][2]:.1f} s | |" if gtm else "n/a | |"))
-    report = "| measurement | Strand | GT.M 7.0-005 | Strand / GT.M (rate) |\n|---|---:|---:|---:|\n" + "\n".join(lines) + "\n"
-    alone, attached, alone_runs, attached_runs = strand["cost"]
-
-    def runs(xs):
-        return ", ".join(f"{x:,.0f}" for x in xs)
-
+                 + (f"{median_of(gtms, 'catchup', 2):.1f} s | |" if gtms else "n/a | |"))
+    report = (f"Medians of {n} rounds (Strand and GT.M alternating):\n\n"
+              "| measurement | Strand | GT.M 7.0-005 | Strand / GT.M (rate) |\n|---|---:|---:|---:|\n" + "\n".join(lines) + "\n")
+    report += "\nEach round (seconds):\n\n| round | Strand catch-up | GT.M catch-up | Strand rollback | GT.M rollback |\n|---|---:|---:|---:|---:|\n"
+    for i, s in enumerate(strands):
+        gt = gtms[i] if i < len(gtms) else None
+        report += (f"| {i + 1} | {s['catchup'][0]:.1f} | " + (f"{gt['catchup'][0]:.1f}" if gt else "n/a")
+                   + f" | {s['rollback'][0]:.2f} | " + (f"{gt['rollback'][0]:.2f}" if gt else "n/a") + " |\n")
+    alone, attached, alone_runs, attached_runs = strands[0]["cost"]
     report += ("\n| Strand primary, durable SETs from 50 clients (median of "
                f"{args.rounds}) | standalone | one receiver attached | attached / standalone |\n|---|---:|---:|---:|\n"
                f"| requests per second | {alone:,.0f} | {attached:,.0f} | {attached / alone:.2f} |\n"

@@ -30,6 +30,8 @@ use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
+use smallvec::{SmallVec, smallvec};
+
 use super::{Pairs, Range, StreamSeqnos};
 
 /// One node's change in one transaction: its value before and after (`None`: absent).
@@ -43,13 +45,17 @@ pub struct NodeChange<'a> {
 /// Bytes a version costs beyond its key and value (seqno, option, list slot).
 const VERSION_OVERHEAD: usize = 32;
 
+/// One version of a node: the transaction's seqno and the value it left (`None`: absent).
+type Version = (u64, Option<Box<[u8]>>);
+
 /// The versions of one node inside one generation.
 #[derive(Debug)]
 struct Versions {
     /// The node's value before this generation's first version of it.
     before: Option<Box<[u8]>>,
-    /// `(seqno, value)` in ascending seqno order.
-    list: Vec<(u64, Option<Box<[u8]>>)>,
+    /// `(seqno, value)` in ascending seqno order; most nodes have one version in a
+    /// generation, kept inline (one allocation fewer per node written).
+    list: SmallVec<[Version; 1]>,
 }
 
 /// The value a generation gives a node at a seqno.
@@ -197,7 +203,7 @@ impl Generation {
                 let before = before.map(Box::<[u8]>::from);
                 let key: Arc<[u8]> = key.into();
                 inner.order.insert(OrderKey::new(Arc::clone(&key)));
-                inner.nodes.insert(key, Versions { before, list: vec![(seqno, value)] });
+                inner.nodes.insert(key, Versions { before, list: smallvec![(seqno, value)] });
             }
         }
         drop(inner);

@@ -206,6 +206,30 @@ fn tcp_admin_requires_the_bearer_token() {
     }
 }
 
+/// `ctl status | head -1` must not panic when the reader has gone: the command ends quietly
+/// with the shell's broken-pipe code (141), as Unix tools do.
+#[test]
+fn ctl_into_a_closed_pipe_ends_quietly() {
+    let dir = tempdir();
+    let data = dir.path().join("a");
+    let _server = Server::start(&data, "Ardmore", &[]);
+    for args in [&["status"][..], &["status", "--json"][..]] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader); // no reader at all, before ctl writes a byte
+        let out = Command::new(binary())
+            .arg("ctl")
+            .arg("--data-dir")
+            .arg(&data)
+            .args(args)
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(141), "ctl {args:?}: {err}");
+        assert!(!err.contains("panicked"), "ctl {args:?}: {err}");
+    }
+}
+
 #[test]
 fn ctl_without_a_server_explains_itself() {
     let dir = tempdir();

@@ -15,8 +15,9 @@ processes, loopback, same disk):
    unreplicated-transaction log.
 
 Measurements 1, 2 and 4 run --repeats times (default 3), Strand and GT.M alternating which goes
-first, each round on fresh instances; the table gives their medians and each round's times.
-Measurement 3 runs in the first round.
+first, each round on fresh instances; the table gives their medians (rates from the median
+time; maxima the largest of any round) and each round's times. Measurement 3 runs last, on
+fresh instances of its own.
 
 GT.M (Debian's fis-gtm) runs measurements 1, 2 and 4 with its own tools: a passive
 source server collects the backlog, activation starts the catch-up; `mupip journal -rollback
@@ -46,8 +47,9 @@ import time
 from benchlib import ENGINE, ROOT, bench, ensure_engine, free_port, number, publish, work_dir
 
 
-# Every engine started, so that a run that fails part-way leaves none running.
+# Every engine and load process started, so that a run that fails part-way leaves none running.
 ENGINES = []
+LOADS = []
 
 
 class Engine:
@@ -188,6 +190,7 @@ def gtm_round(work, catchup, rollback, lines_by_name):
         writer = subprocess.Popen([os.path.join(primary.dist, "mumps"), "-run", "%XCMD",
                                    f'for i=1:1:200000 set ^w($random(1000000))=$justify(i,64)'], env=primary.env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=primary.dir)
+        LOADS.append(writer)
         backlogs = []
         t0 = time.time()
         while writer.poll() is None:
@@ -218,9 +221,8 @@ def load(port, n, clients=50, pipeline=64):
                     "-P", str(pipeline), "-r", "1000000", "-d", "64", "-q"], capture_output=True, check=True)
 
 
-def strand_round(args, work, secret, cost):
-    """One round of Strand's measurements in `work`: catch-up, lag, (with `cost`) what a
-    receiver costs its primary, rollback."""
+def strand_round(args, work, secret):
+    """One round of Strand's measurements in `work`: catch-up, lag, rollback."""
     strand = {}
     # 1. catch-up
     primary = Engine(work, "Ardmore", secret)
@@ -229,8 +231,7 @@ def strand_round(args, work, secret, cost):
     load(primary.port, args.catchup)
     backlog = primary.seqno()
     build = time.time() - t0
-    paced = [] if args.apply_interval_ms is None else ["--apply-interval-ms", str(args.apply_interval_ms)]
-    standby = Engine(work, "BrynMawr", secret, *paced)
+    standby = Engine(work, "BrynMawr", secret, *paced(args))
     standby.ctl("receiver", "start")
     t0 = time.time()
     primary.ctl("source", "start", "--receiver", "BrynMawr", "--addr", f"127.0.0.1:{standby.repl}")
@@ -243,6 +244,7 @@ def strand_round(args, work, secret, cost):
     # 2. steady-state lag under a write load
     writer = subprocess.Popen(["redis-benchmark", "-p", str(primary.port), "-t", "set", "-n", "200000", "-c", "50",
                                "-r", "1000000", "-d", "64", "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    LOADS.append(writer)
     backlogs, lags = [], []
     t0 = time.time()
     while writer.poll() is None:
@@ -254,31 +256,11 @@ def strand_round(args, work, secret, cost):
     print(f"lag: {len(lags)} samples", file=sys.stderr)
     strand["lag"] = (statistics.median(backlogs), max(backlogs), 200000 / load_time,
                      statistics.median(lags), max(lags))
-
-    # 3. what a receiver costs the primary
-    running = True  # the source, since the catch-up
-    if cost:
-        alone, attached = [], []
-        for r in range(args.rounds):
-            for streaming in ((True, False) if r % 2 else (False, True)):
-                if streaming and not running:
-                    primary.ctl("source", "start", "--receiver", "BrynMawr", "--addr", f"127.0.0.1:{standby.repl}")
-                elif running and not streaming:
-                    primary.ctl("source", "stop", "--receiver", "BrynMawr")
-                running = streaming
-                while streaming and standby.seqno() < primary.seqno():
-                    time.sleep(0.05)
-                rate = bench(primary.port, "set", 50, 1, args.cost_requests, keyspace=1_000_000)
-                (attached if streaming else alone).append(rate)
-                print(f"receiver cost round {r + 1}: {'attached' if streaming else 'standalone'} {rate:,.0f}/s",
-                      file=sys.stderr)
-        strand["cost"] = (statistics.median(alone), statistics.median(attached), alone, attached)
     standby.stop()
 
     # 4. rollback
     target = primary.seqno() - args.rollback
-    if running:
-        primary.ctl("source", "stop", "--receiver", "BrynMawr")
+    primary.ctl("source", "stop", "--receiver", "BrynMawr")
     t0 = time.time()
     done = primary.ctl("rollback", "--to-seqno", str(target))
     took = time.time() - t0
@@ -287,6 +269,38 @@ def strand_round(args, work, secret, cost):
     strand["rollback"] = (took, n / took)
     primary.stop()
     return strand
+
+
+def cost_round(args, work, secret):
+    """3. What a receiver costs its primary: fresh instances, the standby caught up, durable
+    SETs with the source stopped and streaming, alternating for --rounds rounds."""
+    primary = Engine(work, "Ardmore", secret)
+    primary.ctl("promote")
+    standby = Engine(work, "BrynMawr", secret, *paced(args))
+    standby.ctl("receiver", "start")
+    alone, attached = [], []
+    running = False
+    for r in range(args.rounds):
+        for streaming in ((True, False) if r % 2 else (False, True)):
+            if streaming and not running:
+                primary.ctl("source", "start", "--receiver", "BrynMawr", "--addr", f"127.0.0.1:{standby.repl}")
+            elif running and not streaming:
+                primary.ctl("source", "stop", "--receiver", "BrynMawr")
+            running = streaming
+            while streaming and standby.seqno() < primary.seqno():
+                time.sleep(0.05)
+            rate = bench(primary.port, "set", 50, 1, args.cost_requests, keyspace=1_000_000)
+            (attached if streaming else alone).append(rate)
+            print(f"receiver cost round {r + 1}: {'attached' if streaming else 'standalone'} {rate:,.0f}/s",
+                  file=sys.stderr)
+    standby.stop()
+    primary.stop()
+    return statistics.median(alone), statistics.median(attached), alone, attached
+
+
+def paced(args):
+    """The standby's --apply-interval-ms, when given."""
+    return [] if args.apply_interval_ms is None else ["--apply-interval-ms", str(args.apply_interval_ms)]
 
 
 def median_of(rounds, name, i):
@@ -325,7 +339,7 @@ def main():
             order = ("strand", "gtm") if r % 2 == 0 else ("gtm", "strand")
             for peer in order:
                 if peer == "strand":
-                    strands.append(strand_round(args, here, secret, cost=(r == 0)))
+                    strands.append(strand_round(args, here, secret))
                     shutil.rmtree(os.path.join(here, "Ardmore"), ignore_errors=True)
                     shutil.rmtree(os.path.join(here, "BrynMawr"), ignore_errors=True)
                 elif not args.no_gtm:
@@ -334,11 +348,12 @@ def main():
                     gtms.append(gtm)
                     for name in ("Ardmore", "BrynMawr"):
                         shutil.rmtree(os.path.join(here, "gtm-" + name), ignore_errors=True)
+        cost = cost_round(args, os.path.join(work, "cost"), secret)
     finally:
-        for engine in ENGINES:
-            if engine.proc.poll() is None:
-                engine.proc.kill()
-                engine.proc.wait()
+        for proc in [e.proc for e in ENGINES] + LOADS:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
         shutil.rmtree(work, ignore_errors=True)
 
     def runs(xs, fmt="{:,.0f}"):
@@ -346,30 +361,35 @@ def main():
 
     n = args.repeats
     lines = []
-    c = [median_of(strands, "catchup", i) for i in range(3)]
-    g = [median_of(gtms, "catchup", i) for i in range(3)] if gtms else None
+    # Rates from the median time (the same work each round), so that an even count of rounds
+    # still gives one consistent figure; maxima are the largest of any round.
+    c = [median_of(strands, "catchup", 0), args.catchup / median_of(strands, "catchup", 0),
+         median_of(strands, "catchup", 2)]
+    g = [median_of(gtms, "catchup", 0), args.catchup / median_of(gtms, "catchup", 0)] if gtms else None
     lines.append(f"| catch-up of a {args.catchup:,}-transaction backlog | {c[0]:.1f} s ({c[1]:,.0f}/s) | "
                  + (f"{g[0]:.1f} s ({g[1]:,.0f}/s) | {c[1] / g[1]:.2f} |" if g else "n/a | |"))
-    rb = [median_of(strands, "rollback", i) for i in range(2)]
-    g = [median_of(gtms, "rollback", i) for i in range(2)] if gtms else None
+    rb = [median_of(strands, "rollback", 0), args.rollback / median_of(strands, "rollback", 0)]
+    g = [median_of(gtms, "rollback", 0), args.rollback / median_of(gtms, "rollback", 0)] if gtms else None
     lines.append(f"| rollback of {args.rollback:,} transactions into the lost-transaction log | {rb[0]:.1f} s ({rb[1]:,.0f}/s) | "
                  + (f"{g[0]:.1f} s ({g[1]:,.0f}/s) | {rb[1] / g[1]:.2f} |" if g else "n/a | |"))
-    lag = [median_of(strands, "lag", i) for i in range(5)]
-    g = [median_of(gtms, "lag", i) for i in range(3)] if gtms else None
+    lag = [median_of(strands, "lag", 0), max(r["lag"][1] for r in strands), median_of(strands, "lag", 2),
+           median_of(strands, "lag", 3), max(r["lag"][4] for r in strands)]
+    g = ([median_of(gtms, "lag", 0), max(r["lag"][1] for r in gtms), median_of(gtms, "lag", 2)]
+         if gtms else None)
     lines.append(f"| backlog under a write load, median / max (Strand: redis-benchmark 50 clients at {lag[2]:,.0f}/s; "
                  + (f"GT.M: one mumps writer at {g[2]:,.0f}/s) | {lag[0]:.0f} / {lag[1]:.0f} | {g[0]:.0f} / {g[1]:.0f} | different loads: no ratio |" if g
                     else f"GT.M not run) | {lag[0]:.0f} / {lag[1]:.0f} | n/a | |"))
     lines.append(f"| Strand lag under its load, median / max | {lag[3] * 1000:.1f} / {lag[4] * 1000:.1f} ms | | |")
     lines.append(f"| (building the backlog: Strand redis-benchmark -P 64 / GT.M one mumps loop) | {c[2]:.1f} s | "
                  + (f"{median_of(gtms, 'catchup', 2):.1f} s | |" if gtms else "n/a | |"))
-    report = (f"Medians of {n} rounds (Strand and GT.M alternating):\n\n"
+    report = (f"Medians of {n} rounds (Strand and GT.M alternating; a maximum is the largest of any round):\n\n"
               "| measurement | Strand | GT.M 7.0-005 | Strand / GT.M (rate) |\n|---|---:|---:|---:|\n" + "\n".join(lines) + "\n")
     report += "\nEach round (seconds):\n\n| round | Strand catch-up | GT.M catch-up | Strand rollback | GT.M rollback |\n|---|---:|---:|---:|---:|\n"
     for i, s in enumerate(strands):
         gt = gtms[i] if i < len(gtms) else None
         report += (f"| {i + 1} | {s['catchup'][0]:.1f} | " + (f"{gt['catchup'][0]:.1f}" if gt else "n/a")
                    + f" | {s['rollback'][0]:.2f} | " + (f"{gt['rollback'][0]:.2f}" if gt else "n/a") + " |\n")
-    alone, attached, alone_runs, attached_runs = strands[0]["cost"]
+    alone, attached, alone_runs, attached_runs = cost
     report += ("\n| Strand primary, durable SETs from 50 clients (median of "
                f"{args.rounds}) | standalone | one receiver attached | attached / standalone |\n|---|---:|---:|---:|\n"
                f"| requests per second | {alone:,.0f} | {attached:,.0f} | {attached / alone:.2f} |\n"

@@ -77,7 +77,11 @@ impl Versions {
 }
 
 /// Most nodes a new generation makes room for up front (it takes the size of the one before).
-const GENERATION_NODES_PRESIZED_MAX: usize = 1 << 20;
+/// The room is about 37 MiB of hash table at this cap, which the overlay's byte count does
+/// not see (its pages become resident as nodes fill them, as they would by growing; an idle
+/// generation holds the address space); a generation larger than this grows and rehashes
+/// past it, three doublings at most at the default `--checkpoint-bytes`.
+const GENERATION_NODES_PRESIZED_MAX: usize = 1 << 18;
 
 /// A node's key in a generation's ordered set, with its first 16 bytes beside the pointer.
 ///
@@ -540,12 +544,19 @@ impl Overlay {
     /// Freezes the active generation and starts a new one (writer only); returns the frozen
     /// generation for the checkpointer, or `None` when the active one is empty.
     pub fn freeze(&self) -> Option<Arc<Generation>> {
+        let active = self.active();
+        if active.is_empty() {
+            return None;
+        }
+        // Made before taking the list's lock: only the writer adds to the active generation
+        // and freezes it, so it is still the last one below.
+        let next = Arc::new(Generation::with_capacity(active.nodes()));
         let mut frozen = None;
         self.publish(|sv| {
             let mut generations = sv.generations.clone();
-            if let Some(last) = generations.last().filter(|g| !g.is_empty()).cloned() {
-                generations.push(Arc::new(Generation::with_capacity(last.nodes())));
-                frozen = Some(last);
+            if generations.last().is_some_and(|g| Arc::ptr_eq(g, &active)) {
+                generations.push(next);
+                frozen = Some(active);
             }
             SuperVersion { generations, checkpoint_seqno: sv.checkpoint_seqno }
         });

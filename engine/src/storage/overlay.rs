@@ -24,7 +24,6 @@
 //! applies a frozen generation only once its last seqno is durable.
 
 use std::borrow::Borrow;
-use std::cmp::Ordering as KeyOrdering;
 use std::collections::{BTreeSet, HashMap};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -91,8 +90,9 @@ const GENERATION_NODES_PRESIZED_MAX: usize = 1 << 18;
 /// the key — are ordered by the inline prefix alone. The order is the slices' own (a prefix
 /// is the first bytes, big-endian, zero-padded: at the first byte where two padded
 /// prefixes differ, either both keys have a byte, or the shorter one has ended, and a key
-/// that ends first sorts first), so the set is searched by `&[u8]` as well.
-#[derive(Debug, Clone)]
+/// that ends first sorts first), so the set is searched by `&[u8]` as well. The derived
+/// comparisons take the fields in order: the prefix, then the whole key.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct OrderKey {
     prefix: u128,
     key: Arc<[u8]>,
@@ -105,26 +105,6 @@ impl OrderKey {
             *slot = *byte;
         }
         OrderKey { prefix: u128::from_be_bytes(head), key }
-    }
-}
-
-impl PartialEq for OrderKey {
-    fn eq(&self, other: &Self) -> bool {
-        self.prefix == other.prefix && self.key == other.key
-    }
-}
-
-impl Eq for OrderKey {}
-
-impl PartialOrd for OrderKey {
-    fn partial_cmp(&self, other: &Self) -> Option<KeyOrdering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for OrderKey {
-    fn cmp(&self, other: &Self) -> KeyOrdering {
-        self.prefix.cmp(&other.prefix).then_with(|| self.key.cmp(&other.key))
     }
 }
 

@@ -59,6 +59,12 @@ use crate::metrics::Metrics;
 /// Hash buckets recording the last seqno that wrote any key hashing to them; WATCH compares
 /// against them. Collisions can only cause a spurious abort, never a missed conflict.
 const WATCH_BUCKETS: usize = 1 << 16;
+/// The WATCH bucket of a key.
+fn bucket(key: &[u8]) -> usize {
+    // Truncation is the point: any bits serve as a bucket index.
+    (BuildHasherDefault::<DefaultHasher>::default().hash_one(key) as usize) % WATCH_BUCKETS
+}
+
 /// How often a writer with a closed database retries opening it.
 const REOPEN_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -339,7 +345,6 @@ impl<T: Send + 'static> Writer<T> {
             limits,
             metrics,
             buckets: vec![0; WATCH_BUCKETS],
-            hasher: BuildHasherDefault::default(),
             version: 0,
             pending: None,
             streams,
@@ -703,7 +708,6 @@ struct WriterThread<T> {
     metrics: Arc<Metrics>,
     /// Per hash bucket of keys: the version that last wrote a key in it.
     buckets: Vec<u64>,
-    hasher: BuildHasherDefault<DefaultHasher>,
     /// Monotonic change counter (see `Store::committed_version`).
     version: u64,
     /// Work taken from the queue while collecting a group that must wait for the next turn.
@@ -1030,11 +1034,6 @@ impl<T: Send + 'static> WriterThread<T> {
         result
     }
 
-    fn bucket(&self, key: &[u8]) -> usize {
-        // Truncation is the point: any bits serve as a bucket index.
-        (self.hasher.hash_one(key) as usize) % WATCH_BUCKETS
-    }
-
     /// Logs and counts a failed commit and closes the file after an I/O error.
     fn settle<R>(&mut self, result: Result<R, StoreError>) -> Result<R, TxnFailure> {
         result.map_err(|e| {
@@ -1356,7 +1355,7 @@ impl<T: Send + 'static> WriterThread<T> {
             if request
                 .watch
                 .iter()
-                .any(|(key, seqno)| self.buckets.get(self.bucket(key)).is_some_and(|b| b > seqno))
+                .any(|(key, seqno)| self.buckets.get(bucket(key)).is_some_and(|b| b > seqno))
             {
                 replies.push((request.reply, Ok(Committed::WatchConflict)));
                 continue;
@@ -1727,23 +1726,16 @@ impl<T: Send + 'static> WriterThread<T> {
 
     /// Marks keys as written by a new version (for WATCH).
     fn touch<'k>(&mut self, keys: impl Iterator<Item = &'k [u8]>) {
-        self.version += 1;
-        for key in keys {
-            self.mark(self.bucket(key));
-        }
+        self.touch_buckets(keys.map(bucket));
     }
 
-    /// Marks the WATCH buckets of written keys ([`WriterThread::bucket`]) with a new version.
-    fn touch_buckets(&mut self, buckets: &[usize]) {
+    /// Marks WATCH buckets ([`bucket`]) as written by a new version.
+    fn touch_buckets(&mut self, buckets: impl IntoIterator<Item = usize>) {
         self.version += 1;
-        for &bucket in buckets {
-            self.mark(bucket);
-        }
-    }
-
-    fn mark(&mut self, bucket: usize) {
-        if let Some(b) = self.buckets.get_mut(bucket) {
-            *b = self.version;
+        for i in buckets {
+            if let Some(b) = self.buckets.get_mut(i) {
+                *b = self.version;
+            }
         }
     }
 
@@ -1804,7 +1796,7 @@ impl<T: Send + 'static> WriterThread<T> {
         let ran = self.place_records(&records, committed, &active, &mut streams, &mut touched, &mut encoded);
         let last = committed + encoded.len() as u64;
         let fsync = self.make_durable(ran, committed, &active, &mut encoded)?;
-        self.touch_buckets(&touched);
+        self.touch_buckets(touched);
         self.publish_group(&active, committed, last, streams, fsync);
         Ok(last)
     }
@@ -1833,7 +1825,7 @@ impl<T: Send + 'static> WriterThread<T> {
                 }
                 active.put(record.seqno, &change.key, current.as_deref(), change.after.as_deref());
                 self.count(&change.key, change.before.is_some(), change.after.is_some());
-                touched.push(self.bucket(super::node::user_key(&change.key)));
+                touched.push(bucket(super::node::user_key(&change.key)));
             }
             encoded.push(record.encode());
             let marker = matches!(record.kind, RecordKind::StreamBase | RecordKind::StreamResync);

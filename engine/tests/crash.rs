@@ -75,3 +75,82 @@ fn kill_rounds(name: &str, flags: &[&str], default_rounds: usize) {
     assert!(overlapped > 0, "no commit group ever synced while the next one ran; the kills never met one");
     println!("{overlapped} groups synced while the next one ran");
 }
+
+/// Writes `count` keys `{prefix}{i}` one transaction each (pipelined); the seqno after.
+fn write_keys(server: &Server, prefix: &str, count: usize) -> u64 {
+    let mut c = server.client();
+    let mut pipe = redis::pipe();
+    for i in 0..count {
+        pipe.set(format!("{prefix}{i}"), i).ignore();
+    }
+    pipe.query::<()>(&mut c).unwrap();
+    server.seqno()
+}
+
+fn present(server: &Server, prefix: &str, range: std::ops::Range<usize>) -> Vec<bool> {
+    let mut c = server.client();
+    range.map(|i| redis::Commands::exists::<_, bool>(&mut c, format!("{prefix}{i}")).unwrap()).collect()
+}
+
+/// A rollback to a seqno past the checkpoint takes its records off the overlay and the journal
+/// segments (decision 0002, step 4). Killed between its metadata commit and its cut of the
+/// segments (a test hook aborts the engine there), the next start finishes the cut: the
+/// records past the target are not replayed, the lost-transaction log names each of them once
+/// and `/v1/verify` passes. Writes after that start, and after a rollback that was not cut
+/// short, survive a SIGKILL: the cut is not done again over them.
+#[test]
+fn a_rollback_killed_before_it_cut_the_segments_is_finished_by_the_next_start() {
+    let dir = tempdir();
+    let data = dir.path().join("cut");
+    // Small segments, so the rolled-off records span several; the overlay's default bound
+    // keeps the checkpoint at 0 (nothing is checkpointed within the checkpoint interval).
+    let flags = ["--journal-segment-bytes", "16384"];
+    let mut first = Server::start_with_env(&data, "Cut", &flags, &[("STRAND_TEST_ABORT", "rollback-cut")]);
+    let before = write_keys(&first, "k", 2000);
+    let target = before - 1200;
+    let segments = std::fs::read_dir(data.join("journal")).unwrap().count();
+    assert!(segments >= 3, "the records span {segments} segments");
+    let (ok, _, _) = common::ctl(&data, &["rollback", "--to-seqno", &target.to_string()]);
+    assert!(!ok, "the rollback returned, but the hook aborts the engine before it answers");
+    let status = first.child.wait().unwrap();
+    assert!(!status.success(), "the engine aborted: {status}");
+    assert!(!first.log_text().contains("within_overlay"), "the abort came before the rollback finished");
+    drop(first);
+
+    let mut server = Server::start(&data, "Cut", &flags);
+    assert!(
+        server.log_text().contains("finished a rollback's cut of the journal segments"),
+        "{}",
+        server.log_text()
+    );
+    assert_eq!(server.seqno(), target, "the records past the target are not replayed");
+    let kept = usize::try_from(target - (before - 2000)).unwrap();
+    assert!(present(&server, "k", 0..kept).iter().all(|p| *p), "a write before the target is gone");
+    assert!(present(&server, "k", kept..2000).iter().all(|p| !*p), "a rolled-off write is back");
+    let logs = common::lost_logs(&data);
+    assert_eq!(logs.len(), 1, "{logs:?}");
+    assert_eq!(common::lost_seqnos(&data, &logs[0]), ((target + 1)..=before).collect::<Vec<_>>());
+    server.verify();
+
+    // Writes after the finished cut, then a rollback that is not cut short, then more writes:
+    // a SIGKILL loses none of what stands.
+    let after = write_keys(&server, "n", 500);
+    assert_eq!(after, target + 500);
+    let rolled = server.ctl(&["rollback", "--to-seqno", &(after - 100).to_string()]);
+    assert_eq!(rolled["rollback"]["transactions"], 100, "{rolled}");
+    assert!(
+        server.log_text().contains("within_overlay=true"),
+        "the rollback ran within the overlay:\n{}",
+        server.log_text()
+    );
+    let last = write_keys(&server, "m", 300);
+    assert_eq!(last, after - 100 + 300);
+    server.kill9();
+    server.restart();
+    assert_eq!(server.seqno(), last, "the journal after the restart");
+    assert!(present(&server, "n", 0..400).iter().all(|p| *p));
+    assert!(present(&server, "n", 400..500).iter().all(|p| !*p));
+    assert!(present(&server, "m", 0..300).iter().all(|p| *p));
+    assert_eq!(common::lost_logs(&data).len(), 2);
+    server.verify();
+}

@@ -28,6 +28,8 @@ struct State {
     stop: bool,
     /// A checkpoint is under way (its segment removal included).
     busy: bool,
+    /// The writer holds the base where it is (see [`Checkpointer::pause`]).
+    paused: bool,
     /// Why the last checkpoint failed; taken by the next drain, cleared by a success.
     failure: Option<StoreError>,
     /// The last checkpoint failed on a redb I/O error: redb refuses all writes until the
@@ -95,6 +97,18 @@ impl Checkpointer {
         Ok(())
     }
 
+    /// Holds the base where it is: waits for a checkpoint under way to finish and takes no
+    /// further generation until the returned guard is dropped. A rollback within the overlay
+    /// takes versions out of generations the checkpointer must then not be applying.
+    pub fn pause(&self) -> Paused {
+        let mut state = self.shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.paused = true;
+        while state.busy {
+            state = self.shared.progress.wait_timeout(state, RETRY).unwrap_or_else(PoisonError::into_inner).0;
+        }
+        Paused { shared: Arc::clone(&self.shared) }
+    }
+
     /// Whether a checkpoint failed on a redb I/O error since the last call: the writer then
     /// closes and reopens the file.
     pub fn take_io_failure(&self) -> bool {
@@ -115,6 +129,18 @@ impl Checkpointer {
     }
 }
 
+/// The checkpointer is paused while this lives (see [`Checkpointer::pause`]).
+pub struct Paused {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        self.shared.state.lock().unwrap_or_else(PoisonError::into_inner).paused = false;
+        self.shared.wake.notify_all();
+    }
+}
+
 impl Drop for Checkpointer {
     fn drop(&mut self) {
         self.shutdown();
@@ -126,7 +152,9 @@ fn run(shared: &Shared, store: &Store, metrics: &Metrics, retention: &Retention,
         let generation = {
             let mut state = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
             loop {
-                if let Some(g) = store.overlay.oldest_frozen() {
+                if !state.paused
+                    && let Some(g) = store.overlay.oldest_frozen()
+                {
                     state.busy = true;
                     break g;
                 }

@@ -60,6 +60,12 @@ pub(crate) const STREAMS: TableDefinition<u8, u64> = TableDefinition::new("strea
 /// The metadata key holding the [`InstanceMeta`] JSON document.
 pub(crate) const META_INSTANCE: &str = "instance";
 
+/// The metadata key present while a rollback within the overlay still owes the journal
+/// segments its cut: the seqno (8 bytes, little-endian) past which their records were rolled
+/// off. Written with the rollback's metadata, removed once the segments are cut; a start
+/// that finds it cuts them before it replays them.
+pub(crate) const META_ROLLBACK_CUT: &str = "rollback_cut";
+
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "strand.redb";
 /// Directory of the journal segments inside the data directory.
@@ -266,6 +272,15 @@ impl Store {
         let base = retention::read_base(&db)?;
         let checkpoint = check_journal(&db, &base)?;
         let journal_dir = data_dir.join(JOURNAL_DIR);
+        if let Some(seqno) = rollback_cut_owed(&db)? {
+            // A rollback within the overlay committed, and stopped before it cut the
+            // segments: the records past its target must not be replayed.
+            if journal_dir.exists() {
+                cut_segments_past(&journal_dir, seqno)?;
+            }
+            rollback_cut_done(&db)?;
+            tracing::info!(past = seqno, "finished a rollback's cut of the journal segments");
+        }
         let committed = replay_segments(&db, data_dir, &journal_dir, &meta, checkpoint)?;
         let stream_seqnos = read_stream_seqnos(&db)?;
         let counts = count_keys(&db)?;
@@ -781,6 +796,84 @@ pub(crate) fn write_meta_now(db: &Database, meta: &InstanceMeta) -> Result<(), S
     }
     format::create(&txn, meta.format_version, 0)?;
     txn.commit().map_err(redb_err("commit instance metadata"))
+}
+
+/// Takes every record past `seqno` off the journal segments in `dir`: the segments that
+/// begin past it are removed, newest first, and the one holding it is cut after it (and
+/// synced). Run again, it changes nothing. A segment whose frames do not run from its first
+/// seqno is corruption.
+pub(crate) fn cut_segments_past(dir: &Path, seqno: u64) -> Result<(), StoreError> {
+    let segments = segment::list(dir)?;
+    let mut removed = false;
+    for (first, path) in segments.iter().rev() {
+        if *first > seqno {
+            match std::fs::remove_file(path) {
+                Ok(()) => removed = true,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(
+                        segment::SegmentError::Io { action: "remove", path: path.clone(), source }.into()
+                    );
+                }
+            }
+            continue;
+        }
+        let contents = segment::read(path)?;
+        let keep = usize::try_from(seqno + 1 - first).unwrap_or(usize::MAX);
+        // The frames at the cut must be the seqnos they stand for.
+        for (at, expected) in [(keep.wrapping_sub(1), seqno), (keep, seqno + 1)] {
+            let Some(body) = contents.frames.get(at) else { continue };
+            let found = Record::decode(body)
+                .map_err(|source| StoreError::RecordDecode { seqno: expected, source })?
+                .seqno;
+            if found != expected {
+                return Err(StoreError::JournalCorrupt {
+                    reason: format!(
+                        "segment {} holds seqno {found} where {expected} was expected",
+                        path.display()
+                    ),
+                });
+            }
+        }
+        segment::keep_frames(path, &contents, keep)?;
+        break;
+    }
+    if removed {
+        sync_dir(dir).map_err(|source| segment::SegmentError::Io {
+            action: "sync",
+            path: dir.to_owned(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// The seqno past which a rollback still owes the journal segments their cut, if one does
+/// (see [`META_ROLLBACK_CUT`]).
+pub(crate) fn rollback_cut_owed(db: &Database) -> Result<Option<u64>, StoreError> {
+    let txn = db.begin_read().map_err(redb_err("begin a read transaction"))?;
+    let table = match txn.open_table(META) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(redb_err("open the metadata table")(e)),
+    };
+    let Some(bytes) = table.get(META_ROLLBACK_CUT).map_err(redb_err("read the owed rollback cut"))? else {
+        return Ok(None);
+    };
+    let seqno = bytes.value().first_chunk::<8>().map(|b| u64::from_le_bytes(*b)).ok_or_else(|| {
+        StoreError::JournalCorrupt { reason: "the owed rollback cut is not a seqno".into() }
+    })?;
+    Ok(Some(seqno))
+}
+
+/// Records that the segments are cut (see [`META_ROLLBACK_CUT`]), durably.
+pub(crate) fn rollback_cut_done(db: &Database) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(redb_err("begin a write transaction"))?;
+    {
+        let mut table = txn.open_table(META).map_err(redb_err("open the metadata table"))?;
+        table.remove(META_ROLLBACK_CUT).map_err(redb_err("clear the owed rollback cut"))?;
+    }
+    txn.commit().map_err(redb_err("commit the rollback's cut"))
 }
 
 /// Forward recovery (GT.M's `mupip journal -recover -forward`, in small): replays the records

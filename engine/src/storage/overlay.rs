@@ -281,6 +281,40 @@ impl Generation {
             self.last_seqno.fetch_update(Ordering::AcqRel, Ordering::Acquire, |last| Some(last.min(seqno)));
     }
 
+    /// A copy holding only the versions and records at or below `seqno`, with `streams` as
+    /// its stream seqnos (a rollback to `seqno`); the nodes whose every version lies above
+    /// `seqno` are left out. Keys are shared with this generation, values copied.
+    fn copy_upto(&self, seqno: u64, streams: StreamSeqnos) -> Generation {
+        let inner = self.read();
+        let mut copy =
+            Inner { nodes: HashMap::with_capacity(inner.nodes.len()), streams, ..Inner::default() };
+        let (mut bytes, mut last) = (0, 0);
+        for OrderKey { key, .. } in &inner.order {
+            let Some(versions) = inner.nodes.get(key) else { continue };
+            let list: SmallVec<[Version; 1]> =
+                versions.list.iter().take_while(|(s, _)| *s <= seqno).cloned().collect();
+            let Some((newest, _)) = list.last() else { continue };
+            last = last.max(*newest);
+            bytes += key.len()
+                + versions.before.as_ref().map_or(0, |b| b.len())
+                + list
+                    .iter()
+                    .map(|(_, v)| VERSION_OVERHEAD + v.as_ref().map_or(0, |v| v.len()))
+                    .sum::<usize>();
+            copy.order.insert(OrderKey::new(Arc::clone(key)));
+            copy.nodes.insert(Arc::clone(key), Versions { before: versions.before.clone(), list });
+        }
+        let kept = inner.records.partition_point(|(s, _)| *s <= seqno);
+        copy.records = inner.records.get(..kept).unwrap_or_default().to_vec();
+        bytes += copy.records.iter().map(|(_, r)| r.len() + VERSION_OVERHEAD).sum::<usize>();
+        last = last.max(copy.records.last().map_or(0, |(s, _)| *s));
+        Generation {
+            inner: RwLock::new(copy),
+            bytes: AtomicUsize::new(bytes),
+            last_seqno: AtomicU64::new(last),
+        }
+    }
+
     /// Approximate memory the generation holds.
     pub fn bytes(&self) -> usize {
         self.bytes.load(Ordering::Relaxed)
@@ -446,6 +480,21 @@ impl SuperVersion {
         out
     }
 
+    /// The first `Some` that `f` gives going back through the records the overlay holds,
+    /// from the one at `upto` (or the last below it).
+    pub fn rfind_record<R>(&self, upto: u64, mut f: impl FnMut(u64, &[u8]) -> Option<R>) -> Option<R> {
+        for generation in self.generations.iter().rev() {
+            let inner = generation.read();
+            let end = inner.records.partition_point(|(s, _)| *s <= upto);
+            for (seqno, record) in inner.records.get(..end).unwrap_or_default().iter().rev() {
+                if let Some(found) = f(*seqno, record) {
+                    return Some(found);
+                }
+            }
+        }
+        None
+    }
+
     /// Every node any generation holds a version of, once each, in node order.
     pub fn node_keys(&self) -> Vec<Vec<u8>> {
         let mut keys = std::collections::BTreeSet::new();
@@ -467,6 +516,14 @@ impl SuperVersion {
     pub fn first_record_seqno(&self) -> Option<u64> {
         self.generations.iter().find_map(|g| g.read().records.first().map(|(s, _)| *s))
     }
+}
+
+/// The overlay rolled back, made by [`Overlay::rolled_back`] and published by
+/// [`Overlay::install`].
+pub struct RolledBack {
+    /// The list it was made from.
+    from: Arc<SuperVersion>,
+    generations: Vec<Arc<Generation>>,
 }
 
 /// The published overlay.
@@ -541,6 +598,48 @@ impl Overlay {
             SuperVersion { generations, checkpoint_seqno: sv.checkpoint_seqno }
         });
         frozen
+    }
+
+    /// The overlay rolled back to `seqno`, at or above the checkpoint, ready for
+    /// [`Overlay::install`] (writer only, with the checkpointer paused, so that no one else
+    /// changes the list meanwhile): every generation holding versions or records above
+    /// `seqno` is replaced by a copy without them — dropped if nothing is left, unless it is
+    /// the active one — so a reader that pinned the list before reads on as it did.
+    /// `streams`: the stream seqnos as of `seqno`, which the generation that now ends there
+    /// checkpoints. The copies are made here, outside the list's lock.
+    pub fn rolled_back(&self, seqno: u64, streams: StreamSeqnos) -> RolledBack {
+        let from = self.current();
+        let count = from.generations.len();
+        let mut generations: Vec<Arc<Generation>> = Vec::with_capacity(count);
+        for (i, g) in from.generations.iter().enumerate() {
+            let active = i + 1 == count;
+            if !active && g.last_seqno() <= seqno {
+                generations.push(Arc::clone(g));
+                continue;
+            }
+            let copy = g.copy_upto(seqno, streams);
+            if active || !copy.is_empty() {
+                generations.push(Arc::new(copy));
+            }
+        }
+        RolledBack { from, generations }
+    }
+
+    /// Publishes a list made by [`Overlay::rolled_back`]; false, changing nothing, if the
+    /// list changed since it was made.
+    pub fn install(&self, rolled_back: RolledBack) -> bool {
+        let mut installed = false;
+        self.publish(|now| {
+            if !std::ptr::eq(now, &*rolled_back.from) {
+                return SuperVersion {
+                    generations: now.generations.clone(),
+                    checkpoint_seqno: now.checkpoint_seqno,
+                };
+            }
+            installed = true;
+            SuperVersion { generations: rolled_back.generations, checkpoint_seqno: now.checkpoint_seqno }
+        });
+        installed
     }
 
     /// The oldest frozen generation: the next one to checkpoint.
@@ -719,6 +818,37 @@ mod tests {
         assert_eq!(overlay.current().first_record_seqno(), None);
     }
 
+    #[test]
+    fn a_rollback_within_the_overlay_leaves_pinned_readers_their_list() {
+        let overlay = Overlay::new(0);
+        for seqno in 1..=4u64 {
+            let value = [u8::try_from(seqno).unwrap_or(0)];
+            let before = [u8::try_from(seqno - 1).unwrap_or(0)];
+            let before = (seqno > 1).then_some(&before[..]);
+            overlay.active().add_record(seqno, &value);
+            overlay.apply(seqno, &[change(b"k", before, Some(&value))]);
+            if seqno == 1 || seqno == 3 {
+                overlay.freeze(); // generations [1], [2, 3], [4]
+            }
+        }
+        let (old, ()) = overlay.pin_with(|| ());
+        let rolled_back = overlay.rolled_back(2, [2; 16]);
+        assert!(overlay.install(rolled_back));
+        assert_eq!(old.get(b"k", 4), Some(Some(vec![4])), "a reader pinned before reads on");
+        let now = overlay.current();
+        assert_eq!(now.get(b"k", 4), Some(Some(vec![2])), "versions past 2 are gone");
+        assert_eq!(now.records(1, 9), vec![(1, vec![1]), (2, vec![2])]);
+        assert_eq!(overlay.frozen(), 2, "the first generation, and the copy of the second");
+        assert_eq!(now.generations.iter().map(|g| g.last_seqno()).collect::<Vec<_>>(), vec![1, 2, 0]);
+        assert!(overlay.active().is_empty(), "the active generation held only rolled-off versions");
+        assert_eq!(overlay.active().streams(), [2; 16]);
+        let stale = overlay.rolled_back(1, [1; 16]);
+        overlay.freeze();
+        overlay.apply(3, &[change(b"k", Some(&[2]), Some(&[3]))]);
+        overlay.freeze();
+        assert!(!overlay.install(stale), "a list made before a change is refused");
+    }
+
     /// One step of the model test.
     #[derive(Debug, Clone)]
     enum Op {
@@ -729,6 +859,11 @@ mod tests {
         Freeze,
         /// Checkpoint the oldest frozen generation, if durable.
         Checkpoint,
+        /// Everything becomes durable, then the overlay rolls back by up to `back`
+        /// transactions (not below the checkpoint), as a rollback within the overlay does.
+        Rollback {
+            back: u8,
+        },
         /// A reader pins, then `checkpoints` more generations it holds reach the base before
         /// it opens its base snapshot, then it reads at a seqno chosen by `pick`.
         Read {
@@ -748,6 +883,7 @@ mod tests {
             2 => Just(Op::Sync),
             1 => Just(Op::Freeze),
             1 => Just(Op::Checkpoint),
+            1 => (0u8..6).prop_map(|back| Op::Rollback { back }),
             3 => (0u8..3, any::<u16>(), 0u8..13, 0u8..13, any::<bool>(), 0u8..8)
                 .prop_map(|(checkpoints, pick, lo, hi, rev, limit)| Op::Read { checkpoints, pick, lo, hi, rev, limit }),
         ]
@@ -789,8 +925,9 @@ mod tests {
         }
 
         /// Reads at any seqno between the pinned checkpoint and the durable seqno equal the
-        /// model's state at that seqno, while generations freeze and checkpoints run —
-        /// including checkpoints between a reader's pin and its base snapshot.
+        /// model's state at that seqno, while generations freeze, checkpoints run and the
+        /// overlay rolls back — including checkpoints between a reader's pin and its base
+        /// snapshot.
         #[test]
         fn reads_match_a_model_while_checkpoints_run(ops in proptest::collection::vec(op(), 1..80)) {
             let overlay = Overlay::new(0);
@@ -825,6 +962,16 @@ mod tests {
                     Op::Sync => durable = states.len() as u64 - 1,
                     Op::Freeze => { overlay.freeze(); }
                     Op::Checkpoint => checkpoint(&overlay, &mut base, durable),
+                    Op::Rollback { back } => {
+                        let last = states.len() as u64 - 1;
+                        let to = last.saturating_sub(u64::from(back)).max(overlay.checkpoint_seqno());
+                        let rolled_back = overlay.rolled_back(to, [to; 16]);
+                        prop_assert!(overlay.install(rolled_back));
+                        states.truncate(to as usize + 1);
+                        durable = to;
+                        prop_assert_eq!(overlay.active().streams(), [to; 16]);
+                        prop_assert!(overlay.current().generations.iter().all(|g| g.last_seqno() <= to));
+                    }
                     Op::Read { checkpoints, pick, lo, hi, rev, limit } => {
                         let (sv, ()) = overlay.pin_with(|| ());
                         // Generations the reader holds may reach the base before it opens it.

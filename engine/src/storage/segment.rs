@@ -259,6 +259,21 @@ pub fn read(path: &Path) -> Result<Contents, SegmentError> {
     parse(path, &bytes)
 }
 
+/// Cuts the segment at `path`, read as `contents`, after its first `keep` frames and syncs
+/// the cut (a rollback takes the frames past its target off the journal). A torn tail is
+/// cut with them; a segment holding no more than `keep` frames and no tail is left as it is.
+pub fn keep_frames(path: &Path, contents: &Contents, keep: usize) -> Result<(), SegmentError> {
+    if contents.frames.len() <= keep && contents.torn_bytes == 0 {
+        return Ok(());
+    }
+    let framed = |frames: &[Vec<u8>]| frames.iter().map(|f| (FRAME_HEADER + f.len()) as u64).sum::<u64>();
+    let header_end = contents.valid_len - framed(&contents.frames);
+    let len = header_end + framed(contents.frames.get(..keep).unwrap_or(&contents.frames));
+    let file = OpenOptions::new().write(true).open(path).map_err(io_err("open", path))?;
+    file.set_len(len).map_err(io_err("cut back", path))?;
+    file.sync_data().map_err(io_err("sync", path))
+}
+
 /// Opens the segment at `path` for appending after recovery: checks it belongs to instance
 /// `creation_id`, cuts off a torn tail (and syncs the cut), and returns its contents and a
 /// writer positioned after its last valid frame.

@@ -17,17 +17,20 @@
 //! handed out again.
 //!
 //! Received BC records are applied the same way, one frame as one group, when they change
-//! no metadata. Rare work changes the database file directly in one durable redb commit, as
-//! before the journal became the log: a rollback, a metadata change, a system key, an SI
-//! apply, a BC frame that changes metadata. It first checkpoints everything and removes
-//! every segment, so the file holds the whole journal and recovery has nothing to replay
-//! past it.
+//! no metadata. A rollback to a seqno at or past the checkpoint takes its records off the
+//! overlay and the segments ([`rollback`]). Rare work changes the database file directly in
+//! one durable redb commit, as before the journal became the log: a rollback past the
+//! checkpoint, a metadata change, a system key, an SI apply, a BC frame that changes
+//! metadata. It first checkpoints everything and removes every segment, so the file holds
+//! the whole journal and recovery has nothing to replay past it.
 //!
 //! Disk full: before each batch the writer checks the free space of the data volume and
 //! refuses the batch with [`StoreError::DiskFull`] when it is below the reserve, so redb never
 //! meets ENOSPC in the common case and reads go on. If an I/O error does reach redb (redb then
 //! refuses all further access), the writer closes and reopens the file, failing writes with
 //! [`StoreError::Recovering`] until that succeeds.
+
+mod rollback;
 
 use std::collections::BTreeMap;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
@@ -39,7 +42,7 @@ use redb::{Database, ReadableTable};
 use tokio::sync::{mpsc, oneshot};
 
 use super::checkpoint::Checkpointer;
-use super::journal::{KeyChange, Record, RecordKind, STREAMS_MAX};
+use super::journal::{KeyChange, Record, RecordKind};
 use super::meta::{HistoryRecord, InstanceMeta, LastRollback, StreamState};
 use super::overlay::Generation;
 use super::retention::stored_bytes as record_bytes;
@@ -334,6 +337,7 @@ impl<T: Send + 'static> Writer<T> {
             segment: None,
             broken_segment: None,
             segments_exist: true,
+            rollback_cut: None,
             active_since: Instant::now(),
             applied_touched: Vec::new(),
             serve_after_apply: Vec::new(),
@@ -689,6 +693,10 @@ struct WriterThread<T> {
     broken_segment: Option<(u64, u32)>,
     /// Whether segments may exist on disk (so a direct change must remove them first).
     segments_exist: bool,
+    /// A rollback within the overlay committed and still owes the segments its cut of the
+    /// records past this seqno (see [`rollback`]): nothing is appended, and the file is not
+    /// changed directly, until it is done.
+    rollback_cut: Option<u64>,
     /// When the active generation was last frozen.
     active_since: Instant,
     /// Keys the last SI apply changed, for blocked clients it may serve.
@@ -996,7 +1004,7 @@ impl<T: Send + 'static> WriterThread<T> {
                     }
                 }
                 Work::Rollback { to_seqno, new_epoch, reason, reply } => {
-                    let result = self.direct(|w| w.rollback(to_seqno, new_epoch, &reason));
+                    let result = self.rollback(to_seqno, new_epoch, &reason);
                     let _ = reply.send(self.settle(result));
                 }
                 Work::Meta { update, reply } => {
@@ -1423,6 +1431,7 @@ impl<T: Send + 'static> WriterThread<T> {
         if records.is_empty() {
             return Ok(None);
         }
+        self.finish_rollback_cut()?;
         if let (Some((len, crc)), Some(segment)) = (self.broken_segment, self.segment.as_mut()) {
             segment.cut_back(len, crc)?;
             self.broken_segment = None;
@@ -1549,6 +1558,7 @@ impl<T: Send + 'static> WriterThread<T> {
     /// Checkpoints everything and removes every journal segment: the database file then holds
     /// the whole journal, and may be changed directly.
     fn checkpoint_all(&mut self) -> Result<u64, StoreError> {
+        self.finish_rollback_cut()?;
         self.freeze();
         self.checkpointer.drain()?;
         if self.segments_exist {
@@ -2102,195 +2112,6 @@ impl<T: Send + 'static> WriterThread<T> {
             self.streams = streams;
             self.store.publish_streams(streams);
         }
-    }
-
-    fn rollback(
-        &mut self,
-        to_seqno: u64,
-        new_epoch: bool,
-        reason: &str,
-    ) -> Result<Option<LastRollback>, StoreError> {
-        self.counted = (0, 0, 0);
-        let committed = self.store.committed_seqno();
-        if to_seqno >= committed {
-            return Ok(None);
-        }
-        let base = self.store.journal_base();
-        if to_seqno < base.seqno {
-            // Nothing is touched: the records past `to_seqno` are not all here to roll back.
-            return Err(StoreError::JournalTrimmed { wanted: to_seqno + 1, first: base.first() });
-        }
-        let db = self.store.db()?;
-        let mut grown = 0;
-        let mut meta = self.store.meta();
-        let old_history = meta.history.clone();
-        let old_streams = meta.streams.clone();
-        let mut streams = self.streams;
-        let mut streams_touched = [false; STREAMS_MAX as usize];
-        let at = now_micros();
-        let path = crate::storage::lostlog::final_path(
-            self.store.data_dir(),
-            &meta.name,
-            to_seqno + 1,
-            committed,
-            at,
-        );
-        let header = crate::storage::lostlog::Header {
-            format: crate::storage::lostlog::FORMAT.into(),
-            instance: meta.name.clone(),
-            creation_id: meta.creation_id.clone(),
-            from_seqno: to_seqno + 1,
-            to_seqno: committed,
-            transactions: committed - to_seqno,
-            rolled_back_at_micros: at,
-            reason: reason.to_owned(),
-        };
-        let txn = db.begin_write().map_err(redb_err("begin a write transaction"))?;
-        let mut touched: Vec<Vec<u8>> = Vec::new();
-        let pending = {
-            let mut data = txn.open_table(DATA).map_err(redb_err("open the data table"))?;
-            let mut journal = txn.open_table(JOURNAL).map_err(redb_err("open the journal table"))?;
-            // The rolled-off records, read and taken off the journal in one pass, in order.
-            let mut records = Vec::with_capacity(usize::try_from(committed - to_seqno).unwrap_or(0));
-            for entry in journal
-                .extract_from_if(to_seqno + 1.., |_, _| true)
-                .map_err(redb_err("remove journal records"))?
-            {
-                let (seqno, bytes) = entry.map_err(redb_err("remove journal records"))?;
-                let (seqno, bytes) = (seqno.value(), bytes.value());
-                let expected = to_seqno + 1 + records.len() as u64;
-                if seqno != expected {
-                    return Err(StoreError::JournalCorrupt {
-                        reason: format!("record {expected} is missing"),
-                    });
-                }
-                grown -= record_bytes(bytes);
-                let record =
-                    Record::decode(bytes).map_err(|source| StoreError::RecordDecode { seqno, source })?;
-                if record.kind == RecordKind::Upgrade {
-                    // Nothing is touched: the transaction is dropped with this error.
-                    return Err(StoreError::Invalid {
-                        reason: format!(
-                            "seqno {seqno} is a format upgrade; a rollback cannot take the data back to an older format — re-create this instance from a newer backup or by seeding it from the family"
-                        ),
-                    });
-                }
-                records.push(record);
-            }
-            if to_seqno + records.len() as u64 != committed {
-                return Err(StoreError::JournalCorrupt {
-                    reason: format!("record {} is missing", to_seqno + 1 + records.len() as u64),
-                });
-            }
-            // Each node goes back to its before-image in the earliest record that changed it
-            // (what applying every before-image newest first leaves), written in key order.
-            let mut restores: BTreeMap<&[u8], Option<&[u8]>> = BTreeMap::new();
-            for record in records.iter().rev() {
-                for change in record.changes.iter().rev() {
-                    restores.insert(&change.key, change.before.as_deref());
-                    self.count(&change.key, change.after.is_some(), change.before.is_some());
-                    touched.push(super::node::user_key(&change.key).to_vec());
-                }
-                if let Some(t) = streams_touched.get_mut(usize::from(record.stream)) {
-                    *t = true;
-                }
-            }
-            // The lost-transaction log is written (and synced, before the rollback commits:
-            // nothing is rolled off unlogged) while the data is restored.
-            let (logged, restored) = std::thread::scope(|scope| {
-                let log = scope.spawn(|| {
-                    let lost: Vec<_> = records
-                        .iter()
-                        .map(|r| {
-                            crate::storage::lostlog::LostTransaction::from_record(
-                                r,
-                                &old_history,
-                                &old_streams,
-                            )
-                        })
-                        .collect();
-                    crate::storage::lostlog::write_pending(&path, &header, &lost)
-                });
-                let restored = restores.iter().try_for_each(|(key, before)| {
-                    match before {
-                        Some(v) => data.insert(*key, *v).map(|_| ()),
-                        None => data.remove(*key).map(|_| ()),
-                    }
-                    .map_err(redb_err("restore a key"))
-                });
-                let logged = log.join().unwrap_or_else(|_| {
-                    Err(crate::storage::lostlog::LostLogError::Write {
-                        path: path.clone(),
-                        source: std::io::Error::other("the log writer panicked"),
-                    })
-                });
-                (logged, restored)
-            });
-            let pending = logged.map_err(|e| StoreError::Invalid { reason: error_chain(&e) })?;
-            if let Err(e) = restored {
-                let _ = std::fs::remove_file(&pending);
-                return Err(e);
-            }
-            meta.history.retain(|h| h.start_seqno <= to_seqno);
-            // SI streams: forget those begun after the rollback point and history learnt
-            // after it; each touched stream's position is that of its last remaining record.
-            meta.streams.retain(|s| s.since_journal_seqno <= to_seqno);
-            for s in &mut meta.streams {
-                s.history.retain(|h| h.journal_seqno <= to_seqno);
-            }
-            for (k, t) in streams_touched.iter().enumerate() {
-                let stream = u8::try_from(k).unwrap_or(0);
-                let kept =
-                    stream == 0 && self.supplementary || meta.streams.iter().any(|s| s.stream == stream);
-                if *t && let Some(slot) = streams.get_mut(k) {
-                    *slot = if kept { super::last_of_stream(&journal, &base, stream, to_seqno)? } else { 0 };
-                }
-            }
-            if new_epoch || meta.history.is_empty() {
-                meta.history.push(HistoryRecord {
-                    stream: 0,
-                    start_seqno: to_seqno + 1,
-                    root_name: meta.name.clone(),
-                    root_creation_id: meta.creation_id.clone(),
-                    journal_seqno: to_seqno,
-                });
-            }
-            pending
-        };
-        let last = LastRollback {
-            log_path: path.to_string_lossy().into_owned(),
-            from_seqno: to_seqno + 1,
-            to_seqno: committed,
-            transactions: committed - to_seqno,
-            at_micros: at,
-            reason: reason.to_owned(),
-        };
-        meta.last_rollback = Some(last.clone());
-        let committed_result = put_meta(&txn, &meta)
-            .and_then(|()| save_streams(&txn, &self.streams, &streams))
-            .and_then(|()| txn.commit().map_err(redb_err("commit the rollback")))
-            .map(|()| self.store.journal_resized(grown));
-        if let Err(e) = committed_result {
-            let _ = std::fs::remove_file(&pending);
-            return Err(e);
-        }
-        self.store.adjust_counts(std::mem::take(&mut self.counted));
-        if let Err(e) = crate::storage::lostlog::finalize(&path) {
-            // The rollback is committed; the pending file is completed at the next start.
-            tracing::error!(error = %error_chain(&e), "cannot rename the rollback log into place");
-        }
-        self.metrics.journal_seqno.set(i64::try_from(to_seqno).unwrap_or(i64::MAX));
-        self.touch(touched.iter().map(Vec::as_slice));
-        self.set_streams(streams);
-        // Sources see the rollback before their pins move: an acknowledgement arriving in
-        // between is either counted and then lowered, or refused as stale — and the source
-        // that refused it finds the rollback and negotiates again. No checkpoint (and so no
-        // trim) runs while the writer does this direct work.
-        self.store.note_rollback();
-        self.store.lower_pins(to_seqno + 1);
-        self.store.publish(to_seqno, Some(meta), self.version);
-        tracing::warn!(from = to_seqno + 1, to = committed, log = %last.log_path, reason, "rolled back");
-        Ok(Some(last))
     }
 
     fn meta(&mut self, update: MetaUpdate) -> Result<InstanceMeta, StoreError> {

@@ -112,11 +112,23 @@ impl Server {
         Self::spawn(data_dir, name, extra)
     }
 
-    fn spawn(data_dir: &Path, name: &str, extra: Vec<String>) -> Server {
-        Self::spawn_binary(Path::new(binary()), data_dir, name, extra)
+    /// [`Server::start`] with extra environment variables (test hooks).
+    pub fn start_with_env(data_dir: &Path, name: &str, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Self::spawn_binary(Path::new(binary()), data_dir, name, extra, env)
     }
 
-    fn spawn_binary(program: &Path, data_dir: &Path, name: &str, extra: Vec<String>) -> Server {
+    fn spawn(data_dir: &Path, name: &str, extra: Vec<String>) -> Server {
+        Self::spawn_binary(Path::new(binary()), data_dir, name, extra, &[])
+    }
+
+    fn spawn_binary(
+        program: &Path,
+        data_dir: &Path,
+        name: &str,
+        extra: Vec<String>,
+        env: &[(&str, &str)],
+    ) -> Server {
         std::fs::create_dir_all(data_dir).expect("create data dir");
         let log = data_dir.with_extension("log");
         let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("open log");
@@ -137,6 +149,7 @@ impl Server {
             .args(reserve)
             .args(&extra)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()
@@ -246,7 +259,7 @@ impl Server {
     fn start_again(&mut self, program: &Path) {
         self.binary = program.to_owned();
         let mut next =
-            Self::spawn_binary(program, &self.data_dir.clone(), &self.name.clone(), self.extra.clone());
+            Self::spawn_binary(program, &self.data_dir.clone(), &self.name.clone(), self.extra.clone(), &[]);
         std::mem::swap(&mut self.child, &mut next.child);
         self.resp_port = next.resp_port;
         // `next` now holds the old, already reaped child; dropping it is harmless.

@@ -1,0 +1,434 @@
+//! Rollback (GT.M's `mupip journal -rollback`): takes the transactions past a seqno off the
+//! instance, writing them first into a lost-transaction log ([`crate::storage::lostlog`]).
+//!
+//! Two ways, one outcome (decision 0002, step 4):
+//!
+//! - *Within the overlay*, when the target is at or past the checkpoint (the common case:
+//!   the records rolled off were committed since the last checkpoint). Every record past the
+//!   target is then still in the overlay and in the journal segments. The checkpointer is
+//!   paused; the overlay's generations are copied without the rolled-off versions and
+//!   records; the instance metadata is committed with a note that the segments owe a cut
+//!   ([`META_ROLLBACK_CUT`]); the segments are cut at the target, the note removed, and the
+//!   copies published. The base is never written with what is then undone: the checkpointer
+//!   brings it up to the target later, as after any commit.
+//! - *In the file*, otherwise: everything is checkpointed, then one direct redb transaction
+//!   takes the records off the journal and restores every node they changed.
+//!
+//! Either way the lost-transaction log is written and synced, on a second thread, before the
+//! rollback commits: nothing is rolled off unlogged.
+//!
+//! A crash between the metadata commit and the cut leaves the note, and the next start cuts
+//! the segments before it replays them. A cut that fails at run time is owed: every group and
+//! every direct change tries it first, and fails while it fails.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use redb::ReadableDatabase;
+
+use super::{WriterThread, put_meta, save_streams};
+use crate::base::error_chain;
+use crate::storage::journal::{Record, RecordKind, STREAMS_MAX};
+use crate::storage::lostlog::{self, LostLogError, LostTransaction};
+use crate::storage::meta::{HistoryRecord, InstanceMeta, LastRollback};
+use crate::storage::retention::stored_bytes as record_bytes;
+use crate::storage::{
+    DATA, JOURNAL, META, META_ROLLBACK_CUT, StoreError, StreamSeqnos, cut_segments_past, last_of_stream,
+    now_micros, redb_err, rollback_cut_done,
+};
+
+/// Test hook: set to `rollback-cut`, the engine aborts right after a rollback within the
+/// overlay committed its metadata, before it cuts the segments — the crash that the next
+/// start must finish (`engine/tests/crash.rs`).
+const ABORT_HOOK: &str = "STRAND_TEST_ABORT";
+
+/// What both ways share: the metadata as it will be and the log to write first.
+struct Plan {
+    to_seqno: u64,
+    committed: u64,
+    /// The metadata before the rollback (the log's records are described against it).
+    old: InstanceMeta,
+    /// The metadata after it: history and SI streams past the target forgotten, a new
+    /// history record if the instance goes on originating, the rollback noted.
+    meta: InstanceMeta,
+    path: PathBuf,
+    header: lostlog::Header,
+    last: LastRollback,
+}
+
+impl Plan {
+    fn new(
+        data_dir: &std::path::Path,
+        old: InstanceMeta,
+        to_seqno: u64,
+        committed: u64,
+        new_epoch: bool,
+        reason: &str,
+    ) -> Plan {
+        let at = now_micros();
+        let path = lostlog::final_path(data_dir, &old.name, to_seqno + 1, committed, at);
+        let header = lostlog::Header {
+            format: lostlog::FORMAT.into(),
+            instance: old.name.clone(),
+            creation_id: old.creation_id.clone(),
+            from_seqno: to_seqno + 1,
+            to_seqno: committed,
+            transactions: committed - to_seqno,
+            rolled_back_at_micros: at,
+            reason: reason.to_owned(),
+        };
+        let mut meta = old.clone();
+        meta.history.retain(|h| h.start_seqno <= to_seqno);
+        // SI streams: forget those begun after the rollback point and history learnt after it.
+        meta.streams.retain(|s| s.since_journal_seqno <= to_seqno);
+        for s in &mut meta.streams {
+            s.history.retain(|h| h.journal_seqno <= to_seqno);
+        }
+        if new_epoch || meta.history.is_empty() {
+            meta.history.push(HistoryRecord {
+                stream: 0,
+                start_seqno: to_seqno + 1,
+                root_name: meta.name.clone(),
+                root_creation_id: meta.creation_id.clone(),
+                journal_seqno: to_seqno,
+            });
+        }
+        let last = LastRollback {
+            log_path: path.to_string_lossy().into_owned(),
+            from_seqno: to_seqno + 1,
+            to_seqno: committed,
+            transactions: committed - to_seqno,
+            at_micros: at,
+            reason: reason.to_owned(),
+        };
+        meta.last_rollback = Some(last.clone());
+        Plan { to_seqno, committed, old, meta, path, header, last }
+    }
+
+    /// Writes the log of `records` under its pending name, synced.
+    fn write_log(&self, records: &[Record]) -> Result<PathBuf, LostLogError> {
+        let lost: Vec<_> = records
+            .iter()
+            .map(|r| LostTransaction::from_record(r, &self.old.history, &self.old.streams))
+            .collect();
+        lostlog::write_pending(&self.path, &self.header, &lost)
+    }
+
+    /// Whether `stream`'s position survives the rollback (else it goes to 0): a
+    /// supplementary instance's own stream, or an SI stream begun at or before the target.
+    fn keeps(&self, stream: u8, supplementary: bool) -> bool {
+        stream == 0 && supplementary || self.meta.streams.iter().any(|s| s.stream == stream)
+    }
+}
+
+/// The rolled-off records, decoded, checked to run from `to_seqno + 1` to `committed`
+/// without a hole; a format upgrade among them refuses the rollback.
+fn decode_rolled_off(
+    to_seqno: u64,
+    committed: u64,
+    encoded: impl Iterator<Item = Result<(u64, impl AsRef<[u8]>), StoreError>>,
+) -> Result<Vec<Record>, StoreError> {
+    let mut records = Vec::with_capacity(usize::try_from(committed - to_seqno).unwrap_or(0));
+    for entry in encoded {
+        let (seqno, bytes) = entry?;
+        let expected = to_seqno + 1 + records.len() as u64;
+        if seqno != expected {
+            return Err(StoreError::JournalCorrupt { reason: format!("record {expected} is missing") });
+        }
+        let record =
+            Record::decode(bytes.as_ref()).map_err(|source| StoreError::RecordDecode { seqno, source })?;
+        if record.kind == RecordKind::Upgrade {
+            return Err(StoreError::Invalid {
+                reason: format!(
+                    "seqno {seqno} is a format upgrade; a rollback cannot take the data back to an older format — re-create this instance from a newer backup or by seeding it from the family"
+                ),
+            });
+        }
+        records.push(record);
+    }
+    if to_seqno + records.len() as u64 != committed {
+        return Err(StoreError::JournalCorrupt {
+            reason: format!("record {} is missing", to_seqno + 1 + records.len() as u64),
+        });
+    }
+    Ok(records)
+}
+
+/// The streams the records write to.
+fn streams_touched(records: &[Record]) -> [bool; STREAMS_MAX as usize] {
+    let mut touched = [false; STREAMS_MAX as usize];
+    for record in records {
+        if let Some(t) = touched.get_mut(usize::from(record.stream)) {
+            *t = true;
+        }
+    }
+    touched
+}
+
+impl<T: Send + 'static> WriterThread<T> {
+    /// Rolls back to `to_seqno`: within the overlay when the checkpoint is not past it, in
+    /// the file otherwise. `None` if there was nothing to roll back.
+    pub(super) fn rollback(
+        &mut self,
+        to_seqno: u64,
+        new_epoch: bool,
+        reason: &str,
+    ) -> Result<Option<LastRollback>, StoreError> {
+        let committed = self.store.committed_seqno();
+        if to_seqno >= committed {
+            return Ok(None);
+        }
+        let base = self.store.journal_base();
+        if to_seqno < base.seqno {
+            // Nothing is touched: the records past `to_seqno` are not all here to roll back.
+            return Err(StoreError::JournalTrimmed { wanted: to_seqno + 1, first: base.first() });
+        }
+        let mut within = None;
+        if self.broken_segment.is_none() && self.rollback_cut.is_none() {
+            let paused = self.checkpointer.pause();
+            if self.store.overlay.checkpoint_seqno() <= to_seqno {
+                within = Some(self.rollback_in_overlay(to_seqno, committed, new_epoch, reason).map(Some));
+            }
+            drop(paused);
+        }
+        let result = within.unwrap_or_else(|| {
+            // The checkpoint that opens the direct change trims the journal as retention
+            // allows: not the records this rollback takes off.
+            let _pin = self.store.pin_journal("rollback", to_seqno + 1);
+            self.direct(|w| w.rollback_in_file(to_seqno, new_epoch, reason))
+        });
+        if result.is_err() {
+            // What a failed rollback counted is not a change.
+            self.counted = (0, 0, 0);
+        }
+        result
+    }
+
+    /// See the module's documentation; the checkpointer is paused and the base holds no
+    /// record past `to_seqno`.
+    fn rollback_in_overlay(
+        &mut self,
+        to_seqno: u64,
+        committed: u64,
+        new_epoch: bool,
+        reason: &str,
+    ) -> Result<LastRollback, StoreError> {
+        self.counted = (0, 0, 0);
+        let overlay = self.store.overlay.pin_with(|| ()).0;
+        let records = decode_rolled_off(
+            to_seqno,
+            committed,
+            overlay.records(to_seqno + 1, committed).into_iter().map(Ok),
+        )?;
+        let plan =
+            Plan::new(self.store.data_dir(), self.store.meta(), to_seqno, committed, new_epoch, reason);
+        let mut touched = Vec::new();
+        for record in records.iter().rev() {
+            for change in record.changes.iter().rev() {
+                self.count(&change.key, change.after.is_some(), change.before.is_some());
+                touched.push(crate::storage::node::user_key(&change.key).to_vec());
+            }
+        }
+        // Each touched stream's position is that of its last remaining record: in the
+        // overlay, else in the base's journal (at or below the checkpoint), else the base's.
+        let mut streams = self.streams;
+        let db = self.store.db()?;
+        for (k, t) in streams_touched(&records).iter().enumerate() {
+            let stream = u8::try_from(k).unwrap_or(0);
+            let Some(slot) = streams.get_mut(k).filter(|_| *t) else { continue };
+            *slot = if plan.keeps(stream, self.supplementary) {
+                let found = overlay.rfind_record(to_seqno, |seqno, bytes| match Record::decode(bytes) {
+                    Ok(r) if r.stream == stream => Some(Ok(r.stream_seqno)),
+                    Ok(_) => None,
+                    Err(source) => Some(Err(StoreError::RecordDecode { seqno, source })),
+                });
+                match found {
+                    Some(found) => found?,
+                    None => {
+                        let txn = db.begin_read().map_err(redb_err("begin a read transaction"))?;
+                        let journal = txn.open_table(JOURNAL).map_err(redb_err("open the journal table"))?;
+                        last_of_stream(&journal, &self.store.journal_base(), stream, to_seqno)?
+                    }
+                }
+            } else {
+                0
+            };
+        }
+        // The log is written while the overlay's copies are made.
+        let (logged, rolled_back) = std::thread::scope(|scope| {
+            let log = scope.spawn(|| plan.write_log(&records));
+            let rolled_back = self.store.overlay.rolled_back(to_seqno, streams);
+            (join_log(log, &plan.path), rolled_back)
+        });
+        let pending = logged.map_err(|e| StoreError::Invalid { reason: error_chain(&e) })?;
+        // The metadata, with the note that the segments owe their cut: from this commit on
+        // the rollback stands (a start finishes the cut).
+        let committed_meta = (|| {
+            let txn = db.begin_write().map_err(redb_err("begin a write transaction"))?;
+            put_meta(&txn, &plan.meta)?;
+            {
+                let mut table = txn.open_table(META).map_err(redb_err("open the metadata table"))?;
+                table
+                    .insert(META_ROLLBACK_CUT, to_seqno.to_le_bytes().as_slice())
+                    .map_err(redb_err("note the rollback's cut"))?;
+            }
+            txn.commit().map_err(redb_err("commit the rollback"))
+        })();
+        if let Err(e) = committed_meta {
+            let _ = std::fs::remove_file(&pending);
+            return Err(e);
+        }
+        if std::env::var_os(ABORT_HOOK).is_some_and(|v| v == "rollback-cut") {
+            std::process::abort();
+        }
+        self.segment = None;
+        self.rollback_cut = Some(to_seqno);
+        if let Err(e) = self.finish_rollback_cut() {
+            tracing::error!(error = %error_chain(&e), "cannot cut the rolled-off records off the journal segments; writes fail until it succeeds");
+        }
+        if !self.store.overlay.install(rolled_back) {
+            // Only the writer and the (paused) checkpointer change the list.
+            tracing::error!("the overlay changed under a rollback");
+        }
+        Ok(self.rolled_back(plan, streams, &touched, true))
+    }
+
+    /// Cuts the records a rollback within the overlay took off out of the journal segments,
+    /// if a cut is owed, and removes the note of it.
+    pub(super) fn finish_rollback_cut(&mut self) -> Result<(), StoreError> {
+        let Some(seqno) = self.rollback_cut else { return Ok(()) };
+        cut_segments_past(self.store.journal_dir(), seqno)?;
+        rollback_cut_done(self.store.db()?.as_ref())?;
+        self.rollback_cut = None;
+        Ok(())
+    }
+
+    /// See the module's documentation; everything is checkpointed and no segment is left.
+    fn rollback_in_file(
+        &mut self,
+        to_seqno: u64,
+        new_epoch: bool,
+        reason: &str,
+    ) -> Result<Option<LastRollback>, StoreError> {
+        self.counted = (0, 0, 0);
+        let committed = self.store.committed_seqno();
+        if to_seqno >= committed {
+            return Ok(None);
+        }
+        let base = self.store.journal_base();
+        if to_seqno < base.seqno {
+            // A retention limit trimmed the journal past the target meanwhile.
+            return Err(StoreError::JournalTrimmed { wanted: to_seqno + 1, first: base.first() });
+        }
+        let db = self.store.db()?;
+        let mut grown = 0;
+        let plan =
+            Plan::new(self.store.data_dir(), self.store.meta(), to_seqno, committed, new_epoch, reason);
+        let mut streams = self.streams;
+        let txn = db.begin_write().map_err(redb_err("begin a write transaction"))?;
+        let mut touched: Vec<Vec<u8>> = Vec::new();
+        let pending = {
+            let mut data = txn.open_table(DATA).map_err(redb_err("open the data table"))?;
+            let mut journal = txn.open_table(JOURNAL).map_err(redb_err("open the journal table"))?;
+            // The rolled-off records, read and taken off the journal in one pass, in order.
+            let extracted = journal
+                .extract_from_if(to_seqno + 1.., |_, _| true)
+                .map_err(redb_err("remove journal records"))?
+                .map(|entry| {
+                    let (seqno, bytes) = entry.map_err(redb_err("remove journal records"))?;
+                    grown -= record_bytes(bytes.value());
+                    Ok((seqno.value(), bytes.value().to_vec()))
+                });
+            let records = decode_rolled_off(to_seqno, committed, extracted)?;
+            // Each node goes back to its before-image in the earliest record that changed it
+            // (what applying every before-image newest first leaves), written in key order.
+            let mut restores: BTreeMap<&[u8], Option<&[u8]>> = BTreeMap::new();
+            for record in records.iter().rev() {
+                for change in record.changes.iter().rev() {
+                    restores.insert(&change.key, change.before.as_deref());
+                    self.count(&change.key, change.after.is_some(), change.before.is_some());
+                    touched.push(crate::storage::node::user_key(&change.key).to_vec());
+                }
+            }
+            let (logged, restored) = std::thread::scope(|scope| {
+                let log = scope.spawn(|| plan.write_log(&records));
+                let restored = restores.iter().try_for_each(|(key, before)| {
+                    match before {
+                        Some(v) => data.insert(*key, *v).map(|_| ()),
+                        None => data.remove(*key).map(|_| ()),
+                    }
+                    .map_err(redb_err("restore a key"))
+                });
+                (join_log(log, &plan.path), restored)
+            });
+            let pending = logged.map_err(|e| StoreError::Invalid { reason: error_chain(&e) })?;
+            if let Err(e) = restored {
+                let _ = std::fs::remove_file(&pending);
+                return Err(e);
+            }
+            // Each touched stream's position is that of its last remaining record.
+            for (k, t) in streams_touched(&records).iter().enumerate() {
+                let stream = u8::try_from(k).unwrap_or(0);
+                if *t && let Some(slot) = streams.get_mut(k) {
+                    *slot = if plan.keeps(stream, self.supplementary) {
+                        last_of_stream(&journal, &base, stream, to_seqno)?
+                    } else {
+                        0
+                    };
+                }
+            }
+            pending
+        };
+        let committed_result = put_meta(&txn, &plan.meta)
+            .and_then(|()| save_streams(&txn, &self.streams, &streams))
+            .and_then(|()| txn.commit().map_err(redb_err("commit the rollback")))
+            .map(|()| self.store.journal_resized(grown));
+        if let Err(e) = committed_result {
+            let _ = std::fs::remove_file(&pending);
+            return Err(e);
+        }
+        Ok(Some(self.rolled_back(plan, streams, &touched, false)))
+    }
+
+    /// After either way committed: the log renamed into place, and the instance's state
+    /// published at the target.
+    fn rolled_back(
+        &mut self,
+        plan: Plan,
+        streams: StreamSeqnos,
+        touched: &[Vec<u8>],
+        within_overlay: bool,
+    ) -> LastRollback {
+        let Plan { to_seqno, committed, meta, path, last, .. } = plan;
+        self.store.adjust_counts(std::mem::take(&mut self.counted));
+        if let Err(e) = lostlog::finalize(&path) {
+            // The rollback is committed; the pending file is completed at the next start.
+            tracing::error!(error = %error_chain(&e), "cannot rename the rollback log into place");
+        }
+        self.metrics.journal_seqno.set(i64::try_from(to_seqno).unwrap_or(i64::MAX));
+        self.touch(touched.iter().map(Vec::as_slice));
+        self.set_streams(streams);
+        // Sources see the rollback before their pins move: an acknowledgement arriving in
+        // between is either counted and then lowered, or refused as stale — and the source
+        // that refused it finds the rollback and negotiates again. No checkpoint (and so no
+        // trim) runs meanwhile: the writer is doing direct work, or the checkpointer is paused.
+        self.store.note_rollback();
+        self.store.lower_pins(to_seqno + 1);
+        self.store.publish(to_seqno, Some(meta), self.version);
+        tracing::warn!(from = to_seqno + 1, to = committed, log = %last.log_path, reason = %last.reason, within_overlay, "rolled back");
+        last
+    }
+}
+
+/// The log thread's outcome (a panic is a failed write).
+fn join_log(
+    log: std::thread::ScopedJoinHandle<'_, Result<PathBuf, LostLogError>>,
+    path: &std::path::Path,
+) -> Result<PathBuf, LostLogError> {
+    log.join().unwrap_or_else(|_| {
+        Err(LostLogError::Write {
+            path: path.to_owned(),
+            source: std::io::Error::other("the log writer panicked"),
+        })
+    })
+}

@@ -169,7 +169,7 @@ fn an_online_rollback_is_all_or_nothing_under_power_cuts() {
 
 /// The same with a tiny overlay bound and tiny segments: checkpoints run during the writes and
 /// the rollback, so the checkpoint is mostly past the rollback's target and the rollback runs
-/// in the database file, after a checkpoint, while cuts meet checkpoints, segment removals
+/// in the database file (dropping the overlay), while cuts meet checkpoints, segment removals
 /// and journal records taken off the file.
 #[test]
 fn an_online_rollback_is_all_or_nothing_under_power_cuts_with_small_checkpoints() {

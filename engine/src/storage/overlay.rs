@@ -578,6 +578,21 @@ impl Overlay {
         self.publish(|_| SuperVersion { generations: vec![Arc::default()], checkpoint_seqno });
     }
 
+    /// Runs `change`, which changes the base, with the list locked against readers, and
+    /// starts over, empty, above a base at `checkpoint_seqno` if it succeeds (writer only,
+    /// with the checkpointer paused: a rollback in the file that also drops every record the
+    /// overlay holds). No reader pins the old list over the changed base.
+    pub fn reset_with<E>(
+        &self,
+        checkpoint_seqno: u64,
+        change: impl FnOnce() -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        change()?;
+        *current = Arc::new(SuperVersion { generations: vec![Arc::default()], checkpoint_seqno });
+        Ok(())
+    }
+
     /// Freezes the active generation and starts a new one (writer only); returns the frozen
     /// generation for the checkpointer, or `None` when the active one is empty.
     pub fn freeze(&self) -> Option<Arc<Generation>> {

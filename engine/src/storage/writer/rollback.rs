@@ -1,18 +1,22 @@
 //! Rollback (GT.M's `mupip journal -rollback`): takes the transactions past a seqno off the
 //! instance, writing them first into a lost-transaction log ([`crate::storage::lostlog`]).
 //!
-//! Two ways, one outcome (decision 0002, step 4):
+//! Two ways, one outcome (decision 0002, step 4), both with the checkpointer paused and
+//! neither opened by a checkpoint:
 //!
-//! - *Within the overlay*, when the target is at or past the checkpoint (the common case:
-//!   the records rolled off were committed since the last checkpoint). Every record past the
-//!   target is then still in the overlay and in the journal segments. The checkpointer is
-//!   paused; the overlay's generations are copied without the rolled-off versions and
-//!   records; the instance metadata is committed with a note that the segments owe a cut
-//!   ([`META_ROLLBACK_CUT`]); the segments are cut at the target, the note removed, and the
-//!   copies published. The base is never written with what is then undone: the checkpointer
-//!   brings it up to the target later, as after any commit.
-//! - *In the file*, otherwise: everything is checkpointed, then one direct redb transaction
-//!   takes the records off the journal and restores every node they changed.
+//! - *Within the overlay*, when the target is at or past the checkpoint (the records rolled
+//!   off were committed since the last checkpoint). Every record past the target is then in
+//!   the overlay and in the journal segments. The overlay's generations are copied without
+//!   the rolled-off versions and records; the instance metadata is committed with a note that
+//!   the segments owe a cut ([`META_ROLLBACK_CUT`]); the segments are cut at the target, the
+//!   note removed, and the copies published. The base is never written with what is then
+//!   undone: the checkpointer brings it up to the target later, as after any commit.
+//! - *In the file*, when the checkpoint is past the target: one redb transaction takes the
+//!   base's records past the target off its journal, restores every node they changed and
+//!   commits the metadata with the same note; every record the overlay holds lies past the
+//!   checkpoint, so the overlay starts over empty, published as the transaction commits
+//!   (with the list locked against readers); then the segments are cut as above. Only when a
+//!   segment owes a cut already does a rollback checkpoint everything first.
 //!
 //! Either way the lost-transaction log is written and synced, on a second thread, before the
 //! rollback commits: nothing is rolled off unlogged.
@@ -21,7 +25,6 @@
 //! the segments before it replays them. A cut that fails at run time is owed: every group and
 //! every direct change tries it first, and fails while it fails.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use redb::ReadableDatabase;
@@ -121,22 +124,25 @@ impl Plan {
     }
 }
 
-/// The rolled-off records, decoded, checked to run from `to_seqno + 1` to `committed`
-/// without a hole; a format upgrade among them refuses the rollback.
-fn decode_rolled_off(
+/// Decodes a rolled-off record found at `seqno`.
+fn decode(seqno: u64, bytes: &[u8]) -> Result<(u64, Record), StoreError> {
+    Record::decode(bytes).map(|r| (seqno, r)).map_err(|source| StoreError::RecordDecode { seqno, source })
+}
+
+/// The rolled-off records, checked to run from `to_seqno + 1` to `committed` without a hole;
+/// a format upgrade among them refuses the rollback.
+fn rolled_off(
     to_seqno: u64,
     committed: u64,
-    encoded: impl Iterator<Item = Result<(u64, impl AsRef<[u8]>), StoreError>>,
+    decoded: impl Iterator<Item = Result<(u64, Record), StoreError>>,
 ) -> Result<Vec<Record>, StoreError> {
     let mut records = Vec::with_capacity(usize::try_from(committed - to_seqno).unwrap_or(0));
-    for entry in encoded {
-        let (seqno, bytes) = entry?;
+    for entry in decoded {
+        let (seqno, record) = entry?;
         let expected = to_seqno + 1 + records.len() as u64;
         if seqno != expected {
             return Err(StoreError::JournalCorrupt { reason: format!("record {expected} is missing") });
         }
-        let record =
-            Record::decode(bytes.as_ref()).map_err(|source| StoreError::RecordDecode { seqno, source })?;
         if record.kind == RecordKind::Upgrade {
             return Err(StoreError::Invalid {
                 reason: format!(
@@ -152,6 +158,20 @@ fn decode_rolled_off(
         });
     }
     Ok(records)
+}
+
+/// Each node the records change, once, in node order, with its value before the earliest of
+/// them that changed it: what applying every before-image newest first leaves. (A stable
+/// sort of every change, where a map built change by change cost a seventh of a rollback.)
+fn restores(records: &[Record]) -> Vec<(&[u8], Option<&[u8]>)> {
+    let mut all: Vec<(&[u8], Option<&[u8]>)> = records
+        .iter()
+        .flat_map(|r| r.changes.iter().map(|c| (c.key.as_slice(), c.before.as_deref())))
+        .collect();
+    all.sort_by(|a, b| a.0.cmp(b.0));
+    // Of equal nodes the first, from the earliest record, stays.
+    all.dedup_by(|later, earlier| later.0 == earlier.0);
+    all
 }
 
 /// The streams the records write to.
@@ -183,20 +203,22 @@ impl<T: Send + 'static> WriterThread<T> {
             // Nothing is touched: the records past `to_seqno` are not all here to roll back.
             return Err(StoreError::JournalTrimmed { wanted: to_seqno + 1, first: base.first() });
         }
-        let mut within = None;
-        if self.broken_segment.is_none() && self.rollback_cut.is_none() {
+        let result = if self.broken_segment.is_none() && self.rollback_cut.is_none() {
             let paused = self.checkpointer.pause();
-            if self.store.overlay.checkpoint_seqno() <= to_seqno {
-                within = Some(self.rollback_in_overlay(to_seqno, committed, new_epoch, reason).map(Some));
-            }
+            let result = if self.store.overlay.checkpoint_seqno() <= to_seqno {
+                self.rollback_in_overlay(to_seqno, committed, new_epoch, reason).map(Some)
+            } else {
+                self.rollback_in_file(to_seqno, new_epoch, reason)
+            };
             drop(paused);
-        }
-        let result = within.unwrap_or_else(|| {
-            // The checkpoint that opens the direct change trims the journal as retention
-            // allows: not the records this rollback takes off.
+            result
+        } else {
+            // A segment owes a cut: everything is checkpointed first, and the segments go.
+            // That checkpoint trims the journal as retention allows: not the records this
+            // rollback takes off.
             let _pin = self.store.pin_journal("rollback", to_seqno + 1);
             self.direct(|w| w.rollback_in_file(to_seqno, new_epoch, reason))
-        });
+        };
         if result.is_err() {
             // What a failed rollback counted is not a change.
             self.counted = (0, 0, 0);
@@ -215,11 +237,10 @@ impl<T: Send + 'static> WriterThread<T> {
     ) -> Result<LastRollback, StoreError> {
         self.counted = (0, 0, 0);
         let overlay = self.store.overlay.pin_with(|| ()).0;
-        let records = decode_rolled_off(
-            to_seqno,
-            committed,
-            overlay.records(to_seqno + 1, committed).into_iter().map(Ok),
-        )?;
+        let encoded = overlay.records(to_seqno + 1, committed);
+        let records =
+            rolled_off(to_seqno, committed, encoded.iter().map(|(seqno, bytes)| decode(*seqno, bytes)))?;
+        drop(encoded);
         let plan =
             Plan::new(self.store.data_dir(), self.store.meta(), to_seqno, committed, new_epoch, reason);
         let mut touched = Vec::new();
@@ -278,6 +299,17 @@ impl<T: Send + 'static> WriterThread<T> {
             let _ = std::fs::remove_file(&pending);
             return Err(e);
         }
+        self.cut_segments(to_seqno);
+        if !self.store.overlay.install(rolled_back) {
+            // Only the writer and the (paused) checkpointer change the list.
+            tracing::error!("the overlay changed under a rollback");
+        }
+        Ok(self.rolled_back(plan, streams, &touched, true))
+    }
+
+    /// Once the rollback to `to_seqno` is committed with its note: cuts its records off the
+    /// journal segments, or leaves the cut owed.
+    fn cut_segments(&mut self, to_seqno: u64) {
         if std::env::var_os(ABORT_HOOK).is_some_and(|v| v == "rollback-cut") {
             std::process::abort();
         }
@@ -286,15 +318,10 @@ impl<T: Send + 'static> WriterThread<T> {
         if let Err(e) = self.finish_rollback_cut() {
             tracing::error!(error = %error_chain(&e), "cannot cut the rolled-off records off the journal segments; writes fail until it succeeds");
         }
-        if !self.store.overlay.install(rolled_back) {
-            // Only the writer and the (paused) checkpointer change the list.
-            tracing::error!("the overlay changed under a rollback");
-        }
-        Ok(self.rolled_back(plan, streams, &touched, true))
     }
 
-    /// Cuts the records a rollback within the overlay took off out of the journal segments,
-    /// if a cut is owed, and removes the note of it.
+    /// Cuts the records a rollback took off out of the journal segments, if a cut is owed,
+    /// and removes the note of it.
     pub(super) fn finish_rollback_cut(&mut self) -> Result<(), StoreError> {
         let Some(seqno) = self.rollback_cut else { return Ok(()) };
         cut_segments_past(self.store.journal_dir(), seqno)?;
@@ -303,7 +330,10 @@ impl<T: Send + 'static> WriterThread<T> {
         Ok(())
     }
 
-    /// See the module's documentation; everything is checkpointed and no segment is left.
+    /// See the module's documentation: the base's records past `to_seqno` are taken off its
+    /// journal and its nodes restored in one redb transaction, and the overlay — every
+    /// record in it lies past the checkpoint, so past `to_seqno` — starts over empty; the
+    /// checkpointer is paused (or nothing is left for it).
     fn rollback_in_file(
         &mut self,
         to_seqno: u64,
@@ -320,6 +350,10 @@ impl<T: Send + 'static> WriterThread<T> {
             // A retention limit trimmed the journal past the target meanwhile.
             return Err(StoreError::JournalTrimmed { wanted: to_seqno + 1, first: base.first() });
         }
+        let overlay = self.store.overlay.pin_with(|| ()).0;
+        let checkpoint = overlay.checkpoint_seqno();
+        let in_overlay = overlay.records(checkpoint + 1, committed);
+        drop(overlay);
         let db = self.store.db()?;
         let mut grown = 0;
         let plan =
@@ -330,26 +364,30 @@ impl<T: Send + 'static> WriterThread<T> {
         let pending = {
             let mut data = txn.open_table(DATA).map_err(redb_err("open the data table"))?;
             let mut journal = txn.open_table(JOURNAL).map_err(redb_err("open the journal table"))?;
-            // The rolled-off records, read and taken off the journal in one pass, in order.
+            // The rolled-off records: the base's, read and taken off its journal in one pass,
+            // then the overlay's.
             let extracted = journal
                 .extract_from_if(to_seqno + 1.., |_, _| true)
                 .map_err(redb_err("remove journal records"))?
                 .map(|entry| {
                     let (seqno, bytes) = entry.map_err(redb_err("remove journal records"))?;
                     grown -= record_bytes(bytes.value());
-                    Ok((seqno.value(), bytes.value().to_vec()))
-                });
-            let records = decode_rolled_off(to_seqno, committed, extracted)?;
-            // Each node goes back to its before-image in the earliest record that changed it
-            // (what applying every before-image newest first leaves), written in key order.
-            let mut restores: BTreeMap<&[u8], Option<&[u8]>> = BTreeMap::new();
+                    decode(seqno.value(), bytes.value())
+                })
+                .chain(in_overlay.iter().map(|(seqno, bytes)| decode(*seqno, bytes)));
+            let records = rolled_off(to_seqno, committed, extracted)?;
+            drop(in_overlay);
             for record in records.iter().rev() {
                 for change in record.changes.iter().rev() {
-                    restores.insert(&change.key, change.before.as_deref());
                     self.count(&change.key, change.after.is_some(), change.before.is_some());
                     touched.push(crate::storage::node::user_key(&change.key).to_vec());
                 }
             }
+            // Each node the base's records changed goes back to its before-image in the
+            // earliest of them, written in node order. A node only the overlay's records
+            // changed stands in the base as it stood at the target.
+            let in_base = usize::try_from(checkpoint - to_seqno).unwrap_or(usize::MAX);
+            let restores = restores(records.get(..in_base).unwrap_or(&records));
             let (logged, restored) = std::thread::scope(|scope| {
                 let log = scope.spawn(|| plan.write_log(&records));
                 let restored = restores.iter().try_for_each(|(key, before)| {
@@ -379,15 +417,39 @@ impl<T: Send + 'static> WriterThread<T> {
             }
             pending
         };
-        let committed_result = put_meta(&txn, &plan.meta)
-            .and_then(|()| save_streams(&txn, &self.streams, &streams))
-            .and_then(|()| txn.commit().map_err(redb_err("commit the rollback")))
-            .map(|()| self.store.journal_resized(grown));
+        // The file's stream table is as of the checkpoint: every stream is written as of the
+        // target. The segments past the target owe their cut, as a rollback within the
+        // overlay's do.
+        let written = put_meta(&txn, &plan.meta)
+            .and_then(|()| save_streams(&txn, &[u64::MAX; STREAMS_MAX as usize], &streams))
+            .and_then(|()| {
+                let mut table = txn.open_table(META).map_err(redb_err("open the metadata table"))?;
+                table
+                    .insert(META_ROLLBACK_CUT, to_seqno.to_le_bytes().as_slice())
+                    .map_err(redb_err("note the rollback's cut"))?;
+                Ok(())
+            });
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&pending);
+            return Err(e);
+        }
+        // Committed with the overlay's list locked against readers, so that none pins the
+        // overlay of the records rolled off over the base without them: the overlay starts
+        // over empty at the target when the commit succeeds, and is left as it was if not.
+        let committed_result =
+            self.store.overlay.reset_with(to_seqno, || txn.commit().map_err(redb_err("commit the rollback")));
         if let Err(e) = committed_result {
             let _ = std::fs::remove_file(&pending);
             return Err(e);
         }
-        Ok(Some(self.rolled_back(plan, streams, &touched, false)))
+        self.store.journal_resized(grown);
+        self.cut_segments(to_seqno);
+        let last = self.rolled_back(plan, streams, &touched, false);
+        // The base is all there is now.
+        if let Err(e) = self.store.recount_nodes() {
+            tracing::warn!(error = %error_chain(&e), "cannot count nodes");
+        }
+        Ok(Some(last))
     }
 
     /// After either way committed: the log renamed into place, and the instance's state
@@ -431,4 +493,69 @@ fn join_log(
             source: std::io::Error::other("the log writer panicked"),
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::journal::KeyChange;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    fn record(seqno: u64, changes: Vec<KeyChange>) -> Record {
+        Record {
+            kind: RecordKind::Update,
+            seqno,
+            stream: 0,
+            stream_seqno: seqno,
+            commit_time_micros: 0,
+            changes,
+        }
+    }
+
+    proptest! {
+        /// The restores equal applying every before-image newest first (the definition of
+        /// rolling back), one per node, in node order.
+        #[test]
+        fn restores_are_the_earliest_before_images_in_node_order(
+            txns in proptest::collection::vec(
+                proptest::collection::btree_map(0u8..8, (proptest::option::of(any::<u8>()), proptest::option::of(any::<u8>())), 1..4),
+                0..30,
+            ),
+        ) {
+            let records: Vec<Record> = txns
+                .iter()
+                .enumerate()
+                .map(|(i, changes)| {
+                    let changes = changes
+                        .iter()
+                        .map(|(k, (b, a))| KeyChange { key: vec![*k], before: b.map(|b| vec![b]), after: a.map(|a| vec![a]) })
+                        .collect();
+                    record(i as u64 + 1, changes)
+                })
+                .collect();
+            let mut model: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+            for r in records.iter().rev() {
+                for c in &r.changes {
+                    model.insert(c.key.clone(), c.before.clone());
+                }
+            }
+            let got: Vec<(Vec<u8>, Option<Vec<u8>>)> =
+                restores(&records).into_iter().map(|(k, b)| (k.to_vec(), b.map(<[u8]>::to_vec))).collect();
+            prop_assert_eq!(got, model.into_iter().collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn rolled_off_records_must_run_without_a_hole_and_hold_no_upgrade() {
+        let ok = |n: u64| Ok((n, record(n, Vec::new())));
+        assert_eq!(rolled_off(4, 6, [ok(5), ok(6)].into_iter()).map(|r| r.len()).ok(), Some(2));
+        assert!(matches!(rolled_off(4, 6, [ok(6)].into_iter()), Err(StoreError::JournalCorrupt { .. })));
+        assert!(matches!(
+            rolled_off(4, 7, [ok(5), ok(6)].into_iter()),
+            Err(StoreError::JournalCorrupt { .. })
+        ));
+        let upgrade = Ok((5, Record { kind: RecordKind::Upgrade, ..record(5, Vec::new()) }));
+        assert!(matches!(rolled_off(4, 5, [upgrade].into_iter()), Err(StoreError::Invalid { .. })));
+    }
 }

@@ -6,7 +6,8 @@
 //!
 //! Only the writer freezes generations (between groups, once they are durable), and it wakes
 //! the checkpointer; it also waits for the checkpointer to drain before it changes the base
-//! itself (a rollback, a metadata change, an applied batch of replicated records). A failed
+//! itself (a metadata change, an applied batch of replicated records), or pauses it (a
+//! rollback, see `writer::rollback`). A failed
 //! checkpoint is logged, counted and retried; commits go on in the journal meanwhile, until
 //! the overlay's bound makes the writer wait (and then fail writes with the error).
 
@@ -87,10 +88,7 @@ impl Checkpointer {
                 return Err(e);
             }
             if self.handle.as_ref().is_none_or(|h| h.is_finished()) {
-                return Err(StoreError::Invalid {
-                    reason: "the checkpoint thread has stopped; restart the engine (the journal keeps every commit)"
-                        .into(),
-                });
+                return Err(gone());
             }
             state = self.shared.progress.wait_timeout(state, RETRY).unwrap_or_else(PoisonError::into_inner).0;
         }
@@ -99,14 +97,22 @@ impl Checkpointer {
 
     /// Holds the base where it is: waits for a checkpoint under way to finish and takes no
     /// further generation until the returned guard is dropped. A rollback within the overlay
-    /// takes versions out of generations the checkpointer must then not be applying.
-    pub fn pause(&self) -> Paused {
+    /// takes versions out of generations the checkpointer must then not be applying. Fails
+    /// if the thread is gone.
+    pub fn pause(&self) -> Result<Paused, StoreError> {
         let mut state = self.shared.state.lock().unwrap_or_else(PoisonError::into_inner);
         state.paused = true;
+        let paused = Paused { shared: Arc::clone(&self.shared) };
         while state.busy {
+            if self.handle.as_ref().is_none_or(|h| h.is_finished()) {
+                // The lock goes before the guard, whose drop takes it.
+                drop(state);
+                return Err(gone());
+            }
             state = self.shared.progress.wait_timeout(state, RETRY).unwrap_or_else(PoisonError::into_inner).0;
         }
-        Paused { shared: Arc::clone(&self.shared) }
+        drop(state);
+        Ok(paused)
     }
 
     /// Whether a checkpoint failed on a redb I/O error since the last call: the writer then
@@ -144,6 +150,14 @@ impl Drop for Paused {
 impl Drop for Checkpointer {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// The checkpoint thread is gone (it panicked).
+fn gone() -> StoreError {
+    StoreError::Invalid {
+        reason: "the checkpoint thread has stopped; restart the engine (the journal keeps every commit)"
+            .into(),
     }
 }
 

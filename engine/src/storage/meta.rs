@@ -258,6 +258,26 @@ pub fn covering(history: &[HistoryRecord], seqno: u64) -> Option<&HistoryRecord>
     history.iter().filter(|r| r.stream == 0 && r.start_seqno <= seqno).max_by_key(|r| r.start_seqno)
 }
 
+/// History records and SI stream states as of seqno `last`: what a BC secondary adopts of
+/// its source's once it has applied up to `last`, and what a snapshot at `last` carries.
+pub fn as_of(
+    source_history: &[HistoryRecord],
+    source_streams: &[StreamState],
+    last: u64,
+) -> (Vec<HistoryRecord>, Vec<StreamState>) {
+    let history = source_history.iter().filter(|h| h.start_seqno <= last.max(1)).cloned().collect();
+    let streams = source_streams
+        .iter()
+        .filter(|s| s.since_journal_seqno <= last)
+        .map(|s| {
+            let mut s = s.clone();
+            s.history.retain(|h| h.journal_seqno <= last);
+            s
+        })
+        .collect();
+    (history, streams)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -60,10 +60,10 @@ pub(crate) const STREAMS: TableDefinition<u8, u64> = TableDefinition::new("strea
 /// The metadata key holding the [`InstanceMeta`] JSON document.
 pub(crate) const META_INSTANCE: &str = "instance";
 
-/// The metadata key present while a rollback within the overlay still owes the journal
-/// segments its cut: the seqno (8 bytes, little-endian) past which their records were rolled
-/// off. Written with the rollback's metadata, removed once the segments are cut; a start
-/// that finds it cuts them before it replays them.
+/// The metadata key present while a rollback still owes the journal segments its cut: the
+/// seqno (8 bytes, little-endian) past which their records were rolled off. Written with the
+/// rollback's metadata, removed once the segments are cut; a start that finds it cuts them
+/// before it replays them.
 pub(crate) const META_ROLLBACK_CUT: &str = "rollback_cut";
 
 /// File name of the database inside the data directory.
@@ -273,8 +273,8 @@ impl Store {
         let checkpoint = check_journal(&db, &base)?;
         let journal_dir = data_dir.join(JOURNAL_DIR);
         if let Some(seqno) = rollback_cut_owed(&db)? {
-            // A rollback within the overlay committed, and stopped before it cut the
-            // segments: the records past its target must not be replayed.
+            // A rollback committed, and stopped before it cut the segments: the records
+            // past its target must not be replayed.
             if journal_dir.exists() {
                 cut_segments_past(&journal_dir, seqno)?;
             }
@@ -818,7 +818,17 @@ pub(crate) fn cut_segments_past(dir: &Path, seqno: u64) -> Result<(), StoreError
             }
             continue;
         }
-        let contents = segment::read(path)?;
+        let contents = match segment::read(path) {
+            Ok(contents) => contents,
+            // Removed by a checkpoint meanwhile: its records were all at or below one, and so
+            // at or below `seqno` (the base never passes a rollback's target before its cut).
+            Err(segment::SegmentError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                break;
+            }
+            Err(e) => return Err(e.into()),
+        };
         let keep = usize::try_from(seqno + 1 - first).unwrap_or(usize::MAX);
         // The frames at the cut must be the seqnos they stand for.
         for (at, expected) in [(keep.wrapping_sub(1), seqno), (keep, seqno + 1)] {

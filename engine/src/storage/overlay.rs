@@ -578,18 +578,22 @@ impl Overlay {
         self.publish(|_| SuperVersion { generations: vec![Arc::default()], checkpoint_seqno });
     }
 
-    /// Runs `change`, which changes the base, with the list locked against readers, and
-    /// starts over, empty, above a base at `checkpoint_seqno` if it succeeds (writer only,
-    /// with the checkpointer paused: a rollback in the file that also drops every record the
-    /// overlay holds). No reader pins the old list over the changed base.
+    /// Runs `change`, which changes the base, with the list locked against readers, and if
+    /// it succeeds starts over, empty, above a base at `checkpoint_seqno`, and runs `then`
+    /// before the lock is let go (writer only, with the checkpointer paused: a rollback in
+    /// the file that also drops every record the overlay holds, and publishes its seqno in
+    /// `then`). No reader pins the old list over the changed base, or the new list before
+    /// `then`. Neither closure may touch the overlay.
     pub fn reset_with<E>(
         &self,
         checkpoint_seqno: u64,
         change: impl FnOnce() -> Result<(), E>,
+        then: impl FnOnce(),
     ) -> Result<(), E> {
         let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
         change()?;
         *current = Arc::new(SuperVersion { generations: vec![Arc::default()], checkpoint_seqno });
+        then();
         Ok(())
     }
 
@@ -862,6 +866,24 @@ mod tests {
         overlay.apply(3, &[change(b"k", Some(&[2]), Some(&[3]))]);
         overlay.freeze();
         assert!(!overlay.install(stale), "a list made before a change is refused");
+    }
+
+    #[test]
+    fn a_reset_with_a_failed_change_leaves_the_list_and_a_good_one_starts_over() {
+        let overlay = Overlay::new(3);
+        overlay.active().add_record(4, &[4]);
+        overlay.apply(4, &[change(b"k", None, Some(b"v"))]);
+        let mut ran = false;
+        assert_eq!(overlay.reset_with(2, || Err("no"), || ran = true), Err("no"));
+        assert!(!ran, "nothing is published after a failed change");
+        assert_eq!(overlay.current().get(b"k", 4), Some(Some(b"v".to_vec())), "the list is as it was");
+        assert_eq!(overlay.checkpoint_seqno(), 3);
+        let old = overlay.current();
+        assert_eq!(overlay.reset_with(2, || Ok::<(), ()>(()), || ran = true), Ok(()));
+        assert!(ran);
+        assert!(overlay.is_empty());
+        assert_eq!(overlay.checkpoint_seqno(), 2);
+        assert_eq!(old.get(b"k", 4), Some(Some(b"v".to_vec())), "a reader pinned before reads on");
     }
 
     /// One step of the model test.

@@ -1,7 +1,8 @@
 //! Seeding a secondary from a snapshot (decision 0002, step 7).
 //!
 //! The source reads one read snapshot of its database file — the data, the stream seqnos and
-//! the metadata as of the file's last journal seqno S (its last checkpoint) — and hands it out
+//! the history and SI streams as of the file's last journal seqno S (its last checkpoint) —
+//! and hands it out
 //! in chunks of nodes ([`read_snapshot`]). The receiver writes them into a fresh redb file
 //! beside its own ([`Builder`]) and commits it durably with an empty journal whose base is S
 //! (as if trimmed up to S: see [`super::retention::JournalBase`]). The writer then gives it
@@ -88,10 +89,13 @@ pub fn read_snapshot(
     }
     let data = txn.open_table(DATA).map_err(redb_err("open the data table"))?;
     let nodes = data.len().map_err(redb_err("count nodes"))?;
+    // The metadata may be ahead of the data: a rollback within the overlay commits it at its
+    // target before the checkpointer brings the data there.
+    let (history, streams) = super::meta::as_of(&meta.history, &meta.streams, seqno);
     let head = SeedHeader {
         seqno,
-        history: meta.history,
-        streams: meta.streams,
+        history,
+        streams,
         stream_seqnos,
         nodes,
         format_version: meta.format_version,

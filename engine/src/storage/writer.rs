@@ -17,10 +17,10 @@
 //! handed out again.
 //!
 //! Received BC records are applied the same way, one frame as one group, when they change
-//! no metadata. A rollback to a seqno at or past the checkpoint takes its records off the
-//! overlay and the segments ([`rollback`]). Rare work changes the database file directly in
-//! one durable redb commit, as before the journal became the log: a rollback past the
-//! checkpoint, a metadata change, a system key, an SI apply, a BC frame that changes
+//! no metadata. A rollback pauses the checkpointer and takes its records off the overlay,
+//! the segments and, if the checkpoint is past its target, the file ([`rollback`]). Rare work
+//! changes the database file directly in one durable redb commit, as before the journal
+//! became the log: a metadata change, a system key, an SI apply, a BC frame that changes
 //! metadata. It first checkpoints everything and removes every segment, so the file holds
 //! the whole journal and recovery has nothing to replay past it.
 //!
@@ -693,9 +693,9 @@ struct WriterThread<T> {
     broken_segment: Option<(u64, u32)>,
     /// Whether segments may exist on disk (so a direct change must remove them first).
     segments_exist: bool,
-    /// A rollback within the overlay committed and still owes the segments its cut of the
-    /// records past this seqno (see [`rollback`]): nothing is appended, and the file is not
-    /// changed directly, until it is done.
+    /// A rollback committed and still owes the segments its cut of the records past this
+    /// seqno (see [`rollback`]): nothing is appended, and the file is not changed directly,
+    /// until it is done.
     rollback_cut: Option<u64>,
     /// When the active generation was last frozen.
     active_since: Instant,
@@ -893,26 +893,6 @@ fn diverged(record: &Record, key: &[u8]) -> StoreError {
             String::from_utf8_lossy(key)
         ),
     }
-}
-
-/// The source's history records and SI stream states a BC secondary adopts once it has
-/// applied up to seqno `last`.
-fn adopted(
-    source_history: &[HistoryRecord],
-    source_streams: &[StreamState],
-    last: u64,
-) -> (Vec<HistoryRecord>, Vec<StreamState>) {
-    let history = source_history.iter().filter(|h| h.start_seqno <= last.max(1)).cloned().collect();
-    let streams = source_streams
-        .iter()
-        .filter(|s| s.since_journal_seqno <= last)
-        .map(|s| {
-            let mut s = s.clone();
-            s.history.retain(|h| h.journal_seqno <= last);
-            s
-        })
-        .collect();
-    (history, streams)
 }
 
 /// Moves `requests` into the group being formed, up to [`GROUP_COMMIT_TXNS_MAX`]; what does not
@@ -1781,7 +1761,7 @@ impl<T: Send + 'static> WriterThread<T> {
             });
         }
         let last = self.store.committed_seqno() + records.len() as u64;
-        let (history, streams) = adopted(&source_history, &source_streams, last);
+        let (history, streams) = super::meta::as_of(&source_history, &source_streams, last);
         let on_log = history == meta.history
             && streams == meta.streams
             && records.iter().all(|r| r.kind != RecordKind::Upgrade);
@@ -1922,7 +1902,7 @@ impl<T: Send + 'static> WriterThread<T> {
                 next += 1;
             }
             // The source's history records and SI streams, as far as this instance applied them.
-            (meta.history, meta.streams) = adopted(&source_history, &source_streams, next - 1);
+            (meta.history, meta.streams) = super::meta::as_of(&source_history, &source_streams, next - 1);
         }
         if let Some((to, seqno)) = upgrade.filter(|(to, _)| *to > meta.format_version) {
             super::format::migrate(&txn, meta.format_version, to, seqno)?;

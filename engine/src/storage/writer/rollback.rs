@@ -27,22 +27,24 @@
 
 use std::path::PathBuf;
 
-use redb::ReadableDatabase;
+use redb::{ReadableDatabase, ReadableTable};
 
 use super::{WriterThread, put_meta, save_streams};
 use crate::base::error_chain;
+use crate::storage::Store;
 use crate::storage::journal::{Record, RecordKind, STREAMS_MAX};
 use crate::storage::lostlog::{self, LostLogError, LostTransaction};
 use crate::storage::meta::{HistoryRecord, InstanceMeta, LastRollback};
+use crate::storage::retention::JournalBase;
 use crate::storage::retention::stored_bytes as record_bytes;
 use crate::storage::{
     DATA, JOURNAL, META, META_ROLLBACK_CUT, StoreError, StreamSeqnos, cut_segments_past, last_of_stream,
     now_micros, redb_err, rollback_cut_done,
 };
 
-/// Test hook: set to `rollback-cut`, the engine aborts right after a rollback within the
-/// overlay committed its metadata, before it cuts the segments — the crash that the next
-/// start must finish (`engine/tests/crash.rs`).
+/// Test hook: set to `rollback-cut`, the engine aborts right after a rollback committed, before
+/// it cuts the segments — the crash that the next start must finish (`engine/tests/crash.rs`).
+/// Read only when a rollback runs.
 const ABORT_HOOK: &str = "STRAND_TEST_ABORT";
 
 /// What both ways share: the metadata as it will be and the log to write first.
@@ -203,21 +205,29 @@ impl<T: Send + 'static> WriterThread<T> {
             // Nothing is touched: the records past `to_seqno` are not all here to roll back.
             return Err(StoreError::JournalTrimmed { wanted: to_seqno + 1, first: base.first() });
         }
-        let result = if self.broken_segment.is_none() && self.rollback_cut.is_none() {
-            let paused = self.checkpointer.pause();
-            let result = if self.store.overlay.checkpoint_seqno() <= to_seqno {
-                self.rollback_in_overlay(to_seqno, committed, new_epoch, reason).map(Some)
-            } else {
-                self.rollback_in_file(to_seqno, new_epoch, reason)
-            };
-            drop(paused);
-            result
+        let paused = if self.broken_segment.is_none() && self.rollback_cut.is_none() {
+            let paused = self.checkpointer.pause()?;
+            // A checkpoint that reported a failure may still have reached the disk: the
+            // overlay then does not know where the base ends, and only a checkpoint of
+            // everything (retried) settles it.
+            let checkpoint = self.store.overlay.checkpoint_seqno();
+            let settled = base_journal_end(self.store.db()?.as_ref(), &base)? == checkpoint;
+            settled.then_some((paused, checkpoint))
         } else {
-            // A segment owes a cut: everything is checkpointed first, and the segments go.
-            // That checkpoint trims the journal as retention allows: not the records this
-            // rollback takes off.
-            let _pin = self.store.pin_journal("rollback", to_seqno + 1);
-            self.direct(|w| w.rollback_in_file(to_seqno, new_epoch, reason))
+            None
+        };
+        let result = match paused {
+            Some((_paused, checkpoint)) if checkpoint <= to_seqno => {
+                self.rollback_in_overlay(to_seqno, committed, new_epoch, reason).map(Some)
+            }
+            Some((_paused, _)) => self.rollback_in_file(to_seqno, new_epoch, reason),
+            None => {
+                // Everything is checkpointed first, and the segments go. That checkpoint
+                // trims the journal as retention allows: not the records this rollback
+                // takes off.
+                let _pin = self.store.pin_journal("rollback", to_seqno + 1);
+                self.direct(|w| w.rollback_in_file(to_seqno, new_epoch, reason))
+            }
         };
         if result.is_err() {
             // What a failed rollback counted is not a change.
@@ -284,7 +294,7 @@ impl<T: Send + 'static> WriterThread<T> {
         let pending = logged.map_err(|e| StoreError::Invalid { reason: error_chain(&e) })?;
         // The metadata, with the note that the segments owe their cut: from this commit on
         // the rollback stands (a start finishes the cut).
-        let committed_meta = (|| {
+        let written = (|| {
             let txn = db.begin_write().map_err(redb_err("begin a write transaction"))?;
             put_meta(&txn, &plan.meta)?;
             {
@@ -293,16 +303,28 @@ impl<T: Send + 'static> WriterThread<T> {
                     .insert(META_ROLLBACK_CUT, to_seqno.to_le_bytes().as_slice())
                     .map_err(redb_err("note the rollback's cut"))?;
             }
-            txn.commit().map_err(redb_err("commit the rollback"))
+            Ok(txn)
         })();
-        if let Err(e) = committed_meta {
-            let _ = std::fs::remove_file(&pending);
-            return Err(e);
+        let txn = match written {
+            Ok(txn) => txn,
+            Err(e) => {
+                // Nothing was committed.
+                let _ = std::fs::remove_file(&pending);
+                return Err(e);
+            }
+        };
+        if let Err(e) = txn.commit() {
+            unknown_outcome(&redb_err("commit the rollback")(e));
         }
         self.cut_segments(to_seqno);
+        // Published at the target before the copies: a reader that pins in between reads
+        // the old list at the target, which is the state there (the base holds nothing past
+        // it). Pinning the copies with the old seqno would let it see the next writes.
+        publish_rollback(&self.store, to_seqno, &plan.meta, streams, self.version);
         if !self.store.overlay.install(rolled_back) {
-            // Only the writer and the (paused) checkpointer change the list.
-            tracing::error!("the overlay changed under a rollback");
+            // Only the writer and the (paused) checkpointer change the list: a broken
+            // invariant, and the state in memory no longer says what the disk holds.
+            unknown_outcome(&StoreError::Invalid { reason: "the overlay changed under a rollback".into() });
         }
         Ok(self.rolled_back(plan, streams, &touched, true))
     }
@@ -409,7 +431,13 @@ impl<T: Send + 'static> WriterThread<T> {
                 let stream = u8::try_from(k).unwrap_or(0);
                 if *t && let Some(slot) = streams.get_mut(k) {
                     *slot = if plan.keeps(stream, self.supplementary) {
-                        last_of_stream(&journal, &base, stream, to_seqno)?
+                        match last_of_stream(&journal, &base, stream, to_seqno) {
+                            Ok(seqno) => seqno,
+                            Err(e) => {
+                                let _ = std::fs::remove_file(&pending);
+                                return Err(e);
+                            }
+                        }
                     } else {
                         0
                     };
@@ -434,13 +462,17 @@ impl<T: Send + 'static> WriterThread<T> {
             return Err(e);
         }
         // Committed with the overlay's list locked against readers, so that none pins the
-        // overlay of the records rolled off over the base without them: the overlay starts
-        // over empty at the target when the commit succeeds, and is left as it was if not.
-        let committed_result =
-            self.store.overlay.reset_with(to_seqno, || txn.commit().map_err(redb_err("commit the rollback")));
+        // overlay of the records rolled off over the base without them, and published at the
+        // target before the lock is let go, so that none pins the new list with the old seqno
+        // (and sees the next writes): the overlay starts over empty at the target.
+        let (store, version) = (&self.store, self.version);
+        let committed_result = store.overlay.reset_with(
+            to_seqno,
+            || txn.commit().map_err(redb_err("commit the rollback")),
+            || publish_rollback(store, to_seqno, &plan.meta, streams, version),
+        );
         if let Err(e) = committed_result {
-            let _ = std::fs::remove_file(&pending);
-            return Err(e);
+            unknown_outcome(&e);
         }
         self.store.journal_resized(grown);
         self.cut_segments(to_seqno);
@@ -452,8 +484,8 @@ impl<T: Send + 'static> WriterThread<T> {
         Ok(Some(last))
     }
 
-    /// After either way committed: the log renamed into place, and the instance's state
-    /// published at the target.
+    /// After either way committed and published: the log renamed into place, counts,
+    /// metrics and WATCH brought up to date.
     fn rolled_back(
         &mut self,
         plan: Plan,
@@ -461,25 +493,57 @@ impl<T: Send + 'static> WriterThread<T> {
         touched: &[Vec<u8>],
         within_overlay: bool,
     ) -> LastRollback {
-        let Plan { to_seqno, committed, meta, path, last, .. } = plan;
+        let Plan { to_seqno, committed, path, last, .. } = plan;
         self.store.adjust_counts(std::mem::take(&mut self.counted));
         if let Err(e) = lostlog::finalize(&path) {
             // The rollback is committed; the pending file is completed at the next start.
             tracing::error!(error = %error_chain(&e), "cannot rename the rollback log into place");
         }
         self.metrics.journal_seqno.set(i64::try_from(to_seqno).unwrap_or(i64::MAX));
+        self.metrics
+            .checkpoint_seqno
+            .set(i64::try_from(self.store.overlay.checkpoint_seqno()).unwrap_or(i64::MAX));
+        self.metrics.overlay_bytes.set(i64::try_from(self.store.overlay.bytes()).unwrap_or(i64::MAX));
         self.touch(touched.iter().map(Vec::as_slice));
-        self.set_streams(streams);
-        // Sources see the rollback before their pins move: an acknowledgement arriving in
-        // between is either counted and then lowered, or refused as stale — and the source
-        // that refused it finds the rollback and negotiates again. No checkpoint (and so no
-        // trim) runs meanwhile: the writer is doing direct work, or the checkpointer is paused.
-        self.store.note_rollback();
-        self.store.lower_pins(to_seqno + 1);
-        self.store.publish(to_seqno, Some(meta), self.version);
+        // Published already (`publish_rollback`).
+        self.streams = streams;
         tracing::warn!(from = to_seqno + 1, to = committed, log = %last.log_path, reason = %last.reason, within_overlay, "rolled back");
         last
     }
+}
+
+/// Publishes the rollback: the instance is at `to_seqno` with `meta` and `streams`. Sources
+/// see the rollback before their pins move: an acknowledgement arriving in between is either
+/// counted and then lowered, or refused as stale — and the source that refused it finds the
+/// rollback and negotiates again. No checkpoint (and so no trim) runs meanwhile: the
+/// checkpointer is paused, or the writer is doing direct work.
+fn publish_rollback(store: &Store, to_seqno: u64, meta: &InstanceMeta, streams: StreamSeqnos, version: u64) {
+    store.publish_streams(streams);
+    store.note_rollback();
+    store.lower_pins(to_seqno + 1);
+    store.publish(to_seqno, Some(meta.clone()), version);
+}
+
+/// A rollback's commit failed. A commit that reports an error may still have reached the
+/// disk, with the note that makes the next start cut the segments: whether the rollback
+/// happened is unknown, and the state in memory cannot be trusted against the disk's. The
+/// engine stops (as PostgreSQL stops when an fsync fails); its next start settles it from the
+/// disk — the rollback whole, its log kept, or not at all — and the client that asked sees
+/// its connection closed, never a success.
+fn unknown_outcome(e: &StoreError) -> ! {
+    tracing::error!(error = %error_chain(e), "a rollback's commit failed and may have reached the disk; stopping so that the next start settles it");
+    std::process::exit(UNKNOWN_OUTCOME_EXIT);
+}
+
+/// The exit code of [`unknown_outcome`] (EX_TEMPFAIL).
+const UNKNOWN_OUTCOME_EXIT: i32 = 75;
+
+/// The last seqno the base's journal holds (its base when empty).
+fn base_journal_end(db: &redb::Database, base: &JournalBase) -> Result<u64, StoreError> {
+    let txn = db.begin_read().map_err(redb_err("begin a read transaction"))?;
+    let journal = txn.open_table(JOURNAL).map_err(redb_err("open the journal table"))?;
+    let last = journal.last().map_err(redb_err("read the journal's last record"))?;
+    Ok(last.map_or(base.seqno, |(seqno, _)| seqno.value()))
 }
 
 /// The log thread's outcome (a panic is a failed write).

@@ -164,7 +164,7 @@ fn dump(server: &Server) -> BTreeMap<String, String> {
 /// within the overlay and the journal segments (decision 0002, step 4).
 #[test]
 fn an_online_rollback_is_all_or_nothing_under_power_cuts() {
-    rollback_cut_rounds("rollback", &[], 16, "within_overlay=true");
+    rollback_cut_rounds("rollback", &[], 16, "way=overlay");
 }
 
 /// The same with a tiny overlay bound and tiny segments: checkpoints run during the writes and
@@ -177,7 +177,7 @@ fn an_online_rollback_is_all_or_nothing_under_power_cuts_with_small_checkpoints(
         "rollback-churn",
         &["--checkpoint-bytes", "65536", "--journal-segment-bytes", "16384"],
         12,
-        "within_overlay=false",
+        "way=file",
     );
 }
 
@@ -271,8 +271,8 @@ fn rollback_cut_rounds(disk_name: &str, flags: &[&str], default_rounds: usize, w
     println!(
         "{done} rollbacks survived whole, {undone} cut before they took effect; logged as done \
          within the overlay: {}, in the file: {}",
-        log.matches("within_overlay=true").count(),
-        log.matches("within_overlay=false").count()
+        log.matches("way=overlay").count(),
+        log.matches("way=file").count()
     );
     assert!(log.contains(way), "no completed rollback ran the way this test is for ({way})");
     // Where a cut falls is random (about one in five before the commit here); at least one

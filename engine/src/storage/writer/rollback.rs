@@ -205,8 +205,13 @@ impl<T: Send + 'static> WriterThread<T> {
             // Nothing is touched: the records past `to_seqno` are not all here to roll back.
             return Err(StoreError::JournalTrimmed { wanted: to_seqno + 1, first: base.first() });
         }
+        // A rollback writes its log and commits: refused cleanly on a full disk rather than
+        // meeting the error in its commit (which stops the engine, see `unknown_outcome`).
+        self.check_space()?;
         let paused = if self.broken_segment.is_none() && self.rollback_cut.is_none() {
             let paused = self.checkpointer.pause()?;
+            // The checkpoint the pause waited for may have trimmed the journal.
+            let base = self.store.journal_base();
             // A checkpoint that reported a failure may still have reached the disk: the
             // overlay then does not know where the base ends, and only a checkpoint of
             // everything (retried) settles it.
@@ -220,13 +225,13 @@ impl<T: Send + 'static> WriterThread<T> {
             Some((_paused, checkpoint)) if checkpoint <= to_seqno => {
                 self.rollback_in_overlay(to_seqno, committed, new_epoch, reason).map(Some)
             }
-            Some((_paused, _)) => self.rollback_in_file(to_seqno, new_epoch, reason),
+            Some((_paused, _)) => self.rollback_in_file(to_seqno, new_epoch, reason, Way::File),
             None => {
                 // Everything is checkpointed first, and the segments go. That checkpoint
                 // trims the journal as retention allows: not the records this rollback
                 // takes off.
                 let _pin = self.store.pin_journal("rollback", to_seqno + 1);
-                self.direct(|w| w.rollback_in_file(to_seqno, new_epoch, reason))
+                self.direct(|w| w.rollback_in_file(to_seqno, new_epoch, reason, Way::CheckpointFirst))
             }
         };
         if result.is_err() {
@@ -317,16 +322,17 @@ impl<T: Send + 'static> WriterThread<T> {
             unknown_outcome(&redb_err("commit the rollback")(e));
         }
         self.cut_segments(to_seqno);
+        self.committed(&touched);
         // Published at the target before the copies: a reader that pins in between reads
         // the old list at the target, which is the state there (the base holds nothing past
         // it). Pinning the copies with the old seqno would let it see the next writes.
-        publish_rollback(&self.store, to_seqno, &plan.meta, streams, self.version);
+        publish_rollback(&self.store, &plan, streams, self.version);
         if !self.store.overlay.install(rolled_back) {
             // Only the writer and the (paused) checkpointer change the list: a broken
             // invariant, and the state in memory no longer says what the disk holds.
             unknown_outcome(&StoreError::Invalid { reason: "the overlay changed under a rollback".into() });
         }
-        Ok(self.rolled_back(plan, streams, &touched, true))
+        Ok(self.rolled_back(plan, streams, Way::Overlay))
     }
 
     /// Once the rollback to `to_seqno` is committed with its note: cuts its records off the
@@ -361,6 +367,7 @@ impl<T: Send + 'static> WriterThread<T> {
         to_seqno: u64,
         new_epoch: bool,
         reason: &str,
+        way: Way,
     ) -> Result<Option<LastRollback>, StoreError> {
         self.counted = (0, 0, 0);
         let committed = self.store.committed_seqno();
@@ -465,18 +472,20 @@ impl<T: Send + 'static> WriterThread<T> {
         // overlay of the records rolled off over the base without them, and published at the
         // target before the lock is let go, so that none pins the new list with the old seqno
         // (and sees the next writes): the overlay starts over empty at the target.
+        // Counted and WATCHed before the commit: one that fails stops the engine.
+        self.committed(&touched);
         let (store, version) = (&self.store, self.version);
         let committed_result = store.overlay.reset_with(
             to_seqno,
             || txn.commit().map_err(redb_err("commit the rollback")),
-            || publish_rollback(store, to_seqno, &plan.meta, streams, version),
+            || publish_rollback(store, &plan, streams, version),
         );
         if let Err(e) = committed_result {
             unknown_outcome(&e);
         }
         self.store.journal_resized(grown);
         self.cut_segments(to_seqno);
-        let last = self.rolled_back(plan, streams, &touched, false);
+        let last = self.rolled_back(plan, streams, way);
         // The base is all there is now.
         if let Err(e) = self.store.recount_nodes() {
             tracing::warn!(error = %error_chain(&e), "cannot count nodes");
@@ -484,44 +493,63 @@ impl<T: Send + 'static> WriterThread<T> {
         Ok(Some(last))
     }
 
-    /// After either way committed and published: the log renamed into place, counts,
-    /// metrics and WATCH brought up to date.
-    fn rolled_back(
-        &mut self,
-        plan: Plan,
-        streams: StreamSeqnos,
-        touched: &[Vec<u8>],
-        within_overlay: bool,
-    ) -> LastRollback {
-        let Plan { to_seqno, committed, path, last, .. } = plan;
+    /// Before either way publishes: WATCH versions and key counts (the version published
+    /// must be the one the touched buckets got, or a WATCH taken after the rollback fails
+    /// its EXEC until the next commit).
+    fn committed(&mut self, touched: &[Vec<u8>]) {
+        self.touch(touched.iter().map(Vec::as_slice));
         self.store.adjust_counts(std::mem::take(&mut self.counted));
-        if let Err(e) = lostlog::finalize(&path) {
-            // The rollback is committed; the pending file is completed at the next start.
-            tracing::error!(error = %error_chain(&e), "cannot rename the rollback log into place");
-        }
+    }
+
+    /// After either way is published: metrics and the log line.
+    fn rolled_back(&mut self, plan: Plan, streams: StreamSeqnos, way: Way) -> LastRollback {
+        let Plan { to_seqno, committed, last, .. } = plan;
         self.metrics.journal_seqno.set(i64::try_from(to_seqno).unwrap_or(i64::MAX));
         self.metrics
             .checkpoint_seqno
             .set(i64::try_from(self.store.overlay.checkpoint_seqno()).unwrap_or(i64::MAX));
         self.metrics.overlay_bytes.set(i64::try_from(self.store.overlay.bytes()).unwrap_or(i64::MAX));
-        self.touch(touched.iter().map(Vec::as_slice));
         // Published already (`publish_rollback`).
         self.streams = streams;
-        tracing::warn!(from = to_seqno + 1, to = committed, log = %last.log_path, reason = %last.reason, within_overlay, "rolled back");
+        tracing::warn!(from = to_seqno + 1, to = committed, log = %last.log_path, reason = %last.reason, way = %way.as_str(), "rolled back");
         last
     }
 }
 
-/// Publishes the rollback: the instance is at `to_seqno` with `meta` and `streams`. Sources
-/// see the rollback before their pins move: an acknowledgement arriving in between is either
-/// counted and then lowered, or refused as stale — and the source that refused it finds the
-/// rollback and negotiates again. No checkpoint (and so no trim) runs meanwhile: the
-/// checkpointer is paused, or the writer is doing direct work.
-fn publish_rollback(store: &Store, to_seqno: u64, meta: &InstanceMeta, streams: StreamSeqnos, version: u64) {
+/// Which way a rollback went (logged).
+#[derive(Debug, Clone, Copy)]
+enum Way {
+    Overlay,
+    File,
+    /// In the file after a checkpoint of everything (a segment owed a cut).
+    CheckpointFirst,
+}
+
+impl Way {
+    fn as_str(self) -> &'static str {
+        match self {
+            Way::Overlay => "overlay",
+            Way::File => "file",
+            Way::CheckpointFirst => "checkpoint-then-file",
+        }
+    }
+}
+
+/// Publishes the committed rollback `plan`: its log renamed into place, the instance at its
+/// target with its metadata and `streams`. Sources see the rollback before their pins move:
+/// an acknowledgement arriving in between is either counted and then lowered, or refused as
+/// stale — and the source that refused it finds the rollback and negotiates again. No
+/// checkpoint (and so no trim) runs meanwhile: the checkpointer is paused, or the writer is
+/// doing direct work.
+fn publish_rollback(store: &Store, plan: &Plan, streams: StreamSeqnos, version: u64) {
+    if let Err(e) = lostlog::finalize(&plan.path) {
+        // The rollback is committed; the pending file is completed at the next start.
+        tracing::error!(error = %error_chain(&e), "cannot rename the rollback log into place");
+    }
     store.publish_streams(streams);
     store.note_rollback();
-    store.lower_pins(to_seqno + 1);
-    store.publish(to_seqno, Some(meta.clone()), version);
+    store.lower_pins(plan.to_seqno + 1);
+    store.publish(plan.to_seqno, Some(plan.meta.clone()), version);
 }
 
 /// A rollback's commit failed. A commit that reports an error may still have reached the
@@ -531,6 +559,8 @@ fn publish_rollback(store: &Store, to_seqno: u64, meta: &InstanceMeta, streams: 
 /// disk — the rollback whole, its log kept, or not at all — and the client that asked sees
 /// its connection closed, never a success.
 fn unknown_outcome(e: &StoreError) -> ! {
+    // Also on stderr: `ctl rollback --offline` sets up no log output.
+    eprintln!("error: a rollback's commit failed and may have reached the disk: {}", error_chain(e));
     tracing::error!(error = %error_chain(e), "a rollback's commit failed and may have reached the disk; stopping so that the next start settles it");
     std::process::exit(UNKNOWN_OUTCOME_EXIT);
 }

@@ -772,15 +772,27 @@ pub(crate) fn read_meta(db: &Database) -> Result<Option<InstanceMeta>, StoreErro
 
 /// The instance metadata as of a read transaction.
 pub(crate) fn meta_in(txn: &redb::ReadTransaction) -> Result<Option<InstanceMeta>, StoreError> {
+    meta_value(txn, META_INSTANCE, "read instance metadata", |bytes| {
+        serde_json::from_slice(bytes).map_err(|source| StoreError::MetaDecode { source })
+    })
+}
+
+/// The metadata table's value under `key`, decoded by `decode` (`None` if absent).
+fn meta_value<R>(
+    txn: &redb::ReadTransaction,
+    key: &str,
+    reading: &'static str,
+    decode: impl FnOnce(&[u8]) -> Result<R, StoreError>,
+) -> Result<Option<R>, StoreError> {
     let table = match txn.open_table(META) {
         Ok(table) => table,
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
         Err(e) => return Err(redb_err("open the metadata table")(e)),
     };
-    let Some(bytes) = table.get(META_INSTANCE).map_err(redb_err("read instance metadata"))? else {
+    let Some(bytes) = table.get(key).map_err(redb_err(reading))? else {
         return Ok(None);
     };
-    serde_json::from_slice(bytes.value()).map(Some).map_err(|source| StoreError::MetaDecode { source })
+    decode(bytes.value()).map(Some)
 }
 
 /// Writes the metadata in its own durable commit, creating all tables (used at creation and
@@ -862,18 +874,11 @@ pub(crate) fn cut_segments_past(dir: &Path, seqno: u64) -> Result<(), StoreError
 /// (see [`META_ROLLBACK_CUT`]).
 pub(crate) fn rollback_cut_owed(db: &Database) -> Result<Option<u64>, StoreError> {
     let txn = db.begin_read().map_err(redb_err("begin a read transaction"))?;
-    let table = match txn.open_table(META) {
-        Ok(table) => table,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-        Err(e) => return Err(redb_err("open the metadata table")(e)),
-    };
-    let Some(bytes) = table.get(META_ROLLBACK_CUT).map_err(redb_err("read the owed rollback cut"))? else {
-        return Ok(None);
-    };
-    let seqno = bytes.value().first_chunk::<8>().map(|b| u64::from_le_bytes(*b)).ok_or_else(|| {
-        StoreError::JournalCorrupt { reason: "the owed rollback cut is not a seqno".into() }
-    })?;
-    Ok(Some(seqno))
+    meta_value(&txn, META_ROLLBACK_CUT, "read the owed rollback cut", |bytes| {
+        bytes.first_chunk::<8>().map(|b| u64::from_le_bytes(*b)).ok_or_else(|| StoreError::JournalCorrupt {
+            reason: "the owed rollback cut is not a seqno".into(),
+        })
+    })
 }
 
 /// Records that the segments are cut (see [`META_ROLLBACK_CUT`]), durably.

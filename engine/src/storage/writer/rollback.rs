@@ -196,15 +196,7 @@ impl<T: Send + 'static> WriterThread<T> {
         new_epoch: bool,
         reason: &str,
     ) -> Result<Option<LastRollback>, StoreError> {
-        let committed = self.store.committed_seqno();
-        if to_seqno >= committed {
-            return Ok(None);
-        }
-        let base = self.store.journal_base();
-        if to_seqno < base.seqno {
-            // Nothing is touched: the records past `to_seqno` are not all here to roll back.
-            return Err(StoreError::JournalTrimmed { wanted: to_seqno + 1, first: base.first() });
-        }
+        let Some((committed, _)) = self.rollback_span(to_seqno)? else { return Ok(None) };
         // A rollback writes its log and commits: refused cleanly on a full disk rather than
         // meeting the error in its commit (which stops the engine, see `unknown_outcome`).
         self.check_space()?;
@@ -239,6 +231,21 @@ impl<T: Send + 'static> WriterThread<T> {
             self.counted = (0, 0, 0);
         }
         result
+    }
+
+    /// The committed seqno and the journal's base when there is something past `to_seqno` to
+    /// roll back (`None` when there is not); refused, touching nothing, when the journal no
+    /// longer holds every record past it.
+    fn rollback_span(&self, to_seqno: u64) -> Result<Option<(u64, JournalBase)>, StoreError> {
+        let committed = self.store.committed_seqno();
+        if to_seqno >= committed {
+            return Ok(None);
+        }
+        let base = self.store.journal_base();
+        if to_seqno < base.seqno {
+            return Err(StoreError::JournalTrimmed { wanted: to_seqno + 1, first: base.first() });
+        }
+        Ok(Some((committed, base)))
     }
 
     /// See the module's documentation; the checkpointer is paused and the base holds no
@@ -370,15 +377,8 @@ impl<T: Send + 'static> WriterThread<T> {
         way: Way,
     ) -> Result<Option<LastRollback>, StoreError> {
         self.counted = (0, 0, 0);
-        let committed = self.store.committed_seqno();
-        if to_seqno >= committed {
-            return Ok(None);
-        }
-        let base = self.store.journal_base();
-        if to_seqno < base.seqno {
-            // A retention limit trimmed the journal past the target meanwhile.
-            return Err(StoreError::JournalTrimmed { wanted: to_seqno + 1, first: base.first() });
-        }
+        // Asked again: the checkpoint that opened a direct change may have trimmed the journal.
+        let Some((committed, base)) = self.rollback_span(to_seqno)? else { return Ok(None) };
         let overlay = self.store.overlay.pin_with(|| ()).0;
         let checkpoint = overlay.checkpoint_seqno();
         let in_overlay = overlay.records(checkpoint + 1, committed);

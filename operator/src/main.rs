@@ -145,7 +145,9 @@ async fn main() -> ExitCode {
     if args.log_format_json {
         tracing_subscriber::fmt().json().with_env_filter(filter).init();
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
+        // Colours only on a terminal: a pod's log, or a file, gets plain text.
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+        tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).init();
     }
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -273,9 +273,11 @@ pub enum ReceiverAction {
         /// SI only: when ahead of the source, resume from the common point without rolling back.
         #[arg(long)]
         noresync: bool,
-        /// BC only: when the source's journal no longer reaches back to what this instance
-        /// needs, replace its data with a snapshot of the source's (instead of refusing).
-        #[arg(long)]
+        /// BC: when the source's journal no longer reaches back to what this instance needs,
+        /// replace its data with a snapshot of the source's (instead of refusing). SI: a source
+        /// family's first stream into an instance that holds nothing of its own begins from the
+        /// source's snapshot (in place of --updateresync).
+        #[arg(long, conflicts_with_all = ["updateresync", "updateresync_from"])]
         seed: bool,
         /// SI only, first start for a source family: a backup of a member of that family whose
         /// data this instance holds (seeds the stream's history and position).

@@ -18,8 +18,9 @@ pub const FORMAT: u32 = parse(env!("STRAND_FORMAT_VERSION"));
 pub const PROTOCOL: u16 = parse(env!("STRAND_PROTOCOL_VERSION")) as u16;
 /// What this binary does that a binary of the same protocol may not (admin status
 /// `features`): `seed`, a BC receiver seeded from a snapshot (`receiver start --seed`; the
-/// source says it can send one in its `Auth`).
-pub const FEATURES: &[&str] = &["seed"];
+/// source says it can send one in its `Auth`); `seed-si`, an SI receiver too (a family's first
+/// stream into a supplementary instance holding nothing of its own).
+pub const FEATURES: &[&str] = &["seed", "seed-si"];
 /// Every format this binary can open.
 pub const FORMATS_SUPPORTED: &[u32] = if FORMAT >= 2 { &[FORMAT - 1, FORMAT] } else { &[FORMAT] };
 

@@ -2,7 +2,9 @@
 //! member joins a primary whose journal no longer reaches back to its start; a member left
 //! behind a retention limit is re-seeded once allowed to be, and refused until then; a
 //! seeding cut short by a killed receiver or a killed source leaves the receiver's data as it
-//! was; a receiver that holds transactions its source lacks rolls them back into a log first.
+//! was; a receiver that holds transactions its source lacks rolls them back into a log first;
+//! a supplementary instance that holds nothing of its own takes a family's first SI stream from
+//! the source's snapshot, and one that holds data is refused.
 #![allow(clippy::unwrap_used, clippy::indexing_slicing)] // tests fail loudly by design
 
 mod common;
@@ -254,4 +256,87 @@ fn an_old_primary_rolls_its_own_transactions_into_a_log_before_it_is_seeded() {
     let lost = common::lost_seqnos(&a.data_dir, &logs[0]);
     assert_eq!(lost, (common + 1..=a_last).collect::<Vec<_>>());
     seeded(&a);
+}
+
+fn si_caught_up(a: &Server, m: &Server) {
+    let target = a.seqno();
+    wait_until("the SI stream to catch up", || m.stream_seqno(1) == target);
+}
+
+fn source_error(a: &Server, to: &str) -> String {
+    let backlog = a.ctl(&["backlog", "--json"]);
+    backlog.as_array().unwrap().iter().find(|s| s["receiver"] == to).unwrap()["last_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// A family's first SI stream into a supplementary instance that holds nothing of its own
+/// begins from the source's snapshot (`receiver start --si --seed`), with no backup placed in
+/// its volume, even when the source's journal no longer reaches back to its start. The
+/// instance keeps its own family, takes the stream and its own writes, verifies, and restarts
+/// without seeding again; one that holds a key of its own is refused and keeps it.
+#[test]
+fn a_supplementary_instance_takes_a_first_si_stream_from_a_snapshot() {
+    let dir = tempdir();
+    let a = trimmed_primary(dir.path(), &[]);
+    let mut m = Server::start_replicating_with(dir.path(), "Malvern", &small_wal(&["--supplementary"]));
+    m.ctl(&["promote"]);
+    // A snapshot or a backup, not both.
+    let both = r#"{"si": true, "seed": true, "updateresync_from": "127.0.0.1:1"}"#;
+    let (code, body) = common::admin(&m.data_dir, "POST", "/v1/receiver/start", Some(both)).unwrap();
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("give one of them"), "{body}");
+    m.ctl(&["receiver", "start", "--si", "--seed", "--autorollback"]);
+    a.ctl(&["source", "start", "--receiver", "Malvern", "--addr", &m.repl_addr(), "--si"]);
+    si_caught_up(&a, &m);
+    seeded(&m);
+    same_data(&a, &m);
+    let status = m.status();
+    let snapshot_at = status["receiver"]["snapshot"]["seqno"].as_u64().unwrap();
+    assert_eq!(status["history"][0]["root_name"], "Malvern", "its own family: {status}");
+    assert_eq!(status["streams"][1]["source_family"], "Ardmore", "{status}");
+    assert_eq!(m.metric("strand_replication_seeds_total{result=\"installed\"}"), 1.0);
+    // Its journal is its own: the stream's base record at the snapshot's seqno, then what
+    // followed it, each in Ardmore's numbering.
+    let journal = m.journal();
+    assert_eq!(journal[0].kind, "stream_base", "{:?}", journal[0]);
+    assert_eq!((journal[0].stream, journal[0].stream_seqno), (1, snapshot_at));
+    assert!(journal[1..].iter().all(|e| e.stream == 1), "only the stream follows");
+    m.verify();
+
+    // It takes its own writes and the stream's, and resumes after a restart without seeding.
+    let mut c = m.client();
+    let () = redis::cmd("SET").arg("malvern:own").arg("1").query(&mut c).unwrap();
+    write(&a, 30, "after");
+    si_caught_up(&a, &m);
+    m.restart();
+    a.ctl(&["source", "stop", "--receiver", "Malvern"]);
+    a.ctl(&["source", "start", "--receiver", "Malvern", "--addr", &m.repl_addr(), "--si"]);
+    write(&a, 30, "after-restart");
+    si_caught_up(&a, &m);
+    let mut mine = contents(&m);
+    assert!(mine.remove("malvern:own").is_some(), "its own write is kept");
+    assert_eq!(mine, contents(&a), "the rest is Ardmore's");
+    assert_eq!(
+        m.metric("strand_replication_seeds_total{result=\"installed\"}"),
+        0.0,
+        "no seeding after restart"
+    );
+    m.verify();
+    assert!(lost_logs(&m.data_dir).is_empty());
+
+    // Pottstown holds a key of its own: a snapshot would replace it, so it is refused.
+    let p = Server::start_replicating_with(dir.path(), "Pottstown", &small_wal(&["--supplementary"]));
+    p.ctl(&["promote"]);
+    let () = redis::cmd("SET").arg("pottstown:own").arg("1").query(&mut p.client()).unwrap();
+    p.ctl(&["receiver", "start", "--si", "--seed"]);
+    a.ctl(&["source", "start", "--receiver", "Pottstown", "--addr", &p.repl_addr(), "--si"]);
+    wait_until("Pottstown to be refused", || {
+        source_error(&a, "Pottstown").contains("Pottstown already holds data")
+    });
+    let err = source_error(&a, "Pottstown");
+    assert!(err.contains("--updateresync BACKUP"), "{err}");
+    assert_eq!(contents(&p).len(), 1, "Pottstown keeps its own data");
+    assert_eq!(p.metric("strand_replication_seeds_total{result=\"installed\"}"), 0.0);
 }

@@ -392,8 +392,10 @@ pub struct ReceiverStart {
     /// SI only: when ahead, resume from the common point without rolling back.
     #[serde(default)]
     pub noresync: bool,
-    /// BC only: when the source's journal no longer reaches back far enough, replace this
-    /// instance's data with a snapshot of the source's instead of refusing.
+    /// BC: when the source's journal no longer reaches back far enough, replace this
+    /// instance's data with a snapshot of the source's instead of refusing. SI: a family's
+    /// first stream into an instance that holds nothing of its own begins from the source's
+    /// snapshot (in place of `updateresync`).
     #[serde(default)]
     pub seed: bool,
     /// SI only, first start for a family: path of a backup of a member of the source family
@@ -426,10 +428,10 @@ fn check_receiver_options(r: &ReceiverStart) -> Result<(), ApiError> {
             "--noresync applies only to SI streams (GT.M NORESYNCSUPPLONLY); a BC receiver that is ahead rolls back (--autorollback) or refuses",
         ));
     }
-    if r.seed && r.si {
+    if r.seed && (r.updateresync.is_some() || r.updateresync_from.is_some()) {
         return Err(bad_request(
-            "seed_bc_only",
-            "--seed applies to BC receivers; an SI receiver joins a family with --updateresync or --updateresync-from",
+            "bad_request",
+            "--seed joins a family from the source's snapshot, --updateresync and --updateresync-from from a backup or an empty member: give one of them",
         ));
     }
     if r.noresync && r.autorollback {
@@ -584,20 +586,10 @@ pub async fn receiver_start(
                 .cloned()
                 .ok_or_else(|| "the backup carries no history records".to_owned())?;
             let stream = crate::replication::streams::allocate(meta, &root, reuse.as_deref())?;
-            let at = seqno + 1;
+            let state = StreamState::begin(stream, &history, base, seqno + 1, 0)
+                .ok_or_else(|| "the backup carries no history records".to_owned())?;
             meta.streams.retain(|s| s.stream != stream);
-            meta.streams.push(StreamState {
-                stream,
-                family: root.root_name.clone(),
-                family_id: root.root_creation_id.clone(),
-                history: history
-                    .into_iter()
-                    .filter(|h| h.stream == 0 && h.start_seqno <= base.max(1))
-                    .map(|h| HistoryRecord { stream, journal_seqno: at, ..h })
-                    .collect(),
-                since_journal_seqno: at,
-                term: 0,
-            });
+            meta.streams.push(state);
             meta.streams.sort_by_key(|s| s.stream);
             tracing::info!(stream, family = %root.root_name, base, %from, "SI stream seeded (updateresync)");
             Ok(Some(Marker { kind: RecordKind::StreamBase, stream, stream_seqno: base }))

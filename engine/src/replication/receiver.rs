@@ -212,11 +212,15 @@ async fn serve(
     let _guard = ActiveGuard(active);
     let mut generation = ctx.replication.receiver_generation.subscribe();
     generation.borrow_and_update();
-    let negotiated = if config.si {
-        negotiate_si(ctx, &mut wr, &hello, &auth, &config).await?
-    } else {
-        negotiate_bc(ctx, &mut wr, &hello, &auth, &config).await?
-    };
+    let negotiated =
+        if config.si && config.seed && streams::stream_of(&ctx.store.meta(), &auth.history).is_none() {
+            // The family's first stream, into an instance that may be seeded: from its snapshot.
+            seed_si(ctx, &mut rd, &mut wr, &hello, &auth, &mut generation, &mut shutdown).await?
+        } else if config.si {
+            negotiate_si(ctx, &mut wr, &hello, &auth, &config).await?
+        } else {
+            negotiate_bc(ctx, &mut wr, &hello, &auth, &config).await?
+        };
     let Some((mut from, rolled_back_to, mode)) = negotiated else { return Ok(()) };
     if !config.si && auth.journal_first > from {
         // The source's journal begins past what this instance needs (config.seed holds, or
@@ -483,6 +487,60 @@ async fn negotiate_si(
     Ok(Some((from, rolled_back_to, ApplyMode::Si { stream })))
 }
 
+/// SI, the first stream of the source's family into a receiver started with `--seed`: when
+/// this instance holds nothing of its own (no key, no transaction, no other stream), the
+/// source's snapshot becomes its data and the family's stream begins at the snapshot's seqno
+/// (storage::seed, [`crate::storage::seed::Joining::Si`]); otherwise refused, changing nothing.
+async fn seed_si(
+    ctx: &Arc<Context>,
+    rd: &mut tokio::net::tcp::OwnedReadHalf,
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    hello: &Hello,
+    auth: &Auth,
+    generation: &mut tokio::sync::watch::Receiver<u64>,
+    shutdown: &mut Shutdown,
+) -> Result<Negotiation, ProtocolError> {
+    let meta = ctx.store.meta();
+    let (keys, own) = (ctx.store.key_counts().keys, ctx.store.stream_seqnos()[0]);
+    let holds = if let Some(s) = meta.streams.first() {
+        Some(format!("stream {} from family {}", s.stream, s.family))
+    } else if keys > 0 || own > 0 {
+        Some(format!("{keys} keys and {own} transactions of its own"))
+    } else {
+        None
+    };
+    let refusal = match holds {
+        Some(holds) => Some((
+            "not_empty",
+            format!(
+                "{} already holds data ({holds}); a snapshot of {} would replace it: join {}'s family from a backup of it loaded into {} (receiver start --si --updateresync BACKUP)",
+                meta.name, hello.name, hello.name, meta.name
+            ),
+        )),
+        None if !auth.snapshots => Some((
+            "needs_reseed",
+            format!(
+                "{}'s binary cannot send a snapshot for an SI stream: join its family from a backup of it (receiver start --si --updateresync BACKUP)",
+                hello.name
+            ),
+        )),
+        None => None,
+    };
+    if let Some((code, message)) = refusal {
+        tracing::warn!(source = %hello.name, code, %message, "cannot seed the SI stream");
+        ctx.metrics.replication_errors_total.with_label_values(&[code]).inc();
+        ctx.replication.set_receiver(|s| s.last_error = Some(message.clone()));
+        refuse(wr, code, message, None, None).await;
+        return Ok(None);
+    }
+    let seqno = seed(ctx, rd, wr, hello, 1, generation, shutdown).await?;
+    let stream = streams::stream_of(&ctx.store.meta(), &auth.history)
+        .map(|s| s.stream)
+        .ok_or_else(|| ProtocolError::other("the seeded instance holds no stream of the source's family"))?;
+    tracing::info!(source = %hello.name, stream, seqno, "SI stream seeded from a snapshot");
+    Ok(Some((seqno + 1, None, ApplyMode::Si { stream })))
+}
+
 /// Compares the source's term with the highest this instance has seen for the source's
 /// family — its own term for BC (when the source is of its family), the stream's for SI —
 /// before anything else happens (a busy receiver included, so a deposed primary learns at
@@ -579,7 +637,13 @@ async fn source_lacks(
         return false;
     }
     let me = ctx.store.meta().name;
-    let how = if auth.snapshots {
+    let how = if hello.si {
+        // An SI stream already begun: its own transactions would be lost to a snapshot.
+        format!(
+            "re-create {me} from a newer backup of {} and start its receiver with --updateresync",
+            hello.name
+        )
+    } else if auth.snapshots {
         format!("re-seed {me}: start its receiver with --seed to take a snapshot of {}", hello.name)
     } else {
         format!("{}'s binary cannot send a snapshot: re-seed {me} from a backup of it", hello.name)
@@ -635,8 +699,9 @@ async fn roll_back(
 }
 
 /// Asks the source for a snapshot, builds it into a new database file beside the instance's
-/// and has the writer swap it in (storage::seed); the seqno the instance then holds. A seeding
-/// cut short (the connection, a stop, a full disk) leaves the instance's data as it was.
+/// and has the writer swap it in (storage::seed); the source's seqno the snapshot reflects
+/// (for BC, the seqno the instance then holds). A seeding cut short (the connection, a stop, a
+/// full disk) leaves the instance's data as it was.
 #[allow(clippy::too_many_arguments)]
 async fn seed(
     ctx: &Arc<Context>,
@@ -658,7 +723,10 @@ async fn seed(
         _ = shutdown.recv() => Err(ProtocolError::other("shutting down during seeding")),
     };
     let result = match received {
-        Ok((builder, header)) => install(ctx, builder, header, expected).await,
+        Ok((builder, header)) => {
+            let seqno = header.seqno;
+            install(ctx, builder, header, expected).await.map(|_| seqno)
+        }
         Err(e) => Err(e),
     };
     match &result {
@@ -701,7 +769,7 @@ async fn receive_snapshot(
     started: std::time::Instant,
 ) -> Result<(Builder, SeedHeader), ProtocolError> {
     let io = |e: crate::storage::StoreError| ProtocolError::other(error_chain(&e));
-    tracing::warn!(source = %hello.name, wanted, "the source's journal does not reach back far enough; seeding from its snapshot (this instance's data is replaced)");
+    tracing::warn!(source = %hello.name, wanted, "seeding from the source's snapshot (this instance's data is replaced)");
     protocol::write_json(wr, Kind::Seed, &SeedRequest { wanted }).await?;
     ctx.replication.set_receiver(|s| {
         s.state = "seeding".into();
@@ -786,8 +854,9 @@ async fn install(
     header: SeedHeader,
     expected: SeedExpectation,
 ) -> Result<u64, ProtocolError> {
+    let joining = expected.joining();
     let (path, header) =
-        tokio::task::spawn_blocking(move || builder.finish(&header).map(|path| (path, header)))
+        tokio::task::spawn_blocking(move || builder.finish(&header, joining).map(|path| (path, header)))
             .await
             .map_err(ProtocolError::other)?
             .map_err(|e| ProtocolError::other(error_chain(&e)))?;

@@ -250,13 +250,13 @@ async fn stream_once(
         seqno,
         streams: if link.si { Vec::new() } else { meta.streams.clone() },
         journal_first: ctx.store.journal_first(),
-        snapshots: !link.si,
+        snapshots: true,
     };
     protocol::write_json(&mut wr, Kind::Auth, &auth).await?;
     let (kind, payload) = timed(START_TIMEOUT, protocol::read_reply(&mut rd)).await?;
     let start: Start = match kind {
         Kind::Start => protocol::parse(kind, &payload)?,
-        Kind::Seed if !link.si => {
+        Kind::Seed => {
             let request: SeedRequest = protocol::parse(kind, &payload)?;
             send_snapshot(ctx, link, status, pin, (epoch, rollbacks), &mut wr, &request).await?;
             // The receiver completes the file and swaps it in before it answers.

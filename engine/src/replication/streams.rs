@@ -13,7 +13,7 @@ use crate::storage::meta::{self, HistoryRecord, InstanceMeta, StreamState};
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
     #[error(
-        "{instance} has no history for the family of {peer} (root {family}); start its receiver once with --updateresync BACKUP, a backup of a member of that family loaded into {instance}"
+        "{instance} has no history for the family of {peer} (root {family}); start its receiver with --seed (the source's snapshot becomes its data, while it holds none of its own), or once with --updateresync BACKUP, a backup of a member of that family loaded into {instance}"
     )]
     NoHistory { instance: String, peer: String, family: String },
     #[error("{peer} sent no history records")]

@@ -138,6 +138,32 @@ pub struct StreamState {
 }
 
 impl StreamState {
+    /// A new stream `stream` fed by the family whose history records (as of family seqno
+    /// `base`) are `family_history`, beginning at this instance's journal seqno `at` (where its
+    /// `stream_base` record goes): `--updateresync` and a seeding from a snapshot.
+    /// `None` when the history names no family.
+    pub fn begin(
+        stream: u8,
+        family_history: &[HistoryRecord],
+        base: u64,
+        at: u64,
+        term: u64,
+    ) -> Option<Self> {
+        let root = family_root(family_history)?;
+        Some(StreamState {
+            stream,
+            family: root.root_name.clone(),
+            family_id: root.root_creation_id.clone(),
+            history: family_history
+                .iter()
+                .filter(|h| h.stream == 0 && h.start_seqno <= base.max(1))
+                .map(|h| HistoryRecord { stream, journal_seqno: at, ..h.clone() })
+                .collect(),
+            since_journal_seqno: at,
+            term,
+        })
+    }
+
     /// The history as the family itself numbers it (stream 0), for negotiation.
     pub fn family_history(&self) -> Vec<HistoryRecord> {
         self.history.iter().map(|h| HistoryRecord { stream: 0, ..h.clone() }).collect()

@@ -14,6 +14,12 @@
 //! A seeding cut short at any point leaves the old file in place: the new one is built under
 //! [`SEED_FILE`], which the next start (or the next seeding) removes, and only a complete,
 //! durably committed file is renamed into place.
+//!
+//! An SI stream is seeded the same way ([`Joining::Si`]), into a supplementary instance that
+//! holds nothing of its own yet: the snapshot becomes its data, its own journal goes on past
+//! what it had committed, and the file it swaps in already holds the family's stream, begun
+//! at the snapshot's seqno by a `stream_base` record — so the instance either has the stream
+//! with its data, or neither.
 
 use std::path::{Path, PathBuf};
 
@@ -21,6 +27,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableM
 use serde::{Deserialize, Serialize};
 
 use super::format::CATALOG;
+use super::journal::{Record, RecordKind};
 use super::meta::{HistoryRecord, InstanceMeta, StreamState};
 use super::retention::{JournalBase, META_JOURNAL_BASE};
 use super::{DATA, JOURNAL, META, META_INSTANCE, STREAMS, Store, StoreError, StreamSeqnos, redb_err};
@@ -57,6 +64,48 @@ pub struct SeedHeader {
 
 /// One node of the data table: its key and value.
 pub type Node = (Vec<u8>, Vec<u8>);
+
+/// The stream an SI seeding begins: the instance holds no stream before it, so the first.
+pub const SI_SEED_STREAM: u8 = 1;
+
+/// How a seeded file joins the instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Joining {
+    /// A BC receiver becomes a copy of the source as of the snapshot: it continues the
+    /// source's journal from the snapshot's seqno.
+    Bc,
+    /// A supplementary instance holding nothing of its own takes the source family's first SI
+    /// stream. Its journal is its own: it goes on one past the `committed` seqno it had (so a
+    /// member replicating it sees a gap to be seeded over, never an unchanged journal), with
+    /// its stream seqnos as they were (`streams`).
+    Si { committed: u64, streams: StreamSeqnos },
+}
+
+impl Joining {
+    /// The empty journal the seeded file begins with (as if trimmed up to its base).
+    pub fn journal_base(&self, header: &SeedHeader) -> JournalBase {
+        match *self {
+            Joining::Bc => JournalBase { seqno: header.seqno, streams: header.stream_seqnos },
+            Joining::Si { committed, streams } => JournalBase { seqno: committed + 1, streams },
+        }
+    }
+
+    /// SI: the `stream_base` record that begins the family's stream in the seeded file, right
+    /// after its journal base, at the snapshot's seqno.
+    pub fn stream_base(&self, header: &SeedHeader) -> Option<Record> {
+        match self {
+            Joining::Bc => None,
+            Joining::Si { .. } => Some(Record {
+                kind: RecordKind::StreamBase,
+                seqno: self.journal_base(header).seqno + 1,
+                stream: SI_SEED_STREAM,
+                stream_seqno: header.seqno,
+                commit_time_micros: super::now_micros(),
+                changes: Vec::new(),
+            }),
+        }
+    }
+}
 
 /// Reads a consistent snapshot of `store`'s database file: calls `header` once, then `chunk`
 /// with every node in key order, in chunks of about `chunk_bytes`. Either returning `false`
@@ -173,16 +222,16 @@ impl Builder {
         Ok(())
     }
 
-    /// Completes the data of the file: the journal is empty, based at the snapshot's seqno,
-    /// with the snapshot's stream seqnos and catalog. Committed durably; returns the file's
-    /// path. The instance metadata is the writer's to add, at the swap ([`write_meta`]).
-    pub fn finish(self, header: &SeedHeader) -> Result<PathBuf, StoreError> {
+    /// Completes the data of the file: the journal is empty, based as `joining` says, with
+    /// the stream seqnos there and the snapshot's catalog. Committed durably; returns the
+    /// file's path. The instance metadata is the writer's to add, at the swap ([`write_meta`]).
+    pub fn finish(self, header: &SeedHeader, joining: Joining) -> Result<PathBuf, StoreError> {
         if self.nodes != header.nodes {
             return Err(StoreError::Invalid {
                 reason: format!("the snapshot promised {} nodes but {} arrived", header.nodes, self.nodes),
             });
         }
-        let base = JournalBase { seqno: header.seqno, streams: header.stream_seqnos };
+        let base = joining.journal_base(header);
         let txn = self.db.begin_write().map_err(redb_err("begin a write transaction"))?;
         {
             let mut table = txn.open_table(META).map_err(redb_err("open the metadata table"))?;
@@ -195,7 +244,7 @@ impl Builder {
             txn.open_table(DATA).map_err(redb_err("create the data table"))?;
             txn.open_table(JOURNAL).map_err(redb_err("create the journal table"))?;
             let mut streams = txn.open_table(STREAMS).map_err(redb_err("create the streams table"))?;
-            for (stream, seqno) in header.stream_seqnos.iter().enumerate() {
+            for (stream, seqno) in base.streams.iter().enumerate() {
                 if *seqno > 0 {
                     let stream = u8::try_from(stream).unwrap_or(u8::MAX);
                     streams.insert(stream, *seqno).map_err(redb_err("write the streams table"))?;
@@ -228,8 +277,28 @@ pub fn merged(local: InstanceMeta, header: &SeedHeader) -> InstanceMeta {
     }
 }
 
-/// Writes the instance metadata into the seeded file at `path`, durably, before the swap.
-pub(crate) fn write_meta(path: &Path, meta: &InstanceMeta) -> Result<(), StoreError> {
+/// The metadata of a supplementary instance seeded for an SI stream from the snapshot
+/// `header` describes: its own identity, history (its own family's) and settings as they are
+/// now (`local`), the snapshot's data format, and the source family's stream begun at the
+/// snapshot's seqno by the record at journal seqno `at`, at the source's term.
+pub fn merged_si(local: InstanceMeta, header: &SeedHeader, at: u64) -> Result<InstanceMeta, StoreError> {
+    let stream = StreamState::begin(SI_SEED_STREAM, &header.history, header.seqno, at, header.term)
+        .ok_or_else(|| StoreError::Invalid { reason: "the snapshot carries no history records".into() })?;
+    Ok(InstanceMeta {
+        streams: vec![stream],
+        format_version: header.format_version,
+        format_written_by: header.format_written_by.clone(),
+        ..local
+    })
+}
+
+/// Writes the instance metadata into the seeded file at `path`, durably, before the swap;
+/// with an SI stream's `stream_base` record, that record too (the stream's position with it).
+pub(crate) fn write_meta(
+    path: &Path,
+    meta: &InstanceMeta,
+    stream_base: Option<&Record>,
+) -> Result<(), StoreError> {
     // `open`, not `create`: a file that is not there is an error, never a new empty instance.
     let db = Database::open(path).map_err(|source| StoreError::Open { path: path.to_owned(), source })?;
     let txn = db.begin_write().map_err(redb_err("begin a write transaction"))?;
@@ -237,6 +306,16 @@ pub(crate) fn write_meta(path: &Path, meta: &InstanceMeta) -> Result<(), StoreEr
         let mut table = txn.open_table(META).map_err(redb_err("open the metadata table"))?;
         let bytes = serde_json::to_vec(meta).map_err(|source| StoreError::MetaDecode { source })?;
         table.insert(META_INSTANCE, bytes.as_slice()).map_err(redb_err("write instance metadata"))?;
+        if let Some(record) = stream_base {
+            let mut journal = txn.open_table(JOURNAL).map_err(redb_err("open the journal table"))?;
+            journal
+                .insert(record.seqno, record.encode().as_slice())
+                .map_err(redb_err("append the stream's base record"))?;
+            let mut streams = txn.open_table(STREAMS).map_err(redb_err("open the streams table"))?;
+            streams
+                .insert(record.stream, record.stream_seqno)
+                .map_err(redb_err("write the streams table"))?;
+        }
     }
     txn.commit().map_err(redb_err("commit the seeded file's metadata"))
 }
@@ -279,16 +358,61 @@ mod tests {
         }
     }
 
-    fn built(store: &Store, seqno: u64) -> (PathBuf, SeedHeader) {
+    fn built(store: &Store, seqno: u64, joining: Joining) -> (PathBuf, SeedHeader) {
         let mut b = Builder::create(store.data_dir()).unwrap();
         b.add(&[(b"a".to_vec(), b"1".to_vec()), (b"b".to_vec(), b"2".to_vec())]).unwrap();
         let header = header(seqno, 2, &store.meta());
-        (b.finish(&header).unwrap(), header)
+        (b.finish(&header, joining).unwrap(), header)
     }
 
     async fn install(writer: &Writer<()>, store: &Store, asked: SeedExpectation) -> Result<u64, String> {
-        let (path, header) = built(store, 500);
+        let (path, header) = built(store, 500, asked.joining());
         writer.install_seed(path, header, asked).await.map_err(|e| e.to_string())
+    }
+
+    /// An SI seeding swaps in a file that holds the source family's stream, begun at the
+    /// snapshot's seqno by the record after the instance's own journal base (one past what it
+    /// had committed); the instance keeps its own family. Abandoned once it holds a stream.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_si_seeding_installs_the_stream_with_the_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = InstanceMeta::new("ardmore".into(), false, "ardmore-id".into(), 0);
+        let spec = CreateSpec { name: "malvern".into(), supplementary: true };
+        let store = Arc::new(Store::open(dir.path(), Some(&spec)).unwrap());
+        let metrics = Arc::new(crate::metrics::Metrics::new().unwrap());
+        let (writer, _thread) = Writer::<()>::spawn(store.clone(), WriterLimits::default(), metrics).unwrap();
+        let receiver = ReceiverConfig { autorollback: true, si: true, noresync: false, seed: true };
+        writer
+            .update_meta(Box::new(move |m, _| {
+                m.role = Role::SupplementaryPrimary;
+                m.receiver = Some(receiver);
+                Ok(Some(Marker::failover()))
+            }))
+            .await
+            .unwrap();
+        let own = store.meta().history.clone();
+        let asked = SeedExpectation::of(&store);
+        let (path, mut header) = built(&store, 500, asked.joining());
+        header.history = source.history.clone();
+        assert_eq!(writer.install_seed(path, header, asked).await.unwrap(), 3);
+        let meta = store.meta();
+        assert_eq!((meta.name.as_str(), meta.role), ("malvern", Role::SupplementaryPrimary));
+        assert_eq!(meta.history, own, "its own family's history");
+        assert_eq!(meta.streams.len(), 1);
+        let stream = &meta.streams[0];
+        assert_eq!((stream.stream, stream.family.as_str(), stream.since_journal_seqno), (1, "ardmore", 3));
+        assert_eq!(stream.term, 7, "the source's term");
+        assert_eq!(store.journal_first(), 3, "its journal goes on past the 1 it had, from the base record");
+        assert_eq!(store.stream_seqnos()[1], 500);
+        assert_eq!(store.snapshot().unwrap().get(b"a").unwrap(), Some(b"1".to_vec()));
+        let records = store.snapshot().unwrap().journal(3, 3).unwrap();
+        assert_eq!(records[0].kind, crate::storage::journal::RecordKind::StreamBase);
+
+        // Holding a stream now, it is not seeded over again.
+        let asked = SeedExpectation::of(&store);
+        let err = install(&writer, &store, asked).await.unwrap_err();
+        assert!(err.contains("holds an SI stream"), "{err}");
+        assert_eq!(store.committed_seqno(), 3);
     }
 
     /// The writer swaps a seeded file in only over the instance as it was when it asked: a

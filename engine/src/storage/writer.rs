@@ -199,12 +199,27 @@ pub struct SeedExpectation {
     pub seqno: u64,
     pub term: u64,
     pub receiver: Option<super::meta::ReceiverConfig>,
+    pub streams: StreamSeqnos,
 }
 
 impl SeedExpectation {
     pub fn of(store: &Store) -> Self {
         let meta = store.meta();
-        SeedExpectation { seqno: store.committed_seqno(), term: meta.term, receiver: meta.receiver }
+        SeedExpectation {
+            seqno: store.committed_seqno(),
+            term: meta.term,
+            receiver: meta.receiver,
+            streams: store.stream_seqnos(),
+        }
+    }
+
+    /// How the seeded file joins the instance: by its receiver's mode.
+    pub fn joining(&self) -> super::seed::Joining {
+        if self.receiver.as_ref().is_some_and(|r| r.si) {
+            super::seed::Joining::Si { committed: self.seqno, streams: self.streams }
+        } else {
+            super::seed::Joining::Bc
+        }
     }
 }
 
@@ -2218,14 +2233,25 @@ impl<T: Send + 'static> WriterThread<T> {
         let abandoned = |why: String| StoreError::Invalid {
             reason: format!("{}: the seeding is abandoned, the data is unchanged", why),
         };
-        if current.role != super::meta::Role::Secondary {
+        let joining = expected.joining();
+        let (role, what) = match joining {
+            super::seed::Joining::Bc => (super::meta::Role::Secondary, "a replicating secondary"),
+            super::seed::Joining::Si { .. } => {
+                (super::meta::Role::SupplementaryPrimary, "a supplementary primary receiving an SI stream")
+            }
+        };
+        if current.role != role {
             return Err(abandoned(format!(
-                "{} is {} now, no longer a replicating secondary",
+                "{} is {} now, no longer {what}",
                 current.name,
                 current.role.as_str()
             )));
         }
-        // It asked as a secondary whose BC receiver may be seeded.
+        if matches!(joining, super::seed::Joining::Si { .. }) && !current.streams.is_empty() {
+            return Err(abandoned(format!("{} holds an SI stream now", current.name)));
+        }
+        // It asked with the receiver it has now (a BC receiver that may be seeded, or an SI
+        // receiver for a family's first stream).
         if current.receiver != expected.receiver {
             return Err(abandoned(format!("{}'s receiver was stopped or started again", current.name)));
         }
@@ -2236,15 +2262,21 @@ impl<T: Send + 'static> WriterThread<T> {
             )));
         }
         let committed = self.store.committed_seqno();
-        if committed != expected.seqno {
+        if committed != expected.seqno || self.streams != expected.streams {
             return Err(abandoned(format!(
                 "{} is at seqno {committed} now, not {} as when it asked for the snapshot",
                 current.name, expected.seqno
             )));
         }
-        // The metadata as it is now, with the snapshot's history, streams and format. A
-        // failure here is the new file's, never a reason to close the instance's own.
-        super::seed::write_meta(path, &super::seed::merged(current.clone(), header))
+        // The metadata as it is now, with the snapshot's history, streams and format (BC), or
+        // with the family's new stream and its base record (SI). A failure here is the new
+        // file's, never a reason to close the instance's own.
+        let stream_base = joining.stream_base(header);
+        let meta = match &stream_base {
+            None => Ok(super::seed::merged(current.clone(), header)),
+            Some(record) => super::seed::merged_si(current.clone(), header, record.seqno),
+        };
+        meta.and_then(|meta| super::seed::write_meta(path, &meta, stream_base.as_ref()))
             .map_err(|e| abandoned(format!("the seeded file cannot be completed ({})", error_chain(&e))))?;
         self.checkpoint_all()?;
         let db_path = self.store.db_path().to_owned();

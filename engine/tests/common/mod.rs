@@ -457,11 +457,13 @@ impl Server {
         err
     }
 
-    /// Every journal entry: (seqno, kind, stream, stream seqno, keys written).
+    /// Every journal entry the journal holds: (seqno, kind, stream, stream seqno, keys written).
     pub fn journal(&self) -> Vec<JournalEntry> {
         let mut out = Vec::new();
-        let last = self.seqno();
-        let mut from = 1;
+        let status = self.status();
+        let last = status["journal_seqno"].as_u64().expect("seqno");
+        // From where the journal begins (trimmed, or seeded from a snapshot).
+        let mut from = status["journal"]["first_seqno"].as_u64().expect("first seqno").max(1);
         while from <= last {
             let to = (from + 999).min(last);
             let (code, body) =

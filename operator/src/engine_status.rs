@@ -36,7 +36,8 @@ pub struct EngineStatus {
     pub binary_format_version: u32,
     #[serde(default)]
     pub protocol_version: u16,
-    /// What the binary can do beyond its protocol (`seed`); absent from older binaries.
+    /// What the binary can do beyond its protocol (`seed`, `seed-si`); absent from older
+    /// binaries.
     #[serde(default)]
     pub features: Vec<String>,
     /// Set in version-mismatch mode (a newer binary on older data): why clients are refused.
@@ -109,7 +110,8 @@ pub struct Receiver {
     pub si: bool,
     #[serde(default)]
     pub noresync: bool,
-    /// BC: seeds from a snapshot when the source's journal does not reach back.
+    /// BC: seeds from a snapshot when the source's journal does not reach back; SI: a family's
+    /// first stream begins from the source's snapshot.
     #[serde(default)]
     pub seed: bool,
     /// idle, seeding, streaming, rollback_required, needs_reseed, error, stopped

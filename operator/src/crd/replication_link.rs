@@ -49,7 +49,10 @@ pub struct ReplicationLinkSpec {
     /// SI only: resume from the common point without rolling back.
     #[serde(default)]
     pub noresync: bool,
-    /// Name of a backup whose metadata seeds the target's first SI connection.
+    /// SI only: the path, inside the target's volume, of a backup of a member of the source's
+    /// family that the target was restored from; its first SI connection begins at the
+    /// backup's seqno. Without it a target that holds nothing of its own is seeded from the
+    /// source's snapshot (one that holds data of its own is refused, keeping it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub updateresync: Option<String>,
     /// While true the stream is stopped (the receiving end keeps its data, role and place in

@@ -305,10 +305,11 @@ impl Action {
                     if *si { "an SI" } else { "a BC" },
                     if *autorollback { " with autorollback" } else { "" },
                     if *noresync { " with noresync" } else { "" },
-                    if *seed {
-                        " (seeded from a snapshot if the source's journal does not reach back)"
-                    } else {
-                        ""
+                    match (*seed, *si) {
+                        (true, false) =>
+                            " (seeded from a snapshot if the source's journal does not reach back)",
+                        (true, true) => " (the family's first stream seeded from the source's snapshot)",
+                        (false, _) => "",
                     },
                     updateresync
                         .as_deref()
@@ -1828,30 +1829,39 @@ impl<'v, 'a> Planner<'v, 'a> {
                 self.out.links.insert(l.name.to_owned(), report);
                 continue;
             }
+            // A target without the family's stream joins it: from the backup spec.updateresync
+            // names, else from the source's snapshot (binaries that can: the receiver asks for
+            // it while it holds nothing of its own, and the link shows Seeding), else (older
+            // binaries) from the history of a source that holds nothing yet.
             let family = pe.family().unwrap_or(root).to_owned();
-            let needs_seed = !te.has_stream_from(&family);
-            let seed_from_source = needs_seed && l.spec.updateresync.is_none() && pe.journal_seqno == 0;
-            if needs_seed && l.spec.updateresync.is_none() && !seed_from_source {
+            let needs_stream = !te.has_stream_from(&family);
+            let seed = te.features.iter().any(|f| f == "seed-si") && l.spec.updateresync.is_none();
+            let from_empty_source = needs_stream && !seed && l.spec.updateresync.is_none();
+            if from_empty_source && pe.journal_seqno > 0 {
                 report.state = "Blocked".into();
                 report.reason = Some(format!(
-                    "{} has no history for family {family} and {root} already holds transactions; set spec.updateresync to a backup of a member of that family loaded into {}",
-                    te.name, te.name
+                    "{} has no history for family {family}, {root} already holds transactions and {}'s binary cannot be seeded from a snapshot; set spec.updateresync to a backup of a member of that family loaded into {}",
+                    te.name, te.name, te.name
                 ));
                 self.out.links.insert(l.name.to_owned(), report);
                 continue;
             }
             let receiver_ok = te.receiver.as_ref().is_some_and(|r| {
-                r.si && r.autorollback == l.spec.autorollback && r.noresync == l.spec.noresync
+                r.si && r.autorollback == l.spec.autorollback
+                    && r.noresync == l.spec.noresync
+                    && r.seed == seed
             });
-            if !receiver_ok || needs_seed {
+            // A backup or an empty source's history begins the stream at once; a snapshot does
+            // once it is installed (the receiver as it is, meanwhile).
+            if !receiver_ok || (needs_stream && !seed) {
                 self.act(Action::ReceiverStart {
                     instance: te.name.clone(),
                     si: true,
                     autorollback: l.spec.autorollback,
                     noresync: l.spec.noresync,
-                    seed: false,
-                    updateresync: if needs_seed { l.spec.updateresync.clone() } else { None },
-                    updateresync_from: if seed_from_source {
+                    seed,
+                    updateresync: if needs_stream { l.spec.updateresync.clone() } else { None },
+                    updateresync_from: if from_empty_source {
                         self.member(root).and_then(|m| m.repl_addr).map(str::to_owned)
                     } else {
                         None

@@ -97,6 +97,8 @@ struct Sim {
     /// The members' primaryUpdateStrategy/Method.
     supervised: bool,
     restart: bool,
+    /// Per SI link: its target family's primary, as the planner sees it (never acted on here).
+    si_targets: BTreeMap<String, EngineStatus>,
 }
 
 fn spec(source: &str, target: &str, autorollback: bool) -> ReplicationLinkSpec {
@@ -135,6 +137,7 @@ impl Sim {
             lease_required_seen: Default::default(),
             supervised: false,
             restart: false,
+            si_targets: BTreeMap::new(),
         }
     }
 
@@ -220,11 +223,21 @@ impl Sim {
             })
             .collect();
         let status = self.status.clone();
+        let si_addrs: BTreeMap<&str, String> =
+            self.si_targets.iter().map(|(l, e)| (l.as_str(), format!("{}:7070", e.name))).collect();
+        let si_peers = self
+            .si_targets
+            .iter()
+            .map(|(l, e)| {
+                let peer = SiPeer { name: &e.name, repl_addr: Some(&si_addrs[l.as_str()]), engine: Some(e) };
+                (l.clone(), peer)
+            })
+            .collect();
         let view = FamilyView {
             name: "fam",
             members,
             links,
-            si_peers: BTreeMap::new(),
+            si_peers,
             status: &status,
             now: self.stamp(),
             primary_unavailable_for: Duration::from_millis(down),
@@ -671,6 +684,76 @@ fn receivers_are_seeded_where_their_binary_can_be() {
         assert_eq!(receiver.seed, can);
         let plan = sim.tick(500);
         assert_eq!(plan.actions, [Action::Lease { instance: "ardmore".into(), term: 1 }], "at rest");
+    }
+}
+
+/// A supplementary target without the family's stream joins it from the source's snapshot
+/// where its binary can be seeded (its receiver started once with `seed`, not again while the
+/// snapshot is on its way), from the backup `spec.updateresync` names when one is given, and —
+/// an older binary — from an empty source's history, or not at all once the source holds
+/// transactions (Blocked, saying why).
+#[test]
+fn an_si_target_joins_from_a_snapshot_where_its_binary_can_be() {
+    let cases = [
+        // (seed-si, spec.updateresync, the source's seqno) → what the receiver is started with
+        (true, None, 40, Some((true, None, None))),
+        (true, Some("/backup"), 40, Some((false, Some("/backup"), None))),
+        (false, None, 0, Some((false, None, Some("ardmore:7070")))),
+        (false, None, 40, None),
+    ];
+    for (seed_si, updateresync, seqno, expected) in cases {
+        let mut sim = Sim::new(&["ardmore"], &[]);
+        let link = ReplicationLinkSpec {
+            mode: Mode::Si,
+            updateresync: updateresync.map(str::to_owned),
+            ..spec("ardmore", "malvern", true)
+        };
+        sim.links.push(("ardmore-to-malvern".into(), link, false));
+        // Malvern not yet its family's primary: nothing is asked of it meanwhile.
+        let mut malvern = Engine::new("malvern").status;
+        sim.si_targets.insert("ardmore-to-malvern".into(), malvern.clone());
+        assert!(sim.run(10_000, |s| s.status.primary.as_deref() == Some("ardmore")), "{:?}", sim.status);
+        sim.engines.get_mut("ardmore").unwrap().status.journal_seqno = seqno;
+        malvern.role = "supplementary-primary".into();
+        if seed_si {
+            malvern.features.push("seed-si".into());
+        }
+        sim.si_targets.insert("ardmore-to-malvern".into(), malvern.clone());
+        let plan = sim.plan();
+        let started =
+            plan.actions.iter().find_map(|a| match a {
+                Action::ReceiverStart {
+                    instance, si: true, seed, updateresync, updateresync_from, ..
+                } if instance == "malvern" => Some((*seed, updateresync.clone(), updateresync_from.clone())),
+                _ => None,
+            });
+        let expected = expected.map(|(seed, u, f)| (seed, u.map(str::to_owned), f.map(str::to_owned)));
+        assert_eq!(started, expected, "seed-si {seed_si}, updateresync {updateresync:?}, seqno {seqno}");
+        let report = &plan.links["ardmore-to-malvern"];
+        if expected.is_none() {
+            assert_eq!(report.state, "Blocked");
+            assert!(
+                report.reason.as_deref().unwrap_or_default().contains("cannot be seeded from a snapshot")
+            );
+            continue;
+        }
+        // The receiver as started; a snapshot still on its way: nothing started again.
+        if seed_si && updateresync.is_none() {
+            malvern.receiver = Some(Receiver {
+                si: true,
+                autorollback: true,
+                seed: true,
+                state: "seeding".into(),
+                ..Default::default()
+            });
+            sim.si_targets.insert("ardmore-to-malvern".into(), malvern);
+            let plan = sim.plan();
+            assert!(
+                !plan.actions.iter().any(|a| matches!(a, Action::ReceiverStart { .. })),
+                "{:?}",
+                plan.actions
+            );
+        }
     }
 }
 

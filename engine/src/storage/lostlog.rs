@@ -213,14 +213,24 @@ pub fn finalize(path: &Path) -> Result<(), LostLogError> {
     Ok(())
 }
 
-/// At startup: keep the pending log of the committed rollback, drop any other.
+/// Whether the pending log at `pending` is the one of the committed rollback whose log path
+/// was `committed_log`. By file name: the data directory may be mounted elsewhere now than
+/// when the rollback recorded its path (another pod, a restored volume).
+fn is_committed(pending: &Path, committed_log: Option<&str>) -> bool {
+    let committed = committed_log.and_then(|c| Path::new(c).file_name());
+    let name = pending.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(PENDING));
+    matches!((committed, name), (Some(c), Some(n)) if c == std::ffi::OsStr::new(n))
+}
+
+/// At startup: complete the pending log of the committed rollback, drop any other (a rollback
+/// that never committed).
 pub fn resolve_pending(data_dir: &Path, committed_log: Option<&str>) {
     let Ok(entries) = std::fs::read_dir(data_dir.join(DIR)) else { return };
     for entry in entries.flatten() {
         let path = entry.path();
         let Some(name) = path.to_str() else { continue };
         let Some(final_name) = name.strip_suffix(PENDING) else { continue };
-        if committed_log == Some(final_name) {
+        if is_committed(&path, committed_log) {
             match finalize(Path::new(final_name)) {
                 Ok(()) => tracing::info!(
                     log = final_name,
@@ -233,6 +243,21 @@ pub fn resolve_pending(data_dir: &Path, committed_log: Option<&str>) {
             tracing::info!(log = name, "removed the log of a rollback that never committed");
         }
     }
+}
+
+/// Before a rollback: the log of the last committed rollback (`committed_log`), if renaming
+/// it into place failed when it committed, is renamed now. An error means the next rollback
+/// must not run: it would become the committed one, and the pending log of this one would be
+/// taken for a log that never committed.
+pub fn complete_committed(data_dir: &Path, committed_log: Option<&str>) -> Result<(), LostLogError> {
+    let Some(committed) = committed_log.and_then(|c| Path::new(c).file_name()) else { return Ok(()) };
+    let path = data_dir.join(DIR).join(committed);
+    if !pending_path(&path).exists() {
+        return Ok(());
+    }
+    finalize(&path)?;
+    tracing::info!(log = %path.display(), "completed the log of the last rollback");
+    Ok(())
 }
 
 /// Reads a log: its header and transactions.
@@ -268,5 +293,55 @@ mod erased {
             v.push(b'\n');
             Ok(v)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn pending(dir: &Path, name: &str) -> PathBuf {
+        let path = dir.join(DIR).join(name);
+        std::fs::create_dir_all(dir.join(DIR)).unwrap();
+        std::fs::write(pending_path(&path), b"{}\n").unwrap();
+        path
+    }
+
+    /// The committed rollback's pending log is recognised by its file name, wherever the data
+    /// directory was when the rollback recorded its path; others are dropped.
+    #[test]
+    fn the_committed_log_is_kept_though_the_directory_moved() {
+        let dir = tempfile::tempdir().unwrap();
+        let kept = pending(dir.path(), "malvern-1-5-9.jsonl");
+        let dropped = pending(dir.path(), "malvern-2-5-7.jsonl");
+        let recorded = format!("/somewhere/else/{DIR}/malvern-1-5-9.jsonl");
+        resolve_pending(dir.path(), Some(&recorded));
+        assert!(kept.exists(), "the committed rollback's log is completed");
+        assert!(!pending_path(&kept).exists());
+        assert!(!dropped.exists() && !pending_path(&dropped).exists(), "a log that never committed goes");
+    }
+
+    /// Before a rollback, the last one's pending log is completed; one that cannot be is an
+    /// error (the rollback is refused), and nothing else is touched.
+    #[test]
+    fn the_last_rollbacks_pending_log_is_completed_before_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(complete_committed(dir.path(), None).is_ok());
+        let path = pending(dir.path(), "malvern-1-5-9.jsonl");
+        let other = pending(dir.path(), "malvern-2-5-7.jsonl");
+        let recorded = path.to_str().unwrap().to_owned();
+        complete_committed(dir.path(), Some(&recorded)).unwrap();
+        assert!(path.exists() && !pending_path(&path).exists());
+        assert!(pending_path(&other).exists(), "not this one's to judge");
+        complete_committed(dir.path(), Some(&recorded)).unwrap();
+
+        // A directory where the log should go cannot be replaced by a rename.
+        let blocked = pending(dir.path(), "malvern-3-5-6.jsonl");
+        std::fs::create_dir_all(blocked.join("x")).unwrap();
+        let err = complete_committed(dir.path(), blocked.to_str()).unwrap_err();
+        assert!(err.to_string().contains("malvern-3-5-6"), "{err}");
+        assert!(pending_path(&blocked).exists(), "the pending log is kept");
     }
 }

@@ -200,6 +200,15 @@ impl<T: Send + 'static> WriterThread<T> {
         // A rollback writes its log and commits: refused cleanly on a full disk rather than
         // meeting the error in its commit (which stops the engine, see `unknown_outcome`).
         self.check_space()?;
+        // The last rollback's log, if it could not be renamed into place then, goes now: once
+        // this one commits, that log would be taken for one that never committed.
+        let last = self.store.meta().last_rollback.map(|r| r.log_path);
+        lostlog::complete_committed(self.store.data_dir(), last.as_deref()).map_err(|e| StoreError::Invalid {
+            reason: format!(
+                "the log of the last rollback is still pending and cannot be completed; no rollback until it can: {}",
+                error_chain(&e)
+            ),
+        })?;
         let paused = if self.broken_segment.is_none() && self.rollback_cut.is_none() {
             let paused = self.checkpointer.pause()?;
             // The checkpoint the pause waited for may have trimmed the journal.

@@ -153,9 +153,15 @@ pub struct Auth {
     /// anything.
     #[serde(default)]
     pub journal_first: u64,
-    /// The source can send a snapshot (`Seed`); a source that does not say cannot.
+    /// The source can send a snapshot (`Seed`) on this BC stream; a source that does not say
+    /// cannot.
     #[serde(default)]
     pub snapshots: bool,
+    /// The source can send a snapshot on this SI stream (a family's first stream into a
+    /// supplementary instance holding nothing); kept apart from `snapshots`, which a receiver
+    /// of an earlier release reads as "may be re-seeded" whatever the mode.
+    #[serde(default)]
+    pub si_snapshots: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -444,7 +444,7 @@ async fn negotiate_si(
         }
         SiPlan::Reseed { common, base } => {
             let message = format!(
-                "{name}'s stream {stream} ({family}) began from a backup at family seqno {base}, but {} agrees only up to {common}: no rollback can take that backup's transactions off; re-create {name} from a newer backup, or use --noresync",
+                "{name}'s stream {stream} ({family}) began from a backup or a snapshot at family seqno {base}, but {} agrees only up to {common}: no rollback can take its transactions off; re-create {name} from a newer backup, or use --noresync",
                 hello.name
             );
             rollback_required(ctx, wr, hello, common, base, message).await;
@@ -517,13 +517,16 @@ async fn seed_si(
                 meta.name, hello.name, hello.name, meta.name
             ),
         )),
-        None if !auth.snapshots => Some((
-            "needs_reseed",
+        None if !auth.si_snapshots => Some((
+            "snapshot_unsupported",
             format!(
                 "{}'s binary cannot send a snapshot for an SI stream: join its family from a backup of it (receiver start --si --updateresync BACKUP)",
                 hello.name
             ),
         )),
+        None if crate::storage::meta::family_root(&auth.history).is_none() => {
+            Some(("no_history", format!("{} sent no history records", hello.name)))
+        }
         None => None,
     };
     if let Some((code, message)) = refusal {

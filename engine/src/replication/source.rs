@@ -250,7 +250,8 @@ async fn stream_once(
         seqno,
         streams: if link.si { Vec::new() } else { meta.streams.clone() },
         journal_first: ctx.store.journal_first(),
-        snapshots: true,
+        snapshots: !link.si,
+        si_snapshots: link.si,
     };
     protocol::write_json(&mut wr, Kind::Auth, &auth).await?;
     let (kind, payload) = timed(START_TIMEOUT, protocol::read_reply(&mut rd)).await?;
@@ -592,6 +593,7 @@ pub async fn query(ctx: &Context, addr: &str) -> Result<protocol::HistoryAnswer,
         streams: Vec::new(),
         journal_first: ctx.store.journal_first(),
         snapshots: false,
+        si_snapshots: false,
     };
     protocol::write_json(&mut wr, Kind::Auth, &auth).await?;
     timed(HANDSHAKE_TIMEOUT, protocol::expect(&mut rd, Kind::History)).await

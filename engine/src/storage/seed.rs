@@ -372,7 +372,8 @@ mod tests {
 
     /// An SI seeding swaps in a file that holds the source family's stream, begun at the
     /// snapshot's seqno by the record after the instance's own journal base (one past what it
-    /// had committed); the instance keeps its own family. Abandoned once it holds a stream.
+    /// had committed); the instance keeps its own family. Abandoned when it holds data of its
+    /// own by the time of the swap (a write after the receiver found it empty), or a stream.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_si_seeding_installs_the_stream_with_the_data() {
         let dir = tempfile::tempdir().unwrap();
@@ -382,6 +383,37 @@ mod tests {
         let metrics = Arc::new(crate::metrics::Metrics::new().unwrap());
         let (writer, _thread) = Writer::<()>::spawn(store.clone(), WriterLimits::default(), metrics).unwrap();
         let receiver = ReceiverConfig { autorollback: true, si: true, noresync: false, seed: true };
+        let r = receiver.clone();
+        writer
+            .update_meta(Box::new(move |m, _| {
+                m.role = Role::SupplementaryPrimary;
+                m.receiver = Some(r);
+                Ok(Some(Marker::failover()))
+            }))
+            .await
+            .unwrap();
+        let asked = SeedExpectation::of(&store);
+        let (path, mut header) = built(&store, 500, asked.joining());
+        header.history = source.history.clone();
+        let seeding = (path, header);
+
+        // A write of its own, committed after the receiver found it empty but before it
+        // took what the swap expects: abandoned on the writer's own check, the write kept.
+        writer.system(b"own".to_vec(), b"1".to_vec(), None).await.unwrap();
+        let late = SeedExpectation::of(&store);
+        let err = install(&writer, &store, late).await.unwrap_err();
+        assert!(err.contains("holds data of its own"), "{err}");
+        assert_eq!(store.snapshot().unwrap().get(b"own").unwrap(), Some(b"1".to_vec()));
+        assert!(store.meta().streams.is_empty());
+
+        // As it asked, before that write: abandoned too (it committed since); and from an
+        // instance holding nothing, installed.
+        let (path, header) = seeding;
+        assert!(writer.install_seed(path, header.clone(), asked).await.is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), Some(&spec)).unwrap());
+        let metrics = Arc::new(crate::metrics::Metrics::new().unwrap());
+        let (writer, _thread) = Writer::<()>::spawn(store.clone(), WriterLimits::default(), metrics).unwrap();
         writer
             .update_meta(Box::new(move |m, _| {
                 m.role = Role::SupplementaryPrimary;
@@ -392,8 +424,7 @@ mod tests {
             .unwrap();
         let own = store.meta().history.clone();
         let asked = SeedExpectation::of(&store);
-        let (path, mut header) = built(&store, 500, asked.joining());
-        header.history = source.history.clone();
+        let (path, _) = built(&store, 500, asked.joining());
         assert_eq!(writer.install_seed(path, header, asked).await.unwrap(), 3);
         let meta = store.meta();
         assert_eq!((meta.name.as_str(), meta.role), ("malvern", Role::SupplementaryPrimary));

@@ -2247,8 +2247,19 @@ impl<T: Send + 'static> WriterThread<T> {
                 current.role.as_str()
             )));
         }
-        if matches!(joining, super::seed::Joining::Si { .. }) && !current.streams.is_empty() {
-            return Err(abandoned(format!("{} holds an SI stream now", current.name)));
+        // An SI seeding replaces only an instance holding nothing of its own: checked here, on
+        // the thread that commits, so that no write can slip in after the receiver's check.
+        if matches!(joining, super::seed::Joining::Si { .. }) {
+            if !current.streams.is_empty() {
+                return Err(abandoned(format!("{} holds an SI stream now", current.name)));
+            }
+            let keys = self.store.key_counts().keys;
+            if keys > 0 || self.streams[0] > 0 {
+                return Err(abandoned(format!(
+                    "{} holds data of its own now ({keys} keys, {} transactions)",
+                    current.name, self.streams[0]
+                )));
+            }
         }
         // It asked with the receiver it has now (a BC receiver that may be seeded, or an SI
         // receiver for a family's first stream).
@@ -2264,7 +2275,7 @@ impl<T: Send + 'static> WriterThread<T> {
         let committed = self.store.committed_seqno();
         if committed != expected.seqno || self.streams != expected.streams {
             return Err(abandoned(format!(
-                "{} is at seqno {committed} now, not {} as when it asked for the snapshot",
+                "{} committed since it asked for the snapshot (seqno {} then, {committed} now)",
                 current.name, expected.seqno
             )));
         }

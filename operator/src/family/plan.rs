@@ -1830,26 +1830,43 @@ impl<'v, 'a> Planner<'v, 'a> {
                 continue;
             }
             // A target without the family's stream joins it: from the backup spec.updateresync
-            // names, else from the source's snapshot (binaries that can: the receiver asks for
-            // it while it holds nothing of its own, and the link shows Seeding), else (older
-            // binaries) from the history of a source that holds nothing yet.
+            // names; else, while the source holds nothing, from its history; else from the
+            // source's snapshot, where both binaries can (the receiver asks for it while it
+            // holds nothing of its own, and the link shows Seeding). A target holding data of
+            // its own (its own transactions, or another family's stream) needs the backup.
             let family = pe.family().unwrap_or(root).to_owned();
             let needs_stream = !te.has_stream_from(&family);
-            let seed = te.features.iter().any(|f| f == "seed-si") && l.spec.updateresync.is_none();
-            let from_empty_source = needs_stream && !seed && l.spec.updateresync.is_none();
-            if from_empty_source && pe.journal_seqno > 0 {
+            let backup = l.spec.updateresync.is_some();
+            let from_empty_source = needs_stream && !backup && pe.journal_seqno == 0;
+            let can_seed = [te, pe].iter().all(|e| e.features.iter().any(|f| f == "seed-si"));
+            let seed = needs_stream && !backup && !from_empty_source;
+            let holds_data = te.streams.iter().any(|s| s.seqno > 0);
+            let blocked = if !seed {
+                None
+            } else if !can_seed {
+                Some(format!(
+                    "{root} already holds transactions and {}'s or {root}'s binary cannot seed an SI stream from a snapshot",
+                    te.name
+                ))
+            } else if holds_data {
+                Some(format!("{} holds data of its own, which a snapshot of {root} would replace", te.name))
+            } else {
+                None
+            };
+            if let Some(why) = blocked {
                 report.state = "Blocked".into();
                 report.reason = Some(format!(
-                    "{} has no history for family {family}, {root} already holds transactions and {}'s binary cannot be seeded from a snapshot; set spec.updateresync to a backup of a member of that family loaded into {}",
-                    te.name, te.name, te.name
+                    "{} has no history for family {family}: {why}; set spec.updateresync to a backup of a member of that family loaded into {}",
+                    te.name, te.name
                 ));
                 self.out.links.insert(l.name.to_owned(), report);
                 continue;
             }
+            // Once the stream exists the receiver's seed setting means nothing: not compared.
             let receiver_ok = te.receiver.as_ref().is_some_and(|r| {
                 r.si && r.autorollback == l.spec.autorollback
                     && r.noresync == l.spec.noresync
-                    && r.seed == seed
+                    && (!needs_stream || r.seed == seed)
             });
             // A backup or an empty source's history begins the stream at once; a snapshot does
             // once it is installed (the receiver as it is, meanwhile).

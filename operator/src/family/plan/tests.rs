@@ -687,21 +687,30 @@ fn receivers_are_seeded_where_their_binary_can_be() {
     }
 }
 
-/// A supplementary target without the family's stream joins it from the source's snapshot
-/// where its binary can be seeded (its receiver started once with `seed`, not again while the
-/// snapshot is on its way), from the backup `spec.updateresync` names when one is given, and —
-/// an older binary — from an empty source's history, or not at all once the source holds
-/// transactions (Blocked, saying why).
+/// A supplementary target without the family's stream joins it: from the backup
+/// `spec.updateresync` names; while the source holds nothing, from its history; otherwise from
+/// the source's snapshot where both binaries can seed (its receiver started once with `seed`,
+/// not again while the snapshot is on its way). Blocked, saying why, where neither works: an
+/// older binary on either end, or a target holding data of its own.
 #[test]
 fn an_si_target_joins_from_a_snapshot_where_its_binary_can_be() {
-    let cases = [
-        // (seed-si, spec.updateresync, the source's seqno) → what the receiver is started with
-        (true, None, 40, Some((true, None, None))),
-        (true, Some("/backup"), 40, Some((false, Some("/backup"), None))),
-        (false, None, 0, Some((false, None, Some("ardmore:7070")))),
-        (false, None, 40, None),
+    type Started = Option<(bool, Option<&'static str>, Option<&'static str>)>;
+    type Case = ((bool, bool), Option<&'static str>, u64, u64, (Started, &'static str));
+    let blocked_by = |why: &'static str| (None, why);
+    let cases: [Case; 7] = [
+        // ((target, source) list seed-si, spec.updateresync, source seqno, target's own seqno)
+        ((true, true), None, 40, 0, (Some((true, None, None)), "")),
+        ((true, true), Some("/backup"), 40, 0, (Some((false, Some("/backup"), None)), "")),
+        ((true, true), None, 0, 0, (Some((false, None, Some("ardmore:7070"))), "")),
+        ((false, false), None, 0, 0, (Some((false, None, Some("ardmore:7070"))), "")),
+        ((false, true), None, 40, 0, blocked_by("cannot seed an SI stream from a snapshot")),
+        ((true, false), None, 40, 0, blocked_by("cannot seed an SI stream from a snapshot")),
+        ((true, true), None, 40, 3, blocked_by("holds data of its own")),
     ];
-    for (seed_si, updateresync, seqno, expected) in cases {
+    for ((target_can, source_can), updateresync, seqno, own, (expected, why)) in cases {
+        let case = format!(
+            "seed-si {target_can}/{source_can}, updateresync {updateresync:?}, seqno {seqno}, own {own}"
+        );
         let mut sim = Sim::new(&["ardmore"], &[]);
         let link = ReplicationLinkSpec {
             mode: Mode::Si,
@@ -713,9 +722,14 @@ fn an_si_target_joins_from_a_snapshot_where_its_binary_can_be() {
         let mut malvern = Engine::new("malvern").status;
         sim.si_targets.insert("ardmore-to-malvern".into(), malvern.clone());
         assert!(sim.run(10_000, |s| s.status.primary.as_deref() == Some("ardmore")), "{:?}", sim.status);
-        sim.engines.get_mut("ardmore").unwrap().status.journal_seqno = seqno;
+        let ardmore = &mut sim.engines.get_mut("ardmore").unwrap().status;
+        ardmore.journal_seqno = seqno;
+        if source_can {
+            ardmore.features.push("seed-si".into());
+        }
         malvern.role = "supplementary-primary".into();
-        if seed_si {
+        malvern.streams = vec![crate::engine_status::Stream { stream: 0, source_family: None, seqno: own }];
+        if target_can {
             malvern.features.push("seed-si".into());
         }
         sim.si_targets.insert("ardmore-to-malvern".into(), malvern.clone());
@@ -728,17 +742,16 @@ fn an_si_target_joins_from_a_snapshot_where_its_binary_can_be() {
                 _ => None,
             });
         let expected = expected.map(|(seed, u, f)| (seed, u.map(str::to_owned), f.map(str::to_owned)));
-        assert_eq!(started, expected, "seed-si {seed_si}, updateresync {updateresync:?}, seqno {seqno}");
+        assert_eq!(started, expected, "{case}");
         let report = &plan.links["ardmore-to-malvern"];
         if expected.is_none() {
-            assert_eq!(report.state, "Blocked");
-            assert!(
-                report.reason.as_deref().unwrap_or_default().contains("cannot be seeded from a snapshot")
-            );
+            assert_eq!(report.state, "Blocked", "{case}");
+            let reason = report.reason.as_deref().unwrap_or_default();
+            assert!(reason.contains(why) && reason.contains("spec.updateresync"), "{case}: {reason}");
             continue;
         }
         // The receiver as started; a snapshot still on its way: nothing started again.
-        if seed_si && updateresync.is_none() {
+        if expected.as_ref().is_some_and(|e| e.0) {
             malvern.receiver = Some(Receiver {
                 si: true,
                 autorollback: true,
@@ -746,11 +759,24 @@ fn an_si_target_joins_from_a_snapshot_where_its_binary_can_be() {
                 state: "seeding".into(),
                 ..Default::default()
             });
+            sim.si_targets.insert("ardmore-to-malvern".into(), malvern.clone());
+            let plan = sim.plan();
+            assert!(
+                !plan.actions.iter().any(|a| matches!(a, Action::ReceiverStart { .. })),
+                "{case}: {:?}",
+                plan.actions
+            );
+            // Seeded: the stream is there, and the receiver is left as it is.
+            malvern.streams.push(crate::engine_status::Stream {
+                stream: 1,
+                source_family: Some("ardmore".into()),
+                seqno,
+            });
             sim.si_targets.insert("ardmore-to-malvern".into(), malvern);
             let plan = sim.plan();
             assert!(
                 !plan.actions.iter().any(|a| matches!(a, Action::ReceiverStart { .. })),
-                "{:?}",
+                "{case}: {:?}",
                 plan.actions
             );
         }

@@ -361,19 +361,28 @@ async fn stream_once(
         }
         if committed >= next {
             let to = committed.min(next + protocol::BATCH_RECORDS_MAX as u64 - 1);
-            let store = ctx.store.clone();
-            let raw =
-                tokio::task::spawn_blocking(move || store.snapshot().and_then(|s| s.journal_raw(next, to)))
+            // What was just committed is in memory: read here. Older records (a receiver
+            // behind the last checkpoint) come from the database file, off this task.
+            let recent = ctx.store.recent_journal_raw(next, to);
+            let read = match recent {
+                Some(read) => read,
+                None => {
+                    let store = ctx.store.clone();
+                    tokio::task::spawn_blocking(move || {
+                        store.snapshot().and_then(|s| s.journal_raw(next, to))
+                    })
                     .await
                     .map_err(ProtocolError::other)?
-                    .map_err(|e| match e {
-                        StoreError::JournalTrimmed { .. } => ProtocolError::NeedsReseed(format!(
-                            "{}; {} must be re-seeded",
-                            error_chain(&e),
-                            link.receiver
-                        )),
-                        e => ProtocolError::other(error_chain(&e)),
-                    })?;
+                }
+            };
+            let raw = read.map_err(|e| match e {
+                StoreError::JournalTrimmed { .. } => ProtocolError::NeedsReseed(format!(
+                    "{}; {} must be re-seeded",
+                    error_chain(&e),
+                    link.receiver
+                )),
+                e => ProtocolError::other(error_chain(&e)),
+            })?;
             if raw.is_empty() {
                 continue;
             }

@@ -243,6 +243,21 @@ const LEASE_MARGIN_NANOS: u64 = 250_000_000;
 /// Last stream seqno of streams 0..=15.
 pub type StreamSeqnos = [u64; journal::STREAMS_MAX as usize];
 
+/// An encoded journal record with its seqno and commit time (what a replication source sends).
+pub type RawRecord = (u64, u64, Vec<u8>);
+
+/// Checks an encoded record's header against the seqno it is stored under. Only the header is
+/// decoded (its checksum covers the whole record): the receiver decodes the rest.
+fn raw_record(seqno: u64, bytes: Vec<u8>) -> Result<RawRecord, StoreError> {
+    let head = Record::head(&bytes).map_err(|source| StoreError::RecordDecode { seqno, source })?;
+    if head.seqno != seqno {
+        return Err(StoreError::JournalCorrupt {
+            reason: format!("record stored under {seqno} says it is {}", head.seqno),
+        });
+    }
+    Ok((seqno, head.commit_time_micros, bytes))
+}
+
 /// Microseconds since the Unix epoch (0 if the clock is before it).
 pub fn now_micros() -> u64 {
     std::time::SystemTime::now()
@@ -673,6 +688,22 @@ impl Store {
         let txn = txn.map_err(redb_err("begin a read transaction"))?;
         let data = txn.open_table(DATA).map_err(redb_err("open the data table"))?;
         Ok(Snapshot { txn, data, sv, seqno: u64::MAX })
+    }
+
+    /// [`Snapshot::journal_raw`] of committed records `from..=to`, when the overlay holds all
+    /// of them (the newest records, past the last checkpoint): read from memory, without a
+    /// database read transaction, so a replication source sending what was just committed
+    /// need not leave its task. `None` when any of them is in the database file (or not
+    /// committed): read them from a snapshot.
+    pub fn recent_journal_raw(&self, from: u64, to: u64) -> Option<Result<Vec<RawRecord>, StoreError>> {
+        let to = to.min(self.committed_seqno());
+        let (sv, ()) = self.overlay.pin_with(|| ());
+        if from > to || from <= sv.checkpoint_seqno() {
+            return None;
+        }
+        let records = sv.records(from, to);
+        let whole = records.first().map(|(s, _)| *s) == Some(from) && records.len() as u64 == to - from + 1;
+        whole.then(|| records.into_iter().map(|(seqno, bytes)| raw_record(seqno, bytes)).collect())
     }
 
     /// Size of the database file in bytes.
@@ -1179,18 +1210,10 @@ impl Snapshot {
 
     /// Encoded journal records `from..=to` with their seqno and commit time, checksums
     /// verified (what a replication source sends).
-    pub fn journal_raw(&self, from: u64, to: u64) -> Result<Vec<(u64, u64, Vec<u8>)>, StoreError> {
-        // Only the header is decoded (its checksum covers the whole record): the receiver
-        // decodes the rest.
+    pub fn journal_raw(&self, from: u64, to: u64) -> Result<Vec<RawRecord>, StoreError> {
         let mut out = Vec::new();
         self.for_each_raw(from, to, |seqno, bytes| {
-            let head = Record::head(&bytes).map_err(|source| StoreError::RecordDecode { seqno, source })?;
-            if head.seqno != seqno {
-                return Err(StoreError::JournalCorrupt {
-                    reason: format!("record stored under {seqno} says it is {}", head.seqno),
-                });
-            }
-            out.push((seqno, head.commit_time_micros, bytes.into_owned()));
+            out.push(raw_record(seqno, bytes.into_owned())?);
             Ok(())
         })?;
         Ok(out)

@@ -340,3 +340,38 @@ fn a_supplementary_instance_takes_a_first_si_stream_from_a_snapshot() {
     assert_eq!(contents(&p).len(), 1, "Pottstown keeps its own data");
     assert_eq!(p.metric("strand_replication_seeds_total{result=\"installed\"}"), 0.0);
 }
+
+/// An SI seeding cut short by the receiver's death leaves the instance as it was — no data,
+/// no stream — and the next connection seeds it whole: the data and the stream arrive in one
+/// rename, never one without the other.
+#[test]
+fn an_si_seeding_cut_short_leaves_the_instance_empty_and_completes_later() {
+    let dir = tempdir();
+    // 32 KiB a second: the snapshot takes seconds, so it is cut in the middle.
+    let a = trimmed_primary(dir.path(), &["--seed-rate-bytes", "32768"]);
+    let mut m = Server::start_replicating_with(dir.path(), "Malvern", &small_wal(&["--supplementary"]));
+    m.ctl(&["promote"]);
+    m.ctl(&["receiver", "start", "--si", "--seed"]);
+    let link = |a: &Server, m: &Server| {
+        a.ctl(&["source", "start", "--receiver", "Malvern", "--addr", &m.repl_addr(), "--si"]);
+    };
+    link(&a, &m);
+    let received = |m: &Server| m.status()["receiver"]["snapshot"]["nodes_received"].as_u64().unwrap_or(0);
+    wait_until("part of the snapshot to arrive", || received(&m) > 0);
+    wait_until("the new file to be built", || m.data_dir.join("seed.partial").exists());
+    m.kill9();
+    m.restart();
+    assert!(!m.data_dir.join("seed.partial").exists(), "a start removes the unfinished file");
+    let status = m.status();
+    assert_eq!(status["streams"].as_array().unwrap().len(), 1, "stream 0 only: {status}");
+    assert!(contents(&m).is_empty(), "nothing of the snapshot became the data");
+    m.verify();
+
+    // Pointed at its new address (a restart gives another port), it is seeded whole.
+    a.ctl(&["source", "stop", "--receiver", "Malvern"]);
+    link(&a, &m);
+    si_caught_up(&a, &m);
+    same_data(&a, &m);
+    assert_eq!(m.status()["streams"][1]["source_family"], "Ardmore");
+    m.verify();
+}

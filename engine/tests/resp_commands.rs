@@ -626,3 +626,24 @@ fn bitop_and_bitfield() {
     assert!(err.to_string().contains("u64 is not supported"), "{err}");
     server.verify();
 }
+
+/// Every command is counted by name, on every connection, including repeats of a name the
+/// connection has counted before.
+#[test]
+fn commands_are_counted_by_name() {
+    let (_dir, server) = server();
+    let (mut a, mut b) = (server.client(), server.client());
+    for c in [&mut a, &mut b] {
+        let () = redis::cmd("SET").arg("k").arg("v").query(c).unwrap();
+        for _ in 0..3 {
+            let _: Option<String> = redis::cmd("GET").arg("k").query(c).unwrap();
+        }
+    }
+    let mut p = redis::pipe();
+    for _ in 0..10 {
+        p.cmd("GET").arg("k");
+    }
+    let _: Vec<Option<String>> = p.query(&mut a).unwrap();
+    assert_eq!(server.metric("strand_resp_commands_total{command=\"get\"}"), 16.0);
+    assert_eq!(server.metric("strand_resp_commands_total{command=\"set\"}"), 2.0);
+}

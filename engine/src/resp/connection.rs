@@ -99,6 +99,22 @@ struct State {
     /// in the batch drops it (the next read opens one that sees the write).
     /// Expiry is judged at the time the view was opened.
     view: Option<ReadView>,
+    /// This connection's handles on `strand_resp_commands_total`, by command name: a label
+    /// lookup (hashing, a lock) per command showed in the profile of pipelined reads.
+    counters: Vec<(&'static str, prometheus::IntCounter)>,
+}
+
+impl State {
+    fn count(&mut self, engine: &Engine, name: &'static str) {
+        // Names are the command table's own: the same pointer for the same command.
+        if let Some((_, counter)) = self.counters.iter().find(|(n, _)| std::ptr::eq(*n, name)) {
+            counter.inc();
+            return;
+        }
+        let counter = engine.metrics.resp_commands_total.with_label_values(&[name]);
+        counter.inc();
+        self.counters.push((name, counter));
+    }
 }
 
 /// What the reads of one pipeline share: the key counts, then the snapshot opened after
@@ -125,6 +141,7 @@ pub async fn serve(engine: Arc<Engine>, mut stream: TcpStream, id: u64, mut shut
         last_seqno: 0,
         outbox: Vec::new(),
         view: None,
+        counters: Vec::new(),
     };
     let mut input: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut output: Vec<u8> = Vec::with_capacity(16 * 1024);
@@ -297,7 +314,7 @@ impl State {
                 return Next::Continue;
             }
         };
-        engine.metrics.resp_commands_total.with_label_values(&[name]).inc();
+        self.count(engine, name);
         if !self.authenticated
             && !matches!(command, Command::Auth { .. } | Command::Hello { .. } | Command::Quit)
         {

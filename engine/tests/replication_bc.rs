@@ -326,3 +326,36 @@ fn offline_rollback_of_a_stopped_instance() {
     assert_eq!(lost_keys(&txns), vec!["A8", "A9", "A10"]);
     ardmore.verify();
 }
+
+/// Large transactions replicate: records are sent in frames of about 4 MiB, a larger one
+/// alone, and a single transaction larger than the common frame limit (64 MiB: a MULTI of
+/// nine 8 MiB values) in a `Records` frame of its own. Ten 8 MiB SETs in a row once made one
+/// frame past that limit, which the source could never send.
+#[test]
+fn transactions_larger_than_a_frame_replicate() {
+    let dir = tempdir();
+    let (ardmore, brynmawr) = Server::bc_pair(dir.path());
+    let value = |i: u8| vec![b'a' + i; 8 * 1024 * 1024];
+    let mut c = ardmore.client();
+    let mut p = redis::pipe();
+    for i in 0..10u8 {
+        p.cmd("SET").arg(format!("big:{i}")).arg(value(i)).ignore();
+    }
+    let () = p.query(&mut c).unwrap();
+    let mut multi = redis::pipe();
+    multi.atomic();
+    for i in 0..9u8 {
+        multi.cmd("SET").arg(format!("multi:{i}")).arg(value(i)).ignore();
+    }
+    let () = multi.query(&mut c).unwrap();
+    let target = ardmore.seqno();
+    wait_until("the large transactions to replicate", || brynmawr.seqno() == target);
+    let mut b = brynmawr.client();
+    for (prefix, n) in [("big", 10u8), ("multi", 9)] {
+        for i in 0..n {
+            let got: Vec<u8> = b.get(format!("{prefix}:{i}")).unwrap();
+            assert!(got == value(i), "{prefix}:{i} differs on BrynMawr");
+        }
+    }
+    brynmawr.verify();
+}

@@ -7,7 +7,9 @@
 //! payload. Control messages carry JSON payloads; a `Records` frame carries journal records
 //! in their own (individually checksummed) binary form: `u32 count`, then `u32 len` + bytes
 //! per record. The length is checked against [`FRAME_BYTES_MAX`] before anything is
-//! allocated; a bad checksum, an unknown kind or a short frame ends the connection.
+//! allocated — except that once a stream runs, a `Records` frame holding one transaction
+//! larger than that may reach [`RECORDS_FRAME_BYTES_MAX`] (what one journal record can be);
+//! a bad checksum, an unknown kind or a short frame ends the connection.
 //!
 //! Handshake (the source connects to the receiver's replication address):
 //! 1. source → `Hello` {protocol, mode, name, creation id, nonce_s, si, supplementary, term}
@@ -40,12 +42,18 @@ use crate::storage::seed::Node;
 pub const PROTOCOL_VERSION: u16 = crate::version::PROTOCOL;
 /// Largest frame accepted.
 pub const FRAME_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Largest `Records` frame, on a running stream only ([`read_stream_frame`]): one journal
+/// record as large as a journal segment's frame holds (a transaction up to
+/// `--max-txn-image-bytes`), with its count, length, kind and checksum. Frames are filled to
+/// about [`BATCH_BYTES_TARGET`], so only such a record alone makes one this large.
+pub const RECORDS_FRAME_BYTES_MAX: usize = crate::storage::segment::FRAME_BYTES_MAX + 64;
 /// Most records sent in one `Records` frame.
 pub const BATCH_RECORDS_MAX: usize = 1000;
 /// Target size of one `Records` frame.
 pub const BATCH_BYTES_TARGET: usize = 4 * 1024 * 1024;
 
 const _: () = assert!(BATCH_BYTES_TARGET < FRAME_BYTES_MAX);
+const _: () = assert!(RECORDS_FRAME_BYTES_MAX <= u32::MAX as usize);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -271,7 +279,8 @@ pub async fn write_frame<W: AsyncWriteExt + Unpin>(
     payload: &[u8],
 ) -> Result<(), ProtocolError> {
     let len = 1 + payload.len() + 4;
-    if len > FRAME_BYTES_MAX {
+    let max = if kind == Kind::Records { RECORDS_FRAME_BYTES_MAX } else { FRAME_BYTES_MAX };
+    if len > max {
         return Err(ProtocolError::TooLarge(len));
     }
     let mut buf = Vec::with_capacity(4 + len);
@@ -297,14 +306,26 @@ pub async fn write_json<W: AsyncWriteExt + Unpin, T: Serialize>(
 }
 
 pub async fn read_frame<R: AsyncReadExt + Unpin>(r: &mut R) -> Result<(Kind, Vec<u8>), ProtocolError> {
-    let mut len = [0u8; 4];
-    match r.read_exact(&mut len).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(ProtocolError::Closed),
-        Err(e) => return Err(e.into()),
-    }
-    let len = usize::try_from(u32::from_le_bytes(len)).unwrap_or(usize::MAX);
-    if len > FRAME_BYTES_MAX {
+    read_frame_within(r, false).await
+}
+
+/// [`read_frame`] on a running stream (after the handshake): a `Records` frame may be as
+/// large as [`RECORDS_FRAME_BYTES_MAX`].
+pub async fn read_stream_frame<R: AsyncReadExt + Unpin>(r: &mut R) -> Result<(Kind, Vec<u8>), ProtocolError> {
+    read_frame_within(r, true).await
+}
+
+async fn read_frame_within<R: AsyncReadExt + Unpin>(
+    r: &mut R,
+    large_records: bool,
+) -> Result<(Kind, Vec<u8>), ProtocolError> {
+    let closed = |e: std::io::Error| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof { ProtocolError::Closed } else { e.into() }
+    };
+    let mut head = [0u8; 5];
+    r.read_exact(&mut head[..4]).await.map_err(closed)?;
+    let len = usize::try_from(u32::from_le_bytes([head[0], head[1], head[2], head[3]])).unwrap_or(usize::MAX);
+    if len > RECORDS_FRAME_BYTES_MAX || (len > FRAME_BYTES_MAX && !large_records) {
         return Err(ProtocolError::TooLarge(len));
     }
     if len < 5 {
@@ -313,18 +334,25 @@ pub async fn read_frame<R: AsyncReadExt + Unpin>(r: &mut R) -> Result<(Kind, Vec
             reason: format!("frame of {len} bytes is too short"),
         });
     }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).await.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof { ProtocolError::Closed } else { e.into() }
-    })?;
-    let (content, crc) = body.split_at(len - 4);
+    // The kind first: only a `Records` frame may pass the common limit.
+    r.read_exact(&mut head[4..]).await.map_err(closed)?;
+    let kind_byte = head[4];
+    if len > FRAME_BYTES_MAX && kind_byte != Kind::Records as u8 {
+        return Err(ProtocolError::TooLarge(len));
+    }
+    let mut rest = vec![0u8; len - 1];
+    r.read_exact(&mut rest).await.map_err(closed)?;
+    let (payload, crc) = rest.split_at(len - 5);
     let stored = u32::from_le_bytes(crc.try_into().map_err(|_| ProtocolError::Checksum)?);
-    if crc32fast::hash(content) != stored {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&[kind_byte]);
+    hasher.update(payload);
+    if hasher.finalize() != stored {
         return Err(ProtocolError::Checksum);
     }
-    let (&kind, payload) = content.split_first().ok_or(ProtocolError::Checksum)?;
-    let kind = Kind::from_u8(kind).ok_or(ProtocolError::UnknownKind(kind))?;
-    Ok((kind, payload.to_vec()))
+    let kind = Kind::from_u8(kind_byte).ok_or(ProtocolError::UnknownKind(kind_byte))?;
+    rest.truncate(len - 5);
+    Ok((kind, rest))
 }
 
 pub fn parse<T: for<'de> Deserialize<'de>>(kind: Kind, payload: &[u8]) -> Result<T, ProtocolError> {
@@ -482,6 +510,33 @@ mod tests {
         let huge = ((FRAME_BYTES_MAX + 1) as u32).to_le_bytes();
         assert!(matches!(read_frame(&mut huge.as_slice()).await, Err(ProtocolError::TooLarge(_))));
         assert!(matches!(read_frame(&mut &buf[..buf.len() - 1]).await, Err(ProtocolError::Closed)));
+    }
+
+    /// On a running stream a `Records` frame may pass the common limit (one large
+    /// transaction); no other kind may, nor may it before the stream runs, and the length is
+    /// judged before the body is read.
+    #[tokio::test]
+    async fn only_a_streams_records_frame_may_be_large() {
+        let payload = vec![7u8; FRAME_BYTES_MAX + 10];
+        let mut buf = Vec::new();
+        write_frame(&mut buf, Kind::Records, &payload).await.unwrap();
+        let (kind, got) = read_stream_frame(&mut buf.as_slice()).await.unwrap();
+        assert_eq!((kind, got.len()), (Kind::Records, payload.len()));
+        assert!(got == payload);
+        assert!(matches!(read_frame(&mut buf.as_slice()).await, Err(ProtocolError::TooLarge(_))));
+        buf[4] ^= 0x01;
+        assert!(read_stream_frame(&mut buf.as_slice()).await.is_err(), "a flipped kind is caught");
+        let mut other = Vec::new();
+        assert!(matches!(
+            write_frame(&mut other, Kind::Heartbeat, &payload).await,
+            Err(ProtocolError::TooLarge(_))
+        ));
+        // A large Heartbeat header, its body never sent: refused on the kind alone.
+        let mut head = ((FRAME_BYTES_MAX + 1) as u32).to_le_bytes().to_vec();
+        head.push(Kind::Heartbeat as u8);
+        assert!(matches!(read_stream_frame(&mut head.as_slice()).await, Err(ProtocolError::TooLarge(_))));
+        let beyond = ((RECORDS_FRAME_BYTES_MAX + 1) as u32).to_le_bytes();
+        assert!(matches!(read_stream_frame(&mut beyond.as_slice()).await, Err(ProtocolError::TooLarge(_))));
     }
 
     #[test]

@@ -916,7 +916,7 @@ async fn receive(
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<(Kind, Vec<u8>), ProtocolError>>(64);
     let reader = async {
         loop {
-            let frame = tokio::time::timeout(SILENCE_TIMEOUT, protocol::read_frame(rd))
+            let frame = tokio::time::timeout(SILENCE_TIMEOUT, protocol::read_stream_frame(rd))
                 .await
                 .map_err(|_| ProtocolError::other("source silent for too long"))
                 .and_then(|r| r);

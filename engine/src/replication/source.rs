@@ -363,13 +363,15 @@ async fn stream_once(
             let to = committed.min(next + protocol::BATCH_RECORDS_MAX as u64 - 1);
             // What was just committed is in memory: read here. Older records (a receiver
             // behind the last checkpoint) come from the database file, off this task.
-            let recent = ctx.store.recent_journal_raw(next, to);
+            // A frame holds about BATCH_BYTES_TARGET: a large transaction goes alone.
+            let budget = protocol::BATCH_BYTES_TARGET;
+            let recent = ctx.store.recent_journal_raw(next, to, budget);
             let read = match recent {
                 Some(read) => read,
                 None => {
                     let store = ctx.store.clone();
                     tokio::task::spawn_blocking(move || {
-                        store.snapshot().and_then(|s| s.journal_raw(next, to))
+                        store.snapshot().and_then(|s| s.journal_raw(next, to, budget))
                     })
                     .await
                     .map_err(ProtocolError::other)?
@@ -383,6 +385,11 @@ async fn stream_once(
                 )),
                 e => ProtocolError::other(error_chain(&e)),
             })?;
+            // A rollback during the read may have given records it replaced: none are sent.
+            if ctx.store.rollbacks() != rollbacks {
+                acks.0.abort();
+                return Err(ProtocolError::other("this instance rolled back; negotiating again"));
+            }
             if raw.is_empty() {
                 continue;
             }

@@ -695,14 +695,21 @@ impl Store {
     /// database read transaction, so a replication source sending what was just committed
     /// need not leave its task. `None` when any of them is in the database file (or not
     /// committed): read them from a snapshot.
-    pub fn recent_journal_raw(&self, from: u64, to: u64) -> Option<Result<Vec<RawRecord>, StoreError>> {
-        let to = to.min(self.committed_seqno());
-        let (sv, ()) = self.overlay.pin_with(|| ());
+    /// Like it, they stop after the record that brings their bytes to `bytes_max`.
+    pub fn recent_journal_raw(
+        &self,
+        from: u64,
+        to: u64,
+        bytes_max: usize,
+    ) -> Option<Result<Vec<RawRecord>, StoreError>> {
+        let (sv, to) = self.overlay.pin_with(|| to.min(self.committed_seqno()));
         if from > to || from <= sv.checkpoint_seqno() {
             return None;
         }
-        let records = sv.records(from, to);
-        let whole = records.first().map(|(s, _)| *s) == Some(from) && records.len() as u64 == to - from + 1;
+        let records = sv.records_within(from, to, bytes_max);
+        let last = records.last().map(|(s, _)| *s);
+        let whole = records.first().map(|(s, _)| *s) == Some(from)
+            && last.is_some_and(|last| last - from + 1 == records.len() as u64);
         whole.then(|| records.into_iter().map(|(seqno, bytes)| raw_record(seqno, bytes)).collect())
     }
 
@@ -1209,12 +1216,18 @@ impl Snapshot {
     }
 
     /// Encoded journal records `from..=to` with their seqno and commit time, checksums
-    /// verified (what a replication source sends).
-    pub fn journal_raw(&self, from: u64, to: u64) -> Result<Vec<RawRecord>, StoreError> {
+    /// verified (what a replication source sends), stopping after the record that brings
+    /// their bytes to `bytes_max` (at least one, however large).
+    pub fn journal_raw(&self, from: u64, to: u64, bytes_max: usize) -> Result<Vec<RawRecord>, StoreError> {
         let mut out = Vec::new();
-        self.for_each_raw(from, to, |seqno, bytes| {
-            out.push(raw_record(seqno, bytes.into_owned())?);
-            Ok(())
+        let mut bytes = 0usize;
+        self.for_each_raw(from, to, |seqno, raw| {
+            if !out.is_empty() && bytes >= bytes_max {
+                return Ok(false);
+            }
+            bytes = bytes.saturating_add(raw.len());
+            out.push(raw_record(seqno, raw.into_owned())?);
+            Ok(true)
         })?;
         Ok(out)
     }
@@ -1230,17 +1243,18 @@ impl Snapshot {
         self.for_each_raw(from, to, |seqno, bytes| {
             let record =
                 Record::decode(&bytes).map_err(|source| StoreError::RecordDecode { seqno, source })?;
-            f(seqno, record, &bytes)
+            f(seqno, record, &bytes).map(|()| true)
         })
     }
 
     /// Calls `f` with the encoded records `from..=to` (as far as this view reaches), in
-    /// seqno order: the base's first (borrowed from redb), then the overlay's past them.
+    /// seqno order: the base's first (borrowed from redb), then the overlay's past them; until
+    /// `f` says `false`.
     fn for_each_raw(
         &self,
         from: u64,
         to: u64,
-        mut f: impl FnMut(u64, std::borrow::Cow<'_, [u8]>) -> Result<(), StoreError>,
+        mut f: impl FnMut(u64, std::borrow::Cow<'_, [u8]>) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError> {
         let to = to.min(self.seqno);
         if from > to {
@@ -1255,13 +1269,12 @@ impl Snapshot {
         for entry in table.range(from..=to).map_err(redb_err("read the journal"))? {
             let (seqno, bytes) = entry.map_err(redb_err("read the journal"))?;
             let seqno = seqno.value();
-            f(seqno, std::borrow::Cow::Borrowed(bytes.value()))?;
+            if !f(seqno, std::borrow::Cow::Borrowed(bytes.value()))? {
+                return Ok(());
+            }
             next = seqno + 1;
         }
-        for (seqno, bytes) in self.sv.records(next, to) {
-            f(seqno, std::borrow::Cow::Owned(bytes))?;
-        }
-        Ok(())
+        self.sv.visit_records(next, to, |seqno, bytes| f(seqno, std::borrow::Cow::Borrowed(bytes)))
     }
 
     /// Records from `at` (capped at this view) backwards, until `f` says stop. Reaching the

@@ -470,14 +470,45 @@ impl SuperVersion {
 
     /// Encoded journal records with seqnos in `from..=to`, oldest first.
     pub fn records(&self, from: u64, to: u64) -> Vec<(u64, Vec<u8>)> {
+        self.records_within(from, to, usize::MAX)
+    }
+
+    /// [`SuperVersion::records`], stopping after the record that brings their bytes to
+    /// `bytes_max` (at least one record, however large).
+    pub fn records_within(&self, from: u64, to: u64, bytes_max: usize) -> Vec<(u64, Vec<u8>)> {
         let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let visited = self.visit_records(from, to, |seqno, record| {
+            if !out.is_empty() && bytes >= bytes_max {
+                return Ok(false);
+            }
+            bytes = bytes.saturating_add(record.len());
+            out.push((seqno, record.to_vec()));
+            Ok::<bool, std::convert::Infallible>(true)
+        });
+        match visited {
+            Ok(()) => out,
+        }
+    }
+
+    /// Calls `f` with the encoded records with seqnos in `from..=to`, oldest first, until it
+    /// says `false`.
+    pub fn visit_records<E>(
+        &self,
+        from: u64,
+        to: u64,
+        mut f: impl FnMut(u64, &[u8]) -> Result<bool, E>,
+    ) -> Result<(), E> {
         for generation in &self.generations {
             let inner = generation.read();
             let start = inner.records.partition_point(|(s, _)| *s < from);
-            let held = inner.records.get(start..).unwrap_or_default();
-            out.extend(held.iter().take_while(|(s, _)| *s <= to).map(|(s, r)| (*s, r.to_vec())));
+            for (seqno, record) in inner.records.get(start..).unwrap_or_default() {
+                if *seqno > to || !f(*seqno, record)? {
+                    return Ok(());
+                }
+            }
         }
-        out
+        Ok(())
     }
 
     /// The first `Some` that `f` gives going back through the records the overlay holds,
@@ -828,6 +859,10 @@ mod tests {
         }
         let sv = overlay.current();
         assert_eq!(sv.records(2, 9), vec![(2, vec![2]), (3, vec![3])]);
+        // A byte budget stops after the record that reaches it, and never gives nothing.
+        assert_eq!(sv.records_within(1, 9, 2), vec![(1, vec![1]), (2, vec![2])]);
+        assert_eq!(sv.records_within(2, 9, 0), vec![(2, vec![2])]);
+        assert_eq!(sv.records_within(4, 9, 10), Vec::<(u64, Vec<u8>)>::new());
         assert_eq!(sv.records(1, 1), vec![(1, vec![1])]);
         assert_eq!(sv.first_record_seqno(), Some(1));
         assert_eq!(overlay.frozen(), 3);

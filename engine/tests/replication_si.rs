@@ -120,14 +120,6 @@ fn pause(from: &Server, to: &Server) {
     from.ctl(&["source", "stop", "--receiver", &to.name]);
 }
 
-fn source_state(from: &Server, to: &str) -> String {
-    let backlog = from.ctl(&["backlog", "--json"]);
-    backlog.as_array().unwrap().iter().find(|s| s["receiver"] == to).unwrap()["state"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
 struct Family {
     _dir: tempfile::TempDir,
     root: PathBuf,
@@ -250,7 +242,7 @@ fn brynmawr_takes_over_the_si_stream_without_rollback() {
     ardmore.ctl(&["receiver", "start"]);
     link(brynmawr, ardmore, false);
     wait_until("BrynMawr to report that Ardmore must roll back", || {
-        source_state(brynmawr, "Ardmore") == "rollback_required"
+        brynmawr.source_field("Ardmore", "state") == "rollback_required"
     });
     expect(ardmore, "A95, A96, A97, A98, A99");
     let rolled = ardmore.ctl(&["rollback", "--fetchresync", &brynmawr.repl_addr()]);
@@ -297,7 +289,7 @@ fn malvern_ahead_rolls_off_a98_m39_m40() {
     expect(brynmawr, "A95, A96, A97");
     link(brynmawr, malvern, true);
     wait_until("BrynMawr to report that Malvern must roll back", || {
-        source_state(brynmawr, "Malvern") == "rollback_required"
+        brynmawr.source_field("Malvern", "state") == "rollback_required"
     });
     let status = malvern.status();
     let receiver = &status["receiver"];

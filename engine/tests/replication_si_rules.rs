@@ -15,18 +15,10 @@ fn write_n(server: &Server, prefix: &str, range: std::ops::RangeInclusive<u64>) 
     }
 }
 
-fn last_error_of(from: &Server, to: &str) -> String {
-    let backlog = from.ctl(&["backlog", "--json"]);
-    backlog.as_array().unwrap().iter().find(|s| s["receiver"] == to).unwrap()["last_error"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
-}
-
 #[track_caller]
 fn wait_refusal(from: &Server, to: &str, words: &str) {
     wait_until(&format!("{}'s stream to {to} to be refused with {words:?}", from.name), || {
-        last_error_of(from, to).contains(words)
+        from.source_field(to, "last_error").contains(words)
     });
 }
 

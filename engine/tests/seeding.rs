@@ -263,14 +263,6 @@ fn si_caught_up(a: &Server, m: &Server) {
     wait_until("the SI stream to catch up", || m.stream_seqno(1) == target);
 }
 
-fn source_error(a: &Server, to: &str) -> String {
-    let backlog = a.ctl(&["backlog", "--json"]);
-    backlog.as_array().unwrap().iter().find(|s| s["receiver"] == to).unwrap()["last_error"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
-}
-
 /// A family's first SI stream into a supplementary instance that holds nothing of its own
 /// begins from the source's snapshot (`receiver start --si --seed`), with no backup placed in
 /// its volume, even when the source's journal no longer reaches back to its start. The
@@ -333,9 +325,9 @@ fn a_supplementary_instance_takes_a_first_si_stream_from_a_snapshot() {
     p.ctl(&["receiver", "start", "--si", "--seed"]);
     a.ctl(&["source", "start", "--receiver", "Pottstown", "--addr", &p.repl_addr(), "--si"]);
     wait_until("Pottstown to be refused", || {
-        source_error(&a, "Pottstown").contains("Pottstown already holds data")
+        a.source_field("Pottstown", "last_error").contains("Pottstown already holds data")
     });
-    let err = source_error(&a, "Pottstown");
+    let err = a.source_field("Pottstown", "last_error");
     assert!(err.contains("--updateresync BACKUP"), "{err}");
     assert_eq!(contents(&p).len(), 1, "Pottstown keeps its own data");
     assert_eq!(p.metric("strand_replication_seeds_total{result=\"installed\"}"), 0.0);

@@ -370,6 +370,33 @@ mod tests {
         writer.install_seed(path, header, asked).await.map_err(|e| e.to_string())
     }
 
+    type Instance = (Arc<Store>, Writer<()>, std::thread::JoinHandle<()>);
+
+    /// A new instance in `dir` with its writer, given `role` and `receiver` (with `marker`
+    /// committed alongside), as a receiver that may be seeded is.
+    async fn instance(
+        dir: &std::path::Path,
+        name: &str,
+        supplementary: bool,
+        role: Role,
+        receiver: ReceiverConfig,
+        marker: Option<Marker>,
+    ) -> Instance {
+        let spec = CreateSpec { name: name.into(), supplementary };
+        let store = Arc::new(Store::open(dir, Some(&spec)).unwrap());
+        let metrics = Arc::new(crate::metrics::Metrics::new().unwrap());
+        let (writer, thread) = Writer::<()>::spawn(store.clone(), WriterLimits::default(), metrics).unwrap();
+        writer
+            .update_meta(Box::new(move |m, _| {
+                m.role = role;
+                m.receiver = Some(receiver);
+                Ok(marker)
+            }))
+            .await
+            .unwrap();
+        (store, writer, thread)
+    }
+
     /// An SI seeding swaps in a file that holds the source family's stream, begun at the
     /// snapshot's seqno by the record after the instance's own journal base (one past what it
     /// had committed); the instance keeps its own family. Abandoned when it holds data of its
@@ -378,20 +405,18 @@ mod tests {
     async fn an_si_seeding_installs_the_stream_with_the_data() {
         let dir = tempfile::tempdir().unwrap();
         let source = InstanceMeta::new("ardmore".into(), false, "ardmore-id".into(), 0);
-        let spec = CreateSpec { name: "malvern".into(), supplementary: true };
-        let store = Arc::new(Store::open(dir.path(), Some(&spec)).unwrap());
-        let metrics = Arc::new(crate::metrics::Metrics::new().unwrap());
-        let (writer, _thread) = Writer::<()>::spawn(store.clone(), WriterLimits::default(), metrics).unwrap();
         let receiver = ReceiverConfig { autorollback: true, si: true, noresync: false, seed: true };
-        let r = receiver.clone();
-        writer
-            .update_meta(Box::new(move |m, _| {
-                m.role = Role::SupplementaryPrimary;
-                m.receiver = Some(r);
-                Ok(Some(Marker::failover()))
-            }))
-            .await
-            .unwrap();
+        let malvern = |dir| {
+            instance(
+                dir,
+                "malvern",
+                true,
+                Role::SupplementaryPrimary,
+                receiver.clone(),
+                Some(Marker::failover()),
+            )
+        };
+        let (store, writer, _thread) = malvern(dir.path()).await;
         let asked = SeedExpectation::of(&store);
         let (path, mut header) = built(&store, 500, asked.joining());
         header.history = source.history.clone();
@@ -411,17 +436,7 @@ mod tests {
         let (path, header) = seeding;
         assert!(writer.install_seed(path, header.clone(), asked).await.is_err());
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path(), Some(&spec)).unwrap());
-        let metrics = Arc::new(crate::metrics::Metrics::new().unwrap());
-        let (writer, _thread) = Writer::<()>::spawn(store.clone(), WriterLimits::default(), metrics).unwrap();
-        writer
-            .update_meta(Box::new(move |m, _| {
-                m.role = Role::SupplementaryPrimary;
-                m.receiver = Some(receiver);
-                Ok(Some(Marker::failover()))
-            }))
-            .await
-            .unwrap();
+        let (store, writer, _thread) = malvern(dir.path()).await;
         let own = store.meta().history.clone();
         let asked = SeedExpectation::of(&store);
         let (path, _) = built(&store, 500, asked.joining());
@@ -452,20 +467,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_seeded_file_replaces_only_the_instance_that_asked_for_it() {
         let dir = tempfile::tempdir().unwrap();
-        let spec = CreateSpec { name: "brynmawr".into(), supplementary: false };
-        let store = Arc::new(Store::open(dir.path(), Some(&spec)).unwrap());
-        let metrics = Arc::new(crate::metrics::Metrics::new().unwrap());
-        let (writer, _thread) = Writer::<()>::spawn(store.clone(), WriterLimits::default(), metrics).unwrap();
         let receiver = ReceiverConfig { autorollback: false, si: false, noresync: false, seed: true };
-        let r = receiver.clone();
-        writer
-            .update_meta(Box::new(move |m, _| {
-                m.role = Role::Secondary;
-                m.receiver = Some(r);
-                Ok(None)
-            }))
-            .await
-            .unwrap();
+        let (store, writer, _thread) =
+            instance(dir.path(), "brynmawr", false, Role::Secondary, receiver.clone(), None).await;
         let asked = SeedExpectation::of(&store);
 
         // Something committed since (a failover record here): abandoned.

@@ -450,6 +450,15 @@ impl Server {
             .map_or(0, |s| s["seqno"].as_u64().expect("seqno"))
     }
 
+    /// Field `field` of this instance's stream to `receiver` as `backlog` reports it (state,
+    /// last_error, …), as text ("" when absent).
+    pub fn source_field(&self, receiver: &str, field: &str) -> String {
+        let backlog = self.ctl(&["backlog", "--json"]);
+        let sources = backlog.as_array().expect("backlog");
+        let source = sources.iter().find(|s| s["receiver"] == receiver).expect("a stream to the receiver");
+        source[field].as_str().unwrap_or_default().to_owned()
+    }
+
     /// Runs a ctl command that must fail; returns its error text.
     pub fn ctl_fails(&self, args: &[&str]) -> String {
         let (ok, out, err) = ctl(&self.data_dir, args);

@@ -501,19 +501,11 @@ async fn seed_si(
     shutdown: &mut Shutdown,
 ) -> Result<Negotiation, ProtocolError> {
     let meta = ctx.store.meta();
-    let (keys, own) = (ctx.store.key_counts().keys, ctx.store.stream_seqnos()[0]);
-    let holds = if let Some(s) = meta.streams.first() {
-        Some(format!("stream {} from family {}", s.stream, s.family))
-    } else if keys > 0 || own > 0 {
-        Some(format!("{keys} keys and {own} transactions of its own"))
-    } else {
-        None
-    };
-    let refusal = match holds {
+    let refusal = match ctx.store.own_data() {
         Some(holds) => Some((
             "not_empty",
             format!(
-                "{} already holds data ({holds}); a snapshot of {} would replace it: join {}'s family from a backup of it loaded into {} (receiver start --si --updateresync BACKUP)",
+                "{} already holds {holds}; a snapshot of {} would replace it: join {}'s family from a backup of it loaded into {} (receiver start --si --updateresync BACKUP)",
                 meta.name, hello.name, hello.name, meta.name
             ),
         )),

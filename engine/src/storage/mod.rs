@@ -566,6 +566,17 @@ impl Store {
         Ok(())
     }
 
+    /// What this instance holds that a snapshot would replace, for an SI seeding (which
+    /// takes only an instance holding none of it): an SI stream, keys, or transactions of
+    /// its own. `None` when it holds nothing.
+    pub fn own_data(&self) -> Option<String> {
+        if let Some(s) = self.meta().streams.first() {
+            return Some(format!("an SI stream (stream {} from family {})", s.stream, s.family));
+        }
+        let (keys, own) = (self.key_counts().keys, self.stream_seqnos()[0]);
+        (keys > 0 || own > 0).then(|| format!("data of its own ({keys} keys, {own} transactions)"))
+    }
+
     pub fn committed_seqno(&self) -> u64 {
         self.committed_seqno.load(Ordering::Acquire)
     }
@@ -690,12 +701,11 @@ impl Store {
         Ok(Snapshot { txn, data, sv, seqno: u64::MAX })
     }
 
-    /// [`Snapshot::journal_raw`] of committed records `from..=to`, when the overlay holds all
-    /// of them (the newest records, past the last checkpoint): read from memory, without a
-    /// database read transaction, so a replication source sending what was just committed
-    /// need not leave its task. `None` when any of them is in the database file (or not
-    /// committed): read them from a snapshot.
-    /// Like it, they stop after the record that brings their bytes to `bytes_max`.
+    /// [`Snapshot::journal_raw`] of committed records `from..=to` (within `bytes_max` as it
+    /// is), when the overlay holds them (the newest records, past the last checkpoint): read
+    /// from memory, without a database read transaction, so a replication source sending what
+    /// was just committed need not leave its task. `None` when any of them is in the database
+    /// file (or not committed): read them from a snapshot.
     pub fn recent_journal_raw(
         &self,
         from: u64,

@@ -478,7 +478,7 @@ impl SuperVersion {
     pub fn records_within(&self, from: u64, to: u64, bytes_max: usize) -> Vec<(u64, Vec<u8>)> {
         let mut out = Vec::new();
         let mut bytes = 0usize;
-        let visited = self.visit_records(from, to, |seqno, record| {
+        let Ok(()) = self.visit_records(from, to, |seqno, record| {
             if !out.is_empty() && bytes >= bytes_max {
                 return Ok(false);
             }
@@ -486,9 +486,7 @@ impl SuperVersion {
             out.push((seqno, record.to_vec()));
             Ok::<bool, std::convert::Infallible>(true)
         });
-        match visited {
-            Ok(()) => out,
-        }
+        out
     }
 
     /// Calls `f` with the encoded records with seqnos in `from..=to`, oldest first, until it

@@ -2249,17 +2249,10 @@ impl<T: Send + 'static> WriterThread<T> {
         }
         // An SI seeding replaces only an instance holding nothing of its own: checked here, on
         // the thread that commits, so that no write can slip in after the receiver's check.
-        if matches!(joining, super::seed::Joining::Si { .. }) {
-            if !current.streams.is_empty() {
-                return Err(abandoned(format!("{} holds an SI stream now", current.name)));
-            }
-            let keys = self.store.key_counts().keys;
-            if keys > 0 || self.streams[0] > 0 {
-                return Err(abandoned(format!(
-                    "{} holds data of its own now ({keys} keys, {} transactions)",
-                    current.name, self.streams[0]
-                )));
-            }
+        if matches!(joining, super::seed::Joining::Si { .. })
+            && let Some(holds) = self.store.own_data()
+        {
+            return Err(abandoned(format!("{} holds {holds} now", current.name)));
         }
         // It asked with the receiver it has now (a BC receiver that may be seeded, or an SI
         // receiver for a family's first stream).

@@ -13,16 +13,25 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
+const HEX_DIGITS: [u8; 16] = *b"0123456789abcdef";
+
+/// The two lower-case hex digits of a byte.
+fn hex_pair(b: u8) -> [u8; 2] {
+    let digit = |n: u8| HEX_DIGITS.get(usize::from(n)).copied().unwrap_or(b'0');
+    [digit(b >> 4), digit(b & 0x0f)]
+}
+
 /// Lower-case hex of any bytes (keys and values in JSON, digests on the wire).
 pub fn hex(bytes: &[u8]) -> String {
-    // Nibbles are below 16: from_digit never fails here.
-    let digit = |n: u8| char::from_digit(u32::from(n), 16).unwrap_or('0');
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(digit(b >> 4));
-        out.push(digit(b & 0x0f));
+    bytes.iter().flat_map(|&b| hex_pair(b)).map(char::from).collect()
+}
+
+/// [`hex`] appended to a buffer.
+pub fn hex_to(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.reserve(bytes.len() * 2);
+    for &b in bytes {
+        out.extend_from_slice(&hex_pair(b));
     }
-    out
 }
 
 /// Compares secrets without an early exit that would leak how much of a guess was right.
@@ -82,6 +91,9 @@ mod tests {
         let expected: String = all.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(hex(&all), expected);
         assert_eq!(hex(&[]), "");
+        let mut out = b"x".to_vec();
+        hex_to(&mut out, &all);
+        assert_eq!(out, format!("x{expected}").into_bytes());
     }
 
     #[test]

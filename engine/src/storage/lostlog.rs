@@ -16,7 +16,6 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::base::hex;
 use crate::storage::journal::Record;
 use crate::storage::meta::{HistoryRecord, StreamState};
 
@@ -78,7 +77,11 @@ pub struct LostTransaction {
 
 impl LostTransaction {
     /// `history` and `streams` as they were when the record was committed (for its origin).
+    /// A log is written by [`write_line`], which gives what serialising this gives (the
+    /// reference its property test checks it against).
+    #[cfg(test)]
     pub fn from_record(record: &Record, history: &[HistoryRecord], streams: &[StreamState]) -> Self {
+        use crate::base::hex;
         let origin = if record.stream == 0 {
             crate::storage::meta::covering(history, record.seqno).map(|h| h.root_name.clone())
         } else {
@@ -116,6 +119,108 @@ impl LostTransaction {
                 .collect(),
         }
     }
+}
+
+/// The root primary that generated `record`: from the history covering its seqno (an SI
+/// stream's: its family's history, at its stream seqno).
+fn origin<'a>(record: &Record, history: &'a [HistoryRecord], streams: &'a [StreamState]) -> Option<&'a str> {
+    let found = if record.stream == 0 {
+        crate::storage::meta::covering(history, record.seqno)
+    } else {
+        // [`StreamState::family_history`] without its copy: every record of a stream's
+        // history is its family's, whatever stream it names.
+        let s = streams.iter().find(|s| s.stream == record.stream)?;
+        s.history.iter().filter(|r| r.start_seqno <= record.stream_seqno).max_by_key(|r| r.start_seqno)
+    };
+    found.map(|h| h.root_name.as_str())
+}
+
+/// Appends `record`'s line of the log, its newline included: byte for byte what serialising
+/// the [`LostTransaction`] it describes gives (a property test checks it), written without
+/// building its strings first. A rollback logs every transaction it takes off, and building
+/// them was most of its time (decision 0003, "Rollback").
+pub fn write_line(
+    out: &mut Vec<u8>,
+    record: &Record,
+    history: &[HistoryRecord],
+    streams: &[StreamState],
+) -> Result<(), serde_json::Error> {
+    use crate::storage::node::describe;
+    fn json(out: &mut Vec<u8>, v: &(impl Serialize + ?Sized)) -> Result<(), serde_json::Error> {
+        serde_json::to_writer(out, v)
+    }
+    /// `"…"` when the bytes are UTF-8, else `null`.
+    fn text(out: &mut Vec<u8>, bytes: &[u8]) -> Result<(), serde_json::Error> {
+        match std::str::from_utf8(bytes) {
+            Ok(s) => json(out, s),
+            Err(_) => json(out, &()),
+        }
+    }
+    /// `"<hex>"`, or `null`.
+    fn hex_str(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
+        match bytes {
+            Some(b) => {
+                out.push(b'"');
+                crate::base::hex_to(out, b);
+                out.push(b'"');
+            }
+            None => out.extend_from_slice(b"null"),
+        }
+    }
+    out.extend_from_slice(b"{\"seqno\":");
+    json(out, &record.seqno)?;
+    out.extend_from_slice(b",\"kind\":");
+    json(out, &record.kind)?;
+    out.extend_from_slice(b",\"stream\":");
+    json(out, &record.stream)?;
+    out.extend_from_slice(b",\"stream_seqno\":");
+    json(out, &record.stream_seqno)?;
+    out.extend_from_slice(b",\"origin\":");
+    json(out, &origin(record, history, streams))?;
+    out.extend_from_slice(b",\"commit_time_micros\":");
+    json(out, &record.commit_time_micros)?;
+    out.extend_from_slice(b",\"changes\":[");
+    for (i, c) in record.changes.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let before = describe(&c.key, c.before.as_deref());
+        let after = describe(&c.key, c.after.as_deref());
+        out.extend_from_slice(b"{\"key\":");
+        text(out, &after.key)?;
+        out.extend_from_slice(b",\"key_hex\":");
+        hex_str(out, Some(&after.key));
+        out.extend_from_slice(b",\"node\":");
+        json(out, after.node)?;
+        if let Some(element) = &after.element {
+            if let Ok(e) = std::str::from_utf8(element) {
+                out.extend_from_slice(b",\"element\":");
+                json(out, e)?;
+            }
+            out.extend_from_slice(b",\"element_hex\":");
+            hex_str(out, Some(element));
+        }
+        out.extend_from_slice(b",\"before_hex\":");
+        hex_str(out, before.value.as_deref());
+        out.extend_from_slice(b",\"after_hex\":");
+        hex_str(out, after.value.as_deref());
+        out.extend_from_slice(b",\"after\":");
+        match &after.value {
+            Some(v) => text(out, v)?,
+            None => json(out, &())?,
+        }
+        if let Some(at) = after.expire_at_ms.filter(|_| c.after.is_some()) {
+            out.extend_from_slice(b",\"expire_after_ms\":");
+            json(out, &at)?;
+        }
+        if let Some(command) = c.after.as_ref().and_then(|_| reapply(&after)) {
+            out.extend_from_slice(b",\"reapply\":");
+            json(out, &command)?;
+        }
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"]}\n");
+    Ok(())
 }
 
 /// The Redis command that puts one node back as its after-image says, quoted for
@@ -169,23 +274,30 @@ pub fn pending_path(final_path: &Path) -> PathBuf {
 pub fn write_pending(
     path: &Path,
     header: &Header,
-    txns: &[LostTransaction],
+    records: &[Record],
+    history: &[HistoryRecord],
+    streams: &[StreamState],
 ) -> Result<PathBuf, LostLogError> {
+    /// Lines gathered before a write: few system calls for a log of many transactions.
+    const CHUNK: usize = 1 << 20;
     let pending = pending_path(path);
     let err = |source| LostLogError::Write { path: pending.clone(), source };
+    let format_err = |e| LostLogError::Write { path: pending.clone(), source: std::io::Error::other(e) };
     if let Some(dir) = pending.parent() {
         std::fs::create_dir_all(dir).map_err(err)?;
     }
-    let mut file = std::io::BufWriter::new(std::fs::File::create(&pending).map_err(err)?);
-    let line = |v: &dyn erased::Ser| -> Result<Vec<u8>, LostLogError> {
-        v.to_line()
-            .map_err(|e| LostLogError::Write { path: pending.clone(), source: std::io::Error::other(e) })
-    };
-    file.write_all(&line(header)?).map_err(err)?;
-    for t in txns {
-        file.write_all(&line(t)?).map_err(err)?;
+    let mut file = std::fs::File::create(&pending).map_err(err)?;
+    let mut buf = Vec::with_capacity(CHUNK + CHUNK / 4);
+    serde_json::to_writer(&mut buf, header).map_err(format_err)?;
+    buf.push(b'\n');
+    for record in records {
+        write_line(&mut buf, record, history, streams).map_err(format_err)?;
+        if buf.len() >= CHUNK {
+            file.write_all(&buf).map_err(err)?;
+            buf.clear();
+        }
     }
-    let file = file.into_inner().map_err(|e| err(e.into_error()))?;
+    file.write_all(&buf).map_err(err)?;
     file.sync_all().map_err(err)?;
     // The pending file's name, and the log directory's own (it may have been made just now),
     // must be durable before the rollback commits: otherwise a power cut keeps the commit and
@@ -282,25 +394,124 @@ pub fn read(path: &Path) -> Result<(Header, Vec<LostTransaction>), LostLogError>
     Ok((header, txns))
 }
 
-mod erased {
-    /// Serialises any value as one JSON line.
-    pub trait Ser {
-        fn to_line(&self) -> Result<Vec<u8>, serde_json::Error>;
-    }
-    impl<T: serde::Serialize> Ser for T {
-        fn to_line(&self) -> Result<Vec<u8>, serde_json::Error> {
-            let mut v = serde_json::to_vec(self)?;
-            v.push(b'\n');
-            Ok(v)
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    mod lines {
+        use proptest::prelude::*;
+
+        use super::super::*;
+        use crate::storage::journal::{KeyChange, RecordKind};
+        use crate::storage::node::{self, Head, Kind};
+
+        /// Bytes that are text, text JSON must escape, or not UTF-8 at all.
+        fn bytes() -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![
+                proptest::collection::vec(any::<char>(), 0..6)
+                    .prop_map(|c| c.into_iter().collect::<String>().into_bytes()),
+                proptest::collection::vec(
+                    prop_oneof![
+                        Just(b'"'),
+                        Just(b'\\'),
+                        Just(b'\n'),
+                        Just(0u8),
+                        Just(0x7f),
+                        Just(0xff),
+                        b'a'..=b'z'
+                    ],
+                    0..8
+                ),
+                proptest::collection::vec(any::<u8>(), 0..8),
+            ]
+        }
+
+        /// Every kind of node a record may change, with a value of its kind.
+        fn change() -> impl Strategy<Value = KeyChange> {
+            let value = prop_oneof![
+                (bytes(), any::<u64>())
+                    .prop_map(|(v, at)| Head::encode_string(&v, if at % 3 == 0 { 0 } else { at })),
+                (0usize..5, any::<u64>()).prop_map(|(k, len)| {
+                    let kind = [Kind::Hash, Kind::Set, Kind::ZSet, Kind::List, Kind::String][k];
+                    Head { len, ..Head::collection(kind) }.encode()
+                }),
+                bytes(),
+                any::<f64>().prop_map(|x| x.to_bits().to_be_bytes().to_vec()),
+            ];
+            let tag = prop_oneof![
+                Just(node::HASH_FIELD),
+                Just(node::SET_MEMBER),
+                Just(node::ZSET_SCORE),
+                Just(node::ZSET_ORDER),
+                Just(node::ZSET_RANK),
+                Just(node::LIST_ITEM),
+                Just(b'?'),
+            ];
+            let key = prop_oneof![
+                bytes().prop_map(|k| node::head(&k)),
+                (bytes(), any::<u64>(), tag, bytes())
+                    .prop_map(|(k, g, t, sub)| node::element(&k, g, t, &sub)),
+                (bytes(), any::<u64>()).prop_map(|(k, g)| node::garbage(&k, g)),
+                (bytes(), any::<u64>()).prop_map(|(k, at)| node::expiry(at, &k)),
+                bytes(),
+            ];
+            (key, proptest::option::of(value.clone()), proptest::option::of(value))
+                .prop_map(|(key, before, after)| KeyChange { key, before, after })
+        }
+
+        fn history(stream: u8) -> impl Strategy<Value = Vec<HistoryRecord>> {
+            proptest::collection::vec((0u64..20, "[a-z]{1,3}"), 0..3).prop_map(move |h| {
+                h.into_iter()
+                    .map(|(start_seqno, root_name)| HistoryRecord {
+                        stream,
+                        start_seqno,
+                        root_creation_id: format!("{root_name}-id"),
+                        root_name,
+                        journal_seqno: start_seqno,
+                    })
+                    .collect()
+            })
+        }
+
+        proptest! {
+            /// The line a rollback writes is what serialising the transaction it describes
+            /// gives, byte for byte, and reads back as it.
+            #[test]
+            fn a_line_is_its_transaction_serialised(
+                seqno in 0u64..30,
+                stream in 0u8..3,
+                stream_seqno in 0u64..30,
+                kind in 0usize..5,
+                commit_time_micros in any::<u64>(),
+                changes in proptest::collection::vec(change(), 0..4),
+                own in history(0),
+                family in history(1),
+            ) {
+                let kind = [RecordKind::Update, RecordKind::Failover, RecordKind::Upgrade, RecordKind::StreamBase, RecordKind::StreamResync][kind];
+                let record = Record { kind, seqno, stream, stream_seqno, commit_time_micros, changes };
+                let streams = vec![StreamState {
+                    stream: 1,
+                    family: "ardmore".into(),
+                    family_id: "ardmore-id".into(),
+                    history: family,
+                    since_journal_seqno: 1,
+                    term: 0,
+                }];
+                let expected = LostTransaction::from_record(&record, &own, &streams);
+                let mut line = b"earlier\n".to_vec();
+                write_line(&mut line, &record, &own, &streams).unwrap();
+                let mut want = b"earlier\n".to_vec();
+                serde_json::to_writer(&mut want, &expected).unwrap();
+                want.push(b'\n');
+                prop_assert_eq!(String::from_utf8_lossy(&line), String::from_utf8_lossy(&want));
+                prop_assert_eq!(&line, &want);
+                let read: LostTransaction = serde_json::from_slice(&line[b"earlier\n".len()..]).unwrap();
+                prop_assert_eq!(read, expected);
+            }
+        }
+    }
 
     fn pending(dir: &Path, name: &str) -> PathBuf {
         let path = dir.join(DIR).join(name);

@@ -33,7 +33,7 @@ use super::{WriterThread, put_meta, save_streams};
 use crate::base::error_chain;
 use crate::storage::Store;
 use crate::storage::journal::{Record, RecordKind, STREAMS_MAX};
-use crate::storage::lostlog::{self, LostLogError, LostTransaction};
+use crate::storage::lostlog::{self, LostLogError};
 use crate::storage::meta::{HistoryRecord, InstanceMeta, LastRollback};
 use crate::storage::retention::JournalBase;
 use crate::storage::retention::stored_bytes as record_bytes;
@@ -112,11 +112,7 @@ impl Plan {
 
     /// Writes the log of `records` under its pending name, synced.
     fn write_log(&self, records: &[Record]) -> Result<PathBuf, LostLogError> {
-        let lost: Vec<_> = records
-            .iter()
-            .map(|r| LostTransaction::from_record(r, &self.old.history, &self.old.streams))
-            .collect();
-        lostlog::write_pending(&self.path, &self.header, &lost)
+        lostlog::write_pending(&self.path, &self.header, records, &self.old.history, &self.old.streams)
     }
 
     /// Whether `stream`'s position survives the rollback (else it goes to 0): a
@@ -425,9 +421,9 @@ impl<T: Send + 'static> WriterThread<T> {
             // earliest of them, written in node order. A node only the overlay's records
             // changed stands in the base as it stood at the target.
             let in_base = usize::try_from(checkpoint - to_seqno).unwrap_or(usize::MAX);
-            let restores = restores(records.get(..in_base).unwrap_or(&records));
             let (logged, restored) = std::thread::scope(|scope| {
                 let log = scope.spawn(|| plan.write_log(&records));
+                let restores = restores(records.get(..in_base).unwrap_or(&records));
                 let restored = restores.iter().try_for_each(|(key, before)| {
                     match before {
                         Some(v) => data.insert(*key, *v).map(|_| ()),

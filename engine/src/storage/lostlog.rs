@@ -122,7 +122,8 @@ impl LostTransaction {
 }
 
 /// The root primary that generated `record`: from the history covering its seqno (an SI
-/// stream's: its family's history, at its stream seqno).
+/// stream's: its family's history, at its stream seqno), as [`crate::storage::meta::covering`]
+/// finds it.
 fn origin<'a>(record: &Record, history: &'a [HistoryRecord], streams: &'a [StreamState]) -> Option<&'a str> {
     let found = if record.stream == 0 {
         crate::storage::meta::covering(history, record.seqno)
@@ -287,18 +288,25 @@ pub fn write_pending(
         std::fs::create_dir_all(dir).map_err(err)?;
     }
     let mut file = std::fs::File::create(&pending).map_err(err)?;
-    let mut buf = Vec::with_capacity(CHUNK + CHUNK / 4);
-    serde_json::to_writer(&mut buf, header).map_err(format_err)?;
-    buf.push(b'\n');
-    for record in records {
-        write_line(&mut buf, record, history, streams).map_err(format_err)?;
-        if buf.len() >= CHUNK {
-            file.write_all(&buf).map_err(err)?;
-            buf.clear();
+    let written = (|| {
+        let mut buf = Vec::with_capacity(CHUNK + CHUNK / 4);
+        serde_json::to_writer(&mut buf, header).map_err(format_err)?;
+        buf.push(b'\n');
+        for record in records {
+            write_line(&mut buf, record, history, streams).map_err(format_err)?;
+            if buf.len() >= CHUNK {
+                file.write_all(&buf).map_err(err)?;
+                buf.clear();
+            }
         }
+        file.write_all(&buf).map_err(err)?;
+        file.sync_all().map_err(err)
+    })();
+    if let Err(e) = written {
+        // A log cut short (a full disk) is no log: the rollback does not happen.
+        let _ = std::fs::remove_file(&pending);
+        return Err(e);
     }
-    file.write_all(&buf).map_err(err)?;
-    file.sync_all().map_err(err)?;
     // The pending file's name, and the log directory's own (it may have been made just now),
     // must be durable before the rollback commits: otherwise a power cut keeps the commit and
     // loses the log (found by engine/tests/power_cut.rs).
@@ -518,6 +526,55 @@ mod tests {
         std::fs::create_dir_all(dir.join(DIR)).unwrap();
         std::fs::write(pending_path(&path), b"{}\n").unwrap();
         path
+    }
+
+    /// A log larger than the writes it is made of reads back whole: its header, then every
+    /// transaction as it was rolled off, in order.
+    #[test]
+    fn a_log_of_many_writes_reads_back_whole() {
+        use crate::storage::journal::{KeyChange, RecordKind};
+        let dir = tempfile::tempdir().unwrap();
+        let path = final_path(dir.path(), "malvern", 11, 3010, 7);
+        let header = Header {
+            format: FORMAT.into(),
+            instance: "malvern".into(),
+            creation_id: "c".into(),
+            from_seqno: 11,
+            to_seqno: 3010,
+            transactions: 3000,
+            rolled_back_at_micros: 7,
+            reason: "a test".into(),
+        };
+        let history = vec![HistoryRecord {
+            stream: 0,
+            start_seqno: 1,
+            root_name: "malvern".into(),
+            root_creation_id: "c".into(),
+            journal_seqno: 0,
+        }];
+        let records: Vec<Record> = (11..=3010u64)
+            .map(|seqno| Record {
+                kind: RecordKind::Update,
+                seqno,
+                stream: 0,
+                stream_seqno: seqno,
+                commit_time_micros: seqno * 10,
+                changes: vec![KeyChange {
+                    key: crate::storage::node::head(format!("key:{seqno}").as_bytes()),
+                    before: None,
+                    after: Some(crate::storage::node::Head::encode_string(&[b'v'; 1000], 0)),
+                }],
+            })
+            .collect();
+        let pending = write_pending(&path, &header, &records, &history, &[]).unwrap();
+        assert!(std::fs::metadata(&pending).unwrap().len() > 4 << 20, "more than a few writes' worth");
+        finalize(&path).unwrap();
+        let (read_header, txns) = read(&path).unwrap();
+        assert_eq!(read_header, header);
+        let expected: Vec<_> =
+            records.iter().map(|r| LostTransaction::from_record(r, &history, &[])).collect();
+        assert_eq!(txns, expected);
+        assert_eq!(txns[2999].origin.as_deref(), Some("malvern"));
     }
 
     /// The committed rollback's pending log is recognised by its file name, wherever the data

@@ -860,6 +860,11 @@ async fn install(
 
 /// Most records merged into one durable apply when frames queue up (receiver behind).
 const APPLY_RECORDS_MAX: usize = 16 * 1000;
+/// The same for an SI stream, whose applies stop the instance's own writes while they run
+/// (each is a direct change of the file).
+const APPLY_RECORDS_MAX_SI: usize = 2 * 1000;
+/// Most frame bytes merged into one apply: what an apply adds to the overlay past its bound.
+const APPLY_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 /// Received frames taken for one apply.
 #[derive(Default)]
@@ -924,7 +929,8 @@ async fn receive(
     };
     let applier = async {
         // When the last apply started: the next one waits until `apply_interval` past it for
-        // more frames, unless a full frame's worth is there (a receiver catching up never waits).
+        // more frames, unless a full frame's worth (records or bytes) is there (a receiver
+        // catching up never waits).
         let interval = ctx.replication.apply_interval;
         let mut last_apply: Option<tokio::time::Instant> = None;
         loop {
@@ -943,7 +949,11 @@ async fn receive(
                     Ok(frame) => batch.take(frame, &mut mode)?,
                     Err(e) => ended = Some(e),
                 }
-                if batch.records.len() < APPLY_RECORDS_MAX && ended.is_none() {
+                let records_max = match mode {
+                    ApplyMode::Bc { .. } => APPLY_RECORDS_MAX,
+                    ApplyMode::Si { .. } => APPLY_RECORDS_MAX_SI,
+                };
+                if batch.records.len() < records_max && batch.bytes < APPLY_BYTES_MAX && ended.is_none() {
                     next = rx.try_recv().ok();
                 }
             }
@@ -952,7 +962,10 @@ async fn receive(
             {
                 let sleep = tokio::time::sleep_until(deadline);
                 tokio::pin!(sleep);
-                while batch.records.len() < protocol::BATCH_RECORDS_MAX && ended.is_none() {
+                while batch.records.len() < protocol::BATCH_RECORDS_MAX
+                    && batch.bytes < protocol::BATCH_BYTES_TARGET
+                    && ended.is_none()
+                {
                     tokio::select! {
                         f = rx.recv() => match f {
                             Some(Ok(frame)) => batch.take(frame, &mut mode)?,

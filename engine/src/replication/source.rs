@@ -46,6 +46,11 @@ const INFLIGHT_TIMES_MAX: usize = 100_000;
 /// frame durable the next accumulates every commit made meanwhile, so frames grow to match the
 /// receiver's pace instead of costing it one fsync per commit group.
 const FRAMES_IN_FLIGHT_MAX: usize = 2;
+/// A receiver behind (the last frame sent was full: waiting would not grow the next) is sent
+/// full frames up to these bounds unacknowledged, so that it merges many into one durable
+/// apply; two at a time made a catch-up pay one fsync and one round trip per frame.
+const FULL_FRAMES_IN_FLIGHT_MAX: usize = 16;
+const FULL_FRAMES_IN_FLIGHT_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SourceStatus {
@@ -318,19 +323,29 @@ async fn stream_once(
 
     let mut seqno_rx = ctx.store.subscribe();
     let mut next = start.from;
-    // Last seqno of each frame sent and not yet acknowledged.
-    let mut in_flight: VecDeque<u64> = VecDeque::new();
+    // Last seqno and bytes of each frame sent and not yet acknowledged.
+    let mut in_flight: VecDeque<(u64, usize)> = VecDeque::new();
+    let mut last_frame_full = false;
     loop {
         if ctx.store.rollbacks() != rollbacks {
             return Err(ProtocolError::other("this instance rolled back; negotiating again"));
         }
         let acked = status.lock().unwrap_or_else(std::sync::PoisonError::into_inner).acked_seqno;
-        while in_flight.front().is_some_and(|last| *last <= acked) {
+        while in_flight.front().is_some_and(|(last, _)| *last <= acked) {
             in_flight.pop_front();
         }
-        if in_flight.len() >= FRAMES_IN_FLIGHT_MAX {
+        let behind = last_frame_full
+            && in_flight.len() < FULL_FRAMES_IN_FLIGHT_MAX
+            && in_flight.iter().map(|(_, bytes)| bytes).sum::<usize>() < FULL_FRAMES_IN_FLIGHT_BYTES_MAX;
+        if in_flight.len() >= FRAMES_IN_FLIGHT_MAX && !behind {
             tokio::select! {
                 _ = acked_notify.notified() => continue,
+                // A long apply must not read as a silent source.
+                _ = tokio::time::sleep(HEARTBEAT_INTERVAL) => {
+                    let beat = Heartbeat { seqno: ctx.store.committed_seqno(), time_micros: now_micros() };
+                    protocol::write_json(&mut wr, Kind::Heartbeat, &beat).await?;
+                    continue;
+                }
                 r = &mut acks.0 => {
                     return match r {
                         Ok(Err(e)) => Err(e),
@@ -394,6 +409,8 @@ async fn stream_once(
                 continue;
             }
             let n = raw.len() as u64;
+            let read_bytes: usize = raw.iter().map(|(_, _, b)| b.len()).sum();
+            last_frame_full = raw.len() >= protocol::BATCH_RECORDS_MAX || read_bytes >= budget;
             let times: Vec<(u64, u64)> = raw.iter().map(|(s, t, _)| (*s, *t)).collect();
             let payload = protocol::encode_records(&raw.into_iter().map(|(_, _, b)| b).collect::<Vec<_>>());
             protocol::write_frame(&mut wr, Kind::Records, &payload).await?;
@@ -410,7 +427,7 @@ async fn stream_once(
                 }
             });
             next += n;
-            in_flight.push_back(next - 1);
+            in_flight.push_back((next - 1, payload.len()));
             continue;
         }
         tokio::select! {

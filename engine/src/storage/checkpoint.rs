@@ -31,7 +31,7 @@ struct State {
     busy: bool,
     /// The writer holds the base where it is (see [`Checkpointer::pause`]).
     paused: bool,
-    /// Why the last checkpoint failed; taken by the next drain, cleared by a success.
+    /// Why the last checkpoint failed; taken by the next wait, cleared by a success.
     failure: Option<StoreError>,
     /// The last checkpoint failed on a redb I/O error: redb refuses all writes until the
     /// file is reopened, which the writer does (see [`Checkpointer::take_io_failure`]).
@@ -80,10 +80,24 @@ impl Checkpointer {
     /// Waits until no frozen generation is left; fails with the checkpointer's error if a
     /// checkpoint fails meanwhile (or if the thread is gone).
     pub fn drain(&self) -> Result<(), StoreError> {
+        self.wait_until(|state| !state.busy && self.store.overlay.frozen() == 0)
+    }
+
+    /// Waits until the overlay holds fewer than `bytes`, or nothing frozen is left to
+    /// checkpoint: the writer's back-pressure. It waits only as long as the overlay stays
+    /// over the bound (usually the oldest generation), and then fills the next while the
+    /// checkpointer writes what it froze — where waiting for a drain made the two take turns.
+    /// Fails as [`Checkpointer::drain`] does.
+    pub fn wait_below(&self, bytes: usize) -> Result<(), StoreError> {
+        let overlay = &self.store.overlay;
+        self.wait_until(|_| overlay.bytes() < bytes || overlay.frozen() == 0)
+    }
+
+    fn wait_until(&self, done: impl Fn(&State) -> bool) -> Result<(), StoreError> {
         let mut state = self.shared.state.lock().unwrap_or_else(PoisonError::into_inner);
         state.failure = None;
         self.shared.wake.notify_all();
-        while state.busy || self.store.overlay.frozen() > 0 {
+        while !done(&state) {
             if let Some(e) = state.failure.take() {
                 return Err(e);
             }

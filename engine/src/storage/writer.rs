@@ -1541,11 +1541,13 @@ impl<T: Send + 'static> WriterThread<T> {
         self.active_since = Instant::now();
     }
 
-    /// Past twice the overlay's bound, waits for the checkpointer before taking more.
+    /// Past twice the overlay's bound, freezes what is active and waits until the
+    /// checkpointer has brought the overlay back under it before taking more.
     fn make_room(&mut self) -> Result<(), StoreError> {
-        if self.store.overlay.bytes() >= self.limits.checkpoint_bytes.saturating_mul(2) {
+        let bound = self.limits.checkpoint_bytes.saturating_mul(2);
+        if self.store.overlay.bytes() >= bound {
             self.freeze();
-            self.checkpointer.drain()?;
+            self.checkpointer.wait_below(bound)?;
         }
         Ok(())
     }

@@ -11,8 +11,8 @@ use crate::admin::{BackupRequest, CreateRequest, JournalEntry, Status};
 use crate::base::error_chain;
 use crate::engine::Config;
 use crate::limits::{
-    CHECKPOINT_OVERLAY_BYTES, CLIENTS_MAX_DEFAULT, DISK_RESERVE_BYTES_DEFAULT, SEGMENT_BYTES,
-    TXN_IMAGE_BYTES_DEFAULT, TXN_IMAGE_BYTES_MIN,
+    CHECKPOINT_OVERLAY_BYTES, CLIENTS_MAX_DEFAULT, DISK_RESERVE_BYTES_DEFAULT, READ_CACHE_BYTES_DEFAULT,
+    SEGMENT_BYTES, TXN_IMAGE_BYTES_DEFAULT, TXN_IMAGE_BYTES_MIN,
 };
 
 /// `--checkpoint-bytes` and `--journal-segment-bytes`: at least 4 KiB (tests use small ones
@@ -92,6 +92,10 @@ pub struct RunArgs {
     /// database file); past it they are checkpointed, and past twice it writes wait.
     #[arg(long, default_value_t = CHECKPOINT_OVERLAY_BYTES as u64, value_parser = parse_wal_bytes)]
     pub checkpoint_bytes: u64,
+    /// Memory for nodes recently read from the database file, so that the next point read of
+    /// them skips its B-tree (each checkpoint empties it); 0 turns the cache off.
+    #[arg(long, default_value_t = READ_CACHE_BYTES_DEFAULT)]
+    pub read_cache_bytes: usize,
     /// Size at which a journal segment file is closed and the next one begun.
     #[arg(long, default_value_t = SEGMENT_BYTES, value_parser = parse_wal_bytes)]
     pub journal_segment_bytes: u64,
@@ -402,6 +406,7 @@ async fn run(args: RunArgs) -> i32 {
         disk_reserve_bytes: args.disk_reserve_bytes,
         max_txn_image_bytes: args.max_txn_image_bytes,
         checkpoint_bytes: usize::try_from(args.checkpoint_bytes).unwrap_or(usize::MAX),
+        read_cache_bytes: args.read_cache_bytes,
         segment_bytes: args.journal_segment_bytes,
         retention: crate::storage::retention::Retention {
             keep_bytes: args.journal_keep_bytes,

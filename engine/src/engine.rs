@@ -30,6 +30,8 @@ pub struct Config {
     pub max_txn_image_bytes: usize,
     /// Overlay bytes that trigger a checkpoint (`--checkpoint-bytes`).
     pub checkpoint_bytes: usize,
+    /// Bound of the read cache of the database file's nodes (`--read-cache-bytes`; 0: none).
+    pub read_cache_bytes: usize,
     /// Journal segment size (`--journal-segment-bytes`).
     pub segment_bytes: u64,
     /// How much journal the database file keeps (`--journal-keep-bytes`,

@@ -42,6 +42,9 @@ pub const GROUP_COMMIT_TXNS_MAX: usize = 1024;
 /// The overlay's active generation is frozen and checkpointed once it holds this much; past
 /// twice this much in all, the writer waits for the checkpointer (decision 0002).
 pub const CHECKPOINT_OVERLAY_BYTES: usize = 64 * 1024 * 1024;
+/// Default for `--read-cache-bytes`: nodes recently read from the database file, kept in
+/// memory for the next point read of them (emptied by every checkpoint).
+pub const READ_CACHE_BYTES_DEFAULT: usize = 64 * 1024 * 1024;
 /// A non-empty active generation is frozen and checkpointed at least this often.
 pub const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 /// A journal segment is closed and a new one started once it reaches this size.

@@ -43,6 +43,9 @@ pub struct Metrics {
     pub checkpoint_duration_seconds: Histogram,
     pub checkpoint_seqno: IntGauge,
     pub overlay_bytes: IntGauge,
+    pub read_cache_hits_total: IntCounter,
+    pub read_cache_misses_total: IntCounter,
+    pub read_cache_bytes: IntGauge,
     pub resp_commands_total: IntCounterVec,
     pub resp_protocol_errors_total: IntCounter,
     pub storage_bytes: IntGauge,
@@ -230,6 +233,18 @@ impl Metrics {
             overlay_bytes: d.gauge(
                 "strand_overlay_bytes",
                 "Memory held by transactions committed since the last checkpoint (the overlay).",
+            )?,
+            read_cache_hits_total: d.counter(
+                "strand_read_cache_hits_total",
+                "Point reads of the database file answered by the read cache.",
+            )?,
+            read_cache_misses_total: d.counter(
+                "strand_read_cache_misses_total",
+                "Point reads of the database file that the read cache could not answer (they read the file).",
+            )?,
+            read_cache_bytes: d.gauge(
+                "strand_read_cache_bytes",
+                "Memory held by the read cache of the database file's nodes (emptied by each checkpoint).",
             )?,
             resp_commands_total: d.counter_vec(
                 "strand_resp_commands_total",

@@ -45,6 +45,7 @@ pub async fn run_until(
     let store = tokio::task::spawn_blocking(move || Store::open(&data_dir, create.as_ref()))
         .await
         .map_err(|e| ServerError::Admin { source: std::io::Error::other(e) })??;
+    store.set_read_cache_bytes(config.read_cache_bytes);
     let store = Arc::new(store);
     let metrics = Arc::new(Metrics::new().map_err(|source| ServerError::Metrics { source })?);
     // Every command's counter exists from the start (at 0), so rates and dashboards see it.

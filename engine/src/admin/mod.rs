@@ -318,6 +318,10 @@ async fn metrics(State(engine): State<Arc<Engine>>) -> Response {
             .set(i64::from(s.state == "needs_reseed"));
     }
     m.journal_bytes.set(int(engine.store.journal_bytes()));
+    let cache = engine.store.read_cache_stats();
+    m.read_cache_hits_total.inc_by(cache.hits.saturating_sub(m.read_cache_hits_total.get()));
+    m.read_cache_misses_total.inc_by(cache.misses.saturating_sub(m.read_cache_misses_total.get()));
+    m.read_cache_bytes.set(int(cache.bytes));
     m.journal_first_seqno.set(int(engine.store.journal_first()));
     if meta.supplementary {
         let seqnos = engine.store.stream_seqnos();

@@ -336,6 +336,7 @@ fn apply(store: &Store, generation: &Generation) -> Result<(u64, u64), StoreErro
             streams.insert(stream, *seqno).map_err(redb_err("checkpoint the stream seqnos"))?;
         }
     }
+    let _change = store.base_change();
     txn.commit().map_err(redb_err("commit a checkpoint"))?;
     Ok((added, records))
 }

@@ -17,6 +17,7 @@
 //!   drops them after checkpoints.
 
 pub mod backup;
+pub mod cache;
 pub mod checkpoint;
 pub mod format;
 pub mod journal;
@@ -207,6 +208,8 @@ pub struct Store {
     counts: std::sync::Mutex<KeyCounts>,
     /// What was committed since the base's checkpoint.
     pub(crate) overlay: overlay::Overlay,
+    /// Nodes recently read from the base (the database file).
+    read_cache: cache::ReadCache,
     /// Where the journal segments live.
     journal_dir: PathBuf,
     /// Where the file's journal begins, and its size.
@@ -329,6 +332,7 @@ impl Store {
             clock: std::time::Instant::now(),
             counts: std::sync::Mutex::new(counts),
             overlay: overlay::Overlay::new(committed),
+            read_cache: cache::ReadCache::new(crate::limits::READ_CACHE_BYTES_DEFAULT),
             journal_dir,
             journal: JournalExtent { base: RwLock::new(base), bytes: AtomicU64::new(journal_bytes) },
             pins: Arc::new(retention::Pins::default()),
@@ -685,20 +689,40 @@ impl Store {
     /// the committed seqno, over a base snapshot opened while it is pinned.
     pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
         let db = self.db()?;
-        let (sv, (seqno, txn)) = self.overlay.pin_with(|| (self.committed_seqno(), db.begin_read()));
+        let (sv, (seqno, (cache, txn))) =
+            self.overlay.pin_with(|| (self.committed_seqno(), self.read_cache.open(|| db.begin_read())));
         let txn = txn.map_err(redb_err("begin a read transaction"))?;
         let data = txn.open_table(DATA).map_err(redb_err("open the data table"))?;
-        Ok(Snapshot { txn, data, sv, seqno })
+        Ok(Snapshot { txn, data, sv, seqno, cache, fill: true })
     }
 
     /// The writer's view: like [`Store::snapshot`], but reading the overlay at its newest,
-    /// versions not yet durable included (the group being formed reads its own writes).
+    /// versions not yet durable included (the group being formed reads its own writes). It
+    /// reads the read cache but does not fill it: what the writer reads it is about to write,
+    /// and the overlay then answers for the node until the next checkpoint empties the cache.
     pub(crate) fn snapshot_latest(&self) -> Result<Snapshot, StoreError> {
         let db = self.db()?;
-        let (sv, txn) = self.overlay.pin_with(|| db.begin_read());
+        let (sv, (cache, txn)) = self.overlay.pin_with(|| self.read_cache.open(|| db.begin_read()));
         let txn = txn.map_err(redb_err("begin a read transaction"))?;
         let data = txn.open_table(DATA).map_err(redb_err("open the data table"))?;
-        Ok(Snapshot { txn, data, sv, seqno: u64::MAX })
+        Ok(Snapshot { txn, data, sv, seqno: u64::MAX, cache, fill: false })
+    }
+
+    /// Marks a change of the database file's data as under way until the guard is dropped:
+    /// every commit that writes the data table, or puts another file in place, holds one
+    /// (the read cache starts over after it).
+    pub(crate) fn base_change(&self) -> cache::BaseChange<'_> {
+        self.read_cache.change()
+    }
+
+    /// The read cache's counts and size.
+    pub fn read_cache_stats(&self) -> cache::CacheStats {
+        self.read_cache.stats()
+    }
+
+    /// Sets the read cache's bound in bytes (`--read-cache-bytes`; 0 turns it off).
+    pub fn set_read_cache_bytes(&self, bytes: usize) {
+        self.read_cache.set_bytes_max(bytes);
     }
 
     /// [`Snapshot::journal_raw`] of committed records `from..=to` (within `bytes_max` as it
@@ -1172,14 +1196,31 @@ pub struct Snapshot {
     sv: Arc<overlay::SuperVersion>,
     /// The committed seqno the view reflects.
     seqno: u64,
+    /// The read cache of the base state `txn` reads, if it is certain which that is.
+    cache: Option<Arc<cache::Cache>>,
+    /// Whether reads from the base are added to `cache`.
+    fill: bool,
 }
 
 impl Snapshot {
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        match self.sv.get(key, self.seqno) {
-            Some(value) => Ok(value),
-            None => Ok(self.data.get(key).map_err(redb_err("read a key"))?.map(|v| v.value().to_vec())),
+        if let Some(value) = self.sv.get(key, self.seqno) {
+            return Ok(value);
         }
+        if let Some(cached) = self.cache.as_ref().and_then(|c| c.get(key)) {
+            // Every test runs in a debug build: each hit is checked against the file.
+            #[cfg(debug_assertions)]
+            {
+                let base = self.data.get(key).map_err(redb_err("read a key"))?.map(|v| v.value().to_vec());
+                assert_eq!(cached, base, "the read cache disagrees with the file for {key:?}");
+            }
+            return Ok(cached);
+        }
+        let value = self.data.get(key).map_err(redb_err("read a key"))?.map(|v| v.value().to_vec());
+        if let Some(cache) = self.cache.as_ref().filter(|_| self.fill) {
+            cache.insert(key, value.as_deref());
+        }
+        Ok(value)
     }
 
     /// The committed seqno this view reflects.

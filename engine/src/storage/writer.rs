@@ -2092,7 +2092,9 @@ impl<T: Send + 'static> WriterThread<T> {
         put_meta(&txn, &meta)?;
         save_streams(&txn, &self.streams, &streams)?;
         let started = Instant::now();
+        let change = self.store.base_change();
         txn.commit().map_err(redb_err("commit replicated records"))?;
+        drop(change);
         self.store.journal_resized(std::mem::take(&mut self.journal_grown));
         self.store.adjust_counts(std::mem::take(&mut self.counted));
         self.metrics.journal_fsync_duration_seconds.observe(started.elapsed().as_secs_f64());
@@ -2209,7 +2211,9 @@ impl<T: Send + 'static> WriterThread<T> {
             put_meta(&txn, &meta)?;
         }
         save_streams(&txn, &self.streams, &streams)?;
+        let change = self.store.base_change();
         txn.commit().map_err(redb_err("commit a system write"))?;
+        drop(change);
         self.store.journal_resized(grown);
         self.touch(std::iter::once(key.as_slice()));
         self.version += 1;
@@ -2323,7 +2327,9 @@ impl<T: Send + 'static> WriterThread<T> {
         let streams = super::read_stream_seqnos(&db)?;
         self.store.recount(&db)?;
         let seqno = self.store.reload_journal(&db)?;
+        let change = self.store.base_change();
         *self.store.db.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(db));
+        drop(change);
         self.store.overlay.reset(seqno);
         self.set_streams(streams);
         self.supplementary = meta.supplementary;
@@ -2375,8 +2381,10 @@ impl<T: Send + 'static> WriterThread<T> {
             },
             Ok(db) => match self.store.reload_journal(&db) {
                 Ok(seqno) => {
+                    let change = self.store.base_change();
                     *self.store.db.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
                         Some(Arc::new(db));
+                    drop(change);
                     tracing::info!(journal_seqno = seqno, "database reopened after an I/O error");
                 }
                 Err(e) => tracing::error!(error = %error_chain(&e), "reopened database fails its check"),

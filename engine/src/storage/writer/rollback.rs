@@ -482,7 +482,10 @@ impl<T: Send + 'static> WriterThread<T> {
         let (store, version) = (&self.store, self.version);
         let committed_result = store.overlay.reset_with(
             to_seqno,
-            || txn.commit().map_err(redb_err("commit the rollback")),
+            || {
+                let _change = store.base_change();
+                txn.commit().map_err(redb_err("commit the rollback"))
+            },
             || publish_rollback(store, &plan, streams, version),
         );
         if let Err(e) = committed_result {

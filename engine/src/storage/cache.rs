@@ -1,0 +1,401 @@
+//! The read cache: recently read nodes of the database file, so that a point read that the
+//! overlay does not answer need not descend redb's B-tree (decision 0003, "A read cache").
+//!
+//! Its entries are the base's values (or its knowledge that a node is absent) as of one
+//! state of the file. Any commit that changes the file's data (a checkpoint, a direct change,
+//! a rollback, a file put in place) is a *base change*: it starts a new cache, empty, and the
+//! old one is dropped with its last reader. A reader uses the cache only if its read
+//! transaction saw exactly the state the cache belongs to — no base change was under way
+//! when it looked, or began before its transaction was open (see [`ReadCache::open`]) — so a
+//! cache holds the values of one state only and never answers a reader of another.
+//!
+//! The cache is bounded in bytes and split into shards, each behind its own lock (readers on
+//! every worker thread share it). A shard that would pass its share of the bound is emptied
+//! and starts over; the hot nodes come back at their next read.
+
+use std::collections::HashSet;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// Shards of the cache (a power of two).
+const SHARDS: usize = 64;
+/// What one entry costs beyond its key and value (the table's slot, the allocation's header).
+const ENTRY_OVERHEAD_BYTES: usize = 64;
+
+/// The cache of one base state. Readers whose transaction reads that state hold it.
+pub struct Cache {
+    shards: [Mutex<Shard>; SHARDS],
+    shard_bytes_max: usize,
+    hasher: foldhash::fast::FixedState,
+    counts: Arc<Counts>,
+}
+
+/// Lookups that found their node and lookups that did not, over every cache so far; per
+/// shard, each on its own cache line, so that readers on different cores do not share one.
+struct Counts([ShardCounts; SHARDS]);
+
+impl Default for Counts {
+    fn default() -> Counts {
+        Counts(std::array::from_fn(|_| ShardCounts::default()))
+    }
+}
+
+#[derive(Default)]
+#[repr(align(64))]
+struct ShardCounts {
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+#[derive(Default)]
+struct Shard {
+    nodes: HashSet<Entry, foldhash::fast::FixedState>,
+    bytes: usize,
+}
+
+/// A node and its value in one allocation, so that a lookup touches one place in memory
+/// besides the table: the key's length (4 bytes, little-endian), the key, whether the node
+/// is present (1 byte), its value. Hashed and compared as its key.
+struct Entry(Box<[u8]>);
+
+impl Entry {
+    fn new(node: &[u8], value: Option<&[u8]>) -> Option<Entry> {
+        let key_len = u32::try_from(node.len()).ok()?;
+        let mut bytes = Vec::with_capacity(5 + node.len() + value.map_or(0, <[u8]>::len));
+        bytes.extend_from_slice(&key_len.to_le_bytes());
+        bytes.extend_from_slice(node);
+        bytes.push(u8::from(value.is_some()));
+        bytes.extend_from_slice(value.unwrap_or_default());
+        Some(Entry(bytes.into_boxed_slice()))
+    }
+
+    /// The key's end (and the presence byte's place).
+    fn key_end(&self) -> usize {
+        let len = self.0.first_chunk::<4>().map_or(0, |n| u32::from_le_bytes(*n));
+        4 + len as usize
+    }
+
+    fn key(&self) -> &[u8] {
+        self.0.get(4..self.key_end()).unwrap_or_default()
+    }
+
+    fn value(&self) -> Option<&[u8]> {
+        let at = self.key_end();
+        match self.0.get(at) {
+            Some(1) => self.0.get(at + 1..),
+            _ => None,
+        }
+    }
+}
+
+impl std::hash::Hash for Entry {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.key().hash(state);
+    }
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Entry) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for Entry {}
+
+impl std::borrow::Borrow<[u8]> for Entry {
+    fn borrow(&self) -> &[u8] {
+        self.key()
+    }
+}
+
+impl Cache {
+    fn new(bytes_max: usize, counts: Arc<Counts>) -> Cache {
+        let shards = std::array::from_fn(|_| Mutex::new(Shard::default()));
+        let hasher = foldhash::fast::FixedState::default();
+        Cache { shards, shard_bytes_max: bytes_max / SHARDS, hasher, counts }
+    }
+
+    /// The shard that holds `node`.
+    fn shard_of(&self, node: &[u8]) -> usize {
+        // The top bits: the map inside uses the low ones. Truncation is the point.
+        (self.hasher.hash_one(node) >> 58) as usize % SHARDS
+    }
+
+    fn shard(&self, at: usize) -> &Mutex<Shard> {
+        let [first, ..] = &self.shards;
+        self.shards.get(at).unwrap_or(first)
+    }
+
+    /// The node's value as cached: `Some(None)` when it is known to be absent, `None` when
+    /// the cache does not hold it.
+    pub fn get(&self, node: &[u8]) -> Option<Option<Vec<u8>>> {
+        let at = self.shard_of(node);
+        let found = {
+            let shard = self.shard(at).lock().unwrap_or_else(PoisonError::into_inner);
+            shard.nodes.get(node).map(|entry| entry.value().map(<[u8]>::to_vec))
+        };
+        let [first, ..] = &self.counts.0;
+        let counts = self.counts.0.get(at).unwrap_or(first);
+        let counter = if found.is_some() { &counts.hits } else { &counts.misses };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    /// Bytes the cache holds, as it counts them.
+    fn bytes(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).bytes).sum()
+    }
+
+    /// Remembers what the base holds for `node` (`None`: it is absent).
+    pub fn insert(&self, node: &[u8], value: Option<&[u8]>) {
+        let cost = node.len() + value.map_or(0, <[u8]>::len) + ENTRY_OVERHEAD_BYTES;
+        if cost > self.shard_bytes_max / 16 {
+            // A few large values would push out everything else.
+            return;
+        }
+        let Some(entry) = Entry::new(node, value) else { return };
+        let mut shard = self.shard(self.shard_of(node)).lock().unwrap_or_else(PoisonError::into_inner);
+        if shard.bytes + cost > self.shard_bytes_max {
+            shard.nodes.clear();
+            shard.bytes = 0;
+        }
+        if shard.nodes.insert(entry) {
+            shard.bytes += cost;
+        }
+    }
+
+    /// Nodes held (for tests).
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).nodes.len()).sum()
+    }
+}
+
+/// The cache of the current base state, and the base changes under way.
+pub struct ReadCache {
+    state: Mutex<State>,
+    counts: Arc<Counts>,
+}
+
+/// What the read cache holds and how it has served (the metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Point reads of the base that the cache answered, since start.
+    pub hits: u64,
+    /// Point reads of the base that it did not (and that read the file), since start.
+    pub misses: u64,
+    /// Bytes it holds now.
+    pub bytes: u64,
+}
+
+struct State {
+    /// Counts base changes begun; a reader's view is good only if it is the same after its
+    /// transaction opened as before.
+    changes: u64,
+    /// Base changes begun and not yet ended.
+    changing: usize,
+    /// `None` when the cache is off (a bound of 0).
+    current: Option<Arc<Cache>>,
+    bytes_max: usize,
+}
+
+impl std::fmt::Debug for ReadCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.state();
+        f.debug_struct("ReadCache")
+            .field("bytes_max", &state.bytes_max)
+            .field("changes", &state.changes)
+            .field("changing", &state.changing)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReadCache {
+    /// A cache of at most `bytes_max` bytes of nodes (0: none).
+    pub fn new(bytes_max: usize) -> ReadCache {
+        let counts = Arc::new(Counts::default());
+        let state = State { changes: 0, changing: 0, current: None, bytes_max };
+        let cache = ReadCache { state: Mutex::new(state), counts };
+        cache.set_bytes_max(bytes_max);
+        cache
+    }
+
+    /// A new, empty cache (none with a bound of 0).
+    fn fresh(&self, bytes_max: usize) -> Option<Arc<Cache>> {
+        (bytes_max > 0).then(|| Arc::new(Cache::new(bytes_max, Arc::clone(&self.counts))))
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        let current = self.state().current.clone();
+        let (mut hits, mut misses) = (0, 0);
+        for counts in &self.counts.0 {
+            hits += counts.hits.load(Ordering::Relaxed);
+            misses += counts.misses.load(Ordering::Relaxed);
+        }
+        let bytes = current.map_or(0, |c| c.bytes() as u64);
+        CacheStats { hits, misses, bytes }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sets the bound; the cache starts over empty.
+    pub fn set_bytes_max(&self, bytes_max: usize) {
+        let fresh = self.fresh(bytes_max);
+        let mut state = self.state();
+        state.bytes_max = bytes_max;
+        state.current = fresh;
+    }
+
+    /// Calls `open`, which opens a read transaction, and gives the cache of the state that
+    /// transaction reads — `None` when that is not certain (a base change was under way, or
+    /// began meanwhile) or the cache is off.
+    pub fn open<R>(&self, open: impl FnOnce() -> R) -> (Option<Arc<Cache>>, R) {
+        let before = {
+            let state = self.state();
+            (state.changing == 0)
+                .then(|| (state.changes, state.current.clone()))
+                .and_then(|(changes, cache)| cache.map(|c| (changes, c)))
+        };
+        let opened = open();
+        let cache = before.filter(|(changes, _)| {
+            let state = self.state();
+            state.changing == 0 && state.changes == *changes
+        });
+        (cache.map(|(_, c)| c), opened)
+    }
+
+    /// Marks a base change as under way until the guard is dropped (after the commit that
+    /// makes it, whether or not that succeeded); then the cache starts over empty.
+    pub fn change(&self) -> BaseChange<'_> {
+        let mut state = self.state();
+        state.changes += 1;
+        state.changing += 1;
+        BaseChange { cache: self }
+    }
+}
+
+/// A base change under way (see [`ReadCache::change`]).
+#[must_use = "the change ends when the guard is dropped"]
+pub struct BaseChange<'a> {
+    cache: &'a ReadCache,
+}
+
+impl Drop for BaseChange<'_> {
+    fn drop(&mut self) {
+        let mut state = self.cache.state();
+        state.changing -= 1;
+        if state.changing == 0 {
+            state.current = self.cache.fresh(state.bytes_max);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_view_opened_in_a_steady_state_shares_its_cache() {
+        let cache = ReadCache::new(1 << 20);
+        let (first, ()) = cache.open(|| ());
+        let first = first.expect("a steady state has a cache");
+        first.insert(b"k", Some(b"v"));
+        first.insert(b"gone", None);
+        let (second, ()) = cache.open(|| ());
+        let second = second.expect("a steady state has a cache");
+        assert_eq!(second.get(b"k"), Some(Some(b"v".to_vec())));
+        assert_eq!(second.get(b"gone"), Some(None));
+        assert_eq!(second.get(b"other"), None);
+        let stats = cache.stats();
+        assert_eq!((stats.hits, stats.misses), (2, 1));
+        assert!(stats.bytes > 0);
+        drop(cache.change());
+        assert_eq!(cache.stats().bytes, 0, "a base change empties it");
+        assert_eq!(cache.stats().hits, 2, "the counts go on");
+    }
+
+    #[test]
+    fn a_base_change_starts_a_new_cache() {
+        let cache = ReadCache::new(1 << 20);
+        let (old, ()) = cache.open(|| ());
+        let old = old.expect("a steady state has a cache");
+        old.insert(b"k", Some(b"old"));
+        drop(cache.change());
+        let (new, ()) = cache.open(|| ());
+        assert_eq!(new.expect("a steady state has a cache").get(b"k"), None);
+        // A reader of the old state may still fill the old cache: no one else reads it.
+        old.insert(b"k2", Some(b"old"));
+        let (new, ()) = cache.open(|| ());
+        assert_eq!(new.expect("a steady state has a cache").get(b"k2"), None);
+    }
+
+    #[test]
+    fn no_cache_while_a_change_is_under_way_or_begins_during_the_open() {
+        let cache = ReadCache::new(1 << 20);
+        let change = cache.change();
+        assert!(cache.open(|| ()).0.is_none(), "a change under way");
+        drop(change);
+        let (during, change) = cache.open(|| cache.change());
+        assert!(during.is_none(), "a change begun while the transaction opened");
+        drop(change);
+        // Two changes overlapping: the cache comes back only when both have ended.
+        let first = cache.change();
+        let second = cache.change();
+        drop(first);
+        assert!(cache.open(|| ()).0.is_none(), "one change still under way");
+        drop(second);
+        assert!(cache.open(|| ()).0.is_some());
+    }
+
+    #[test]
+    fn a_bound_of_zero_turns_it_off() {
+        let cache = ReadCache::new(0);
+        assert!(cache.open(|| ()).0.is_none());
+        drop(cache.change());
+        assert!(cache.open(|| ()).0.is_none());
+        cache.set_bytes_max(1 << 20);
+        assert!(cache.open(|| ()).0.is_some());
+    }
+
+    #[test]
+    fn an_entry_holds_its_node_and_value() {
+        for (node, value) in [
+            (&b"Kkey"[..], Some(&b"value"[..])),
+            (b"Kkey", Some(b"")),
+            (b"Kkey", None),
+            (b"", Some(b"\x01")),
+            (b"", None),
+        ] {
+            let entry = Entry::new(node, value).expect("a small node");
+            assert_eq!(entry.key(), node);
+            assert_eq!(entry.value(), value);
+        }
+        let cache = Cache::new(1 << 20, Arc::default());
+        cache.insert(b"Ka", Some(b"1"));
+        cache.insert(b"Kab", None);
+        cache.insert(b"K", Some(b""));
+        assert_eq!(cache.get(b"Ka"), Some(Some(b"1".to_vec())));
+        assert_eq!(cache.get(b"Kab"), Some(None));
+        assert_eq!(cache.get(b"K"), Some(Some(Vec::new())));
+        assert_eq!(cache.get(b"Kb"), None);
+    }
+
+    #[test]
+    fn a_full_shard_starts_over_and_the_bound_holds() {
+        let bytes_max = 1 << 20;
+        let cache = Cache::new(bytes_max, Arc::default());
+        for i in 0..30_000u32 {
+            cache.insert(format!("key:{i:08}").as_bytes(), Some(&[7u8; 20]));
+        }
+        let held: usize =
+            cache.shards.iter().map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).bytes).sum();
+        assert!(held <= bytes_max, "{held} bytes held");
+        assert!(cache.len() > 5_000, "{} nodes held", cache.len());
+        // A value too large for its shard is not kept.
+        cache.insert(b"big", Some(&vec![0u8; bytes_max / SHARDS]));
+        assert_eq!(cache.get(b"big"), None);
+    }
+}

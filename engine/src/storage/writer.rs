@@ -972,6 +972,7 @@ impl<T: Send + 'static> WriterThread<T> {
                     }
                 },
             };
+            self.idle.group(0);
             match first {
                 Work::Txns(requests) => {
                     self.pending = fill(&mut batch, requests);

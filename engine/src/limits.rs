@@ -49,9 +49,6 @@ pub const READ_CACHE_BYTES_DEFAULT: usize = 64 * 1024 * 1024;
 pub const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 /// A journal segment is closed and a new one started once it reaches this size.
 pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
-/// How long the writer spins for more work before it sleeps (while spinning pays:
-/// `storage/writer/idle.rs`).
-pub const WRITER_SPIN: std::time::Duration = std::time::Duration::from_micros(100);
 /// Transactions waiting for the writer before submitters are made to wait.
 pub const WRITER_QUEUE_TXNS_MAX: usize = 4096;
 /// Most journal records one admin journal read returns.

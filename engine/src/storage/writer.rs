@@ -30,7 +30,6 @@
 //! refuses all further access), the writer closes and reopens the file, failing writes with
 //! [`StoreError::Recovering`] until that succeeds.
 
-mod idle;
 mod rollback;
 
 use std::collections::BTreeMap;
@@ -370,7 +369,6 @@ impl<T: Send + 'static> Writer<T> {
             streams,
             supplementary,
             replaced_pending: false,
-            idle: idle::Idle::default(),
         };
         let handle = std::thread::Builder::new().name("strand-writer".into()).spawn(move || state.run(rx))?;
         Ok((Writer { tx, waiters }, handle))
@@ -744,8 +742,6 @@ struct WriterThread<T> {
     /// A seeded file replaced the database file but could not be taken up: the reopen takes
     /// it up as a replacement.
     replaced_pending: bool,
-    /// Whether it spins before it sleeps when the queue is empty.
-    idle: idle::Idle,
 }
 
 type ReplyTx<T> = oneshot::Sender<Result<Committed<T>, TxnFailure>>;
@@ -960,7 +956,7 @@ impl<T: Send + 'static> WriterThread<T> {
             }
             let first = match self.pending.take() {
                 Some(work) => work,
-                None => match self.idle.recv(&mut rx) {
+                None => match rx.blocking_recv() {
                     Some(work) => work,
                     None => {
                         // A clean stop leaves the database file complete: nothing to replay.
@@ -972,7 +968,6 @@ impl<T: Send + 'static> WriterThread<T> {
                     }
                 },
             };
-            self.idle.group(0);
             match first {
                 Work::Txns(requests) => {
                     self.pending = fill(&mut batch, requests);
@@ -983,7 +978,6 @@ impl<T: Send + 'static> WriterThread<T> {
                             Err(_) => break,
                         }
                     }
-                    self.idle.group(batch.len());
                     self.commit_batch(&mut batch, &mut rx);
                 }
                 Work::Apply { records, source_history, mode, reply } => {

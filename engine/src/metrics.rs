@@ -240,7 +240,7 @@ impl Metrics {
             )?,
             read_cache_misses_total: d.counter(
                 "strand_read_cache_misses_total",
-                "Point reads of the database file that the read cache could not answer (they read the file).",
+                "Point reads of the database file that the read cache, in use, did not hold (they read the file).",
             )?,
             read_cache_bytes: d.gauge(
                 "strand_read_cache_bytes",

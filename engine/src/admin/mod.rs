@@ -319,8 +319,14 @@ async fn metrics(State(engine): State<Arc<Engine>>) -> Response {
     }
     m.journal_bytes.set(int(engine.store.journal_bytes()));
     let cache = engine.store.read_cache_stats();
-    m.read_cache_hits_total.inc_by(cache.hits.saturating_sub(m.read_cache_hits_total.get()));
-    m.read_cache_misses_total.inc_by(cache.misses.saturating_sub(m.read_cache_misses_total.get()));
+    {
+        // The counters catch up with the cache's own counts; two scrapes at once must not
+        // both add the same difference.
+        static CATCHING_UP: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = CATCHING_UP.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        m.read_cache_hits_total.inc_by(cache.hits.saturating_sub(m.read_cache_hits_total.get()));
+        m.read_cache_misses_total.inc_by(cache.misses.saturating_sub(m.read_cache_misses_total.get()));
+    }
     m.read_cache_bytes.set(int(cache.bytes));
     m.journal_first_seqno.set(int(engine.store.journal_first()));
     if meta.supplementary {

@@ -11,7 +11,9 @@
 //!
 //! The cache is bounded in bytes and split into shards, each behind its own lock (readers on
 //! every worker thread share it). A shard that would pass its share of the bound is emptied
-//! and starts over; the hot nodes come back at their next read.
+//! and starts over; the hot nodes come back at their next read. A reader that opened its
+//! snapshot before a base change goes on filling the old cache until it is done (one
+//! command, or one pipeline's reads): for that moment two caches can be alive.
 
 use std::collections::HashSet;
 use std::hash::BuildHasher;
@@ -27,7 +29,8 @@ const ENTRY_OVERHEAD_BYTES: usize = 64;
 pub struct Cache {
     shards: [Mutex<Shard>; SHARDS],
     shard_bytes_max: usize,
-    hasher: foldhash::fast::FixedState,
+    /// Seeded at random for each cache, so that no one can choose keys that collide.
+    hasher: foldhash::fast::RandomState,
     counts: Arc<Counts>,
 }
 
@@ -48,9 +51,8 @@ struct ShardCounts {
     misses: AtomicU64,
 }
 
-#[derive(Default)]
 struct Shard {
-    nodes: HashSet<Entry, foldhash::fast::FixedState>,
+    nodes: HashSet<Entry, foldhash::fast::RandomState>,
     bytes: usize,
 }
 
@@ -111,15 +113,19 @@ impl std::borrow::Borrow<[u8]> for Entry {
 
 impl Cache {
     fn new(bytes_max: usize, counts: Arc<Counts>) -> Cache {
-        let shards = std::array::from_fn(|_| Mutex::new(Shard::default()));
-        let hasher = foldhash::fast::FixedState::default();
+        let hasher = foldhash::fast::RandomState::default();
+        let shards = std::array::from_fn(|_| {
+            Mutex::new(Shard { nodes: HashSet::with_hasher(hasher.clone()), bytes: 0 })
+        });
         Cache { shards, shard_bytes_max: bytes_max / SHARDS, hasher, counts }
     }
 
     /// The shard that holds `node`.
     fn shard_of(&self, node: &[u8]) -> usize {
-        // The top bits: the map inside uses the low ones. Truncation is the point.
-        (self.hasher.hash_one(node) >> 58) as usize % SHARDS
+        // Middle bits: the map inside finds a slot by the low ones and keeps the top seven
+        // as each slot's tag (sharding on those would leave a shard's nodes few distinct
+        // tags, and a lookup comparing keys on every false match). Truncation is the point.
+        (self.hasher.hash_one(node) >> 32) as usize % SHARDS
     }
 
     fn shard(&self, at: usize) -> &Mutex<Shard> {
@@ -156,13 +162,15 @@ impl Cache {
         }
         let Some(entry) = Entry::new(node, value) else { return };
         let mut shard = self.shard(self.shard_of(node)).lock().unwrap_or_else(PoisonError::into_inner);
+        if shard.nodes.contains(node) {
+            return;
+        }
         if shard.bytes + cost > self.shard_bytes_max {
             shard.nodes.clear();
             shard.bytes = 0;
         }
-        if shard.nodes.insert(entry) {
-            shard.bytes += cost;
-        }
+        shard.nodes.insert(entry);
+        shard.bytes += cost;
     }
 
     /// Nodes held (for tests).

@@ -688,10 +688,9 @@ impl Store {
     /// A consistent read-only view of everything committed so far: the overlay pinned as of
     /// the committed seqno, over a base snapshot opened while it is pinned.
     pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
-        let db = self.db()?;
         let (sv, (seqno, (cache, txn))) =
-            self.overlay.pin_with(|| (self.committed_seqno(), self.read_cache.open(|| db.begin_read())));
-        let txn = txn.map_err(redb_err("begin a read transaction"))?;
+            self.overlay.pin_with(|| (self.committed_seqno(), self.read_cache.open(|| self.begin_read())));
+        let txn = txn?;
         let data = txn.open_table(DATA).map_err(redb_err("open the data table"))?;
         Ok(Snapshot { txn, data, sv, seqno, cache, fill: true })
     }
@@ -701,11 +700,17 @@ impl Store {
     /// reads the read cache but does not fill it: what the writer reads it is about to write,
     /// and the overlay then answers for the node until the next checkpoint empties the cache.
     pub(crate) fn snapshot_latest(&self) -> Result<Snapshot, StoreError> {
-        let db = self.db()?;
-        let (sv, (cache, txn)) = self.overlay.pin_with(|| self.read_cache.open(|| db.begin_read()));
-        let txn = txn.map_err(redb_err("begin a read transaction"))?;
+        let (sv, (cache, txn)) = self.overlay.pin_with(|| self.read_cache.open(|| self.begin_read()));
+        let txn = txn?;
         let data = txn.open_table(DATA).map_err(redb_err("open the data table"))?;
         Ok(Snapshot { txn, data, sv, seqno: u64::MAX, cache, fill: false })
+    }
+
+    /// A read transaction of the database file in place now. The file is taken inside the
+    /// read cache's [`cache::ReadCache::open`], not before it: a reader holding the file that
+    /// a seeded one has just replaced would otherwise fill the new file's cache.
+    fn begin_read(&self) -> Result<redb::ReadTransaction, StoreError> {
+        self.db()?.begin_read().map_err(redb_err("begin a read transaction"))
     }
 
     /// Marks a change of the database file's data as under way until the guard is dropped:

@@ -2,12 +2,13 @@
 //! overlay does not answer need not descend redb's B-tree (decision 0003, "A read cache").
 //!
 //! Its entries are the base's values (or its knowledge that a node is absent) as of one
-//! state of the file. Any commit that changes the file's data (a checkpoint, a direct change,
-//! a rollback, a file put in place) is a *base change*: it starts a new cache, empty, and the
-//! old one is dropped with its last reader. A reader uses the cache only if its read
-//! transaction saw exactly the state the cache belongs to — no base change was under way
-//! when it looked, or began before its transaction was open (see [`ReadCache::open`]) — so a
-//! cache holds the values of one state only and never answers a reader of another.
+//! state of the file. Any commit that changes the file's data (a checkpoint, an SI or BC
+//! apply in the file, a system write, a rollback in the file) or puts another file in place
+//! is a *base change*: it starts a new cache, empty, and the old one is dropped with its last
+//! reader. A reader uses the cache only if its read transaction reads exactly the state the
+//! cache belongs to — no base change was under way when it looked, nor began while it took
+//! the file and opened its transaction (see [`ReadCache::open`]) — so a cache holds the values
+//! of one state only and never answers a reader of another.
 //!
 //! The cache is bounded in bytes and split into shards, each behind its own lock (readers on
 //! every worker thread share it). A shard that would pass its share of the bound is emptied
@@ -257,9 +258,10 @@ impl ReadCache {
         state.current = fresh;
     }
 
-    /// Calls `open`, which opens a read transaction, and gives the cache of the state that
-    /// transaction reads — `None` when that is not certain (a base change was under way, or
-    /// began meanwhile) or the cache is off.
+    /// Calls `open`, which takes the file in place and opens a read transaction of it (both
+    /// inside, so that neither can come from before a change this does not see), and gives
+    /// the cache of the state that transaction reads — `None` when that is not certain (a
+    /// base change was under way, or began meanwhile) or the cache is off.
     pub fn open<R>(&self, open: impl FnOnce() -> R) -> (Option<Arc<Cache>>, R) {
         let before = {
             let state = self.state();

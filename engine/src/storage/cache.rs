@@ -307,15 +307,18 @@ impl Drop for BaseChange<'_> {
 mod tests {
     use super::*;
 
+    /// The cache a reader gets in a steady state (no change under way).
+    fn opened(cache: &ReadCache) -> Arc<Cache> {
+        cache.open(|| ()).0.expect("a steady state has a cache")
+    }
+
     #[test]
     fn a_view_opened_in_a_steady_state_shares_its_cache() {
         let cache = ReadCache::new(1 << 20);
-        let (first, ()) = cache.open(|| ());
-        let first = first.expect("a steady state has a cache");
+        let first = opened(&cache);
         first.insert(b"k", Some(b"v"));
         first.insert(b"gone", None);
-        let (second, ()) = cache.open(|| ());
-        let second = second.expect("a steady state has a cache");
+        let second = opened(&cache);
         assert_eq!(second.get(b"k"), Some(Some(b"v".to_vec())));
         assert_eq!(second.get(b"gone"), Some(None));
         assert_eq!(second.get(b"other"), None);
@@ -330,16 +333,13 @@ mod tests {
     #[test]
     fn a_base_change_starts_a_new_cache() {
         let cache = ReadCache::new(1 << 20);
-        let (old, ()) = cache.open(|| ());
-        let old = old.expect("a steady state has a cache");
+        let old = opened(&cache);
         old.insert(b"k", Some(b"old"));
         drop(cache.change());
-        let (new, ()) = cache.open(|| ());
-        assert_eq!(new.expect("a steady state has a cache").get(b"k"), None);
+        assert_eq!(opened(&cache).get(b"k"), None);
         // A reader of the old state may still fill the old cache: no one else reads it.
         old.insert(b"k2", Some(b"old"));
-        let (new, ()) = cache.open(|| ());
-        assert_eq!(new.expect("a steady state has a cache").get(b"k2"), None);
+        assert_eq!(opened(&cache).get(b"k2"), None);
     }
 
     #[test]

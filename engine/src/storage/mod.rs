@@ -713,6 +713,13 @@ impl Store {
         self.db()?.begin_read().map_err(redb_err("begin a read transaction"))
     }
 
+    /// Puts `db` in place of the file the readers use (a seeded file, or the file reopened
+    /// after an I/O error): a base change, like a commit to the data table.
+    pub(crate) fn put_db(&self, db: Database) {
+        let _change = self.base_change();
+        *self.db.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(db));
+    }
+
     /// Marks a change of the database file's data as under way until the guard is dropped:
     /// every commit that writes the data table, or puts another file in place, holds one
     /// (the read cache starts over after it).
@@ -1215,17 +1222,19 @@ impl Snapshot {
         if let Some(cached) = self.cache.as_ref().and_then(|c| c.get(key)) {
             // Every test runs in a debug build: each hit is checked against the file.
             #[cfg(debug_assertions)]
-            {
-                let base = self.data.get(key).map_err(redb_err("read a key"))?.map(|v| v.value().to_vec());
-                assert_eq!(cached, base, "the read cache disagrees with the file for {key:?}");
-            }
+            assert_eq!(cached, self.base_get(key)?, "the read cache disagrees with the file for {key:?}");
             return Ok(cached);
         }
-        let value = self.data.get(key).map_err(redb_err("read a key"))?.map(|v| v.value().to_vec());
+        let value = self.base_get(key)?;
         if let Some(cache) = self.cache.as_ref().filter(|_| self.fill) {
             cache.insert(key, value.as_deref());
         }
         Ok(value)
+    }
+
+    /// `key`'s node as the database file holds it.
+    fn base_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.data.get(key).map_err(redb_err("read a key"))?.map(|v| v.value().to_vec()))
     }
 
     /// The committed seqno this view reflects.

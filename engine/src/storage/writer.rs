@@ -2327,9 +2327,7 @@ impl<T: Send + 'static> WriterThread<T> {
         let streams = super::read_stream_seqnos(&db)?;
         self.store.recount(&db)?;
         let seqno = self.store.reload_journal(&db)?;
-        let change = self.store.base_change();
-        *self.store.db.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(db));
-        drop(change);
+        self.store.put_db(db);
         self.store.overlay.reset(seqno);
         self.set_streams(streams);
         self.supplementary = meta.supplementary;
@@ -2381,10 +2379,7 @@ impl<T: Send + 'static> WriterThread<T> {
             },
             Ok(db) => match self.store.reload_journal(&db) {
                 Ok(seqno) => {
-                    let change = self.store.base_change();
-                    *self.store.db.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
-                        Some(Arc::new(db));
-                    drop(change);
+                    self.store.put_db(db);
                     tracing::info!(journal_seqno = seqno, "database reopened after an I/O error");
                 }
                 Err(e) => tracing::error!(error = %error_chain(&e), "reopened database fails its check"),

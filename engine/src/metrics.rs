@@ -28,6 +28,7 @@ pub struct Metrics {
     pub journal_fsync_duration_seconds: Histogram,
     pub group_commit_transactions: Histogram,
     pub commit_groups_overlapped_total: IntCounter,
+    pub commit_groups_led_total: IntCounter,
     pub journal_seqno: IntGauge,
     pub journal_bytes: IntGauge,
     pub journal_first_seqno: IntGauge,
@@ -178,6 +179,10 @@ impl Metrics {
             commit_groups_overlapped_total: d.counter(
                 "strand_commit_groups_overlapped_total",
                 "Commit groups handed to the sync thread so that the transactions queued behind them ran while they synced.",
+            )?,
+            commit_groups_led_total: d.counter(
+                "strand_commit_groups_led_total",
+                "Commit groups a client's own task ran and synced because the writer thread had nothing queued (no thread hop each way).",
             )?,
             journal_seqno: d.gauge("strand_journal_seqno", "Highest durable journal sequence number.")?,
             journal_bytes: d.gauge(

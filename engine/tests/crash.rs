@@ -31,15 +31,6 @@ fn acknowledged_writes_survive_sigkill_during_checkpoints_and_rotation() {
     kill_rounds("Churn", &["--checkpoint-bytes", "65536", "--journal-segment-bytes", "16384"], 10);
 }
 
-/// The value of counter `name` in the server's metrics.
-fn counter(server: &Server, name: &str) -> u64 {
-    let metrics = common::admin(&server.data_dir, "GET", "/metrics", None).unwrap().1;
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.trim().parse::<f64>().ok()))
-        .map_or(0, |v| v as u64)
-}
-
 fn kill_rounds(name: &str, flags: &[&str], default_rounds: usize) {
     let (seed, rounds) = common::seed_and_rounds("STRAND_CRASH_SEED", "STRAND_CRASH_ROUNDS", default_rounds);
     println!("crash test seed {seed} ({rounds} rounds); replay with STRAND_CRASH_SEED={seed}");
@@ -51,6 +42,7 @@ fn kill_rounds(name: &str, flags: &[&str], default_rounds: usize) {
     let never = Arc::new(AtomicBool::new(false));
     let mut committed = 0;
     let mut overlapped = 0;
+    let mut led = 0;
     for round in 0..rounds {
         let handles = writers(&server.url(), &book, &never);
         let delay = 30 + rng.next() % 400;
@@ -60,11 +52,13 @@ fn kill_rounds(name: &str, flags: &[&str], default_rounds: usize) {
             // rotated, so the kill meets a writer and a checkpointer in full churn.
             common::wait_until("checkpoints and rotations", || {
                 let segments = std::fs::read_dir(server.data_dir.join("journal")).map_or(0, |d| d.count());
-                counter(&server, "strand_checkpoints_total") >= 3 && segments >= 2
+                server.counter("strand_checkpoints_total") >= 3 && segments >= 2
             });
         }
         // Whether kills can meet a group syncing on the sync thread while the next one runs.
-        overlapped += counter(&server, "strand_commit_groups_overlapped_total");
+        overlapped += server.counter("strand_commit_groups_overlapped_total");
+        // And groups a client's own task led (the writer thread idle).
+        led += server.counter("strand_commit_groups_led_total");
         server.kill9();
         join_writers(handles, &book);
         server.restart();
@@ -73,7 +67,8 @@ fn kill_rounds(name: &str, flags: &[&str], default_rounds: usize) {
     }
     assert!(committed > 0, "no write was ever acknowledged; the test proved nothing");
     assert!(overlapped > 0, "no commit group ever synced while the next one ran; the kills never met one");
-    println!("{overlapped} groups synced while the next one ran");
+    assert!(led > 0, "no commit group was ever led by a client's task; the kills never met one");
+    println!("{overlapped} groups synced while the next one ran, {led} led by a client's task");
 }
 
 /// Writes `count` keys `{prefix}{i}` one transaction each (pipelined); the seqno after.

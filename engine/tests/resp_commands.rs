@@ -647,3 +647,76 @@ fn commands_are_counted_by_name() {
     assert_eq!(server.metric("strand_resp_commands_total{command=\"get\"}"), 16.0);
     assert_eq!(server.metric("strand_resp_commands_total{command=\"set\"}"), 2.0);
 }
+
+/// Every write lands once and in its connection's order, whether its group was led by its
+/// connection's own task (the writer thread idle) or formed by the writer thread from the
+/// queue: one connection alone (its groups led), then nine at once, each appending its own
+/// numbers to its own list in chunks of 1 to 13 commands, keeping two chunks unanswered.
+#[test]
+fn a_connections_writes_commit_in_order_whether_led_or_queued() {
+    use std::io::{BufRead, Write};
+    let (_dir, server) = server();
+    // Sends `n` RPUSHes in chunks of 1 to 13 commands, each chunk written as soon as the
+    // one two before it is answered: two batches of one connection in flight at a time.
+    let append = |addr: &str, key: &str, n: u64| {
+        let mut socket = std::net::TcpStream::connect(addr).unwrap();
+        socket.set_nodelay(true).unwrap();
+        let reader = std::io::BufReader::new(socket.try_clone().unwrap());
+        let (answered, replies) = std::sync::mpsc::channel();
+        let read = std::thread::spawn(move || {
+            for line in reader.lines().take(n as usize) {
+                let line = line.unwrap();
+                assert!(line.starts_with(':'), "{line}");
+                answered.send(()).unwrap();
+            }
+        });
+        let (mut i, mut got, mut ends) = (0, 0, std::collections::VecDeque::new());
+        while i < n {
+            if ends.len() == 2 {
+                let before: u64 = ends.pop_front().unwrap();
+                while got < before {
+                    replies.recv().unwrap();
+                    got += 1;
+                }
+            }
+            let end = n.min(i + 1 + i % 13);
+            let mut chunk = Vec::new();
+            for v in i..end {
+                let v = v.to_string();
+                write!(chunk, "*3\r\n$5\r\nRPUSH\r\n${}\r\n{key}\r\n${}\r\n{v}\r\n", key.len(), v.len())
+                    .unwrap();
+            }
+            socket.write_all(&chunk).unwrap();
+            ends.push_back(end);
+            i = end;
+        }
+        read.join().unwrap();
+    };
+    append(&server.addr(), "alone", 300);
+    let led = server.counter("strand_commit_groups_led_total");
+    assert!(led > 0, "one connection alone never led its own group");
+
+    let threads: Vec<_> = (0..9)
+        .map(|t| {
+            let addr = server.addr();
+            std::thread::spawn(move || append(&addr, &format!("list{t}"), 3000))
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let mut c = server.client();
+    let check = |c: &mut redis::Connection, key: &str, n: u64| {
+        let got: Vec<u64> = c.lrange(key, 0, -1).unwrap();
+        assert!(got.iter().copied().eq(0..n), "{key} is out of order: {got:?}");
+    };
+    check(&mut c, "alone", 300);
+    for t in 0..9 {
+        check(&mut c, &format!("list{t}"), 3000);
+    }
+    let groups = server.counter("strand_group_commit_transactions_count");
+    let led = server.counter("strand_commit_groups_led_total");
+    assert!(groups > led, "no group was formed by the writer thread ({groups} groups, {led} led)");
+    println!("{groups} groups, {led} led by a connection's task");
+    server.verify();
+}

@@ -129,6 +129,12 @@ impl Checkpointer {
         Ok(paused)
     }
 
+    /// Whether a checkpoint failed on a redb I/O error that [`Checkpointer::take_io_failure`]
+    /// has not yet taken.
+    pub fn io_failed(&self) -> bool {
+        self.shared.state.lock().unwrap_or_else(PoisonError::into_inner).io_failed
+    }
+
     /// Whether a checkpoint failed on a redb I/O error since the last call: the writer then
     /// closes and reopens the file.
     pub fn take_io_failure(&self) -> bool {

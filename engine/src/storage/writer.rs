@@ -11,6 +11,10 @@
 //! acknowledged transaction is always durable. The [`super::checkpoint`] thread brings the
 //! database file up to date in the background.
 //!
+//! The writer's state sits behind a lock that the writer thread holds while it runs work.
+//! A submitter that finds the writer thread idle runs its own group under that lock on its
+//! own thread ([`Writer::lead`]), saving the two thread wake-ups a queued commit costs.
+//!
 //! A transaction that aborts (a command error inside EXEC) is undone from its before-images
 //! before the next one runs and consumes no seqno. A failed group fails every transaction in
 //! it; its versions leave the overlay, its frames are cut off the segment, and the seqnos are
@@ -34,8 +38,8 @@ mod rollback;
 
 use std::collections::BTreeMap;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use redb::{Database, ReadableTable};
@@ -315,12 +319,56 @@ impl Default for WriterLimits {
 pub struct Writer<T> {
     tx: mpsc::Sender<Work<T>>,
     waiters: Waiters<T>,
+    /// The writer's state. The writer thread holds it while it runs work it took from the
+    /// queue; a submitter that finds it free with nothing queued runs its own group under it
+    /// ([`Writer::lead`]).
+    state: Arc<Mutex<WriterThread<T>>>,
+    /// Messages sent to the queue that the writer thread has not yet taken under `state`.
+    queued: Arc<AtomicUsize>,
 }
 
 impl<T> Clone for Writer<T> {
     fn clone(&self) -> Self {
-        Writer { tx: self.tx.clone(), waiters: self.waiters.clone() }
+        Writer {
+            tx: self.tx.clone(),
+            waiters: self.waiters.clone(),
+            state: Arc::clone(&self.state),
+            queued: Arc::clone(&self.queued),
+        }
     }
+}
+
+/// The writer thread's end of the queue. It counts what it takes in [`Writer::queued`]
+/// only while it holds the state, so that a submitter holding the state and reading 0 there
+/// knows that no work sent before its own is waiting to run.
+struct Queue<T> {
+    rx: mpsc::Receiver<Work<T>>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl<T> Queue<T> {
+    /// Takes queued work without waiting (under the state's lock).
+    fn try_recv(&mut self) -> Result<Work<T>, mpsc::error::TryRecvError> {
+        let work = self.rx.try_recv()?;
+        self.queued.fetch_sub(1, Ordering::SeqCst);
+        Ok(work)
+    }
+
+    /// Waits for work, without the state's lock; [`Queue::taken`] counts it once the lock
+    /// is held again. `None` once every handle is gone.
+    fn wait(&mut self) -> Option<Work<T>> {
+        self.rx.blocking_recv()
+    }
+
+    fn taken(&self) {
+        self.queued.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn lock<T>(state: &Mutex<WriterThread<T>>) -> Result<std::sync::MutexGuard<'_, WriterThread<T>>, ()> {
+    // A panic while the state was held (in the writer thread or a leading submitter) may have
+    // left it half changed: the writer stops, as if the thread itself had panicked.
+    state.lock().map_err(|_: PoisonError<_>| ())
 }
 
 impl<T: Send + 'static> Writer<T> {
@@ -331,13 +379,16 @@ impl<T: Send + 'static> Writer<T> {
         metrics: Arc<Metrics>,
     ) -> std::io::Result<(Writer<T>, std::thread::JoinHandle<()>)> {
         let (tx, rx) = mpsc::channel(WRITER_QUEUE_TXNS_MAX);
+        let queued = Arc::new(AtomicUsize::new(0));
         let streams = store.stream_seqnos();
         let supplementary = store.meta().supplementary;
         let waiters: Waiters<T> = Arc::default();
         let weak = tx.downgrade();
+        let counter = Arc::clone(&queued);
         let ask_freeze = Box::new(move || {
-            if let Some(tx) = weak.upgrade() {
-                let _ = tx.try_send(Work::Freeze);
+            if let Some(Ok(permit)) = weak.upgrade().as_ref().map(mpsc::Sender::try_reserve) {
+                counter.fetch_add(1, Ordering::SeqCst);
+                permit.send(Work::Freeze);
             }
         });
         let checkpointer = Checkpointer::spawn(store.clone(), metrics.clone(), limits.retention, ask_freeze)?;
@@ -369,9 +420,55 @@ impl<T: Send + 'static> Writer<T> {
             streams,
             supplementary,
             replaced_pending: false,
+            solo: true,
         };
-        let handle = std::thread::Builder::new().name("strand-writer".into()).spawn(move || state.run(rx))?;
-        Ok((Writer { tx, waiters }, handle))
+        let state = Arc::new(Mutex::new(state));
+        let queue = Queue { rx, queued: Arc::clone(&queued) };
+        let thread_state = Arc::clone(&state);
+        let handle = std::thread::Builder::new()
+            .name("strand-writer".into())
+            .spawn(move || WriterThread::run(&thread_state, queue))?;
+        Ok((Writer { tx, waiters, state, queued }, handle))
+    }
+
+    /// Sends work to the writer thread's queue.
+    async fn send(&self, work: Work<T>) -> Result<(), TxnFailure> {
+        // The permit first: the count is raised only for work that is then sent (a
+        // submitter that gives up waiting for room leaves it as it was).
+        let permit = self.tx.reserve().await.map_err(|_| TxnFailure::store(&StoreError::WriterGone))?;
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        permit.send(work);
+        Ok(())
+    }
+
+    /// Runs `requests` as one commit group on the caller's own thread when the writer thread
+    /// is idle — its state free, nothing queued — and the group needs nothing of the writer
+    /// thread's (see [`WriterThread::may_lead`]); else gives them back to be queued.
+    ///
+    /// A client that waits for each reply before it sends more (one connection, or a few)
+    /// always finds the writer thread asleep: queueing would cost two thread wake-ups per
+    /// commit, the writer's and then the client task's, on top of the sync. Leading the group
+    /// itself, the task blocks for the sync as the writer thread would have (a single-
+    /// threaded server blocks its whole loop there), and its replies are ready when it
+    /// returns. Under load the state is held or work is queued, and groups form in the writer
+    /// thread as before. A leader never overtakes queued work: work sent earlier by anyone
+    /// is either counted in `queued` or already run when the state is taken. (A connection's
+    /// own batches cannot overtake one another either way: it waits for one batch's replies
+    /// before it reads the next.)
+    fn lead(&self, requests: Vec<TxnRequest<T>>) -> Option<Vec<TxnRequest<T>>> {
+        if requests.len() > GROUP_COMMIT_TXNS_MAX || self.queued.load(Ordering::SeqCst) != 0 {
+            return Some(requests);
+        }
+        let Ok(mut state) = self.state.try_lock() else {
+            return Some(requests);
+        };
+        if self.queued.load(Ordering::SeqCst) != 0 || !state.may_lead() {
+            return Some(requests);
+        }
+        state.metrics.commit_groups_led_total.inc();
+        let mut batch = requests;
+        state.commit_batch(&mut batch, None);
+        None
     }
 
     /// Submits a transaction and waits until it is durable (or failed).
@@ -470,7 +567,10 @@ impl<T: Send + 'static> Writer<T> {
         if requests.is_empty() {
             return Ok(());
         }
-        self.tx.send(Work::Txns(requests)).await.map_err(|_| TxnFailure::store(&StoreError::WriterGone))
+        match self.lead(requests) {
+            None => Ok(()),
+            Some(requests) => self.send(Work::Txns(requests)).await,
+        }
     }
 
     async fn call<R>(
@@ -478,7 +578,7 @@ impl<T: Send + 'static> Writer<T> {
         work: Work<T>,
         rx: oneshot::Receiver<Result<R, TxnFailure>>,
     ) -> Result<R, TxnFailure> {
-        self.tx.send(work).await.map_err(|_| TxnFailure::store(&StoreError::WriterGone))?;
+        self.send(work).await?;
         rx.await.unwrap_or_else(|_| Err(TxnFailure::store(&StoreError::WriterGone)))
     }
 
@@ -742,6 +842,11 @@ struct WriterThread<T> {
     /// A seeded file replaced the database file but could not be taken up: the reopen takes
     /// it up as a replacement.
     replaced_pending: bool,
+    /// The last group the writer thread ran was one submitter's, with nothing queued behind
+    /// it: submitters are few, and may lead their own groups ([`Writer::lead`]). Under
+    /// concurrent load groups gather many submitters and leading stops, so that the sync
+    /// of one submitter's group does not hold back those that queue meanwhile.
+    solo: bool,
 }
 
 type ReplyTx<T> = oneshot::Sender<Result<Committed<T>, TxnFailure>>;
@@ -930,95 +1035,147 @@ fn put_meta(txn: &redb::WriteTransaction, meta: &InstanceMeta) -> Result<(), Sto
     Ok(())
 }
 
+/// What the writer thread does next.
+enum Turn<T> {
+    Run(Work<T>),
+    /// Wait for work, without the state's lock.
+    Wait,
+    /// Look again (after a reopen or a failure).
+    Again,
+    Stop,
+}
+
 impl<T: Send + 'static> WriterThread<T> {
-    fn run(mut self, mut rx: mpsc::Receiver<Work<T>>) {
+    /// The writer thread: takes work from the queue and runs it, holding the state while it
+    /// does (and only then).
+    fn run(state: &Mutex<WriterThread<T>>, mut queue: Queue<T>) {
         let mut batch = Vec::with_capacity(GROUP_COMMIT_TXNS_MAX);
         loop {
-            if self.store.db().is_err() {
-                // The file is closed after an I/O error: fail writes fast and retry the open.
-                self.reopen();
-                loop {
-                    match rx.try_recv() {
-                        Ok(work) => fail_work(work, &TxnFailure::store(&StoreError::Recovering)),
-                        Err(mpsc::error::TryRecvError::Empty) => break,
-                        Err(mpsc::error::TryRecvError::Disconnected) => return,
-                    }
-                }
-                if self.store.db().is_err() {
-                    std::thread::sleep(REOPEN_INTERVAL);
-                }
-                continue;
-            }
-            if self.checkpointer.take_io_failure() {
-                // redb refuses every write after an I/O error until the file is reopened.
-                self.close_after_io_error();
-                continue;
-            }
-            let first = match self.pending.take() {
-                Some(work) => work,
-                None => match rx.blocking_recv() {
-                    Some(work) => work,
-                    None => {
-                        // A clean stop leaves the database file complete: nothing to replay.
-                        if let Err(e) = self.checkpoint_all() {
-                            tracing::warn!(error = %error_chain(&e), "final checkpoint failed; the next start replays the journal");
+            let Ok(mut this) = lock(state) else { return };
+            let work = match this.turn(&mut queue) {
+                Turn::Run(work) => work,
+                Turn::Again => continue,
+                Turn::Stop => return,
+                Turn::Wait => {
+                    drop(this);
+                    let work = queue.wait();
+                    let Ok(again) = lock(state) else { return };
+                    this = again;
+                    match work {
+                        Some(work) => {
+                            queue.taken();
+                            work
                         }
-                        tracing::debug!("writer queue closed; writer stops");
-                        return;
+                        None => {
+                            // A clean stop leaves the database file complete: nothing to replay.
+                            if let Err(e) = this.checkpoint_all() {
+                                tracing::warn!(error = %error_chain(&e), "final checkpoint failed; the next start replays the journal");
+                            }
+                            tracing::debug!("writer queue closed; writer stops");
+                            return;
+                        }
                     }
-                },
+                }
             };
-            match first {
-                Work::Txns(requests) => {
-                    self.pending = fill(&mut batch, requests);
-                    while self.pending.is_none() && batch.len() < GROUP_COMMIT_TXNS_MAX {
-                        match rx.try_recv() {
-                            Ok(Work::Txns(requests)) => self.pending = fill(&mut batch, requests),
-                            Ok(other) => self.pending = Some(other),
-                            Err(_) => break,
-                        }
+            this.handle(work, &mut batch, &mut queue);
+        }
+    }
+
+    /// What the writer thread does next: recover the file, run work owed from the last turn,
+    /// or wait for more.
+    fn turn(&mut self, queue: &mut Queue<T>) -> Turn<T> {
+        if self.store.db().is_err() {
+            // The file is closed after an I/O error: fail writes fast and retry the open.
+            self.reopen();
+            loop {
+                match queue.try_recv() {
+                    Ok(work) => fail_work(work, &TxnFailure::store(&StoreError::Recovering)),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => return Turn::Stop,
+                }
+            }
+            if self.store.db().is_err() {
+                std::thread::sleep(REOPEN_INTERVAL);
+            }
+            return Turn::Again;
+        }
+        if self.checkpointer.take_io_failure() {
+            // redb refuses every write after an I/O error until the file is reopened.
+            self.close_after_io_error();
+            return Turn::Again;
+        }
+        match self.pending.take() {
+            Some(work) => Turn::Run(work),
+            None => Turn::Wait,
+        }
+    }
+
+    /// Whether a submitter may run its own group now ([`Writer::lead`]): nothing is owed from
+    /// an earlier turn, the file is open, and the group will neither start a segment nor
+    /// wait for room in the overlay.
+    fn may_lead(&self) -> bool {
+        self.pending.is_none()
+            && self.serve_after_apply.is_empty()
+            && self.rollback_cut.is_none()
+            && self.solo
+            && self.store.db().is_ok()
+            && !self.checkpointer.io_failed()
+            && self.may_overlap()
+    }
+
+    fn handle(&mut self, work: Work<T>, batch: &mut Vec<TxnRequest<T>>, queue: &mut Queue<T>) {
+        match work {
+            Work::Txns(requests) => {
+                self.pending = fill(batch, requests);
+                let mut more = false;
+                while self.pending.is_none() && batch.len() < GROUP_COMMIT_TXNS_MAX {
+                    match queue.try_recv() {
+                        Ok(Work::Txns(requests)) => self.pending = fill(batch, requests),
+                        Ok(other) => self.pending = Some(other),
+                        Err(_) => break,
                     }
-                    self.commit_batch(&mut batch, &mut rx);
+                    more = true;
                 }
-                Work::Apply { records, source_history, mode, reply } => {
-                    let result = match mode {
-                        ApplyMode::Bc { source_streams } => {
-                            self.apply_bc(records, source_history, source_streams)
-                        }
-                        ApplyMode::Si { stream } => {
-                            self.direct(|w| w.apply_si(stream, records, source_history))
-                        }
-                    };
-                    let _ = reply.send(self.settle(result));
-                    // Records applied on an instance that takes writes of its own (SI) can
-                    // make blocked clients servable: serve them in a commit of their own.
-                    let touched = std::mem::take(&mut self.applied_touched);
-                    if !touched.is_empty() && self.store.write_refusal().is_none() {
-                        self.serve_after_apply = touched;
-                        self.commit_batch(&mut batch, &mut rx);
+                // One submitter alone in the queue: submitters may lead their own groups.
+                self.solo = !more && self.pending.is_none();
+                self.commit_batch(batch, Some(queue));
+            }
+            Work::Apply { records, source_history, mode, reply } => {
+                let result = match mode {
+                    ApplyMode::Bc { source_streams } => {
+                        self.apply_bc(records, source_history, source_streams)
                     }
+                    ApplyMode::Si { stream } => self.direct(|w| w.apply_si(stream, records, source_history)),
+                };
+                let _ = reply.send(self.settle(result));
+                // Records applied on an instance that takes writes of its own (SI) can
+                // make blocked clients servable: serve them in a commit of their own.
+                let touched = std::mem::take(&mut self.applied_touched);
+                if !touched.is_empty() && self.store.write_refusal().is_none() {
+                    self.serve_after_apply = touched;
+                    self.commit_batch(batch, Some(queue));
                 }
-                Work::Rollback { to_seqno, new_epoch, reason, reply } => {
-                    let result = self.rollback(to_seqno, new_epoch, &reason);
-                    let _ = reply.send(self.settle(result));
-                }
-                Work::Meta { update, reply } => {
-                    let result = self.direct(|w| w.meta(update));
-                    let _ = reply.send(self.settle(result));
-                }
-                Work::System { key, value, upgrade_to, reply } => {
-                    let result = self.direct(|w| w.system(key, value, upgrade_to));
-                    let _ = reply.send(self.settle(result));
-                }
-                Work::Freeze => self.freeze(),
-                Work::Checkpoint { reply } => {
-                    let result = self.checkpoint_all();
-                    let _ = reply.send(self.settle(result));
-                }
-                Work::InstallSeed { path, header, expected, reply } => {
-                    let result = self.install_seed(&path, &header, &expected);
-                    let _ = reply.send(self.settle(result));
-                }
+            }
+            Work::Rollback { to_seqno, new_epoch, reason, reply } => {
+                let result = self.rollback(to_seqno, new_epoch, &reason);
+                let _ = reply.send(self.settle(result));
+            }
+            Work::Meta { update, reply } => {
+                let result = self.direct(|w| w.meta(update));
+                let _ = reply.send(self.settle(result));
+            }
+            Work::System { key, value, upgrade_to, reply } => {
+                let result = self.direct(|w| w.system(key, value, upgrade_to));
+                let _ = reply.send(self.settle(result));
+            }
+            Work::Freeze => self.freeze(),
+            Work::Checkpoint { reply } => {
+                let result = self.checkpoint_all();
+                let _ = reply.send(self.settle(result));
+            }
+            Work::InstallSeed { path, header, expected, reply } => {
+                let result = self.install_seed(&path, &header, &expected);
+                let _ = reply.send(self.settle(result));
             }
         }
     }
@@ -1052,7 +1209,9 @@ impl<T: Send + 'static> WriterThread<T> {
     /// Commits the batch, and while its journal sync runs, the transactions queued behind it
     /// (see [`super::syncer`]): each group is published and answered once its own sync
     /// returns, in order.
-    fn commit_batch(&mut self, batch: &mut Vec<TxnRequest<T>>, rx: &mut mpsc::Receiver<Work<T>>) {
+    /// `queue`: where the next group may take transactions from while this one syncs
+    /// (`None` for a submitter's own group, which is run and synced alone).
+    fn commit_batch(&mut self, batch: &mut Vec<TxnRequest<T>>, mut queue: Option<&mut Queue<T>>) {
         let mut group = self.run_batch(batch, None);
         let mut served_again = false;
         loop {
@@ -1066,7 +1225,10 @@ impl<T: Send + 'static> WriterThread<T> {
                 group = self.run_batch(batch, None);
                 continue;
             };
-            let overlap = current.cut.is_some() && self.may_overlap() && self.take_txns(batch, rx);
+            let overlap = current.cut.is_some()
+                && self.may_overlap()
+                && queue.as_deref_mut().is_some_and(|queue| self.take_txns(batch, queue));
+            self.solo &= !overlap;
             let Some(handle) = self.segment.as_ref().filter(|_| overlap).map(SegmentWriter::sync_handle)
             else {
                 self.sync_inline(current);
@@ -1256,7 +1418,7 @@ impl<T: Send + 'static> WriterThread<T> {
     }
 
     /// Fills `batch` with transactions already queued, up to other work; whether it got any.
-    fn take_txns(&mut self, batch: &mut Vec<TxnRequest<T>>, rx: &mut mpsc::Receiver<Work<T>>) -> bool {
+    fn take_txns(&mut self, batch: &mut Vec<TxnRequest<T>>, queue: &mut Queue<T>) -> bool {
         match self.pending.take() {
             Some(Work::Txns(requests)) => self.pending = fill(batch, requests),
             Some(other) => {
@@ -1266,7 +1428,7 @@ impl<T: Send + 'static> WriterThread<T> {
             None => {}
         }
         while self.pending.is_none() && batch.len() < GROUP_COMMIT_TXNS_MAX {
-            match rx.try_recv() {
+            match queue.try_recv() {
                 Ok(Work::Txns(requests)) => self.pending = fill(batch, requests),
                 Ok(other) => self.pending = Some(other),
                 Err(_) => break,

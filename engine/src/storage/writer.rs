@@ -468,6 +468,9 @@ impl<T: Send + 'static> Writer<T> {
         state.metrics.commit_groups_led_total.inc();
         let mut batch = requests;
         state.commit_batch(&mut batch, None);
+        // Work queued while this group synced: submitters are not alone after all, and the
+        // writer thread forms the next groups.
+        state.solo = self.queued.load(Ordering::SeqCst) == 0;
         None
     }
 

@@ -696,6 +696,7 @@ fn a_connections_writes_commit_in_order_whether_led_or_queued() {
     let led = server.counter("strand_commit_groups_led_total");
     assert!(led > 0, "one connection alone never led its own group");
 
+    let (groups_before, led_before) = (server.counter("strand_group_commit_transactions_count"), led);
     let threads: Vec<_> = (0..9)
         .map(|t| {
             let addr = server.addr();
@@ -714,9 +715,12 @@ fn a_connections_writes_commit_in_order_whether_led_or_queued() {
     for t in 0..9 {
         check(&mut c, &format!("list{t}"), 3000);
     }
-    let groups = server.counter("strand_group_commit_transactions_count");
-    let led = server.counter("strand_commit_groups_led_total");
-    assert!(groups > led, "no group was formed by the writer thread ({groups} groups, {led} led)");
-    println!("{groups} groups, {led} led by a connection's task");
+    let groups = server.counter("strand_group_commit_transactions_count") - groups_before;
+    let led = server.counter("strand_commit_groups_led_total") - led_before;
+    assert!(
+        groups > led,
+        "nine connections at once: no group formed by the writer thread ({groups} groups, {led} led)"
+    );
+    println!("nine connections at once: {groups} groups, {led} led by a connection's task");
     server.verify();
 }

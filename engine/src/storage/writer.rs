@@ -270,6 +270,9 @@ enum Work<T> {
         upgrade_to: Option<u32>,
         reply: oneshot::Sender<Result<u64, TxnFailure>>,
     },
+    /// Nothing to run: the writer thread looks at its state (a leader left it a file to
+    /// close, [`WriterThread::close_owed`]).
+    Wake,
     /// Freeze the overlay's active generation for the checkpointer (it asks when the
     /// generation has waited a checkpoint interval).
     Freeze,
@@ -317,12 +320,14 @@ impl Default for WriterLimits {
 
 /// Handle used to submit work; cheap to clone. The writer stops when all are dropped.
 pub struct Writer<T> {
-    tx: mpsc::Sender<Work<T>>,
-    waiters: Waiters<T>,
     /// The writer's state. The writer thread holds it while it runs work it took from the
     /// queue; a submitter that finds it free with nothing queued runs its own group under it
-    /// ([`Writer::lead`]).
+    /// ([`Writer::lead`]). Declared before `tx`, so that a handle lets go of the state before
+    /// its end of the queue closes: the writer thread, which stops once the queue is closed,
+    /// always drops the state itself.
     state: Arc<Mutex<WriterThread<T>>>,
+    tx: mpsc::Sender<Work<T>>,
+    waiters: Waiters<T>,
     /// Messages sent to the queue that the writer thread has not yet taken under `state`.
     queued: Arc<AtomicUsize>,
 }
@@ -330,9 +335,9 @@ pub struct Writer<T> {
 impl<T> Clone for Writer<T> {
     fn clone(&self) -> Self {
         Writer {
+            state: Arc::clone(&self.state),
             tx: self.tx.clone(),
             waiters: self.waiters.clone(),
-            state: Arc::clone(&self.state),
             queued: Arc::clone(&self.queued),
         }
     }
@@ -367,8 +372,11 @@ impl<T> Queue<T> {
 
 fn lock<T>(state: &Mutex<WriterThread<T>>) -> Result<std::sync::MutexGuard<'_, WriterThread<T>>, ()> {
     // A panic while the state was held (in the writer thread or a leading submitter) may have
-    // left it half changed: the writer stops, as if the thread itself had panicked.
-    state.lock().map_err(|_: PoisonError<_>| ())
+    // left it half changed: the writer thread stops without a final checkpoint, and every
+    // write after fails as the writer gone; the next start replays the journal.
+    state.lock().map_err(|_: PoisonError<_>| {
+        tracing::error!("a commit panicked while it held the writer's state; the writer stops");
+    })
 }
 
 impl<T: Send + 'static> Writer<T> {
@@ -421,6 +429,8 @@ impl<T: Send + 'static> Writer<T> {
             supplementary,
             replaced_pending: false,
             solo: true,
+            leading: false,
+            close_owed: false,
         };
         let state = Arc::new(Mutex::new(state));
         let queue = Queue { rx, queued: Arc::clone(&queued) };
@@ -428,7 +438,7 @@ impl<T: Send + 'static> Writer<T> {
         let handle = std::thread::Builder::new()
             .name("strand-writer".into())
             .spawn(move || WriterThread::run(&thread_state, queue))?;
-        Ok((Writer { tx, waiters, state, queued }, handle))
+        Ok((Writer { state, tx, waiters, queued }, handle))
     }
 
     /// Sends work to the writer thread's queue.
@@ -467,10 +477,21 @@ impl<T: Send + 'static> Writer<T> {
         }
         state.metrics.commit_groups_led_total.inc();
         let mut batch = requests;
+        state.leading = true;
         state.commit_batch(&mut batch, None);
+        state.leading = false;
         // Work queued while this group synced: submitters are not alone after all, and the
         // writer thread forms the next groups.
         state.solo = self.queued.load(Ordering::SeqCst) == 0;
+        if state.close_owed {
+            // The file is closed and reopened by the writer thread (closing waits for its
+            // readers, which a submitter's thread must not): wake it, unless work queued
+            // meanwhile does.
+            if let Ok(permit) = self.tx.try_reserve() {
+                self.queued.fetch_add(1, Ordering::SeqCst);
+                permit.send(Work::Wake);
+            }
+        }
         None
     }
 
@@ -845,11 +866,17 @@ struct WriterThread<T> {
     /// A seeded file replaced the database file but could not be taken up: the reopen takes
     /// it up as a replacement.
     replaced_pending: bool,
-    /// The last group the writer thread ran was one submitter's, with nothing queued behind
-    /// it: submitters are few, and may lead their own groups ([`Writer::lead`]). Under
-    /// concurrent load groups gather many submitters and leading stops, so that the sync
-    /// of one submitter's group does not hold back those that queue meanwhile.
+    /// Submitters are few, and may lead their own groups ([`Writer::lead`]): the last group
+    /// the writer thread formed held one submitter's work with nothing queued behind it, and
+    /// no leader since found work queued after its own group. Under concurrent load groups
+    /// gather many submitters and leading stops, so that the sync of one submitter's group
+    /// does not hold back those that queue meanwhile.
     solo: bool,
+    /// A submitter is running its own group on its thread.
+    leading: bool,
+    /// A led group met an I/O error: the writer thread closes the file (and reopens it)
+    /// before anything else.
+    close_owed: bool,
 }
 
 type ReplyTx<T> = oneshot::Sender<Result<Committed<T>, TxnFailure>>;
@@ -984,7 +1011,7 @@ fn fail_work<T>(work: Work<T>, failure: &TxnFailure) {
         Work::Checkpoint { reply } | Work::InstallSeed { reply, .. } => {
             drop(reply.send(Err(failure.clone())))
         }
-        Work::Freeze => {}
+        Work::Freeze | Work::Wake => {}
     }
 }
 
@@ -1066,8 +1093,13 @@ impl<T: Send + 'static> WriterThread<T> {
                     this = again;
                     match work {
                         Some(work) => {
+                            // Through `turn` first: a leader may have left the file to close
+                            // while the lock was free. (Nothing was pending, or there would
+                            // have been no wait, and a leader leaves nothing pending.)
                             queue.taken();
-                            work
+                            debug_assert!(this.pending.is_none());
+                            this.pending = Some(work);
+                            continue;
                         }
                         None => {
                             // A clean stop leaves the database file complete: nothing to replay.
@@ -1087,9 +1119,15 @@ impl<T: Send + 'static> WriterThread<T> {
     /// What the writer thread does next: recover the file, run work owed from the last turn,
     /// or wait for more.
     fn turn(&mut self, queue: &mut Queue<T>) -> Turn<T> {
+        if self.close_owed {
+            self.close_after_io_error();
+        }
         if self.store.db().is_err() {
             // The file is closed after an I/O error: fail writes fast and retry the open.
             self.reopen();
+            if let Some(work) = self.pending.take() {
+                fail_work(work, &TxnFailure::store(&StoreError::Recovering));
+            }
             loop {
                 match queue.try_recv() {
                     Ok(work) => fail_work(work, &TxnFailure::store(&StoreError::Recovering)),
@@ -1120,6 +1158,7 @@ impl<T: Send + 'static> WriterThread<T> {
         self.pending.is_none()
             && self.serve_after_apply.is_empty()
             && self.rollback_cut.is_none()
+            && !self.close_owed
             && self.solo
             && self.store.db().is_ok()
             && !self.checkpointer.io_failed()
@@ -1172,6 +1211,7 @@ impl<T: Send + 'static> WriterThread<T> {
                 let _ = reply.send(self.settle(result));
             }
             Work::Freeze => self.freeze(),
+            Work::Wake => {}
             Work::Checkpoint { reply } => {
                 let result = self.checkpoint_all();
                 let _ = reply.send(self.settle(result));
@@ -2512,6 +2552,11 @@ impl<T: Send + 'static> WriterThread<T> {
     /// redb refuses all access after an I/O error: close the file so it can be reopened.
     fn close_after_io_error(&mut self) {
         self.store.degraded.store(true, Ordering::Release);
+        if self.leading {
+            self.close_owed = true;
+            return;
+        }
+        self.close_owed = false;
         let taken = self.store.db.write().unwrap_or_else(std::sync::PoisonError::into_inner).take();
         if let Some(mut db) = taken {
             // Readers hold clones only for the span of one command; wait for them to finish.

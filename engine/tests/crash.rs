@@ -65,13 +65,13 @@ fn kill_rounds(name: &str, flags: &[&str], default_rounds: usize) {
             // rotated, so the kill meets a writer and a checkpointer in full churn.
             common::wait_until("checkpoints and rotations", || {
                 let segments = std::fs::read_dir(server.data_dir.join("journal")).map_or(0, |d| d.count());
-                server.counter("strand_checkpoints_total") >= 3 && segments >= 2
+                (server.metric("strand_checkpoints_total") as u64) >= 3 && segments >= 2
             });
         }
         // Whether kills can meet a group syncing on the sync thread while the next one runs.
-        overlapped += server.counter("strand_commit_groups_overlapped_total");
+        overlapped += server.metric("strand_commit_groups_overlapped_total") as u64;
         // And groups a client's own task led (the writer thread idle).
-        led += server.counter("strand_commit_groups_led_total");
+        led += server.metric("strand_commit_groups_led_total") as u64;
         server.kill9();
         join_writers(handles, &book);
         server.restart();

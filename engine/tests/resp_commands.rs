@@ -693,10 +693,10 @@ fn a_connections_writes_commit_in_order_whether_led_or_queued() {
         read.join().unwrap();
     };
     append(&server.addr(), "alone", 300);
-    let led = server.counter("strand_commit_groups_led_total");
+    let led = server.metric("strand_commit_groups_led_total") as u64;
     assert!(led > 0, "one connection alone never led its own group");
 
-    let (groups_before, led_before) = (server.counter("strand_group_commit_transactions_count"), led);
+    let (groups_before, led_before) = (server.metric("strand_group_commit_transactions_count") as u64, led);
     let threads: Vec<_> = (0..9)
         .map(|t| {
             let addr = server.addr();
@@ -715,8 +715,8 @@ fn a_connections_writes_commit_in_order_whether_led_or_queued() {
     for t in 0..9 {
         check(&mut c, &format!("list{t}"), 3000);
     }
-    let groups = server.counter("strand_group_commit_transactions_count") - groups_before;
-    let led = server.counter("strand_commit_groups_led_total") - led_before;
+    let groups = (server.metric("strand_group_commit_transactions_count") as u64) - groups_before;
+    let led = (server.metric("strand_commit_groups_led_total") as u64) - led_before;
     assert!(
         groups > led,
         "nine connections at once: no group formed by the writer thread ({groups} groups, {led} led)"

@@ -218,15 +218,6 @@ impl Server {
         serde_json::from_str(&body).expect("status json")
     }
 
-    /// The value of counter `name` in the server's metrics (0 when it has none yet).
-    pub fn counter(&self, name: &str) -> u64 {
-        let metrics = admin(&self.data_dir, "GET", "/metrics", None).expect("metrics").1;
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.trim().parse::<f64>().ok()))
-            .map_or(0, |v| v as u64)
-    }
-
     pub fn verify(&self) -> serde_json::Value {
         let (code, body) = admin(&self.data_dir, "GET", "/v1/verify", None).expect("verify");
         assert_eq!(code, 200, "journal verification failed: {body}");

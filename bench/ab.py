@@ -1,0 +1,169 @@
+#!/usr/bin/env python3
+"""A/B of engine builds (and Redis) on redis-benchmark rows: a fresh server for every row of
+every round, the builds alternating, so that neither a checkpoint left by an earlier row nor
+the disk's drift over minutes favours one of them. The measurements the decision records
+call "by hand, a fresh instance per row, alternating" are made with this.
+
+Each --build is NAME=PATH, optionally followed by a colon and comma-separated settings:
+`KEY=VALUE` sets an environment variable of that server, `--flag=VALUE` adds an engine flag.
+`--redis` adds redis-server (appendonly yes, appendfsync always) as one more contender.
+
+  bench/ab.py --build old=/tmp/strand-old --build new=target/release/strand-engine --redis
+  bench/ab.py --build two=target/release/strand-engine \\
+              --build one=target/release/strand-engine:TOKIO_WORKER_THREADS=1 --rows set,50,1,20000
+
+A row is TEST,CLIENTS,PIPELINE,REQUESTS (default: SET and GET at 1 and 50 clients, with and
+without -P 16, as bench/compare_redis.py). Before a GET row the server is filled by 100,000
+pipelined SETs over the row's keyspace. Prints each run as it goes, then a table of medians,
+each build's ratio to the first.
+"""
+
+import argparse
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+from benchlib import bench, free_port, work_dir
+
+DEFAULT_ROWS = [
+    "set,1,1,2000", "set,1,16,20000", "set,50,1,20000", "set,50,16,20000",
+    "get,1,1,100000", "get,1,16,100000", "get,50,1,100000", "get,50,16,100000",
+]
+
+
+def parse_build(spec):
+    name, sep, rest = spec.partition("=")
+    if not sep or not name or not rest:
+        sys.exit(f"--build {spec!r}: expected NAME=PATH[:SETTING,...]")
+    path, _, settings = rest.partition(":")
+    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+        sys.exit(f"--build {spec!r}: {path} is not an executable file")
+    env, flags = {}, []
+    for setting in filter(None, settings.split(",")):
+        key, sep, value = setting.partition("=")
+        if not sep or not key:
+            sys.exit(f"--build {spec!r}: setting {setting!r} is not KEY=VALUE or --flag=VALUE")
+        if key.startswith("--"):
+            flags += [key, value]
+        else:
+            env[key] = value
+    return {"name": name, "path": os.path.abspath(path), "env": env, "flags": flags}
+
+
+def parse_row(text):
+    fields = text.split(",")
+    if len(fields) != 4 or fields[0] not in ("set", "get"):
+        sys.exit(f"--rows {text!r}: expected set|get,CLIENTS,PIPELINE,REQUESTS")
+    try:
+        clients, pipeline, requests = (int(f) for f in fields[1:])
+    except ValueError:
+        sys.exit(f"--rows {text!r}: CLIENTS, PIPELINE and REQUESTS must be whole numbers")
+    if min(clients, pipeline, requests) < 1:
+        sys.exit(f"--rows {text!r}: CLIENTS, PIPELINE and REQUESTS must be at least 1")
+    return (fields[0], clients, pipeline, requests)
+
+
+def wait_port(port, proc, what):
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"{what} exited early (status {proc.returncode})")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"{what} did not start")
+
+
+def start(build, data):
+    port = free_port()
+    os.makedirs(data)
+    if build is None:
+        proc = subprocess.Popen(
+            ["redis-server", "--port", str(port), "--dir", data, "--appendonly", "yes", "--appendfsync", "always",
+             "--save", "", "--protected-mode", "no"], stdout=subprocess.DEVNULL)
+        what = "redis-server"
+    else:
+        proc = subprocess.Popen(
+            [build["path"], "run", "--data-dir", os.path.join(data, "d"), "--name", "ab", "--resp-addr",
+             f"127.0.0.1:{port}", "--disk-reserve-bytes", "0", "--log-level", "warn", *build["flags"]],
+            env={**os.environ, **build["env"]}, stderr=subprocess.DEVNULL)
+        what = build["name"]
+    try:
+        wait_port(port, proc, what)
+    except SystemExit:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc, port
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--build", action="append", default=[], help="NAME=PATH[:SETTING,...] (repeat)")
+    ap.add_argument("--redis", action="store_true", help="add redis-server (AOF always) as a contender")
+    ap.add_argument("--rows", action="append", help="TEST,CLIENTS,PIPELINE,REQUESTS (repeat)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--keyspace", type=int, default=100_000)
+    args = ap.parse_args()
+    builds = [parse_build(b) for b in args.build]
+    if len({b["name"] for b in builds}) != len(builds) or any(b["name"] == "redis" for b in builds):
+        sys.exit("build names must differ from each other and from 'redis'")
+    contenders = builds + ([None] if args.redis else [])
+    if len(contenders) < 2:
+        sys.exit("give at least two contenders (--build twice, or --build and --redis)")
+    if args.redis and not shutil.which("redis-server"):
+        sys.exit("redis-server not found: apt-get install redis-server")
+    if not shutil.which("redis-benchmark"):
+        sys.exit("redis-benchmark not found: apt-get install redis-tools")
+    if args.rounds < 1 or args.keyspace < 1:
+        sys.exit("--rounds and --keyspace must be at least 1")
+    rows = [parse_row(r) for r in (args.rows or DEFAULT_ROWS)]
+    names = [c["name"] if c else "redis" for c in contenders]
+    results = {(row, name): [] for row in rows for name in names}
+    work = work_dir("strand-ab-")
+    try:
+        for r in range(args.rounds):
+            order = list(zip(names, contenders))
+            if r % 2:
+                order.reverse()
+            for row in rows:
+                test, clients, pipeline, requests = row
+                for name, contender in order:
+                    data = os.path.join(work, f"{name}-{r}-{test}-{clients}-{pipeline}")
+                    proc, port = start(contender, data)
+                    try:
+                        if test == "get":
+                            bench(port, "set", 50, 16, 100_000, args.keyspace)
+                        rate = bench(port, test, clients, pipeline, requests, args.keyspace)
+                    finally:
+                        proc.terminate()
+                        proc.wait(timeout=60)
+                        shutil.rmtree(data, ignore_errors=True)
+                    results[(row, name)].append(rate)
+                    print(f"round {r + 1}/{args.rounds} {test.upper()} c={clients} P={pipeline} {name}: {rate:,.0f}/s",
+                          file=sys.stderr, flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    first = names[0]
+    head = " | ".join(names) + " | " + " | ".join(f"{n} / {first}" for n in names[1:])
+    print(f"Medians of {args.rounds} rounds, requests per second (64-byte values, {args.keyspace:,} random keys); "
+          "a fresh server per row:\n")
+    print(f"| command | clients | pipeline | requests | {head} |")
+    print("|---|---:|---:|---:|" + "---:|" * (2 * len(names) - 1))
+    for row in rows:
+        test, clients, pipeline, requests = row
+        med = {n: statistics.median(results[(row, n)]) for n in names}
+        rates = " | ".join(f"{med[n]:,.0f}" for n in names)
+        ratios = " | ".join(f"{med[n] / med[first]:.2f}" for n in names[1:])
+        print(f"| {test.upper()} | {clients} | {pipeline} | {requests:,} | {rates} | {ratios} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """A/B of engine builds (and Redis) on redis-benchmark rows: a fresh server for every row of
 every round, the builds alternating, so that neither a checkpoint left by an earlier row nor
-the disk's drift over minutes favours one of them. The measurements the decision records
-call "by hand, a fresh instance per row, alternating" are made with this.
+the disk's drift over minutes favours one of them (the decision records' "a fresh instance
+per row, alternating" figures were made the same way by hand before this script existed).
 
 Each --build is NAME=PATH, optionally followed by a colon and comma-separated settings:
 `KEY=VALUE` sets an environment variable of that server, `--flag=VALUE` adds an engine flag.
@@ -10,16 +10,19 @@ Each --build is NAME=PATH, optionally followed by a colon and comma-separated se
 
   bench/ab.py --build old=/tmp/strand-old --build new=target/release/strand-engine --redis
   bench/ab.py --build two=target/release/strand-engine \\
-              --build one=target/release/strand-engine:TOKIO_WORKER_THREADS=1 --rows set,50,1,20000
+              --build one=target/release/strand-engine:TOKIO_WORKER_THREADS=1 --rows get,50,1,100000
 
 A row is TEST,CLIENTS,PIPELINE,REQUESTS (default: SET and GET at 1 and 50 clients, with and
-without -P 16, as bench/compare_redis.py). Before a GET row the server is filled by 100,000
-pipelined SETs over the row's keyspace. Prints each run as it goes, then a table of medians,
-each build's ratio to the first.
+without -P 16, as bench/compare_redis.py). Before a GET row the server is given 100,000
+pipelined SETs over the keyspace (with the default keyspace, about 63 % of its keys then
+exist); the engine's overlay holds them, as no checkpoint is due in its first 10 s unless
+64 MiB were written. Prints each run as it goes, then a table of medians with each build's
+ratio to the first build and, with --redis, to Redis.
 """
 
 import argparse
 import os
+import re
 import shutil
 import socket
 import statistics
@@ -39,6 +42,8 @@ def parse_build(spec):
     name, sep, rest = spec.partition("=")
     if not sep or not name or not rest:
         sys.exit(f"--build {spec!r}: expected NAME=PATH[:SETTING,...]")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        sys.exit(f"--build {spec!r}: a name is letters, digits, '_', '.' or '-'")
     path, _, settings = rest.partition(":")
     if not (os.path.isfile(path) and os.access(path, os.X_OK)):
         sys.exit(f"--build {spec!r}: {path} is not an executable file")
@@ -55,7 +60,7 @@ def parse_build(spec):
 
 
 def parse_row(text):
-    fields = text.split(",")
+    fields = text.lower().split(",")
     if len(fields) != 4 or fields[0] not in ("set", "get"):
         sys.exit(f"--rows {text!r}: expected set|get,CLIENTS,PIPELINE,REQUESTS")
     try:
@@ -96,11 +101,29 @@ def start(build, data):
         what = build["name"]
     try:
         wait_port(port, proc, what)
-    except SystemExit:
-        proc.kill()
-        proc.wait()
+    except BaseException:
+        stop(proc)
         raise
     return proc, port
+
+
+def stop(proc):
+    """Stops a server, killing it if it does not stop within a minute."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def measure(port, test, clients, pipeline, requests, keyspace, what):
+    try:
+        if test == "get":
+            bench(port, "set", 50, 16, 100_000, keyspace)
+        return bench(port, test, clients, pipeline, requests, keyspace)
+    except subprocess.CalledProcessError as e:
+        sys.exit(f"redis-benchmark failed against {what} (status {e.returncode}): {e.stderr or e.stdout}")
 
 
 def main():
@@ -124,26 +147,26 @@ def main():
     if args.rounds < 1 or args.keyspace < 1:
         sys.exit("--rounds and --keyspace must be at least 1")
     rows = [parse_row(r) for r in (args.rows or DEFAULT_ROWS)]
+    if len(set(rows)) != len(rows):
+        sys.exit("--rows: each row once")
     names = [c["name"] if c else "redis" for c in contenders]
     results = {(row, name): [] for row in rows for name in names}
     work = work_dir("strand-ab-")
     try:
         for r in range(args.rounds):
+            # Each contender goes first in turn (with two, one round each way).
+            shift = r % len(contenders)
             order = list(zip(names, contenders))
-            if r % 2:
-                order.reverse()
+            order = order[shift:] + order[:shift]
             for row in rows:
                 test, clients, pipeline, requests = row
                 for name, contender in order:
                     data = os.path.join(work, f"{name}-{r}-{test}-{clients}-{pipeline}")
                     proc, port = start(contender, data)
                     try:
-                        if test == "get":
-                            bench(port, "set", 50, 16, 100_000, args.keyspace)
-                        rate = bench(port, test, clients, pipeline, requests, args.keyspace)
+                        rate = measure(port, test, clients, pipeline, requests, args.keyspace, name)
                     finally:
-                        proc.terminate()
-                        proc.wait(timeout=60)
+                        stop(proc)
                         shutil.rmtree(data, ignore_errors=True)
                     results[(row, name)].append(rate)
                     print(f"round {r + 1}/{args.rounds} {test.upper()} c={clients} P={pipeline} {name}: {rate:,.0f}/s",
@@ -151,18 +174,21 @@ def main():
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
+    # Every build against the first build, then every build against Redis (engine / Redis,
+    # as in bench/compare_redis.py).
     first = names[0]
-    head = " | ".join(names) + " | " + " | ".join(f"{n} / {first}" for n in names[1:])
+    engines = [c["name"] for c in builds]
+    pairs = [(n, first) for n in engines[1:]] + ([(n, "redis") for n in engines] if args.redis else [])
+    head = " | ".join(names + [f"{a} / {b}" for a, b in pairs])
     print(f"Medians of {args.rounds} rounds, requests per second (64-byte values, {args.keyspace:,} random keys); "
           "a fresh server per row:\n")
     print(f"| command | clients | pipeline | requests | {head} |")
-    print("|---|---:|---:|---:|" + "---:|" * (2 * len(names) - 1))
+    print("|---|---:|---:|---:|" + "---:|" * (len(names) + len(pairs)))
     for row in rows:
         test, clients, pipeline, requests = row
         med = {n: statistics.median(results[(row, n)]) for n in names}
-        rates = " | ".join(f"{med[n]:,.0f}" for n in names)
-        ratios = " | ".join(f"{med[n] / med[first]:.2f}" for n in names[1:])
-        print(f"| {test.upper()} | {clients} | {pipeline} | {requests:,} | {rates} | {ratios} |")
+        cells = [f"{med[n]:,.0f}" for n in names] + [f"{med[a] / med[b]:.2f}" for a, b in pairs]
+        print(f"| {test.upper()} | {clients} | {pipeline} | {requests:,} | {' | '.join(cells)} |")
 
 
 if __name__ == "__main__":

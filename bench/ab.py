@@ -24,13 +24,11 @@ import argparse
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
-import time
 
-from benchlib import bench, free_port, work_dir
+from benchlib import bench, free_port, redis_aof_always, wait_port, work_dir
 
 DEFAULT_ROWS = [
     "set,1,1,2000", "set,1,16,20000", "set,50,1,20000", "set,50,16,20000",
@@ -72,26 +70,11 @@ def parse_row(text):
     return (fields[0], clients, pipeline, requests)
 
 
-def wait_port(port, proc, what):
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"{what} exited early (status {proc.returncode})")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    sys.exit(f"{what} did not start")
-
-
 def start(build, data):
     port = free_port()
     os.makedirs(data)
     if build is None:
-        proc = subprocess.Popen(
-            ["redis-server", "--port", str(port), "--dir", data, "--appendonly", "yes", "--appendfsync", "always",
-             "--save", "", "--protected-mode", "no"], stdout=subprocess.DEVNULL)
+        proc = subprocess.Popen(redis_aof_always(port, data), stdout=subprocess.DEVNULL)
         what = "redis-server"
     else:
         proc = subprocess.Popen(

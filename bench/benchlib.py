@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENGINE = os.path.join(ROOT, "target", "release", "strand-engine")
@@ -19,6 +20,27 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_port(port, proc, what):
+    """Waits up to 30 s until `proc` (called `what`) accepts connections on `port`; exits if
+    it ends first or never does."""
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"{what} exited early (status {proc.returncode})")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"{what} did not start")
+
+
+def redis_aof_always(port, directory):
+    """The command line of the durable Redis peer: AOF with an fsync per write, no RDB."""
+    return ["redis-server", "--port", str(port), "--dir", directory, "--appendonly", "yes",
+            "--appendfsync", "always", "--save", "", "--protected-mode", "no"]
 
 
 def ensure_engine():

@@ -28,20 +28,7 @@ import subprocess
 import sys
 import time
 
-from benchlib import ENGINE, bench, ensure_engine, free_port, number, publish, work_dir
-
-
-def wait_port(port, proc, what):
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"{what} exited early")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    sys.exit(f"{what} did not start")
+from benchlib import ENGINE, bench, ensure_engine, free_port, number, publish, redis_aof_always, wait_port, work_dir
 
 
 def fsync_rate(directory, seconds=2.0):
@@ -139,10 +126,7 @@ def main():
          "--resp-addr", f"127.0.0.1:{strand_port}", "--disk-reserve-bytes", "0", "--log-level", "warn"],
         stderr=subprocess.DEVNULL)
     os.makedirs(os.path.join(work, "redis"))
-    redis = subprocess.Popen(
-        ["redis-server", "--port", str(redis_port), "--dir", os.path.join(work, "redis"),
-         "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--protected-mode", "no"],
-        stdout=subprocess.DEVNULL)
+    redis = subprocess.Popen(redis_aof_always(redis_port, os.path.join(work, "redis")), stdout=subprocess.DEVNULL)
     try:
         wait_port(strand_port, strand, "strand-engine")
         wait_port(redis_port, redis, "redis-server")

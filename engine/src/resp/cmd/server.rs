@@ -44,7 +44,10 @@ pub fn info(engine: &Engine, sections: &[String]) -> Frame {
         ));
     }
     if wanted("memory") {
-        out.push_str(&format!("# Memory\r\nused_memory:{}\r\nmem_allocator:libc\r\n\r\n", resident_bytes()));
+        out.push_str(&format!(
+            "# Memory\r\nused_memory:{}\r\nmem_allocator:jemalloc-5.3.0\r\n\r\n",
+            resident_bytes()
+        ));
     }
     if wanted("persistence") {
         out.push_str(&format!(

@@ -17,7 +17,9 @@ without -P 16, as bench/compare_redis.py). Before a GET row the server is given 
 pipelined SETs over the keyspace (with the default keyspace, about 63 % of its keys then
 exist); the engine's overlay holds them, as no checkpoint is due in its first 10 s unless
 64 MiB were written. Prints each run as it goes, then a table of medians with each build's
-ratio to the first build and, with --redis, to Redis.
+ratio to the first build and, with --redis, to Redis; then the same for the server's CPU per
+request (all its threads, from /proc: it wanders far less than the rates on a shared
+machine, so a change that saves work shows there even when the rates drown it).
 """
 
 import argparse
@@ -100,11 +102,23 @@ def stop(proc):
         proc.wait()
 
 
-def measure(port, test, clients, pipeline, requests, keyspace, what):
+def cpu_seconds(pid):
+    """User and system CPU of every thread of process `pid` so far (from /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # After the command's closing parenthesis: state is field 3, utime 14 and stime 15.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(proc, port, test, clients, pipeline, requests, keyspace, what):
+    """The rate of one row, and the server's CPU per request in it (µs, all its threads;
+    the GET rows' preload not counted)."""
     try:
         if test == "get":
             bench(port, "set", 50, 16, 100_000, keyspace)
-        return bench(port, test, clients, pipeline, requests, keyspace)
+        before = cpu_seconds(proc.pid)
+        rate = bench(port, test, clients, pipeline, requests, keyspace)
+        return rate, (cpu_seconds(proc.pid) - before) * 1e6 / requests
     except subprocess.CalledProcessError as e:
         sys.exit(f"redis-benchmark failed against {what} (status {e.returncode}): {e.stderr or e.stdout}")
 
@@ -134,6 +148,7 @@ def main():
         sys.exit("--rows: each row once")
     names = [c["name"] if c else "redis" for c in contenders]
     results = {(row, name): [] for row in rows for name in names}
+    cpu = {(row, name): [] for row in rows for name in names}
     work = work_dir("strand-ab-")
     try:
         for r in range(args.rounds):
@@ -147,13 +162,14 @@ def main():
                     data = os.path.join(work, f"{name}-{r}-{test}-{clients}-{pipeline}")
                     proc, port = start(contender, data)
                     try:
-                        rate = measure(port, test, clients, pipeline, requests, args.keyspace, name)
+                        rate, us = measure(proc, port, test, clients, pipeline, requests, args.keyspace, name)
                     finally:
                         stop(proc)
                         shutil.rmtree(data, ignore_errors=True)
                     results[(row, name)].append(rate)
-                    print(f"round {r + 1}/{args.rounds} {test.upper()} c={clients} P={pipeline} {name}: {rate:,.0f}/s",
-                          file=sys.stderr, flush=True)
+                    cpu[(row, name)].append(us)
+                    print(f"round {r + 1}/{args.rounds} {test.upper()} c={clients} P={pipeline} {name}: {rate:,.0f}/s, "
+                          f"{us:.1f} µs CPU per request", file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -171,6 +187,18 @@ def main():
         test, clients, pipeline, requests = row
         med = {n: statistics.median(results[(row, n)]) for n in names}
         cells = [f"{med[n]:,.0f}" for n in names] + [f"{med[a] / med[b]:.2f}" for a, b in pairs]
+        print(f"| {test.upper()} | {clients} | {pipeline} | {requests:,} | {' | '.join(cells)} |")
+    # The server's CPU per request wanders far less than its rate on a shared machine: a
+    # change that saves work shows here first.
+    print(f"\nMedians of {args.rounds} rounds, the server's CPU per request (µs, user and system, all threads; "
+          "the client's not counted):\n")
+    print(f"| command | clients | pipeline | requests | {head} |")
+    print("|---|---:|---:|---:|" + "---:|" * (len(names) + len(pairs)))
+    for row in rows:
+        test, clients, pipeline, requests = row
+        med = {n: statistics.median(cpu[(row, n)]) for n in names}
+        ratio = [f"{med[a] / med[b]:.2f}" if med[b] else "n/a" for a, b in pairs]
+        cells = [f"{med[n]:.1f}" for n in names] + ratio
         print(f"| {test.upper()} | {clients} | {pipeline} | {requests:,} | {' | '.join(cells)} |")
 
 

@@ -91,7 +91,10 @@ async fn run_once(engine: &Engine) -> bool {
         let db = Db { kv: &mut kv, now_ms, counts: None };
         match due(&db, now_ms, KEYS_PER_RUN) {
             Ok(e) => e,
-            Err(_) => return false,
+            Err(e) => {
+                tracing::warn!(error = ?e, "expiry cycle cannot read its index");
+                return false;
+            }
         }
     };
     drop(snapshot);

@@ -13,7 +13,7 @@ a quiet minute and over the bring-up:
 - the operator's resident memory (VmRSS of its process);
 - how long the bring-up took.
 
-Every engine is the real `strand-engine` (the release build, ~8 MB resident each): 1,000 of
+Every engine is the real `strand-engine` (the release build, ~10 MB resident each): 1,000 of
 them fit this 24 GiB machine, so nothing is stubbed. The operator is the release build too
 (--operator runs another binary, e.g. an older commit's, for a before/after comparison).
 

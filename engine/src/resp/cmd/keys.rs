@@ -49,12 +49,13 @@ pub const SPECS: &[Spec] = &[
 
 /// MEMORY USAGE key [SAMPLES n]: the bytes the key's nodes take in storage (node names and
 /// values; a collection of more than `SAMPLES` × 100 elements is estimated from its first
-/// ones). Other MEMORY subcommands describe Redis's allocator, which Strand does not have.
+/// ones). Other MEMORY subcommands describe Redis's keyspace in its allocator's memory; Strand
+/// keeps its data in its storage file.
 fn memory(db: &mut Db<'_>, a: &mut Args) -> Result<Frame, Abort> {
     let sub = a.option().unwrap_or_default();
     if sub.as_slice() != b"USAGE" {
         return Err(cmd_err(format!(
-            "ERR MEMORY {} is not supported: Strand keeps data in its storage file, not in Redis's allocator (MEMORY USAGE is)",
+            "ERR MEMORY {} is not supported: Strand keeps data in its storage file, not in its allocator's memory (MEMORY USAGE is)",
             String::from_utf8_lossy(&sub)
         )));
     }

@@ -1202,7 +1202,8 @@ pub struct Snapshot {
     txn: redb::ReadTransaction,
     /// The data table of `txn`, opened at the first read that the overlay and the read
     /// cache do not answer: opening it reads the file's table tree, which showed in the
-    /// profile of point reads at 50 clients (decision 0003, "The allocator, and reads that never open the table").
+    /// profile of point reads at 50 clients (decision 0003, "The allocator, and reads that
+    /// never open the table").
     data: OnceLock<redb::ReadOnlyTable<&'static [u8], &'static [u8]>>,
     sv: Arc<overlay::SuperVersion>,
     /// The committed seqno the view reflects.

@@ -180,31 +180,31 @@ def main():
     first = names[0]
     engines = [c["name"] for c in builds]
     pairs = [(n, first) for n in engines[1:]] + ([(n, "redis") for n in engines] if args.redis else [])
-    head = " | ".join(names + [f"{a} / {b}" for a, b in pairs])
-    print(f"Medians of {args.rounds} rounds, requests per second (64-byte values, {args.keyspace:,} random keys); "
-          "a fresh server per row:\n")
-    print(f"| command | clients | pipeline | requests | {head} |")
-    print("|---|---:|---:|---:|" + "---:|" * (len(names) + len(pairs)))
-    for row in rows:
-        test, clients, pipeline, requests = row
-        med = {n: statistics.median(results[(row, n)]) for n in names}
-        cells = [f"{med[n]:,.0f}" for n in names] + [f"{med[a] / med[b]:.2f}" for a, b in pairs]
-        print(f"| {test.upper()} | {clients} | {pipeline} | {requests:,} | {' | '.join(cells)} |")
+    print_table(f"Medians of {args.rounds} rounds, requests per second (64-byte values, {args.keyspace:,} random "
+                "keys); a fresh server per row:", rows, names, pairs, results, "{:,.0f}")
     # Work done rather than time waited: a change that saves work shows here even when the
     # rates of a shared machine drown it.
     tick = 1 / os.sysconf("SC_CLK_TCK")
-    print(f"\nMedians of {args.rounds} rounds, the server's CPU per request (µs, user and system, all threads; "
-          "the client's not counted; lower is less work; ± is one clock tick over the row's requests):\n")
-    print(f"| command | clients | pipeline | requests | ± | {head} |")
-    print("|---|---:|---:|---:|---:|" + "---:|" * (len(names) + len(pairs)))
+    print()
+    print_table(f"Medians of {args.rounds} rounds, the server's CPU per request (µs, user and system, all threads; "
+                "the client's not counted; lower is less work; ± is one clock tick over the row's requests):",
+                rows, names, pairs, cpu, "{:.1f}", ("±", lambda requests: f"{tick * 1e6 / requests:.2f}"))
+
+
+def print_table(title, rows, names, pairs, samples, fmt, extra=None):
+    """A markdown table of each contender's median per row and the ratios of `pairs`;
+    `extra`, a (heading, function of the row's requests), adds a column before them."""
+    extra_head, extra_cell = extra or (None, None)
+    print(title + "\n")
+    head = ([extra_head] if extra else []) + names + [f"{a} / {b}" for a, b in pairs]
+    print(f"| command | clients | pipeline | requests | {' | '.join(head)} |")
+    print("|---|---:|---:|---:|" + "---:|" * len(head))
     for row in rows:
         test, clients, pipeline, requests = row
-        med = {n: statistics.median(cpu[(row, n)]) for n in names}
-        ratio = [f"{med[a] / med[b]:.2f}" if med[b] else "n/a" for a, b in pairs]
-        cells = [f"{med[n]:.1f}" for n in names] + ratio
-        print(f"| {test.upper()} | {clients} | {pipeline} | {requests:,} | {tick * 1e6 / requests:.2f} | "
-              f"{' | '.join(cells)} |")
-
+        med = {n: statistics.median(samples[(row, n)]) for n in names}
+        cells = ([extra_cell(requests)] if extra else []) + [fmt.format(med[n]) for n in names]
+        cells += [f"{med[a] / med[b]:.2f}" if med[b] else "n/a" for a, b in pairs]
+        print(f"| {test.upper()} | {clients} | {pipeline} | {requests:,} | {' | '.join(cells)} |")
 
 if __name__ == "__main__":
     main()

@@ -32,7 +32,7 @@ import statistics
 import subprocess
 import sys
 
-from benchlib import bench, free_port, redis_aof_always, wait_port, work_dir
+from benchlib import bench, engine_standalone, free_port, redis_aof_always, wait_port, work_dir
 
 DEFAULT_ROWS = [
     "set,1,1,2000", "set,1,16,20000", "set,50,1,20000", "set,50,16,20000",
@@ -82,8 +82,7 @@ def start(build, data):
         what = "redis-server"
     else:
         proc = subprocess.Popen(
-            [build["path"], "run", "--data-dir", os.path.join(data, "d"), "--name", "ab", "--resp-addr",
-             f"127.0.0.1:{port}", "--disk-reserve-bytes", "0", "--log-level", "warn", *build["flags"]],
+            engine_standalone(build["path"], port, os.path.join(data, "d"), "ab") + build["flags"],
             env={**os.environ, **build["env"]}, stderr=subprocess.DEVNULL)
         what = build["name"]
     try:

@@ -37,6 +37,13 @@ def wait_port(port, proc, what):
     sys.exit(f"{what} did not start")
 
 
+def engine_standalone(binary, port, data_dir, name):
+    """The command line of a standalone engine with its defaults (every acknowledged write
+    fsync'd), serving RESP on `port`; no disk reserve, warnings only."""
+    return [binary, "run", "--data-dir", data_dir, "--name", name, "--resp-addr", f"127.0.0.1:{port}",
+            "--disk-reserve-bytes", "0", "--log-level", "warn"]
+
+
 def redis_aof_always(port, directory):
     """The command line of the durable Redis peer: AOF with an fsync per write, no RDB."""
     return ["redis-server", "--port", str(port), "--dir", directory, "--appendonly", "yes",

@@ -28,7 +28,8 @@ import subprocess
 import sys
 import time
 
-from benchlib import ENGINE, bench, ensure_engine, free_port, number, publish, redis_aof_always, wait_port, work_dir
+from benchlib import (ENGINE, bench, engine_standalone, ensure_engine, free_port, number, publish, redis_aof_always,
+                      wait_port, work_dir)
 
 
 def fsync_rate(directory, seconds=2.0):
@@ -121,10 +122,8 @@ def main():
 
     work = work_dir("strand-bench-")
     strand_port, redis_port = free_port(), free_port()
-    strand = subprocess.Popen(
-        [ENGINE, "run", "--data-dir", os.path.join(work, "strand"), "--name", "bench",
-         "--resp-addr", f"127.0.0.1:{strand_port}", "--disk-reserve-bytes", "0", "--log-level", "warn"],
-        stderr=subprocess.DEVNULL)
+    strand = subprocess.Popen(engine_standalone(ENGINE, strand_port, os.path.join(work, "strand"), "bench"),
+                              stderr=subprocess.DEVNULL)
     os.makedirs(os.path.join(work, "redis"))
     redis = subprocess.Popen(redis_aof_always(redis_port, os.path.join(work, "redis")), stdout=subprocess.DEVNULL)
     try:

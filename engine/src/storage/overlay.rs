@@ -100,17 +100,12 @@ struct OrderKey {
 
 impl OrderKey {
     fn new(key: Arc<[u8]>) -> OrderKey {
-        OrderKey { prefix: prefix(&key), key }
+        let mut head = [0u8; 16];
+        for (slot, byte) in head.iter_mut().zip(key.iter()) {
+            *slot = *byte;
+        }
+        OrderKey { prefix: u128::from_be_bytes(head), key }
     }
-}
-
-/// A key's first 16 bytes, big-endian, zero-padded: keys in order have prefixes in order.
-fn prefix(key: &[u8]) -> u128 {
-    let mut head = [0u8; 16];
-    for (slot, byte) in head.iter_mut().zip(key) {
-        *slot = *byte;
-    }
-    u128::from_be_bytes(head)
 }
 
 impl Borrow<[u8]> for OrderKey {
@@ -134,21 +129,8 @@ struct Inner {
     /// Every node's versions, by node: point reads and writes (a hash lookup, where a B-tree
     /// search compares the key a hundred times).
     nodes: HashMap<Arc<[u8]>, Versions>,
-    /// The nodes in order (range reads), but for those in `fresh`.
+    /// The same nodes in order: range reads and checkpoints.
     order: BTreeSet<OrderKey>,
-    /// Nodes added since a range read last needed the order, unsorted: a write appends here
-    /// instead of searching the B-tree (with a cache miss per level, an eighth of a
-    /// standby's CPU applying a stream of new keys), and only a range read sorts them in.
-    /// A generation no range read touches never builds its tree: its checkpoint sorts this.
-    ///
-    /// Both may still name a node an aborted transaction added and took out again (or name
-    /// it twice, once it is added again): readers skip a name `nodes` does not hold, and a
-    /// range read finds no version of it here.
-    fresh: Vec<OrderKey>,
-    /// The lowest and highest prefix in `fresh` (while it holds any): a range read outside
-    /// them — the expiry cycle's look at its index while only strings are written — leaves
-    /// `fresh` unsorted.
-    fresh_span: (u128, u128),
     /// Encoded journal records by seqno, ascending.
     records: Vec<(u64, Vec<u8>)>,
     /// Last stream seqno of every stream as of this generation's last record.
@@ -159,13 +141,8 @@ impl Generation {
     /// An empty generation with room for `nodes` nodes (capped), so that one as large as the
     /// last does not rehash its whole map each time it doubles.
     fn with_capacity(nodes: usize) -> Generation {
-        let nodes = nodes.min(GENERATION_NODES_PRESIZED_MAX);
-        let inner = Inner {
-            nodes: HashMap::with_capacity(nodes),
-            fresh: Vec::with_capacity(nodes),
-            ..Inner::default()
-        };
-        Generation { inner: RwLock::new(inner), ..Generation::default() }
+        let nodes = HashMap::with_capacity(nodes.min(GENERATION_NODES_PRESIZED_MAX));
+        Generation { inner: RwLock::new(Inner { nodes, ..Inner::default() }), ..Generation::default() }
     }
 
     /// Nodes held here.
@@ -209,7 +186,7 @@ impl Generation {
                 added += key.len() + before.map_or(0, <[u8]>::len);
                 let before = before.map(Box::<[u8]>::from);
                 let key: Arc<[u8]> = key.into();
-                inner.add_fresh(Arc::clone(&key));
+                inner.order.insert(OrderKey::new(Arc::clone(&key)));
                 inner.nodes.insert(key, Versions { before, list: smallvec![(seqno, value)] });
             }
         }
@@ -236,9 +213,8 @@ impl Generation {
         }
         if versions.list.is_empty() {
             freed += key.len() + versions.before.as_ref().map_or(0, |v| v.len());
-            // It stays named in `order` or `fresh`, which readers skip: finding it there
-            // would cost a search (or a scan of `fresh`) per node of an aborted transaction.
             inner.nodes.remove(key);
+            inner.order.remove(key);
         }
         drop(inner);
         self.release(freed);
@@ -283,9 +259,8 @@ impl Generation {
             versions.list.retain(|(s, _)| *s <= seqno);
             !versions.list.is_empty()
         });
-        let Inner { nodes, order, fresh, .. } = &mut *inner;
+        let Inner { nodes, order, .. } = &mut *inner;
         order.retain(|key| nodes.contains_key(&key.key));
-        fresh.retain(|key| nodes.contains_key(&key.key));
         inner.records.retain(|(s, _)| *s <= seqno);
         let held: usize = inner
             .nodes
@@ -314,7 +289,8 @@ impl Generation {
         let mut copy =
             Inner { nodes: HashMap::with_capacity(inner.nodes.len()), streams, ..Inner::default() };
         let (mut bytes, mut last) = (0, 0);
-        for (key, versions) in &inner.nodes {
+        for OrderKey { key, .. } in &inner.order {
+            let Some(versions) = inner.nodes.get(key) else { continue };
             let list: SmallVec<[Version; 1]> =
                 versions.list.iter().take_while(|(s, _)| *s <= seqno).cloned().collect();
             let Some((newest, _)) = list.last() else { continue };
@@ -325,7 +301,7 @@ impl Generation {
                     .iter()
                     .map(|(_, v)| VERSION_OVERHEAD + v.as_ref().map_or(0, |v| v.len()))
                     .sum::<usize>();
-            copy.add_fresh(Arc::clone(key));
+            copy.order.insert(OrderKey::new(Arc::clone(key)));
             copy.nodes.insert(Arc::clone(key), Versions { before: versions.before.clone(), list });
         }
         let kept = inner.records.partition_point(|(s, _)| *s <= seqno);
@@ -359,7 +335,6 @@ impl Generation {
         &self,
         mut f: impl FnMut(&[u8], Option<&[u8]>) -> Result<(), E>,
     ) -> Result<(), E> {
-        self.sort_fresh();
         let inner = self.read();
         for OrderKey { key, .. } in &inner.order {
             let Some(versions) = inner.nodes.get(key) else { continue };
@@ -379,90 +354,10 @@ impl Generation {
 
     /// The first node of this generation inside `(lo, hi)`: the lowest, or with `rev` the highest.
     fn edge(&self, lo: Bound<&[u8]>, hi: Bound<&[u8]>, rev: bool) -> Option<Vec<u8>> {
-        let inner = self.ordered(lo, hi);
+        let inner = self.read();
         let mut range = inner.order.range::<[u8], _>((lo, hi));
-        // A name `nodes` no longer holds reads as a node no generation holds.
         let key = if rev { range.next_back() } else { range.next() };
         key.map(|k| k.key.to_vec())
-    }
-
-    /// Sorts every unsorted node into `order` holding the write lock only to put the result
-    /// in place: a checkpoint then reads a frozen generation in order under the read lock
-    /// for as long as it writes, and a range read never waits for the write lock behind it
-    /// (blocking every point read here meanwhile). The order is built from a copy of both,
-    /// and built again if a range read sorted nodes in or a write added one meanwhile.
-    fn sort_fresh(&self) {
-        loop {
-            let fresh = self.read().fresh.clone();
-            let (Some(first), Some(last)) = (fresh.first(), fresh.last()) else { return };
-            // The same unsorted nodes, if these two are still at its ends: a node's name is
-            // pushed once, and ours keep each one alive.
-            let ends = (Arc::clone(&first.key), Arc::clone(&last.key), fresh.len());
-            let same = |now: &[OrderKey]| {
-                now.len() == ends.2
-                    && now.first().is_some_and(|k| Arc::ptr_eq(&k.key, &ends.0))
-                    && now.last().is_some_and(|k| Arc::ptr_eq(&k.key, &ends.1))
-            };
-            // `collect` sorts (the tree's part is in order already) and builds bottom-up.
-            let sorted: BTreeSet<OrderKey> = self.read().order.iter().cloned().chain(fresh).collect();
-            let mut inner = self.write();
-            if same(&inner.fresh) {
-                let old = (std::mem::replace(&mut inner.order, sorted), std::mem::take(&mut inner.fresh));
-                drop(inner);
-                drop(old);
-                return;
-            }
-        }
-    }
-
-    /// The read lock, once `order` holds every node that may lie in `(lo, hi)`: sorts the
-    /// unsorted ones in first if any may.
-    fn ordered(&self, lo: Bound<&[u8]>, hi: Bound<&[u8]>) -> std::sync::RwLockReadGuard<'_, Inner> {
-        loop {
-            let inner = self.read();
-            if !inner.fresh_may_lie_in(lo, hi) {
-                return inner;
-            }
-            drop(inner);
-            let mut inner = self.write();
-            let mut fresh = std::mem::take(&mut inner.fresh);
-            // Sorted, the searches follow one another down the same paths (and an empty
-            // tree is built bottom-up in one pass).
-            fresh.sort_unstable();
-            if inner.order.is_empty() {
-                inner.order = fresh.into_iter().collect();
-            } else {
-                inner.order.extend(fresh);
-            }
-        }
-    }
-}
-
-impl Inner {
-    fn add_fresh(&mut self, key: Arc<[u8]>) {
-        let name = OrderKey::new(key);
-        let (low, high) = self.fresh_span;
-        self.fresh_span = if self.fresh.is_empty() {
-            (name.prefix, name.prefix)
-        } else {
-            (low.min(name.prefix), high.max(name.prefix))
-        };
-        self.fresh.push(name);
-    }
-
-    /// Whether a node of `fresh` may lie in `(lo, hi)`: a key at or above `lo` has a prefix at
-    /// or above `lo`'s, and likewise below.
-    fn fresh_may_lie_in(&self, lo: Bound<&[u8]>, hi: Bound<&[u8]>) -> bool {
-        let (low, high) = self.fresh_span;
-        !self.fresh.is_empty()
-            && match lo {
-                Bound::Included(k) | Bound::Excluded(k) => high >= prefix(k),
-                Bound::Unbounded => true,
-            }
-            && match hi {
-                Bound::Included(k) | Bound::Excluded(k) => low <= prefix(k),
-                Bound::Unbounded => true,
-            }
     }
 }
 
@@ -633,9 +528,7 @@ impl SuperVersion {
     pub fn node_keys(&self) -> Vec<Vec<u8>> {
         let mut keys = std::collections::BTreeSet::new();
         for generation in &self.generations {
-            let inner = generation.read();
-            let held = inner.order.iter().chain(&inner.fresh).filter(|k| inner.nodes.contains_key(&k.key));
-            keys.extend(held.map(|k| k.key.to_vec()));
+            keys.extend(generation.read().order.iter().map(|k| k.key.to_vec()));
         }
         keys.into_iter().collect()
     }
@@ -1031,9 +924,6 @@ mod tests {
     enum Op {
         /// A transaction: (node, new value or delete) pairs.
         Txn(Vec<(u8, Option<u8>)>),
-        /// A transaction that writes and aborts (its writes taken out again), with a range
-        /// read sorting the nodes it added into the order first, or not.
-        Aborted(Vec<(u8, Option<u8>)>, bool),
         /// Everything written so far becomes durable.
         Sync,
         Freeze,
@@ -1059,8 +949,7 @@ mod tests {
     fn op() -> impl Strategy<Value = Op> {
         let write = (0u8..12, proptest::option::of(any::<u8>()));
         prop_oneof![
-            4 => proptest::collection::vec(write.clone(), 1..4).prop_map(Op::Txn),
-            1 => (proptest::collection::vec(write, 1..4), any::<bool>()).prop_map(|(w, sorted)| Op::Aborted(w, sorted)),
+            4 => proptest::collection::vec(write, 1..4).prop_map(Op::Txn),
             2 => Just(Op::Sync),
             1 => Just(Op::Freeze),
             1 => Just(Op::Checkpoint),
@@ -1139,22 +1028,6 @@ mod tests {
                             .collect();
                         overlay.apply(seqno, &list);
                         states.push(state);
-                    }
-                    Op::Aborted(writes, sorted) => {
-                        let (seqno, state) = (states.len() as u64, states.last().cloned().unwrap_or_default());
-                        let active = overlay.active();
-                        let mut keys = std::collections::BTreeSet::new();
-                        for (node, value) in writes {
-                            let key = vec![node];
-                            active.put(seqno, &key, state.get(&key).map(Vec::as_slice), value.map(|v| vec![v]).as_deref());
-                            keys.insert(key);
-                        }
-                        if sorted {
-                            drop(active.ordered(Bound::Unbounded, Bound::Unbounded));
-                        }
-                        for key in keys {
-                            active.unput(seqno, &key);
-                        }
                     }
                     Op::Sync => durable = states.len() as u64 - 1,
                     Op::Freeze => { overlay.freeze(); }

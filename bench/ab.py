@@ -32,7 +32,7 @@ import statistics
 import subprocess
 import sys
 
-from benchlib import bench, engine_standalone, free_port, redis_aof_always, wait_port, work_dir
+from benchlib import bench, cpu_seconds, engine_standalone, free_port, redis_aof_always, wait_port, work_dir
 
 DEFAULT_ROWS = [
     "set,1,1,2000", "set,1,16,20000", "set,50,1,20000", "set,50,16,20000",
@@ -101,14 +101,6 @@ def stop(proc):
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-
-
-def cpu_seconds(pid):
-    """User and system CPU of every thread of process `pid` so far (from /proc)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    # After the command's closing parenthesis: state is field 3, utime 14 and stime 15.
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def measure(proc, port, test, clients, pipeline, requests, keyspace, what):

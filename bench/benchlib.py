@@ -1,5 +1,5 @@
 """What the benchmark scripts share: the release binary (rebuilt when its sources changed),
-free loopback ports, and a work directory that is on a real disk."""
+free loopback ports, a work directory that is on a real disk, and a process's CPU time."""
 
 import csv
 import io
@@ -14,6 +14,29 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENGINE = os.path.join(ROOT, "target", "release", "strand-engine")
 # Filesystems where fsync costs nothing: durable-write figures measured there are not figures.
 MEMORY_FILESYSTEMS = ("tmpfs", "ramfs")
+
+
+def cpu_seconds(pid):
+    """User and system CPU of every thread of process `pid` so far (from /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # After the command's closing parenthesis: state is field 3, utime 14 and stime 15.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds_by_thread(pid):
+    """User and system CPU of process `pid`'s live threads so far, summed by thread name
+    (`strand-writer`, `tokio-rt-worker` …); a thread that has exited is not counted."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                head, tail = f.read().rsplit(")", 1)
+        except OSError:
+            continue  # exited meanwhile
+        name, fields = head.split("(", 1)[1], tail.split()
+        out[name] = out.get(name, 0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
 
 
 def free_port():

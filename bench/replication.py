@@ -10,7 +10,8 @@ processes, loopback, same disk):
    source's "not acknowledged" count trails far behind while it streams).
 3. what a receiver costs its primary (Strand only): durable SETs from 50 clients on the
    primary with its source stopped and with it streaming to the standby, alternating for
-   --rounds rounds (default 3), medians and their ratio.
+   --rounds rounds (default 3), medians and their ratio; and the CPU each thread of the
+   primary and of the standby spent per SET in those runs.
 4. rollback: time to roll back --rollback transactions (default 100,000) into an
    unreplicated-transaction log.
 
@@ -44,7 +45,7 @@ import subprocess
 import sys
 import time
 
-from benchlib import ENGINE, ROOT, bench, ensure_engine, free_port, number, publish, work_dir
+from benchlib import ENGINE, ROOT, bench, cpu_seconds_by_thread, ensure_engine, free_port, number, publish, work_dir
 
 
 # Every engine and load process started, so that a run that fails part-way leaves none running.
@@ -279,6 +280,9 @@ def cost_round(args, work, secret):
     standby = Engine(work, "BrynMawr", secret, *paced(args))
     standby.ctl("receiver", "start")
     alone, attached = [], []
+    # CPU per SET (µs) by thread name, for each run: the primary's when standalone, the
+    # primary's and the standby's when attached.
+    cpu = {"primary standalone": [], "primary attached": [], "standby attached": []}
     running = False
     for r in range(args.rounds):
         for streaming in ((True, False) if r % 2 else (False, True)):
@@ -289,13 +293,40 @@ def cost_round(args, work, secret):
             running = streaming
             while streaming and standby.seqno() < primary.seqno():
                 time.sleep(0.05)
+            before = cpu_seconds_by_thread(primary.proc.pid), cpu_seconds_by_thread(standby.proc.pid)
             rate = bench(primary.port, "set", 50, 1, args.cost_requests, keyspace=1_000_000)
+            # The standby's share of these SETs includes applying what it still held.
+            while streaming and standby.seqno() < primary.seqno():
+                time.sleep(0.01)
+            after = cpu_seconds_by_thread(primary.proc.pid), cpu_seconds_by_thread(standby.proc.pid)
+            per_set = [{name: (t - b.get(name, 0)) * 1e6 / args.cost_requests for name, t in a.items()}
+                       for b, a in zip(before, after)]
+            cpu["primary attached" if streaming else "primary standalone"].append(per_set[0])
+            if streaming:
+                cpu["standby attached"].append(per_set[1])
             (attached if streaming else alone).append(rate)
             print(f"receiver cost round {r + 1}: {'attached' if streaming else 'standalone'} {rate:,.0f}/s",
                   file=sys.stderr)
     standby.stop()
     primary.stop()
-    return statistics.median(alone), statistics.median(attached), alone, attached
+    return statistics.median(alone), statistics.median(attached), alone, attached, cpu
+
+
+def cpu_table(cpu):
+    """Medians of the CPU per SET by thread: a row per thread name (those under 0.1 µs in
+    every column left out), a column per process and case, and their totals."""
+    columns = list(cpu)
+    names = sorted({n for runs in cpu.values() for run in runs for n in run})
+
+    def median(column, name):
+        return statistics.median(run.get(name, 0) for run in cpu[column]) if cpu[column] else 0
+
+    rows = [(n, [median(c, n) for c in columns]) for n in names]
+    rows = [r for r in rows if max(r[1]) >= 0.1]
+    totals = [statistics.median(sum(run.values()) for run in cpu[c]) if cpu[c] else 0 for c in columns]
+    out = "| thread | " + " | ".join(columns) + " |\n|---|" + "---:|" * len(columns) + "\n"
+    out += "".join(f"| {n} | " + " | ".join(f"{v:.1f}" for v in vals) + " |\n" for n, vals in rows)
+    return out + "| all threads | " + " | ".join(f"{v:.1f}" for v in totals) + " |\n"
 
 
 def paced(args):
@@ -389,11 +420,14 @@ def main():
         gt = gtms[i] if i < len(gtms) else None
         report += (f"| {i + 1} | {s['catchup'][0]:.1f} | " + (f"{gt['catchup'][0]:.1f}" if gt else "n/a")
                    + f" | {s['rollback'][0]:.2f} | " + (f"{gt['rollback'][0]:.2f}" if gt else "n/a") + " |\n")
-    alone, attached, alone_runs, attached_runs = cost
+    alone, attached, alone_runs, attached_runs, cpu = cost
     report += ("\n| Strand primary, durable SETs from 50 clients (median of "
                f"{args.rounds}) | standalone | one receiver attached | attached / standalone |\n|---|---:|---:|---:|\n"
                f"| requests per second | {alone:,.0f} | {attached:,.0f} | {attached / alone:.2f} |\n"
                f"| rounds | {runs(alone_runs)} | {runs(attached_runs)} | |\n")
+    report += ("\nCPU per SET in those runs, µs, medians by thread (user and system time from /proc; good "
+               f"to one clock tick over {args.cost_requests:,} SETs, {1e6 / os.sysconf('SC_CLK_TCK') / args.cost_requests:.2f} µs; "
+               "a checkpoint counts in the run it falls in):\n\n" + cpu_table(cpu))
     publish(report, args.out)
 
 

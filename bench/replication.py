@@ -11,7 +11,10 @@ processes, loopback, same disk):
 3. what a receiver costs its primary (Strand only): durable SETs from 50 clients on the
    primary with its source stopped and with it streaming to the standby, alternating for
    --rounds rounds (default 3), medians and their ratio; and the CPU each thread of the
-   primary and of the standby spent per SET in those runs.
+   primary and of the standby spent per SET in those runs. With --standby-idle every thread
+   of the standby runs under SCHED_IDLE (only on a core nothing else wants): not the goal's
+   figure, but what the source itself costs when the standby does not take its primary's
+   cores, as on a machine of its own.
 4. rollback: time to roll back --rollback transactions (default 100,000) into an
    unreplicated-transaction log.
 
@@ -32,7 +35,7 @@ update process"). A figure that cannot be read fails the run. The work directory
 ($STRAND_BENCH_DIR, else the system's temporary directory) must not be a tmpfs.
 
 Usage: bench/replication.py [--catchup N] [--rollback N] [--repeats N] [--rounds N]
-                            [--apply-interval-ms N] [--no-gtm] [--out FILE]
+                            [--apply-interval-ms N] [--standby-idle] [--no-gtm] [--out FILE]
 """
 
 import argparse
@@ -278,6 +281,9 @@ def cost_round(args, work, secret):
     primary = Engine(work, "Ardmore", secret)
     primary.ctl("promote")
     standby = Engine(work, "BrynMawr", secret, *paced(args))
+    if args.standby_idle:
+        # Threads started later (blocking tasks) inherit the policy.
+        subprocess.run(["chrt", "--idle", "--all-tasks", "--pid", "0", str(standby.proc.pid)], check=True)
     standby.ctl("receiver", "start")
     alone, attached = [], []
     # CPU per SET (µs) by thread name, for each run: the primary's when standalone, the
@@ -350,6 +356,8 @@ def main():
                     help="SETs per run of the receiver-cost measurement")
     ap.add_argument("--apply-interval-ms", type=int,
                     help="the standby's --apply-interval-ms (default: the engine's own default)")
+    ap.add_argument("--standby-idle", action="store_true",
+                    help="run the receiver-cost standby under SCHED_IDLE (what the source alone costs)")
     ap.add_argument("--out")
     ap.add_argument("--no-gtm", action="store_true")
     args = ap.parse_args()
@@ -421,8 +429,9 @@ def main():
         report += (f"| {i + 1} | {s['catchup'][0]:.1f} | " + (f"{gt['catchup'][0]:.1f}" if gt else "n/a")
                    + f" | {s['rollback'][0]:.2f} | " + (f"{gt['rollback'][0]:.2f}" if gt else "n/a") + " |\n")
     alone, attached, alone_runs, attached_runs, cpu = cost
+    idle = " (standby under SCHED_IDLE)" if args.standby_idle else ""
     report += ("\n| Strand primary, durable SETs from 50 clients (median of "
-               f"{args.rounds}) | standalone | one receiver attached | attached / standalone |\n|---|---:|---:|---:|\n"
+               f"{args.rounds}) | standalone | one receiver attached{idle} | attached / standalone |\n|---|---:|---:|---:|\n"
                f"| requests per second | {alone:,.0f} | {attached:,.0f} | {attached / alone:.2f} |\n"
                f"| rounds | {runs(alone_runs)} | {runs(attached_runs)} | |\n")
     report += ("\nCPU per SET in those runs, µs, medians by thread (user and system time from /proc; good "

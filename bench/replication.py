@@ -434,6 +434,11 @@ def main():
                f"{args.rounds}) | standalone | one receiver attached{idle} | attached / standalone |\n|---|---:|---:|---:|\n"
                f"| requests per second | {alone:,.0f} | {attached:,.0f} | {attached / alone:.2f} |\n"
                f"| rounds | {runs(alone_runs)} | {runs(attached_runs)} | |\n")
+    # Each round's two runs follow one another: their ratio does not see the machine's drift
+    # over the whole run (the standalone rate has moved by a factor of three within one).
+    paired = [a / s for s, a in zip(alone_runs, attached_runs)]
+    report += (f"| each round's attached / standalone | | | {runs(paired, '{:.2f}')}; "
+               f"median {statistics.median(paired):.2f} |\n")
     report += ("\nCPU per SET in those runs, µs, medians by thread (user and system time from /proc; good "
                f"to one clock tick over {args.cost_requests:,} SETs, {1e6 / os.sysconf('SC_CLK_TCK') / args.cost_requests:.2f} µs; "
                "a checkpoint counts in the run it falls in):\n\n" + cpu_table(cpu))

@@ -305,7 +305,8 @@ def cost_round(args, work, secret):
             while streaming and standby.seqno() < primary.seqno():
                 time.sleep(0.01)
             after = cpu_seconds_by_thread(primary.proc.pid), cpu_seconds_by_thread(standby.proc.pid)
-            per_set = [{name: (t - b.get(name, 0)) * 1e6 / args.cost_requests for name, t in a.items()}
+            # (A thread that exited meanwhile takes its time with it: never below zero.)
+            per_set = [{name: max(0.0, t - b.get(name, 0)) * 1e6 / args.cost_requests for name, t in a.items()}
                        for b, a in zip(before, after)]
             cpu["primary attached" if streaming else "primary standalone"].append(per_set[0])
             if streaming:

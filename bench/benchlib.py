@@ -24,18 +24,31 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds_by_thread(pid):
-    """User and system CPU of process `pid`'s live threads so far, summed by thread name
-    (`strand-writer`, `tokio-rt-worker` …); a thread that has exited is not counted."""
-    out = {}
+def cpu_snapshot(pid):
+    """The CPU process `pid` has used so far: all its threads' (exited ones included) and each
+    live thread's, as {thread id: (thread name, seconds)}."""
+    threads = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
             with open(f"/proc/{pid}/task/{tid}/stat") as f:
                 head, tail = f.read().rsplit(")", 1)
         except OSError:
-            continue  # exited meanwhile
-        name, fields = head.split("(", 1)[1], tail.split()
-        out[name] = out.get(name, 0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            continue  # exited meanwhile: counted in the total
+        fields = tail.split()
+        threads[tid] = (head.split("(", 1)[1], (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
+    return cpu_seconds(pid), threads
+
+
+def cpu_by_thread_name(before, after):
+    """CPU seconds between two snapshots of one process, by thread name (`strand-writer`,
+    `tokio-rt-worker` …), and under "(exited threads)" what threads that ended in between
+    used: the process's total less its live threads'."""
+    out = {}
+    for tid, (name, seconds) in after[1].items():
+        out[name] = out.get(name, 0) + seconds - before[1].get(tid, (name, 0))[1]
+    exited = (after[0] - before[0]) - sum(out.values())
+    if exited > 0:
+        out["(exited threads)"] = exited
     return out
 
 

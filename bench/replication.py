@@ -11,7 +11,8 @@ processes, loopback, same disk):
 3. what a receiver costs its primary (Strand only): durable SETs from 50 clients on the
    primary with its source stopped and with it streaming to the standby, alternating for
    --rounds rounds (default 3), medians and their ratio; and the CPU each thread of the
-   primary and of the standby spent per SET in those runs. With --standby-idle every thread
+   primary and of the standby spent per SET in those runs, and how long the standby took to
+   apply the rest of each attached run once it ended. With --standby-idle every thread
    of the standby runs under SCHED_IDLE (only on a core nothing else wants): not the goal's
    figure, but what the source itself costs when the standby does not take its primary's
    cores, as on a machine of its own.
@@ -48,7 +49,7 @@ import subprocess
 import sys
 import time
 
-from benchlib import ENGINE, ROOT, bench, cpu_seconds_by_thread, ensure_engine, free_port, number, publish, work_dir
+from benchlib import ENGINE, ROOT, bench, cpu_by_thread_name, cpu_snapshot, ensure_engine, free_port, number, publish, work_dir
 
 
 # Every engine and load process started, so that a run that fails part-way leaves none running.
@@ -285,10 +286,14 @@ def cost_round(args, work, secret):
         # Threads started later (blocking tasks) inherit the policy.
         subprocess.run(["chrt", "--idle", "--all-tasks", "--pid", "0", str(standby.proc.pid)], check=True)
     standby.ctl("receiver", "start")
-    alone, attached = [], []
+    alone, attached, catchup = [], [], []
     # CPU per SET (µs) by thread name, for each run: the primary's when standalone, the
     # primary's and the standby's when attached.
     cpu = {"primary standalone": [], "primary attached": [], "standby attached": []}
+
+    def per_set(before, after):
+        return {name: s * 1e6 / args.cost_requests for name, s in cpu_by_thread_name(before, after).items()}
+
     running = False
     for r in range(args.rounds):
         for streaming in ((True, False) if r % 2 else (False, True)):
@@ -297,26 +302,35 @@ def cost_round(args, work, secret):
             elif running and not streaming:
                 primary.ctl("source", "stop", "--receiver", "BrynMawr")
             running = streaming
-            while streaming and standby.seqno() < primary.seqno():
-                time.sleep(0.05)
-            before = cpu_seconds_by_thread(primary.proc.pid), cpu_seconds_by_thread(standby.proc.pid)
-            rate = bench(primary.port, "set", 50, 1, args.cost_requests, keyspace=1_000_000)
-            # The standby's share of these SETs includes applying what it still held.
-            while streaming and standby.seqno() < primary.seqno():
-                time.sleep(0.01)
-            after = cpu_seconds_by_thread(primary.proc.pid), cpu_seconds_by_thread(standby.proc.pid)
-            # (A thread that exited meanwhile takes its time with it: never below zero.)
-            per_set = [{name: max(0.0, t - b.get(name, 0)) * 1e6 / args.cost_requests for name, t in a.items()}
-                       for b, a in zip(before, after)]
-            cpu["primary attached" if streaming else "primary standalone"].append(per_set[0])
             if streaming:
-                cpu["standby attached"].append(per_set[1])
+                caught_up(primary, standby)
+            before = cpu_snapshot(primary.proc.pid), cpu_snapshot(standby.proc.pid)
+            rate = bench(primary.port, "set", 50, 1, args.cost_requests, keyspace=1_000_000)
+            # The same window for the primary whether attached or not: the run's own.
+            cpu["primary attached" if streaming else "primary standalone"].append(
+                per_set(before[0], cpu_snapshot(primary.proc.pid)))
+            if streaming:
+                # The standby's share of these SETs includes applying what it still held;
+                # how long that took says whether it kept up during the run.
+                catchup.append(caught_up(primary, standby))
+                cpu["standby attached"].append(per_set(before[1], cpu_snapshot(standby.proc.pid)))
             (attached if streaming else alone).append(rate)
             print(f"receiver cost round {r + 1}: {'attached' if streaming else 'standalone'} {rate:,.0f}/s",
                   file=sys.stderr)
     standby.stop()
     primary.stop()
-    return statistics.median(alone), statistics.median(attached), alone, attached, cpu
+    return statistics.median(alone), statistics.median(attached), alone, attached, cpu, catchup
+
+
+def caught_up(primary, standby, limit=600):
+    """Waits until the standby has applied everything the primary committed; the seconds it
+    took. Exits if that takes longer than `limit` seconds."""
+    start = time.monotonic()
+    while standby.seqno() < primary.seqno():
+        if time.monotonic() - start > limit:
+            sys.exit(f"the standby did not catch up with its primary within {limit} s")
+        time.sleep(0.01)
+    return time.monotonic() - start
 
 
 def cpu_table(cpu):
@@ -429,20 +443,24 @@ def main():
         gt = gtms[i] if i < len(gtms) else None
         report += (f"| {i + 1} | {s['catchup'][0]:.1f} | " + (f"{gt['catchup'][0]:.1f}" if gt else "n/a")
                    + f" | {s['rollback'][0]:.2f} | " + (f"{gt['rollback'][0]:.2f}" if gt else "n/a") + " |\n")
-    alone, attached, alone_runs, attached_runs, cpu = cost
+    alone, attached, alone_runs, attached_runs, cpu, catchup = cost
     idle = " (standby under SCHED_IDLE)" if args.standby_idle else ""
     report += ("\n| Strand primary, durable SETs from 50 clients (median of "
                f"{args.rounds}) | standalone | one receiver attached{idle} | attached / standalone |\n|---|---:|---:|---:|\n"
                f"| requests per second | {alone:,.0f} | {attached:,.0f} | {attached / alone:.2f} |\n"
                f"| rounds | {runs(alone_runs)} | {runs(attached_runs)} | |\n")
     # Each round's two runs follow one another: their ratio does not see the machine's drift
-    # over the whole run (the standalone rate has moved by a factor of three within one).
+    # over the whole run (the standalone rate has moved by up to 2.7× within one).
     paired = [a / s for s, a in zip(alone_runs, attached_runs)]
     report += (f"| each round's attached / standalone | | | {runs(paired, '{:.2f}')}; "
                f"median {statistics.median(paired):.2f} |\n")
-    report += ("\nCPU per SET in those runs, µs, medians by thread (user and system time from /proc; good "
-               f"to one clock tick over {args.cost_requests:,} SETs, {1e6 / os.sysconf('SC_CLK_TCK') / args.cost_requests:.2f} µs; "
-               "a checkpoint counts in the run it falls in):\n\n" + cpu_table(cpu))
+    report += (f"| the standby's catch-up after each attached run's last SET (s) | | "
+               f"{runs(catchup, '{:.2f}')} | |\n")
+    report += ("\nCPU per SET in those runs, µs, medians by thread (user and system time from /proc; each "
+               f"thread's good to one clock tick over {args.cost_requests:,} SETs, "
+               f"{1e6 / os.sysconf('SC_CLK_TCK') / args.cost_requests:.2f} µs; the primary's over the run, the "
+               "standby's until it has applied the run's SETs; a checkpoint counts in the run it falls in):\n\n"
+               + cpu_table(cpu))
     publish(report, args.out)
 
 

@@ -16,12 +16,19 @@ ENGINE = os.path.join(ROOT, "target", "release", "strand-engine")
 MEMORY_FILESYSTEMS = ("tmpfs", "ramfs")
 
 
-def cpu_seconds(pid):
-    """User and system CPU of every thread of process `pid` so far (from /proc)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
+def stat_cpu(path):
+    """The name and the user and system CPU seconds in a /proc `stat` file (a process's: all
+    its threads, exited ones included; a thread's: its own)."""
+    with open(path) as f:
+        head, tail = f.read().rsplit(")", 1)
+    fields = tail.split()
     # After the command's closing parenthesis: state is field 3, utime 14 and stime 15.
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return head.split("(", 1)[1], (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid):
+    """User and system CPU of every thread of process `pid` so far."""
+    return stat_cpu(f"/proc/{pid}/stat")[1]
 
 
 def cpu_snapshot(pid):
@@ -30,12 +37,9 @@ def cpu_snapshot(pid):
     threads = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
-            with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                head, tail = f.read().rsplit(")", 1)
+            threads[tid] = stat_cpu(f"/proc/{pid}/task/{tid}/stat")
         except OSError:
             continue  # exited meanwhile: counted in the total
-        fields = tail.split()
-        threads[tid] = (head.split("(", 1)[1], (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
     return cpu_seconds(pid), threads
 
 

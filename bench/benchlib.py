@@ -45,14 +45,15 @@ def cpu_snapshot(pid):
 
 def cpu_by_thread_name(before, after):
     """CPU seconds between two snapshots of one process, by thread name (`strand-writer`,
-    `tokio-rt-worker` …), and under "(exited threads)" what threads that ended in between
-    used: the process's total less its live threads'."""
+    `tokio-rt-worker` …), and under "(exited threads, rounding)" the process's total less its
+    live threads': what threads that ended in between used, and up to a clock tick per thread
+    by which the kernel's per-thread and per-process counts round apart."""
     out = {}
     for tid, (name, seconds) in after[1].items():
         out[name] = out.get(name, 0) + seconds - before[1].get(tid, (name, 0))[1]
     exited = (after[0] - before[0]) - sum(out.values())
     if exited > 0:
-        out["(exited threads)"] = exited
+        out["(exited threads, rounding)"] = exited
     return out
 
 

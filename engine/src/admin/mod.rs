@@ -648,8 +648,8 @@ async fn journal(
             format!("at most {JOURNAL_READ_RECORDS_MAX} records per call; page with from/to"),
         ));
     }
-    let snapshot = engine.store.snapshot()?;
-    let records = tokio::task::block_in_place(|| snapshot.journal(q.from, to))?;
+    let view = engine.store.journal_view()?;
+    let records = tokio::task::block_in_place(|| view.journal(q.from, to))?;
     Ok(Json(records.into_iter().map(JournalEntry::from).collect()))
 }
 
@@ -754,7 +754,7 @@ async fn lost_log(
 
 async fn verify(State(engine): State<Arc<Engine>>) -> Result<Json<crate::storage::VerifyReport>, ApiError> {
     let store = engine.store.clone();
-    let report = tokio::task::spawn_blocking(move || store.snapshot()?.verify())
+    let report = tokio::task::spawn_blocking(move || store.journal_view()?.verify())
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
         .map_err(|e| match e {

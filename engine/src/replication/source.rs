@@ -386,7 +386,7 @@ async fn stream_once(
                 None => {
                     let store = ctx.store.clone();
                     tokio::task::spawn_blocking(move || {
-                        store.snapshot().and_then(|s| s.journal_raw(next, to, budget))
+                        store.journal_view().and_then(|s| s.journal_raw(next, to, budget))
                     })
                     .await
                     .map_err(ProtocolError::other)?

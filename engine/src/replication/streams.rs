@@ -97,7 +97,7 @@ pub async fn negotiate(
     } else {
         let store = ctx.store.clone();
         let entries = tokio::task::spawn_blocking(move || {
-            store.snapshot()?.entries_back_to(|r| {
+            store.journal_view()?.entries_back_to(|r| {
                 r.stream == stream && (r.kind == RecordKind::StreamBase || r.stream_seqno <= common)
             })
         })

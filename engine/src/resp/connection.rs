@@ -146,6 +146,7 @@ pub async fn serve(engine: Arc<Engine>, mut stream: TcpStream, id: u64, mut shut
     let mut input: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut output: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut slots: Vec<Slot> = Vec::new();
+    let mut down = shutdown.signal();
     loop {
         let mut consumed = 0;
         let mut next = Next::Continue;
@@ -203,7 +204,7 @@ pub async fn serve(engine: Arc<Engine>, mut stream: TcpStream, id: u64, mut shut
                 Ok(0) | Err(_) => return,
                 Ok(_) => {}
             },
-            _ = shutdown.recv() => return,
+            () = &mut down => return,
         }
     }
 }

@@ -10,6 +10,11 @@
 //! the file and opened its transaction (see [`ReadCache::open`]) — so a cache holds the values
 //! of one state only and never answers a reader of another.
 //!
+//! Readers of one base state share its read transaction too ([`ReadCache::open`] keeps the
+//! first one begun in a steady state, and a base change drops it): beginning one per command
+//! took redb's transaction tracker's lock twice and about 8 % of a point read's user time
+//! (decision 0003, "One read transaction per base state").
+//!
 //! The cache is bounded in bytes and split into shards, each behind its own lock (readers on
 //! every worker thread share it). A shard that would pass its share of the bound is emptied
 //! and starts over; the hot nodes come back at their next read. A reader that opened its
@@ -181,9 +186,10 @@ impl Cache {
     }
 }
 
-/// The cache of the current base state, and the base changes under way.
-pub struct ReadCache {
-    state: Mutex<State>,
+/// The cache of the current base state, the view of the file that its readers share (`V`:
+/// a read transaction), and the base changes under way.
+pub struct ReadCache<V> {
+    state: Mutex<State<V>>,
     counts: Arc<Counts>,
 }
 
@@ -198,7 +204,7 @@ pub struct CacheStats {
     pub bytes: u64,
 }
 
-struct State {
+struct State<V> {
     /// Counts base changes begun; a reader's view is good only if it is the same after its
     /// transaction opened as before.
     changes: u64,
@@ -206,10 +212,13 @@ struct State {
     changing: usize,
     /// `None` when the cache is off (a bound of 0).
     current: Option<Arc<Cache>>,
+    /// The view of the file in its current state that readers share: the first one opened
+    /// since the last base change ended, with none begun meanwhile.
+    view: Option<Arc<V>>,
     bytes_max: usize,
 }
 
-impl std::fmt::Debug for ReadCache {
+impl<V> std::fmt::Debug for ReadCache<V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let state = self.state();
         f.debug_struct("ReadCache")
@@ -220,11 +229,11 @@ impl std::fmt::Debug for ReadCache {
     }
 }
 
-impl ReadCache {
+impl<V> ReadCache<V> {
     /// A cache of at most `bytes_max` bytes of nodes (0: none).
-    pub fn new(bytes_max: usize) -> ReadCache {
+    pub fn new(bytes_max: usize) -> ReadCache<V> {
         let counts = Arc::new(Counts::default());
-        let state = State { changes: 0, changing: 0, current: None, bytes_max };
+        let state = State { changes: 0, changing: 0, current: None, view: None, bytes_max };
         let cache = ReadCache { state: Mutex::new(state), counts };
         cache.set_bytes_max(bytes_max);
         cache
@@ -246,7 +255,7 @@ impl ReadCache {
         CacheStats { hits, misses, bytes }
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+    fn state(&self) -> std::sync::MutexGuard<'_, State<V>> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -258,42 +267,61 @@ impl ReadCache {
         state.current = fresh;
     }
 
-    /// Calls `open`, which takes the file in place and opens a read transaction of it (both
-    /// inside, so that neither can come from before a change this does not see), and gives
-    /// the cache of the state that transaction reads — `None` when that is not certain (a
-    /// base change was under way, or began meanwhile) or the cache is off.
-    pub fn open<R>(&self, open: impl FnOnce() -> R) -> (Option<Arc<Cache>>, R) {
+    /// The view of the file in place now, and the cache of the state it reads — `None` when
+    /// that is not certain (a base change was under way, or began meanwhile) or the cache is
+    /// off. In a steady state that is the view its readers share; otherwise, or if there is
+    /// none yet, `open` takes the file in place and opens a view of it (both inside, so that
+    /// neither can come from before a change this does not see), and the view is shared from
+    /// then on if no change was under way or began meanwhile.
+    pub fn open<E>(&self, open: impl FnOnce() -> Result<V, E>) -> (Option<Arc<Cache>>, Result<Arc<V>, E>) {
         let before = {
             let state = self.state();
-            (state.changing == 0)
-                .then(|| (state.changes, state.current.clone()))
-                .and_then(|(changes, cache)| cache.map(|c| (changes, c)))
+            if state.changing == 0
+                && let Some(view) = &state.view
+            {
+                return (state.current.clone(), Ok(Arc::clone(view)));
+            }
+            (state.changing == 0).then(|| (state.changes, state.current.clone()))
         };
-        let opened = open();
-        let cache = before.filter(|(changes, _)| {
-            let state = self.state();
-            state.changing == 0 && state.changes == *changes
-        });
-        (cache.map(|(_, c)| c), opened)
+        let opened = open().map(Arc::new);
+        let mut state = self.state();
+        let Some((changes, cache)) =
+            before.filter(|(changes, _)| state.changing == 0 && state.changes == *changes)
+        else {
+            return (None, opened);
+        };
+        debug_assert_eq!(state.changes, changes);
+        if let Ok(view) = &opened
+            && state.view.is_none()
+        {
+            state.view = Some(Arc::clone(view));
+        }
+        (cache, opened)
     }
 
     /// Marks a base change as under way until the guard is dropped (after the commit that
     /// makes it, whether or not that succeeded); then the cache starts over empty.
-    pub fn change(&self) -> BaseChange<'_> {
-        let mut state = self.state();
-        state.changes += 1;
-        state.changing += 1;
+    /// The shared view goes at once (its last reader drops it), so that the change's commit
+    /// does not find the state before it still read.
+    pub fn change(&self) -> BaseChange<'_, V> {
+        let view = {
+            let mut state = self.state();
+            state.changes += 1;
+            state.changing += 1;
+            state.view.take()
+        };
+        drop(view);
         BaseChange { cache: self }
     }
 }
 
 /// A base change under way (see [`ReadCache::change`]).
 #[must_use = "the change ends when the guard is dropped"]
-pub struct BaseChange<'a> {
-    cache: &'a ReadCache,
+pub struct BaseChange<'a, V> {
+    cache: &'a ReadCache<V>,
 }
 
-impl Drop for BaseChange<'_> {
+impl<V> Drop for BaseChange<'_, V> {
     fn drop(&mut self) {
         let mut state = self.cache.state();
         state.changing -= 1;
@@ -307,67 +335,130 @@ impl Drop for BaseChange<'_> {
 mod tests {
     use super::*;
 
-    /// The cache a reader gets in a steady state (no change under way).
-    fn opened(cache: &ReadCache) -> Arc<Cache> {
-        cache.open(|| ()).0.expect("a steady state has a cache")
+    use std::cell::Cell;
+    use std::convert::Infallible;
+
+    /// A read cache whose views are numbered in the order they were opened.
+    struct Files {
+        cache: ReadCache<u32>,
+        opened: Cell<u32>,
+    }
+
+    impl Files {
+        fn new(bytes_max: usize) -> Files {
+            Files { cache: ReadCache::new(bytes_max), opened: Cell::new(0) }
+        }
+
+        /// What a reader gets: the cache, and the number of its view of the file.
+        fn open_both(&self) -> (Option<Arc<Cache>>, u32) {
+            let (cache, view) = self.cache.open(|| {
+                self.opened.set(self.opened.get() + 1);
+                Ok::<_, Infallible>(self.opened.get())
+            });
+            (cache, view.map_or(0, |v| *v))
+        }
+
+        /// Whether a reader gets a cache, and the number of its view of the file.
+        fn open(&self) -> (bool, u32) {
+            let (cache, view) = self.open_both();
+            (cache.is_some(), view)
+        }
+
+        /// The cache a reader gets in a steady state (no change under way).
+        fn cache(&self) -> Arc<Cache> {
+            self.open_both().0.expect("a steady state has a cache")
+        }
     }
 
     #[test]
     fn a_view_opened_in_a_steady_state_shares_its_cache() {
-        let cache = ReadCache::new(1 << 20);
-        let first = opened(&cache);
+        let files = Files::new(1 << 20);
+        let first = files.cache();
         first.insert(b"k", Some(b"v"));
         first.insert(b"gone", None);
-        let second = opened(&cache);
+        let second = files.cache();
         assert_eq!(second.get(b"k"), Some(Some(b"v".to_vec())));
         assert_eq!(second.get(b"gone"), Some(None));
         assert_eq!(second.get(b"other"), None);
-        let stats = cache.stats();
+        let stats = files.cache.stats();
         assert_eq!((stats.hits, stats.misses), (2, 1));
         assert!(stats.bytes > 0);
+        drop(files.cache.change());
+        assert_eq!(files.cache.stats().bytes, 0, "a base change empties it");
+        assert_eq!(files.cache.stats().hits, 2, "the counts go on");
+    }
+
+    #[test]
+    fn readers_of_one_state_share_its_view_and_a_change_drops_it() {
+        let cache = ReadCache::new(1 << 20);
+        let (_, first) = cache.open(|| Ok::<_, Infallible>(1));
+        let first = first.unwrap_or_else(|e| match e {});
+        let (_, again) = cache.open(|| -> Result<u32, Infallible> { panic!("the shared view is reused") });
+        assert!(again.is_ok_and(|v| Arc::ptr_eq(&v, &first)));
+        assert_eq!(Arc::strong_count(&first), 2, "the reader's and the cache's");
+        let change = cache.change();
+        assert_eq!(Arc::strong_count(&first), 1, "the change dropped it at once: its reader alone holds it");
+        // Opened while the change is under way: not shared, and not kept.
+        let (_, during) = cache.open(|| Ok::<_, Infallible>(2));
+        assert!(during.is_ok_and(|v| Arc::strong_count(&v) == 1));
+        drop(change);
+        let (_, after) = cache.open(|| Ok::<_, Infallible>(3));
+        assert_eq!(after.map(|v| *v), Ok(3));
+        // A failed open is not kept: the next reader tries again.
         drop(cache.change());
-        assert_eq!(cache.stats().bytes, 0, "a base change empties it");
-        assert_eq!(cache.stats().hits, 2, "the counts go on");
+        let (_, failed) = cache.open(|| Err::<u32, &str>("the file is gone"));
+        assert_eq!(failed.map(|v| *v), Err("the file is gone"));
+        let (_, next) = cache.open(|| Ok::<_, &str>(4));
+        assert_eq!(next.map(|v| *v), Ok(4));
     }
 
     #[test]
     fn a_base_change_starts_a_new_cache() {
-        let cache = ReadCache::new(1 << 20);
-        let old = opened(&cache);
+        let files = Files::new(1 << 20);
+        let old = files.cache();
         old.insert(b"k", Some(b"old"));
-        drop(cache.change());
-        assert_eq!(opened(&cache).get(b"k"), None);
+        drop(files.cache.change());
+        assert_eq!(files.cache().get(b"k"), None);
         // A reader of the old state may still fill the old cache: no one else reads it.
         old.insert(b"k2", Some(b"old"));
-        assert_eq!(opened(&cache).get(b"k2"), None);
+        assert_eq!(files.cache().get(b"k2"), None);
     }
 
     #[test]
-    fn no_cache_while_a_change_is_under_way_or_begins_during_the_open() {
-        let cache = ReadCache::new(1 << 20);
-        let change = cache.change();
-        assert!(cache.open(|| ()).0.is_none(), "a change under way");
+    fn no_cache_or_shared_view_while_a_change_is_under_way_or_begins_during_the_open() {
+        let files = Files::new(1 << 20);
+        let change = files.cache.change();
+        assert_eq!(files.open(), (false, 1), "a change under way");
         drop(change);
-        let (during, change) = cache.open(|| cache.change());
-        assert!(during.is_none(), "a change begun while the transaction opened");
-        drop(change);
+        let mut begun = None;
+        let (during, view) = files.cache.open(|| {
+            begun = Some(files.cache.change());
+            files.opened.set(2);
+            Ok::<_, Infallible>(2)
+        });
+        assert!(during.is_none(), "a change begun while the view opened");
+        assert!(view.is_ok_and(|v| Arc::strong_count(&v) == 1), "nor is that view shared");
+        drop(begun);
         // Two changes overlapping: the cache comes back only when both have ended.
-        let first = cache.change();
-        let second = cache.change();
+        let first = files.cache.change();
+        let second = files.cache.change();
         drop(first);
-        assert!(cache.open(|| ()).0.is_none(), "one change still under way");
+        assert_eq!(files.open(), (false, 3), "one change still under way");
         drop(second);
-        assert!(cache.open(|| ()).0.is_some());
+        let (cache, view) = files.open();
+        assert!(cache);
+        assert_eq!(files.open().1, view, "shared from now on");
     }
 
     #[test]
-    fn a_bound_of_zero_turns_it_off() {
-        let cache = ReadCache::new(0);
-        assert!(cache.open(|| ()).0.is_none());
-        drop(cache.change());
-        assert!(cache.open(|| ()).0.is_none());
-        cache.set_bytes_max(1 << 20);
-        assert!(cache.open(|| ()).0.is_some());
+    fn a_bound_of_zero_turns_the_cache_off_but_not_the_shared_view() {
+        let files = Files::new(0);
+        assert_eq!(files.open(), (false, 1));
+        assert_eq!(files.open(), (false, 1));
+        drop(files.cache.change());
+        assert_eq!(files.open(), (false, 2));
+        files.cache.set_bytes_max(1 << 20);
+        assert!(files.open().0);
     }
 
     #[test]

@@ -179,6 +179,9 @@ pub struct Store {
     degraded: AtomicBool,
     /// The role, mirrored from the metadata for a lock-free check on every write.
     role: AtomicU8,
+    /// Whether the data's format is older than this binary's (version-mismatch mode),
+    /// mirrored from the metadata for a lock-free check on every command.
+    format_behind: AtomicBool,
     /// Monotonic change counter (never goes back, unlike seqnos after a rollback): WATCH
     /// compares against it.
     committed_version: AtomicU64,
@@ -209,7 +212,7 @@ pub struct Store {
     /// What was committed since the base's checkpoint.
     pub(crate) overlay: overlay::Overlay,
     /// Nodes recently read from the base (the database file).
-    read_cache: cache::ReadCache,
+    read_cache: cache::ReadCache<FileView>,
     /// Where the journal segments live.
     journal_dir: PathBuf,
     /// Where the file's journal begins, and its size.
@@ -318,6 +321,7 @@ impl Store {
             db: RwLock::new(Some(Arc::new(db))),
             committed_seqno: AtomicU64::new(committed),
             role: AtomicU8::new(meta.role.to_u8()),
+            format_behind: AtomicBool::new(meta.format_version < crate::version::FORMAT),
             meta: RwLock::new(meta),
             degraded: AtomicBool::new(false),
             committed_version: AtomicU64::new(0),
@@ -456,6 +460,9 @@ impl Store {
     /// and admin only, as the seed's standby does until its image is upgraded. The message
     /// names both versions.
     pub fn version_mismatch(&self) -> Option<String> {
+        if !self.format_behind.load(Ordering::Acquire) {
+            return None;
+        }
         let meta = self.meta.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         let data = meta.format_version;
         (data < crate::version::FORMAT).then(|| {
@@ -637,6 +644,7 @@ impl Store {
         if let Some(meta) = meta {
             self.role.store(meta.role.to_u8(), Ordering::Release);
             self.lease_required.store(meta.lease_required, Ordering::Release);
+            self.format_behind.store(meta.format_version < crate::version::FORMAT, Ordering::Release);
             let mut current = self.meta.write().unwrap_or_else(std::sync::PoisonError::into_inner);
             if current.streams != meta.streams {
                 self.streams_version.fetch_add(1, Ordering::AcqRel);
@@ -686,11 +694,13 @@ impl Store {
     }
 
     /// A consistent read-only view of everything committed so far: the overlay pinned as of
-    /// the committed seqno, over a base snapshot opened while it is pinned.
+    /// the committed seqno, over the view of the file its readers share (see
+    /// [`cache::ReadCache::open`]), taken while it is pinned. It reads the data; what reads
+    /// the journal is a [`JournalView`].
     pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
-        let (sv, (seqno, (cache, txn))) =
+        let (sv, (seqno, (cache, file))) =
             self.overlay.pin_with(|| (self.committed_seqno(), self.read_cache.open(|| self.begin_read())));
-        Ok(Snapshot { txn: txn?, data: OnceLock::new(), sv, seqno, cache, fill: true })
+        Ok(Snapshot { file: file?, sv, seqno, cache, fill: true })
     }
 
     /// The writer's view: like [`Store::snapshot`], but reading the overlay at its newest,
@@ -698,15 +708,27 @@ impl Store {
     /// reads the read cache but does not fill it: what the writer reads it is about to write,
     /// and the overlay then answers for the node until the next checkpoint empties the cache.
     pub(crate) fn snapshot_latest(&self) -> Result<Snapshot, StoreError> {
-        let (sv, (cache, txn)) = self.overlay.pin_with(|| self.read_cache.open(|| self.begin_read()));
-        Ok(Snapshot { txn: txn?, data: OnceLock::new(), sv, seqno: u64::MAX, cache, fill: false })
+        let (sv, (cache, file)) = self.overlay.pin_with(|| self.read_cache.open(|| self.begin_read()));
+        Ok(Snapshot { file: file?, sv, seqno: u64::MAX, cache, fill: false })
+    }
+
+    /// A view of everything committed so far, like [`Store::snapshot`], for reading the
+    /// journal: its read transaction is its own, begun while the overlay is pinned, so it
+    /// sees every table of the file as of then — the shared one is current for the data
+    /// table only, as commits that change no data (a journal trim, the metadata) do not
+    /// replace it.
+    pub fn journal_view(&self) -> Result<JournalView, StoreError> {
+        let (sv, (seqno, file)) =
+            self.overlay.pin_with(|| (self.committed_seqno(), self.begin_read().map(Arc::new)));
+        Ok(JournalView(Snapshot { file: file?, sv, seqno, cache: None, fill: false }))
     }
 
     /// A read transaction of the database file in place now. The file is taken inside the
     /// read cache's [`cache::ReadCache::open`], not before it: a reader holding the file that
     /// a seeded one has just replaced would otherwise fill the new file's cache.
-    fn begin_read(&self) -> Result<redb::ReadTransaction, StoreError> {
-        self.db()?.begin_read().map_err(redb_err("begin a read transaction"))
+    fn begin_read(&self) -> Result<FileView, StoreError> {
+        let txn = self.db()?.begin_read().map_err(redb_err("begin a read transaction"))?;
+        Ok(FileView { txn, data: OnceLock::new() })
     }
 
     /// Puts `db` in place of the file the readers use (a seeded file, or the file reopened
@@ -719,7 +741,7 @@ impl Store {
     /// Marks a change of the database file's data as under way until the guard is dropped:
     /// every commit that writes the data table, or puts another file in place, holds one
     /// (the read cache starts over after it).
-    pub(crate) fn base_change(&self) -> cache::BaseChange<'_> {
+    pub(crate) fn base_change(&self) -> cache::BaseChange<'_, FileView> {
         self.read_cache.change()
     }
 
@@ -1196,23 +1218,31 @@ pub(crate) fn volume(path: &Path) -> Result<(u64, u64), StoreError> {
     Ok((avail.saturating_mul(frsize), blocks.saturating_mul(frsize)))
 }
 
-/// A consistent, read-only view of the committed state: the overlay as of `seqno` over the
-/// base.
-pub struct Snapshot {
+/// A read transaction of the database file, and its data table once a read opened it.
+pub(crate) struct FileView {
     txn: redb::ReadTransaction,
     /// The data table of `txn`, opened at the first read that the overlay and the read
     /// cache do not answer: opening it reads the file's table tree, which showed in the
     /// profile of point reads at 50 clients (decision 0003, "The allocator, and reads that
     /// never open the table").
     data: OnceLock<redb::ReadOnlyTable<&'static [u8], &'static [u8]>>,
+}
+
+/// A consistent, read-only view of the committed state: the overlay as of `seqno` over the
+/// base.
+pub struct Snapshot {
+    file: Arc<FileView>,
     sv: Arc<overlay::SuperVersion>,
     /// The committed seqno the view reflects.
     seqno: u64,
-    /// The read cache of the base state `txn` reads, if it is certain which that is.
+    /// The read cache of the base state `file` reads, if it is certain which that is.
     cache: Option<Arc<cache::Cache>>,
     /// Whether reads from the base are added to `cache`.
     fill: bool,
 }
+
+/// A [`Snapshot`] that also reads the journal (see [`Store::journal_view`]).
+pub struct JournalView(Snapshot);
 
 impl Snapshot {
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
@@ -1234,11 +1264,11 @@ impl Snapshot {
 
     /// The data table as this view's file state holds it.
     fn data(&self) -> Result<&redb::ReadOnlyTable<&'static [u8], &'static [u8]>, StoreError> {
-        if let Some(data) = self.data.get() {
+        if let Some(data) = self.file.data.get() {
             return Ok(data);
         }
-        let data = self.txn.open_table(DATA).map_err(redb_err("open the data table"))?;
-        Ok(self.data.get_or_init(|| data))
+        let data = self.file.txn.open_table(DATA).map_err(redb_err("open the data table"))?;
+        Ok(self.file.data.get_or_init(|| data))
     }
 
     /// `key`'s node as the database file holds it.
@@ -1279,7 +1309,9 @@ impl Snapshot {
         });
         self.sv.range(self.seqno, range, rev, limit, base)
     }
+}
 
+impl JournalView {
     /// Journal records with seqnos in `from..=to`, decoded and checked.
     pub fn journal(&self, from: u64, to: u64) -> Result<Vec<Record>, StoreError> {
         let mut out = Vec::new();
@@ -1331,13 +1363,13 @@ impl Snapshot {
         to: u64,
         mut f: impl FnMut(u64, std::borrow::Cow<'_, [u8]>) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError> {
-        let to = to.min(self.seqno);
+        let to = to.min(self.0.seqno);
         if from > to {
             return Ok(());
         }
         let mut next = from;
-        let table = self.txn.open_table(JOURNAL).map_err(redb_err("open the journal table"))?;
-        let first = retention::base_in(&self.txn)?.first();
+        let table = self.0.file.txn.open_table(JOURNAL).map_err(redb_err("open the journal table"))?;
+        let first = retention::base_in(&self.0.file.txn)?.first();
         if from < first {
             return Err(StoreError::JournalTrimmed { wanted: from, first });
         }
@@ -1349,7 +1381,7 @@ impl Snapshot {
             }
             next = seqno + 1;
         }
-        self.sv.visit_records(next, to, |seqno, bytes| f(seqno, std::borrow::Cow::Borrowed(bytes)))
+        self.0.sv.visit_records(next, to, |seqno, bytes| f(seqno, std::borrow::Cow::Borrowed(bytes)))
     }
 
     /// Records from `at` (capped at this view) backwards, until `f` says stop. Reaching the
@@ -1359,9 +1391,9 @@ impl Snapshot {
         at: u64,
         mut f: impl FnMut(&Record) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError> {
-        let at = at.min(self.seqno);
+        let at = at.min(self.0.seqno);
         let mut below = at.saturating_add(1);
-        for (seqno, bytes) in self.sv.records(1, at).iter().rev() {
+        for (seqno, bytes) in self.0.sv.records(1, at).iter().rev() {
             let record =
                 Record::decode(bytes).map_err(|source| StoreError::RecordDecode { seqno: *seqno, source })?;
             below = *seqno;
@@ -1369,7 +1401,7 @@ impl Snapshot {
                 return Ok(());
             }
         }
-        let table = self.txn.open_table(JOURNAL).map_err(redb_err("open the journal table"))?;
+        let table = self.0.file.txn.open_table(JOURNAL).map_err(redb_err("open the journal table"))?;
         for entry in table.range(..below).map_err(redb_err("read the journal"))?.rev() {
             let (seqno, bytes) = entry.map_err(redb_err("read the journal"))?;
             let seqno = seqno.value();
@@ -1394,7 +1426,7 @@ impl Snapshot {
         mut stop: impl FnMut(&Record) -> bool,
     ) -> Result<Vec<crate::storage::journal::StreamEntry>, StoreError> {
         let mut out = Vec::new();
-        self.for_each_record_back(self.seqno, |record| {
+        self.for_each_record_back(self.0.seqno, |record| {
             out.push(crate::storage::journal::StreamEntry::of(record));
             Ok(stop(record))
         })?;
@@ -1409,11 +1441,11 @@ impl Snapshot {
     /// key's first before-image there is taken as given, and stored keys it never touches are
     /// counted (`keys_before_journal`) instead of refused.
     pub fn verify(&self) -> Result<VerifyReport, StoreError> {
-        let base = retention::base_in(&self.txn)?;
+        let base = retention::base_in(&self.0.file.txn)?;
         let trimmed = base.seqno > 0;
         let mut latest: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
         let mut expected = base.first();
-        self.for_each_record(base.first(), self.seqno, |seqno, record, _| {
+        self.for_each_record(base.first(), self.0.seqno, |seqno, record, _| {
             if seqno != expected {
                 return Err(StoreError::JournalCorrupt {
                     reason: format!("expected seqno {expected}, found {seqno}"),
@@ -1443,18 +1475,18 @@ impl Snapshot {
             expected += 1;
             Ok(())
         })?;
-        if expected - 1 != self.seqno {
+        if expected - 1 != self.0.seqno {
             return Err(StoreError::JournalCorrupt {
                 reason: format!(
                     "the journal ends at {} but the committed seqno is {}",
                     expected - 1,
-                    self.seqno
+                    self.0.seqno
                 ),
             });
         }
         let mut keys = 0u64;
         for (key, value) in &latest {
-            let stored = self.get(key)?;
+            let stored = self.0.get(key)?;
             if &stored != value {
                 return Err(StoreError::JournalCorrupt {
                     reason: format!(
@@ -1467,7 +1499,7 @@ impl Snapshot {
                 keys += 1;
             }
         }
-        let stored_keys = self.nodes()?;
+        let stored_keys = self.0.nodes()?;
         let keys_before_journal = stored_keys.saturating_sub(keys);
         if stored_keys < keys || (!trimmed && keys_before_journal > 0) {
             return Err(StoreError::JournalCorrupt {

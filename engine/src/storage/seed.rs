@@ -451,7 +451,7 @@ mod tests {
         assert_eq!(store.journal_first(), 3, "its journal goes on past the 1 it had, from the base record");
         assert_eq!(store.stream_seqnos()[1], 500);
         assert_eq!(store.snapshot().unwrap().get(b"a").unwrap(), Some(b"1".to_vec()));
-        let records = store.snapshot().unwrap().journal(3, 3).unwrap();
+        let records = store.journal_view().unwrap().journal(3, 3).unwrap();
         assert_eq!(records[0].kind, crate::storage::journal::RecordKind::StreamBase);
 
         // Holding a stream now, it is not seeded over again.

@@ -2557,7 +2557,12 @@ impl<T: Send + 'static> WriterThread<T> {
             return;
         }
         self.close_owed = false;
-        let taken = self.store.db.write().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        let taken = {
+            // A base change: the readers' shared view of the file goes with it (its last
+            // reader drops it), and none is shared again until the file is back.
+            let _change = self.store.base_change();
+            self.store.db.write().unwrap_or_else(std::sync::PoisonError::into_inner).take()
+        };
         if let Some(mut db) = taken {
             // Readers hold clones only for the span of one command; wait for them to finish.
             let db = loop {

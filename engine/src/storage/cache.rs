@@ -16,20 +16,29 @@
 //! (decision 0003, "One read transaction per base state").
 //!
 //! The cache is bounded in bytes and split into shards, each behind its own lock (readers on
-//! every worker thread share it). A shard that would pass its share of the bound is emptied
-//! and starts over; the hot nodes come back at their next read. A reader that opened its
+//! every worker thread share it). A shard is a table of sets of three ways, each set one
+//! cache line holding its ways' tags and entries: a hit reads that line and the entry, where
+//! a hash set read its control bytes, its bucket and the entry — three misses to memory that
+//! took most of a hit's time (decision 0003, "One read transaction per base state"). A node
+//! goes into a free way of its set, or takes the place of the set's ways in turn. A shard whose
+//! entries would pass their share of the bound (large values) is emptied and starts over; the
+//! hot nodes come back at their next read. A reader that opened its
 //! snapshot before a base change goes on filling the old cache until it is done (one
 //! command, or one pipeline's reads): for that moment two caches can be alive.
 
-use std::collections::HashSet;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// Shards of the cache (a power of two).
 const SHARDS: usize = 64;
-/// What one entry costs beyond its key and value (the table's slot, the allocation's header).
-const ENTRY_OVERHEAD_BYTES: usize = 64;
+/// What one entry costs beyond its key and value (its header, the allocation's own).
+const ENTRY_OVERHEAD_BYTES: usize = 24;
+/// Ways of a set: with their tags, one cache line.
+const WAYS: usize = 3;
+/// The share of a shard's bytes its table of sets takes (one in this many); entries have the
+/// rest. With values of up to about 200 bytes the table fills before the entries' share.
+const TABLE_SHARE: usize = 8;
 
 /// The cache of one base state. Readers whose transaction reads that state hold it.
 pub struct Cache {
@@ -58,13 +67,34 @@ struct ShardCounts {
 }
 
 struct Shard {
-    nodes: HashSet<Entry, foldhash::fast::RandomState>,
+    /// Allocated at the first insert (a power of two of them, or none).
+    sets: Vec<Set>,
+    /// The entries' bytes, as [`Cache::insert`] counts them.
     bytes: usize,
 }
 
+/// Three ways of the table: their tags (bits of the node's hash; 0 for a free way) and
+/// entries, in one cache line.
+#[derive(Default)]
+#[repr(C, align(64))]
+struct Set {
+    tags: [u32; WAYS],
+    /// The way a node takes in this set when none is free.
+    next: u32,
+    entries: [Option<Entry>; WAYS],
+}
+
+/// Where a node goes: its shard, its set in the shard's table, and its tag.
+#[derive(Clone, Copy)]
+struct Place {
+    shard: usize,
+    set: usize,
+    tag: u32,
+}
+
 /// A node and its value in one allocation, so that a lookup touches one place in memory
-/// besides the table: the key's length (4 bytes, little-endian), the key, whether the node
-/// is present (1 byte), its value. Hashed and compared as its key.
+/// besides its set: the key's length (4 bytes, little-endian), the key, whether the node is
+/// present (1 byte), its value.
 struct Entry(Box<[u8]>);
 
 impl Entry {
@@ -88,6 +118,11 @@ impl Entry {
         self.0.get(4..self.key_end()).unwrap_or_default()
     }
 
+    /// What it counts against the bound (as [`Cache::insert`] reckons it).
+    fn cost(&self) -> usize {
+        self.0.len() - 5 + ENTRY_OVERHEAD_BYTES
+    }
+
     fn value(&self) -> Option<&[u8]> {
         let at = self.key_end();
         match self.0.get(at) {
@@ -97,41 +132,29 @@ impl Entry {
     }
 }
 
-impl std::hash::Hash for Entry {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.key().hash(state);
-    }
-}
-
-impl PartialEq for Entry {
-    fn eq(&self, other: &Entry) -> bool {
-        self.key() == other.key()
-    }
-}
-
-impl Eq for Entry {}
-
-impl std::borrow::Borrow<[u8]> for Entry {
-    fn borrow(&self) -> &[u8] {
-        self.key()
-    }
-}
-
 impl Cache {
     fn new(bytes_max: usize, counts: Arc<Counts>) -> Cache {
+        let shards = std::array::from_fn(|_| Mutex::new(Shard { sets: Vec::new(), bytes: 0 }));
         let hasher = foldhash::fast::RandomState::default();
-        let shards = std::array::from_fn(|_| {
-            Mutex::new(Shard { nodes: HashSet::with_hasher(hasher.clone()), bytes: 0 })
-        });
         Cache { shards, shard_bytes_max: bytes_max / SHARDS, hasher, counts }
     }
 
-    /// The shard that holds `node`.
-    fn shard_of(&self, node: &[u8]) -> usize {
-        // Middle bits: the map inside finds a slot by the low ones and keeps the top seven
-        // as each slot's tag (sharding on those would leave a shard's nodes few distinct
-        // tags, and a lookup comparing keys on every false match). Truncation is the point.
-        (self.hasher.hash_one(node) >> 32) as usize % SHARDS
+    /// Sets of one shard's table: a power of two, its bytes within the table's share.
+    fn sets_per_shard(&self) -> usize {
+        let sets = (self.shard_bytes_max / TABLE_SHARE / std::mem::size_of::<Set>()).max(1);
+        1 << sets.ilog2()
+    }
+
+    /// The entries' share of a shard's bytes.
+    fn shard_entry_bytes_max(&self) -> usize {
+        self.shard_bytes_max - self.shard_bytes_max / TABLE_SHARE
+    }
+
+    /// Where `node` goes. The shard from the middle bits of its hash, the set from the low
+    /// ones, the tag from the top ones (never 0). Truncation is the point.
+    fn place(&self, node: &[u8]) -> Place {
+        let hash = self.hasher.hash_one(node);
+        Place { shard: (hash >> 32) as usize % SHARDS, set: hash as usize, tag: ((hash >> 40) as u32) | 1 }
     }
 
     fn shard(&self, at: usize) -> &Mutex<Shard> {
@@ -142,47 +165,85 @@ impl Cache {
     /// The node's value as cached: `Some(None)` when it is known to be absent, `None` when
     /// the cache does not hold it.
     pub fn get(&self, node: &[u8]) -> Option<Option<Vec<u8>>> {
-        let at = self.shard_of(node);
+        let place = self.place(node);
         let found = {
-            let shard = self.shard(at).lock().unwrap_or_else(PoisonError::into_inner);
-            shard.nodes.get(node).map(|entry| entry.value().map(<[u8]>::to_vec))
+            let shard = self.shard(place.shard).lock().unwrap_or_else(PoisonError::into_inner);
+            let set = shard.sets.len().checked_sub(1).and_then(|mask| shard.sets.get(place.set & mask));
+            set.and_then(|set| {
+                set.tags
+                    .iter()
+                    .zip(&set.entries)
+                    .find_map(|(tag, entry)| entry.as_ref().filter(|e| *tag == place.tag && e.key() == node))
+            })
+            .map(|entry| entry.value().map(<[u8]>::to_vec))
         };
         let [first, ..] = &self.counts.0;
-        let counts = self.counts.0.get(at).unwrap_or(first);
+        let counts = self.counts.0.get(place.shard).unwrap_or(first);
         let counter = if found.is_some() { &counts.hits } else { &counts.misses };
         counter.fetch_add(1, Ordering::Relaxed);
         found
     }
 
-    /// Bytes the cache holds, as it counts them.
+    /// Bytes the cache holds, as it counts them: the tables and the entries.
     fn bytes(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).bytes).sum()
+        self.shards
+            .iter()
+            .map(|s| {
+                let shard = s.lock().unwrap_or_else(PoisonError::into_inner);
+                shard.bytes + shard.sets.len() * std::mem::size_of::<Set>()
+            })
+            .sum()
     }
 
     /// Remembers what the base holds for `node` (`None`: it is absent).
     pub fn insert(&self, node: &[u8], value: Option<&[u8]>) {
         let cost = node.len() + value.map_or(0, <[u8]>::len) + ENTRY_OVERHEAD_BYTES;
-        if cost > self.shard_bytes_max / 16 {
+        if cost > self.shard_entry_bytes_max() / 16 {
             // A few large values would push out everything else.
             return;
         }
         let Some(entry) = Entry::new(node, value) else { return };
-        let mut shard = self.shard(self.shard_of(node)).lock().unwrap_or_else(PoisonError::into_inner);
-        if shard.nodes.contains(node) {
-            return;
+        let place = self.place(node);
+        let mut shard = self.shard(place.shard).lock().unwrap_or_else(PoisonError::into_inner);
+        if shard.sets.is_empty() {
+            shard.sets = std::iter::repeat_with(Set::default).take(self.sets_per_shard()).collect();
         }
-        if shard.bytes + cost > self.shard_bytes_max {
-            shard.nodes.clear();
+        if shard.bytes + cost > self.shard_entry_bytes_max() {
+            for set in &mut shard.sets {
+                *set = Set::default();
+            }
             shard.bytes = 0;
         }
-        shard.nodes.insert(entry);
-        shard.bytes += cost;
+        let mask = shard.sets.len() - 1;
+        let Some(set) = shard.sets.get_mut(place.set & mask) else { return };
+        let held = |e: &Option<Entry>| e.as_ref().is_some_and(|e| e.key() == node);
+        if set.tags.iter().zip(&set.entries).any(|(tag, e)| *tag == place.tag && held(e)) {
+            return;
+        }
+        let way = match set.entries.iter().position(Option::is_none) {
+            Some(free) => free,
+            None => {
+                let way = set.next as usize % WAYS;
+                set.next = ((way + 1) % WAYS) as u32;
+                way
+            }
+        };
+        let (Some(tag), Some(slot)) = (set.tags.get_mut(way), set.entries.get_mut(way)) else { return };
+        let replaced = slot.replace(entry).map_or(0, |old| old.cost());
+        *tag = place.tag;
+        shard.bytes = (shard.bytes + cost).saturating_sub(replaced);
     }
 
     /// Nodes held (for tests).
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).nodes.len()).sum()
+        self.shards
+            .iter()
+            .map(|s| {
+                let shard = s.lock().unwrap_or_else(PoisonError::into_inner);
+                shard.sets.iter().flat_map(|set| &set.entries).filter(|e| e.is_some()).count()
+            })
+            .sum()
     }
 }
 
@@ -498,5 +559,55 @@ mod tests {
         // A value too large for its shard is not kept.
         cache.insert(b"big", Some(&vec![0u8; bytes_max / SHARDS]));
         assert_eq!(cache.get(b"big"), None);
+    }
+
+    #[test]
+    fn a_full_set_gives_its_ways_up_in_turn_and_counts_what_it_holds() {
+        // One set per shard, so every node of a shard shares it.
+        let bytes_max = SHARDS * (2 * TABLE_SHARE * std::mem::size_of::<Set>() - 1);
+        let cache = Cache::new(bytes_max, Arc::default());
+        assert_eq!(cache.sets_per_shard(), 1);
+        let in_shard: Vec<Vec<u8>> = (0u32..)
+            .map(|i| format!("n{i}").into_bytes())
+            .filter(|n| cache.place(n).shard == 0)
+            .take(WAYS + 2)
+            .collect();
+        for node in &in_shard {
+            cache.insert(node, Some(node));
+            cache.insert(node, Some(b"a second insert of a node is ignored"));
+        }
+        // Nodes 0 and 1 gave their ways to the last two; the rest are held.
+        for (i, node) in in_shard.iter().enumerate() {
+            let expected = (i >= 2).then(|| Some(node.clone()));
+            assert_eq!(cache.get(node), expected, "node {i}");
+        }
+        assert_eq!(cache.len(), WAYS);
+        let entries: usize = in_shard[2..].iter().map(|n| 2 * n.len() + ENTRY_OVERHEAD_BYTES).sum();
+        assert_eq!(cache.bytes(), entries + std::mem::size_of::<Set>(), "its entries and its one set");
+    }
+
+    proptest::proptest! {
+        /// Whatever it keeps and gives up, a hit is the node's value (the base state's, which
+        /// a cache never sees change), and the bound holds.
+        #[test]
+        fn a_hit_is_what_was_inserted(
+            ops in proptest::collection::vec((0u16..400, proptest::bool::ANY), 1..600),
+        ) {
+            let bytes_max = 1 << 17;
+            let cache = Cache::new(bytes_max, Arc::default());
+            let mut first: std::collections::HashMap<u16, Option<Vec<u8>>> = std::collections::HashMap::new();
+            for (node, insert) in ops {
+                let key = format!("key:{node}").into_bytes();
+                // A node's value is its own (absent for some), from 0 to 300 bytes.
+                let value = (node % 7 != 0).then(|| vec![u8::try_from(node % 251).unwrap_or(0); usize::from(node) * 3 % 301]);
+                if insert {
+                    cache.insert(&key, value.as_deref());
+                    first.entry(node).or_insert(value);
+                } else if let Some(hit) = cache.get(&key) {
+                    proptest::prop_assert_eq!(Some(&hit), first.get(&node));
+                }
+            }
+            proptest::prop_assert!(cache.bytes() <= bytes_max, "{} bytes held", cache.bytes());
+        }
     }
 }

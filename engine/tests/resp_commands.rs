@@ -310,6 +310,23 @@ fn pipelined_writes_are_all_durable_and_ordered() {
 }
 
 #[test]
+fn dbsize_in_a_pipeline_of_reads_and_writes_counts_what_came_before_it() {
+    let (_dir, server) = server();
+    let mut c = server.client();
+    let () = c.set("a", 1).unwrap();
+    // Reads first share a view without the counts; DBSIZE takes a view with them; a write
+    // drops the view, and the DBSIZE after it sees the write.
+    let mut pipe = redis::pipe();
+    pipe.get("a").cmd("DBSIZE").get("a").cmd("DBSIZE").set("b", 2).ignore().cmd("DBSIZE").del("a").ignore();
+    pipe.get("missing").cmd("DBSIZE").cmd("DBSIZE");
+    let replies: (i64, i64, i64, i64, i64, Option<i64>, i64, i64) = pipe.query(&mut c).unwrap();
+    assert_eq!(replies, (1, 1, 1, 1, 2, None, 1, 1));
+    // The count the writer keeps agrees with a walk of the keys.
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut c).unwrap();
+    assert_eq!(keys, vec!["b".to_string()]);
+}
+
+#[test]
 fn limits_give_clear_errors() {
     let (_dir, server) = server();
     let mut c = server.client();

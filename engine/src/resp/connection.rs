@@ -94,9 +94,10 @@ struct State {
     last_seqno: u64,
     /// Writes of the current pipeline not yet handed to the writer (their slots are pending).
     outbox: Vec<TxnRequest<Frame>>,
-    /// The view the reads of the current pipeline share, with the key counts taken just
-    /// before it: every request of a batch was received before it was opened, and a write
-    /// in the batch drops it (the next read opens one that sees the write).
+    /// The view the reads of the current pipeline share (with the key counts taken just
+    /// before it, if a command of the batch needed them): every request of a batch was
+    /// received before it was opened, and a write in the batch drops it (the next read opens
+    /// one that sees the write).
     /// Expiry is judged at the time the view was opened.
     view: Option<ReadView>,
     /// This connection's handles on `strand_resp_commands_total`, by command name: a label
@@ -117,10 +118,10 @@ impl State {
     }
 }
 
-/// What the reads of one pipeline share: the key counts, then the snapshot opened after
-/// them, and the time expiry is judged at.
+/// What the reads of one pipeline share: the key counts (if a command needed them: DBSIZE),
+/// then the snapshot opened after them, and the time expiry is judged at.
 struct ReadView {
-    counts: crate::storage::KeyCounts,
+    counts: Option<crate::storage::KeyCounts>,
     snapshot: crate::storage::Snapshot,
     now_ms: u64,
 }
@@ -562,12 +563,15 @@ impl State {
     }
 
     fn read(&mut self, engine: &Engine, command: Command) -> Frame {
-        let view = match self.view.take() {
+        // The counts are taken only for a command that reads them: they are behind a lock
+        // every connection would share.
+        let counts_keys = command.counts_keys();
+        let view = match self.view.take().filter(|view| !counts_keys || view.counts.is_some()) {
             Some(view) => view,
             None => {
                 // Counts first: a snapshot taken after them is at least as new (DBSIZE may
                 // count a key committed in between as not yet there, never the other way).
-                let counts = engine.store.key_counts();
+                let counts = counts_keys.then(|| engine.store.key_counts());
                 match engine.store.snapshot() {
                     Ok(snapshot) => ReadView { counts, snapshot, now_ms: cmd::now_ms() },
                     Err(e) => return Frame::error(format!("ERR {}", error_chain(&e))),

@@ -169,6 +169,10 @@ pub struct CreateSpec {
 pub struct Store {
     data_dir: PathBuf,
     db_path: PathBuf,
+    /// Nodes recently read from the base (the database file), and the view of the file its
+    /// readers share. Declared before `db`, so dropped before it: the file closes with no
+    /// read transaction of the store's own still open.
+    read_cache: cache::ReadCache<FileView>,
     /// `None` while the writer reopens the file after an I/O error.
     db: RwLock<Option<Arc<Database>>>,
     /// Highest journal seqno whose commit is durable. Readers see at least this much.
@@ -211,8 +215,6 @@ pub struct Store {
     counts: std::sync::Mutex<KeyCounts>,
     /// What was committed since the base's checkpoint.
     pub(crate) overlay: overlay::Overlay,
-    /// Nodes recently read from the base (the database file).
-    read_cache: cache::ReadCache<FileView>,
     /// Where the journal segments live.
     journal_dir: PathBuf,
     /// Where the file's journal begins, and its size.

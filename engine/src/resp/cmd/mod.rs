@@ -380,12 +380,18 @@ impl Command {
     pub fn execute_read(
         self,
         snapshot: &crate::storage::Snapshot,
-        counts: crate::storage::KeyCounts,
+        counts: Option<crate::storage::KeyCounts>,
         now_ms: u64,
     ) -> Result<Frame, Abort> {
         let mut kv = db::ReadOnly(snapshot);
-        let mut db = Db { kv: &mut kv, now_ms, counts: Some(counts) };
+        let mut db = Db { kv: &mut kv, now_ms, counts };
         self.run_once(&mut db)
+    }
+
+    /// Whether it reads the key counts the writer keeps (DBSIZE; without them it would
+    /// walk the keys).
+    pub fn counts_keys(&self) -> bool {
+        matches!(self, Command::Data { spec, .. } if spec.name == "dbsize")
     }
 
     /// Executes a read or write command inside the writer.

@@ -96,8 +96,9 @@ struct State {
     outbox: Vec<TxnRequest<Frame>>,
     /// The view the reads of the current pipeline share (with the key counts taken just
     /// before it, if a command of the batch needed them): every request of a batch was
-    /// received before it was opened, and a write in the batch drops it (the next read opens
-    /// one that sees the write).
+    /// received before it was opened. A write in the batch drops it (the next read opens one
+    /// that sees the write), and so does DBSIZE after reads that took no counts (it opens one
+    /// with them): views only ever get newer within a batch.
     /// Expiry is judged at the time the view was opened.
     view: Option<ReadView>,
     /// This connection's handles on `strand_resp_commands_total`, by command name: a label

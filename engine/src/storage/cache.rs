@@ -42,6 +42,9 @@ const TABLE_SHARE: usize = 8;
 
 /// The cache of one base state. Readers whose transaction reads that state hold it.
 pub struct Cache {
+    /// Set when a base change begins: the file no longer holds this cache's state (read by
+    /// the debug builds' check of the shared view, `Snapshot::base_get`).
+    superseded: std::sync::atomic::AtomicBool,
     shards: [Mutex<Shard>; SHARDS],
     shard_bytes_max: usize,
     /// Seeded at random for each cache, so that no one can choose keys that collide.
@@ -136,7 +139,12 @@ impl Cache {
     fn new(bytes_max: usize, counts: Arc<Counts>) -> Cache {
         let shards = std::array::from_fn(|_| Mutex::new(Shard { sets: Vec::new(), bytes: 0 }));
         let hasher = foldhash::fast::RandomState::default();
-        Cache { shards, shard_bytes_max: bytes_max / SHARDS, hasher, counts }
+        Cache { superseded: Default::default(), shards, shard_bytes_max: bytes_max / SHARDS, hasher, counts }
+    }
+
+    /// Whether a base change has begun since this cache's state was current.
+    pub fn superseded(&self) -> bool {
+        self.superseded.load(Ordering::Acquire)
     }
 
     /// Sets of one shard's table: a power of two, its bytes within the table's share.
@@ -208,26 +216,25 @@ impl Cache {
         if shard.sets.is_empty() {
             shard.sets = std::iter::repeat_with(Set::default).take(self.sets_per_shard()).collect();
         }
-        if shard.bytes + cost > self.shard_entry_bytes_max() {
+        let mask = shard.sets.len() - 1;
+        let Some(set) = shard.sets.get(place.set & mask) else { return };
+        let held = |e: &Option<Entry>| e.as_ref().is_some_and(|e| e.key() == node);
+        if set.tags.iter().zip(&set.entries).any(|(tag, e)| *tag == place.tag && held(e)) {
+            return;
+        }
+        let free = set.entries.iter().position(Option::is_none);
+        let way = free.unwrap_or(set.next as usize % WAYS);
+        let replaced = set.entries.get(way).and_then(Option::as_ref).map_or(0, Entry::cost);
+        if (shard.bytes + cost).saturating_sub(replaced) > self.shard_entry_bytes_max() {
             for set in &mut shard.sets {
                 *set = Set::default();
             }
             shard.bytes = 0;
         }
-        let mask = shard.sets.len() - 1;
         let Some(set) = shard.sets.get_mut(place.set & mask) else { return };
-        let held = |e: &Option<Entry>| e.as_ref().is_some_and(|e| e.key() == node);
-        if set.tags.iter().zip(&set.entries).any(|(tag, e)| *tag == place.tag && held(e)) {
-            return;
+        if free.is_none() {
+            set.next = ((way + 1) % WAYS) as u32;
         }
-        let way = match set.entries.iter().position(Option::is_none) {
-            Some(free) => free,
-            None => {
-                let way = set.next as usize % WAYS;
-                set.next = ((way + 1) % WAYS) as u32;
-                way
-            }
-        };
         let (Some(tag), Some(slot)) = (set.tags.get_mut(way), set.entries.get_mut(way)) else { return };
         let replaced = slot.replace(entry).map_or(0, |old| old.cost());
         *tag = place.tag;
@@ -369,10 +376,22 @@ impl<V> ReadCache<V> {
             let mut state = self.state();
             state.changes += 1;
             state.changing += 1;
+            if let Some(cache) = &state.current {
+                cache.superseded.store(true, Ordering::Release);
+            }
             state.view.take()
         };
         drop(view);
         BaseChange { cache: self }
+    }
+
+    /// Lets go of the shared view after a commit that changed no data (a journal trim, the
+    /// metadata): the next reader opens one that sees it. The cache stays, as the data did.
+    /// redb reuses the pages such a commit freed only once no read transaction from before
+    /// it is left.
+    pub fn forget_view(&self) {
+        let view = self.state().view.take();
+        drop(view);
     }
 }
 
@@ -465,6 +484,11 @@ mod tests {
         drop(change);
         let (_, after) = cache.open(|| Ok::<_, Infallible>(3));
         assert_eq!(after.map(|v| *v), Ok(3));
+        // Forgotten after a commit that changed no data: the next reader opens another, and
+        // the cache stays.
+        cache.forget_view();
+        let (_, forgotten) = cache.open(|| Ok::<_, Infallible>(5));
+        assert_eq!(forgotten.map(|v| *v), Ok(5));
         // A failed open is not kept: the next reader tries again.
         drop(cache.change());
         let (_, failed) = cache.open(|| Err::<u32, &str>("the file is gone"));

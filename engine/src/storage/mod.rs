@@ -729,8 +729,21 @@ impl Store {
     /// read cache's [`cache::ReadCache::open`], not before it: a reader holding the file that
     /// a seeded one has just replaced would otherwise fill the new file's cache.
     fn begin_read(&self) -> Result<FileView, StoreError> {
-        let txn = self.db()?.begin_read().map_err(redb_err("begin a read transaction"))?;
-        Ok(FileView { txn, data: OnceLock::new() })
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(redb_err("begin a read transaction"))?;
+        #[cfg(debug_assertions)]
+        let db = Arc::downgrade(&db);
+        Ok(FileView {
+            txn,
+            data: OnceLock::new(),
+            #[cfg(debug_assertions)]
+            db,
+        })
+    }
+
+    /// After a commit that changed no data: see [`cache::ReadCache::forget_view`].
+    pub(crate) fn forget_shared_view(&self) {
+        self.read_cache.forget_view();
     }
 
     /// Puts `db` in place of the file the readers use (a seeded file, or the file reopened
@@ -1228,6 +1241,10 @@ pub(crate) struct FileView {
     /// profile of point reads at 50 clients (decision 0003, "The allocator, and reads that
     /// never open the table").
     data: OnceLock<redb::ReadOnlyTable<&'static [u8], &'static [u8]>>,
+    /// The file it reads, for the debug builds' check that a shared view is still the
+    /// file's state (weak: the writer's close after an I/O error waits for strong holders).
+    #[cfg(debug_assertions)]
+    db: std::sync::Weak<Database>,
 }
 
 /// A consistent, read-only view of the committed state: the overlay as of `seqno` over the
@@ -1275,7 +1292,34 @@ impl Snapshot {
 
     /// `key`'s node as the database file holds it.
     fn base_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.data()?.get(key).map_err(redb_err("read a key"))?.map(|v| v.value().to_vec()))
+        let value = self.data()?.get(key).map_err(redb_err("read a key"))?.map(|v| v.value().to_vec());
+        #[cfg(debug_assertions)]
+        self.check_still_the_file(key, value.as_deref())?;
+        Ok(value)
+    }
+
+    /// Every test runs in a debug build: while no base change has begun since this view's
+    /// state was current, a transaction begun now must read what it reads. A commit that
+    /// changed the data without a base change would leave the shared view and the read
+    /// cache behind the file, and fail here.
+    #[cfg(debug_assertions)]
+    fn check_still_the_file(&self, key: &[u8], value: Option<&[u8]>) -> Result<(), StoreError> {
+        let (Some(cache), Some(db)) = (self.cache.as_ref(), self.file.db.upgrade()) else { return Ok(()) };
+        if cache.superseded() {
+            return Ok(());
+        }
+        let now = db.begin_read().map_err(redb_err("begin a read transaction"))?;
+        drop(db);
+        let table = now.open_table(DATA).map_err(redb_err("open the data table"))?;
+        let in_file = table.get(key).map_err(redb_err("read a key"))?.map(|v| v.value().to_vec());
+        if !cache.superseded() {
+            assert_eq!(
+                value,
+                in_file.as_deref(),
+                "the readers' shared view is behind the file for {key:?}: a commit changed the data without a base change"
+            );
+        }
+        Ok(())
     }
 
     /// The committed seqno this view reflects.

@@ -19,8 +19,9 @@ exist); the engine's overlay holds them, as no checkpoint is due in its first 10
 64 MiB were written. Prints each run as it goes, then a table of medians with each build's
 ratio to the first build and, with --redis, to Redis; then the same for the server's CPU per
 request (user and system time of all its threads, from /proc/PID/stat, in clock ticks: a
-row's figure is good to one tick, 10 ms, over its requests, printed beside it). It counts
-work done rather than time waited. A GET row still running 10 s after its preload counts
+row's figure is good to one tick, 10 ms, over its requests, printed beside it), and for its
+user time alone (its own code; the kernel's share is much the same for every contender and
+wanders with the machine). It counts work done rather than time waited. A GET row still running 10 s after its preload counts
 the preload's checkpoint too (the engine checkpoints after 10 s without writes).
 """
 
@@ -32,7 +33,8 @@ import statistics
 import subprocess
 import sys
 
-from benchlib import bench, cpu_seconds, engine_standalone, free_port, redis_aof_always, wait_port, work_dir
+from benchlib import (bench, cpu_seconds, engine_standalone, free_port, redis_aof_always, user_seconds, wait_port,
+                      work_dir)
 
 DEFAULT_ROWS = [
     "set,1,1,2000", "set,1,16,20000", "set,50,1,20000", "set,50,16,20000",
@@ -104,14 +106,16 @@ def stop(proc):
 
 
 def measure(proc, port, test, clients, pipeline, requests, keyspace, what):
-    """The rate of one row, and the server's CPU per request in it (µs, all its threads;
-    the GET rows' preload not counted)."""
+    """The rate of one row, and the server's CPU per request in it, all and user time only
+    (µs, all its threads; the GET rows' preload not counted)."""
     try:
         if test == "get":
             bench(port, "set", 50, 16, 100_000, keyspace)
-        before = cpu_seconds(proc.pid)
+        before, before_user = cpu_seconds(proc.pid), user_seconds(proc.pid)
         rate = bench(port, test, clients, pipeline, requests, keyspace)
-        return rate, (cpu_seconds(proc.pid) - before) * 1e6 / requests
+        per_request = 1e6 / requests
+        return (rate, (cpu_seconds(proc.pid) - before) * per_request,
+                (user_seconds(proc.pid) - before_user) * per_request)
     except subprocess.CalledProcessError as e:
         sys.exit(f"redis-benchmark failed against {what} (status {e.returncode}): {e.stderr or e.stdout}")
 
@@ -142,6 +146,7 @@ def main():
     names = [c["name"] if c else "redis" for c in contenders]
     results = {(row, name): [] for row in rows for name in names}
     cpu = {(row, name): [] for row in rows for name in names}
+    user = {(row, name): [] for row in rows for name in names}
     work = work_dir("strand-ab-")
     try:
         for r in range(args.rounds):
@@ -155,14 +160,16 @@ def main():
                     data = os.path.join(work, f"{name}-{r}-{test}-{clients}-{pipeline}")
                     proc, port = start(contender, data)
                     try:
-                        rate, us = measure(proc, port, test, clients, pipeline, requests, args.keyspace, name)
+                        rate, us, us_user = measure(proc, port, test, clients, pipeline, requests, args.keyspace,
+                                                    name)
                     finally:
                         stop(proc)
                         shutil.rmtree(data, ignore_errors=True)
                     results[(row, name)].append(rate)
                     cpu[(row, name)].append(us)
+                    user[(row, name)].append(us_user)
                     print(f"round {r + 1}/{args.rounds} {test.upper()} c={clients} P={pipeline} {name}: {rate:,.0f}/s, "
-                          f"{us:.1f} µs CPU per request", file=sys.stderr, flush=True)
+                          f"{us:.1f} µs CPU per request ({us_user:.2f} user)", file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -180,6 +187,12 @@ def main():
     print_table(f"Medians of {args.rounds} rounds, the server's CPU per request (µs, user and system, all threads; "
                 "the client's not counted; lower is less work; ± is one clock tick over the row's requests):",
                 rows, names, pairs, cpu, "{:.1f}", ("±", lambda requests: f"{tick * 1e6 / requests:.2f}"))
+    # The user time alone: the server's own code. The system time (the sockets, the disk,
+    # the wake-ups) is much the same for every contender and wanders with the machine.
+    print()
+    print_table(f"Medians of {args.rounds} rounds, the server's user CPU per request (µs, all threads: its own code, "
+                "not the kernel's; ± as above):",
+                rows, names, pairs, user, "{:.2f}", ("±", lambda requests: f"{tick * 1e6 / requests:.2f}"))
 
 
 def print_table(title, rows, names, pairs, samples, fmt, extra=None):

@@ -16,19 +16,31 @@ ENGINE = os.path.join(ROOT, "target", "release", "strand-engine")
 MEMORY_FILESYSTEMS = ("tmpfs", "ramfs")
 
 
-def stat_cpu(path):
-    """The name and the user and system CPU seconds in a /proc `stat` file (a process's: all
+def stat_times(path):
+    """The name, the user and the system CPU seconds in a /proc `stat` file (a process's: all
     its threads, exited ones included; a thread's: its own)."""
     with open(path) as f:
         head, tail = f.read().rsplit(")", 1)
     fields = tail.split()
     # After the command's closing parenthesis: state is field 3, utime 14 and stime 15.
-    return head.split("(", 1)[1], (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return head.split("(", 1)[1], int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def stat_cpu(path):
+    """The name and the user and system CPU seconds together in a /proc `stat` file."""
+    name, user, system = stat_times(path)
+    return name, user + system
 
 
 def cpu_seconds(pid):
     """User and system CPU of every thread of process `pid` so far."""
     return stat_cpu(f"/proc/{pid}/stat")[1]
+
+
+def user_seconds(pid):
+    """User CPU of every thread of process `pid` so far: its own code, not the kernel's."""
+    return stat_times(f"/proc/{pid}/stat")[1]
 
 
 def cpu_snapshot(pid):

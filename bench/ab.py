@@ -21,8 +21,9 @@ ratio to the first build and, with --redis, to Redis; then the same for the serv
 request (user and system time of all its threads, from /proc/PID/stat, in clock ticks: a
 row's figure is good to one tick, 10 ms, over its requests, printed beside it), and for its
 user time alone (its own code; the kernel's share is much the same for every contender and
-wanders with the machine). It counts work done rather than time waited. A GET row still running 10 s after its preload counts
-the preload's checkpoint too (the engine checkpoints after 10 s without writes).
+wanders with the machine). It counts work done rather than time waited. A GET row still
+running 10 s after its preload counts the preload's checkpoint too (the engine checkpoints
+after 10 s without writes).
 """
 
 import argparse
@@ -33,8 +34,7 @@ import statistics
 import subprocess
 import sys
 
-from benchlib import (bench, cpu_seconds, engine_standalone, free_port, redis_aof_always, user_seconds, wait_port,
-                      work_dir)
+from benchlib import bench, cpu_times, engine_standalone, free_port, redis_aof_always, wait_port, work_dir
 
 DEFAULT_ROWS = [
     "set,1,1,2000", "set,1,16,20000", "set,50,1,20000", "set,50,16,20000",
@@ -111,11 +111,11 @@ def measure(proc, port, test, clients, pipeline, requests, keyspace, what):
     try:
         if test == "get":
             bench(port, "set", 50, 16, 100_000, keyspace)
-        before, before_user = cpu_seconds(proc.pid), user_seconds(proc.pid)
+        before = cpu_times(proc.pid)
         rate = bench(port, test, clients, pipeline, requests, keyspace)
+        user, system = (b - a for a, b in zip(before, cpu_times(proc.pid)))
         per_request = 1e6 / requests
-        return (rate, (cpu_seconds(proc.pid) - before) * per_request,
-                (user_seconds(proc.pid) - before_user) * per_request)
+        return rate, (user + system) * per_request, user * per_request
     except subprocess.CalledProcessError as e:
         sys.exit(f"redis-benchmark failed against {what} (status {e.returncode}): {e.stderr or e.stdout}")
 

@@ -33,14 +33,14 @@ def stat_cpu(path):
     return name, user + system
 
 
+def cpu_times(pid):
+    """User and system CPU seconds of every thread of process `pid` so far, apart."""
+    return stat_times(f"/proc/{pid}/stat")[1:]
+
+
 def cpu_seconds(pid):
     """User and system CPU of every thread of process `pid` so far."""
-    return stat_cpu(f"/proc/{pid}/stat")[1]
-
-
-def user_seconds(pid):
-    """User CPU of every thread of process `pid` so far: its own code, not the kernel's."""
-    return stat_times(f"/proc/{pid}/stat")[1]
+    return sum(cpu_times(pid))
 
 
 def cpu_snapshot(pid):

@@ -717,8 +717,8 @@ impl Store {
     /// A view of everything committed so far, like [`Store::snapshot`], for reading the
     /// journal: its read transaction is its own, begun while the overlay is pinned, so it
     /// sees every table of the file as of then — the shared one is current for the data
-    /// table only, as commits that change no data (a journal trim, the metadata) do not
-    /// replace it.
+    /// table only: a commit that changes no data (a journal trim, the metadata) is no base
+    /// change, and a reader that took the shared one before it does not see it.
     pub fn journal_view(&self) -> Result<JournalView, StoreError> {
         let (sv, (seqno, file)) =
             self.overlay.pin_with(|| (self.committed_seqno(), self.begin_read().map(Arc::new)));

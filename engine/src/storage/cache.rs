@@ -278,10 +278,14 @@ struct State<V> {
     changes: u64,
     /// Base changes begun and not yet ended.
     changing: usize,
+    /// Counts the shared views let go after a commit that changed no data: a view opened
+    /// before one of them may predate that commit, and is not shared.
+    forgets: u64,
     /// `None` when the cache is off (a bound of 0).
     current: Option<Arc<Cache>>,
     /// The view of the file in its current state that readers share: the first one opened
-    /// since the last base change ended, with none begun meanwhile.
+    /// since the last base change ended or view was let go, with neither happening while
+    /// it opened.
     view: Option<Arc<V>>,
     bytes_max: usize,
 }
@@ -301,7 +305,7 @@ impl<V> ReadCache<V> {
     /// A cache of at most `bytes_max` bytes of nodes (0: none).
     pub fn new(bytes_max: usize) -> ReadCache<V> {
         let counts = Arc::new(Counts::default());
-        let state = State { changes: 0, changing: 0, current: None, view: None, bytes_max };
+        let state = State { changes: 0, changing: 0, forgets: 0, current: None, view: None, bytes_max };
         let cache = ReadCache { state: Mutex::new(state), counts };
         cache.set_bytes_max(bytes_max);
         cache
@@ -349,18 +353,19 @@ impl<V> ReadCache<V> {
             {
                 return (state.current.clone(), Ok(Arc::clone(view)));
             }
-            (state.changing == 0).then(|| (state.changes, state.current.clone()))
+            (state.changing == 0).then(|| (state.changes, state.forgets, state.current.clone()))
         };
         let opened = open().map(Arc::new);
         let mut state = self.state();
-        let Some((changes, cache)) =
-            before.filter(|(changes, _)| state.changing == 0 && state.changes == *changes)
+        let Some((changes, forgets, cache)) =
+            before.filter(|(changes, _, _)| state.changing == 0 && state.changes == *changes)
         else {
             return (None, opened);
         };
         debug_assert_eq!(state.changes, changes);
         if let Ok(view) = &opened
             && state.view.is_none()
+            && state.forgets == forgets
         {
             state.view = Some(Arc::clone(view));
         }
@@ -390,7 +395,11 @@ impl<V> ReadCache<V> {
     /// redb reuses the pages such a commit freed only once no read transaction from before
     /// it is left.
     pub fn forget_view(&self) {
-        let view = self.state().view.take();
+        let view = {
+            let mut state = self.state();
+            state.forgets += 1;
+            state.view.take()
+        };
         drop(view);
     }
 }
@@ -533,6 +542,24 @@ mod tests {
         let (cache, view) = files.open();
         assert!(cache);
         assert_eq!(files.open().1, view, "shared from now on");
+    }
+
+    #[test]
+    fn a_view_opened_across_a_forget_is_not_shared_but_keeps_the_cache() {
+        // A trim commits and lets the shared view go while a reader's transaction opens: that
+        // transaction may predate the trim, and shared it would keep redb from reusing the
+        // pages the trim freed until the next base change.
+        let files = Files::new(1 << 20);
+        let (cache, view) = files.cache.open(|| {
+            files.cache.forget_view();
+            Ok::<_, Infallible>(1)
+        });
+        assert!(cache.is_some(), "no data changed: the cache stands");
+        assert!(view.is_ok_and(|v| Arc::strong_count(&v) == 1), "the view is its reader's alone");
+        files.opened.set(1);
+        let (cache, view) = files.open();
+        assert!(cache);
+        assert_eq!((view, files.open().1), (2, 2), "the next one is shared");
     }
 
     #[test]

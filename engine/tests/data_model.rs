@@ -206,7 +206,9 @@ fn a_secondary_hides_an_expired_key_but_only_the_primary_removes_it() {
     let dir = tempdir();
     let (ardmore, brynmawr) = Server::bc_pair(dir.path());
     let mut p = ardmore.client();
-    let () = redis::cmd("SET").arg("session").arg("abc").arg("PX").arg(400).query(&mut p).unwrap();
+    // The key must replicate, and the stream stop, before Ardmore's expiry cycle removes it:
+    // 1.5 s leaves room for a loaded machine (the steps take tens of milliseconds idle).
+    let () = redis::cmd("SET").arg("session").arg("abc").arg("PX").arg(1500).query(&mut p).unwrap();
     let () = p.set("keep", "yes").unwrap();
     wait_until("BrynMawr to hold both keys", || brynmawr.seqno() == 2);
     // Hold back what Ardmore writes next, so BrynMawr sees the key only as replicated.

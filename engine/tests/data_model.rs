@@ -122,7 +122,9 @@ fn churn(server: &Server) {
     wait_until("the expiry cycle to remove s:short", || server.seqno() == before + 2);
     let mut journal = server.journal();
     let (removal, set) = (journal.pop().unwrap(), journal.pop().unwrap());
-    assert!(set.keys.iter().chain(&removal.keys).all(|k| k == "s:short"), "{set:?} {removal:?}");
+    assert_eq!((set.seqno, removal.seqno), (before + 1, before + 2));
+    assert!(!set.keys.is_empty() && set.keys.iter().all(|k| k == "s:short"), "{set:?}");
+    assert_eq!(removal.keys, ["s:short"; 2], "head and expiry-index nodes: {removal:?}");
     // A consumer blocked on an empty list, served by a push from another client.
     let mut consumer = server.send_raw(&["BLPOP", "l:work", "0"]);
     server.wait_blocked(1);

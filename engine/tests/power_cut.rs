@@ -214,9 +214,9 @@ fn rollback_cut_rounds(disk_name: &str, flags: &[&str], default_rounds: usize, w
         }));
         // Odd rounds cut after the rollback was acknowledged (it must then survive whole),
         // however long it took on a loaded machine; even rounds cut wherever the cut falls.
-        // A rollback of up to 1,500 transactions takes tens of milliseconds here: cut early.
         let acknowledged = if round % 2 == 1 { rolling.take().map(|r| r.join().unwrap()) } else { None };
         assert_ne!(acknowledged, Some(false), "{what}: the rollback failed with no cut");
+        // A rollback of up to 1,500 transactions takes tens of milliseconds here: cut early.
         std::thread::sleep(Duration::from_millis(rng.next() % 60));
         let report = mount.cut();
         server.kill9();
@@ -284,6 +284,7 @@ fn rollback_cut_rounds(disk_name: &str, flags: &[&str], default_rounds: usize, w
     assert!(log.contains(way), "no completed rollback ran the way this test is for ({way})");
     // Where an even round's cut falls is random (about one in five before the commit here, on
     // an idle machine); the odd rounds' cuts all fall after it.
+    assert!(rounds >= 2, "the test needs an odd round: STRAND_POWERCUT_ROUNDS={rounds}");
     assert!(
         done >= rounds / 2,
         "fewer rollbacks survived than were acknowledged before their cut ({undone} undone)"

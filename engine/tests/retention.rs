@@ -151,13 +151,13 @@ fn a_receiver_behind_a_retention_limit_is_told_to_reseed_and_keeps_its_data() {
     let held = b.seqno();
     b.stop();
     write(&a, 5_000, "while-down");
+    // The status may come between a checkpoint's commit and its trim: wait for the trim.
+    wait_until("the limit's trim", || journal(&a).1 <= 131_072 + 4 * 65_536);
     let (first, _) = journal(&a);
     assert!(
         first > held + 1,
         "the limit did not trim past the stopped receiver: first {first}, it holds {held}"
     );
-    // The status may come between a checkpoint's commit and its trim: wait for the trim.
-    wait_until("the limit's trim", || journal(&a).1 <= 131_072 + 4 * 65_536);
     assert!(a.metric("strand_journal_trimmed_needed_total") > 0.0);
     assert!(a.log_text().contains("still needs: it must be re-seeded"), "no loud log line");
 

@@ -278,8 +278,9 @@ struct State<V> {
     changes: u64,
     /// Base changes begun and not yet ended.
     changing: usize,
-    /// Counts the shared views let go after a commit that changed no data: a view opened
-    /// before one of them may predate that commit, and is not shared.
+    /// Counts the calls to [`ReadCache::forget_view`] (each after a commit that changed no
+    /// data), whether or not a view was held: a view opened across one may predate that
+    /// commit, and is not shared.
     forgets: u64,
     /// `None` when the cache is off (a bound of 0).
     current: Option<Arc<Cache>>,

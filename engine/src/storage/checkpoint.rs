@@ -284,10 +284,10 @@ fn trim_journal(
     let first_before = store.journal_first();
     let mut past_pins = None;
     let mut records = 0;
-    retention::trim(store.db()?.as_ref(), store.journal_base(), &budget, brought, |batch| {
+    let commit = |txn| store.commit_without_data(txn);
+    retention::trim(store.db()?.as_ref(), store.journal_base(), &budget, brought, commit, |batch| {
         // Published batch by batch: a failure later leaves the store agreeing with the file.
         store.journal_trimmed(batch);
-        store.forget_shared_view();
         metrics.journal_trimmed_records_total.inc_by(batch.records);
         metrics.journal_first_seqno.set(i64::try_from(batch.base.first()).unwrap_or(i64::MAX));
         past_pins = batch.past_pins.or(past_pins);

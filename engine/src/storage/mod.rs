@@ -301,7 +301,7 @@ impl Store {
             if journal_dir.exists() {
                 cut_segments_past(&journal_dir, seqno)?;
             }
-            rollback_cut_done(&db)?;
+            clear_rollback_cut(&db)?.commit().map_err(redb_err("commit the rollback's cut"))?;
             tracing::info!(past = seqno, "finished a rollback's cut of the journal segments");
         }
         let committed = replay_segments(&db, data_dir, &journal_dir, &meta, checkpoint)?;
@@ -741,9 +741,15 @@ impl Store {
         })
     }
 
-    /// After a commit that changed no data: see [`cache::ReadCache::forget_view`].
-    pub(crate) fn forget_shared_view(&self) {
+    /// Commits `txn`, a write of the database file that changes no data (journal records
+    /// taken off, the metadata), and lets go of the readers' shared view
+    /// ([`cache::ReadCache::forget_view`]): redb reuses the pages such a commit frees only
+    /// once no read transaction from before it is left. Every such commit made while the
+    /// store serves readers goes through here.
+    pub(crate) fn commit_without_data(&self, txn: redb::WriteTransaction) -> Result<(), redb::CommitError> {
+        let committed = txn.commit();
         self.read_cache.forget_view();
+        committed
     }
 
     /// Puts `db` in place of the file the readers use (a seeded file, or the file reopened
@@ -998,14 +1004,14 @@ pub(crate) fn rollback_cut_owed(db: &Database) -> Result<Option<u64>, StoreError
     })
 }
 
-/// Records that the segments are cut (see [`META_ROLLBACK_CUT`]), durably.
-pub(crate) fn rollback_cut_done(db: &Database) -> Result<(), StoreError> {
+/// A write that records the segments as cut (see [`META_ROLLBACK_CUT`]) once committed.
+pub(crate) fn clear_rollback_cut(db: &Database) -> Result<redb::WriteTransaction, StoreError> {
     let txn = db.begin_write().map_err(redb_err("begin a write transaction"))?;
     {
         let mut table = txn.open_table(META).map_err(redb_err("open the metadata table"))?;
         table.remove(META_ROLLBACK_CUT).map_err(redb_err("clear the owed rollback cut"))?;
     }
-    txn.commit().map_err(redb_err("commit the rollback's cut"))
+    Ok(txn)
 }
 
 /// Forward recovery (GT.M's `mupip journal -recover -forward`, in small): replays the records

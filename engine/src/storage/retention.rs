@@ -253,13 +253,15 @@ pub struct Trimmed {
 /// Takes records off the journal's start as `budget` allows, in commits of at most
 /// [`TRIM_RECORDS_PER_COMMIT`] records, each with the new journal base, and at most
 /// [`TRIM_COMMITS_MIN`] commits plus enough for `brought` records (what the checkpoint
-/// brought in; the next checkpoint goes on). `committed` hears of each commit: what it took
+/// brought in; the next checkpoint goes on). `commit` commits each (the store's
+/// [`super::Store::commit_without_data`]); `committed` hears of each commit: what it took
 /// off and the new base.
 pub(crate) fn trim(
     db: &Database,
     mut base: JournalBase,
     budget: &Budget,
     brought: u64,
+    mut commit: impl FnMut(redb::WriteTransaction) -> Result<(), redb::CommitError>,
     mut committed: impl FnMut(&Trimmed),
 ) -> Result<(), StoreError> {
     let mut removed = 0;
@@ -307,7 +309,7 @@ pub(crate) fn trim(
             let json = serde_json::to_vec(&batch.base).map_err(|source| StoreError::MetaDecode { source })?;
             meta.insert(META_JOURNAL_BASE, json.as_slice()).map_err(redb_err("write the journal base"))?;
         }
-        txn.commit().map_err(redb_err("commit a journal trim"))?;
+        commit(txn).map_err(redb_err("commit a journal trim"))?;
         committed(&batch);
         base = batch.base;
         if batch.records < TRIM_RECORDS_PER_COMMIT {
@@ -410,7 +412,7 @@ mod tests {
         let (_dir, db) = journal_db();
         let mut b = budget(10_000, 6, 10, 0);
         let mut seen = Vec::new();
-        trim(&db, JournalBase::default(), &b, 0, |t| seen.push(*t)).unwrap();
+        trim(&db, JournalBase::default(), &b, 0, redb::WriteTransaction::commit, |t| seen.push(*t)).unwrap();
         assert_eq!(left(&db), (7..=10).collect::<Vec<_>>());
         let [t] = seen.as_slice() else { panic!("one commit: {seen:?}") };
         assert_eq!((t.records, t.base.seqno, t.past_pins), (6, 6, None));
@@ -430,7 +432,7 @@ mod tests {
         b.released = 6;
         b.age_cutoff_micros = Some(850);
         let mut seen = Vec::new();
-        trim(&db, base, &b, 0, |t| seen.push(*t)).unwrap();
+        trim(&db, base, &b, 0, redb::WriteTransaction::commit, |t| seen.push(*t)).unwrap();
         assert_eq!(left(&db), vec![9, 10]);
         assert_eq!(seen.first().map(|t| (t.records, t.past_pins)), Some((2, Some(8))));
     }

@@ -2360,8 +2360,7 @@ impl<T: Send + 'static> WriterThread<T> {
             put_meta(&txn, &meta)?;
             save_streams(&txn, &self.streams, &streams)?;
         }
-        txn.commit().map_err(redb_err("commit instance metadata"))?;
-        self.store.forget_shared_view();
+        self.store.commit_without_data(txn).map_err(redb_err("commit instance metadata"))?;
         self.store.journal_resized(grown);
         self.metrics.journal_seqno.set(i64::try_from(seqno).unwrap_or(i64::MAX));
         self.set_streams(streams);

@@ -38,8 +38,8 @@ use crate::storage::meta::{HistoryRecord, InstanceMeta, LastRollback};
 use crate::storage::retention::JournalBase;
 use crate::storage::retention::stored_bytes as record_bytes;
 use crate::storage::{
-    DATA, JOURNAL, META, META_ROLLBACK_CUT, StoreError, StreamSeqnos, cut_segments_past, last_of_stream,
-    now_micros, redb_err, rollback_cut_done,
+    DATA, JOURNAL, META, META_ROLLBACK_CUT, StoreError, StreamSeqnos, clear_rollback_cut, cut_segments_past,
+    last_of_stream, now_micros, redb_err,
 };
 
 /// Test hook: set to `rollback-cut`, the engine aborts right after a rollback committed, before
@@ -330,7 +330,7 @@ impl<T: Send + 'static> WriterThread<T> {
                 return Err(e);
             }
         };
-        if let Err(e) = txn.commit() {
+        if let Err(e) = self.store.commit_without_data(txn) {
             unknown_outcome(&redb_err("commit the rollback")(e));
         }
         self.cut_segments(to_seqno);
@@ -365,7 +365,8 @@ impl<T: Send + 'static> WriterThread<T> {
     pub(super) fn finish_rollback_cut(&mut self) -> Result<(), StoreError> {
         let Some(seqno) = self.rollback_cut else { return Ok(()) };
         cut_segments_past(self.store.journal_dir(), seqno)?;
-        rollback_cut_done(self.store.db()?.as_ref())?;
+        let txn = clear_rollback_cut(self.store.db()?.as_ref())?;
+        self.store.commit_without_data(txn).map_err(redb_err("commit the rollback's cut"))?;
         self.rollback_cut = None;
         Ok(())
     }

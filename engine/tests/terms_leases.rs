@@ -49,8 +49,10 @@ fn a_lease_gates_writes_expires_and_is_required_again_after_a_restart() {
     let err = set_error(&a, "k").expect("no lease granted yet");
     assert!(err.to_lowercase().contains("readonly") && err.contains("waits for its role lease"), "{err}");
 
-    let granted = a.ctl(&["lease", "--term", "1", "--duration-ms", "1500"]);
-    assert!(granted["remaining_ms"].as_u64().unwrap() > 1000, "{granted}");
+    // Long enough that the SET below lands inside it on a loaded machine (writes stop 250 ms
+    // before the end); the wait for the expiry below is as long.
+    let granted = a.ctl(&["lease", "--term", "1", "--duration-ms", "4000"]);
+    assert!(granted["remaining_ms"].as_u64().unwrap() > 3000, "{granted}");
     assert_eq!(set_error(&a, "k"), None);
     let err = a.ctl_fails(&["lease", "--term", "2"]);
     assert!(err.contains("stale_term"), "{err}");
@@ -83,10 +85,11 @@ fn a_frozen_primary_wakes_up_with_its_lease_expired() {
     let dir = tempdir();
     let a = Server::start_replicating(dir.path(), "Ardmore");
     a.ctl(&["promote", "--term", "1", "--lease"]);
-    a.ctl(&["lease", "--term", "1", "--duration-ms", "1000"]);
+    // Long enough that the first SET lands inside it on a loaded machine.
+    a.ctl(&["lease", "--term", "1", "--duration-ms", "3000"]);
     assert_eq!(set_error(&a, "before"), None);
     signal(&a, "STOP");
-    std::thread::sleep(Duration::from_millis(1500)); // frozen past the lease: the point of the test
+    std::thread::sleep(Duration::from_millis(3500)); // frozen past the lease: the point of the test
     signal(&a, "CONT");
     let err = set_error(&a, "after").expect("the thawed primary must refuse writes");
     assert!(err.contains("expired"), "{err}");

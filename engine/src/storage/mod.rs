@@ -1607,3 +1607,24 @@ fn count_keys(db: &Database) -> Result<KeyCounts, StoreError> {
 
 /// Node bounds of a range read.
 pub type Range<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Readers of one state share a view of the file; a commit that changes no data lets it
+    /// go, so that the next reader's view is new and redb may reuse what the commit freed.
+    #[test]
+    fn a_commit_without_data_lets_the_readers_shared_view_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = CreateSpec { name: "Ardmore".into(), supplementary: false };
+        let store = Store::open(dir.path(), Some(&spec)).unwrap();
+        let (a, b) = (store.snapshot().unwrap(), store.snapshot().unwrap());
+        assert!(Arc::ptr_eq(&a.file, &b.file), "readers of one state share its view");
+        let txn = store.db().unwrap().begin_write().unwrap();
+        store.commit_without_data(txn).unwrap();
+        let c = store.snapshot().unwrap();
+        assert!(!Arc::ptr_eq(&a.file, &c.file), "a view from before the commit is still shared");
+        assert!(Arc::ptr_eq(&c.file, &store.snapshot().unwrap().file), "the new view is shared in turn");
+    }
+}

@@ -411,8 +411,13 @@ mod tests {
     fn a_trim_takes_released_records_and_sums_up_each_stream_in_the_base() {
         let (_dir, db) = journal_db();
         let mut b = budget(10_000, 6, 10, 0);
-        let mut seen = Vec::new();
-        trim(&db, JournalBase::default(), &b, 0, redb::WriteTransaction::commit, |t| seen.push(*t)).unwrap();
+        let (mut seen, mut commits) = (Vec::new(), 0);
+        let commit = |txn: redb::WriteTransaction| {
+            commits += 1;
+            txn.commit()
+        };
+        trim(&db, JournalBase::default(), &b, 0, commit, |t| seen.push(*t)).unwrap();
+        assert_eq!(commits, seen.len(), "every batch commits through `commit`, once");
         assert_eq!(left(&db), (7..=10).collect::<Vec<_>>());
         let [t] = seen.as_slice() else { panic!("one commit: {seen:?}") };
         assert_eq!((t.records, t.base.seqno, t.past_pins), (6, 6, None));

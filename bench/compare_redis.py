@@ -199,16 +199,21 @@ def main():
     lines = [
         f"Raw disk fsync rate (4 KiB write + fdatasync, one at a time): **{rate:.0f}/s**",
         "",
-        f"Medians of {args.rounds} rounds, requests per second (64-byte values, 100k random keys):",
+        f"Medians of {args.rounds} rounds, requests per second (64-byte values, 100k random keys); "
+        "the last column is each round's own ratio (the two servers ran back to back in it): "
+        "their median and range:",
         "",
-        "| command | clients | pipeline | requests | Strand | Redis (AOF always) | Strand / Redis |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| command | clients | pipeline | requests | Strand | Redis (AOF always) | Strand / Redis | rounds' ratios |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for case in cases:
         test, clients, pipeline, requests = case
         s = statistics.median(results[case]["strand"])
         r = statistics.median(results[case]["redis"])
-        lines.append(f"| {test.upper()} | {clients} | {pipeline} | {requests:,} | {s:.0f} | {r:.0f} | {s / r:.2f} |")
+        rounds = [a / b for a, b in zip(results[case]["strand"], results[case]["redis"])]
+        spread = f"{statistics.median(rounds):.2f} ({min(rounds):.2f}–{max(rounds):.2f})"
+        lines.append(f"| {test.upper()} | {clients} | {pipeline} | {requests:,} | {s:.0f} | {r:.0f} | {s / r:.2f} "
+                     f"| {spread} |")
     report = "\n".join(lines) + "\n"
     publish(report, args.out)
 

@@ -3,7 +3,9 @@
 appendfsync always), same machine, same run, same redis-benchmark.
 
 Runs SET and GET at 1 and 50 clients, with and without pipelining (-P 16), alternating the
-two servers in each of --rounds rounds, and reports medians and Strand/Redis ratios. It also
+two servers in each of --rounds rounds, and reports medians and Strand/Redis ratios, and
+beside them each round's own ratio (the two servers back to back): their median and range,
+which show how much of a row's ratio is the machine's noise. It also
 measures the raw fsync rate of the disk holding the data (write 4 KiB + fdatasync in a loop),
 the physical limit for one-at-a-time durable commits.
 

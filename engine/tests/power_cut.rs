@@ -184,6 +184,8 @@ fn an_online_rollback_is_all_or_nothing_under_power_cuts_with_small_checkpoints(
 /// `way`: how the log must show at least one rollback that completed to have run.
 fn rollback_cut_rounds(disk_name: &str, flags: &[&str], default_rounds: usize, way: &str) {
     let (seed, rounds) = seed_and_rounds(default_rounds);
+    // The odd rounds are the ones whose rollback must survive: refuse a run without one.
+    assert!(rounds >= 2, "the test needs an odd round: STRAND_POWERCUT_ROUNDS={rounds}");
     println!(
         "power-cut rollback test seed {seed} ({rounds} rounds); replay with STRAND_POWERCUT_SEED={seed}"
     );
@@ -284,7 +286,6 @@ fn rollback_cut_rounds(disk_name: &str, flags: &[&str], default_rounds: usize, w
     assert!(log.contains(way), "no completed rollback ran the way this test is for ({way})");
     // Where an even round's cut falls is random (about one in five before the commit here, on
     // an idle machine); the odd rounds' cuts all fall after it.
-    assert!(rounds >= 2, "the test needs an odd round: STRAND_POWERCUT_ROUNDS={rounds}");
     assert!(
         done >= rounds / 2,
         "fewer rollbacks survived than were acknowledged before their cut ({undone} undone)"
